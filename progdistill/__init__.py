@@ -1,0 +1,19 @@
+"""progdistill: progressive knowledge distillation from a teacher's training trajectory.
+
+Implements Panigrahi, Liu, Malladi, Risteski, Goel, "Progressive distillation induces an implicit
+curriculum" (ICLR 2025). See the README for the command line and the module map.
+"""
+
+from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
+from .experiment import ExperimentConfig, run
+from .mlp import MLP, MLPConfig
+from .parity import ParityTask
+from .presets import PRESETS, get_preset
+from .schedules import CE, FINAL, KShot, OneShot, Progressive
+from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter
+
+__version__ = "0.1.0"
+
+__all__ = ["CE", "FINAL", "KShot", "OneShot", "Progressive", "ConfigError", "DistillationConfig",
+           "OptimizerConfig", "TrainConfig", "ExperimentConfig", "run", "MLP", "MLPConfig", "ParityTask",
+           "PRESETS", "get_preset", "Trajectory", "TrajectoryError", "TrajectoryWriter"]

@@ -1,0 +1,277 @@
+"""Experiment configuration: frozen, validated dataclasses that round-trip through JSON.
+
+Every config class validates itself on construction and raises :class:`ConfigError` (a ``ValueError``)
+naming the field, the value and what is allowed. ``to_dict`` / ``from_dict`` give the JSON form written to
+``config.json``; ``from_dict(type(c), to_dict(c)) == c`` for every config ``c``.
+
+Variants (model kinds, schedule kinds) are *tagged unions*: each variant is its own dataclass with a
+``kind`` class attribute, serialized as ``{"type": kind, ...fields}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Union
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+def check(condition: bool, field_name: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{field_name}={value!r} is invalid: {allowed}")
+
+
+def check_positive_int(field_name: str, value: Any) -> None:
+    check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+          field_name, value, "must be a positive integer")
+
+
+def check_positive_number(field_name: str, value: Any) -> None:
+    check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+          field_name, value, "must be a positive number")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tagged unions
+
+_UNIONS: dict[str, dict[str, type]] = {}
+
+
+def register(union: str):
+    """Class decorator: register a dataclass with a ``kind`` as one variant of the tagged union ``union``."""
+
+    def wrap(cls):
+        _UNIONS.setdefault(union, {})[cls.kind] = cls
+        cls.union = union
+        return cls
+
+    return wrap
+
+
+def variants(union: str) -> dict[str, type]:
+    """The registered variants of ``union``, by kind."""
+    return dict(_UNIONS.get(union, {}))
+
+
+def lookup_variant(union: str, kind: str, field_name: str = "type") -> type:
+    """The variant class of ``union`` named ``kind``; an unknown name is an error listing the valid ones."""
+    known = _UNIONS.get(union, {})
+    if kind not in known:
+        hint = difflib.get_close_matches(str(kind), list(known), n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{field_name}={kind!r} is not a known {union}{extra}; valid: {', '.join(sorted(known))}")
+    return known[kind]
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """Type annotation marker: the field holds a variant of the tagged union ``union``."""
+
+    union: str
+
+
+ModelSpec = Annotated[Any, Tagged("model")]
+ScheduleSpec = Annotated[Any, Tagged("schedule")]
+TaskSpec = Annotated[Any, Tagged("task")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Serialization
+
+
+def to_dict(obj: Any) -> Any:
+    """JSON-ready form of a config (dataclasses become dicts; tagged variants carry ``"type"``)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        if getattr(type(obj), "union", None):
+            out["type"] = obj.kind
+        for f in dataclasses.fields(obj):
+            out[f.name] = to_dict(getattr(obj, f.name))
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _convert(args[0], value, path)
+        return value
+    if origin is Annotated:
+        tags = [m for m in tp.__metadata__ if isinstance(m, Tagged)]
+        if not tags:
+            return _convert(typing.get_args(tp)[0], value, path)
+        if not isinstance(value, dict) or "type" not in value:
+            raise ConfigError(f"{path}={value!r} is invalid: must be an object with a 'type' field")
+        cls = lookup_variant(tags[0].union, value["type"], f"{path}.type")
+        return from_dict(cls, {k: v for k, v in value.items() if k != "type"}, path)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={value!r} is invalid: must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{path}={value!r} is invalid: must have {len(args)} items")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}={value!r} is invalid: must be an object")
+        return from_dict(tp, value, path)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, path: str = "") -> Any:
+    """Build config ``cls`` from its JSON form, recursively. Unknown keys are an error naming them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__}={data!r} is invalid: must be an object")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{path or cls.__name__}: unknown field(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name in names & set(data):
+        kwargs[name] = _convert(hints[name], data[name], f"{path}.{name}" if path else name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{path or cls.__name__}: {exc}") from None
+
+
+def diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted paths at which two JSON-form configs differ, with both values (for error messages)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += diff(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+        return out
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def override(data: dict, assignment: str) -> dict:
+    """Apply one ``dotted.path=value`` override to a JSON-form config (value parsed as JSON, else string)."""
+    import json
+
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r} is invalid: must look like field.path=value")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a valid index")
+            part = int(part)
+        elif not isinstance(node, dict) or part not in node:
+            valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+            raise ConfigError(f"--set {key}: no field {'.'.join(parts[:i + 1])!r}; valid here: {valid}")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared training configs
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule.
+
+    ``name``: "sgd" or "adam" (Adam with decoupled weight decay is "adamw").
+    ``lr_schedule``: "constant", or "cosine" (linear warmup over ``warmup_fraction`` of the steps, then cosine
+    decay to zero), as in PAPER.md section 1 (Transformers) and 2 (BERT).
+    """
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.06
+
+    def __post_init__(self):
+        check(self.name in ("sgd", "adam", "adamw"), "optimizer.name", self.name, "one of sgd, adam, adamw")
+        check_positive_number("optimizer.lr", self.lr)
+        check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must lie in [0, 1)")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas,
+              "two numbers in [0, 1)")
+        check(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "must be >= 0")
+        check(self.lr_schedule in ("constant", "cosine"), "optimizer.lr_schedule", self.lr_schedule,
+              "one of constant, cosine")
+        check(0 <= self.warmup_fraction < 1, "optimizer.warmup_fraction", self.warmup_fraction,
+              "must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    """How a student matches its teacher checkpoint (PAPER.md, "Distillation loss").
+
+    ``loss``: "forward_kl" (KL(teacher || student), same gradients as the distillation cross-entropy) or
+    "reverse_kl" (KL(student || teacher); needs ``temperature > 0``). ``temperature``: the teacher's softmax
+    temperature T; 0 means the teacher's argmax as a hard label. ``alpha``: weight of the cross-entropy on
+    true labels, mixed as ``alpha * CE + (1 - alpha) * distillation``.
+    """
+
+    loss: str = "forward_kl"
+    temperature: float = 1.0
+    alpha: float = 0.0
+
+    def __post_init__(self):
+        check(self.loss in ("forward_kl", "reverse_kl"), "distillation.loss", self.loss,
+              "one of forward_kl, reverse_kl")
+        check(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
+              "distillation.temperature", self.temperature, "must be >= 0 (0 = teacher argmax)")
+        check(not (self.loss == "reverse_kl" and self.temperature == 0), "distillation.temperature",
+              self.temperature, "reverse_kl needs temperature > 0 (a one-hot teacher has infinite reverse KL)")
+        check(0 <= self.alpha <= 1, "distillation.alpha", self.alpha, "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's budget: ``steps`` optimizer steps of ``batch_size`` fresh samples, evaluated every
+    ``eval_every`` steps; the teacher also saves a checkpoint every ``checkpoint_every`` steps (students ignore
+    it). ``model`` is a tagged model config (see :mod:`progdistill.models`)."""
+
+    model: ModelSpec = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    steps: int = 1000
+    batch_size: int = 32
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.model is not None and getattr(type(self.model), "union", None) == "model", "model",
+              self.model, "a model config, e.g. {'type': 'mlp', 'width': 100}")
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("eval_every", self.eval_every)
+        check_positive_int("checkpoint_every", self.checkpoint_every)
+        check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
+

@@ -1,0 +1,197 @@
+"""Experiments: a teacher trajectory, then one student per (schedule, seed), written to a run directory.
+
+Layout of a run directory::
+
+    config.json                       the full resolved ExperimentConfig
+    teacher/manifest.json             the teacher trajectory (see progdistill.trajectory)
+    teacher/checkpoints/...
+    teacher/metrics.jsonl
+    students/<schedule>-seed<k>/metrics.jsonl
+    tensorboard/                      when TensorBoard is installed
+    results.json, summary.md, accuracy.png
+
+A run directory belongs to one config: rerunning the same config reuses the finished teacher and finished
+students; a different config is refused (with the differing fields) unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
+                     check_positive_int, diff, from_dict, to_dict)
+from .metrics import MetricsWriter, read_metrics
+from .schedules import CE
+from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json
+from .train import Member, TeacherPool, fit, generator, resolve_device
+
+OUTPUTS = ("config.json", "teacher", "students", "tensorboard", "results.json", "summary.md", "accuracy.png")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: task, teacher and student training, distillation loss and schedules.
+
+    ``seeds`` students are trained per schedule (seeds 0..seeds-1); ``threshold`` is the eval accuracy at
+    which ``steps_to_threshold`` is read off (0.9 in the paper's Figure 1).
+    """
+
+    preset: str
+    task: TaskSpec
+    teacher: TrainConfig
+    student: TrainConfig
+    distillation: DistillationConfig = DistillationConfig()
+    schedules: tuple[ScheduleSpec, ...] = (CE(),)
+    seeds: int = 3
+    threshold: float = 0.9
+
+    def __post_init__(self):
+        check(isinstance(self.preset, str) and bool(self.preset), "preset", self.preset, "a non-empty name")
+        check(len(self.schedules) >= 1, "schedules", self.schedules, "at least one schedule")
+        labels = [s.label for s in self.schedules]
+        check(len(set(labels)) == len(labels), "schedules", labels, "schedule labels must be distinct")
+        check_positive_int("seeds", self.seeds)
+        check(0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        return from_dict(cls, data)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    return ExperimentConfig.from_dict(data)
+
+
+def teacher_header(config: ExperimentConfig) -> dict[str, Any]:
+    return {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
+
+
+def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool) -> None:
+    """Make ``out`` the run directory of ``config``; refuse a directory that holds another run's results."""
+    saved = out / "config.json"
+    if saved.exists():
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if old != config.to_dict():
+            if not overwrite:
+                changes = diff(old, config.to_dict()) if isinstance(old, dict) else ["config.json is unreadable"]
+                raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
+                                  "choose another --out or pass --overwrite to replace them")
+            for name in OUTPUTS:
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
+                          "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved, config.to_dict())
+
+
+def _build(config: ExperimentConfig, model_cfg, seeds: list[int], stream: str):
+    task = config.task
+    return model_cfg.build(task.n, task.num_classes, [generator(s, stream) for s in seeds])
+
+
+def train_teacher(config: ExperimentConfig, out: Path, device: str = "auto", log=print) -> Trajectory:
+    """Train the teacher into ``out/teacher`` or reuse a finished trajectory of the same config."""
+    directory = out / "teacher"
+    header = teacher_header(config)
+    try:
+        existing = Trajectory(directory)
+        if existing.complete and existing.header == header:
+            log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
+            return existing
+    except TrajectoryError:
+        existing = None
+    if directory.exists():
+        log(f"discarding unfinished teacher trajectory in {directory}; training it again")
+        shutil.rmtree(directory)
+    dev = resolve_device(device)
+    cfg = config.teacher
+    model = _build(config, cfg.model, [cfg.seed], "teacher-init")
+    writer = TrajectoryWriter(directory, header)
+    metrics = MetricsWriter(directory / "metrics.jsonl", out / "tensorboard" / "teacher", "teacher/")
+    try:
+        fit(config.task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
+            checkpoint_writer=writer, device=dev, desc="teacher")
+    finally:
+        metrics.close()
+    writer.finish()
+    return Trajectory(directory)
+
+
+def student_name(schedule, seed: int) -> str:
+    return f"{schedule.label}-seed{seed}"
+
+
+def _finished(path: Path, steps: int) -> bool:
+    if not path.exists():
+        return False
+    records = read_metrics(path)
+    return bool(records) and records[-1]["step"] == steps
+
+
+def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, device: str = "auto",
+                   log=print) -> None:
+    """Train every (schedule, seed) student not yet finished, all together in one stack."""
+    cfg = config.student
+    runs = [(sched, seed) for seed in range(config.seeds) for sched in config.schedules]
+    todo = [(s, k) for s, k in runs
+            if not _finished(out / "students" / student_name(s, k) / "metrics.jsonl", cfg.steps)]
+    if not todo:
+        log("all students already finished")
+        return
+    for sched, _ in todo:
+        if not isinstance(sched, CE):
+            sched.validate(trajectory.steps)
+    dev = resolve_device(device)
+    model = _build(config, cfg.model, [seed for _, seed in todo], "student-init")
+    teacher_cfg = config.teacher.model
+    teachers = TeacherPool(trajectory, lambda: _build(config, teacher_cfg, [0], "unused"), dev)
+    members = []
+    for sched, seed in todo:
+        name = student_name(sched, seed)
+        writer = MetricsWriter(out / "students" / name / "metrics.jsonl", out / "tensorboard" / name, "student/")
+        members.append(Member(name, seed, sched, writer))
+    log(f"training {len(members)} students together: {', '.join(m.name for m in members)}")
+    try:
+        fit(config.task, model, cfg, members, data_stream="student-data", distillation=config.distillation,
+            teachers=teachers, device=dev, desc="students")
+    finally:
+        for mem in members:
+            mem.writer.close()
+
+
+def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
+        log=print) -> dict[str, Any]:
+    """Run the whole experiment into ``out`` and return ``results.json``'s content."""
+    from .report import write_report
+
+    out = Path(out)
+    started = time.perf_counter()
+    claim_directory(out, config, overwrite)
+    trajectory = train_teacher(config, out, device, log)
+    train_students(config, out, trajectory, device, log)
+    return write_report(out, wall_time_s=time.perf_counter() - started)
+
+
+def with_seeds(config: ExperimentConfig, seeds: int | None) -> ExperimentConfig:
+    return config if seeds is None else replace(config, seeds=seeds)

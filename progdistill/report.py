@@ -1,0 +1,112 @@
+"""Reports built from a run directory's files alone: ``results.json``, ``summary.md``, ``accuracy.png``."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from .experiment import load_config, student_name
+from .metrics import read_metrics
+from .trajectory import atomic_write_json, atomic_write_text
+
+
+def steps_to_threshold(records: Sequence[dict], threshold: float) -> int | None:
+    """The first evaluated step whose eval accuracy is >= ``threshold``; None if never."""
+    for rec in records:
+        if rec["eval_accuracy"] >= threshold:
+            return rec["step"]
+    return None
+
+
+def _run_summary(records: list[dict], threshold: float) -> dict[str, Any]:
+    return {"steps_to_threshold": steps_to_threshold(records, threshold),
+            "final_accuracy": records[-1]["eval_accuracy"], "final_loss": records[-1]["eval_loss"],
+            "steps": records[-1]["step"]}
+
+
+def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
+    """``results.json`` content from the files of run directory ``out``."""
+    config = load_config(out / "config.json")
+    teacher = read_metrics(out / "teacher" / "metrics.jsonl")
+    students = []
+    for seed in range(config.seeds):
+        for sched in config.schedules:
+            records = read_metrics(out / "students" / student_name(sched, seed) / "metrics.jsonl")
+            students.append({"schedule": sched.label, "seed": seed, **_run_summary(records, config.threshold)})
+    return {"preset": config.preset, "threshold": config.threshold, "wall_time_s": round(wall_time_s, 2),
+            "teacher": _run_summary(teacher, config.threshold), "students": students}
+
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} +/- {format(statistics.stdev(values), fmt)}"
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """Per schedule: steps to threshold (mean +/- std over the seeds that got there) and final accuracy."""
+    thr = results["threshold"]
+    teacher = results["teacher"]
+    t_steps = teacher["steps_to_threshold"]
+    lines = [f"# {results['preset']}", "",
+             f"Teacher: {'never reached' if t_steps is None else f'reached {thr:.0%} at step {t_steps}'}, "
+             f"final accuracy {teacher['final_accuracy']:.4f} after {teacher['steps']} steps.", "",
+             f"| schedule | steps to {thr:.0%} (mean +/- std) | seeds reaching {thr:.0%} | "
+             f"ratio to teacher | final accuracy |",
+             "|---|---|---|---|---|"]
+    order = list(dict.fromkeys(s["schedule"] for s in results["students"]))
+    for label in order:
+        runs = [s for s in results["students"] if s["schedule"] == label]
+        reached = [s["steps_to_threshold"] for s in runs if s["steps_to_threshold"] is not None]
+        ratio = "-"
+        if reached and t_steps:
+            ratio = _mean_std([r / t_steps for r in reached], ".2f")
+        lines.append(f"| {label} | {_mean_std(reached, '.0f') if reached else 'not reached'} | "
+                     f"{len(reached)}/{len(runs)} | {ratio} | "
+                     f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} |")
+    lines += ["", f"Wall time: {results['wall_time_s']:.1f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(out: Path, path: Path) -> None:
+    """Eval accuracy vs steps: one line per schedule (mean) with a min-max band over seeds, the teacher
+    dashed (the layout of the paper's Figure 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    config = load_config(out / "config.json")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    teacher = read_metrics(out / "teacher" / "metrics.jsonl")
+    ax.plot([r["step"] for r in teacher], [r["eval_accuracy"] for r in teacher], "k--", label="teacher")
+    for sched in config.schedules:
+        curves = [read_metrics(out / "students" / student_name(sched, seed) / "metrics.jsonl")
+                  for seed in range(config.seeds)]
+        steps = np.array([r["step"] for r in curves[0]])
+        acc = np.array([[r["eval_accuracy"] for r in c] for c in curves])  # (seeds, evals)
+        line, = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})")
+        ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+    ax.axhline(config.threshold, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title(f"{config.preset}: student accuracy by schedule")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: str | Path, wall_time_s: float) -> dict[str, Any]:
+    """Write results.json, summary.md and accuracy.png into run directory ``out``; return the results."""
+    out = Path(out)
+    results = build_results(out, wall_time_s)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "summary.md", summary_markdown(results))
+    plot_accuracy(out, out / "accuracy.png")
+    return results

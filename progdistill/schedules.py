@@ -1,0 +1,139 @@
+"""Distillation schedules: which teacher checkpoint a student learns from at each of its steps.
+
+Each schedule is its own type and a pure mapping ``student step -> checkpoint step`` (or ``None`` for no
+teacher), given the steps at which the teacher trajectory has checkpoints (PAPER.md, "Vocabulary"):
+
+- :class:`CE`: no teacher; the student trains on true labels.
+- :class:`OneShot`: the final checkpoint for the whole run.
+- :class:`Progressive`: the student follows the teacher's timeline at ``speed`` (1 = the teacher's own pace).
+- :class:`KShot`: an explicit list of (checkpoint step, number of student steps); 2-shot is a list of two.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+from .config import ConfigError, check, check_positive_int, register, variants
+
+FINAL = -1  # in a k-shot list: the teacher's final checkpoint
+
+
+def _final(checkpoint_steps: Sequence[int]) -> int:
+    if not checkpoint_steps:
+        raise ConfigError("the teacher trajectory has no checkpoints, so no schedule can use it")
+    return max(checkpoint_steps)
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class CE:
+    """Cross-entropy on true labels only; no teacher."""
+
+    kind: ClassVar[str] = "ce"
+
+    @property
+    def label(self) -> str:
+        return "ce"
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        pass
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        return None
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class OneShot:
+    """The teacher's final checkpoint at every student step."""
+
+    kind: ClassVar[str] = "one-shot"
+
+    @property
+    def label(self) -> str:
+        return "one-shot"
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        _final(checkpoint_steps)
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        return _final(checkpoint_steps)
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class Progressive:
+    """Follow the teacher trajectory: at student step t, the first checkpoint saved after teacher step
+    ``t * speed`` (the final one once the trajectory is exhausted).
+
+    With checkpoints every c teacher steps, the student spends c / ``speed`` of its steps on each checkpoint
+    (PAPER.md: interval = checkpoint spacing / speed factor). The checkpoint *ahead* of the student's point on
+    the timeline is used, so the first interval learns from a trained teacher rather than its random init.
+    """
+
+    kind: ClassVar[str] = "progressive"
+
+    speed: float = 1.0
+
+    def __post_init__(self):
+        check(isinstance(self.speed, (int, float)) and self.speed > 0, "schedule.speed", self.speed,
+              "must be a positive number (1 = the teacher's own pace)")
+
+    @property
+    def label(self) -> str:
+        return "progressive" if self.speed == 1 else f"progressive-x{self.speed:g}"
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        _final(checkpoint_steps)
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        steps = sorted(checkpoint_steps)
+        i = bisect.bisect_right(steps, student_step * self.speed)
+        return steps[i] if i < len(steps) else _final(steps)
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class KShot:
+    """An explicit list of ``(checkpoint step, number of student steps)``, used in order; the last
+    checkpoint stays in use after the list is exhausted. Checkpoint step -1 means the final checkpoint.
+    2-shot (PAPER.md section 1) is a list of two: a checkpoint inside the teacher's phase transition, then
+    the final one."""
+
+    kind: ClassVar[str] = "k-shot"
+
+    points: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        check(len(self.points) >= 1, "schedule.points", self.points,
+              "needs at least one (checkpoint step, student steps) pair")
+        for i, (ckpt, count) in enumerate(self.points):
+            check(isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL), f"schedule.points[{i}][0]", ckpt,
+                  "a checkpoint step >= 0, or -1 for the final checkpoint")
+            check_positive_int(f"schedule.points[{i}][1]", count)
+
+    @property
+    def label(self) -> str:
+        return f"{len(self.points)}-shot"
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        available = set(checkpoint_steps)
+        _final(checkpoint_steps)
+        for i, (ckpt, _) in enumerate(self.points):
+            if ckpt != FINAL and ckpt not in available:
+                raise ConfigError(f"schedule.points[{i}][0]={ckpt} names a checkpoint that the teacher "
+                                  f"trajectory does not have; available steps: {sorted(available)}")
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        end = 0
+        for ckpt, count in self.points:
+            end += count
+            if student_step < end:
+                break
+        return _final(checkpoint_steps) if ckpt == FINAL else ckpt
+
+
+def schedule_kinds() -> list[str]:
+    return sorted(variants("schedule"))

@@ -1,0 +1,269 @@
+"""The training loop shared by teachers and students (one loop, no per-task copies).
+
+:func:`fit` trains a stack of M models (see :class:`progdistill.mlp.MLP`; a stack of one for any other
+model) for the same number of steps. Model m has its own data seed and its own schedule: a teacher is a
+stack of one trained with :class:`~progdistill.schedules.CE` that also writes a trajectory; a sweep of
+students is a stack whose members follow different schedules. Models that share a seed share their data
+stream and their initialization, so schedules are compared on identical data (a paired comparison).
+
+Work is done in *blocks* of steps: inputs for a block are sampled at once, and the teacher logits a block
+needs are computed in one large batch per (data stream, checkpoint) instead of once per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import DistillationConfig, OptimizerConfig, TrainConfig
+from .losses import cross_entropy, forward_kl, reverse_kl
+from .metrics import MetricsWriter
+from .schedules import CE
+from .trajectory import Trajectory, TrajectoryWriter
+
+BLOCK_STEPS = 1000
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss became NaN or inf; the message names the run, the step range and the quantity."""
+
+
+def seed_for(seed: int, stream: str) -> int:
+    """A stable 63-bit seed for the named random stream of ``seed`` (independent of PYTHONHASHSEED)."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator(seed: int, stream: str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(seed, stream))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def learning_rate_factor(cfg: OptimizerConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at step t: 1, or linear warmup then cosine decay to 0."""
+    if cfg.lr_schedule == "constant":
+        return lambda step: 1.0
+    warmup = int(cfg.warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(params, cfg: OptimizerConfig, total_steps: int):
+    """The optimizer and its LambdaLR scheduler. Every update is elementwise, so the models of a stack are
+    optimized independently of each other."""
+    params = list(params)
+    if cfg.name == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.name == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor(cfg, total_steps))
+
+
+class TeacherPool:
+    """Frozen teacher checkpoints loaded on demand from a trajectory.
+
+    A checkpoint is loaded once when a schedule first switches to it and kept while a schedule uses it;
+    its model is in eval mode, with ``requires_grad`` off, and never in an optimizer.
+    """
+
+    def __init__(self, trajectory: Trajectory, build: Callable[[], torch.nn.Module], device: torch.device):
+        self.trajectory = trajectory
+        self.build = build
+        self.device = device
+        self.models: dict[int, torch.nn.Module] = {}
+        self.loads = 0
+
+    def get(self, step: int) -> torch.nn.Module:
+        if step not in self.models:
+            model = self.build()
+            model.load_state_dict(self.trajectory.load(step))
+            model.to(self.device).eval().requires_grad_(False)
+            self.models[step] = model
+            self.loads += 1
+        return self.models[step]
+
+    def retain(self, steps: set[int]) -> None:
+        """Drop the checkpoints no schedule uses any more."""
+        for step in list(self.models):
+            if step not in steps:
+                del self.models[step]
+
+
+@dataclass
+class Member:
+    """One model of a stack: its name (for messages), data seed, schedule and metrics writer."""
+
+    name: str
+    seed: int
+    schedule: Any
+    writer: MetricsWriter | None = None
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192):
+    """Mean cross-entropy (nats) and accuracy of every model of a stack on (x, y): two tensors of shape (M,)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0.0
+    for i in range(0, len(x), batch):
+        logits = model(x[i:i + batch])  # (M, b, C)
+        target = y[i:i + batch].expand(logits.shape[0], -1)
+        loss_sum = loss_sum + cross_entropy(logits, target, reduction="none").sum(dim=1)
+        correct = correct + (logits.argmax(-1) == target).float().sum(dim=1)
+    model.train(was_training)
+    return loss_sum / len(x), correct / len(x)
+
+
+def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member], *,
+        data_stream: str, distillation: DistillationConfig | None = None,
+        teachers: TeacherPool | None = None, checkpoint_writer: TrajectoryWriter | None = None,
+        device: torch.device = torch.device("cpu"), desc: str = "train") -> list[list[dict]]:
+    """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
+
+    Member m draws ``train.batch_size`` fresh examples per step from the generator ``(seed, data_stream)``
+    and minimizes, at student step t with checkpoint c = schedule.checkpoint_at(t):
+    CE on true labels when c is None, else ``alpha * CE + (1 - alpha) * D(teacher_c || student)``
+    (:mod:`progdistill.losses`). Every ``train.eval_every`` steps (and at steps 0 and the last) each member
+    writes a record {step, train_loss, eval_loss, eval_accuracy, teacher_checkpoint, lr}. When
+    ``checkpoint_writer`` is given (a teacher: M must be 1) weights are saved every
+    ``train.checkpoint_every`` steps, at step 0 and at the last step.
+
+    Raises :class:`NonFiniteError` naming the member and the steps when a training loss is NaN or inf.
+    """
+    M, B, steps = len(members), train.batch_size, train.steps
+    distillation = distillation or DistillationConfig()
+    ckpt_steps = teachers.trajectory.steps if teachers is not None else []
+    for mem in members:
+        if not isinstance(mem.schedule, CE):
+            if teachers is None:
+                raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
+            mem.schedule.validate(ckpt_steps)
+    if checkpoint_writer is not None and M != 1:
+        raise ValueError("only a stack of one model (a teacher) writes a trajectory")
+    kd_fn = forward_kl if distillation.loss == "forward_kl" else reverse_kl
+    alpha, temperature = distillation.alpha, distillation.temperature
+
+    seeds = sorted({mem.seed for mem in members})
+    seed_index = torch.tensor([seeds.index(mem.seed) for mem in members])
+    gens = {s: generator(s, data_stream) for s in seeds}
+    x_eval, y_eval = (t.to(device) for t in task.eval_set())
+    opt, lr_sched = make_optimizer(model.parameters(), train.optimizer, steps)
+    model.to(device).train()
+    histories: list[list[dict]] = [[] for _ in members]
+    loss_sum = torch.zeros(M, device=device)
+    loss_count = 0
+
+    def checkpoints(t: int) -> list[int | None]:
+        return [mem.schedule.checkpoint_at(t, ckpt_steps) for mem in members]
+
+    def record(step: int) -> None:
+        nonlocal loss_sum, loss_count
+        eval_loss, eval_acc = evaluate(model, x_eval, y_eval)
+        train_loss = (loss_sum / loss_count).tolist() if loss_count else [None] * M
+        in_use = checkpoints(max(step - 1, 0))
+        for m, mem in enumerate(members):
+            if train_loss[m] is not None and not math.isfinite(train_loss[m]):
+                raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in steps "
+                                     f"{step - loss_count}..{step - 1}; metrics saved so far are kept")
+            rec = {"step": step, "train_loss": train_loss[m], "eval_loss": float(eval_loss[m]),
+                   "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": in_use[m],
+                   "lr": opt.param_groups[0]["lr"]}
+            histories[m].append(rec)
+            if mem.writer is not None:
+                mem.writer.write(rec)
+        if checkpoint_writer is not None and (step % train.checkpoint_every == 0 or step == steps):
+            checkpoint_writer.save(step, model.state_dict(), {"eval_accuracy": float(eval_acc[0]),
+                                                              "eval_loss": float(eval_loss[0])})
+        loss_sum = torch.zeros(M, device=device)
+        loss_count = 0
+
+    record(0)
+    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=1.0)
+    start = 0
+    while start < steps:
+        stop = min(start + BLOCK_STEPS, (start // train.eval_every + 1) * train.eval_every, steps)
+        if checkpoint_writer is not None:
+            stop = min(stop, (start // train.checkpoint_every + 1) * train.checkpoint_every)
+        L = stop - start
+        # Inputs for the block, one stream per seed: (S, L, B, n) -> labels (S, L, B).
+        x_block = torch.stack([task.sample_inputs(L * B, gens[s]).view(L, B, -1) for s in seeds]).to(device)
+        y_block = task.labels(x_block)
+        plan = [checkpoints(t) for t in range(start, stop)]  # (L, M)
+        teacher_logits, kd_weight = _teacher_targets(plan, x_block, seed_index, teachers, task.num_classes)
+        ce_weight = torch.where(kd_weight > 0, torch.full_like(kd_weight, alpha), torch.ones_like(kd_weight))
+        kd_weight = kd_weight * (1 - alpha)
+        kd_any = (kd_weight > 0).any(dim=1).tolist()  # (L,) does any model use a teacher at this step
+        shared = len(seeds) == 1
+        for i in range(L):
+            x = x_block[0, i] if shared else x_block[seed_index, i]  # (B, n) or (M, B, n)
+            y = y_block[seed_index, i]  # (M, B)
+            logits = model(x)  # (M, B, C)
+            per_example = ce_weight[i, :, None] * cross_entropy(logits, y, reduction="none")  # (M, B)
+            if kd_any[i]:
+                per_example = per_example + kd_weight[i, :, None] * kd_fn(
+                    logits, teacher_logits[i], temperature, reduction="none")
+            loss = per_example.sum() / B  # sum over models of each model's mean loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lr_sched.step()
+            loss_sum += per_example.detach().mean(dim=1)
+            loss_count += 1
+        bar.update(L)
+        start = stop
+        if stop % train.eval_every == 0 or stop == steps or (
+                checkpoint_writer is not None and stop % train.checkpoint_every == 0):
+            record(stop)
+        if teachers is not None:
+            teachers.retain({c for c in checkpoints(stop) if c is not None})
+    bar.close()
+    return histories
+
+
+def _teacher_targets(plan: list[list[int | None]], x_block: torch.Tensor, seed_index: torch.Tensor,
+                     teachers: TeacherPool | None, num_classes: int):
+    """Teacher logits for one block, computed in one batch per (data stream, checkpoint).
+
+    plan: (L, M) checkpoint per step and model (None = no teacher); x_block: (S, L, B, n).
+    Returns teacher logits (L, M, B, C) (None when no model uses a teacher) and a (L, M) 0/1 weight.
+    """
+    L, M = len(plan), len(plan[0])
+    weight = torch.tensor([[0.0 if c is None else 1.0 for c in row] for row in plan], device=x_block.device)
+    if teachers is None or not weight.any():
+        return None, weight
+    B = x_block.shape[2]
+    logits = torch.zeros(L, M, B, num_classes, device=x_block.device)
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, row in enumerate(plan):
+        for m, c in enumerate(row):
+            if c is not None:
+                groups.setdefault((int(seed_index[m]), c), []).append((i, m))
+    with torch.no_grad():
+        for (s, c), cells in groups.items():
+            rows = sorted({i for i, _ in cells})
+            out = teachers.get(c)(x_block[s, rows].reshape(len(rows) * B, -1))  # (1, len(rows) * B, C)
+            out = out[0].view(len(rows), B, num_classes).float()
+            pos = {i: j for j, i in enumerate(rows)}
+            steps_idx = torch.tensor([i for i, _ in cells])
+            model_idx = torch.tensor([m for _, m in cells])
+            logits[steps_idx, model_idx] = out[[pos[i] for i, _ in cells]]
+    return logits, weight
