@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import DistillationConfig, OptimizerConfig, TrainConfig
-from .losses import cross_entropy, forward_kl, reverse_kl
+from .losses import cross_entropy, forward_kl, reverse_kl, teacher_probabilities
 from .metrics import MetricsWriter
 from .schedules import CE
 from .trajectory import Trajectory, TrajectoryWriter
@@ -210,17 +211,32 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         plan = [checkpoints(t) for t in range(start, stop)]  # (L, M)
         teacher_logits, kd_weight = _teacher_targets(plan, x_block, seed_index, teachers, task.num_classes)
         ce_weight = torch.where(kd_weight > 0, torch.full_like(kd_weight, alpha), torch.ones_like(kd_weight))
-        kd_weight = kd_weight * (1 - alpha)
-        kd_any = (kd_weight > 0).any(dim=1).tolist()  # (L,) does any model use a teacher at this step
-        shared = len(seeds) == 1
+        kd_weight = kd_weight * (1 - alpha)  # (L, M)
+        # Per-step inputs and labels for every model: (L, B, n) shared, or (L, M, B, n); labels (L, M, B).
+        x_steps = x_block[0] if len(seeds) == 1 else x_block[seed_index].transpose(0, 1).contiguous()
+        y_steps = y_block[seed_index].transpose(0, 1)
+        fused = teacher_logits is None or distillation.loss == "forward_kl"
+        if teacher_logits is not None and fused:
+            # alpha * CE + (1 - alpha) * KL(q || p) has the gradient of one cross-entropy against the
+            # mixture target alpha * onehot(y) + (1 - alpha) * q; its value exceeds the loss by
+            # (1 - alpha) * H(q), which is subtracted from the reported training loss.
+            q = teacher_probabilities(teacher_logits, temperature)  # (L, M, B, C)
+            onehot = torch.nn.functional.one_hot(y_steps, task.num_classes).float()
+            soft_target = ce_weight[..., None, None] * onehot + kd_weight[..., None, None] * q
+            entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)
+            loss_sum -= (kd_weight[..., None] * entropy).mean(dim=2).sum(dim=0)  # (M,)
         for i in range(L):
-            x = x_block[0, i] if shared else x_block[seed_index, i]  # (B, n) or (M, B, n)
-            y = y_block[seed_index, i]  # (M, B)
-            logits = model(x)  # (M, B, C)
-            per_example = ce_weight[i, :, None] * cross_entropy(logits, y, reduction="none")  # (M, B)
-            if kd_any[i]:
-                per_example = per_example + kd_weight[i, :, None] * kd_fn(
-                    logits, teacher_logits[i], temperature, reduction="none")
+            logits = model(x_steps[i])  # (M, B, C)
+            if not fused:  # reverse KL: the pure loss functions, term by term
+                per_example = ce_weight[i, :, None] * cross_entropy(logits, y_steps[i], reduction="none") \
+                    + kd_weight[i, :, None] * kd_fn(logits, teacher_logits[i], temperature, reduction="none")
+            elif teacher_logits is None:
+                per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_steps[i].reshape(-1),
+                                              reduction="none").view(M, B)
+            else:
+                per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                              soft_target[i].reshape(-1, logits.shape[-1]),
+                                              reduction="none").view(M, B)
             loss = per_example.sum() / B  # sum over models of each model's mean loss
             opt.zero_grad(set_to_none=True)
             loss.backward()

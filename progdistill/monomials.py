@@ -1,0 +1,270 @@
+"""The monomial-correlation probe of sparse parity (PAPER.md section 1, "Mechanism").
+
+For a subset T of the n coordinates, the monomial (parity character) chi_T(x) = prod_{i in T} x_i, and
+
+    corr(T) = | E_x[ chi_T(x) * p(class 1 | x) ] |,    x uniform on {-1, +1}^n,
+
+estimated on fresh samples. *In-support* subsets are all subsets of the task's support S of a given degree;
+*off-support* subsets are random subsets of the same degree that are not subsets of S. A mid-transition
+teacher correlates with low-degree in-support monomials (degree 1 spikes to ~0.1) while off-support ones stay
+at the sampling noise; a perfect parity predictor p = (1 + chi_S) / 2 has corr(S) = 0.5 and 0 elsewhere.
+
+The estimate is vectorised over subsets: a (S_total, n) 0/1 membership matrix turns the parity of the
+number of -1 entries of x inside every T into one matrix product, chi = 1 - 2 * ((x < 0) @ M^T mod 2), and
+the correlations of a batch are one more product, p @ chi. No Python loop runs over subsets or samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .parity import ParityTask
+
+Subset = tuple[int, ...]
+ENUMERATE_LIMIT = 50_000  # enumerate all C(n, d) subsets below this many; rejection-sample above
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+@dataclass(frozen=True)
+class DegreeCorrelations:
+    """Correlations of one degree d: ``in_support[j]`` = corr(``in_support_subsets[j]``), likewise for
+    off-support. Subsets are sorted tuples of 0-based coordinates. Summary statistics are None when their
+    list is empty (there are no off-support subsets when n = k)."""
+
+    degree: int
+    in_support_subsets: tuple[Subset, ...]
+    in_support: tuple[float, ...]
+    off_support_subsets: tuple[Subset, ...]
+    off_support: tuple[float, ...]
+
+    @property
+    def in_support_mean(self) -> float | None:
+        return _mean(self.in_support)
+
+    @property
+    def in_support_max(self) -> float | None:
+        return max(self.in_support, default=None)
+
+    @property
+    def off_support_mean(self) -> float | None:
+        return _mean(self.off_support)
+
+    @property
+    def off_support_std(self) -> float | None:
+        """Population std (ddof = 0) of the off-support correlations."""
+        return statistics.pstdev(self.off_support) if self.off_support else None
+
+    @property
+    def off_support_max(self) -> float | None:
+        return max(self.off_support, default=None)
+
+    def stats(self) -> dict[str, float | None]:
+        return {"in_support_mean": self.in_support_mean, "in_support_max": self.in_support_max,
+                "off_support_mean": self.off_support_mean, "off_support_std": self.off_support_std,
+                "off_support_max": self.off_support_max}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"degree": self.degree,
+                "in_support": [{"subset": list(t), "correlation": c}
+                               for t, c in zip(self.in_support_subsets, self.in_support)],
+                "off_support": [{"subset": list(t), "correlation": c}
+                                for t, c in zip(self.off_support_subsets, self.off_support)],
+                **self.stats()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DegreeCorrelations":
+        return cls(degree=d["degree"],
+                   in_support_subsets=tuple(tuple(e["subset"]) for e in d["in_support"]),
+                   in_support=tuple(float(e["correlation"]) for e in d["in_support"]),
+                   off_support_subsets=tuple(tuple(e["subset"]) for e in d["off_support"]),
+                   off_support=tuple(float(e["correlation"]) for e in d["off_support"]))
+
+
+@dataclass(frozen=True)
+class MonomialCorrelations:
+    """The probe's result for one model: one :class:`DegreeCorrelations` per probed degree, ascending."""
+
+    n: int
+    support: Subset
+    num_samples: int
+    degrees: tuple[DegreeCorrelations, ...]
+
+    def degree(self, d: int) -> DegreeCorrelations:
+        for entry in self.degrees:
+            if entry.degree == d:
+                return entry
+        raise KeyError(f"degree {d} was not probed; probed: {[e.degree for e in self.degrees]}")
+
+    def summary(self) -> dict[str, float | None]:
+        """Flat statistics for a metrics line: ``{"degree1/in_support_mean": ..., ...}``."""
+        return {f"degree{e.degree}/{k}": v for e in self.degrees for k, v in e.stats().items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``json.dumps`` accepts it); :meth:`from_dict` reads it back to an equal result."""
+        return {"n": self.n, "support": list(self.support), "num_samples": self.num_samples,
+                "degrees": [e.to_dict() for e in self.degrees]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MonomialCorrelations":
+        return cls(n=d["n"], support=tuple(d["support"]), num_samples=d["num_samples"],
+                   degrees=tuple(DegreeCorrelations.from_dict(e) for e in d["degrees"]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Subsets and monomials
+
+
+def membership_matrix(subsets: Sequence[Subset], n: int) -> torch.Tensor:
+    """0/1 float32 matrix of shape (len(subsets), n): row s has ones at the coordinates of subset s."""
+    mask = torch.zeros(len(subsets), n)
+    rows = [s for s, t in enumerate(subsets) for _ in t]
+    cols = [i for t in subsets for i in t]
+    mask[rows, cols] = 1.0
+    return mask
+
+
+def monomials(x: torch.Tensor, membership: torch.Tensor) -> torch.Tensor:
+    """chi_T(x) = prod_{i in T} x_i for every row T of ``membership``: x (B, n) in {-1, +1}, membership
+    (S, n) 0/1 -> (B, S) float32 in {-1, +1}. chi_T(x) = (-1)^(number of -1 entries of x inside T)."""
+    negatives = (x < 0).to(torch.float32) @ membership.to(torch.float32).T  # (B, S), exact small integers
+    return 1.0 - 2.0 * torch.remainder(negatives, 2.0)
+
+
+def in_support_subsets(support: Sequence[int], degree: int) -> list[Subset]:
+    """All C(k, degree) subsets of ``support`` of size ``degree``, sorted."""
+    return list(itertools.combinations(sorted(support), degree))
+
+
+def off_support_subsets(n: int, support: Sequence[int], degree: int, count: int,
+                        generator: torch.Generator) -> list[Subset]:
+    """``count`` distinct random subsets of {0..n-1} of size ``degree`` that are not subsets of ``support``,
+    sorted; all of them when fewer than ``count`` exist (C(n, d) - C(k, d)).
+
+    Small families (C(n, d) <= ``ENUMERATE_LIMIT``) are enumerated and a random ``count`` kept; large ones
+    are rejection-sampled. Deterministic given the generator's state.
+    """
+    inside = set(support)
+    available = math.comb(n, degree) - math.comb(len(inside), degree)
+    if count == 0 or available == 0:
+        return []
+    if math.comb(n, degree) <= ENUMERATE_LIMIT or count > available // 2:
+        family = [t for t in itertools.combinations(range(n), degree) if not inside.issuperset(t)]
+        keep = torch.randperm(len(family), generator=generator)[:count]
+        return sorted(family[i] for i in keep.tolist())
+    chosen: dict[Subset, None] = {}  # insertion-ordered set
+    while len(chosen) < count:
+        draws = torch.rand(2 * (count - len(chosen)) + 16, n, generator=generator)
+        candidates = draws.argsort(dim=1)[:, :degree].sort(dim=1).values  # (draws, d) uniform d-subsets
+        for t in map(tuple, candidates.tolist()):
+            if len(chosen) < count and not inside.issuperset(t):
+                chosen[t] = None
+    return sorted(chosen)
+
+
+def _check_degrees(degrees: Sequence[int] | None, k: int) -> list[int]:
+    if degrees is None:
+        if k < 2:
+            raise ValueError(f"task.k={k} has no in-support degrees 1..k-1; pass degrees=[1] to probe the parity")
+        return list(range(1, k))
+    degrees = list(degrees)
+    if not degrees:
+        raise ValueError(f"degrees={degrees!r} is invalid: must name at least one degree in 1..{k}")
+    for d in degrees:
+        if not (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= k):
+            raise ValueError(f"degree {d!r} in degrees={degrees!r} is invalid: each degree must be an integer "
+                             f"in 1..k = 1..{k} (k is the full parity)")
+    if len(set(degrees)) != len(degrees):
+        raise ValueError(f"degrees={degrees!r} is invalid: degrees must be distinct")
+    return sorted(degrees)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The probe
+
+
+def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor], task: ParityTask,
+                          num_samples: int = 100_000, off_support_per_degree: int = 100,
+                          degrees: Sequence[int] | None = None, generator: torch.Generator | None = None,
+                          batch_size: int = 8192) -> MonomialCorrelations | list[MonomialCorrelations]:
+    """corr(T) for every in-support subset of each degree and ``off_support_per_degree`` off-support ones.
+
+    ``predict_proba`` maps inputs (B, n) float32 in {-1, +1} to p(class 1 | x) of shape (B,), or (M, B) for
+    a stack of M models (see :func:`mlp_class1_probability`); any real-valued function may be probed.
+    ``degrees`` defaults to 1..k-1; degree k (the parity itself, the label correlation) is allowed when asked.
+    ``generator`` (default: seeded with 0) first draws the off-support subsets, then ``num_samples`` inputs
+    in batches of ``batch_size``; pass a freshly seeded generator per checkpoint so that every checkpoint is
+    probed on the same subsets and inputs. The sampling error of each correlation is about
+    std(p) / sqrt(num_samples) <= 0.5 / sqrt(num_samples).
+
+    Returns one :class:`MonomialCorrelations` for a (B,) output, a list of M (in stack order) for (M, B).
+    Raises ``ValueError`` for degrees outside 1..k, non-positive sizes, or an output of the wrong shape.
+    """
+    for name, value, least in [("num_samples", num_samples, 1), ("batch_size", batch_size, 1),
+                               ("off_support_per_degree", off_support_per_degree, 0)]:
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {least}")
+    degree_list = _check_degrees(degrees, task.k)
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+
+    support = task.support
+    inside = [in_support_subsets(support, d) for d in degree_list]
+    outside = [off_support_subsets(task.n, support, d, off_support_per_degree, generator) for d in degree_list]
+    subsets = [t for group in inside + outside for t in group]
+    membership = membership_matrix(subsets, task.n)  # (S, n)
+
+    sums = None  # (M, S) float64
+    single = None
+    for start in range(0, num_samples, batch_size):
+        x = task.sample_inputs(min(batch_size, num_samples - start), generator)  # (B, n)
+        p = torch.as_tensor(predict_proba(x)).detach().to("cpu", torch.float32)
+        if p.dim() not in (1, 2) or p.shape[-1] != x.shape[0]:
+            raise ValueError(f"predict_proba returned shape {tuple(p.shape)} for {x.shape[0]} inputs: must be "
+                             f"(B,) or (M, B) with B = {x.shape[0]}")
+        single = p.dim() == 1 if single is None else single
+        batch = p.reshape(-1, x.shape[0]) @ monomials(x, membership)  # (M, S)
+        sums = batch.double() if sums is None else sums + batch.double()
+    corr = (sums / num_samples).abs().tolist()  # (M, S)
+
+    bounds = list(itertools.accumulate((len(g) for g in inside + outside), initial=0))
+    D = len(degree_list)
+
+    def part(row: list[float], j: int) -> tuple[float, ...]:  # the correlations of group j of subsets
+        return tuple(row[bounds[j]: bounds[j + 1]])
+
+    results = [MonomialCorrelations(task.n, tuple(support), num_samples, tuple(
+        DegreeCorrelations(d, tuple(inside[j]), part(row, j), tuple(outside[j]), part(row, D + j))
+        for j, d in enumerate(degree_list))) for row in corr]
+    return results[0] if single else results
+
+
+def mlp_class1_probability(model: torch.nn.Module,
+                           model_index: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """p(class 1 | x) of a stacked model (such as :class:`progdistill.mlp.MLP`, logits (M, B, C)) as a
+    callable for :func:`monomial_correlations`: x (B, n) -> (M, B), or (B,) for model ``model_index`` alone.
+    Runs without gradients on the model's device; returns CPU float32."""
+    num_models = getattr(model, "num_models", None)
+    if model_index is not None and num_models is not None and not 0 <= model_index < num_models:
+        raise ValueError(f"model_index={model_index!r} is invalid: must be in 0..{num_models - 1}")
+    device = next(model.parameters()).device
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(x.to(device))  # (M, B, C)
+            p = torch.softmax(logits.float(), dim=-1)[..., 1]  # (M, B)
+        return (p if model_index is None else p[model_index]).cpu()
+
+    return predict

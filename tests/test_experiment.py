@@ -1,0 +1,125 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from progdistill.config import ConfigError
+from progdistill.experiment import ExperimentConfig, run, train_teacher
+from progdistill.metrics import read_metrics
+from progdistill.mlp import MLPConfig
+from progdistill.schedules import KShot, Progressive
+from progdistill.train import Member, TeacherPool, fit, generator
+from progdistill.trajectory import Trajectory
+
+from conftest import tiny_config
+
+
+def quiet(*args):
+    pass
+
+
+def test_tiny_run_writes_every_output(tmp_path, tiny):
+    results = run(tiny, tmp_path / "run", log=quiet)
+    out = tmp_path / "run"
+    for name in ("config.json", "results.json", "summary.md", "accuracy.png", "teacher/manifest.json",
+                 "teacher/metrics.jsonl"):
+        assert (out / name).exists(), name
+    assert ExperimentConfig.from_dict(json.loads((out / "config.json").read_text())) == tiny
+    assert set(results) >= {"preset", "threshold", "wall_time_s", "teacher", "students"}
+    assert set(results["teacher"]) >= {"steps_to_threshold", "final_accuracy", "steps"}
+    assert [(s["schedule"], s["seed"]) for s in results["students"]] == \
+        [("ce", 0), ("one-shot", 0), ("progressive", 0), ("2-shot", 0)]
+    for s in results["students"]:
+        assert set(s) >= {"schedule", "seed", "steps_to_threshold", "final_accuracy", "steps"}
+        assert s["steps"] == 300
+    records = read_metrics(out / "students" / "progressive-seed0" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(0, 301, 50))
+    assert set(records[1]) == {"step", "train_loss", "eval_loss", "eval_accuracy", "teacher_checkpoint", "lr"}
+    # progressive follows the timeline; 2-shot switches to the final checkpoint after 100 steps
+    assert [r["teacher_checkpoint"] for r in records] == [50, 50, 100, 150, 200, 250, 300]
+    two = read_metrics(out / "students" / "2-shot-seed0" / "metrics.jsonl")
+    assert [r["teacher_checkpoint"] for r in two] == [100, 100, 100, 300, 300, 300, 300]
+    assert "| progressive |" in (out / "summary.md").read_text()
+    # the tiny task is learnable: the teacher solves it
+    assert results["teacher"]["final_accuracy"] > 0.9
+
+
+def test_same_seed_same_numbers(tmp_path, tiny):
+    a = run(tiny, tmp_path / "a", log=quiet)
+    b = run(tiny, tmp_path / "b", log=quiet)
+    strip = lambda r: {k: v for k, v in r.items() if k != "wall_time_s"}
+    assert strip(a) == strip(b)
+    for name in ("teacher/metrics.jsonl", "students/one-shot-seed0/metrics.jsonl"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+
+
+def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
+    out = tmp_path / "run"
+    run(tiny, out, log=quiet)
+    before = (out / "teacher" / "manifest.json").read_text()
+    messages = []
+    run(tiny, out, log=messages.append)
+    assert any("reusing finished teacher" in m for m in messages)
+    assert any("already finished" in m for m in messages)
+    assert (out / "teacher" / "manifest.json").read_text() == before
+    other = replace(tiny, student=replace(tiny.student, steps=100))
+    with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 100"):
+        run(other, out, log=quiet)
+    assert (out / "results.json").exists() and (out / "teacher" / "manifest.json").read_text() == before
+    results = run(other, out, overwrite=True, log=quiet)
+    assert results["students"][0]["steps"] == 100
+
+
+def test_non_empty_foreign_directory_refused(tmp_path, tiny):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a progdistill run directory"):
+        run(tiny, tmp_path / "mine", log=quiet)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_k_shot_with_missing_checkpoint_fails_before_training_students(tmp_path, tiny):
+    bad = replace(tiny, schedules=(KShot(points=((125, 10), (-1, 10))),))
+    with pytest.raises(ConfigError, match="125 names a checkpoint"):
+        run(bad, tmp_path / "run", log=quiet)
+    assert not (tmp_path / "run" / "students").exists()
+
+
+def test_teacher_loaded_once_per_change_and_frozen(tmp_path, tiny):
+    traj = train_teacher(tiny, tmp_path, log=quiet)
+    assert traj.steps == [0, 50, 100, 150, 200, 250, 300]
+    pool = TeacherPool(traj, lambda: tiny.teacher.model.build(8, 2, [torch.Generator()]), torch.device("cpu"))
+    student = tiny.student.model.build(8, 2, [generator(0, "init")])
+    fit(tiny.task, student, tiny.student, [Member("p", 0, Progressive())], data_stream="d",
+        teachers=pool, desc="t")
+    assert pool.loads == 6  # checkpoints 50..300, each once
+    for model in pool.models.values():
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_corrupted_teacher_checkpoint_stops_students(tmp_path, tiny):
+    import shutil
+    from progdistill.trajectory import TrajectoryError
+
+    out = tmp_path / "run"
+    run(tiny, out, log=quiet)
+    shutil.rmtree(out / "students")
+    ckpt = out / "teacher" / "checkpoints" / "step_00000300.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(TrajectoryError, match="step_00000300.safetensors for step 300 is corrupted"):
+        run(tiny, out, log=quiet)
+    assert ckpt.exists()  # nothing is replaced or retrained silently
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    from progdistill.cli import main
+    assert main(["run", "no-such-preset", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
+    assert main(["run", "parity-mlp", "--set", "task.k=0", "--out", str(tmp_path / "x")]) == 2
+    assert "task.k=0" in capsys.readouterr().err
+    assert main(["run", "parity-mlp", "--set", "student.batch_size=0", "--out", str(tmp_path / "x")]) == 2
+    assert "batch_size=0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["list"]) == 0
+    assert "parity-mlp-paper" in capsys.readouterr().out

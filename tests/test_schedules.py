@@ -1,0 +1,75 @@
+import pytest
+
+from progdistill.config import ConfigError, from_dict, lookup_variant, to_dict
+from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive, schedule_kinds
+
+STEPS = [0, 100, 200, 300, 400]
+
+
+def test_ce_has_no_teacher():
+    assert all(CE().checkpoint_at(t, STEPS) is None for t in range(0, 1000, 37))
+
+
+def test_one_shot_is_final_checkpoint():
+    assert {OneShot().checkpoint_at(t, STEPS) for t in range(0, 2000, 13)} == {400}
+
+
+def test_progressive_follows_teacher_timeline_one_checkpoint_ahead():
+    p = Progressive()
+    assert [p.checkpoint_at(t, STEPS) for t in (0, 99, 100, 199, 200, 399, 400, 10_000)] == \
+        [100, 100, 200, 200, 300, 400, 400, 400]
+
+
+def test_progressive_speed_factor_shortens_interval():
+    p = Progressive(speed=2.0)  # 100 teacher steps per 50 student steps
+    assert [p.checkpoint_at(t, STEPS) for t in (0, 49, 50, 99, 100, 150, 199, 200)] == \
+        [100, 100, 200, 200, 300, 400, 400, 400]
+    assert Progressive(speed=0.5).checkpoint_at(199, STEPS) == 100
+    assert Progressive(speed=0.5).checkpoint_at(200, STEPS) == 200
+
+
+def test_progressive_handles_uneven_checkpoints():
+    steps = [0, 10, 50, 400]
+    assert [Progressive().checkpoint_at(t, steps) for t in (0, 9, 10, 49, 50, 500)] == [10, 10, 50, 50, 400, 400]
+
+
+def test_k_shot_mapping():
+    two = KShot(points=((200, 150), (FINAL, 100)))
+    assert two.label == "2-shot"
+    assert [two.checkpoint_at(t, STEPS) for t in (0, 149, 150, 249, 250, 5000)] == [200, 200, 400, 400, 400, 400]
+    three = KShot(points=((100, 10), (300, 10), (400, 10)))
+    assert [three.checkpoint_at(t, STEPS) for t in (0, 10, 20, 29, 30)] == [100, 300, 400, 400, 400]
+
+
+def test_k_shot_naming_missing_checkpoint_is_an_error():
+    with pytest.raises(ConfigError, match=r"schedule.points\[0\]\[0\]=150.*available steps"):
+        KShot(points=((150, 10), (FINAL, 10))).validate(STEPS)
+    KShot(points=((100, 10), (FINAL, 10))).validate(STEPS)
+
+
+@pytest.mark.parametrize("points, field", [((), "schedule.points"), (((100, 0),), r"points\[0\]\[1\]"),
+                                           (((-5, 10),), r"points\[0\]\[0\]")])
+def test_k_shot_bad_points(points, field):
+    with pytest.raises(ConfigError, match=field):
+        KShot(points=points)
+
+
+def test_schedules_are_pure():
+    p = Progressive(speed=1.5)
+    first = [p.checkpoint_at(t, STEPS) for t in range(500)]
+    assert first == [p.checkpoint_at(t, STEPS) for t in range(500)]
+
+
+def test_schedules_round_trip_and_unknown_kind():
+    for sched in (CE(), OneShot(), Progressive(speed=2.0), KShot(points=((100, 5), (FINAL, 5)))):
+        data = to_dict(sched)
+        assert from_dict(type(sched), {k: v for k, v in data.items() if k != "type"}) == sched
+        assert lookup_variant("schedule", data["type"]) is type(sched)
+    with pytest.raises(ConfigError, match="valid: ce, k-shot, one-shot, progressive"):
+        lookup_variant("schedule", "progresive")
+    assert schedule_kinds() == ["ce", "k-shot", "one-shot", "progressive"]
+
+
+def test_no_checkpoints_is_an_error():
+    with pytest.raises(ConfigError, match="no checkpoints"):
+        OneShot().checkpoint_at(0, [])

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from progdistill.trajectory import Trajectory, TrajectoryError, TrajectoryWriter
+
+HEADER = {"task": {"type": "parity", "n": 4}, "model": {"type": "mlp", "width": 3}}
+
+
+def _write(tmp_path, steps=(0, 10, 20)):
+    writer = TrajectoryWriter(tmp_path / "traj", HEADER)
+    for s in steps:
+        writer.save(s, {"w": torch.full((2, 3), float(s)), "b": torch.arange(3.0) + s},
+                    {"eval_accuracy": 0.5 + s / 100, "eval_loss": 1.0 - s / 100})
+    writer.finish()
+    return tmp_path / "traj"
+
+
+def test_round_trip(tmp_path):
+    traj = Trajectory(_write(tmp_path))
+    assert traj.steps == [0, 10, 20] and traj.final_step == 20 and traj.complete
+    assert torch.equal(traj.load(10)["w"], torch.full((2, 3), 10.0))
+    assert traj.metrics(20) == {"eval_accuracy": 0.7, "eval_loss": 0.8}
+    assert traj.curve("eval_accuracy") == ([0, 10, 20], [0.5, 0.6, 0.7])
+    manifest = json.loads((tmp_path / "traj" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["header"] == HEADER
+    assert set(manifest["checkpoints"][0]) == {"step", "file", "sha256", "eval_accuracy", "eval_loss"}
+
+
+def test_corrupted_checkpoint_names_file_and_step(tmp_path):
+    d = _write(tmp_path)
+    path = d / "checkpoints" / "step_00000010.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    traj = Trajectory(d)
+    with pytest.raises(TrajectoryError, match=r"step_00000010.safetensors for step 10 is corrupted"):
+        traj.load(10)
+    assert torch.equal(traj.load(20)["w"], torch.full((2, 3), 20.0))  # others still load; no fallback
+
+
+def test_missing_checkpoint_file_and_step(tmp_path):
+    d = _write(tmp_path)
+    (d / "checkpoints" / "step_00000020.safetensors").unlink()
+    with pytest.raises(TrajectoryError, match="step_00000020.safetensors for step 20 is missing"):
+        Trajectory(d).load(20)
+    with pytest.raises(TrajectoryError, match="no checkpoint at step 15"):
+        Trajectory(d).load(15)
+
+
+def test_directory_without_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrajectoryError, match="has no manifest.json"):
+        Trajectory(tmp_path / "empty")
+    with pytest.raises(TrajectoryError, match="does not exist"):
+        Trajectory(tmp_path / "nope")
+    (tmp_path / "empty" / "manifest.json").write_text("{not json")
+    with pytest.raises(TrajectoryError, match="not valid JSON"):
+        Trajectory(tmp_path / "empty")
+
+
+def test_writer_refuses_other_header_and_out_of_order_steps(tmp_path):
+    d = _write(tmp_path)
+    with pytest.raises(TrajectoryError, match="different config"):
+        TrajectoryWriter(d, {"task": "other"})
+    writer = TrajectoryWriter(d, HEADER)
+    with pytest.raises(TrajectoryError, match="must be after"):
+        writer.save(20, {"w": torch.zeros(1)}, {})
+    assert Trajectory(d).steps == [0, 10, 20]
+
+
+def test_no_temporary_files_left(tmp_path):
+    d = _write(tmp_path)
+    leftovers = [p.name for p in d.rglob(".*tmp*")]
+    assert leftovers == []
