@@ -163,7 +163,6 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
         if not isinstance(sched, CE):
             sched.validate(trajectory.steps)
     dev = resolve_device(device)
-    model = _build(config, cfg.model, [seed for _, seed in todo], "student-init")
     teacher_cfg = config.teacher.model
     teachers = TeacherPool(trajectory, lambda: _build(config, teacher_cfg, [0], "unused"), dev)
     members = []
@@ -171,10 +170,14 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
         name = student_name(sched, seed)
         writer = MetricsWriter(out / "students" / name / "metrics.jsonl", out / "tensorboard" / name, "student/")
         members.append(Member(name, seed, sched, writer))
-    log(f"training {len(members)} students together: {', '.join(m.name for m in members)}")
+    # Stackable models (MLPs) train all students in one stack; others one student at a time.
+    groups = [members] if getattr(cfg.model, "stackable", False) else [[m] for m in members]
     try:
-        fit(config.task, model, cfg, members, data_stream="student-data", distillation=config.distillation,
-            teachers=teachers, device=dev, desc="students")
+        for group in groups:
+            log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")
+            model = _build(config, cfg.model, [m.seed for m in group], "student-init")
+            fit(config.task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
+                teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name)
     finally:
         for mem in members:
             mem.writer.close()

@@ -25,6 +25,7 @@ class MLPConfig:
     """``depth`` hidden ReLU layers of ``width`` units each."""
 
     kind: ClassVar[str] = "mlp"
+    stackable: ClassVar[bool] = True  # many models train together as one stack (progdistill.train.fit)
 
     width: int = 100
     depth: int = 1

@@ -184,3 +184,8 @@ def test_random_sigmoids(centre, width, seed, direction):
     assert abs(t.width - 2 * np.log(9) * width) <= 200 + 0.5 * width
     if width >= 60:  # the window spans several checkpoints
         assert t.start < t.middle < t.end
+
+
+def test_flat_curve_with_min_change_zero_is_still_no_transition():
+    with pytest.raises(NoTransitionError, match="change is \\+0"):
+        detect_transition(STEPS, np.full(len(STEPS), 0.7), min_change=0.0, min_snr=0.0)
