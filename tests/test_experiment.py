@@ -123,3 +123,11 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert main(["list"]) == 0
     assert "parity-mlp-paper" in capsys.readouterr().out
+
+
+def test_metrics_mirrored_to_tensorboard(tmp_path, tiny):
+    pytest.importorskip("tensorboard")
+    run(tiny, tmp_path / "run", log=quiet)
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    names = {p.parent.name for p in events}
+    assert "teacher" in names and "progressive-seed0" in names

@@ -1,0 +1,93 @@
+"""GPT-2 style transformers for sparse parity (PAPER.md section 1, "Transformer").
+
+The n input bits are a sequence of n tokens over a two-token vocabulary (token 1 where x_i = -1, token 0
+where x_i = +1), with learned positional embeddings and causal self-attention; the class is predicted from
+the hidden state at the *last* position, which attends to every bit, through one linear head. The paper uses
+2 layers of head dimension 8, a teacher with 32 heads and a student with 4.
+
+The network is Hugging Face ``transformers``' :class:`~transformers.GPT2Model` built from a
+:class:`~transformers.GPT2Config` (never downloaded). Transformers are not stacked: a "stack" holds exactly
+one model, and :func:`progdistill.train.fit` trains the students one after another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from .config import check, check_positive_int, register
+
+
+@register("model")
+@dataclass(frozen=True)
+class TransformerConfig:
+    """``n_layer`` GPT-2 blocks of ``n_head`` heads of dimension ``head_dim`` (hidden size
+    ``n_head * head_dim``; the MLP of each block has ``mlp_ratio`` times the hidden size)."""
+
+    kind: ClassVar[str] = "gpt2"
+    stackable: ClassVar[bool] = False  # one model per stack; students train one at a time
+
+    n_layer: int = 2
+    n_head: int = 4
+    head_dim: int = 8
+    mlp_ratio: int = 4
+
+    def __post_init__(self):
+        check_positive_int("model.n_layer", self.n_layer)
+        check_positive_int("model.n_head", self.n_head)
+        check_positive_int("model.head_dim", self.head_dim)
+        check_positive_int("model.mlp_ratio", self.mlp_ratio)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_head * self.head_dim
+
+    def build(self, in_features: int, num_classes: int,
+              generators: Sequence[torch.Generator]) -> "ParityTransformer":
+        return ParityTransformer(in_features, num_classes, self, generators)
+
+
+class ParityTransformer(nn.Module):
+    """A GPT-2 encoder over the bits plus a linear head on the last position.
+
+    ``forward(x)``: x (B, n) float in {-1, +1} -> logits (1, B, num_classes); the leading 1 is the stack
+    dimension that :func:`progdistill.train.fit` expects (see :class:`progdistill.mlp.MLP`).
+
+    Initialization is GPT-2's (normal, std 0.02; the head like ``nn.Linear``), drawn from the global RNG
+    *inside* :func:`torch.random.fork_rng` seeded with ``generators[0].initial_seed()``: the weights are a
+    function of that generator's seed, and the caller's global RNG state is left untouched. All dropout
+    probabilities are 0, so training draws no random numbers either.
+
+    Raises :class:`~progdistill.config.ConfigError` unless exactly one generator is given.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, config: TransformerConfig,
+                 generators: Sequence[torch.Generator]):
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model  # imported here: only transformer runs pay for it
+
+        check(len(generators) == 1, "generators", len(generators),
+              "a transformer is not stackable: exactly one generator per model")
+        check_positive_int("in_features", in_features)
+        check_positive_int("num_classes", num_classes)
+        self.config = config
+        self.num_models = 1
+        self.in_features = in_features
+        gpt2 = GPT2Config(vocab_size=2, n_positions=in_features, n_embd=config.hidden_size,
+                          n_layer=config.n_layer, n_head=config.n_head,
+                          n_inner=config.mlp_ratio * config.hidden_size,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
+                          bos_token_id=0, eos_token_id=0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generators[0].initial_seed())
+            self.gpt2 = GPT2Model(gpt2)
+            self.head = nn.Linear(config.hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, n) in {-1, +1} -> logits (1, B, C)."""
+        tokens = (x < 0).long()  # (B, n): token 1 where the bit is -1, token 0 where it is +1
+        hidden = self.gpt2(input_ids=tokens).last_hidden_state  # (B, n, H)
+        return self.head(hidden[:, -1]).unsqueeze(0)  # (1, B, C)

@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from progdistill.cli import main
+
+
+def test_help_explains_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("run", "list", "show", "trajectory"):
+        assert word in out
+
+
+def test_show_applies_overrides(capsys):
+    assert main(["show", "parity-mlp", "--seeds", "2", "--set", "student.steps=77"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["seeds"] == 2 and config["student"]["steps"] == 77
+
+
+def test_bad_override_is_an_error(capsys, tmp_path):
+    assert main(["run", "parity-mlp", "--set", "student.stepz=1", "--out", str(tmp_path / "o")]) == 2
+    assert "no field 'student.stepz'" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read config" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
+    """The real preset through the real command line, shrunk to seconds (same code path as the full run)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "progdistill.cli", "run", "parity-mlp", "--seeds", "2", "--out", str(out),
+           "--set", "task.n=10", "--set", "task.k=3", "--set", "task.eval_size=1024",
+           "--set", "teacher.steps=2000", "--set", "student.steps=2000", "--set", "teacher.model.width=256",
+           "--set", "teacher.eval_every=250", "--set", "teacher.checkpoint_every=250",
+           "--set", "student.eval_every=250", "--set", "schedules.3.points=[[500,500],[-1,1500]]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "| progressive |" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["preset"] == "parity-mlp" and len(results["students"]) == 8
+    assert results["teacher"]["final_accuracy"] > 0.9  # n=10, k=3 is learned in 2000 steps
+    assert (out / "accuracy.png").stat().st_size > 10_000
+    # a second identical command reuses everything and changes nothing
+    before = (out / "results.json").read_text()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "reusing finished teacher" in proc.stdout
+    strip = lambda r: {k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
+    assert strip((out / "results.json").read_text()) == strip(before)
