@@ -54,6 +54,22 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .probes import probe_monomials
+
+    summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablation import ablate_two_shot
+
+    ablate_two_shot(args.run_dir, first_steps=args.first_steps, device=args.device)
+    print(f"results: {Path(args.run_dir) / 'ablations' / 'two-shot'}/summary.json and accuracy.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progdistill",
@@ -81,6 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the presets, one line each")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("probe", help="probes over a finished run's checkpoints (monomial correlations)")
+    probe = p.add_subparsers(dest="probe", required=True)
+    p = probe.add_parser("monomials", help="degree 1..k-1 monomial correlations of every teacher checkpoint "
+                                           "(PAPER.md section 1); writes RUN_DIR/probes/monomials.{jsonl,png}")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run` (sparse parity)")
+    p.add_argument("--students", action="store_true", help="also probe every final student")
+    p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per model (default 100000)")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("ablate", help="ablations over a finished run")
+    ablate = p.add_subparsers(dest="ablation", required=True)
+    p = ablate.add_parser("two-shot", help="2-shot with the first checkpoint before, during and after the "
+                                           "teacher's transition; writes RUN_DIR/ablations/two-shot/")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run`")
+    p.add_argument("--first-steps", type=int, help="student steps on the first checkpoint (default: the run's "
+                                                   "2-shot-auto setting, else a third of the budget)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    p.set_defaults(func=cmd_ablate)
+
     p = sub.add_parser("show", help="print the full resolved config of a preset as JSON")
     config_args(p)
     p.set_defaults(func=cmd_show)
@@ -91,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, TrajectoryError, NonFiniteError, FileNotFoundError) as exc:
+    except (ConfigError, TrajectoryError, NonFiniteError, FileNotFoundError, ValueError) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
 

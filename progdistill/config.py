@@ -256,7 +256,9 @@ class DistillationConfig:
 class TrainConfig:
     """One training run's budget: ``steps`` optimizer steps of ``batch_size`` fresh samples, evaluated every
     ``eval_every`` steps; the teacher also saves a checkpoint every ``checkpoint_every`` steps (students ignore
-    it). ``model`` is a tagged model config (see :mod:`progdistill.models`)."""
+    it), keeping at most ``max_checkpoints`` of them when set (thinned where the eval curve is flat, dense
+    around the phase transition; see :class:`progdistill.trajectory.TrajectoryWriter`). ``model`` is a tagged
+    model config (e.g. :class:`progdistill.mlp.MLPConfig`)."""
 
     model: ModelSpec = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -265,6 +267,7 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 100
     seed: int = 0
+    max_checkpoints: int | None = None
 
     def __post_init__(self):
         check(self.model is not None and getattr(type(self.model), "union", None) == "model", "model",
@@ -274,4 +277,6 @@ class TrainConfig:
         check_positive_int("eval_every", self.eval_every)
         check_positive_int("checkpoint_every", self.checkpoint_every)
         check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
+        check(self.max_checkpoints is None or (isinstance(self.max_checkpoints, int) and self.max_checkpoints >= 3),
+              "max_checkpoints", self.max_checkpoints, "None (keep all) or an integer >= 3")
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+
 from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
                      check_positive_int, diff, from_dict, to_dict)
 from .metrics import MetricsWriter, read_metrics
@@ -30,6 +32,7 @@ from .schedules import CE
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json
 from .train import Member, TeacherPool, fit, generator, resolve_device
 
+STUDENT_WEIGHTS = "final.safetensors"
 OUTPUTS = ("config.json", "teacher", "students", "tensorboard", "results.json", "summary.md", "accuracy.png")
 
 
@@ -127,7 +130,7 @@ def train_teacher(config: ExperimentConfig, out: Path, device: str = "auto", log
     dev = resolve_device(device)
     cfg = config.teacher
     model = _build(config, cfg.model, [cfg.seed], "teacher-init")
-    writer = TrajectoryWriter(directory, header)
+    writer = TrajectoryWriter(directory, header, max_checkpoints=cfg.max_checkpoints)
     metrics = MetricsWriter(directory / "metrics.jsonl", out / "tensorboard" / "teacher", "teacher/")
     try:
         fit(config.task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
@@ -143,33 +146,42 @@ def student_name(schedule, seed: int) -> str:
 
 
 def _finished(path: Path, steps: int) -> bool:
-    if not path.exists():
+    if not path.exists() or not (path.parent / STUDENT_WEIGHTS).exists():
         return False
     records = read_metrics(path)
     return bool(records) and records[-1]["step"] == steps
 
 
 def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, device: str = "auto",
-                   log=print) -> None:
-    """Train every (schedule, seed) student not yet finished, all together in one stack."""
+                   log=print, runs: list[tuple[str, Any, int]] | None = None,
+                   directory: Path | None = None) -> None:
+    """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``).
+
+    ``runs``: (name, schedule, seed) triples, default one per (schedule, seed) of the config. Auto schedules
+    are resolved against ``trajectory`` first; stackable students (MLPs) all train in one stack.
+    """
     cfg = config.student
-    runs = [(sched, seed) for seed in range(config.seeds) for sched in config.schedules]
-    todo = [(s, k) for s, k in runs
-            if not _finished(out / "students" / student_name(s, k) / "metrics.jsonl", cfg.steps)]
+    directory = directory or out / "students"
+    if runs is None:
+        runs = [(student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules]
+    todo = [(name, s, k) for name, s, k in runs if not _finished(directory / name / "metrics.jsonl", cfg.steps)]
     if not todo:
         log("all students already finished")
         return
-    for sched, _ in todo:
+    resolved = {}
+    for _, sched, _ in todo:
+        resolved[sched] = sched.resolve(trajectory) if hasattr(sched, "resolve") else sched
         if not isinstance(sched, CE):
-            sched.validate(trajectory.steps)
+            resolved[sched].validate(trajectory.steps)
+        if resolved[sched] is not sched:
+            log(f"{sched.label}: resolved to {resolved[sched]}")
     dev = resolve_device(device)
     teacher_cfg = config.teacher.model
     teachers = TeacherPool(trajectory, lambda: _build(config, teacher_cfg, [0], "unused"), dev)
     members = []
-    for sched, seed in todo:
-        name = student_name(sched, seed)
-        writer = MetricsWriter(out / "students" / name / "metrics.jsonl", out / "tensorboard" / name, "student/")
-        members.append(Member(name, seed, sched, writer))
+    for name, sched, seed in todo:
+        writer = MetricsWriter(directory / name / "metrics.jsonl", out / "tensorboard" / name, "student/")
+        members.append(Member(name, seed, resolved[sched], writer))
     # Stackable models (MLPs) train all students in one stack; others one student at a time.
     groups = [members] if getattr(cfg.model, "stackable", False) else [[m] for m in members]
     try:
@@ -178,9 +190,38 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
             model = _build(config, cfg.model, [m.seed for m in group], "student-init")
             fit(config.task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
                 teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name)
+            for m, mem in enumerate(group):
+                save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
     finally:
         for mem in members:
             mem.writer.close()
+
+
+def _member_state(model, m: int, size: int) -> dict:
+    """The weights of model m of a stack (a stack of one keeps its leading dimension), as CPU tensors."""
+    state = model.state_dict()
+    if getattr(model, "num_models", 1) == size and size > 1:
+        state = {k: v[m:m + 1] for k, v in state.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def load_model(config: ExperimentConfig, out: str | Path, which: str, step: int | None = None):
+    """A trained model of run directory ``out``, frozen in eval mode: ``which`` = "teacher" (at checkpoint
+    ``step``, default the final one) or a student name such as "progressive-seed0" (its final weights)."""
+    out = Path(out)
+    if which == "teacher":
+        trajectory = Trajectory(out / "teacher")
+        state = trajectory.load(trajectory.final_step if step is None else step)
+        model_cfg = config.teacher.model
+    else:
+        path = out / "students" / which / STUDENT_WEIGHTS
+        if not path.exists():
+            raise TrajectoryError(f"student weights {path} are missing (has the student finished?)")
+        state = load_file(str(path))
+        model_cfg = config.student.model
+    model = _build(config, model_cfg, [0], "unused")
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
 
 
 def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",

@@ -9,7 +9,7 @@ from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfi
 from .experiment import ExperimentConfig
 from .mlp import MLPConfig
 from .parity import ParityTask
-from .schedules import CE, FINAL, KShot, OneShot, Progressive
+from .schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
 
 PRESETS: dict[str, tuple[str, Callable[[], ExperimentConfig]]] = {}
 
@@ -42,7 +42,8 @@ def parity_mlp() -> ExperimentConfig:
     # T = 0.5 sharpens the mid-transition teacher's weak low-degree signal (tuning record in the README).
     return ExperimentConfig(preset="parity-mlp", task=ParityTask(n=50, k=5), teacher=teacher, student=student,
                             distillation=DistillationConfig(temperature=0.5),
-                            schedules=(CE(), OneShot(), Progressive(speed=1.0), two_shot), seeds=3)
+                            schedules=(CE(), OneShot(), Progressive(speed=1.0), two_shot,
+                                       TwoShotAuto(first_steps=20_000)), seeds=3)
 
 
 @preset("parity-mlp-paper", "sparse parity at paper scale (n=100, k=6, widths 50,000 -> 100, batch 1, "

@@ -135,5 +135,49 @@ class KShot:
         return _final(checkpoint_steps) if ckpt == FINAL else ckpt
 
 
+@register("schedule")
+@dataclass(frozen=True)
+class TwoShotAuto:
+    """2-shot whose first checkpoint is picked from the teacher's curve (PAPER.md section 1, 2-shot): the
+    checkpoint in the middle of the phase transition detected on ``metric`` (a rise for accuracies, a drop
+    for losses; :func:`progdistill.phases.detect_transition`), for ``first_steps`` student steps, then the
+    final checkpoint. :meth:`resolve` turns it into the equivalent :class:`KShot` for a given trajectory."""
+
+    kind: ClassVar[str] = "2-shot-auto"
+
+    first_steps: int = 1000
+    metric: str = "eval_accuracy"
+
+    def __post_init__(self):
+        check_positive_int("schedule.first_steps", self.first_steps)
+        check(self.metric in ("eval_accuracy", "eval_loss"), "schedule.metric", self.metric,
+              "one of eval_accuracy (a rise), eval_loss (a drop)")
+
+    @property
+    def label(self) -> str:
+        return "2-shot-auto"
+
+    def pick(self, steps: Sequence[int], values: Sequence[float]) -> int:
+        """The checkpoint step in the middle of the transition of the curve (steps, values)."""
+        from .phases import NoTransitionError, detect_transition
+
+        try:
+            return detect_transition(steps, values, "rise" if self.metric == "eval_accuracy" else "drop").middle
+        except NoTransitionError as exc:
+            raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: {exc}")\
+                from None
+
+    def resolve(self, trajectory) -> KShot:
+        """The KShot ((middle of the transition, first_steps), (final, rest)) for ``trajectory``."""
+        steps, values = trajectory.curve(self.metric)
+        return KShot(points=((self.pick(steps, values), self.first_steps), (FINAL, 1)))
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
+
+
 def schedule_kinds() -> list[str]:
     return sorted(variants("schedule"))

@@ -61,7 +61,13 @@ class TrajectoryWriter:
     that already has a manifest with a different header is an error, so one trajectory never mixes runs.
     """
 
-    def __init__(self, directory: str | os.PathLike, header: dict[str, Any]):
+    def __init__(self, directory: str | os.PathLike, header: dict[str, Any], max_checkpoints: int | None = None,
+                 budget_metric: str = "eval_accuracy"):
+        if max_checkpoints is not None and max_checkpoints < 3:
+            raise TrajectoryError(f"max_checkpoints={max_checkpoints} is invalid: must be >= 3 (the first, "
+                                  "the latest and at least one in between) or None for no budget")
+        self.max_checkpoints = max_checkpoints
+        self.budget_metric = budget_metric
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST
         if self.path.exists():
@@ -90,7 +96,32 @@ class TrajectoryWriter:
         digest = sha256_file(tmp)
         os.replace(tmp, final)
         self.manifest["checkpoints"].append({"step": step, "file": rel, "sha256": digest, **metrics})
+        if self.max_checkpoints is not None and len(self.manifest["checkpoints"]) > self.max_checkpoints:
+            self._thin()
         self._flush()
+
+    def _thin(self) -> None:
+        """Drop the one interior checkpoint whose ``budget_metric`` is best predicted by linear interpolation
+        between its neighbours: plateaus are thinned first and checkpoints stay dense where the curve moves
+        fast (the phase transition). The first and the latest checkpoints are always kept. The dropped entry
+        moves to the manifest's ``thinned`` list with the reason, and its file is deleted."""
+        entries = self.manifest["checkpoints"]
+
+        def error(i: int) -> float:
+            a, b, c = entries[i - 1], entries[i], entries[i + 1]
+            w = (b["step"] - a["step"]) / (c["step"] - a["step"])
+            return abs(b[self.budget_metric] - ((1 - w) * a[self.budget_metric] + w * c[self.budget_metric]))
+
+        victim = min(range(1, len(entries) - 1), key=lambda i: (error(i), entries[i]["step"]))
+        gap = error(victim)
+        dropped = entries.pop(victim)
+        reason = (f"checkpoint budget {self.max_checkpoints}: {self.budget_metric} "
+                  f"{dropped[self.budget_metric]:.4g} lay within {gap:.3g} of the interpolation between its "
+                  "neighbours")
+        self.manifest.setdefault("thinned", []).append(
+            {"step": dropped["step"], self.budget_metric: dropped[self.budget_metric], "reason": reason})
+        self.manifest["checkpoint_budget"] = self.max_checkpoints
+        (self.directory / dropped["file"]).unlink(missing_ok=True)
 
     def finish(self, **extra: Any) -> None:
         """Mark the trajectory complete (a finished run can be reused); ``extra`` goes into the manifest."""

@@ -65,9 +65,9 @@ def test_schedules_round_trip_and_unknown_kind():
         data = to_dict(sched)
         assert from_dict(type(sched), {k: v for k, v in data.items() if k != "type"}) == sched
         assert lookup_variant("schedule", data["type"]) is type(sched)
-    with pytest.raises(ConfigError, match="valid: ce, k-shot, one-shot, progressive"):
+    with pytest.raises(ConfigError, match="valid: 2-shot-auto, ce, k-shot, one-shot, progressive"):
         lookup_variant("schedule", "progresive")
-    assert schedule_kinds() == ["ce", "k-shot", "one-shot", "progressive"]
+    assert schedule_kinds() == ["2-shot-auto", "ce", "k-shot", "one-shot", "progressive"]
 
 
 def test_no_checkpoints_is_an_error():

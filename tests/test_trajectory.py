@@ -74,3 +74,23 @@ def test_no_temporary_files_left(tmp_path):
     d = _write(tmp_path)
     leftovers = [p.name for p in d.rglob(".*tmp*")]
     assert leftovers == []
+
+
+def test_checkpoint_budget_keeps_transition_dense(tmp_path):
+    """A sigmoid-shaped accuracy curve with a budget of 6: plateaus are thinned, the jump is kept."""
+    import math
+    writer = TrajectoryWriter(tmp_path / "t", HEADER, max_checkpoints=6)
+    for s in range(0, 2100, 100):
+        acc = 0.5 + 0.5 / (1 + math.exp(-(s - 1000) / 60))
+        writer.save(s, {"w": torch.zeros(1)}, {"eval_accuracy": acc, "eval_loss": 1 - acc})
+    traj = Trajectory(tmp_path / "t")
+    assert len(traj.steps) == 6 and traj.steps[0] == 0 and traj.steps[-1] == 2000
+    assert sum(800 <= s <= 1200 for s in traj.steps) >= 3
+    thinned = traj.manifest["thinned"]
+    assert len(thinned) == 15 and "checkpoint budget 6" in thinned[0]["reason"]
+    files = sorted(p.name for p in (tmp_path / "t" / "checkpoints").iterdir())
+    assert len(files) == 6  # dropped files are deleted
+    for s in traj.steps:
+        traj.load(s)
+    with pytest.raises(TrajectoryError, match="max_checkpoints=2"):
+        TrajectoryWriter(tmp_path / "u", HEADER, max_checkpoints=2)

@@ -1,0 +1,109 @@
+"""The 2-shot ablation (PAPER.md section 1, 2-shot): the first checkpoint taken before, during and after the
+teacher's phase transition, then the final checkpoint; only "during" is expected to work.
+
+Writes under ``RUN_DIR/ablations/two-shot/``: ``<variant>-seed<k>/metrics.jsonl`` (variant = before, during,
+after), ``summary.json`` (the chosen checkpoints with the teacher's accuracy there, and per student its steps to
+the threshold and its accuracy at the end of the budget) and ``accuracy.png`` (the three student curves, mean
+with a min-max band over seeds, and the teacher).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, check_positive_int
+from .experiment import load_config, train_students
+from .metrics import read_metrics
+from .phases import NoTransitionError, detect_transition
+from .report import steps_to_threshold
+from .schedules import FINAL, KShot, TwoShotAuto
+from .trajectory import Trajectory, atomic_write_json
+
+VARIANTS = ("before", "during", "after")
+
+
+def ablation_checkpoints(trajectory: Trajectory, metric: str = "eval_accuracy") -> dict[str, int]:
+    """The checkpoint steps of the three variants on the detected transition (start, middle, end):
+    before = the last checkpoint before ``start``; during = ``middle``; after = the first checkpoint after
+    ``end`` whose metric has reached the final level (within 0.01). Raises ``ConfigError`` when the teacher
+    has no transition or no checkpoint before it."""
+    steps, values = trajectory.curve(metric)
+    try:
+        window = detect_transition(steps, values, "rise" if metric == "eval_accuracy" else "drop")
+    except NoTransitionError as exc:
+        raise ConfigError(f"the 2-shot ablation needs a teacher with a phase transition: {exc}") from None
+    earlier = [s for s in steps if s < window.start]
+    if not earlier:
+        raise ConfigError(f"the teacher's transition starts at its first checkpoint (step {steps[0]}); "
+                          "there is no checkpoint before it")
+    sign = 1 if metric == "eval_accuracy" else -1
+    later = [s for s, v in zip(steps, values) if s > window.end and sign * (window.after - v) <= 0.01]
+    return {"before": earlier[-1], "during": window.middle, "after": later[0] if later else steps[-1]}
+
+
+def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device: str = "auto",
+                    log=print) -> dict[str, Any]:
+    """Run the 2-shot ablation on the finished teacher of ``run_dir`` with the run's student budget.
+
+    ``first_steps``: student steps on the first checkpoint (default: the run's 2-shot-auto setting, else a
+    third of the student steps). Returns the content of ``summary.json``.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.json")
+    trajectory = Trajectory(run_dir / "teacher")
+    if first_steps is None:
+        auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
+        first_steps = auto[0].first_steps if auto else max(1, config.student.steps // 3)
+    check_positive_int("first_steps", first_steps)
+    picks = ablation_checkpoints(trajectory)
+    log("2-shot ablation, first checkpoints: " + ", ".join(
+        f"{v} = step {s} (teacher accuracy {trajectory.metrics(s)['eval_accuracy']:.3f})" for v, s in picks.items()))
+    directory = run_dir / "ablations" / "two-shot"
+    runs = [(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
+            for k in range(config.seeds) for v in VARIANTS]
+    train_students(config, run_dir, trajectory, device, log, runs=runs, directory=directory)
+
+    curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
+    summary = {"first_steps": first_steps, "budget": config.student.steps, "threshold": config.threshold,
+               "checkpoints": {v: {"step": s, "teacher_eval_accuracy": trajectory.metrics(s)["eval_accuracy"]}
+                               for v, s in picks.items()},
+               "students": [{"variant": name.split("-seed")[0], "seed": seed,
+                             "steps_to_threshold": steps_to_threshold(curves[name], config.threshold),
+                             "final_accuracy": curves[name][-1]["eval_accuracy"]} for name, _, seed in runs]}
+    atomic_write_json(directory / "summary.json", summary)
+    _plot(curves, trajectory, directory / "accuracy.png", config.preset, summary)
+    for v in VARIANTS:
+        accs = [s["final_accuracy"] for s in summary["students"] if s["variant"] == v]
+        log(f"  {v:>6}: final accuracy {statistics.mean(accs):.4f} (min {min(accs):.4f}, max {max(accs):.4f})")
+    return summary
+
+
+def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    steps, acc = trajectory.curve("eval_accuracy")
+    ax.plot(steps, acc, "k--", lw=1, label="teacher")
+    for v in VARIANTS:
+        runs = [c for name, c in curves.items() if name.startswith(f"{v}-seed")]
+        x = np.array([r["step"] for r in runs[0]])
+        y = np.array([[r["eval_accuracy"] for r in c] for c in runs])
+        ckpt = summary["checkpoints"][v]
+        line, = ax.plot(x, y.mean(0), label=f"{v}: checkpoint {ckpt['step']} (teacher acc "
+                                             f"{ckpt['teacher_eval_accuracy']:.2f})")
+        ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2)
+    ax.axvline(summary["first_steps"], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("student steps (switch to the final checkpoint at the dotted line)")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title(f"{preset}: 2-shot with the first checkpoint before / during / after the transition")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

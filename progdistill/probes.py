@@ -1,0 +1,126 @@
+"""Probes over a run directory: read its checkpoints, write JSONL and a figure (files in, files out).
+
+``probe_monomials`` (PAPER.md section 1, "Mechanism") computes the monomial correlations of every teacher
+checkpoint (and, when asked, every final student), writes ``probes/monomials.jsonl`` (one line per model),
+``probes/monomials-summary.json`` (the detected transition and the degree-1 spike) and
+``probes/monomials.png`` (degree-1 in-support lines, the off-support mean with a +/- std band, the teacher's
+accuracy on a second axis, the detected transition shaded).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ConfigError
+from .experiment import load_config, load_model, student_name
+from .monomials import mlp_class1_probability, monomial_correlations
+from .phases import NoTransitionError, detect_transition
+from .trajectory import Trajectory, atomic_write_json, atomic_write_text
+
+PROBE_SEED = 2024  # every checkpoint is probed on the same subsets and inputs
+
+
+def _record(model, task, num_samples: int) -> dict[str, Any]:
+    result = monomial_correlations(mlp_class1_probability(model, 0), task, num_samples=num_samples,
+                                   generator=torch.Generator().manual_seed(PROBE_SEED))
+    return result.to_dict() | {"summary": result.summary()}
+
+
+def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: int = 100_000,
+                    log=print) -> dict[str, Any]:
+    """Monomial correlations over every teacher checkpoint of ``run_dir`` (and its final students).
+
+    Returns the summary: the transition detected on the teacher's eval accuracy, the checkpoint where the mean
+    degree-1 in-support correlation peaks, its value, the off-support mean there, their ratio and whether the
+    peak lies inside the transition window. Raises ``ConfigError`` for a run that is not sparse parity and
+    :class:`~progdistill.trajectory.TrajectoryError` for a run without teacher checkpoints.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.json")
+    if config.task.kind != "parity":
+        raise ConfigError(f"the monomial probe needs a sparse parity run; {run_dir} has task {config.task.kind!r}")
+    if config.task.k < 2:
+        raise ConfigError(f"task.k={config.task.k}: the monomial probe needs k >= 2 (degrees 1..k-1)")
+    trajectory = Trajectory(run_dir / "teacher")
+    if not trajectory.steps:
+        raise ConfigError(f"{run_dir / 'teacher'} has no checkpoints to probe")
+    out = run_dir / "probes"
+    out.mkdir(exist_ok=True)
+    records = []
+    for step in tqdm(trajectory.steps, desc="monomial probe", unit="checkpoint", leave=False):
+        model = load_model(config, run_dir, "teacher", step)
+        records.append({"model": "teacher", "step": step, "eval_accuracy": trajectory.metrics(step)["eval_accuracy"],
+                        **_record(model, config.task, num_samples)})
+    if students:
+        for seed in range(config.seeds):
+            for sched in config.schedules:
+                name = student_name(sched, seed)
+                model = load_model(config, run_dir, name)
+                records.append({"model": name, "step": config.student.steps, **_record(model, config.task,
+                                                                                        num_samples)})
+    atomic_write_text(out / "monomials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    summary = _summarize([r for r in records if r["model"] == "teacher"])
+    atomic_write_json(out / "monomials-summary.json", summary)
+    _plot(records, summary, out / "monomials.png", config.preset)
+    log(f"wrote {out / 'monomials.jsonl'}, {out / 'monomials-summary.json'}, {out / 'monomials.png'}")
+    return summary
+
+
+def _summarize(teacher: list[dict]) -> dict[str, Any]:
+    steps = [r["step"] for r in teacher]
+    degree1 = [r["summary"]["degree1/in_support_mean"] for r in teacher]
+    peak = max(range(len(teacher)), key=lambda i: degree1[i])
+    off = teacher[peak]["summary"]["degree1/off_support_mean"]
+    summary: dict[str, Any] = {"peak_step": steps[peak], "peak_degree1_in_support_mean": degree1[peak],
+                               "degree1_off_support_mean_at_peak": off,
+                               "ratio": degree1[peak] / off if off else None}
+    try:
+        window = detect_transition(steps, [r["eval_accuracy"] for r in teacher], "rise")
+        summary["transition"] = window.to_dict()
+        summary["peak_inside_transition"] = window.start <= steps[peak] <= window.end
+    except NoTransitionError as exc:
+        summary["transition"] = None
+        summary["no_transition"] = str(exc)
+    return summary
+
+
+def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    teacher = [r for r in records if r["model"] == "teacher"]
+    steps = np.array([r["step"] for r in teacher])
+    degree1 = next(d for d in teacher[0]["degrees"] if d["degree"] == 1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for j, entry in enumerate(degree1["in_support"]):
+        values = [next(d for d in r["degrees"] if d["degree"] == 1)["in_support"][j]["correlation"]
+                  for r in teacher]
+        ax.plot(steps, values, lw=1.2, label=f"in-support x_{entry['subset'][0]}")
+    off_mean = np.array([r["summary"]["degree1/off_support_mean"] for r in teacher])
+    off_std = np.array([r["summary"]["degree1/off_support_std"] for r in teacher])
+    ax.plot(steps, off_mean, "k-", lw=1.5, label="off-support mean (+/- std)")
+    ax.fill_between(steps, off_mean - off_std, off_mean + off_std, color="k", alpha=0.15)
+    if summary.get("transition"):
+        ax.axvspan(summary["transition"]["start"], summary["transition"]["end"], color="orange", alpha=0.15,
+                   label="detected transition")
+    ax.set_xlabel("teacher training steps")
+    ax.set_ylabel("degree-1 monomial correlation")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["eval_accuracy"] for r in teacher], "b--", lw=1, label="teacher accuracy")
+    ax2.set_ylabel("teacher eval accuracy", color="b")
+    ax2.set_ylim(0.4, 1.02)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
+    ax.set_title(f"{preset}: degree-1 monomial correlations of the teacher")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

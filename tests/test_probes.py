@@ -1,0 +1,87 @@
+import json
+from dataclasses import replace
+
+import pytest
+
+from progdistill.ablation import ablate_two_shot, ablation_checkpoints
+from progdistill.config import ConfigError, OptimizerConfig
+from progdistill.experiment import run
+from progdistill.probes import probe_monomials
+from progdistill.schedules import TwoShotAuto
+from progdistill.trajectory import Trajectory
+
+
+def quiet(*args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def slow_teacher_run(tmp_path_factory):
+    """n=10, k=3 with a small learning rate: a teacher whose accuracy jumps mid-run (a transition)."""
+    from conftest import tiny_config
+    base = tiny_config(steps=1500)
+    sgd = OptimizerConfig(name="sgd", lr=0.03)
+    config = replace(base, task=replace(base.task, n=10, k=3),
+                     teacher=replace(base.teacher, optimizer=sgd, eval_every=100, checkpoint_every=100,
+                                     model=replace(base.teacher.model, width=256)),
+                     student=replace(base.student, steps=900, eval_every=100),
+                     schedules=(TwoShotAuto(first_steps=300),))
+    out = tmp_path_factory.mktemp("runs") / "run"
+    run(config, out, log=quiet)
+    return out
+
+
+def test_two_shot_auto_picks_the_middle_of_the_transition(slow_teacher_run):
+    traj = Trajectory(slow_teacher_run / "teacher")
+    steps, acc = traj.curve("eval_accuracy")
+    assert acc[0] < 0.6 and acc[-1] > 0.95, acc  # the fixture really has a transition
+    resolved = TwoShotAuto(first_steps=300).resolve(traj)
+    first = resolved.points[0][0]
+    assert 0.55 <= traj.metrics(first)["eval_accuracy"] <= 0.95
+    records = [json.loads(line) for line in (slow_teacher_run / "students" / "2-shot-auto-seed0" /
+                                            "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["teacher_checkpoint"] == first and records[-1]["teacher_checkpoint"] == steps[-1]
+
+
+def test_two_shot_auto_on_a_flat_teacher_is_a_clear_error():
+    class Flat:
+        def curve(self, metric):
+            return [0, 100, 200, 300, 400], [0.5, 0.5, 0.5, 0.5, 0.5]
+
+    with pytest.raises(ConfigError, match="2-shot-auto needs a teacher whose eval_accuracy has a phase transition"):
+        TwoShotAuto(first_steps=10).resolve(Flat())
+    with pytest.raises(ConfigError, match="schedule.metric"):
+        TwoShotAuto(metric="accuracy")
+
+
+def test_monomial_probe_over_a_run(slow_teacher_run):
+    summary = probe_monomials(slow_teacher_run, students=True, num_samples=32768, log=quiet)
+    lines = (slow_teacher_run / "probes" / "monomials.jsonl").read_text().splitlines()
+    traj = Trajectory(slow_teacher_run / "teacher")
+    assert len(lines) == len(traj.steps) + 1  # every checkpoint and the one student
+    first = json.loads(lines[0])
+    assert first["model"] == "teacher" and [d["degree"] for d in first["degrees"]] == [1, 2]
+    assert (slow_teacher_run / "probes" / "monomials.png").stat().st_size > 10_000
+    assert summary["peak_step"] in traj.steps
+    # the paper's mechanism on this small instance: degree-1 in-support correlations rise above off-support
+    assert summary["peak_degree1_in_support_mean"] > 1.5 * summary["degree1_off_support_mean_at_peak"]
+
+
+def test_probe_on_a_run_without_teacher_is_an_error(tmp_path):
+    from progdistill.trajectory import TrajectoryError
+    from conftest import tiny_config
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    with pytest.raises(TrajectoryError, match="does not exist"):
+        probe_monomials(tmp_path / "run", log=quiet)
+
+
+def test_two_shot_ablation(slow_teacher_run):
+    picks = ablation_checkpoints(Trajectory(slow_teacher_run / "teacher"))
+    assert picks["before"] < picks["during"] < picks["after"]
+    summary = ablate_two_shot(slow_teacher_run, log=quiet)
+    assert summary["first_steps"] == 300
+    assert [s["variant"] for s in summary["students"]] == ["before", "during", "after"]
+    assert (slow_teacher_run / "ablations" / "two-shot" / "accuracy.png").exists()
+    acc = {v: summary["checkpoints"][v]["teacher_eval_accuracy"] for v in ("before", "during", "after")}
+    assert acc["before"] < acc["during"] < acc["after"]
