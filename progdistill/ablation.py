@@ -101,7 +101,7 @@ def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict
     ax.axvline(summary["first_steps"], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("student steps (switch to the final checkpoint at the dotted line)")
     ax.set_ylabel("eval accuracy")
-    ax.set_title(f"{preset}: 2-shot with the first checkpoint before / during / after the transition")
+    ax.set_title(f"{preset}: 2-shot, first checkpoint before / during / after the transition", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -57,7 +57,8 @@ def cmd_show(args) -> int:
 def cmd_probe(args) -> int:
     from .probes import probe_monomials
 
-    summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples)
+    summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples,
+                              degrees=args.degrees)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (sparse parity)")
     p.add_argument("--students", action="store_true", help="also probe every final student")
     p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per model (default 100000)")
+    p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, within 1..k, including 1 "
+                                                          "(default 1..k-1)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")

@@ -25,19 +25,20 @@ from .trajectory import Trajectory, atomic_write_json, atomic_write_text
 PROBE_SEED = 2024  # every checkpoint is probed on the same subsets and inputs
 
 
-def _record(model, task, num_samples: int) -> dict[str, Any]:
+def _record(model, task, num_samples: int, degrees) -> dict[str, Any]:
     result = monomial_correlations(mlp_class1_probability(model, 0), task, num_samples=num_samples,
-                                   generator=torch.Generator().manual_seed(PROBE_SEED))
+                                   degrees=degrees, generator=torch.Generator().manual_seed(PROBE_SEED))
     return result.to_dict() | {"summary": result.summary()}
 
 
 def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: int = 100_000,
-                    log=print) -> dict[str, Any]:
+                    degrees: list[int] | None = None, log=print) -> dict[str, Any]:
     """Monomial correlations over every teacher checkpoint of ``run_dir`` (and its final students).
 
     Returns the summary: the transition detected on the teacher's eval accuracy, the checkpoint where the mean
     degree-1 in-support correlation peaks, its value, the off-support mean there, their ratio and whether the
-    peak lies inside the transition window. Raises ``ConfigError`` for a run that is not sparse parity and
+    peak lies inside the transition window. ``degrees`` defaults to 1..k-1 and must include 1. Raises
+    ``ConfigError`` for a run that is not sparse parity, ``ValueError`` for a degree outside 1..k and
     :class:`~progdistill.trajectory.TrajectoryError` for a run without teacher checkpoints.
     """
     run_dir = Path(run_dir)
@@ -46,6 +47,8 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
         raise ConfigError(f"the monomial probe needs a sparse parity run; {run_dir} has task {config.task.kind!r}")
     if config.task.k < 2:
         raise ConfigError(f"task.k={config.task.k}: the monomial probe needs k >= 2 (degrees 1..k-1)")
+    if degrees is not None and 1 not in degrees:
+        raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of degree 1)")
     trajectory = Trajectory(run_dir / "teacher")
     if not trajectory.steps:
         raise ConfigError(f"{run_dir / 'teacher'} has no checkpoints to probe")
@@ -55,14 +58,14 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
     for step in tqdm(trajectory.steps, desc="monomial probe", unit="checkpoint", leave=False):
         model = load_model(config, run_dir, "teacher", step)
         records.append({"model": "teacher", "step": step, "eval_accuracy": trajectory.metrics(step)["eval_accuracy"],
-                        **_record(model, config.task, num_samples)})
+                        **_record(model, config.task, num_samples, degrees)})
     if students:
         for seed in range(config.seeds):
             for sched in config.schedules:
                 name = student_name(sched, seed)
                 model = load_model(config, run_dir, name)
-                records.append({"model": name, "step": config.student.steps, **_record(model, config.task,
-                                                                                        num_samples)})
+                records.append({"model": name, "step": config.student.steps,
+                                **_record(model, config.task, num_samples, degrees)})
     atomic_write_text(out / "monomials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     summary = _summarize([r for r in records if r["model"] == "teacher"])
     atomic_write_json(out / "monomials-summary.json", summary)
@@ -90,6 +93,9 @@ def _summarize(teacher: list[dict]) -> dict[str, Any]:
 
 
 def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
+    """Left: degree-1 in-support correlations, one line per support coordinate, the off-support mean with a
+    +/- std band and the teacher's accuracy (second axis). Right: in-support mean (solid) and off-support
+    mean (dotted) of every probed degree. The detected transition is shaded in both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,9 +104,9 @@ def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
 
     teacher = [r for r in records if r["model"] == "teacher"]
     steps = np.array([r["step"] for r in teacher])
-    degree1 = next(d for d in teacher[0]["degrees"] if d["degree"] == 1)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for j, entry in enumerate(degree1["in_support"]):
+    degrees = [d["degree"] for d in teacher[0]["degrees"]]
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for j, entry in enumerate(next(d for d in teacher[0]["degrees"] if d["degree"] == 1)["in_support"]):
         values = [next(d for d in r["degrees"] if d["degree"] == 1)["in_support"][j]["correlation"]
                   for r in teacher]
         ax.plot(steps, values, lw=1.2, label=f"in-support x_{entry['subset'][0]}")
@@ -108,19 +114,26 @@ def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
     off_std = np.array([r["summary"]["degree1/off_support_std"] for r in teacher])
     ax.plot(steps, off_mean, "k-", lw=1.5, label="off-support mean (+/- std)")
     ax.fill_between(steps, off_mean - off_std, off_mean + off_std, color="k", alpha=0.15)
-    if summary.get("transition"):
-        ax.axvspan(summary["transition"]["start"], summary["transition"]["end"], color="orange", alpha=0.15,
-                   label="detected transition")
-    ax.set_xlabel("teacher training steps")
-    ax.set_ylabel("degree-1 monomial correlation")
+    for d in degrees:
+        line, = right.plot(steps, [r["summary"][f"degree{d}/in_support_mean"] for r in teacher], lw=1.4,
+                           label=f"degree {d} in-support")
+        right.plot(steps, [r["summary"][f"degree{d}/off_support_mean"] for r in teacher], ls=":",
+                   color=line.get_color(), label=f"degree {d} off-support")
+    for axis in (ax, right):
+        if summary.get("transition"):
+            axis.axvspan(summary["transition"]["start"], summary["transition"]["end"], color="orange",
+                         alpha=0.15, label="detected transition" if axis is ax else None)
+        axis.set_xlabel("teacher training steps")
+        axis.set_ylabel("monomial correlation")
     ax2 = ax.twinx()
     ax2.plot(steps, [r["eval_accuracy"] for r in teacher], "b--", lw=1, label="teacher accuracy")
     ax2.set_ylabel("teacher eval accuracy", color="b")
     ax2.set_ylim(0.4, 1.02)
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
+    lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
-    ax.set_title(f"{preset}: degree-1 monomial correlations of the teacher")
+    right.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_title(f"{preset}: degree-1 correlations of the teacher")
+    right.set_title("mean correlation by degree")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -85,3 +85,11 @@ def test_two_shot_ablation(slow_teacher_run):
     assert (slow_teacher_run / "ablations" / "two-shot" / "accuracy.png").exists()
     acc = {v: summary["checkpoints"][v]["teacher_eval_accuracy"] for v in ("before", "during", "after")}
     assert acc["before"] < acc["during"] < acc["after"]
+
+
+def test_probe_degree_outside_range_is_an_error(slow_teacher_run, capsys):
+    from progdistill.cli import main
+    assert main(["probe", "monomials", str(slow_teacher_run), "--degrees", "1", "4", "--samples", "1024"]) == 2
+    assert "1..k" in capsys.readouterr().err
+    assert main(["probe", "monomials", str(slow_teacher_run), "--degrees", "2", "--samples", "1024"]) == 2
+    assert "must include 1" in capsys.readouterr().err
