@@ -37,12 +37,13 @@ def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
            "--set", "task.n=10", "--set", "task.k=3", "--set", "task.eval_size=1024",
            "--set", "teacher.steps=2000", "--set", "student.steps=2000", "--set", "teacher.model.width=256",
            "--set", "teacher.eval_every=250", "--set", "teacher.checkpoint_every=250",
-           "--set", "student.eval_every=250", "--set", "schedules.3.points=[[500,500],[-1,1500]]"]
+           "--set", "student.eval_every=250", "--set", "schedules.3.points=[[500,500],[-1,1500]]",
+           "--set", "schedules.4.first_steps=500"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "| progressive |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["preset"] == "parity-mlp" and len(results["students"]) == 8
+    assert results["preset"] == "parity-mlp" and len(results["students"]) == 10
     assert results["teacher"]["final_accuracy"] > 0.9  # n=10, k=3 is learned in 2000 steps
     assert (out / "accuracy.png").stat().st_size > 10_000
     # a second identical command reuses everything and changes nothing
