@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import ConfigError, check_positive_int
 from .experiment import load_config, train_students
+from .lock import RunLock
 from .metrics import read_metrics
 from .phases import NoTransitionError, detect_transition
 from .report import steps_to_threshold
@@ -63,7 +64,8 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     directory = run_dir / "ablations" / "two-shot"
     runs = [(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
             for k in range(config.seeds) for v in VARIANTS]
-    train_students(config, run_dir, trajectory, device, log, runs=runs, directory=directory)
+    with RunLock(run_dir):
+        train_students(config, run_dir, trajectory, device, log, runs=runs, directory=directory)
 
     curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
     summary = {"first_steps": first_steps, "budget": config.student.steps, "threshold": config.threshold,

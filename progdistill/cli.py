@@ -10,6 +10,7 @@ from pathlib import Path
 from .config import ConfigError, override
 from .experiment import ExperimentConfig, load_config, run
 from .presets import PRESETS, get_preset
+from .lock import RunLockedError
 from .train import NonFiniteError
 from .trajectory import TrajectoryError
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, TrajectoryError, NonFiniteError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, FileNotFoundError, ValueError) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
 

@@ -268,6 +268,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     max_checkpoints: int | None = None
+    on_non_finite: str = "stop"
 
     def __post_init__(self):
         check(self.model is not None and getattr(type(self.model), "union", None) == "model", "model",
@@ -279,4 +280,6 @@ class TrainConfig:
         check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
         check(self.max_checkpoints is None or (isinstance(self.max_checkpoints, int) and self.max_checkpoints >= 3),
               "max_checkpoints", self.max_checkpoints, "None (keep all) or an integer >= 3")
+        check(self.on_non_finite in ("stop", "skip"), "on_non_finite", self.on_non_finite,
+              "'stop' (raise, keeping what is saved) or 'skip' (skip the step)")
 

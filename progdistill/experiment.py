@@ -27,12 +27,14 @@ from safetensors.torch import load_file, save_file
 
 from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
                      check_positive_int, diff, from_dict, to_dict)
+from .lock import RunLock
 from .metrics import MetricsWriter, read_metrics
 from .schedules import CE
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json
 from .train import Member, TeacherPool, fit, generator, resolve_device
 
 STUDENT_WEIGHTS = "final.safetensors"
+RESUME_STATE = "resume.pt"
 OUTPUTS = ("config.json", "teacher", "students", "tensorboard", "results.json", "summary.md", "accuracy.png")
 
 
@@ -101,7 +103,7 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool) -> Non
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
                           "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -124,17 +126,22 @@ def train_teacher(config: ExperimentConfig, out: Path, device: str = "auto", log
             return existing
     except TrajectoryError:
         existing = None
-    if directory.exists():
-        log(f"discarding unfinished teacher trajectory in {directory}; training it again")
+    if directory.exists() and (existing is None or existing.header != header):
+        log(f"discarding the unusable teacher directory {directory}; training the teacher again")
         shutil.rmtree(directory)
     dev = resolve_device(device)
     cfg = config.teacher
     model = _build(config, cfg.model, [cfg.seed], "teacher-init")
     writer = TrajectoryWriter(directory, header, max_checkpoints=cfg.max_checkpoints)
+    state_path = directory / RESUME_STATE
+    if state_path.exists():
+        log(f"resuming the teacher from its saved state {state_path}")
+    else:
+        writer.truncate(after_step=-1)
     metrics = MetricsWriter(directory / "metrics.jsonl", out / "tensorboard" / "teacher", "teacher/")
     try:
         fit(config.task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
-            checkpoint_writer=writer, device=dev, desc="teacher")
+            checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path)
     finally:
         metrics.close()
     writer.finish()
@@ -188,8 +195,12 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
         for group in groups:
             log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")
             model = _build(config, cfg.model, [m.seed for m in group], "student-init")
+            state_path = directory / f".resume-{group[0].name}.pt"
+            if state_path.exists():
+                log(f"resuming from the saved state {state_path}")
             fit(config.task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
-                teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name)
+                teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
+                state_path=state_path)
             for m, mem in enumerate(group):
                 save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
     finally:
@@ -231,10 +242,11 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
 
     out = Path(out)
     started = time.perf_counter()
-    claim_directory(out, config, overwrite)
-    trajectory = train_teacher(config, out, device, log)
-    train_students(config, out, trajectory, device, log)
-    return write_report(out, wall_time_s=time.perf_counter() - started)
+    with RunLock(out):
+        claim_directory(out, config, overwrite)
+        trajectory = train_teacher(config, out, device, log)
+        train_students(config, out, trajectory, device, log)
+        return write_report(out, wall_time_s=time.perf_counter() - started)
 
 
 def with_seeds(config: ExperimentConfig, seeds: int | None) -> ExperimentConfig:

@@ -41,6 +41,15 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(f"{self._prefix}{key}", value, record["step"])
 
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace the file's content with ``records`` (used when a run resumes from a saved state, so that
+        a line written after that state, or cut short by a crash, does not survive)."""
+        self._fh.seek(0)
+        self._fh.truncate()
+        for record in records:
+            self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
     def close(self) -> None:
         self._fh.close()
         if self._tb is not None:

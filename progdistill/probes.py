@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError
 from .experiment import load_config, load_model, student_name
+from .lock import RunLock
 from .monomials import mlp_class1_probability, monomial_correlations
 from .phases import NoTransitionError, detect_transition
 from .trajectory import Trajectory, atomic_write_json, atomic_write_text
@@ -49,6 +50,11 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
         raise ConfigError(f"task.k={config.task.k}: the monomial probe needs k >= 2 (degrees 1..k-1)")
     if degrees is not None and 1 not in degrees:
         raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of degree 1)")
+    with RunLock(run_dir):
+        return _probe_monomials(run_dir, config, students, num_samples, degrees, log)
+
+
+def _probe_monomials(run_dir: Path, config, students: bool, num_samples: int, degrees, log) -> dict[str, Any]:
     trajectory = Trajectory(run_dir / "teacher")
     if not trajectory.steps:
         raise ConfigError(f"{run_dir / 'teacher'} has no checkpoints to probe")

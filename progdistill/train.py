@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -138,7 +141,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member], *,
         data_stream: str, distillation: DistillationConfig | None = None,
         teachers: TeacherPool | None = None, checkpoint_writer: TrajectoryWriter | None = None,
-        device: torch.device = torch.device("cpu"), desc: str = "train") -> list[list[dict]]:
+        device: torch.device = torch.device("cpu"), desc: str = "train",
+        state_path: Path | None = None) -> list[list[dict]]:
     """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
 
     Member m draws ``train.batch_size`` fresh examples per step from the generator ``(seed, data_stream)``
@@ -149,7 +153,16 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     ``checkpoint_writer`` is given (a teacher: M must be 1) weights are saved every
     ``train.checkpoint_every`` steps, at step 0 and at the last step.
 
-    Raises :class:`NonFiniteError` naming the member and the steps when a training loss is NaN or inf.
+    Non-finite values: a NaN or inf training loss, gradient or teacher output stops the run with
+    :class:`NonFiniteError` naming the member, the step and the quantity (everything saved so far is kept);
+    with ``train.on_non_finite == "skip"`` a step with a non-finite loss or gradient is skipped instead (no
+    update) and counted in the records' ``skipped_steps``.
+
+    Resume: with ``state_path``, the complete training state (weights, optimizer, learning-rate schedule,
+    data generators, records) is saved atomically at every record; a later call with the same members resumes
+    from it, rewrites the metrics files to the saved records and drops trajectory checkpoints saved after it,
+    and so ends with the same numbers as an uninterrupted run (bit for bit on CPU with the same thread count).
+    The state file is deleted when training finishes.
     """
     M, B, steps = len(members), train.batch_size, train.steps
     distillation = distillation or DistillationConfig()
@@ -173,6 +186,9 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     histories: list[list[dict]] = [[] for _ in members]
     loss_sum = torch.zeros(M, device=device)
     loss_count = 0
+    skipped = 0
+    names = [mem.name for mem in members]
+    params = list(model.parameters())
 
     def checkpoints(t: int) -> list[int | None]:
         return [mem.schedule.checkpoint_at(t, ckpt_steps) for mem in members]
@@ -189,6 +205,8 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
             rec = {"step": step, "train_loss": train_loss[m], "eval_loss": float(eval_loss[m]),
                    "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": in_use[m],
                    "lr": opt.param_groups[0]["lr"]}
+            if skipped:
+                rec["skipped_steps"] = skipped
             histories[m].append(rec)
             if mem.writer is not None:
                 mem.writer.write(rec)
@@ -197,10 +215,29 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                                                               "eval_loss": float(eval_loss[0])})
         loss_sum = torch.zeros(M, device=device)
         loss_count = 0
+        if state_path is not None and step < steps:
+            _save_state(state_path, {"names": names, "step": step, "skipped": skipped, "histories": histories,
+                                     "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "lr_schedule": lr_sched.state_dict(),
+                                     "generators": {s: g.get_state() for s, g in gens.items()}})
 
-    record(0)
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=1.0)
-    start = 0
+    state = _load_state(state_path, names)
+    if state is None:
+        start = 0
+        record(0)
+    else:
+        start, skipped, histories = state["step"], state["skipped"], state["histories"]
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_schedule"])
+        for s, g in gens.items():
+            g.set_state(state["generators"][s])
+        for mem, hist in zip(members, histories):
+            if mem.writer is not None:
+                mem.writer.rewrite(hist)
+        if checkpoint_writer is not None:
+            checkpoint_writer.truncate(after_step=start)
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", leave=False, mininterval=1.0)
     while start < steps:
         stop = min(start + BLOCK_STEPS, (start // train.eval_every + 1) * train.eval_every, steps)
         if checkpoint_writer is not None:
@@ -240,7 +277,20 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                                               reduction="none").view(M, B)
             loss = per_example.sum() / B  # sum over models of each model's mean loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            bad = None if torch.isfinite(loss) else "training loss"
+            if bad is None:
+                loss.backward()
+                if not torch.isfinite(torch.stack([p.grad.sum() for p in params if p.grad is not None])).all():
+                    bad = "gradient"
+            if bad is not None:
+                culprits = [names[m] for m in range(M)
+                            if not torch.isfinite(per_example[m]).all()] or names
+                if train.on_non_finite == "stop":
+                    raise NonFiniteError(f"{', '.join(culprits)}: non-finite {bad} at step {start + i}; "
+                                         "everything saved before it is kept (on_non_finite='skip' skips such steps)")
+                skipped += 1
+                lr_sched.step()
+                continue
             opt.step()
             lr_sched.step()
             loss_sum += per_example.detach().mean(dim=1)
@@ -253,7 +303,28 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         if teachers is not None:
             teachers.retain({c for c in checkpoints(stop) if c is not None})
     bar.close()
+    if state_path is not None:
+        Path(state_path).unlink(missing_ok=True)
     return histories
+
+
+def _save_state(path: Path, state: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path | None, names: list[str]) -> dict | None:
+    """The saved training state at ``path`` if it belongs to exactly these members, else None."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # an unreadable state file cannot be trusted: start over, saying so
+        warnings.warn(f"ignoring unreadable resume state {path}: {exc}")
+        return None
+    return state if state.get("names") == names else None
 
 
 def _teacher_targets(plan: list[list[int | None]], x_block: torch.Tensor, seed_index: torch.Tensor,
@@ -281,6 +352,8 @@ def _teacher_targets(plan: list[list[int | None]], x_block: torch.Tensor, seed_i
             # Chunks of TEACHER_CHUNK rows keep a wide teacher's hidden activations in cache (~2x faster).
             out = torch.cat([teacher(inputs[j:j + TEACHER_CHUNK])[0] for j in range(0, len(inputs), TEACHER_CHUNK)])
             out = out.view(len(rows), B, num_classes).float()  # (rows, B, C)
+            if not torch.isfinite(out).all():
+                raise NonFiniteError(f"teacher checkpoint {c} produced non-finite outputs; the students stop here")
             pos = {i: j for j, i in enumerate(rows)}
             steps_idx = torch.tensor([i for i, _ in cells])
             model_idx = torch.tensor([m for _, m in cells])

@@ -123,6 +123,15 @@ class TrajectoryWriter:
         self.manifest["checkpoint_budget"] = self.max_checkpoints
         (self.directory / dropped["file"]).unlink(missing_ok=True)
 
+    def truncate(self, after_step: int) -> None:
+        """Forget the checkpoints saved after ``after_step`` (when a run resumes from an earlier state)."""
+        keep = [c for c in self.manifest["checkpoints"] if c["step"] <= after_step]
+        for entry in self.manifest["checkpoints"][len(keep):]:
+            (self.directory / entry["file"]).unlink(missing_ok=True)
+        self.manifest["checkpoints"] = keep
+        self.manifest["complete"] = False
+        self._flush()
+
     def finish(self, **extra: Any) -> None:
         """Mark the trajectory complete (a finished run can be reused); ``extra`` goes into the manifest."""
         self.manifest.update(extra)

@@ -57,11 +57,19 @@ def test_fit_equals_step_by_step_pure_losses(tmp_path, tiny, loss, temperature):
         assert hist[m][2]["train_loss"] == pytest.approx(sum(losses[20:]) / 20, rel=1e-4)
 
 
-def test_non_finite_loss_names_run_and_steps(tiny):
+def test_non_finite_loss_names_run_step_and_quantity(tiny):
     bad = replace(tiny.teacher, optimizer=OptimizerConfig(name="sgd", lr=1e30), steps=100)
     model = bad.model.build(8, 2, [generator(0, "init")])
-    with pytest.raises(NonFiniteError, match=r"teacher-x: training loss is (nan|inf) in steps"):
+    with pytest.raises(NonFiniteError, match=r"teacher-x: non-finite (training loss|gradient) at step \d+"):
         fit(tiny.task, model, bad, [Member("teacher-x", 0, CE())], data_stream="d")
+
+
+def test_non_finite_steps_can_be_skipped(tiny):
+    bad = replace(tiny.teacher, optimizer=OptimizerConfig(name="sgd", lr=1e30), steps=100, on_non_finite="skip")
+    model = bad.model.build(8, 2, [generator(0, "init")])
+    hist = fit(tiny.task, model, bad, [Member("teacher-x", 0, CE())], data_stream="d")[0]
+    assert hist[-1]["step"] == 100 and hist[-1]["skipped_steps"] > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_learning_rate_schedules():

@@ -1,0 +1,69 @@
+"""Exclusive ownership of a run directory by one process at a time (a lock file holding the process id).
+
+A second process that opens the same directory is refused with a message naming the holder. A lock left by a
+process that is gone (killed, crashed, rebooted) is taken over, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+
+LOCK = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """``with RunLock(directory): ...`` holds ``directory/.lock`` for the block (re-entrant per process)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / LOCK
+        self.owned = False
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text(encoding="utf-8"))
+                    pid = int(holder["pid"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    holder, pid = {}, None
+                if pid == os.getpid():
+                    return self  # this process already holds it (nested use)
+                same_host = holder.get("host") in (None, me["host"])
+                if pid is not None and (not same_host or _alive(pid)):
+                    raise RunLockedError(f"{self.path.parent} is in use by process {pid} on "
+                                         f"{holder.get('host', 'this host')} (lock file {self.path}); wait for it "
+                                         "to finish or choose another directory") from None
+                warnings.warn(f"taking over the lock {self.path} left by process {pid}, which is gone")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.owned = True
+            return self
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False
