@@ -18,7 +18,7 @@ from .experiment import load_config, train_students
 from .lock import RunLock
 from .metrics import read_metrics
 from .phases import NoTransitionError, detect_transition
-from .report import steps_to_threshold
+from .report import save_figure, steps_to_threshold
 from .schedules import FINAL, KShot, TwoShotAuto
 from .trajectory import Trajectory, atomic_write_json
 
@@ -107,5 +107,4 @@ def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,8 +116,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         tags = [m for m in tp.__metadata__ if isinstance(m, Tagged)]
         if not tags:
             return _convert(typing.get_args(tp)[0], value, path)
-        if not isinstance(value, dict) or "type" not in value:
-            raise ConfigError(f"{path}={value!r} is invalid: must be an object with a 'type' field")
+        if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+            raise ConfigError(f"{path}={value!r} is invalid: must be an object with a 'type' field naming a "
+                              f"{tags[0].union}; valid: {', '.join(sorted(_UNIONS.get(tags[0].union, {})))}")
         cls = lookup_variant(tags[0].union, value["type"], f"{path}.type")
         return from_dict(cls, {k: v for k, v in value.items() if k != "type"}, path)
     if origin is tuple:
@@ -134,6 +136,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return from_dict(tp, value, path)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp in (int, float, str, bool):
+        ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+        if not ok or (tp is float and not math.isfinite(value)):
+            raise ConfigError(f"{path}={value!r} is invalid: must be a finite {tp.__name__}")
     return value
 
 

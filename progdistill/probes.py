@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 from .config import ConfigError
 from .experiment import load_config, load_model, student_name
 from .lock import RunLock
+from .metrics import read_metrics
 from .monomials import mlp_class1_probability, monomial_correlations
 from .phases import NoTransitionError, detect_transition
+from .report import save_figure
 from .trajectory import Trajectory, atomic_write_json, atomic_write_text
 
 PROBE_SEED = 2024  # every checkpoint is probed on the same subsets and inputs
@@ -60,22 +62,37 @@ def _probe_monomials(run_dir: Path, config, students: bool, num_samples: int, de
         raise ConfigError(f"{run_dir / 'teacher'} has no checkpoints to probe")
     out = run_dir / "probes"
     out.mkdir(exist_ok=True)
-    records = []
-    for step in tqdm(trajectory.steps, desc="monomial probe", unit="checkpoint", leave=False):
-        model = load_model(config, run_dir, "teacher", step)
-        records.append({"model": "teacher", "step": step, "eval_accuracy": trajectory.metrics(step)["eval_accuracy"],
-                        **_record(model, config.task, num_samples, degrees)})
+    jobs = [("teacher", step) for step in trajectory.steps]
     if students:
-        for seed in range(config.seeds):
-            for sched in config.schedules:
-                name = student_name(sched, seed)
-                model = load_model(config, run_dir, name)
-                records.append({"model": name, "step": config.student.steps,
-                                **_record(model, config.task, num_samples, degrees)})
+        jobs += [(student_name(sched, seed), config.student.steps)
+                 for seed in range(config.seeds) for sched in config.schedules]
+    # Records go to a partial file as they are computed, so a killed probe resumes where it stopped.
+    settings = {"settings": {"num_samples": num_samples, "degrees": degrees, "seed": PROBE_SEED}}
+    partial = out / ".monomials.partial.jsonl"
+    done = {}
+    if partial.exists():
+        saved = read_metrics(partial)
+        if saved and saved[0] == settings:
+            done = {(r["model"], r["step"]): r for r in saved[1:]}
+            log(f"resuming the monomial probe: {len(done)} of {len(jobs)} models already probed")
+    with open(partial, "w", encoding="utf-8") as fh:
+        for line in [settings, *done.values()]:
+            fh.write(json.dumps(line) + "\n")
+        for name, step in tqdm(jobs, desc="monomial probe", unit="model", leave=False):
+            if (name, step) in done:
+                continue
+            model = load_model(config, run_dir, name, step if name == "teacher" else None)
+            extra = {"eval_accuracy": trajectory.metrics(step)["eval_accuracy"]} if name == "teacher" else {}
+            done[(name, step)] = {"model": name, "step": step, **extra,
+                                  **_record(model, config.task, num_samples, degrees)}
+            fh.write(json.dumps(done[(name, step)]) + "\n")
+            fh.flush()
+    records = [done[job] for job in jobs]
     atomic_write_text(out / "monomials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     summary = _summarize([r for r in records if r["model"] == "teacher"])
     atomic_write_json(out / "monomials-summary.json", summary)
     _plot(records, summary, out / "monomials.png", config.preset)
+    partial.unlink()
     log(f"wrote {out / 'monomials.jsonl'}, {out / 'monomials-summary.json'}, {out / 'monomials.png'}")
     return summary
 
@@ -141,5 +158,4 @@ def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
     ax.set_title(f"{preset}: degree-1 correlations of the teacher")
     right.set_title("mean correlation by degree")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

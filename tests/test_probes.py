@@ -93,3 +93,19 @@ def test_probe_degree_outside_range_is_an_error(slow_teacher_run, capsys):
     assert "1..k" in capsys.readouterr().err
     assert main(["probe", "monomials", str(slow_teacher_run), "--degrees", "2", "--samples", "1024"]) == 2
     assert "must include 1" in capsys.readouterr().err
+
+
+def test_probe_resumes_from_a_partial_file(slow_teacher_run):
+    probe_monomials(slow_teacher_run, num_samples=2048, log=quiet)
+    full = (slow_teacher_run / "probes" / "monomials.jsonl").read_text()
+    lines = full.splitlines()
+    settings = {"settings": {"num_samples": 2048, "degrees": None, "seed": 2024}}
+    partial = slow_teacher_run / "probes" / ".monomials.partial.jsonl"
+    # as left by a probe killed while writing its fourth record
+    partial.write_text(json.dumps(settings) + "\n" + "\n".join(lines[:3]) + "\n" + lines[3][:40])
+    messages = []
+    with pytest.warns(UserWarning, match="truncated final line"):
+        probe_monomials(slow_teacher_run, num_samples=2048, log=messages.append)
+    assert any("3 of" in m for m in messages)
+    assert (slow_teacher_run / "probes" / "monomials.jsonl").read_text() == full
+    assert not partial.exists()
