@@ -10,6 +10,7 @@ from pathlib import Path
 from .config import ConfigError, override
 from .experiment import ExperimentConfig, load_config, run
 from .presets import PRESETS, get_preset
+from .distributed import init_from_env, is_main, local_slice, rank_world
 from .lock import RunLockedError
 from .train import NonFiniteError
 from .trajectory import TrajectoryError
@@ -36,10 +37,15 @@ def resolve_config(spec: str, seeds: int | None, sets: list[str]) -> ExperimentC
 def cmd_run(args) -> int:
     config = resolve_config(args.preset, args.seeds, args.set or [])
     out = Path(args.out or f"runs/{config.preset}")
-    results = run(config, out, overwrite=args.overwrite, device=args.device)
-    print((out / "summary.md").read_text(encoding="utf-8"))
-    print(f"results: {out / 'results.json'}  figure: {out / 'accuracy.png'}")
-    return 0 if results else 1
+    device = init_from_env(args.device)  # joins the process group under torchrun
+    if rank_world()[1] > 1:
+        local_slice(config.teacher.batch_size)  # refuse an uneven split before any work
+        local_slice(config.student.batch_size)
+    run(config, out, overwrite=args.overwrite, device=device)
+    if is_main():
+        print((out / "summary.md").read_text(encoding="utf-8"))
+        print(f"results: {out / 'results.json'}  figure: {out / 'accuracy.png'}")
+    return 0
 
 
 def cmd_list(args) -> int:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
                      check_positive_int, diff, from_dict, to_dict)
+from .distributed import barrier, is_main
 from .lock import RunLock
 from .metrics import MetricsWriter, read_metrics
 from .schedules import CE
@@ -126,25 +127,33 @@ def train_teacher(config: ExperimentConfig, out: Path, device: str = "auto", log
             return existing
     except TrajectoryError:
         existing = None
-    if directory.exists() and (existing is None or existing.header != header):
-        log(f"discarding the unusable teacher directory {directory}; training the teacher again")
-        shutil.rmtree(directory)
+    state_path = directory / RESUME_STATE
+    resuming = state_path.exists()
+    barrier()  # all processes have looked before rank 0 changes anything
+    writer = metrics = None
+    if is_main():
+        if directory.exists() and (existing is None or existing.header != header):
+            log(f"discarding the unusable teacher directory {directory}; training the teacher again")
+            shutil.rmtree(directory)
+            resuming = False
+        writer = TrajectoryWriter(directory, header, max_checkpoints=config.teacher.max_checkpoints)
+        if resuming:
+            log(f"resuming the teacher from its saved state {state_path}")
+        else:
+            writer.truncate(after_step=-1)
+        metrics = MetricsWriter(directory / "metrics.jsonl", out / "tensorboard" / "teacher", "teacher/")
     dev = resolve_device(device)
     cfg = config.teacher
     model = _build(config, cfg.model, [cfg.seed], "teacher-init")
-    writer = TrajectoryWriter(directory, header, max_checkpoints=cfg.max_checkpoints)
-    state_path = directory / RESUME_STATE
-    if state_path.exists():
-        log(f"resuming the teacher from its saved state {state_path}")
-    else:
-        writer.truncate(after_step=-1)
-    metrics = MetricsWriter(directory / "metrics.jsonl", out / "tensorboard" / "teacher", "teacher/")
     try:
         fit(config.task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
             checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path)
     finally:
-        metrics.close()
-    writer.finish()
+        if metrics is not None:
+            metrics.close()
+    if writer is not None:
+        writer.finish()
+    barrier()
     return Trajectory(directory)
 
 
@@ -187,7 +196,9 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
     teachers = TeacherPool(trajectory, lambda: _build(config, teacher_cfg, [0], "unused"), dev)
     members = []
     for name, sched, seed in todo:
-        writer = MetricsWriter(directory / name / "metrics.jsonl", out / "tensorboard" / name, "student/")
+        writer = None
+        if is_main():
+            writer = MetricsWriter(directory / name / "metrics.jsonl", out / "tensorboard" / name, "student/")
         members.append(Member(name, seed, resolved[sched], writer))
     # Stackable models (MLPs) train all students in one stack; others one student at a time.
     groups = [members] if getattr(cfg.model, "stackable", False) else [[m] for m in members]
@@ -202,10 +213,13 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
                 teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
                 state_path=state_path)
             for m, mem in enumerate(group):
-                save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
+                if is_main():
+                    save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
     finally:
         for mem in members:
-            mem.writer.close()
+            if mem.writer is not None:
+                mem.writer.close()
+    barrier()
 
 
 def _member_state(model, m: int, size: int) -> dict:
@@ -242,11 +256,22 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
 
     out = Path(out)
     started = time.perf_counter()
+    if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
+        barrier()
+        trajectory = train_teacher(config, out, device, log=lambda *a: None)
+        train_students(config, out, trajectory, device, log=lambda *a: None)
+        barrier()
+        return {}
     with RunLock(out):
-        claim_directory(out, config, overwrite)
+        try:
+            claim_directory(out, config, overwrite)
+        finally:
+            barrier()  # workers wait until the directory is claimed (or the claim failed)
         trajectory = train_teacher(config, out, device, log)
         train_students(config, out, trajectory, device, log)
-        return write_report(out, wall_time_s=time.perf_counter() - started)
+        results = write_report(out, wall_time_s=time.perf_counter() - started)
+        barrier()
+        return results
 
 
 def with_seeds(config: ExperimentConfig, seeds: int | None) -> ExperimentConfig:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
 from .config import DistillationConfig, OptimizerConfig, TrainConfig
 from .losses import cross_entropy, forward_kl, reverse_kl, teacher_probabilities
 from .metrics import MetricsWriter
@@ -164,7 +165,10 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     and so ends with the same numbers as an uninterrupted run (bit for bit on CPU with the same thread count).
     The state file is deleted when training finishes.
     """
-    M, B, steps = len(members), train.batch_size, train.steps
+    M, steps = len(members), train.steps
+    rows = local_slice(train.batch_size)  # this process's share of every global batch
+    B = rows.stop - rows.start
+    main_process = is_main()
     distillation = distillation or DistillationConfig()
     ckpt_steps = teachers.trajectory.steps if teachers is not None else []
     for mem in members:
@@ -183,6 +187,11 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     x_eval, y_eval = (t.to(device) for t in task.eval_set())
     opt, lr_sched = make_optimizer(model.parameters(), train.optimizer, steps)
     model.to(device).train()
+    net = model
+    if rank_world()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     histories: list[list[dict]] = [[] for _ in members]
     loss_sum = torch.zeros(M, device=device)
     loss_count = 0
@@ -195,13 +204,17 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
 
     def record(step: int) -> None:
         nonlocal loss_sum, loss_count
+        train_loss = all_reduce_mean(loss_sum / max(loss_count, 1)).tolist() if loss_count else [None] * M
+        loss_sum = torch.zeros(M, device=device)
+        loss_count = 0
+        if not main_process:
+            return
         eval_loss, eval_acc = evaluate(model, x_eval, y_eval)
-        train_loss = (loss_sum / loss_count).tolist() if loss_count else [None] * M
         in_use = checkpoints(max(step - 1, 0))
         for m, mem in enumerate(members):
             if train_loss[m] is not None and not math.isfinite(train_loss[m]):
-                raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in steps "
-                                     f"{step - loss_count}..{step - 1}; metrics saved so far are kept")
+                raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in the steps before "
+                                     f"{step}; metrics saved so far are kept")
             rec = {"step": step, "train_loss": train_loss[m], "eval_loss": float(eval_loss[m]),
                    "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": in_use[m],
                    "lr": opt.param_groups[0]["lr"]}
@@ -213,8 +226,6 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         if checkpoint_writer is not None and (step % train.checkpoint_every == 0 or step == steps):
             checkpoint_writer.save(step, model.state_dict(), {"eval_accuracy": float(eval_acc[0]),
                                                               "eval_loss": float(eval_loss[0])})
-        loss_sum = torch.zeros(M, device=device)
-        loss_count = 0
         if state_path is not None and step < steps:
             _save_state(state_path, {"names": names, "step": step, "skipped": skipped, "histories": histories,
                                      "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -222,6 +233,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                                      "generators": {s: g.get_state() for s, g in gens.items()}})
 
     state = _load_state(state_path, names)
+    barrier()  # every process has read the state before rank 0 may replace it
     if state is None:
         start = 0
         record(0)
@@ -237,14 +249,17 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                 mem.writer.rewrite(hist)
         if checkpoint_writer is not None:
             checkpoint_writer.truncate(after_step=start)
-    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", leave=False, mininterval=1.0)
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", leave=False, mininterval=1.0,
+               disable=None if main_process else True)
     while start < steps:
         stop = min(start + BLOCK_STEPS, (start // train.eval_every + 1) * train.eval_every, steps)
         if checkpoint_writer is not None:
             stop = min(stop, (start // train.checkpoint_every + 1) * train.checkpoint_every)
         L = stop - start
         # Inputs for the block, one stream per seed: (S, L, B, n) -> labels (S, L, B).
-        x_block = torch.stack([task.sample_inputs(L * B, gens[s]).view(L, B, -1) for s in seeds]).to(device)
+        global_block = [task.sample_inputs(L * train.batch_size, gens[s]).view(L, train.batch_size, -1)
+                        for s in seeds]
+        x_block = torch.stack(global_block)[:, :, rows].to(device)  # (S, L, B_local, n)
         y_block = task.labels(x_block)
         plan = [checkpoints(t) for t in range(start, stop)]  # (L, M)
         teacher_logits, kd_weight = _teacher_targets(plan, x_block, seed_index, teachers, task.num_classes)
@@ -264,7 +279,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
             entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)
             loss_sum -= (kd_weight[..., None] * entropy).mean(dim=2).sum(dim=0)  # (M,)
         for i in range(L):
-            logits = model(x_steps[i])  # (M, B, C)
+            logits = net(x_steps[i])  # (M, B, C)
             if not fused:  # reverse KL: the pure loss functions, term by term
                 per_example = ce_weight[i, :, None] * cross_entropy(logits, y_steps[i], reduction="none") \
                     + kd_weight[i, :, None] * kd_fn(logits, teacher_logits[i], temperature, reduction="none")
@@ -277,7 +292,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                                               reduction="none").view(M, B)
             loss = per_example.sum() / B  # sum over models of each model's mean loss
             opt.zero_grad(set_to_none=True)
-            bad = None if torch.isfinite(loss) else "training loss"
+            bad = None if all_true(bool(torch.isfinite(loss)), device) else "training loss"
             if bad is None:
                 loss.backward()
                 if not torch.isfinite(torch.stack([p.grad.sum() for p in params if p.grad is not None])).all():
@@ -303,7 +318,8 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         if teachers is not None:
             teachers.retain({c for c in checkpoints(stop) if c is not None})
     bar.close()
-    if state_path is not None:
+    barrier()
+    if state_path is not None and main_process:
         Path(state_path).unlink(missing_ok=True)
     return histories
 
