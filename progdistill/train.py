@@ -100,8 +100,11 @@ class TeacherPool:
 
     def get(self, step: int) -> torch.nn.Module:
         if step not in self.models:
-            model = self.build()
-            model.load_state_dict(self.trajectory.load(step))
+            if hasattr(self.trajectory, "load_model"):  # e.g. an HF Trainer run (progdistill.hf)
+                model = self.trajectory.load_model(step)
+            else:
+                model = self.build()
+                model.load_state_dict(self.trajectory.load(step))
             model.to(self.device).eval().requires_grad_(False)
             self.models[step] = model
             self.loads += 1
