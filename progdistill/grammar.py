@@ -11,7 +11,7 @@ Lower-case names (``[a-z][a-z0-9_]*``) are nonterminals, quoted symbols (``'a'``
 brackets is the rule's probability. The start symbol is the left-hand side of the first production.
 
 A :class:`Grammar` is frozen and canonical: nonterminals are ordered by level (shortest derivation depth from
-the start symbol; the start symbol is level 0), then by first appearance as a left-hand side; terminals are
+the start symbol; the start symbol is level 0), then by name (digit runs compared as numbers); terminals are
 sorted, and a terminal's token id is its index in ``Grammar.terminals`` (a, b, c -> 0, 1, 2, as in the
 paper's code). The cfg3 grammars are *layered*: a level-L nonterminal expands into level-(L+1) nonterminals
 only, and only the last level (the preterminals a, b, c) expands into terminals, so every token sits at depth
@@ -69,6 +69,11 @@ class Rule:
         return f"{self.lhs} -> {rhs} [{_format_probability(self.probability)}]"
 
 
+def _natural(name: str) -> tuple:
+    # 'n1_10' after 'n1_2': digit runs compare as numbers.
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def _format_probability(p: float) -> str:
     # Shortest text that reads back to the same float; integers without '.0', like the data files.
     return str(int(p)) if float(p).is_integer() else repr(float(p))
@@ -78,8 +83,9 @@ def _format_probability(p: float) -> str:
 class Grammar:
     """A validated, canonical probabilistic context-free grammar.
 
-    Construct from ``start`` and ``rules`` (any order); the rules are reordered canonically (by the
-    nonterminal order, stable within a left-hand side), so two grammars with the same productions are equal.
+    Construct from ``start`` and ``rules``; the rules are regrouped in the canonical nonterminal order, keeping
+    the given order within each left-hand side (that order fixes what the sampler draws). Two grammars are equal
+    when they have the same start and the same productions in the same order per left-hand side.
     ``where`` (not compared) maps a rule to its source location for error messages. ``name`` is not compared.
 
     Raises :class:`GrammarError` when: a rule has an empty right-hand side or a probability outside (0, 1];
@@ -160,8 +166,7 @@ class Grammar:
                 raise GrammarError(f"{loc(group[0])}: nonterminal {lhs!r} derives no finite string; allowed: "
                                    "every nonterminal has a derivation that ends in terminals")
 
-        first = {lhs: i for i, lhs in enumerate(by_lhs)}
-        order = tuple(sorted(by_lhs, key=lambda s: (level[s], first[s])))
+        order = tuple(sorted(by_lhs, key=lambda s: (level[s], _natural(s))))
         terminals = sorted({s.name for r in rules for s in r.rhs if isinstance(s, Terminal)})
         object.__setattr__(self, "rules", tuple(r for lhs in order for r in by_lhs[lhs]))
         object.__setattr__(self, "nonterminals", order)

@@ -9,10 +9,11 @@ internally (``X -> A B C`` becomes ``X -> A @(B C)`` and ``@(B C) -> B C`` with 
 symbols are shared and never appear in the output), which preserves every tree's probability.
 
 The chart is filled by span length; for each length, all start positions, split points and productions are one
-numpy computation. Productions are pruned per length by the lengths their symbols can derive (a cfg3b
-level-4 symbol derives only 6..27 tokens), which for layered grammars leaves a few levels active per length.
-Cost: O(n^3 R) time in the worst case (n tokens, R binarised productions), O(n^2 S) memory (S symbols).
-Measured on one core: a cfg3b sentence of ~300 tokens takes about 0.2-0.3 s for each of the two functions.
+numpy computation. Productions are pruned per length by the lengths their symbols can derive (in cfg3b a
+level-3 symbol derives 14..27 tokens, a level-4 one 7..9), which for layered grammars leaves one or two levels
+active per length. Cost: O(n^3 R) time in the worst case (n tokens, R binarised productions), O(n^2 S) memory
+(S symbols; ~30 MB per chart for n = 300). Measured on one shared CPU core, per cfg3b sentence of ~300 tokens:
+about 0.1 s for each function (0.2-0.3 s for cfg3f/cfg3g, which have more productions).
 """
 
 from __future__ import annotations
@@ -132,6 +133,20 @@ def _plan(grammar: Grammar, length: int) -> tuple[np.ndarray, int, int, np.ndarr
     return rules, k0, k1, parents, table
 
 
+def _right_halves(chart: np.ndarray, length: int, k0: int, k1: int) -> np.ndarray:
+    """Read-only view ``[i, k - k0] -> chart[i + k, length - k]`` (the span right of split k of the span
+    starting at i), for every start i and split k0..k1: shape (starts, K, *chart.shape[2:]).
+
+    chart[i, l] is span [i, i + l); these cells lie on an anti-diagonal, one stride step (+1 start, -1 length)
+    apart, so a strided view reads them without copying the chart into an end-indexed twin.
+    """
+    starts = chart.shape[0] - length
+    s0, s1 = chart.strides[:2]
+    shape = (starts, k1 - k0 + 1) + chart.shape[2:]
+    return np.lib.stride_tricks.as_strided(chart[k0:, length - k0:], shape=shape,
+                                           strides=(s0, s0 - s1) + chart.strides[2:], writeable=False)
+
+
 def inside_log_probability(grammar: Grammar, tokens) -> float:
     """Natural log of the probability that ``grammar`` generates ``tokens`` (sum over all trees).
 
@@ -144,17 +159,13 @@ def inside_log_probability(grammar: Grammar, tokens) -> float:
     n = len(tokens)
     if n == 0:
         return -np.inf
-    # chart[i, l] holds the inside probabilities of span [i, i+l) divided by exp(scale[i, l]); by_end[e, l] is
-    # the same numbers indexed by the span's end, so both halves of every split are plain slices.
+    # chart[i, l] holds the inside probabilities of span [i, i+l) divided by exp(scale[i, l]) (max 1 per cell).
     chart = np.zeros((n + 1, n + 1, g.num_symbols))
-    by_end = np.zeros_like(chart)
     scale = np.full((n + 1, n + 1), -np.inf)
-    scale_end = np.full_like(scale, -np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         cell = g.lexical[tokens]                                                   # (n, S)
         top = cell.max(axis=1)
         chart[:n, 1], scale[:n, 1] = cell / np.where(top > 0, top, 1)[:, None], np.log(top)
-        by_end[1:, 1], scale_end[1:, 1] = chart[:n, 1], scale[:n, 1]
         for length in range(2, n + 1):
             plan = _plan(grammar, length)
             if plan is None:
@@ -162,8 +173,8 @@ def inside_log_probability(grammar: Grammar, tokens) -> float:
             rules, k0, k1, parents, table = plan
             starts = n - length + 1
             left = chart[:starts, k0:k1 + 1]                                       # (starts, K, S)
-            right = by_end[length:n + 1, length - k1:length - k0 + 1][:, ::-1]     # (starts, K, S)
-            total = scale[:starts, k0:k1 + 1] + scale_end[length:n + 1, length - k1:length - k0 + 1][:, ::-1]
+            right = _right_halves(chart, length, k0, k1)                           # (starts, K, S)
+            total = scale[:starts, k0:k1 + 1] + _right_halves(scale, length, k0, k1)  # (starts, K)
             best = total.max(axis=1)                                               # (starts,)
             weight = np.exp(total - np.where(np.isfinite(best), best, 0)[:, None])  # (starts, K), 0 where -inf
             per_rule = np.einsum("skr,skr,sk->sr", left[:, :, g.left[rules]], right[:, :, g.right[rules]],
@@ -174,8 +185,6 @@ def inside_log_probability(grammar: Grammar, tokens) -> float:
             keep = top > 0
             chart[:starts, length, parents] = np.where(keep[:, None], value / np.where(keep, top, 1)[:, None], 0)
             scale[:starts, length] = np.where(keep, best + np.log(np.where(keep, top, 1)), -np.inf)
-            by_end[length:n + 1, length] = chart[:starts, length]
-            scale_end[length:n + 1, length] = scale[:starts, length]
         p = chart[0, n, g.start]
         return float(np.log(p) + scale[0, n]) if p > 0 else -np.inf
 
@@ -195,10 +204,9 @@ def most_likely_parse(grammar: Grammar, tokens) -> Parse | None:
     with np.errstate(divide="ignore"):
         chart = np.full((n + 1, n + 1, g.num_symbols), -np.inf)                     # log probabilities
         chart[:n, 1] = np.log(g.lexical[tokens])
-    by_end = np.full_like(chart, -np.inf)
-    by_end[1:, 1] = chart[:n, 1]
-    best_rule = np.full((n + 1, n + 1, g.num_symbols), -1, dtype=np.int32)
-    best_split = np.zeros((n + 1, n + 1, g.num_symbols), dtype=np.int32)
+    index = np.int16 if max(n, len(g.parent)) < 2 ** 15 else np.int32
+    best_rule = np.full((n + 1, n + 1, g.num_symbols), -1, dtype=index)   # backpointers: production, split
+    best_split = np.zeros((n + 1, n + 1, g.num_symbols), dtype=index)
     for length in range(2, n + 1):
         plan = _plan(grammar, length)
         if plan is None:
@@ -206,7 +214,7 @@ def most_likely_parse(grammar: Grammar, tokens) -> Parse | None:
         rules, k0, k1, parents, table = plan
         starts = n - length + 1
         left = chart[:starts, k0:k1 + 1][:, :, g.left[rules]]                                 # (starts, K, R)
-        right = by_end[length:n + 1, length - k1:length - k0 + 1][:, ::-1][:, :, g.right[rules]]
+        right = _right_halves(chart, length, k0, k1)[:, :, g.right[rules]]
         score = left + right                                                                  # (starts, K, R)
         split = score.argmax(axis=1)                                                          # (starts, R)
         per_rule = np.take_along_axis(score, split[:, None, :], axis=1)[:, 0] + g.log_p[rules]
@@ -217,7 +225,6 @@ def most_likely_parse(grammar: Grammar, tokens) -> Parse | None:
         value = padded[rows, position]
         found = np.isfinite(value)
         chart[:starts, length, parents] = value
-        by_end[length:n + 1, length, parents] = value
         best_rule[:starts, length, parents] = np.where(found, rules[position], -1)
         best_split[:starts, length, parents] = split[rows, position] + k0
     if not np.isfinite(chart[0, n, g.start]):
@@ -248,19 +255,30 @@ def tree_log_probability(grammar: Grammar, tokens, spans) -> float:
     """
     tokens = _check_tokens(grammar, tokens)
     spans = list(spans)
+    for x, a, b in spans:
+        if not (0 <= x < len(grammar.nonterminals) and 0 <= a < b <= len(tokens)):
+            raise ValueError(f"span {(x, a, b)} is invalid; allowed: nonterminal id in "
+                             f"0..{len(grammar.nonterminals) - 1} and 0 <= start < end <= {len(tokens)}")
     nodes = sorted({(int(a), int(b), int(x)) for x, a, b in spans}, key=lambda s: (s[0], -s[1]))
     if len(nodes) != len(spans):
         raise ValueError("spans repeat a node; a tree has each (nonterminal, start, end) once")
     if not nodes or nodes[0][:2] != (0, len(tokens)) or grammar.nonterminals[nodes[0][2]] != grammar.start:
         raise ValueError(f"the first span must be the start symbol {grammar.start!r} over (0, {len(tokens)})")
     probability = {(r.lhs, r.rhs): r.probability for r in grammar.rules}
+
+    def as_span(node: tuple[int, int, int]) -> Span:
+        return node[2], node[0], node[1]
+
     children: dict[int, list[int]] = {0: []}
     stack = [0]
     for i, (a, b, _) in enumerate(nodes[1:], start=1):
         while stack and not (nodes[stack[-1]][0] <= a and b <= nodes[stack[-1]][1]):
+            if nodes[stack[-1]][1] > a:
+                raise ValueError(f"span {as_span(nodes[i])} crosses span {as_span(nodes[stack[-1]])}; "
+                                 "spans must nest")
             stack.pop()
         if not stack or (a, b) == nodes[stack[-1]][:2]:
-            raise ValueError(f"span {nodes[i]} crosses or repeats an enclosing span; spans must nest")
+            raise ValueError(f"span {as_span(nodes[i])} repeats an enclosing span; spans must nest")
         children[stack[-1]].append(i)
         children[i] = []
         stack.append(i)
