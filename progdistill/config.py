@@ -264,7 +264,9 @@ class TrainConfig:
     ``eval_every`` steps; the teacher also saves a checkpoint every ``checkpoint_every`` steps (students ignore
     it), keeping at most ``max_checkpoints`` of them when set (thinned where the eval curve is flat, dense
     around the phase transition; see :class:`progdistill.trajectory.TrajectoryWriter`). ``model`` is a tagged
-    model config (e.g. :class:`progdistill.mlp.MLPConfig`)."""
+    model config (e.g. :class:`progdistill.mlp.MLPConfig`). ``precision="bf16"`` runs the forward pass under
+    bfloat16 autocast (for transformer models on accelerators); ``compile`` wraps the model in
+    ``torch.compile``."""
 
     model: ModelSpec = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -275,6 +277,8 @@ class TrainConfig:
     seed: int = 0
     max_checkpoints: int | None = None
     on_non_finite: str = "stop"
+    precision: str = "float32"
+    compile: bool = False
 
     def __post_init__(self):
         check(self.model is not None and getattr(type(self.model), "union", None) == "model", "model",
@@ -288,4 +292,7 @@ class TrainConfig:
               "max_checkpoints", self.max_checkpoints, "None (keep all) or an integer >= 3")
         check(self.on_non_finite in ("stop", "skip"), "on_non_finite", self.on_non_finite,
               "'stop' (raise, keeping what is saved) or 'skip' (skip the step)")
+        check(self.precision in ("float32", "bf16"), "precision", self.precision,
+              "'float32', or 'bf16' (bfloat16 autocast of the forward pass; losses stay float32)")
+        check(isinstance(self.compile, bool), "compile", self.compile, "true or false (torch.compile the model)")
 

@@ -195,6 +195,9 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if train.compile:
+        net = torch.compile(net)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
     histories: list[list[dict]] = [[] for _ in members]
     loss_sum = torch.zeros(M, device=device)
     loss_count = 0
@@ -282,7 +285,8 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
             entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)
             loss_sum -= (kd_weight[..., None] * entropy).mean(dim=2).sum(dim=0)  # (M,)
         for i in range(L):
-            logits = net(x_steps[i])  # (M, B, C)
+            with autocast:
+                logits = net(x_steps[i])  # (M, B, C)
             if not fused:  # reverse KL: the pure loss functions, term by term
                 per_example = ce_weight[i, :, None] * cross_entropy(logits, y_steps[i], reduction="none") \
                     + kd_weight[i, :, None] * kd_fn(logits, teacher_logits[i], temperature, reduction="none")

@@ -88,3 +88,25 @@ def test_same_seed_same_batches_different_seed_different():
     assert torch.equal(a, task.sample(64, generator(1, "student-data"))[0])
     assert not torch.equal(a, task.sample(64, generator(2, "student-data"))[0])
     assert not torch.equal(a, task.sample(64, generator(1, "teacher-data"))[0])
+
+
+def test_bf16_autocast_trains_and_keeps_float32_weights(tiny):
+    cfg = replace(tiny.teacher, precision="bf16", steps=100)
+    model = cfg.model.build(8, 2, [generator(0, "init")])
+    hist = fit(tiny.task, model, cfg, [Member("bf16", 0, CE())], data_stream="d")[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert math.isfinite(hist[-1]["train_loss"]) and hist[-1]["train_loss"] < hist[1]["train_loss"] + 0.05
+    from progdistill.config import ConfigError
+    with pytest.raises(ConfigError, match="precision='fp8'"):
+        replace(tiny.teacher, precision="fp8")
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_training(tiny):
+    cfg = replace(tiny.teacher, steps=100)
+    plain = cfg.model.build(8, 2, [generator(0, "init")])
+    compiled = cfg.model.build(8, 2, [generator(0, "init")])
+    a = fit(tiny.task, plain, cfg, [Member("plain", 0, CE())], data_stream="d")[0]
+    b = fit(tiny.task, compiled, replace(cfg, compile=True), [Member("compiled", 0, CE())], data_stream="d")[0]
+    for ra, rb in zip(a, b):
+        assert rb["eval_loss"] == pytest.approx(ra["eval_loss"], rel=1e-3, abs=1e-4)
