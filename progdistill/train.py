@@ -157,9 +157,10 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     ``checkpoint_writer`` is given (a teacher: M must be 1) weights are saved every
     ``train.checkpoint_every`` steps, at step 0 and at the last step.
 
-    Non-finite values: a NaN or inf training loss, gradient or teacher output stops the run with
-    :class:`NonFiniteError` naming the member, the step and the quantity (everything saved so far is kept);
-    with ``train.on_non_finite == "skip"`` a step with a non-finite loss or gradient is skipped instead (no
+    Non-finite values: a NaN or inf training loss or teacher output stops the run with
+    :class:`NonFiniteError` naming the member, the step and the quantity (everything saved so far is kept; a
+    non-finite gradient shows up as a non-finite loss at the next step); with
+    ``train.on_non_finite == "skip"`` a step with a non-finite loss or gradient is skipped instead (no
     update) and counted in the records' ``skipped_steps``.
 
     Resume: with ``state_path``, the complete training state (weights, optimizer, learning-rate schedule,
@@ -302,7 +303,10 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
             bad = None if all_true(bool(torch.isfinite(loss)), device) else "training loss"
             if bad is None:
                 loss.backward()
-                if not torch.isfinite(torch.stack([p.grad.sum() for p in params if p.grad is not None])).all():
+                # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the
+                # per-step gradient check (a sync and a few ops) is paid only where a step may be skipped.
+                if train.on_non_finite == "skip" and not all_true(bool(torch.isfinite(
+                        torch.stack([p.grad.sum() for p in params if p.grad is not None])).all()), device):
                     bad = "gradient"
             if bad is not None:
                 culprits = [names[m] for m in range(M)
