@@ -1,0 +1,129 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from progdistill.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, to_dict, variants
+from progdistill.experiment import ExperimentConfig, run
+from progdistill.parity import ParityTask
+from progdistill.presets import get_preset
+from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
+from progdistill.train import generator
+from progdistill.transformer import ParityTransformer, TransformerConfig
+
+TINY = TransformerConfig(n_layer=1, n_head=2, head_dim=4)
+
+
+def bits(batch: int, n: int, seed: int = 0) -> torch.Tensor:
+    return ParityTask(n=n, k=1).sample_inputs(batch, torch.Generator().manual_seed(seed))
+
+
+def test_registered_and_round_trips_through_json():
+    assert variants("model")["gpt2"] is TransformerConfig
+    cfg = TransformerConfig(n_layer=3, n_head=5, head_dim=2, mlp_ratio=2)
+    data = to_dict(cfg)
+    assert data == {"type": "gpt2", "n_layer": 3, "n_head": 5, "head_dim": 2, "mlp_ratio": 2}
+    assert from_dict(TrainConfig, {"model": data}).model == cfg
+    assert cfg.hidden_size == 10 and TransformerConfig.stackable is False
+
+
+def test_shapes_for_any_batch_size():
+    model = TINY.build(7, 3, [generator(0, "init")])
+    assert isinstance(model, ParityTransformer)
+    for batch in (1, 5):
+        assert model(bits(batch, 7)).shape == (1, batch, 3)
+    assert model.gpt2.config.n_embd == 8 and model.gpt2.config.n_inner == 32
+
+
+def test_init_is_a_function_of_the_generator_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = TINY.build(6, 2, [generator(1, "init")]).state_dict()
+    b = TINY.build(6, 2, [generator(1, "init")]).state_dict()
+    c = TINY.build(6, 2, [generator(2, "init")]).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["gpt2.h.0.attn.c_attn.weight"], c["gpt2.h.0.attn.c_attn.weight"])
+    assert not torch.equal(a["head.weight"], c["head.weight"])
+
+
+def test_no_dropout_training_draws_no_random_numbers():
+    model = TINY.build(6, 2, [generator(0, "init")]).train()
+    x = bits(16, 6)
+    before = torch.get_rng_state()
+    out1, out2 = model(x), model(x)
+    torch.nn.functional.cross_entropy(out1[0], torch.zeros(16, dtype=torch.long)).backward()
+    assert torch.equal(out1, out2)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_prediction_reads_every_bit_and_examples_independently():
+    """The last position attends (causally) to all n bits: flipping any bit, even the first, moves the
+    logits. Examples of a batch do not interact, and the tokens are 1 where x = -1."""
+    n = 6
+    model = TINY.build(n, 2, [generator(0, "init")]).eval()
+    x = bits(4, n, seed=1)
+    out = model(x)
+    for i in range(n):
+        flipped = x.clone()
+        flipped[:, i] *= -1
+        assert (model(flipped) - out).abs().amax(dim=-1).min() > 1e-6, f"bit {i} does not reach the output"
+    singles = torch.cat([model(x[j:j + 1]) for j in range(4)], dim=1)
+    assert torch.allclose(singles, out, atol=1e-6)
+    hidden = model.gpt2(input_ids=(x < 0).long()).last_hidden_state  # (B, n, H)
+    assert torch.allclose(model.head(hidden[:, -1]).unsqueeze(0), out, atol=1e-6)
+
+
+def test_state_dict_round_trips_through_safetensors(tmp_path):
+    model = TINY.build(5, 2, [generator(0, "init")]).eval()
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    other = TINY.build(5, 2, [generator(9, "init")]).eval()
+    other.load_state_dict(load_file(tmp_path / "w.safetensors"))
+    x = bits(8, 5)
+    assert torch.equal(model(x), other(x))
+
+
+@pytest.mark.parametrize("field,value", [("n_layer", 0), ("n_head", -1), ("head_dim", 1.5), ("mlp_ratio", True)])
+def test_invalid_fields_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=f"model.{field}"):
+        TransformerConfig(**{field: value})
+
+
+def test_a_stack_of_two_is_refused():
+    with pytest.raises(ConfigError, match="generators"):
+        TINY.build(5, 2, [generator(0, "a"), generator(1, "b")])
+
+
+def test_presets_follow_the_paper_and_name_real_checkpoints():
+    paper = get_preset("parity-transformer-paper")
+    assert (paper.task.n, paper.task.k) == (100, 6)
+    assert (paper.teacher.model.n_layer, paper.teacher.model.n_head, paper.teacher.model.head_dim) == (2, 32, 8)
+    assert (paper.student.model.n_layer, paper.student.model.n_head, paper.student.model.head_dim) == (2, 4, 8)
+    opt = paper.teacher.optimizer
+    assert (opt.name, paper.teacher.batch_size, opt.lr_schedule, opt.warmup_fraction) == ("adam", 32, "cosine", 0.06)
+    assert 1e-4 <= opt.lr <= 3e-4
+    for name in ("parity-transformer", "parity-transformer-paper"):
+        cfg = get_preset(name)
+        assert [s.label for s in cfg.schedules] == ["ce", "one-shot", "progressive", "2-shot"]
+        first = cfg.schedules[3].points[0][0]
+        assert first % cfg.teacher.checkpoint_every == 0 and 0 < first < cfg.teacher.steps
+        assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_tiny_end_to_end_run(tmp_path):
+    """The parity-transformer preset shrunk to seconds: every schedule trains one student after another."""
+    adam = OptimizerConfig(name="adam", lr=3e-3)
+    teacher = TrainConfig(model=TransformerConfig(n_layer=1, n_head=4, head_dim=4), optimizer=adam, steps=40,
+                          batch_size=16, eval_every=20, checkpoint_every=20)
+    student = TrainConfig(model=TransformerConfig(n_layer=1, n_head=1, head_dim=4), optimizer=adam, steps=40,
+                          batch_size=16, eval_every=20)
+    config = ExperimentConfig(preset="tiny-transformer", task=ParityTask(n=6, k=2, eval_size=128),
+                              teacher=teacher, student=student, seeds=1,
+                              schedules=(CE(), OneShot(), Progressive(), KShot(points=((20, 20), (FINAL, 20)))))
+    results = run(config, tmp_path / "run", log=lambda *a: None)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["students"] == results["students"]
+    assert [(s["schedule"], s["steps"]) for s in saved["students"]] == \
+        [("ce", 40), ("one-shot", 40), ("progressive", 40), ("2-shot", 40)]
+    assert ExperimentConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == config
