@@ -74,3 +74,37 @@ class MLP(nn.Module):
             if i < last:
                 h = torch.relu(h)
         return h
+
+    @torch.no_grad()
+    def sgd_step(self, x: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
+        """One plain SGD step (no momentum, no weight decay) on sum_m mean_b CE(target_mb, softmax(logits_mb)),
+        with the gradients written out by hand instead of autograd (the same update, ~2x faster per step at
+        batch 32 because no graph is recorded).
+
+        x: (B, n) shared or (M, B, n); target: (M, B, C) class distributions (one-hot labels, a teacher's
+        softmax, or a mixture of both; their cross-entropy has gradient softmax(logits) - target).
+        Returns the per-example cross-entropy before the step, (M, B).
+        """
+        B = target.shape[1]
+        if x.dim() == 2:
+            x = x.unsqueeze(0) if self.num_models == 1 else x.unsqueeze(0).expand(self.num_models, -1, -1)
+        acts = [x]  # the input of each layer, (M, B, d_in)
+        pres = []
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            pre = torch.baddbmm(b, acts[-1], w)  # (M, B, d_out)
+            if i < last:
+                pres.append(pre)
+                acts.append(torch.relu(pre))
+        logp = torch.log_softmax(pre, dim=-1)  # (M, B, C)
+        loss = (target * logp).sum(dim=-1)  # (M, B), negated below
+        grad = logp.exp().sub_(target)  # B * d(sum_m mean_b loss) / d logits; 1 / B is folded into the step
+        grads_w, grads_b = [None] * len(self.weights), [None] * len(self.weights)
+        for i in range(last, -1, -1):
+            grads_w[i] = torch.bmm(acts[i].transpose(1, 2), grad)  # (M, d_in, d_out)
+            grads_b[i] = grad.sum(dim=1, keepdim=True)  # (M, 1, d_out)
+            if i > 0:
+                grad = torch.bmm(grad, self.weights[i].transpose(1, 2)).mul_(pres[i - 1] > 0)  # (M, B, d_in)
+        torch._foreach_add_(list(self.weights) + list(self.biases), grads_w + grads_b, alpha=-lr / B)
+        return loss.neg_()
+

@@ -199,6 +199,12 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     if train.compile:
         net = torch.compile(net)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
+    # Plain SGD on a model with hand-written gradients (progdistill.mlp.MLP.sgd_step) skips autograd; anything
+    # else (momentum, Adam, reverse KL, skipping steps, DDP, compile, bf16) goes through autograd below.
+    hand_sgd = (hasattr(model, "sgd_step") and net is model and train.optimizer.name == "sgd"
+                and train.optimizer.momentum == 0 and train.optimizer.weight_decay == 0
+                and train.precision == "float32" and train.on_non_finite == "stop"
+                and distillation.loss == "forward_kl")
     histories: list[list[dict]] = [[] for _ in members]
     loss_sum = torch.zeros(M, device=device)
     loss_count = 0
@@ -285,7 +291,28 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
             soft_target = ce_weight[..., None, None] * onehot + kd_weight[..., None, None] * q
             entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)
             loss_sum -= (kd_weight[..., None] * entropy).mean(dim=2).sum(dim=0)  # (M,)
-        for i in range(L):
+        if hand_sgd:  # the same SGD update with hand-written gradients (MLP.sgd_step); ~2x faster per step
+            targets = soft_target if teacher_logits is not None else \
+                F.one_hot(y_steps, task.num_classes).float()  # (L, M, B, C)
+            step_losses = torch.empty(L, M, device=device)
+            constant = train.optimizer.lr_schedule == "constant"
+            with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                for i in range(L):
+                    step_losses[i] = model.sgd_step(x_steps[i], targets[i], opt.param_groups[0]["lr"]).mean(dim=1)
+                    if not constant:
+                        lr_sched.step()
+                if constant:  # same state as stepping it every step, without the per-step Python call
+                    lr_sched.last_epoch += L
+            finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
+            if not finite.all():
+                i = int((~finite).nonzero()[0])
+                culprits = [names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
+                raise NonFiniteError(f"{', '.join(culprits)}: non-finite training loss at step {start + i}; "
+                                     "everything saved before it is kept (on_non_finite='skip' skips such steps)")
+            loss_sum += step_losses.sum(dim=0)
+            loss_count += L
+        for i in range(0 if hand_sgd else L):
             with autocast:
                 logits = net(x_steps[i])  # (M, B, C)
             if not fused:  # reverse KL: the pure loss functions, term by term
