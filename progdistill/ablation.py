@@ -23,13 +23,16 @@ from .schedules import FINAL, KShot, TwoShotAuto
 from .trajectory import Trajectory, atomic_write_json
 
 VARIANTS = ("before", "during", "after")
+CONVERGED = 0.002
 
 
 def ablation_checkpoints(trajectory: Trajectory, metric: str = "eval_accuracy") -> dict[str, int]:
     """The checkpoint steps of the three variants on the detected transition (start, middle, end):
     before = the last checkpoint before ``start``; during = ``middle``; after = the first checkpoint after
-    ``end`` whose metric has reached the final level (within 0.01). Raises ``ConfigError`` when the teacher
-    has no transition or no checkpoint before it."""
+    ``end`` at which the teacher has converged: its metric within ``CONVERGED`` (0.002) of the final level.
+    (A checkpoint just past the window, e.g. at accuracy 0.99, can still carry the transition's low-degree
+    signal; "after" means the converged teacher, as the paper's accuracy ~1.0.) Raises ``ConfigError`` when
+    the teacher has no transition or no checkpoint before it."""
     steps, values = trajectory.curve(metric)
     try:
         window = detect_transition(steps, values, "rise" if metric == "eval_accuracy" else "drop")
@@ -40,7 +43,7 @@ def ablation_checkpoints(trajectory: Trajectory, metric: str = "eval_accuracy") 
         raise ConfigError(f"the teacher's transition starts at its first checkpoint (step {steps[0]}); "
                           "there is no checkpoint before it")
     sign = 1 if metric == "eval_accuracy" else -1
-    later = [s for s, v in zip(steps, values) if s > window.end and sign * (window.after - v) <= 0.01]
+    later = [s for s, v in zip(steps, values) if s > window.end and sign * (window.after - v) <= CONVERGED]
     return {"before": earlier[-1], "during": window.middle, "after": later[0] if later else steps[-1]}
 
 
