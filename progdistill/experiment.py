@@ -2,7 +2,7 @@
 
 Layout of a run directory::
 
-    config.json                       the full resolved ExperimentConfig
+    config.json, config.sha256        the full resolved ExperimentConfig and its hash
     teacher/manifest.json             the teacher trajectory (see progdistill.trajectory)
     teacher/checkpoints/...
     teacher/metrics.jsonl
@@ -16,6 +16,7 @@ students; a different config is refused (with the differing fields) unless ``ove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -31,12 +32,12 @@ from .distributed import barrier, is_main
 from .lock import RunLock
 from .metrics import MetricsWriter, read_metrics
 from .schedules import CE
-from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json
+from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json, atomic_write_text
 from .train import Member, TeacherPool, fit, generator, resolve_device
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
-OUTPUTS = ("config.json", "teacher", "students", "tensorboard", "results.json", "summary.md", "accuracy.png")
+OUTPUTS = ("config.json", "config.sha256", "teacher", "students", "tensorboard", "results.json", "summary.md", "accuracy.png")
 
 
 @dataclass(frozen=True)
@@ -85,17 +86,26 @@ def teacher_header(config: ExperimentConfig) -> dict[str, Any]:
     return {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
 
 
+def config_hash(config: ExperimentConfig) -> str:
+    """sha256 of the config's canonical JSON (sorted keys): the identity of a run directory."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool) -> None:
-    """Make ``out`` the run directory of ``config``; refuse a directory that holds another run's results."""
-    saved = out / "config.json"
+    """Make ``out`` the run directory of ``config`` (``config.json`` plus its hash in ``config.sha256``);
+    refuse a directory that holds another run's results, listing the differing fields."""
+    saved, digest = out / "config.json", out / "config.sha256"
     if saved.exists():
         try:
             old = json.loads(saved.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if old != config.to_dict():
+        recorded = digest.read_text(encoding="utf-8").strip() if digest.exists() else None
+        if old != config.to_dict() or recorded not in (None, config_hash(config)):
             if not overwrite:
                 changes = diff(old, config.to_dict()) if isinstance(old, dict) else ["config.json is unreadable"]
+                if not changes:
+                    changes = [f"config.json no longer matches the hash in {digest.name}; it was edited"]
                 raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
                                   "choose another --out or pass --overwrite to replace them")
             for name in OUTPUTS:
@@ -109,6 +119,7 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool) -> Non
                           "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, config.to_dict())
+    atomic_write_text(digest, config_hash(config) + "\n")
 
 
 def _build(config: ExperimentConfig, model_cfg, seeds: list[int], stream: str):

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .experiment import load_config, student_name
+from .experiment import config_hash, load_config, student_name
 from .metrics import read_metrics
 from .trajectory import atomic_write_json, atomic_write_text
 
@@ -35,7 +35,8 @@ def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
         for sched in config.schedules:
             records = read_metrics(out / "students" / student_name(sched, seed) / "metrics.jsonl")
             students.append({"schedule": sched.label, "seed": seed, **_run_summary(records, config.threshold)})
-    return {"preset": config.preset, "threshold": config.threshold, "wall_time_s": round(wall_time_s, 2),
+    return {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
+            "wall_time_s": round(wall_time_s, 2),
             "teacher": _run_summary(teacher, config.threshold), "students": students}
 
 

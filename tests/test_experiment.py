@@ -71,6 +71,17 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     assert results["students"][0]["steps"] == 100
 
 
+def test_run_directory_records_its_config_hash(tmp_path, tiny):
+    from progdistill.experiment import config_hash
+    results = run(tiny, tmp_path / "run", log=quiet)
+    assert (tmp_path / "run" / "config.sha256").read_text().strip() == config_hash(tiny) == results["config_sha256"]
+    edited = json.loads((tmp_path / "run" / "config.json").read_text())
+    edited["seeds"] = 2  # hand-edited config.json no longer matches its recorded hash
+    (tmp_path / "run" / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="different config"):
+        run(ExperimentConfig.from_dict(edited), tmp_path / "run", log=quiet)
+
+
 def test_non_empty_foreign_directory_refused(tmp_path, tiny):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
