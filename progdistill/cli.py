@@ -102,18 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="list the presets, one line each")
+    p = sub.add_parser("list", help="list the presets, one line each",
+                       description="List the named experiments (presets), one line each.")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("probe", help="probes over a finished run's checkpoints (monomial correlations)")
     probe = p.add_subparsers(dest="probe", required=True)
     p = probe.add_parser("monomials", help="degree 1..k-1 monomial correlations of every teacher checkpoint "
-                                           "(PAPER.md section 1); writes RUN_DIR/probes/monomials.{jsonl,png}")
+                                           "(the paper's section 1 mechanism); writes "
+                                           "RUN_DIR/probes/monomials.{jsonl,png}")
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (sparse parity)")
     p.add_argument("--students", action="store_true", help="also probe every final student")
     p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per model (default 100000)")
-    p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, within 1..k, including 1 "
-                                                          "(default 1..k-1)")
+    p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, space-separated, each "
+                                                          "within 1..k, including 1 (default 1..k-1)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")

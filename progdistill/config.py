@@ -160,6 +160,14 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{path or cls.__name__}: {exc}") from None
+    except ConfigError as exc:
+        if not path:
+            raise
+        message = str(exc)  # name the field by its full path, e.g. student.batch_size, schedules[2].speed
+        first = message.split("=", 1)[0].split(".", 1)
+        if len(first) == 2 and first[0] in ("model", "task", "optimizer", "distillation", "schedule"):
+            message = message.split(".", 1)[1]
+        raise ConfigError(f"{path}.{message}") from None
 
 
 def diff(a: Any, b: Any, path: str = "") -> list[str]:

@@ -31,7 +31,7 @@ from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, Tr
 from .distributed import barrier, is_main
 from .lock import RunLock
 from .metrics import MetricsWriter, read_metrics
-from .schedules import CE
+from .schedules import CE, KShot
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json, atomic_write_text
 from .train import Member, TeacherPool, fit, generator, resolve_device
 
@@ -195,6 +195,7 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
     if not todo:
         log("all students already finished")
         return
+    trajectory.verify()  # a missing or corrupted checkpoint stops here, before any student file is written
     resolved = {}
     for _, sched, _ in todo:
         resolved[sched] = sched.resolve(trajectory) if hasattr(sched, "resolve") else sched
@@ -233,6 +234,21 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
     barrier()
 
 
+def planned_checkpoint_steps(train: TrainConfig) -> list[int]:
+    """The steps at which a teacher trained with ``train`` saves checkpoints (before any budget thinning)."""
+    return sorted({0, train.steps, *range(0, train.steps, train.checkpoint_every)})
+
+
+def _check_k_shot_points(config: ExperimentConfig) -> None:
+    """Refuse k-shot schedules naming checkpoints the teacher will not save, before any training."""
+    if config.teacher.max_checkpoints is not None:
+        return  # thinning decides later which steps survive; checked against the trajectory then
+    planned = planned_checkpoint_steps(config.teacher)
+    for sched in config.schedules:
+        if isinstance(sched, KShot):
+            sched.validate(planned)
+
+
 def _member_state(model, m: int, size: int) -> dict:
     """The weights of model m of a stack (a stack of one keeps its leading dimension), as CPU tensors."""
     state = model.state_dict()
@@ -267,6 +283,8 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
 
     out = Path(out)
     started = time.perf_counter()
+    resolve_device(device)  # a bad --device is refused before anything is written
+    _check_k_shot_points(config)
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
         barrier()
         trajectory = train_teacher(config, out, device, log=lambda *a: None)

@@ -20,7 +20,7 @@ from .config import ConfigError
 from .experiment import load_config, load_model, student_name
 from .lock import RunLock
 from .metrics import read_metrics
-from .monomials import mlp_class1_probability, monomial_correlations
+from .monomials import _check_degrees, mlp_class1_probability, monomial_correlations
 from .phases import NoTransitionError, detect_transition
 from .report import save_figure
 from .trajectory import Trajectory, atomic_write_json, atomic_write_text
@@ -50,8 +50,13 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
         raise ConfigError(f"the monomial probe needs a sparse parity run; {run_dir} has task {config.task.kind!r}")
     if config.task.k < 2:
         raise ConfigError(f"task.k={config.task.k}: the monomial probe needs k >= 2 (degrees 1..k-1)")
-    if degrees is not None and 1 not in degrees:
-        raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of degree 1)")
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"--samples {num_samples!r} is invalid: must be a positive integer")
+    if degrees is not None:
+        _check_degrees(degrees, config.task.k)  # each within 1..k
+        if 1 not in degrees:
+            raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of "
+                             "degree 1)")
     with RunLock(run_dir):
         return _probe_monomials(run_dir, config, students, num_samples, degrees, log)
 

@@ -50,10 +50,22 @@ def generator(seed: int, stream: str) -> torch.Generator:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA when available, else CPU."""
+    """"auto" picks CUDA when available, else CPU. Raises ``ConfigError`` for an unknown device string or a
+    CUDA device on a machine (or torch build) without CUDA."""
+    from .config import ConfigError
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r} is invalid: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r}: CUDA is not available here (this torch build or machine has "
+                          "no GPU); use auto or cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return resolved
 
 
 def learning_rate_factor(cfg: OptimizerConfig, total_steps: int) -> Callable[[int], float]:

@@ -203,8 +203,13 @@ class Trajectory:
         steps = self.steps
         return steps, [self._by_step[s][metric] for s in steps]
 
-    def load(self, step: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """The state dict saved at ``step``, after checking its sha256 against the manifest."""
+    def verify(self) -> None:
+        """Check every checkpoint file against its sha256; raise :class:`TrajectoryError` naming the first
+        missing or corrupted one (file and step)."""
+        for step in self.steps:
+            self._checked_path(step)
+
+    def _checked_path(self, step: int) -> Path:
         entry = self.entry(step)
         path = self.directory / entry["file"]
         if not path.exists():
@@ -213,6 +218,11 @@ class Trajectory:
         if digest != entry["sha256"]:
             raise TrajectoryError(f"checkpoint file {path} for step {step} is corrupted: sha256 {digest} "
                                   f"does not match the manifest's {entry['sha256']}")
+        return path
+
+    def load(self, step: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The state dict saved at ``step``, after checking its sha256 against the manifest."""
+        path = self._checked_path(step)
         try:
             return load_file(str(path), device=str(device))
         except Exception as exc:  # safetensors raises its own error types

@@ -61,6 +61,21 @@ def test_from_dict_errors_name_fields():
         ExperimentConfig.from_dict(data)
 
 
+def test_nested_errors_name_the_full_path():
+    data = get_preset("parity-mlp").to_dict()
+    data["student"]["batch_size"] = -1
+    with pytest.raises(ConfigError, match=r"^student\.batch_size=-1"):
+        ExperimentConfig.from_dict(data)
+    data = get_preset("parity-mlp").to_dict()
+    data["teacher"]["model"]["width"] = 0
+    with pytest.raises(ConfigError, match=r"^teacher\.model\.width=0"):
+        ExperimentConfig.from_dict(data)
+    data = get_preset("parity-mlp").to_dict()
+    data["schedules"][2]["speed"] = 0
+    with pytest.raises(ConfigError, match=r"^schedules\[2\]\.speed=0"):
+        ExperimentConfig.from_dict(data)
+
+
 def test_override():
     data = get_preset("parity-mlp").to_dict()
     override(data, "student.steps=123")

@@ -94,7 +94,18 @@ def test_k_shot_with_missing_checkpoint_fails_before_training_students(tmp_path,
     bad = replace(tiny, schedules=(KShot(points=((125, 10), (-1, 10))),))
     with pytest.raises(ConfigError, match="125 names a checkpoint"):
         run(bad, tmp_path / "run", log=quiet)
-    assert not (tmp_path / "run" / "students").exists()
+    assert not (tmp_path / "run").exists()  # refused before the teacher trains: nothing written
+
+
+@pytest.mark.parametrize("device, message", [("bogus", "--device 'bogus' is invalid"),
+                                             ("cuda:0", "CUDA is not available")])
+def test_bad_device_is_refused_before_anything_is_written(tmp_path, tiny, device, message):
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match=message):
+        run(tiny, tmp_path / "run", device=device, log=quiet)
+    assert not (tmp_path / "run").exists()
 
 
 def test_teacher_loaded_once_per_change_and_frozen(tmp_path, tiny):
@@ -121,6 +132,7 @@ def test_corrupted_teacher_checkpoint_stops_students(tmp_path, tiny):
     with pytest.raises(TrajectoryError, match="step_00000300.safetensors for step 300 is corrupted"):
         run(tiny, out, log=quiet)
     assert ckpt.exists()  # nothing is replaced or retrained silently
+    assert not (out / "students").exists()  # checked before any student file is written
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
