@@ -71,8 +71,8 @@ class MLP(nn.Module):
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)  # (M, B, d_out)
-            if i < last:
-                h = torch.relu(h)
+            if i < last:  # in place when no graph is recorded (teacher targets, evaluation): less memory traffic
+                h = torch.relu(h) if torch.is_grad_enabled() else h.relu_()
         return h
 
     @torch.no_grad()
@@ -89,13 +89,13 @@ class MLP(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0) if self.num_models == 1 else x.unsqueeze(0).expand(self.num_models, -1, -1)
         acts = [x]  # the input of each layer, (M, B, d_in)
-        pres = []
+        active = []  # ReLU masks of the hidden layers
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             pre = torch.baddbmm(b, acts[-1], w)  # (M, B, d_out)
             if i < last:
-                pres.append(pre)
-                acts.append(torch.relu(pre))
+                active.append(pre > 0)
+                acts.append(pre.relu_())
         logp = torch.log_softmax(pre, dim=-1)  # (M, B, C)
         loss = (target * logp).sum(dim=-1)  # (M, B), negated below
         grad = logp.exp().sub_(target)  # B * d(sum_m mean_b loss) / d logits; 1 / B is folded into the step
@@ -104,7 +104,7 @@ class MLP(nn.Module):
             grads_w[i] = torch.bmm(acts[i].transpose(1, 2), grad)  # (M, d_in, d_out)
             grads_b[i] = grad.sum(dim=1, keepdim=True)  # (M, 1, d_out)
             if i > 0:
-                grad = torch.bmm(grad, self.weights[i].transpose(1, 2)).mul_(pres[i - 1] > 0)  # (M, B, d_in)
+                grad = torch.bmm(grad, self.weights[i].transpose(1, 2)).mul_(active[i - 1])  # (M, B, d_in)
         torch._foreach_add_(list(self.weights) + list(self.biases), grads_w + grads_b, alpha=-lr / B)
         return loss.neg_()
 
