@@ -198,6 +198,8 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
     trajectory.verify()  # a missing or corrupted checkpoint stops here, before any student file is written
     resolved = {}
     for _, sched, _ in todo:
+        if sched in resolved:  # the same schedule for another seed
+            continue
         resolved[sched] = sched.resolve(trajectory) if hasattr(sched, "resolve") else sched
         if not isinstance(sched, CE):
             resolved[sched].validate(trajectory.steps)
