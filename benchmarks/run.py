@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from progdistill.config import OptimizerConfig, TrainConfig
-from progdistill.experiment import ExperimentConfig, claim_directory, run, train_teacher
+from progdistill.experiment import claim_directory, run, train_teacher
 from progdistill.mlp import MLPConfig
 from progdistill.parity import ParityTask
 from progdistill.presets import get_preset

@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,3 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         results = write_report(out, wall_time_s=time.perf_counter() - started)
         barrier()
         return results
-
-
-def with_seeds(config: ExperimentConfig, seeds: int | None) -> ExperimentConfig:
-    return config if seeds is None else replace(config, seeds=seeds)

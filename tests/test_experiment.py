@@ -7,12 +7,8 @@ import torch
 from progdistill.config import ConfigError
 from progdistill.experiment import ExperimentConfig, run, train_teacher
 from progdistill.metrics import read_metrics
-from progdistill.mlp import MLPConfig
 from progdistill.schedules import KShot, Progressive
 from progdistill.train import Member, TeacherPool, fit, generator
-from progdistill.trajectory import Trajectory
-
-from conftest import tiny_config
 
 
 def quiet(*args):

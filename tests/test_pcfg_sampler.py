@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from progdistill.grammar import GrammarError, Terminal, load_grammar, parse_grammar, random_grammar
+from progdistill.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
 from progdistill.pcfg_sampler import SentenceTooLongError, sample_sentences
 
 
