@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, DistillationConfig
-from .losses import distillation_loss
+from .losses import cross_entropy, distillation_loss
 from .schedules import CE
 from .train import TeacherPool
 from .trajectory import TrajectoryError
@@ -173,8 +173,6 @@ class ProgressiveDistillationTrainer(_trainer_class()):
             logits, targets = logits[..., :-1, :], labels[..., 1:]
             teacher_logits = None if teacher_logits is None else teacher_logits[..., :-1, :]
         if teacher_logits is None:
-            from .losses import cross_entropy
-
             loss = cross_entropy(logits, targets)
         else:
             loss = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,

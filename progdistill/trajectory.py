@@ -168,6 +168,7 @@ class Trajectory:
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         self._by_step = {c["step"]: c for c in self.manifest["checkpoints"]}
+        self._verified: dict[int, tuple[int, int]] = {}  # step -> (mtime_ns, size) when its hash matched
 
     @property
     def header(self) -> dict[str, Any]:
@@ -214,10 +215,14 @@ class Trajectory:
         path = self.directory / entry["file"]
         if not path.exists():
             raise TrajectoryError(f"checkpoint file {path} for step {step} is missing")
+        stat = path.stat()
+        if self._verified.get(step) == (stat.st_mtime_ns, stat.st_size):
+            return path  # hashed already (verify() before training) and unchanged since
         digest = sha256_file(path)
         if digest != entry["sha256"]:
             raise TrajectoryError(f"checkpoint file {path} for step {step} is corrupted: sha256 {digest} "
                                   f"does not match the manifest's {entry['sha256']}")
+        self._verified[step] = (stat.st_mtime_ns, stat.st_size)
         return path
 
     def load(self, step: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

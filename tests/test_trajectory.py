@@ -94,3 +94,15 @@ def test_checkpoint_budget_keeps_transition_dense(tmp_path):
         traj.load(s)
     with pytest.raises(TrajectoryError, match="max_checkpoints=2"):
         TrajectoryWriter(tmp_path / "u", HEADER, max_checkpoints=2)
+
+
+def test_a_file_changed_after_verification_is_hashed_again(tmp_path):
+    d = _write(tmp_path)
+    traj = Trajectory(d)
+    traj.verify()
+    path = d / "checkpoints" / "step_00000010.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(TrajectoryError, match="for step 10 is corrupted"):
+        traj.load(10)
