@@ -274,7 +274,8 @@ class TrainConfig:
     around the phase transition; see :class:`progdistill.trajectory.TrajectoryWriter`). ``model`` is a tagged
     model config (e.g. :class:`progdistill.mlp.MLPConfig`). ``precision="bf16"`` runs the forward pass under
     bfloat16 autocast (for transformer models on accelerators); ``compile`` wraps the model in
-    ``torch.compile``."""
+    ``torch.compile``. ``grad_accumulation``: micro-batches per optimizer step (token tasks; ``batch_size`` is
+    the whole step's batch, and the loss is normalized by the supervised tokens of the whole step)."""
 
     model: ModelSpec = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -283,6 +284,7 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 100
     seed: int = 0
+    grad_accumulation: int = 1
     max_checkpoints: int | None = None
     on_non_finite: str = "stop"
     precision: str = "float32"
@@ -296,6 +298,9 @@ class TrainConfig:
         check_positive_int("eval_every", self.eval_every)
         check_positive_int("checkpoint_every", self.checkpoint_every)
         check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
+        check_positive_int("grad_accumulation", self.grad_accumulation)
+        check(self.batch_size % self.grad_accumulation == 0, "grad_accumulation", self.grad_accumulation,
+              f"must divide batch_size={self.batch_size} (the step's batch is split into equal micro-batches)")
         check(self.max_checkpoints is None or (isinstance(self.max_checkpoints, int) and self.max_checkpoints >= 3),
               "max_checkpoints", self.max_checkpoints, "None (keep all) or an integer >= 3")
         check(self.on_non_finite in ("stop", "skip"), "on_non_finite", self.on_non_finite,

@@ -32,12 +32,14 @@ from .distributed import barrier, is_main
 from .lock import RunLock
 from .metrics import MetricsWriter, read_metrics
 from .schedules import CE, KShot
-from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json, atomic_write_text
+from .trajectory import (Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json, atomic_write_text,
+                         cpu_state)
 from .train import Member, TeacherPool, fit, generator, resolve_device
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
-OUTPUTS = ("config.json", "config.sha256", "teacher", "students", "tensorboard", "results.json", "summary.md", "accuracy.png")
+OUTPUTS = ("config.json", "config.sha256", "teacher", "students", "tensorboard", "probes", "results.json", "summary.md",
+           "accuracy.png")
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool) -> Non
 
 def _build(config: ExperimentConfig, model_cfg, seeds: list[int], stream: str):
     task = config.task
-    return model_cfg.build(task.n, task.num_classes, [generator(s, stream) for s in seeds])
+    size = task.input_size if hasattr(task, "input_size") else task.n  # token tasks: positions; parity: bits
+    return model_cfg.build(size, task.num_classes, [generator(s, stream) for s in seeds])
 
 
 def train_teacher(config: ExperimentConfig, out: Path, device: str = "auto", log=print) -> Trajectory:
@@ -256,7 +259,7 @@ def _member_state(model, m: int, size: int) -> dict:
     state = model.state_dict()
     if getattr(model, "num_models", 1) == size and size > 1:
         state = {k: v[m:m + 1] for k, v in state.items()}
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return cpu_state(state)
 
 
 def load_model(config: ExperimentConfig, out: str | Path, which: str, step: int | None = None):
@@ -300,6 +303,10 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
             barrier()  # workers wait until the directory is claimed (or the claim failed)
         trajectory = train_teacher(config, out, device, log)
         train_students(config, out, trajectory, device, log)
+        if config.task.kind == "pcfg-mlm":  # the n-gram and non-terminal probes are part of the result
+            from .probes import _probe_pcfg
+
+            _probe_pcfg(out, config, True, (3, 5, 7), log)
         results = write_report(out, wall_time_s=time.perf_counter() - started)
         barrier()
         return results

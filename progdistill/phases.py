@@ -232,9 +232,15 @@ def detect_phases(steps: Sequence[int], loss: Sequence[float], *, window: int = 
 
     The sharp drop is the transition found by ``detect_transition(direction="drop")`` (``min_change`` in
     nats); the plateau runs from the first checkpoint to its start, the slow decay from its end to the last
-    checkpoint. Raises :class:`NoTransitionError` when the loss has no drop, ``ValueError`` on bad input.
+    checkpoint. A checkpoint at step 0 (the untrained model, whose loss of about log(vocabulary size) lies far
+    above the plateau and falls within the first few steps) is left out of the detection, or that initial fall
+    would read as the sharp drop; it still belongs to the plateau's range. Raises :class:`NoTransitionError`
+    when the loss has no drop, ``ValueError`` on bad input.
     """
-    t = detect_transition(steps, loss, "drop", window=window, min_change=min_change, min_snr=min_snr,
+    steps_arr, values = _check_curve(steps, loss)
+    first, last = int(steps_arr[0]), int(steps_arr[-1])
+    if len(steps_arr) > 3 and first == 0:
+        steps_arr, values = steps_arr[1:], values[1:]
+    t = detect_transition(steps_arr, values, "drop", window=window, min_change=min_change, min_snr=min_snr,
                           fractions=fractions)
-    first, last = int(np.asarray(steps)[0]), int(np.asarray(steps)[-1])
     return Phases(plateau=(first, t.start), sharp_drop=(t.start, t.end), slow_decay=(t.end, last), transition=t)

@@ -11,6 +11,8 @@ from .mlp import MLPConfig
 from .parity import ParityTask
 from .schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
 from .transformer import TransformerConfig  # importing it registers the "gpt2" model
+from .bert import BertMLMConfig
+from .pcfg import GrammarSpec, PCFGMaskedLMTask
 
 PRESETS: dict[str, tuple[str, Callable[[], ExperimentConfig]]] = {}
 
@@ -96,3 +98,36 @@ def parity_transformer_paper() -> ExperimentConfig:
     return ExperimentConfig(preset="parity-transformer-paper", task=ParityTask(n=100, k=6), teacher=teacher,
                             student=student, distillation=DistillationConfig(temperature=1.0),
                             schedules=(CE(), OneShot(), Progressive(speed=1.0), two_shot), seeds=3)
+
+
+@preset("pcfg-mlm", "PCFG masked LM: a generated 5-level grammar (~47 tokens), BERT teacher 4x16 heads -> "
+                    "students 4x4 heads (head dim 8); CPU, ~30 min")
+def pcfg_mlm() -> ExperimentConfig:
+    # Search record: docs/pcfg-cpu-preset.md.
+    adamw = OptimizerConfig(name="adamw", lr=1e-3, betas=(0.9, 0.95), lr_schedule="cosine", warmup_fraction=0.06)
+    task = PCFGMaskedLMTask(grammar=GrammarSpec(name="random", levels=5, nonterminals_per_level=3,
+                                                rules_per_nonterminal=2, seed=0), mask_rate=0.3)
+    teacher = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=16, head_dim=8), optimizer=adamw, steps=2000,
+                          batch_size=32, eval_every=100, checkpoint_every=100, seed=0)
+    student = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=4, head_dim=8), optimizer=adamw, steps=1000,
+                          batch_size=32, eval_every=100, checkpoint_every=100, seed=0)
+    return ExperimentConfig(preset="pcfg-mlm", task=task, teacher=teacher, student=student,
+                            schedules=(CE(), OneShot(), Progressive(speed=1.0),
+                                       TwoShotAuto(first_steps=300, metric="eval_loss")),
+                            seeds=3, threshold=0.8)
+
+
+@preset("pcfg-mlm-paper", "PCFG masked LM at paper scale: cfg3b, BERT 4x32 heads -> 4x8 heads, batch 512 "
+                          "(8 x 64), 8k steps; GPU")
+def pcfg_mlm_paper() -> ExperimentConfig:
+    adamw = OptimizerConfig(name="adamw", lr=5e-3, betas=(0.9, 0.95), weight_decay=0.0, lr_schedule="cosine",
+                            warmup_fraction=0.06)
+    task = PCFGMaskedLMTask(grammar=GrammarSpec(name="cfg3b"), mask_rate=0.3, max_length=510)
+    teacher = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=32, head_dim=8), optimizer=adamw, steps=8000,
+                          batch_size=512, grad_accumulation=8, eval_every=200, checkpoint_every=200, seed=0)
+    student = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=8, head_dim=8), optimizer=adamw, steps=8000,
+                          batch_size=512, grad_accumulation=8, eval_every=200, checkpoint_every=200, seed=0)
+    return ExperimentConfig(preset="pcfg-mlm-paper", task=task, teacher=teacher, student=student,
+                            schedules=(CE(), OneShot(), Progressive(speed=1.0),
+                                       TwoShotAuto(first_steps=2000, metric="eval_loss")),
+                            seeds=3, threshold=0.9)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -71,35 +72,45 @@ def _probe_monomials(run_dir: Path, config, students: bool, num_samples: int, de
     if students:
         jobs += [(student_name(sched, seed), config.student.steps)
                  for seed in range(config.seeds) for sched in config.schedules]
-    # Records go to a partial file as they are computed, so a killed probe resumes where it stopped.
     settings = {"settings": {"num_samples": num_samples, "degrees": degrees, "seed": PROBE_SEED}}
-    partial = out / ".monomials.partial.jsonl"
-    done = {}
-    if partial.exists():
-        saved = read_metrics(partial)
-        if saved and saved[0] == settings:
-            done = {(r["model"], r["step"]): r for r in saved[1:]}
-            log(f"resuming the monomial probe: {len(done)} of {len(jobs)} models already probed")
-    with open(partial, "w", encoding="utf-8") as fh:
-        for line in [settings, *done.values()]:
-            fh.write(json.dumps(line) + "\n")
-        for name, step in tqdm(jobs, desc="monomial probe", unit="model", leave=False):
-            if (name, step) in done:
-                continue
-            model = load_model(config, run_dir, name, step if name == "teacher" else None)
-            extra = {"eval_accuracy": trajectory.metrics(step)["eval_accuracy"]} if name == "teacher" else {}
-            done[(name, step)] = {"model": name, "step": step, **extra,
-                                  **_record(model, config.task, num_samples, degrees)}
-            fh.write(json.dumps(done[(name, step)]) + "\n")
-            fh.flush()
+
+    def compute(name: str, step: int) -> dict[str, Any]:
+        model = load_model(config, run_dir, name, step if name == "teacher" else None)
+        extra = {"eval_accuracy": trajectory.metrics(step)["eval_accuracy"]} if name == "teacher" else {}
+        return {**extra, **_record(model, config.task, num_samples, degrees)}
+
+    done = run_jobs(out / ".monomials.partial.jsonl", settings, jobs, compute, "monomial probe", log)
     records = [done[job] for job in jobs]
     atomic_write_text(out / "monomials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     summary = _summarize([r for r in records if r["model"] == "teacher"])
     atomic_write_json(out / "monomials-summary.json", summary)
     _plot(records, summary, out / "monomials.png", config.preset)
-    partial.unlink()
+    (out / ".monomials.partial.jsonl").unlink()
     log(f"wrote {out / 'monomials.jsonl'}, {out / 'monomials-summary.json'}, {out / 'monomials.png'}")
     return summary
+
+
+def run_jobs(partial: Path, settings: dict, jobs: list[tuple[str, int]], compute, desc: str,
+             log=print) -> dict[tuple[str, int], dict]:
+    """Compute ``compute(name, step)`` for every (model name, step) job, appending each record to the
+    ``partial`` JSONL file as it is done, so a killed probe resumes where it stopped (when its first line,
+    ``settings``, matches). Returns {job: record}; the caller deletes ``partial`` once its outputs are written."""
+    done = {}
+    if partial.exists():
+        saved = read_metrics(partial)
+        if saved and saved[0] == settings:
+            done = {(r["model"], r["step"]): r for r in saved[1:]}
+            log(f"resuming the {desc}: {len(done)} of {len(jobs)} models already probed")
+    with open(partial, "w", encoding="utf-8") as fh:
+        for line in [settings, *done.values()]:
+            fh.write(json.dumps(line) + "\n")
+        for name, step in tqdm(jobs, desc=desc, unit="model", leave=False):
+            if (name, step) in done:
+                continue
+            done[(name, step)] = {"model": name, "step": step, **compute(name, step)}
+            fh.write(json.dumps(done[(name, step)]) + "\n")
+            fh.flush()
+    return done
 
 
 def _summarize(teacher: list[dict]) -> dict[str, Any]:
@@ -162,5 +173,182 @@ def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
     right.legend(fontsize=7, loc="upper left", ncol=2)
     ax.set_title(f"{preset}: degree-1 correlations of the teacher")
     right.set_title("mean correlation by degree")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PCFG masked language modelling: n-gram dependence and non-terminal probes (PAPER.md section 2)
+
+PCFG_PROBE_SENTENCES = 32   # sentences for M_robust / M_close (x up to 8 positions each)
+PCFG_PROBE_TRAIN = 256      # sentences to fit the non-terminal probe on
+PCFG_PROBE_TEST = 128       # sentences to score it on
+
+
+def probe_pcfg(run_dir: str | Path, students: bool = True, windows: tuple[int, ...] = (3, 5, 7),
+               log=print) -> dict[str, Any]:
+    """M_robust / M_close for each window size and the non-terminal probe accuracy per tree level, for every
+    teacher checkpoint of ``run_dir`` (and every final student unless ``students=False``).
+
+    Writes ``probes/pcfg.jsonl`` (one line per model), ``probes/pcfg-summary.json`` (the teacher's detected
+    loss phases, the checkpoint where the median M_robust of the smallest window peaks, whether that peak lies
+    in the sharp drop or at a checkpoint next to it, and the students' final probe scores) and
+    ``probes/ngram.png`` / ``probes/nonterminals.png``. Every model is probed on the same sentences and
+    positions (drawn from ``PROBE_SEED``). Raises ``ConfigError`` for a run that is not PCFG masked LM.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.json")
+    if config.task.kind != "pcfg-mlm":
+        raise ConfigError(f"the PCFG probes need a pcfg-mlm run; {run_dir} has task {config.task.kind!r}")
+    with RunLock(run_dir):
+        return _probe_pcfg(run_dir, config, students, tuple(windows), log)
+
+
+def _probe_pcfg(run_dir: Path, config, students: bool, windows: tuple[int, ...], log) -> dict[str, Any]:
+    from .pcfg_probes import ngram_dependence, nonterminal_probe
+
+    task = config.task
+    trajectory = Trajectory(run_dir / "teacher")
+    if not trajectory.steps:
+        raise ConfigError(f"{run_dir / 'teacher'} has no checkpoints to probe")
+    out = run_dir / "probes"
+    out.mkdir(exist_ok=True)
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    ngram_sentences = [s.tokens for s in task.sample_sentences(PCFG_PROBE_SENTENCES, gen)]
+    train_sentences = task.sample_sentences(PCFG_PROBE_TRAIN, gen)
+    test_sentences = task.sample_sentences(PCFG_PROBE_TEST, gen)
+    levels = list(range(1, train_sentences.ancestors.shape[0] - 1))  # the root and preterminals are trivial
+    jobs = [("teacher", step) for step in trajectory.steps]
+    if students:
+        jobs += [(student_name(sched, seed), config.student.steps)
+                 for seed in range(config.seeds) for sched in config.schedules]
+    settings = {"settings": {"windows": list(windows), "sentences": PCFG_PROBE_SENTENCES,
+                             "probe_train": PCFG_PROBE_TRAIN, "probe_test": PCFG_PROBE_TEST, "seed": PROBE_SEED}}
+
+    def compute(name: str, step: int) -> dict[str, Any]:
+        model = load_model(config, run_dir, name, step if name == "teacher" else None)
+        extra = trajectory.metrics(step) if name == "teacher" else {}
+        accuracy = nonterminal_probe(model, train_sentences, test_sentences, task.vocabulary, levels)
+        return {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
+                "ngram": ngram_dependence(model, ngram_sentences, task.vocabulary, windows),
+                "nonterminal_accuracy": {str(lv): acc for lv, acc in accuracy.items()}}
+
+    done = run_jobs(out / ".pcfg.partial.jsonl", settings, jobs, compute, "PCFG probes", log)
+    records = [done[job] for job in jobs]
+    atomic_write_text(out / "pcfg.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    summary = _summarize_pcfg(records, windows, config)
+    atomic_write_json(out / "pcfg-summary.json", summary)
+    _plot_ngram(records, summary, windows, out / "ngram.png", config.preset)
+    _plot_nonterminals(records, config, out / "nonterminals.png")
+    (out / ".pcfg.partial.jsonl").unlink()
+    log(f"wrote {out / 'pcfg.jsonl'}, {out / 'pcfg-summary.json'}, {out / 'ngram.png'}, "
+        f"{out / 'nonterminals.png'}")
+    return summary
+
+
+def _summarize_pcfg(records: list[dict], windows: tuple[int, ...], config) -> dict[str, Any]:
+    from .phases import detect_phases
+
+    teacher = [r for r in records if r["model"] == "teacher"]
+    steps = [r["step"] for r in teacher]
+    key = f"M_robust/{min(windows)}"
+    robust = [r["ngram"][key]["median"] for r in teacher]
+    peak = max(range(len(teacher)), key=lambda i: robust[i])
+    summary: dict[str, Any] = {"metric": key, "peak_step": steps[peak], "peak_median": robust[peak],
+                               "final_median": robust[-1]}
+    try:
+        phases = detect_phases(steps, [r["eval_loss"] for r in teacher])
+        summary["phases"] = phases.to_dict()
+        start, end = phases.sharp_drop
+        i0, i1 = steps.index(start), steps.index(end)
+        summary["peak_in_sharp_drop"] = start <= steps[peak] <= end
+        summary["peak_in_or_next_to_sharp_drop"] = max(0, i0 - 1) <= peak <= min(len(steps) - 1, i1 + 1)
+    except NoTransitionError as exc:
+        summary["phases"] = None
+        summary["no_transition"] = str(exc)
+    by_schedule: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if r["model"] == "teacher":
+            continue
+        label = r["model"].rsplit("-seed", 1)[0]
+        entry = by_schedule.setdefault(label, {})
+        entry.setdefault(f"{key} median", []).append(r["ngram"][key]["median"])
+        for lv, acc in r["nonterminal_accuracy"].items():
+            entry.setdefault(f"nonterminal level {lv}", []).append(acc)
+    summary["students"] = {label: {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
+                                       else 0.0} for k, v in entry.items()}
+                           for label, entry in by_schedule.items()}
+    final = teacher[-1]["nonterminal_accuracy"]
+    summary["teacher_final_nonterminal_accuracy"] = final
+    return summary
+
+
+def _plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset: str) -> None:
+    """Left: the teacher's validation loss with its detected phases shaded. Right: median M_robust (solid) and
+    M_close (dashed) over the teacher's checkpoints, one colour per window size, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher = [r for r in records if r["model"] == "teacher"]
+    steps = [r["step"] for r in teacher]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    left.plot(steps, [r["eval_loss"] for r in teacher], "k.-", lw=1.2, label="teacher validation loss")
+    phases = summary.get("phases")
+    for axis in (left, right):
+        if phases:
+            for (a, b), colour, name in ((phases["plateau"], "tab:gray", "plateau"),
+                                         (phases["sharp_drop"], "tab:orange", "sharp drop"),
+                                         (phases["slow_decay"], "tab:green", "slow decay")):
+                axis.axvspan(a, b, color=colour, alpha=0.15, label=name if axis is left else None)
+        axis.set_xlabel("teacher training steps")
+    left.set_ylabel("masked-token cross-entropy (nats)")
+    left.set_title(f"{preset}: teacher loss and detected phases")
+    left.legend(fontsize=8)
+    for w in windows:
+        line, = right.plot(steps, [max(r["ngram"][f"M_robust/{w}"]["median"], 1e-6) for r in teacher], lw=1.5,
+                           label=f"M_robust, {w}-gram")
+        right.plot(steps, [max(r["ngram"][f"M_close/{w}"]["median"], 1e-6) for r in teacher], ls="--",
+                   color=line.get_color(), label=f"M_close, {w}-gram")
+    right.set_yscale("log")
+    right.set_ylabel("median total-variation distance")
+    right.set_title("n-gram dependence of the teacher's predictions")
+    right.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plot_nonterminals(records: list[dict], config, path: Path) -> None:
+    """Left: non-terminal probe accuracy per tree level over the teacher's checkpoints. Right: final students'
+    accuracy per level, mean over seeds with the seed std as error bars, one group of bars per schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher = [r for r in records if r["model"] == "teacher"]
+    levels = list(teacher[0]["nonterminal_accuracy"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for lv in levels:
+        left.plot([r["step"] for r in teacher], [r["nonterminal_accuracy"][lv] for r in teacher], lw=1.4,
+                  label=f"level {lv}")
+    left.set_xlabel("teacher training steps")
+    left.set_ylabel("linear probe accuracy")
+    left.set_title(f"{config.preset}: non-terminal probe of the teacher")
+    left.legend(fontsize=8)
+    labels = [s.label for s in config.schedules]
+    width = 0.8 / max(len(labels), 1)
+    for j, label in enumerate(labels):
+        runs = [r for r in records if r["model"].rsplit("-seed", 1)[0] == label and r["model"] != "teacher"]
+        if not runs:
+            continue
+        values = np.array([[r["nonterminal_accuracy"][lv] for lv in levels] for r in runs])
+        right.bar(np.arange(len(levels)) + j * width, values.mean(0), width,
+                  yerr=values.std(0, ddof=1) if len(runs) > 1 else None, label=label)
+    right.set_xticks(np.arange(len(levels)) + 0.4 - width / 2, [f"level {lv}" for lv in levels])
+    right.set_ylabel("linear probe accuracy (final students)")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

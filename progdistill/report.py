@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from pathlib import Path
@@ -35,9 +36,14 @@ def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
         for sched in config.schedules:
             records = read_metrics(out / "students" / student_name(sched, seed) / "metrics.jsonl")
             students.append({"schedule": sched.label, "seed": seed, **_run_summary(records, config.threshold)})
-    return {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
-            "wall_time_s": round(wall_time_s, 2),
-            "teacher": _run_summary(teacher, config.threshold), "students": students}
+    results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
+               "wall_time_s": round(wall_time_s, 2),
+               "teacher": _run_summary(teacher, config.threshold), "students": students}
+    probes = {p.name[:-len("-summary.json")]: json.loads(p.read_text(encoding="utf-8"))
+              for p in sorted((out / "probes").glob("*-summary.json"))}
+    if probes:
+        results["probes"] = probes
+    return results
 
 
 def _mean_std(values: list[float], fmt: str) -> str:
@@ -57,8 +63,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
              f"Teacher: {'never reached' if t_steps is None else f'reached {thr:.0%} at step {t_steps}'}, "
              f"final accuracy {teacher['final_accuracy']:.4f} after {teacher['steps']} steps.", "",
              f"| schedule | steps to {thr:.0%} (mean +/- std) | seeds reaching {thr:.0%} | "
-             f"ratio to teacher | final accuracy |",
-             "|---|---|---|---|---|"]
+             f"ratio to teacher | final accuracy | final loss (nats) |",
+             "|---|---|---|---|---|---|"]
     order = list(dict.fromkeys(s["schedule"] for s in results["students"]))
     for label in order:
         runs = [s for s in results["students"] if s["schedule"] == label]
@@ -68,9 +74,38 @@ def summary_markdown(results: dict[str, Any]) -> str:
             ratio = _mean_std([r / t_steps for r in reached], ".2f")
         lines.append(f"| {label} | {_mean_std(reached, '.0f') if reached else 'not reached'} | "
                      f"{len(reached)}/{len(runs)} | {ratio} | "
-                     f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} |")
-    lines += ["", f"Wall time: {results['wall_time_s']:.1f} s.", ""]
+                     f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} | "
+                     f"{_mean_std([s['final_loss'] for s in runs], '.4f')} |")
+    lines += ["", f"Mean +/- sample std over seeds. Wall time: {results['wall_time_s']:.1f} s.", ""]
+    pcfg = results.get("probes", {}).get("pcfg")
+    if pcfg:
+        lines += _pcfg_lines(pcfg)
     return "\n".join(lines)
+
+
+def _pcfg_lines(pcfg: dict[str, Any]) -> list[str]:
+    """The PCFG probe summary (probes/pcfg-summary.json) as markdown."""
+    lines = ["## Probes", ""]
+    phases = pcfg.get("phases")
+    if phases:
+        lines.append(f"Teacher loss phases: plateau {phases['plateau'][0]}-{phases['plateau'][1]}, sharp drop "
+                     f"{phases['sharp_drop'][0]}-{phases['sharp_drop'][1]}, slow decay "
+                     f"{phases['slow_decay'][0]}-{phases['slow_decay'][1]} (steps).")
+    else:
+        lines.append(f"No sharp drop detected in the teacher's loss: {pcfg.get('no_transition')}")
+    where = ("inside the sharp drop" if pcfg.get("peak_in_sharp_drop") else "next to the sharp drop"
+             if pcfg.get("peak_in_or_next_to_sharp_drop") else "outside the sharp drop")
+    lines += [f"Median {pcfg['metric']} of the teacher peaks at step {pcfg['peak_step']} "
+              f"({pcfg['peak_median']:.4f}; {where if phases else 'no phases to compare'}); final checkpoint "
+              f"{pcfg['final_median']:.4f}.", ""]
+    columns = sorted({k for entry in pcfg["students"].values() for k in entry})
+    if columns:
+        lines += ["| schedule | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for label, entry in pcfg["students"].items():
+            cells = [f"{entry[c]['mean']:.4f} +/- {entry[c]['std']:.4f}" if c in entry else "-" for c in columns]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot_accuracy(out: Path, path: Path) -> None:
@@ -95,7 +130,8 @@ def plot_accuracy(out: Path, path: Path) -> None:
         ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
     ax.axhline(config.threshold, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("training steps")
-    ax.set_ylabel("eval accuracy")
+    ax.set_ylabel("masked-token accuracy (validation)" if getattr(config.task, "token_task", False)
+                  else "eval accuracy")
     ax.set_title(f"{config.preset}: student accuracy by schedule")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)

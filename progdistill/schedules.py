@@ -159,10 +159,12 @@ class TwoShotAuto:
 
     def pick(self, steps: Sequence[int], values: Sequence[float]) -> int:
         """The checkpoint step in the middle of the transition of the curve (steps, values)."""
-        from .phases import NoTransitionError, detect_transition
+        from .phases import NoTransitionError, detect_phases, detect_transition
 
         try:
-            return detect_transition(steps, values, "rise" if self.metric == "eval_accuracy" else "drop").middle
+            if self.metric == "eval_loss":  # the sharp drop of a loss curve, the untrained model left out
+                return detect_phases(steps, values).transition.middle
+            return detect_transition(steps, values, "rise").middle
         except NoTransitionError as exc:
             raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: {exc}")\
                 from None

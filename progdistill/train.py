@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
 from .config import DistillationConfig, OptimizerConfig, TrainConfig
-from .losses import cross_entropy, forward_kl, reverse_kl, teacher_probabilities
+from .losses import IGNORE_INDEX, cross_entropy, distillation_loss, forward_kl, reverse_kl, teacher_probabilities
 from .metrics import MetricsWriter
 from .schedules import CE
 from .trajectory import Trajectory, TrajectoryWriter
@@ -154,6 +154,58 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return loss_sum / len(x), correct / len(x)
 
 
+@torch.no_grad()
+def evaluate_tokens(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy (nats per supervised token) and accuracy at the supervised positions of
+    ``batches`` (:class:`progdistill.pcfg.TokenBatch`), each as a tensor of shape (1,) like :func:`evaluate`."""
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = count = 0.0
+    for batch in batches:
+        selected = batch.targets != IGNORE_INDEX
+        logits = model(batch.inputs, batch.attention_mask)[selected]  # (N, V)
+        target = batch.targets[selected]
+        loss_sum += float(cross_entropy(logits, target, reduction="none").sum())
+        correct += float((logits.argmax(-1) == target).sum())
+        count += int(selected.sum())
+    model.train(was_training)
+    count = max(count, 1)
+    return torch.tensor([loss_sum / count]), torch.tensor([correct / count])
+
+
+def _token_step(net, batch, teacher, train: TrainConfig, distillation: DistillationConfig, autocast) -> float:
+    """Forward and backward passes of one optimizer step of a token task; returns the step's loss (float).
+
+    The batch is split into ``train.grad_accumulation`` micro-batches, and every micro-batch's summed
+    per-token loss is divided by the number of supervised tokens of the *whole* step (over all processes), so
+    the accumulated gradient is that of the mean per-token loss of the step, however the tokens fall into
+    micro-batches. Loss per supervised token: CE on the true token without a teacher, else
+    ``alpha * CE + (1 - alpha) * D(teacher || student)`` (:func:`progdistill.losses.distillation_loss`)."""
+    selected = batch.targets != IGNORE_INDEX  # (B, L)
+    total = float(all_reduce_mean(selected.sum().float().reshape(1))[0])  # mean over processes
+    total = max(total, 1.0)
+    value = 0.0
+    for index in torch.arange(batch.inputs.shape[0]).chunk(train.grad_accumulation):
+        part, mask = batch.rows(index), selected[index]
+        if not mask.any():
+            continue
+        with autocast:
+            logits = net(part.inputs, part.attention_mask)[mask]  # (N, V)
+        target = part.targets[mask]
+        if teacher is None:
+            per_token = cross_entropy(logits, target, reduction="none")
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(part.inputs, part.attention_mask)[mask]
+            per_token = distillation_loss(logits, teacher_logits, target, distillation.loss,
+                                          distillation.temperature, distillation.alpha, reduction="none")
+        loss = per_token.sum() / total
+        if torch.isfinite(loss):
+            loss.backward()
+        value += float(loss.detach())
+    return value
+
+
 def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member], *,
         data_stream: str, distillation: DistillationConfig | None = None,
         teachers: TeacherPool | None = None, checkpoint_writer: TrajectoryWriter | None = None,
@@ -200,7 +252,13 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     seeds = sorted({mem.seed for mem in members})
     seed_index = torch.tensor([seeds.index(mem.seed) for mem in members])
     gens = {s: generator(s, data_stream) for s in seeds}
-    x_eval, y_eval = (t.to(device) for t in task.eval_set())
+    token_task = getattr(task, "token_task", False)
+    if token_task:
+        if M != 1:
+            raise ValueError(f"token tasks train one model at a time, got a stack of {M}")
+        eval_batches = [b.to(device) for b in task.eval_batches()]
+    else:
+        x_eval, y_eval = (t.to(device) for t in task.eval_set())
     opt, lr_sched = make_optimizer(model.parameters(), train.optimizer, steps)
     model.to(device).train()
     net = model
@@ -234,7 +292,8 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         loss_count = 0
         if not main_process:
             return
-        eval_loss, eval_acc = evaluate(model, x_eval, y_eval)
+        eval_loss, eval_acc = (evaluate_tokens(model, eval_batches) if token_task
+                               else evaluate(model, x_eval, y_eval))
         in_use = checkpoints(max(step - 1, 0))
         for m, mem in enumerate(members):
             if train_loss[m] is not None and not math.isfinite(train_loss[m]):
@@ -281,85 +340,107 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         if checkpoint_writer is not None:
             stop = min(stop, (start // train.checkpoint_every + 1) * train.checkpoint_every)
         L = stop - start
-        # Inputs for the block, one stream per seed: (S, L, B, n) -> labels (S, L, B).
-        global_block = [task.sample_inputs(L * train.batch_size, gens[s]).view(L, train.batch_size, -1)
-                        for s in seeds]
-        x_block = torch.stack(global_block)[:, :, rows].to(device)  # (S, L, B_local, n)
-        y_block = task.labels(x_block)
-        plan = [checkpoints(t) for t in range(start, stop)]  # (L, M)
-        teacher_logits, kd_weight = _teacher_targets(plan, x_block, seed_index, teachers, task.num_classes)
-        ce_weight = torch.where(kd_weight > 0, torch.full_like(kd_weight, alpha), torch.ones_like(kd_weight))
-        kd_weight = kd_weight * (1 - alpha)  # (L, M)
-        # Per-step inputs and labels for every model: (L, B, n) shared, or (L, M, B, n); labels (L, M, B).
-        x_steps = x_block[0] if len(seeds) == 1 else x_block[seed_index].transpose(0, 1).contiguous()
-        y_steps = y_block[seed_index].transpose(0, 1)
-        fused = teacher_logits is None or distillation.loss == "forward_kl"
-        if teacher_logits is not None and fused:
-            # alpha * CE + (1 - alpha) * KL(q || p) has the gradient of one cross-entropy against the
-            # mixture target alpha * onehot(y) + (1 - alpha) * q; its value exceeds the loss by
-            # (1 - alpha) * H(q), which is subtracted from the reported training loss.
-            q = teacher_probabilities(teacher_logits, temperature)  # (L, M, B, C)
-            onehot = torch.nn.functional.one_hot(y_steps, task.num_classes).float()
-            soft_target = ce_weight[..., None, None] * onehot + kd_weight[..., None, None] * q
-            entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)
-            loss_sum -= (kd_weight[..., None] * entropy).mean(dim=2).sum(dim=0)  # (M,)
-        if hand_sgd:  # the same SGD update with hand-written gradients (MLP.sgd_step); ~2x faster per step
-            targets = soft_target if teacher_logits is not None else \
-                F.one_hot(y_steps, task.num_classes).float()  # (L, M, B, C)
-            step_losses = torch.empty(L, M, device=device)
-            constant = train.optimizer.lr_schedule == "constant"
-            with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
-                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                for i in range(L):
-                    step_losses[i] = model.sgd_step(x_steps[i], targets[i], opt.param_groups[0]["lr"]).mean(dim=1)
-                    if not constant:
-                        lr_sched.step()
-                if constant:  # same state as stepping it every step, without the per-step Python call
-                    lr_sched.last_epoch += L
-            finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
-            if not finite.all():
-                i = int((~finite).nonzero()[0])
-                culprits = [names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
-                raise NonFiniteError(f"{', '.join(culprits)}: non-finite training loss at step {start + i}; "
-                                     "everything saved before it is kept (on_non_finite='skip' skips such steps)")
-            loss_sum += step_losses.sum(dim=0)
-            loss_count += L
-        for i in range(0 if hand_sgd else L):
-            with autocast:
-                logits = net(x_steps[i])  # (M, B, C)
-            if not fused:  # reverse KL: the pure loss functions, term by term
-                per_example = ce_weight[i, :, None] * cross_entropy(logits, y_steps[i], reduction="none") \
-                    + kd_weight[i, :, None] * kd_fn(logits, teacher_logits[i], temperature, reduction="none")
-            elif teacher_logits is None:
-                per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_steps[i].reshape(-1),
-                                              reduction="none").view(M, B)
-            else:
-                per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                              soft_target[i].reshape(-1, logits.shape[-1]),
-                                              reduction="none").view(M, B)
-            loss = per_example.sum() / B  # sum over models of each model's mean loss
-            opt.zero_grad(set_to_none=True)
-            bad = None if all_true(bool(torch.isfinite(loss)), device) else "training loss"
-            if bad is None:
-                loss.backward()
-                # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the
-                # per-step gradient check (a sync and a few ops) is paid only where a step may be skipped.
-                if train.on_non_finite == "skip" and not all_true(bool(torch.isfinite(
+        if token_task:
+            plan = [checkpoints(t) for t in range(start, stop)]
+            for i in range(L):
+                batch = task.sample_batch(train.batch_size, gens[members[0].seed]).rows(rows).to(device)
+                teacher = None if plan[i][0] is None else teachers.get(plan[i][0])
+                opt.zero_grad(set_to_none=True)
+                value = _token_step(net, batch, teacher, train, distillation, autocast)
+                bad = None if all_true(bool(math.isfinite(value)), device) else "training loss"
+                if bad is None and train.on_non_finite == "skip" and not all_true(bool(torch.isfinite(
                         torch.stack([p.grad.sum() for p in params if p.grad is not None])).all()), device):
                     bad = "gradient"
-            if bad is not None:
-                culprits = [names[m] for m in range(M)
-                            if not torch.isfinite(per_example[m]).all()] or names
-                if train.on_non_finite == "stop":
-                    raise NonFiniteError(f"{', '.join(culprits)}: non-finite {bad} at step {start + i}; "
-                                         "everything saved before it is kept (on_non_finite='skip' skips such steps)")
-                skipped += 1
+                if bad is not None:
+                    if train.on_non_finite == "stop":
+                        raise NonFiniteError(f"{names[0]}: non-finite {bad} at step {start + i}; everything "
+                                             "saved before it is kept (on_non_finite='skip' skips such steps)")
+                    skipped += 1
+                else:
+                    opt.step()
+                    loss_sum += value
+                    loss_count += 1
                 lr_sched.step()
-                continue
-            opt.step()
-            lr_sched.step()
-            loss_sum += per_example.detach().mean(dim=1)
-            loss_count += 1
+        else:
+            # Inputs for the block, one stream per seed: (S, L, B, n) -> labels (S, L, B).
+            global_block = [task.sample_inputs(L * train.batch_size, gens[s]).view(L, train.batch_size, -1)
+                            for s in seeds]
+            x_block = torch.stack(global_block)[:, :, rows].to(device)  # (S, L, B_local, n)
+            y_block = task.labels(x_block)
+            plan = [checkpoints(t) for t in range(start, stop)]  # (L, M)
+            teacher_logits, kd_weight = _teacher_targets(plan, x_block, seed_index, teachers, task.num_classes)
+            ce_weight = torch.where(kd_weight > 0, torch.full_like(kd_weight, alpha), torch.ones_like(kd_weight))
+            kd_weight = kd_weight * (1 - alpha)  # (L, M)
+            # Per-step inputs and labels for every model: (L, B, n) shared, or (L, M, B, n); labels (L, M, B).
+            x_steps = x_block[0] if len(seeds) == 1 else x_block[seed_index].transpose(0, 1).contiguous()
+            y_steps = y_block[seed_index].transpose(0, 1)
+            fused = teacher_logits is None or distillation.loss == "forward_kl"
+            if teacher_logits is not None and fused:
+                # alpha * CE + (1 - alpha) * KL(q || p) has the gradient of one cross-entropy against the
+                # mixture target alpha * onehot(y) + (1 - alpha) * q; its value exceeds the loss by
+                # (1 - alpha) * H(q), which is subtracted from the reported training loss.
+                q = teacher_probabilities(teacher_logits, temperature)  # (L, M, B, C)
+                onehot = torch.nn.functional.one_hot(y_steps, task.num_classes).float()
+                soft_target = ce_weight[..., None, None] * onehot + kd_weight[..., None, None] * q
+                entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)
+                loss_sum -= (kd_weight[..., None] * entropy).mean(dim=2).sum(dim=0)  # (M,)
+            if hand_sgd:  # the same SGD update with hand-written gradients (MLP.sgd_step); ~2x faster per step
+                targets = soft_target if teacher_logits is not None else \
+                    F.one_hot(y_steps, task.num_classes).float()  # (L, M, B, C)
+                step_losses = torch.empty(L, M, device=device)
+                constant = train.optimizer.lr_schedule == "constant"
+                with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
+                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                    for i in range(L):
+                        step_losses[i] = model.sgd_step(x_steps[i], targets[i], opt.param_groups[0]["lr"]).mean(dim=1)
+                        if not constant:
+                            lr_sched.step()
+                    if constant:  # same state as stepping it every step, without the per-step Python call
+                        lr_sched.last_epoch += L
+                finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
+                if not finite.all():
+                    i = int((~finite).nonzero()[0])
+                    culprits = [names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
+                    raise NonFiniteError(f"{', '.join(culprits)}: non-finite training loss at step {start + i}; "
+                                         "everything saved before it is kept (on_non_finite='skip' skips such steps)")
+                loss_sum += step_losses.sum(dim=0)
+                loss_count += L
+            for i in range(0 if hand_sgd else L):
+                with autocast:
+                    logits = net(x_steps[i])  # (M, B, C)
+                if not fused:  # reverse KL: the pure loss functions, term by term
+                    per_example = ce_weight[i, :, None] * cross_entropy(logits, y_steps[i], reduction="none") \
+                        + kd_weight[i, :, None] * kd_fn(logits, teacher_logits[i], temperature, reduction="none")
+                elif teacher_logits is None:
+                    per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_steps[i].reshape(-1),
+                                                  reduction="none").view(M, B)
+                else:
+                    per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                  soft_target[i].reshape(-1, logits.shape[-1]),
+                                                  reduction="none").view(M, B)
+                loss = per_example.sum() / B  # sum over models of each model's mean loss
+                opt.zero_grad(set_to_none=True)
+                bad = None if all_true(bool(torch.isfinite(loss)), device) else "training loss"
+                if bad is None:
+                    loss.backward()
+                    # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the
+                    # per-step gradient check (a sync and a few ops) is paid only where a step may be skipped.
+                    if train.on_non_finite == "skip" and not all_true(bool(torch.isfinite(
+                            torch.stack([p.grad.sum() for p in params if p.grad is not None])).all()), device):
+                        bad = "gradient"
+                if bad is not None:
+                    culprits = [names[m] for m in range(M)
+                                if not torch.isfinite(per_example[m]).all()] or names
+                    if train.on_non_finite == "stop":
+                        raise NonFiniteError(f"{', '.join(culprits)}: non-finite {bad} at step {start + i}; "
+                                             "everything saved before it is kept (on_non_finite='skip' skips such steps)")
+                    skipped += 1
+                    lr_sched.step()
+                    continue
+                opt.step()
+                lr_sched.step()
+                loss_sum += per_example.detach().mean(dim=1)
+                loss_count += 1
         bar.update(L)
         start = stop
         if stop % train.eval_every == 0 or stop == steps or (

@@ -50,6 +50,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def cpu_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state_dict`` as separate contiguous CPU tensors, ready for ``safetensors``: weights a model
+    ties (e.g. BERT's input embedding and output decoder) are stored once per name, and load back tied."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -92,7 +98,7 @@ class TrajectoryWriter:
         rel = f"checkpoints/step_{step:08d}.safetensors"
         final = self.directory / rel
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp))
+        save_file(cpu_state(state_dict), str(tmp))
         digest = sha256_file(tmp)
         os.replace(tmp, final)
         self.manifest["checkpoints"].append({"step": step, "file": rel, "sha256": digest, **metrics})

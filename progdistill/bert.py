@@ -1,0 +1,100 @@
+"""BERT masked language models built from a config (PAPER.md sections 2 and 4).
+
+:class:`BertMLMConfig` (model kind ``"bert"``) builds a Hugging Face :class:`~transformers.BertForMaskedLM`
+from a :class:`~transformers.BertConfig` -- never downloaded -- with ``n_layer`` layers of ``n_head`` heads of
+dimension ``head_dim`` (the paper: teacher 4 x 32 x 8, hidden 256; student 4 x 8 x 8, hidden 64). Dropout is
+0, so training draws no random numbers besides the data. Token models are not stacked: a "stack" holds one
+model and :func:`progdistill.train.fit` trains students one after another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from .config import check, check_positive_int, register
+
+
+@register("model")
+@dataclass(frozen=True)
+class BertMLMConfig:
+    """``n_layer`` BERT layers of ``n_head`` heads of dimension ``head_dim`` (hidden ``n_head * head_dim``,
+    feed-forward ``mlp_ratio`` times that). ``max_positions``: position embeddings; None = what the task's
+    longest allowed sequence needs."""
+
+    kind: ClassVar[str] = "bert"
+    stackable: ClassVar[bool] = False
+
+    n_layer: int = 4
+    n_head: int = 8
+    head_dim: int = 8
+    mlp_ratio: int = 4
+    max_positions: int | None = None
+
+    def __post_init__(self):
+        check_positive_int("model.n_layer", self.n_layer)
+        check_positive_int("model.n_head", self.n_head)
+        check_positive_int("model.head_dim", self.head_dim)
+        check_positive_int("model.mlp_ratio", self.mlp_ratio)
+        check(self.max_positions is None or (isinstance(self.max_positions, int) and self.max_positions >= 2),
+              "model.max_positions", self.max_positions, "None (the task's need) or an integer >= 2")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_head * self.head_dim
+
+    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "MaskedLM":
+        """A :class:`MaskedLM` for sequences of up to ``positions`` tokens over ``vocab_size`` ids."""
+        return MaskedLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
+                        generators)
+
+
+class MaskedLM(nn.Module):
+    """``BertForMaskedLM`` with the calling convention of :func:`progdistill.train.fit`'s token tasks.
+
+    ``forward(input_ids, attention_mask)``: (B, L) int64 ids and (B, L) bool -> logits (B, L, vocab_size).
+    ``hidden_states(...)``: the last layer's hidden states (B, L, hidden), for probes.
+    Initialization is BERT's (normal, std 0.02), drawn inside :func:`torch.random.fork_rng` seeded with
+    ``generators[0].initial_seed()``: a function of the seed that leaves the global RNG untouched.
+    Raises ``ValueError`` naming the length when a sequence is longer than the position embeddings.
+    """
+
+    def __init__(self, positions: int, vocab_size: int, config: BertMLMConfig,
+                 generators: Sequence[torch.Generator]):
+        super().__init__()
+        from transformers import BertConfig, BertForMaskedLM
+
+        check(len(generators) == 1, "generators", len(generators),
+              "a BERT model is not stackable: exactly one generator per model")
+        check_positive_int("vocab_size", vocab_size)
+        self.config = config
+        self.num_models = 1
+        self.positions = positions
+        hf = BertConfig(vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layer,
+                        num_attention_heads=config.n_head, intermediate_size=config.mlp_ratio * config.hidden_size,
+                        max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, pad_token_id=0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generators[0].initial_seed())
+            self.bert = BertForMaskedLM(hf)
+
+    def _check(self, input_ids: torch.Tensor) -> None:
+        if input_ids.shape[-1] > self.positions:
+            raise ValueError(f"a sequence of {input_ids.shape[-1]} tokens is longer than the model's "
+                             f"{self.positions} positions (model.max_positions); raise it or shorten the data")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self._check(input_ids)
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-layer hidden states (B, L, hidden) -- the input of the MLM head."""
+        self._check(input_ids)
+        return self.bert.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def save_pretrained(self, directory) -> None:
+        """Write the Hugging Face model (config.json + model.safetensors) to ``directory``."""
+        self.bert.save_pretrained(directory)

@@ -1,0 +1,165 @@
+"""Masked language modelling on sentences of a probabilistic context-free grammar (PAPER.md section 2).
+
+:class:`PCFGMaskedLMTask` (task kind ``"pcfg-mlm"``) turns the grammar (:mod:`progdistill.grammar`), the
+sampler (:mod:`progdistill.pcfg_sampler`) and BERT masking (:mod:`progdistill.masked_lm`) into the *token
+task* contract of :func:`progdistill.train.fit`:
+
+- ``sample_batch(count, generator)`` -> :class:`TokenBatch` of ``count`` fresh sentences, masked;
+- ``eval_batches()`` -> the fixed held-out set as a list of :class:`TokenBatch`;
+- ``num_classes`` (the vocabulary size: terminals + BOS, EOS, PAD, MASK) and ``input_size`` (the positions a
+  sentence may need: ``max_length + 2``).
+
+Every draw comes from the caller's ``torch.Generator``: the sentences from a numpy generator seeded by one
+draw of it, the masking from the generator itself, so a data stream is a function of its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from .config import check, check_positive_int, register
+from .grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
+from .masked_lm import Vocabulary, mask_tokens, pad_sentences
+from .pcfg_sampler import SentenceBatch, sample_sentences
+
+EVAL_BATCH = 64  # sentences per forward pass when evaluating
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """A padded batch of token sequences: ``inputs`` (B, L) int64 ids (masked where selected),
+    ``attention_mask`` (B, L) bool (False at PAD), ``targets`` (B, L) int64: the original id at supervised
+    positions, -100 elsewhere."""
+
+    inputs: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(self.inputs.to(device), self.attention_mask.to(device), self.targets.to(device))
+
+    def rows(self, index) -> "TokenBatch":
+        """The sub-batch of rows ``index`` (a slice or index tensor)."""
+        return TokenBatch(self.inputs[index], self.attention_mask[index], self.targets[index])
+
+    @property
+    def num_supervised(self) -> int:
+        return int((self.targets != -100).sum())
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """Which grammar: ``name`` is a packaged grammar (cfg3b, cfg3f, cfg3g, cfg3h, cfg3i), a path to a grammar
+    file, or ``"random"`` for :func:`progdistill.grammar.random_grammar` with the remaining fields."""
+
+    name: str = "random"
+    levels: int = 5
+    nonterminals_per_level: int = 3
+    rules_per_nonterminal: int = 2
+    rule_lengths: tuple[int, ...] = (2, 3)
+    seed: int = 0
+
+    def __post_init__(self):
+        check(isinstance(self.name, str) and bool(self.name), "grammar.name", self.name,
+              f"'random', a packaged grammar ({', '.join(packaged_grammars())}) or a grammar file path")
+
+    def load(self) -> Grammar:
+        """The grammar; raises :class:`GrammarError` (naming the file and line, or the argument)."""
+        return _load(self)
+
+
+@lru_cache(maxsize=16)
+def _load(spec: GrammarSpec) -> Grammar:
+    if spec.name == "random":
+        return random_grammar(spec.levels, spec.nonterminals_per_level, spec.rules_per_nonterminal,
+                              tuple(spec.rule_lengths), seed=spec.seed)
+    return load_grammar(spec.name)
+
+
+@register("task")
+@dataclass(frozen=True)
+class PCFGMaskedLMTask:
+    """BERT-style masked language modelling on grammar sentences (PAPER.md section 2).
+
+    ``mask_rate``: fraction of terminal positions selected for prediction (BERT's 80/10/10 rule applies to
+    them); ``max_length``: longest sentence allowed (the sampler's guard: a longer one is an error naming the
+    grammar); ``eval_size`` held-out sentences are sampled and masked once from ``eval_seed``.
+    """
+
+    kind: ClassVar[str] = "pcfg-mlm"
+    token_task: ClassVar[bool] = True
+
+    grammar: GrammarSpec = field(default_factory=GrammarSpec)
+    mask_rate: float = 0.3
+    max_length: int = 512
+    eval_size: int = 512
+    eval_seed: int = 12345
+
+    def __post_init__(self):
+        check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
+              self.mask_rate, "must lie in (0, 1)")
+        check_positive_int("task.max_length", self.max_length)
+        check_positive_int("task.eval_size", self.eval_size)
+        check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
+              "must be an integer >= 0")
+
+    def load_grammar(self) -> Grammar:
+        return self.grammar.load()
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.load_grammar().terminals)
+
+    @property
+    def num_classes(self) -> int:
+        """Vocabulary size: the model's output classes at every position."""
+        return self.vocabulary.size
+
+    @property
+    def input_size(self) -> int:
+        """Positions the longest allowed sentence needs (with BOS and EOS)."""
+        return self.max_length + 2
+
+    def sample_sentences(self, count: int, generator: torch.Generator) -> SentenceBatch:
+        """``count`` sentences with their trees, drawn through one draw of ``generator``."""
+        rng = np.random.default_rng(int(torch.randint(2**62, (), generator=generator)))
+        try:
+            return sample_sentences(self.load_grammar(), count, rng, max_length=self.max_length)
+        except GrammarError as exc:
+            raise GrammarError(f"task.max_length={self.max_length}: {exc}") from None
+
+    def batch_from_sentences(self, sentences: SentenceBatch, generator: torch.Generator) -> TokenBatch:
+        """Pad and mask sampled sentences: a :class:`TokenBatch` of shape (count, longest + 2)."""
+        ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
+        inputs, targets = mask_tokens(ids, self.vocabulary, self.mask_rate, generator)
+        return TokenBatch(inputs, attention, targets)
+
+    def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
+        """``count`` fresh masked sentences (the training stream)."""
+        return self.batch_from_sentences(self.sample_sentences(count, generator), generator)
+
+    def eval_sentences(self) -> SentenceBatch:
+        """The fixed held-out sentences (with their trees), drawn from ``eval_seed``."""
+        return self.sample_sentences(self.eval_size, torch.Generator().manual_seed(self.eval_seed))
+
+    def eval_batches(self) -> list[TokenBatch]:
+        """The fixed held-out set, masked once from ``eval_seed``, in batches of ``EVAL_BATCH`` sentences."""
+        return _eval_batches(self)
+
+
+@lru_cache(maxsize=4)
+def _eval_batches(task: PCFGMaskedLMTask) -> list[TokenBatch]:
+    gen = torch.Generator().manual_seed(task.eval_seed)
+    sentences = task.sample_sentences(task.eval_size, gen)
+    out = []
+    for i in range(0, len(sentences), EVAL_BATCH):
+        chunk = [sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))]
+        ids, attention = pad_sentences([s.tokens for s in chunk], task.vocabulary)
+        inputs, targets = mask_tokens(ids, task.vocabulary, task.mask_rate, gen)
+        out.append(TokenBatch(inputs, attention, targets))
+    return out

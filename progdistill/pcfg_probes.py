@@ -1,0 +1,163 @@
+"""Probes of masked language models on grammar sentences (PAPER.md section 2, "n-gram probes" and
+"Non-terminal probe"). Pure functions of a model and data; :mod:`progdistill.probes` runs them over a run
+directory.
+
+n-gram dependence, for a selected position p of a sentence and a window of w = 2r + 1 tokens centred on p:
+
+- *base*: the sentence with p alone replaced by MASK;
+- ``M_robust``: also mask the whole window (p - r .. p + r): how much the prediction at p depends on the
+  window (large = the model leans on the local n-gram);
+- ``M_close``: keep only the window visible (every other terminal masked): how far the window alone is from
+  the full context (small = the window suffices).
+
+Each score is the total-variation distance ``0.5 * sum_v |P_base(v) - P_perturbed(v)|`` between the model's
+output distributions at p; we report the median and quartiles over (sentence, position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .masked_lm import Vocabulary, pad_sentences
+
+WINDOWS = (3, 5, 7)
+FORWARD_BATCH = 256  # sequences per forward pass
+
+
+@dataclass(frozen=True)
+class NgramPositions:
+    """Which (sentence, position) pairs are probed: ``sentence`` and ``position`` (index in the padded ids,
+    BOS at 0), both (P,) int64."""
+
+    sentence: np.ndarray
+    position: np.ndarray
+
+
+def probe_positions(lengths: Sequence[int], per_sentence: int = 8) -> NgramPositions:
+    """Up to ``per_sentence`` evenly spaced token positions per sentence (the paper uses every 30th position
+    of cfg3b's ~300-token sentences: ~10 per sentence), never BOS or EOS."""
+    if not (isinstance(per_sentence, int) and per_sentence >= 1):
+        raise ValueError(f"per_sentence={per_sentence!r} is invalid: must be a positive integer")
+    sentence, position = [], []
+    for i, n in enumerate(lengths):
+        picks = np.unique(np.linspace(1, n, num=min(per_sentence, n) + 2)[1:-1].round().astype(int))
+        sentence += [i] * len(picks)
+        position += picks.tolist()  # token t (0-based) sits at padded index t + 1; picks are in 1..n
+    return NgramPositions(np.array(sentence, dtype=np.int64), np.array(position, dtype=np.int64))
+
+
+@torch.no_grad()
+def _distributions(model, inputs: torch.Tensor, attention: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Softmax outputs (N, V) of ``model`` at position ``at[i]`` of row i of ``inputs`` (N, L)."""
+    out = []
+    for j in range(0, len(inputs), FORWARD_BATCH):
+        logits = model(inputs[j:j + FORWARD_BATCH], attention[j:j + FORWARD_BATCH])
+        rows = torch.arange(len(logits))
+        out.append(torch.softmax(logits[rows, at[j:j + FORWARD_BATCH]].float(), dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabulary,
+                     windows: Sequence[int] = WINDOWS, per_sentence: int = 8,
+                     device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """M_robust and M_close of ``model`` (a masked LM: ids (B, L), mask (B, L) -> logits (B, L, V)).
+
+    ``sentences``: token-id sequences (terminals only); ``windows``: odd window sizes >= 3. Returns
+    ``{"M_robust/3": {"median", "q25", "q75", "mean"}, "M_close/3": {...}, ...}`` -- total-variation distances
+    in [0, 1]. Raises ``ValueError`` for an even or too small window or no sentences.
+    """
+    for w in windows:
+        if not (isinstance(w, int) and w >= 3 and w % 2 == 1):
+            raise ValueError(f"window {w!r} is invalid: window sizes are odd integers >= 3 (the (2r+1)-gram "
+                             "centred on the masked position)")
+    ids, attention = pad_sentences(list(sentences), vocab)
+    lengths = attention.sum(dim=1) - 2
+    where = probe_positions(lengths.tolist(), per_sentence)
+    sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
+    base = ids[sent].clone()  # (P, L)
+    att = attention[sent]
+    rows = torch.arange(len(base))
+    base[rows, pos] = vocab.mask
+    index = torch.arange(ids.shape[1])[None, :]  # (1, L)
+    terminal = base < len(vocab.terminals)
+    terminal[rows, pos] = True  # the masked position itself
+    variants = [base]
+    for w in windows:
+        r = w // 2
+        inside = (index >= (pos - r)[:, None]) & (index <= (pos + r)[:, None]) & terminal
+        variants.append(torch.where(inside, vocab.mask, base))                    # M_robust: mask the window
+        variants.append(torch.where(terminal & ~inside, vocab.mask, base))        # M_close: only the window
+    was_training = model.training
+    model.eval()
+    inputs = torch.cat(variants).to(device)
+    probs = _distributions(model, inputs, att.repeat(len(variants), 1).to(device),
+                           pos.repeat(len(variants)).to(device)).view(len(variants), len(base), -1)
+    model.train(was_training)
+    out = {}
+    for k, w in enumerate(windows):
+        for j, name in enumerate(("M_robust", "M_close")):
+            tv = 0.5 * (probs[0] - probs[1 + 2 * k + j]).abs().sum(-1)
+            out[f"{name}/{w}"] = _quantiles(tv.cpu().numpy())
+    return out
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
+    return {"median": float(median), "q25": float(q25), "q75": float(q75), "mean": float(values.mean())}
+
+
+@torch.no_grad()
+def _hidden_features(model, sentences, vocab: Vocabulary, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-layer hidden states of every terminal token, (T, H), and a (B, L) bool mask of their positions."""
+    ids, attention = pad_sentences([s.tokens for s in sentences], vocab)
+    feats = []
+    for j in range(0, len(ids), FORWARD_BATCH):
+        hidden = model.hidden_states(ids[j:j + FORWARD_BATCH].to(device),
+                                     attention[j:j + FORWARD_BATCH].to(device)).float().cpu()
+        terminal = ids[j:j + FORWARD_BATCH] < len(vocab.terminals)
+        feats.append(hidden[terminal])
+    return torch.cat(feats), ids < len(vocab.terminals)
+
+
+def nonterminal_probe(model, train_sentences, test_sentences, vocab: Vocabulary, levels: Sequence[int],
+                      steps: int = 200, lr: float = 0.05,
+                      device: str | torch.device = "cpu") -> dict[int, float]:
+    """Linear probe on the frozen last hidden layer predicting each token's ancestor nonterminal at each level.
+
+    ``train_sentences`` / ``test_sentences``: :class:`~progdistill.pcfg_sampler.SentenceBatch` (tokens and
+    ancestors); ``levels``: tree levels to probe (1 .. num_levels - 2 are informative; 0 is the root).
+    A softmax-regression head per level is fitted with full-batch Adam for ``steps`` steps on standardized
+    features (initial weights 0, so the result is deterministic). Returns {level: test accuracy in [0, 1]}.
+    Raises ``ValueError`` for a level outside the trees.
+    """
+    num_levels = train_sentences.ancestors.shape[0]
+    for lv in levels:
+        if not (isinstance(lv, int) and 0 <= lv < num_levels):
+            raise ValueError(f"level {lv!r} is invalid: the trees have levels 0..{num_levels - 1}")
+    was_training = model.training
+    model.eval()
+    x_train, _ = _hidden_features(model, train_sentences, vocab, device)
+    x_test, _ = _hidden_features(model, test_sentences, vocab, device)
+    model.train(was_training)
+    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    out = {}
+    for lv in levels:
+        y_train = torch.from_numpy(train_sentences.ancestors[lv].astype(np.int64))
+        y_test = torch.from_numpy(test_sentences.ancestors[lv].astype(np.int64))
+        classes = int(max(y_train.max(), y_test.max())) + 1
+        weight = torch.zeros(x_train.shape[1], classes, requires_grad=True)
+        bias = torch.zeros(classes, requires_grad=True)
+        opt = torch.optim.Adam([weight, bias], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(x_train @ weight + bias, y_train).backward()
+            opt.step()
+        with torch.no_grad():
+            out[lv] = float(((x_test @ weight + bias).argmax(-1) == y_test).float().mean())
+    return out

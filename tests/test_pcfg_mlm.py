@@ -1,0 +1,224 @@
+"""PCFG masked language modelling: task, BERT models, the token training path, probes, the runner."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from progdistill.bert import BertMLMConfig
+from progdistill.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, from_dict, to_dict
+from progdistill.experiment import ExperimentConfig, run
+from progdistill.grammar import GrammarError
+from progdistill.losses import distillation_loss
+from progdistill.masked_lm import Vocabulary
+from progdistill.pcfg import GrammarSpec, PCFGMaskedLMTask, TokenBatch
+from progdistill.pcfg_probes import ngram_dependence, nonterminal_probe, probe_positions
+from progdistill.phases import detect_phases
+from progdistill.schedules import CE, OneShot, Progressive, TwoShotAuto
+from progdistill.train import Member, _token_step, fit, generator
+
+TASK = PCFGMaskedLMTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
+TINY = BertMLMConfig(n_layer=1, n_head=2, head_dim=4)
+
+
+def build(cfg=TINY, seed=0):
+    return cfg.build(TASK.input_size, TASK.num_classes, [generator(seed, "init")])
+
+
+def test_task_batches_are_deterministic_and_supervise_terminals_only():
+    a = TASK.sample_batch(16, generator(3, "data"))
+    b = TASK.sample_batch(16, generator(3, "data"))
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    vocab = TASK.vocabulary
+    supervised = a.targets != -100
+    assert supervised.any()
+    assert (a.targets[supervised] < len(vocab.terminals)).all()  # only terminals are predicted
+    assert not supervised[~a.attention_mask].any()  # never PAD
+    assert a.inputs.shape == a.attention_mask.shape == a.targets.shape
+    c = TASK.sample_batch(16, generator(4, "data"))
+    assert not torch.equal(a.inputs, c.inputs)
+
+
+def test_task_config_round_trip_and_bad_values():
+    data = {k: v for k, v in to_dict(TASK).items() if k != "type"}  # the tag belongs to the enclosing union
+    assert from_dict(PCFGMaskedLMTask, data) == TASK
+    with pytest.raises(ConfigError, match="mask_rate"):
+        PCFGMaskedLMTask(mask_rate=1.0)
+    with pytest.raises(ConfigError, match="mask_rate"):
+        PCFGMaskedLMTask(mask_rate=0)
+    with pytest.raises(GrammarError, match="no-such-grammar"):
+        PCFGMaskedLMTask(grammar=GrammarSpec(name="no-such-grammar")).load_grammar()
+
+
+def test_sentence_longer_than_guard_is_a_clear_error():
+    task = PCFGMaskedLMTask(grammar=GrammarSpec(levels=5), max_length=5)
+    with pytest.raises(GrammarError, match="max_length=5"):
+        task.sample_batch(8, generator(0, "data"))
+
+
+def test_sequence_longer_than_positions_is_a_clear_error():
+    model = BertMLMConfig(n_layer=1, n_head=2, head_dim=4, max_positions=8).build(
+        TASK.input_size, TASK.num_classes, [generator(0, "init")])
+    batch = TASK.sample_batch(4, generator(0, "data"))
+    assert batch.inputs.shape[1] > 8
+    with pytest.raises(ValueError, match="longer than the model's 8 positions"):
+        model(batch.inputs, batch.attention_mask)
+
+
+def test_grad_accumulation_must_divide_batch():
+    with pytest.raises(ConfigError, match="grad_accumulation"):
+        TrainConfig(model=TINY, batch_size=10, grad_accumulation=3)
+
+
+def _grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("teacher_too", [False, True])
+def test_grad_accumulation_normalizes_by_the_whole_steps_supervised_tokens(teacher_too):
+    # Micro-batches with very different numbers of masked tokens: a per-micro-batch mean would weight the
+    # tokens of the sparse micro-batch more; the step's gradient must equal the one-batch gradient.
+    batch = TASK.sample_batch(8, generator(1, "data"))
+    targets = batch.targets.clone()
+    targets[:4, ::2] = -100  # the first micro-batch keeps about half its supervised tokens
+    batch = TokenBatch(batch.inputs, batch.attention_mask, targets)
+    teacher = build(seed=5).eval() if teacher_too else None
+    distill = DistillationConfig(temperature=2.0, alpha=0.3)
+    autocast = torch.autocast("cpu", enabled=False)
+    grads, values = [], []
+    for accumulation in (1, 2, 4):
+        model = build()
+        train = TrainConfig(model=TINY, batch_size=8, grad_accumulation=accumulation)
+        values.append(_token_step(model, batch, teacher, train, distill, autocast))
+        grads.append(_grads(model))
+    for g, v in zip(grads[1:], values[1:]):
+        assert torch.allclose(g, grads[0], atol=1e-6, rtol=1e-4)
+        assert v == pytest.approx(values[0], rel=1e-5)
+    # The value is the mean per-token loss of the step, computed independently:
+    model = build()
+    selected = batch.targets != -100
+    logits = model(batch.inputs, batch.attention_mask)[selected]
+    if teacher is None:
+        expected = torch.nn.functional.cross_entropy(logits, batch.targets[selected])
+    else:
+        teacher_logits = teacher(batch.inputs, batch.attention_mask)[selected]
+        expected = distillation_loss(logits, teacher_logits, batch.targets[selected], "forward_kl", 2.0, 0.3)
+    assert values[0] == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_teacher_trajectory_and_students_train_deterministically(tmp_path):
+    from progdistill.trajectory import Trajectory, TrajectoryWriter
+    from progdistill.train import TeacherPool
+
+    adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
+    train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10,
+                        grad_accumulation=2)
+    writer = TrajectoryWriter(tmp_path / "teacher", {"test": 1})
+    history = fit(TASK, build(), train, [Member("teacher", 0, CE())], data_stream="teacher-data",
+                  checkpoint_writer=writer)
+    writer.finish()
+    assert [r["step"] for r in history[0]] == [0, 10, 20]
+    assert history[0][-1]["eval_loss"] < history[0][0]["eval_loss"]
+    trajectory = Trajectory(tmp_path / "teacher")
+    assert trajectory.steps == [0, 10, 20]
+    results = []
+    for _ in range(2):
+        pool = TeacherPool(trajectory, build, torch.device("cpu"))
+        results.append(fit(TASK, build(seed=1), train, [Member("s", 0, Progressive())], data_stream="student",
+                           teachers=pool, distillation=DistillationConfig(temperature=1.0)))
+    assert results[0] == results[1]
+    assert [r["teacher_checkpoint"] for r in results[0][0]] == [10, 10, 20]  # the next checkpoint ahead
+
+
+def test_detect_phases_leaves_out_the_untrained_checkpoint():
+    steps = list(range(0, 1600, 100))
+    loss = [2.0, 1.05, 0.99, 0.98, 0.97, 0.96, 0.93, 0.8, 0.6, 0.48, 0.45, 0.43, 0.42, 0.41, 0.40, 0.40]
+    phases = detect_phases(steps, loss)
+    assert phases.plateau[0] == 0
+    assert 500 <= phases.sharp_drop[0] <= 700 and 800 <= phases.sharp_drop[1] <= 1000
+    assert TwoShotAuto(metric="eval_loss").pick(steps, loss) in (700, 800)
+
+
+class _Bigram(torch.nn.Module):
+    """Predicts position p from the token at p - 1 only (a planted bigram model)."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.table = torch.randn(vocab_size, vocab_size, generator=torch.Generator().manual_seed(0)) * 3
+
+    def forward(self, ids, attention_mask=None):
+        previous = torch.cat([ids[:, :1], ids[:, :-1]], dim=1)
+        return self.table[previous]
+
+
+class _Constant(torch.nn.Module):
+    def forward(self, ids, attention_mask=None):
+        return torch.zeros(*ids.shape, 7)
+
+
+def test_ngram_dependence_on_planted_models():
+    vocab = Vocabulary(("a", "b", "c"))
+    sentences = [s.tokens for s in TASK.sample_sentences(16, generator(0, "probe"))]
+    bigram = ngram_dependence(_Bigram(vocab.size), sentences, vocab)
+    for w in (3, 5, 7):
+        assert bigram[f"M_close/{w}"]["median"] == pytest.approx(0.0, abs=1e-6)  # the window keeps p - 1
+        assert bigram[f"M_robust/{w}"]["median"] > 0.1  # masking the window removes it
+        assert 0 <= bigram[f"M_robust/{w}"]["q25"] <= bigram[f"M_robust/{w}"]["q75"] <= 1
+    constant = ngram_dependence(_Constant(), sentences, vocab)
+    assert all(v["median"] == 0 for v in constant.values())
+    with pytest.raises(ValueError, match="window 4"):
+        ngram_dependence(_Constant(), sentences, vocab, windows=(4,))
+
+
+def test_probe_positions_skip_bos_and_eos():
+    where = probe_positions([10, 3], per_sentence=4)
+    for s, p in zip(where.sentence, where.position):
+        assert 1 <= p <= [10, 3][s]
+    assert (where.sentence == 0).sum() == 4
+
+
+class _Oracle(torch.nn.Module):
+    """Hidden state = one-hot of the level-1 ancestor, looked up from a planted table (and noise elsewhere)."""
+
+    def __init__(self, sentences, vocab):
+        super().__init__()
+        self.lookup = {tuple(s.tokens.tolist()): s.ancestors[1] for s in sentences}
+        self.vocab = vocab
+
+    def hidden_states(self, ids, attention_mask=None):
+        out = torch.zeros(*ids.shape, 8)
+        for i, row in enumerate(ids):
+            tokens = row[(row < len(self.vocab.terminals))]
+            anc = self.lookup[tuple(tokens.tolist())]
+            out[i, 1:len(anc) + 1, :] = torch.nn.functional.one_hot(torch.from_numpy(anc).long(), 8).float()
+        return out
+
+
+def test_nonterminal_probe_reads_a_planted_representation():
+    train = TASK.sample_sentences(32, generator(0, "train"))
+    test = TASK.sample_sentences(16, generator(0, "test"))
+    oracle = _Oracle(list(train) + list(test), TASK.vocabulary)
+    accuracy = nonterminal_probe(oracle, train, test, TASK.vocabulary, [1])
+    assert accuracy[1] == 1.0
+    with pytest.raises(ValueError, match="level 9"):
+        nonterminal_probe(oracle, train, test, TASK.vocabulary, [9])
+
+
+def test_pcfg_mlm_run_end_to_end(tmp_path):
+    adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
+    train = TrainConfig(model=TINY, optimizer=adamw, steps=40, batch_size=8, eval_every=10, checkpoint_every=10)
+    config = ExperimentConfig(preset="tiny-pcfg", task=TASK, teacher=train,
+                              student=TrainConfig(model=BertMLMConfig(n_layer=1, n_head=1, head_dim=4),
+                                                  optimizer=adamw, steps=20, batch_size=8, eval_every=10),
+                              schedules=(CE(), OneShot()), seeds=1, threshold=0.5)
+    results = run(config, tmp_path / "run", log=lambda *a: None)
+    assert {s["schedule"] for s in results["students"]} == {"ce", "one-shot"}
+    assert all(s["final_loss"] > 0 for s in results["students"])
+    pcfg = results["probes"]["pcfg"]
+    assert pcfg["metric"] == "M_robust/3" and "students" in pcfg
+    records = [json.loads(line) for line in (tmp_path / "run" / "probes" / "pcfg.jsonl").read_text().splitlines()]
+    assert len(records) == 5 + 2  # teacher checkpoints 0..40 and two students
+    for name in ("ngram.png", "nonterminals.png"):
+        assert (tmp_path / "run" / "probes" / name).stat().st_size > 0
+    assert "## Probes" in (tmp_path / "run" / "summary.md").read_text()
