@@ -98,3 +98,86 @@ class MaskedLM(nn.Module):
     def save_pretrained(self, directory) -> None:
         """Write the Hugging Face model (config.json + model.safetensors) to ``directory``."""
         self.bert.save_pretrained(directory)
+
+
+@register("model")
+@dataclass(frozen=True)
+class GPT2LMConfig:
+    """A causal (next-token) language model: Hugging Face ``GPT2LMHeadModel`` from a config, ``n_layer`` blocks
+    of ``n_head`` heads of dimension ``head_dim`` (PAPER.md section 3: teacher 4 x 32 heads, hidden 256;
+    student 4 x 8, hidden 64). ``max_positions``: None = what the task's longest sequence needs."""
+
+    kind: ClassVar[str] = "gpt2-lm"
+    stackable: ClassVar[bool] = False
+
+    n_layer: int = 4
+    n_head: int = 8
+    head_dim: int = 8
+    mlp_ratio: int = 4
+    max_positions: int | None = None
+
+    __post_init__ = BertMLMConfig.__post_init__
+    hidden_size = BertMLMConfig.hidden_size
+
+    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "CausalLM":
+        return CausalLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
+                        generators)
+
+
+class CausalLM(MaskedLM):
+    """``GPT2LMHeadModel`` with the calling convention of :class:`MaskedLM`: ``forward(input_ids,
+    attention_mask)`` -> logits (B, L, vocab_size), where position t predicts token t + 1."""
+
+    def __init__(self, positions: int, vocab_size: int, config: GPT2LMConfig,
+                 generators: Sequence[torch.Generator]):
+        nn.Module.__init__(self)
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        check(len(generators) == 1, "generators", len(generators),
+              "a GPT-2 model is not stackable: exactly one generator per model")
+        check_positive_int("vocab_size", vocab_size)
+        self.config = config
+        self.num_models = 1
+        self.positions = positions
+        hf = GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=config.hidden_size,
+                        n_layer=config.n_layer, n_head=config.n_head, n_inner=config.mlp_ratio * config.hidden_size,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False, bos_token_id=0,
+                        eos_token_id=0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generators[0].initial_seed())
+            self.bert = GPT2LMHeadModel(hf)  # the attribute name MaskedLM's methods use
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self._check(input_ids)
+        return self.bert.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    @torch.no_grad()
+    def sample(self, prompt: torch.Tensor, allowed: torch.Tensor, stop_id: int, max_new_tokens: int,
+               generator: torch.Generator, temperature: float = 1.0) -> list[list[int]]:
+        """Continue each row of ``prompt`` (B, P) int64 by sampling (``temperature`` 0 = greedy) among the ids
+        ``allowed`` (1-D), until ``stop_id`` or ``max_new_tokens``; returns the new ids of each row, ``stop_id``
+        included when it was produced. Draws come from ``generator`` (on the CPU)."""
+        ids = prompt.clone()
+        done = torch.zeros(len(ids), dtype=torch.bool)
+        out: list[list[int]] = [[] for _ in range(len(ids))]
+        was_training = self.training
+        self.eval()
+        for _ in range(max_new_tokens):
+            if ids.shape[1] >= self.positions:
+                break
+            logits = self(ids).float()[:, -1].cpu()  # (B, V)
+            block = torch.full(logits.shape[-1:], float("-inf"))
+            block[allowed] = 0.0
+            logits = logits + block
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+            for i in (~done).nonzero().flatten().tolist():
+                out[i].append(int(nxt[i]))
+            done |= nxt == stop_id
+            if done.all():
+                break
+            ids = torch.cat([ids, nxt.to(ids.device)[:, None]], dim=1)
+        self.train(was_training)
+        return out

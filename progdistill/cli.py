@@ -20,6 +20,8 @@ EPILOG = """examples:
   progdistill run parity-mlp --seeds 3 --out runs/parity-mlp
   progdistill run parity-mlp --set student.steps=20000 --set teacher.steps=20000
   progdistill run runs/parity-mlp/config.json --out runs/again
+  progdistill run pcfg-mlm --seeds 3 --out runs/pcfg-mlm
+  progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
 """
 
 
@@ -70,6 +72,30 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_probe_ngram(args) -> int:
+    from .probes import probe_ngram
+
+    summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows))
+    print(json.dumps({k: v for k, v in summary.items() if k != "students"}, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .experiment import load_model
+
+    run_dir, out = Path(args.run_dir), Path(args.out)
+    config = load_config(run_dir / "config.json")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} exists and is not empty; choose a new directory (nothing was written)")
+    model = load_model(config, run_dir, args.which, args.step)
+    if not hasattr(model, "save_pretrained"):
+        raise ConfigError(f"{args.which} of {run_dir} is a {type(model).__name__}, not a Hugging Face model; "
+                          "its weights are already a safetensors file in the run directory")
+    model.save_pretrained(out)
+    print(f"wrote the Hugging Face model (config.json, model.safetensors) to {out}")
+    return 0
+
+
 def cmd_ablate(args) -> int:
     from .ablation import ablate_two_shot
 
@@ -106,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the named experiments (presets), one line each.")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("probe", help="probes over a finished run's checkpoints (monomial correlations)")
+    p = sub.add_parser("probe", help="probes over a finished run's checkpoints (monomial correlations; PCFG "
+                                     "n-gram and non-terminal probes)")
     probe = p.add_subparsers(dest="probe", required=True)
     p = probe.add_parser("monomials", help="degree 1..k-1 monomial correlations of every teacher checkpoint "
                                            "(the paper's section 1 mechanism); writes "
@@ -117,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, space-separated, each "
                                                           "within 1..k, including 1 (default 1..k-1)")
     p.set_defaults(func=cmd_probe)
+    p = probe.add_parser("ngram", help="M_robust / M_close (n-gram dependence) and, on grammars, the "
+                                       "non-terminal linear probe, for every teacher checkpoint and final student "
+                                       "of a pcfg-mlm or text-mlm run; writes RUN_DIR/probes/ngram.jsonl, "
+                                       "ngram.png, nonterminals.png (`progdistill run` already does this)")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm or text-mlm)")
+    p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
+                   help="n-gram window sizes, odd integers >= 3 (default 3 5 7)")
+    p.add_argument("--no-students", action="store_true", help="probe teacher checkpoints only")
+    p.set_defaults(func=cmd_probe_ngram)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")
     ablate = p.add_subparsers(dest="ablation", required=True)
@@ -127,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "2-shot-auto setting, else a third of the budget)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("export", help="write a teacher checkpoint or final student as a Hugging Face model "
+                                      "directory (save_pretrained), loadable with from_pretrained")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run` (BERT models)")
+    p.add_argument("out", help="new directory to write (must not exist or be empty)")
+    p.add_argument("--which", default="teacher", help="'teacher' (default) or a student name such as "
+                                                      "progressive-seed0")
+    p.add_argument("--step", type=int, help="teacher checkpoint step (default: the final checkpoint)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("show", help="print the full resolved config of a preset as JSON")
     config_args(p)

@@ -38,8 +38,8 @@ from .train import Member, TeacherPool, fit, generator, resolve_device
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
-OUTPUTS = ("config.json", "config.sha256", "teacher", "students", "tensorboard", "probes", "results.json", "summary.md",
-           "accuracy.png")
+OUTPUTS = ("config.json", "config.sha256", "teacher", "students", "tensorboard", "probes", "tokenizer", "results.json",
+           "summary.md", "accuracy.png")
 
 
 @dataclass(frozen=True)
@@ -262,10 +262,18 @@ def _member_state(model, m: int, size: int) -> dict:
     return cpu_state(state)
 
 
+def _prepare(config: ExperimentConfig, out: Path) -> None:
+    """Task data that lives beside the run (e.g. a text task's tokenizer): load it, or make and save it."""
+    if hasattr(config.task, "prepare"):
+        config.task.prepare(out)
+
+
 def load_model(config: ExperimentConfig, out: str | Path, which: str, step: int | None = None):
     """A trained model of run directory ``out``, frozen in eval mode: ``which`` = "teacher" (at checkpoint
     ``step``, default the final one) or a student name such as "progressive-seed0" (its final weights)."""
     out = Path(out)
+    if is_main():
+        _prepare(config, out)  # a text task's vocabulary size comes from the run's tokenizer
     if which == "teacher":
         trajectory = Trajectory(out / "teacher")
         state = trajectory.load(trajectory.final_step if step is None else step)
@@ -292,6 +300,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     _check_k_shot_points(config)
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
         barrier()
+        _prepare(config, out)
         trajectory = train_teacher(config, out, device, log=lambda *a: None)
         train_students(config, out, trajectory, device, log=lambda *a: None)
         barrier()
@@ -301,12 +310,15 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
             claim_directory(out, config, overwrite)
         finally:
             barrier()  # workers wait until the directory is claimed (or the claim failed)
+        _prepare(config, out)
         trajectory = train_teacher(config, out, device, log)
         train_students(config, out, trajectory, device, log)
-        if config.task.kind == "pcfg-mlm":  # the n-gram and non-terminal probes are part of the result
-            from .probes import _probe_pcfg
+        from .probes import NGRAM_TASKS, _probe_ngram, probe_generation
 
-            _probe_pcfg(out, config, True, (3, 5, 7), log)
+        if config.task.kind in NGRAM_TASKS:  # the n-gram (and non-terminal) probes are part of the result
+            _probe_ngram(out, config, True, (3, 5, 7), log)
+        if config.task.kind == "pcfg-lm":  # how many sampled sentences the grammar accepts
+            probe_generation(out, config, log)
         results = write_report(out, wall_time_s=time.perf_counter() - started)
         barrier()
         return results

@@ -81,14 +81,26 @@ def mask_tokens(ids: torch.Tensor, vocab: Vocabulary, mask_rate: float,
     ``targets`` is the original id at selected positions and -100 elsewhere; special tokens are never selected.
     Raises ``ValueError`` unless 0 < mask_rate < 1. Deterministic given ``generator``.
     """
+    return bert_mask(ids, ids < len(vocab.terminals), vocab.mask, (0, len(vocab.terminals)), mask_rate, generator)
+
+
+def bert_mask(ids: torch.Tensor, selectable: torch.Tensor, mask_id: int, random_ids: tuple[int, int],
+              mask_rate: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 masking of any vocabulary (Devlin et al. 2019, section 3.1).
+
+    ``ids`` (B, L) int64; ``selectable`` (B, L) bool: positions that may be selected (not special tokens);
+    each is selected with probability ``mask_rate``, then replaced by ``mask_id`` with probability 0.8, by an
+    id drawn uniformly from ``range(*random_ids)`` with probability 0.1, and kept with probability 0.1.
+    Returns (inputs, targets), targets = original id at selected positions, -100 elsewhere. Raises
+    ``ValueError`` unless 0 < mask_rate < 1.
+    """
     if not (isinstance(mask_rate, (int, float)) and 0 < mask_rate < 1):
         raise ValueError(f"mask_rate={mask_rate!r} is invalid: must lie in (0, 1)")
-    terminal = ids < len(vocab.terminals)  # (B, L)
     u = torch.rand(ids.shape, generator=generator)
-    selected = terminal & (u < mask_rate)
-    action = torch.rand(ids.shape, generator=generator)  # < 0.8: MASK; < 0.9: random terminal; else keep
-    random_tokens = torch.randint(0, len(vocab.terminals), ids.shape, generator=generator)
-    inputs = torch.where(selected & (action < 0.8), torch.full_like(ids, vocab.mask), ids)
+    selected = selectable & (u < mask_rate)
+    action = torch.rand(ids.shape, generator=generator)  # < 0.8: MASK; < 0.9: random token; else keep
+    random_tokens = torch.randint(random_ids[0], random_ids[1], ids.shape, generator=generator)
+    inputs = torch.where(selected & (action < 0.8), torch.full_like(ids, mask_id), ids)
     inputs = torch.where(selected & (action >= 0.8) & (action < 0.9), random_tokens, inputs)
     targets = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     return inputs, targets

@@ -147,6 +147,13 @@ class PCFGMaskedLMTask:
         """The fixed held-out sentences (with their trees), drawn from ``eval_seed``."""
         return self.sample_sentences(self.eval_size, torch.Generator().manual_seed(self.eval_seed))
 
+    def ngram_inputs(self, count: int, generator: torch.Generator):
+        """Inputs of the n-gram probe: ``count`` fresh sentences as (ids (B, L), attention (B, L), maskable
+        (B, L) -- the terminal positions, mask id)."""
+        vocab = self.vocabulary
+        ids, attention = pad_sentences([s.tokens for s in self.sample_sentences(count, generator)], vocab)
+        return ids, attention, ids < len(vocab.terminals), vocab.mask
+
     def eval_batches(self) -> list[TokenBatch]:
         """The fixed held-out set, masked once from ``eval_seed``, in batches of ``EVAL_BATCH`` sentences."""
         return _eval_batches(self)
@@ -163,3 +170,71 @@ def _eval_batches(task: PCFGMaskedLMTask) -> list[TokenBatch]:
         inputs, targets = mask_tokens(ids, task.vocabulary, task.mask_rate, gen)
         out.append(TokenBatch(inputs, attention, targets))
     return out
+
+
+@register("task")
+@dataclass(frozen=True)
+class PCFGNextTokenTask:
+    """Autoregressive (next-token) language modelling on grammar sentences (PAPER.md section 3).
+
+    A sentence is ``BOS tokens EOS`` (padded with PAD); position t predicts token t + 1. ``level`` restricts the
+    supervised positions to those whose next token closes a nonterminal span at that tree level (the sampler's
+    ``boundaries``); level 0 supervises every next token. EOS (the end of the root span) is always supervised.
+    Accuracy is next-token accuracy on the
+    supervised positions. The other fields are those of :class:`PCFGMaskedLMTask`.
+    """
+
+    kind: ClassVar[str] = "pcfg-lm"
+    token_task: ClassVar[bool] = True
+
+    grammar: GrammarSpec = field(default_factory=GrammarSpec)
+    level: int = 0
+    max_length: int = 512
+    eval_size: int = 512
+    eval_seed: int = 12345
+
+    def __post_init__(self):
+        check(isinstance(self.level, int) and self.level >= 0, "task.level", self.level,
+              "must be an integer >= 0 (0 = every next token)")
+        check_positive_int("task.max_length", self.max_length)
+        check_positive_int("task.eval_size", self.eval_size)
+        check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
+              "must be an integer >= 0")
+
+    load_grammar = PCFGMaskedLMTask.load_grammar
+    vocabulary = PCFGMaskedLMTask.vocabulary
+    num_classes = PCFGMaskedLMTask.num_classes
+    input_size = PCFGMaskedLMTask.input_size
+    sample_sentences = PCFGMaskedLMTask.sample_sentences
+    eval_sentences = PCFGMaskedLMTask.eval_sentences
+
+    def batch_from_sentences(self, sentences: SentenceBatch, generator: torch.Generator | None = None) -> TokenBatch:
+        """Inputs ``BOS s EOS`` padded (B, L) and next-token targets (B, L): -100 at unsupervised positions."""
+        levels = sentences.ancestors.shape[0]
+        if self.level >= levels:
+            raise GrammarError(f"task.level={self.level} is invalid: the grammar's trees have levels "
+                               f"0..{levels - 1}")
+        ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
+        targets = torch.full_like(ids, -100)
+        for i, s in enumerate(sentences):
+            n = len(s)
+            keep = torch.ones(n + 1, dtype=torch.bool)  # next tokens: s[0..n-1] and EOS
+            if self.level > 0:
+                keep[:n] = torch.from_numpy(s.boundaries[self.level].astype(bool))
+            targets[i, : n + 1] = torch.where(keep, ids[i, 1: n + 2], torch.full_like(keep, -100, dtype=torch.long))
+        return TokenBatch(ids, attention, targets)
+
+    def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
+        return self.batch_from_sentences(self.sample_sentences(count, generator))
+
+    def eval_batches(self) -> list[TokenBatch]:
+        sentences = self.eval_sentences()
+        return [self.batch_from_sentences(SentenceBatch(*_slice(sentences, i, min(i + EVAL_BATCH, len(sentences)))))
+                for i in range(0, len(sentences), EVAL_BATCH)]
+
+
+def _slice(batch: SentenceBatch, a: int, b: int):
+    """The fields of sentences a..b-1 of ``batch`` (for a :class:`SentenceBatch`)."""
+    lo, hi = batch.offsets[a], batch.offsets[b]
+    return (batch.tokens[lo:hi], batch.ancestors[:, lo:hi], batch.boundaries[:, lo:hi],
+            batch.offsets[a:b + 1] - lo, batch.log_probability[a:b])

@@ -37,16 +37,21 @@ class NgramPositions:
     position: np.ndarray
 
 
-def probe_positions(lengths: Sequence[int], per_sentence: int = 8) -> NgramPositions:
-    """Up to ``per_sentence`` evenly spaced token positions per sentence (the paper uses every 30th position
-    of cfg3b's ~300-token sentences: ~10 per sentence), never BOS or EOS."""
+def probe_positions(maskable: torch.Tensor, per_sentence: int = 8) -> NgramPositions:
+    """Up to ``per_sentence`` evenly spaced positions per row among the ``maskable`` ones ((B, L) bool: ordinary
+    tokens, never BOS / EOS / [CLS] / [SEP] / PAD). The paper uses every 30th position of cfg3b's ~300-token
+    sentences: ~10 per sentence."""
     if not (isinstance(per_sentence, int) and per_sentence >= 1):
         raise ValueError(f"per_sentence={per_sentence!r} is invalid: must be a positive integer")
     sentence, position = [], []
-    for i, n in enumerate(lengths):
-        picks = np.unique(np.linspace(1, n, num=min(per_sentence, n) + 2)[1:-1].round().astype(int))
+    for i, row in enumerate(maskable):
+        candidates = row.nonzero().flatten().numpy()
+        n = len(candidates)
+        if n == 0:
+            continue
+        picks = np.unique(np.linspace(0, n - 1, num=min(per_sentence, n) + 2)[1:-1].round().astype(int))
         sentence += [i] * len(picks)
-        position += picks.tolist()  # token t (0-based) sits at padded index t + 1; picks are in 1..n
+        position += candidates[picks].tolist()
     return NgramPositions(np.array(sentence, dtype=np.int64), np.array(position, dtype=np.int64))
 
 
@@ -65,33 +70,45 @@ def _distributions(model, inputs: torch.Tensor, attention: torch.Tensor, at: tor
 def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabulary,
                      windows: Sequence[int] = WINDOWS, per_sentence: int = 8,
                      device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
-    """M_robust and M_close of ``model`` (a masked LM: ids (B, L), mask (B, L) -> logits (B, L, V)).
+    """M_robust and M_close of ``model`` (a masked LM: ids (B, L), mask (B, L) -> logits (B, L, V)) on
+    grammar sentences.
 
     ``sentences``: token-id sequences (terminals only); ``windows``: odd window sizes >= 3. Returns
     ``{"M_robust/3": {"median", "q25", "q75", "mean"}, "M_close/3": {...}, ...}`` -- total-variation distances
     in [0, 1]. Raises ``ValueError`` for an even or too small window or no sentences.
     """
-    for w in windows:
-        if not (isinstance(w, int) and w >= 3 and w % 2 == 1):
-            raise ValueError(f"window {w!r} is invalid: window sizes are odd integers >= 3 (the (2r+1)-gram "
-                             "centred on the masked position)")
+    check_windows(windows)
     ids, attention = pad_sentences(list(sentences), vocab)
-    lengths = attention.sum(dim=1) - 2
-    where = probe_positions(lengths.tolist(), per_sentence)
+    maskable = ids < len(vocab.terminals)
+    return ngram_dependence_at(model, ids, attention, maskable, vocab.mask, probe_positions(maskable, per_sentence),
+                               windows, device)
+
+
+@torch.no_grad()
+def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maskable: torch.Tensor, mask_id: int,
+                        where: NgramPositions, windows: Sequence[int] = WINDOWS,
+                        device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """M_robust and M_close at given positions of any token sequences (grammar sentences or text).
+
+    ``ids``, ``attention``, ``maskable``: (B, L) -- the sequences, their attention mask and which positions
+    hold ordinary tokens (never special ones; only these are masked for M_close); ``mask_id``: the MASK id;
+    ``where``: the (sequence, position) pairs to score. Returns the dict of :func:`ngram_dependence`.
+    """
+    check_windows(windows)
     sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
     base = ids[sent].clone()  # (P, L)
     att = attention[sent]
     rows = torch.arange(len(base))
-    base[rows, pos] = vocab.mask
+    base[rows, pos] = mask_id
     index = torch.arange(ids.shape[1])[None, :]  # (1, L)
-    terminal = base < len(vocab.terminals)
+    terminal = maskable[sent].clone()
     terminal[rows, pos] = True  # the masked position itself
     variants = [base]
     for w in windows:
         r = w // 2
         inside = (index >= (pos - r)[:, None]) & (index <= (pos + r)[:, None]) & terminal
-        variants.append(torch.where(inside, vocab.mask, base))                    # M_robust: mask the window
-        variants.append(torch.where(terminal & ~inside, vocab.mask, base))        # M_close: only the window
+        variants.append(torch.where(inside, mask_id, base))                    # M_robust: mask the window
+        variants.append(torch.where(terminal & ~inside, mask_id, base))        # M_close: only the window
     was_training = model.training
     model.eval()
     inputs = torch.cat(variants).to(device)
@@ -104,6 +121,16 @@ def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabular
             tv = 0.5 * (probs[0] - probs[1 + 2 * k + j]).abs().sum(-1)
             out[f"{name}/{w}"] = _quantiles(tv.cpu().numpy())
     return out
+
+
+def check_windows(windows: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``windows`` is a non-empty list of odd integers >= 3."""
+    if len(windows) == 0:
+        raise ValueError("windows is empty: give at least one window size, e.g. 3 5 7")
+    for w in windows:
+        if not (isinstance(w, int) and w >= 3 and w % 2 == 1):
+            raise ValueError(f"window {w!r} is invalid: window sizes are odd integers >= 3 (the (2r+1)-gram "
+                             "centred on the masked position)")
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:

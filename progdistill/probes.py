@@ -178,34 +178,40 @@ def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# PCFG masked language modelling: n-gram dependence and non-terminal probes (PAPER.md section 2)
+# Masked language models (PCFG and text): n-gram dependence, and non-terminal probes on grammars (PAPER.md 2, 4)
 
-PCFG_PROBE_SENTENCES = 32   # sentences for M_robust / M_close (x up to 8 positions each)
-PCFG_PROBE_TRAIN = 256      # sentences to fit the non-terminal probe on
-PCFG_PROBE_TEST = 128       # sentences to score it on
+NGRAM_SEQUENCES = 32        # sequences for M_robust / M_close (x up to 8 positions each)
+NONTERMINAL_TRAIN = 256     # grammar sentences to fit the non-terminal probe on
+NONTERMINAL_TEST = 128      # sentences to score it on
+NGRAM_TASKS = ("pcfg-mlm", "text-mlm")
 
 
-def probe_pcfg(run_dir: str | Path, students: bool = True, windows: tuple[int, ...] = (3, 5, 7),
-               log=print) -> dict[str, Any]:
-    """M_robust / M_close for each window size and the non-terminal probe accuracy per tree level, for every
-    teacher checkpoint of ``run_dir`` (and every final student unless ``students=False``).
+def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, ...] = (3, 5, 7),
+                log=print) -> dict[str, Any]:
+    """M_robust / M_close for each window size -- and on grammar tasks the non-terminal probe accuracy per tree
+    level -- for every teacher checkpoint of ``run_dir`` (and every final student unless ``students=False``).
 
-    Writes ``probes/pcfg.jsonl`` (one line per model), ``probes/pcfg-summary.json`` (the teacher's detected
+    Writes ``probes/ngram.jsonl`` (one line per model), ``probes/ngram-summary.json`` (the teacher's detected
     loss phases, the checkpoint where the median M_robust of the smallest window peaks, whether that peak lies
-    in the sharp drop or at a checkpoint next to it, and the students' final probe scores) and
-    ``probes/ngram.png`` / ``probes/nonterminals.png``. Every model is probed on the same sentences and
-    positions (drawn from ``PROBE_SEED``). Raises ``ConfigError`` for a run that is not PCFG masked LM.
+    in the sharp drop or at a checkpoint next to it, and the students' final scores), ``probes/ngram.png`` and,
+    for grammars, ``probes/nonterminals.png``. Every model is probed on the same sequences and positions
+    (drawn from ``PROBE_SEED``). Raises ``ConfigError`` for a run that is not masked language modelling and
+    ``ValueError`` for a bad window.
     """
+    from .pcfg_probes import check_windows
+
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.json")
-    if config.task.kind != "pcfg-mlm":
-        raise ConfigError(f"the PCFG probes need a pcfg-mlm run; {run_dir} has task {config.task.kind!r}")
+    if config.task.kind not in NGRAM_TASKS:
+        raise ConfigError(f"the n-gram probe needs a masked LM run ({', '.join(NGRAM_TASKS)}); {run_dir} has "
+                          f"task {config.task.kind!r}")
+    check_windows(windows)
     with RunLock(run_dir):
-        return _probe_pcfg(run_dir, config, students, tuple(windows), log)
+        return _probe_ngram(run_dir, config, students, tuple(windows), log)
 
 
-def _probe_pcfg(run_dir: Path, config, students: bool, windows: tuple[int, ...], log) -> dict[str, Any]:
-    from .pcfg_probes import ngram_dependence, nonterminal_probe
+def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log) -> dict[str, Any]:
+    from .pcfg_probes import ngram_dependence_at, nonterminal_probe, probe_positions
 
     task = config.task
     trajectory = Trajectory(run_dir / "teacher")
@@ -214,39 +220,47 @@ def _probe_pcfg(run_dir: Path, config, students: bool, windows: tuple[int, ...],
     out = run_dir / "probes"
     out.mkdir(exist_ok=True)
     gen = torch.Generator().manual_seed(PROBE_SEED)
-    ngram_sentences = [s.tokens for s in task.sample_sentences(PCFG_PROBE_SENTENCES, gen)]
-    train_sentences = task.sample_sentences(PCFG_PROBE_TRAIN, gen)
-    test_sentences = task.sample_sentences(PCFG_PROBE_TEST, gen)
-    levels = list(range(1, train_sentences.ancestors.shape[0] - 1))  # the root and preterminals are trivial
+    ids, attention, maskable, mask_id = task.ngram_inputs(NGRAM_SEQUENCES, gen)
+    where = probe_positions(maskable)
+    grammar = hasattr(task, "load_grammar")
+    if grammar:
+        train_sentences = task.sample_sentences(NONTERMINAL_TRAIN, gen)
+        test_sentences = task.sample_sentences(NONTERMINAL_TEST, gen)
+        levels = list(range(1, train_sentences.ancestors.shape[0] - 1))  # the root and preterminals are trivial
     jobs = [("teacher", step) for step in trajectory.steps]
     if students:
         jobs += [(student_name(sched, seed), config.student.steps)
                  for seed in range(config.seeds) for sched in config.schedules]
-    settings = {"settings": {"windows": list(windows), "sentences": PCFG_PROBE_SENTENCES,
-                             "probe_train": PCFG_PROBE_TRAIN, "probe_test": PCFG_PROBE_TEST, "seed": PROBE_SEED}}
+    settings = {"settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
+                             **({"probe_train": NONTERMINAL_TRAIN, "probe_test": NONTERMINAL_TEST} if grammar
+                                else {})}}
 
     def compute(name: str, step: int) -> dict[str, Any]:
         model = load_model(config, run_dir, name, step if name == "teacher" else None)
         extra = trajectory.metrics(step) if name == "teacher" else {}
-        accuracy = nonterminal_probe(model, train_sentences, test_sentences, task.vocabulary, levels)
-        return {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
-                "ngram": ngram_dependence(model, ngram_sentences, task.vocabulary, windows),
-                "nonterminal_accuracy": {str(lv): acc for lv, acc in accuracy.items()}}
+        record = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
+                  "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows)}
+        if grammar:
+            accuracy = nonterminal_probe(model, train_sentences, test_sentences, task.vocabulary, levels)
+            record["nonterminal_accuracy"] = {str(lv): acc for lv, acc in accuracy.items()}
+        return record
 
-    done = run_jobs(out / ".pcfg.partial.jsonl", settings, jobs, compute, "PCFG probes", log)
+    done = run_jobs(out / ".ngram.partial.jsonl", settings, jobs, compute, "n-gram probe", log)
     records = [done[job] for job in jobs]
-    atomic_write_text(out / "pcfg.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    summary = _summarize_pcfg(records, windows, config)
-    atomic_write_json(out / "pcfg-summary.json", summary)
+    atomic_write_text(out / "ngram.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    summary = _summarize_ngram(records, windows, config)
+    atomic_write_json(out / "ngram-summary.json", summary)
     _plot_ngram(records, summary, windows, out / "ngram.png", config.preset)
-    _plot_nonterminals(records, config, out / "nonterminals.png")
-    (out / ".pcfg.partial.jsonl").unlink()
-    log(f"wrote {out / 'pcfg.jsonl'}, {out / 'pcfg-summary.json'}, {out / 'ngram.png'}, "
-        f"{out / 'nonterminals.png'}")
+    written = [out / "ngram.jsonl", out / "ngram-summary.json", out / "ngram.png"]
+    if grammar:
+        _plot_nonterminals(records, config, out / "nonterminals.png")
+        written.append(out / "nonterminals.png")
+    (out / ".ngram.partial.jsonl").unlink()
+    log(f"wrote {', '.join(map(str, written))}")
     return summary
 
 
-def _summarize_pcfg(records: list[dict], windows: tuple[int, ...], config) -> dict[str, Any]:
+def _summarize_ngram(records: list[dict], windows: tuple[int, ...], config) -> dict[str, Any]:
     from .phases import detect_phases
 
     teacher = [r for r in records if r["model"] == "teacher"]
@@ -273,13 +287,13 @@ def _summarize_pcfg(records: list[dict], windows: tuple[int, ...], config) -> di
         label = r["model"].rsplit("-seed", 1)[0]
         entry = by_schedule.setdefault(label, {})
         entry.setdefault(f"{key} median", []).append(r["ngram"][key]["median"])
-        for lv, acc in r["nonterminal_accuracy"].items():
+        for lv, acc in r.get("nonterminal_accuracy", {}).items():
             entry.setdefault(f"nonterminal level {lv}", []).append(acc)
     summary["students"] = {label: {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
                                        else 0.0} for k, v in entry.items()}
                            for label, entry in by_schedule.items()}
-    final = teacher[-1]["nonterminal_accuracy"]
-    summary["teacher_final_nonterminal_accuracy"] = final
+    if "nonterminal_accuracy" in teacher[-1]:
+        summary["teacher_final_nonterminal_accuracy"] = teacher[-1]["nonterminal_accuracy"]
     return summary
 
 
@@ -352,3 +366,52 @@ def _plot_nonterminals(records: list[dict], config, path: Path) -> None:
     right.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autoregressive PCFG: how many of a model's sampled sentences the grammar accepts (PAPER.md section 3)
+
+GENERATION_SAMPLES = 200
+
+
+def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: int = PROBE_SEED) -> dict[str, float]:
+    """Sample ``count`` sentences from ``model`` (a :class:`~progdistill.bert.CausalLM`) starting at BOS, at
+    temperature 1 over the terminals and EOS, up to ``task.max_length`` tokens; a sentence is *accepted* when it
+    ends with EOS and the grammar's inside algorithm gives it a positive probability. Returns
+    ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens}``."""
+    from .pcfg_parser import inside_log_probability
+
+    vocab, grammar = task.vocabulary, task.load_grammar()
+    allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
+    device = next(model.parameters()).device
+    prompt = torch.full((count, 1), vocab.bos, dtype=torch.long, device=device)
+    outputs = model.sample(prompt, allowed, vocab.eos, task.max_length + 1, torch.Generator().manual_seed(seed))
+    finished = [o[:-1] for o in outputs if o and o[-1] == vocab.eos]
+    accepted = sum(1 for tokens in finished if tokens and inside_log_probability(grammar, tokens) > float("-inf"))
+    return {"acceptance": accepted / count, "finished": len(finished) / count,
+            "mean_length": float(np.mean([len(o) for o in outputs]))}
+
+
+def probe_generation(run_dir: Path, config, log=print) -> dict[str, Any]:
+    """:func:`generation_acceptance` of the final teacher and every final student of a pcfg-lm run; writes
+    ``probes/generation-summary.json`` ({"teacher": ..., "students": {schedule: {mean, std}}, "runs": ...})."""
+    run_dir = Path(run_dir)
+    out = run_dir / "probes"
+    out.mkdir(exist_ok=True)
+    runs = {"teacher": generation_acceptance(load_model(config, run_dir, "teacher"), config.task)}
+    for seed in range(config.seeds):
+        for sched in config.schedules:
+            name = student_name(sched, seed)
+            runs[name] = generation_acceptance(load_model(config, run_dir, name), config.task)
+    by_schedule: dict[str, list[float]] = {}
+    for name, r in runs.items():
+        if name != "teacher":
+            by_schedule.setdefault(name.rsplit("-seed", 1)[0], []).append(r["acceptance"])
+    summary = {"samples": GENERATION_SAMPLES, "teacher": runs["teacher"],
+               "students": {label: {"acceptance mean": float(np.mean(v)),
+                                    "acceptance std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+                            for label, v in by_schedule.items()},
+               "runs": runs}
+    atomic_write_json(out / "generation-summary.json", summary)
+    log(f"wrote {out / 'generation-summary.json'}")
+    return summary

@@ -77,14 +77,23 @@ def summary_markdown(results: dict[str, Any]) -> str:
                      f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} | "
                      f"{_mean_std([s['final_loss'] for s in runs], '.4f')} |")
     lines += ["", f"Mean +/- sample std over seeds. Wall time: {results['wall_time_s']:.1f} s.", ""]
-    pcfg = results.get("probes", {}).get("pcfg")
-    if pcfg:
-        lines += _pcfg_lines(pcfg)
+    ngram = results.get("probes", {}).get("ngram")
+    if ngram:
+        lines += _ngram_lines(ngram)
+    generation = results.get("probes", {}).get("generation")
+    if generation:
+        lines += ["## Generations the grammar accepts", "",
+                  f"{generation['samples']} sentences sampled per model at temperature 1 from BOS. Teacher: "
+                  f"{generation['teacher']['acceptance']:.3f}.", "", "| schedule | acceptance (mean +/- std) |",
+                  "|---|---|"]
+        lines += [f"| {label} | {v['acceptance mean']:.3f} +/- {v['acceptance std']:.3f} |"
+                  for label, v in generation["students"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
-def _pcfg_lines(pcfg: dict[str, Any]) -> list[str]:
-    """The PCFG probe summary (probes/pcfg-summary.json) as markdown."""
+def _ngram_lines(pcfg: dict[str, Any]) -> list[str]:
+    """The n-gram probe summary (probes/ngram-summary.json) as markdown."""
     lines = ["## Probes", ""]
     phases = pcfg.get("phases")
     if phases:

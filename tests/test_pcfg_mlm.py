@@ -171,11 +171,14 @@ def test_ngram_dependence_on_planted_models():
         ngram_dependence(_Constant(), sentences, vocab, windows=(4,))
 
 
-def test_probe_positions_skip_bos_and_eos():
-    where = probe_positions([10, 3], per_sentence=4)
-    for s, p in zip(where.sentence, where.position):
-        assert 1 <= p <= [10, 3][s]
-    assert (where.sentence == 0).sum() == 4
+def test_probe_positions_pick_only_maskable_positions():
+    maskable = torch.zeros(2, 12, dtype=torch.bool)
+    maskable[0, 1:11] = True  # BOS, 10 tokens, EOS
+    maskable[1, 1:4] = True   # BOS, 3 tokens, EOS, PAD...
+    maskable[0, 5] = False    # e.g. a [SEP] inside a packed text sequence
+    where = probe_positions(maskable, per_sentence=4)
+    assert all(maskable[s, p] for s, p in zip(where.sentence, where.position))
+    assert (where.sentence == 0).sum() == 4 and (where.sentence == 1).sum() == 3
 
 
 class _Oracle(torch.nn.Module):
@@ -215,9 +218,9 @@ def test_pcfg_mlm_run_end_to_end(tmp_path):
     results = run(config, tmp_path / "run", log=lambda *a: None)
     assert {s["schedule"] for s in results["students"]} == {"ce", "one-shot"}
     assert all(s["final_loss"] > 0 for s in results["students"])
-    pcfg = results["probes"]["pcfg"]
+    pcfg = results["probes"]["ngram"]
     assert pcfg["metric"] == "M_robust/3" and "students" in pcfg
-    records = [json.loads(line) for line in (tmp_path / "run" / "probes" / "pcfg.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "probes" / "ngram.jsonl").read_text().splitlines()]
     assert len(records) == 5 + 2  # teacher checkpoints 0..40 and two students
     for name in ("ngram.png", "nonterminals.png"):
         assert (tmp_path / "run" / "probes" / name).stat().st_size > 0

@@ -1,0 +1,172 @@
+"""Masked language modelling on real text (PAPER.md section 4: BERT on Wikipedia + Books).
+
+:class:`TextMaskedLMTask` (task kind ``"text-mlm"``) follows the token-task contract of
+:func:`progdistill.train.fit` (see :mod:`progdistill.pcfg`): documents from :mod:`progdistill.corpus`, a
+WordPiece tokenizer trained on the training documents (:mod:`progdistill.tokenizer`), sequences packed to a
+fixed length (``[CLS] ... [SEP]``, no padding) and BERT's 80/10/10 masking of non-special tokens.
+
+Documents are split before tokenizing: every ``round(1 / eval_fraction)``-th document (0, k, 2k, ...) is held
+out, so no held-out text is ever trained on and the tokenizer never sees it. A run saves its tokenizer as
+``tokenizer/tokenizer.json`` in the run directory (:meth:`TextMaskedLMTask.prepare`) and reuses it on reruns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from .config import check, check_positive_int, register
+from .corpus import CorpusError, default_corpus, load_corpus, load_hf_dataset
+from .masked_lm import bert_mask
+from .pcfg import TokenBatch
+from .tokenizer import (MASK_ID, SPECIAL_TOKENS, TokenizerConfig, TokenizerError, encode_documents,
+                        load_tokenizer, pack_sequences, save_tokenizer, train_tokenizer)
+
+EVAL_BATCH = 64
+TOKENIZER_DIR = "tokenizer"
+_PREPARED: dict["TextMaskedLMTask", object] = {}  # tokenizers loaded from a run directory, by task
+
+
+@register("task")
+@dataclass(frozen=True)
+class TextMaskedLMTask:
+    """BERT masked language modelling on a text corpus.
+
+    ``corpus``: ``"default:wikipedia"`` / ``"default:lee-news"`` (offline corpora the ``gensim`` wheel ships;
+    see :func:`progdistill.corpus.default_corpus`), a local ``.txt`` / ``.jsonl`` file or directory (``.jsonl``
+    documents in ``text_field``), or ``"hf:NAME"`` / ``"hf:NAME:CONFIG"`` for a Hugging Face dataset (needs
+    ``datasets`` and network, or the local cache); several sources joined by ``+`` are concatenated in order. ``vocab_size``: the WordPiece vocabulary (special tokens
+    included). ``sequence_length``: tokens per packed sequence. ``eval_fraction``: share of documents held out;
+    ``eval_size``: held-out sequences evaluated (masked once from ``eval_seed``).
+    """
+
+    kind: ClassVar[str] = "text-mlm"
+    token_task: ClassVar[bool] = True
+
+    corpus: str = "default:wikipedia"
+    text_field: str = "text"
+    vocab_size: int = 4096
+    sequence_length: int = 64
+    mask_rate: float = 0.15
+    eval_fraction: float = 0.05
+    eval_size: int = 256
+    eval_seed: int = 12345
+
+    def __post_init__(self):
+        check(isinstance(self.corpus, str) and bool(self.corpus), "task.corpus", self.corpus,
+              "default:wikipedia, default:lee-news, a .txt/.jsonl path or directory, or hf:NAME[:CONFIG]; several joined by +")
+        check(isinstance(self.vocab_size, int) and self.vocab_size >= len(SPECIAL_TOKENS), "task.vocab_size",
+              self.vocab_size, f"must be an integer >= {len(SPECIAL_TOKENS)} (the special tokens "
+                               f"{' '.join(SPECIAL_TOKENS)})")
+        check(isinstance(self.sequence_length, int) and self.sequence_length >= 3, "task.sequence_length",
+              self.sequence_length, "must be an integer >= 3 ([CLS], one token, [SEP])")
+        check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
+              self.mask_rate, "must lie in (0, 1)")
+        check(isinstance(self.eval_fraction, (int, float)) and 0 < self.eval_fraction <= 0.5,
+              "task.eval_fraction", self.eval_fraction, "must lie in (0, 0.5]")
+        check_positive_int("task.eval_size", self.eval_size)
+        check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
+              "must be an integer >= 0")
+
+    # -- data ------------------------------------------------------------------------------------------
+    def documents(self) -> tuple[list[str], list[str]]:
+        """(training documents, held-out documents). Raises :class:`CorpusError` naming the source."""
+        return _documents(self)
+
+    def tokenizer(self):
+        """The run's tokenizer: the one :meth:`prepare` loaded, else trained on the training documents
+        (deterministic, so both give the same ids)."""
+        prepared = _PREPARED.get(self)
+        return prepared if prepared is not None else _trained_tokenizer(self)
+
+    def prepare(self, run_dir: str | Path) -> None:
+        """Load ``run_dir/tokenizer/tokenizer.json`` when it exists, else train the tokenizer and save it
+        there; later calls of :meth:`tokenizer` in this process return it."""
+        directory = Path(run_dir) / TOKENIZER_DIR
+        if (directory / "tokenizer.json").exists():
+            tokenizer = load_tokenizer(directory)
+        else:
+            tokenizer = _trained_tokenizer(self)
+            save_tokenizer(tokenizer, directory)
+        _PREPARED[self] = tokenizer
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed (train (N, L), held-out (E, L)) token ids. Raises :class:`TokenizerError` when a split is
+        smaller than one sequence."""
+        return _sequences(self, self.tokenizer())
+
+    @property
+    def num_classes(self) -> int:
+        return self.tokenizer().get_vocab_size()
+
+    @property
+    def input_size(self) -> int:
+        return self.sequence_length
+
+    def _mask(self, ids: torch.Tensor, generator: torch.Generator) -> TokenBatch:
+        inputs, targets = bert_mask(ids, ids >= len(SPECIAL_TOKENS), MASK_ID, (len(SPECIAL_TOKENS),
+                                    self.num_classes), self.mask_rate, generator)
+        return TokenBatch(inputs, torch.ones_like(ids, dtype=torch.bool), targets)
+
+    def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
+        """``count`` training sequences drawn uniformly (with replacement), freshly masked."""
+        train, _ = self.sequences()
+        index = torch.randint(len(train), (count,), generator=generator)
+        return self._mask(train[index], generator)
+
+    def eval_ids(self) -> torch.Tensor:
+        """The first ``eval_size`` held-out sequences (all of them when fewer), unmasked: (E, L)."""
+        return self.sequences()[1][: self.eval_size]
+
+    def eval_batches(self) -> list[TokenBatch]:
+        gen = torch.Generator().manual_seed(self.eval_seed)
+        ids = self.eval_ids()
+        return [self._mask(ids[i:i + EVAL_BATCH], gen) for i in range(0, len(ids), EVAL_BATCH)]
+
+    def ngram_inputs(self, count: int, generator: torch.Generator):
+        """Inputs of the n-gram probe: ``count`` held-out sequences (ids, attention, maskable, mask id)."""
+        ids = self.eval_ids()
+        ids = ids[torch.randperm(len(ids), generator=generator)[:count]]
+        return ids, torch.ones_like(ids, dtype=torch.bool), ids >= len(SPECIAL_TOKENS), MASK_ID
+
+
+@lru_cache(maxsize=4)
+def _documents(task: TextMaskedLMTask) -> tuple[list[str], list[str]]:
+    source = task.corpus
+    documents = []
+    for part in source.split("+"):
+        if part.startswith("default:"):
+            documents += default_corpus(part.split(":", 1)[1])
+        elif part.startswith("hf:"):
+            name, _, config = part[3:].partition(":")
+            documents += load_hf_dataset(name, config or None, text_field=task.text_field)
+        else:
+            documents += load_corpus(part, text_field=task.text_field)
+    every = max(2, round(1 / task.eval_fraction))
+    held_out = [d for i, d in enumerate(documents) if i % every == 0]
+    train = [d for i, d in enumerate(documents) if i % every != 0]
+    if not held_out or not train:
+        raise CorpusError(f"task.corpus={source!r} has {len(documents)} document(s): too few to hold out every "
+                          f"{every}-th one for evaluation and train on the rest; use a larger corpus")
+    return train, held_out
+
+
+@lru_cache(maxsize=4)
+def _trained_tokenizer(task: TextMaskedLMTask):
+    return train_tokenizer(task.documents()[0], TokenizerConfig(vocab_size=task.vocab_size))
+
+
+@lru_cache(maxsize=4)
+def _sequences(task: TextMaskedLMTask, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    train, held_out = task.documents()
+    out = []
+    for name, documents in (("training", train), ("held-out", held_out)):
+        try:
+            out.append(pack_sequences(encode_documents(tokenizer, documents), task.sequence_length))
+        except TokenizerError as exc:
+            raise TokenizerError(f"task.corpus={task.corpus!r}, {name} documents: {exc}") from None
+    return out[0], out[1]

@@ -1,0 +1,89 @@
+"""Autoregressive PCFG: next-token targets, span-closing levels, sampling, parser acceptance, the runner."""
+
+import pytest
+import torch
+
+from progdistill.bert import CausalLM, GPT2LMConfig
+from progdistill.config import OptimizerConfig, TrainConfig
+from progdistill.experiment import ExperimentConfig, run
+from progdistill.grammar import GrammarError
+from progdistill.pcfg import GrammarSpec, PCFGNextTokenTask
+from progdistill.probes import generation_acceptance
+from progdistill.schedules import CE, OneShot
+from progdistill.train import generator
+
+TASK = PCFGNextTokenTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
+
+
+def test_targets_are_next_tokens_and_level_keeps_span_ends():
+    sentences = TASK.sample_sentences(4, generator(0, "d"))
+    batch = TASK.batch_from_sentences(sentences)
+    eos = TASK.vocabulary.eos
+    for i, s in enumerate(sentences):
+        n = len(s)
+        assert batch.targets[i, :n].tolist() == s.tokens.tolist()  # BOS predicts token 0, ...
+        assert batch.targets[i, n] == eos and (batch.targets[i, n + 1:] == -100).all()
+    level = PCFGNextTokenTask(grammar=TASK.grammar, level=1).batch_from_sentences(sentences)
+    for i, s in enumerate(sentences):
+        n = len(s)
+        kept = (level.targets[i, :n] != -100).numpy()
+        assert (kept == s.boundaries[1].astype(bool)).all()
+        assert level.targets[i, n] == eos
+    with pytest.raises(GrammarError, match="task.level=9"):
+        PCFGNextTokenTask(grammar=TASK.grammar, level=9).batch_from_sentences(sentences)
+
+
+class _Replay(torch.nn.Module):
+    """A planted causal LM that spells out fixed sentences, then EOS."""
+
+    def __init__(self, sentences, vocab_size, eos):
+        super().__init__()
+        self.sentences, self.vocab_size, self.eos = sentences, vocab_size, eos
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.positions = 1000
+
+    def forward(self, ids, attention_mask=None):
+        logits = torch.full((*ids.shape, self.vocab_size), -1e9)
+        for i in range(len(ids)):
+            s = self.sentences[i % len(self.sentences)]
+            for t in range(ids.shape[1]):
+                logits[i, t, s[t] if t < len(s) else self.eos] = 0.0
+        return logits
+
+    sample = CausalLM.sample  # the sampling loop under test, on this planted model
+
+
+def test_generation_acceptance_of_planted_models():
+    vocab = TASK.vocabulary
+    good = [s.tokens.tolist() for s in TASK.sample_sentences(5, generator(1, "d"))]
+    result = generation_acceptance(_Replay(good, vocab.size, vocab.eos), TASK, count=10)
+    assert result == {"acceptance": 1.0, "finished": 1.0, "mean_length": pytest.approx(
+        sum(len(good[i % 5]) + 1 for i in range(10)) / 10)}
+    bad = [[0] * 7]  # "aaaaaaa" is not a sentence of this grammar
+    assert generation_acceptance(_Replay(bad, vocab.size, vocab.eos), TASK, count=4)["acceptance"] == 0.0
+
+
+def test_sample_stops_at_eos_and_uses_allowed_ids_only():
+    model = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4).build(TASK.input_size, TASK.num_classes,
+                                                                 [generator(0, "i")])
+    vocab = TASK.vocabulary
+    allowed = torch.tensor([0, 1, 2, vocab.eos])
+    out = model.sample(torch.full((8, 1), vocab.bos), allowed, vocab.eos, 30, torch.Generator().manual_seed(0))
+    for tokens in out:
+        assert set(tokens) <= {0, 1, 2, vocab.eos}
+        assert vocab.eos not in tokens[:-1] and len(tokens) <= 30
+
+
+def test_pcfg_lm_run_end_to_end(tmp_path):
+    adamw = OptimizerConfig(name="adamw", lr=3e-3)
+    model = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)
+    config = ExperimentConfig(preset="tiny-lm", task=TASK,
+                              teacher=TrainConfig(model=model, optimizer=adamw, steps=20, batch_size=8, eval_every=10,
+                                                  checkpoint_every=10),
+                              student=TrainConfig(model=model, optimizer=adamw, steps=10, batch_size=8, eval_every=5),
+                              schedules=(CE(), OneShot()), seeds=1, threshold=0.5)
+    results = run(config, tmp_path / "run", log=lambda *a: None)
+    generation = results["probes"]["generation"]
+    assert set(generation["students"]) == {"ce", "one-shot"}
+    assert 0 <= generation["teacher"]["acceptance"] <= generation["teacher"]["finished"] <= 1
+    assert "Generations the grammar accepts" in (tmp_path / "run" / "summary.md").read_text()
