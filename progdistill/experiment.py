@@ -298,6 +298,9 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     started = time.perf_counter()
     resolve_device(device)  # a bad --device is refused before anything is written
     _check_k_shot_points(config)
+    for load in ("load_grammar", "documents"):  # a bad grammar file or corpus is refused before anything is written
+        if hasattr(config.task, load):
+            getattr(config.task, load)()
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
         barrier()
         _prepare(config, out)

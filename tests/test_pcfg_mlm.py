@@ -225,3 +225,14 @@ def test_pcfg_mlm_run_end_to_end(tmp_path):
     for name in ("ngram.png", "nonterminals.png"):
         assert (tmp_path / "run" / "probes" / name).stat().st_size > 0
     assert "## Probes" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_bad_grammar_file_is_refused_before_the_run_directory_is_touched(tmp_path, capsys):
+    from progdistill.cli import main
+
+    grammar = tmp_path / "bad.txt"
+    grammar.write_text("s -> a b [0.5]\ns -> b [0.4]\na -> 'a' [1]\nb -> 'b' [1]\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["run", "pcfg-mlm", "--out", str(out), "--set", f"task.grammar.name={grammar}"]) == 2
+    assert "bad.txt" in capsys.readouterr().err
+    assert not out.exists()

@@ -88,3 +88,14 @@ def test_text_mlm_run_end_to_end(corpus, tmp_path):
     lines = (tmp_path / "run" / "probes" / "ngram.jsonl").read_text().splitlines()
     assert len(lines) == 4 + 2
     assert all(0 <= json.loads(line)["ngram"]["M_robust/3"]["median"] <= 1 for line in lines)
+
+
+def test_bad_corpus_is_refused_before_the_run_directory_is_touched(tmp_path):
+    from progdistill.cli import main
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    out = tmp_path / "run"
+    code = main(["run", "text-mlm", "--out", str(out), "--set", f"task.corpus={bad}"])
+    assert code == 2
+    assert not out.exists()
