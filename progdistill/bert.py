@@ -165,15 +165,18 @@ class CausalLM(MaskedLM):
         for _ in range(max_new_tokens):
             if ids.shape[1] >= self.positions:
                 break
-            logits = self(ids).float()[:, -1].cpu()  # (B, V)
+            active = (~done).nonzero().flatten()  # only unfinished rows are run
+            logits = self(ids[active.to(ids.device)]).float()[:, -1].cpu()  # (A, V)
             block = torch.full(logits.shape[-1:], float("-inf"))
             block[allowed] = 0.0
             logits = logits + block
             if temperature == 0:
-                nxt = logits.argmax(-1)
+                drawn = logits.argmax(-1)
             else:
-                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
-            for i in (~done).nonzero().flatten().tolist():
+                drawn = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+            nxt = torch.full((len(ids),), stop_id, dtype=torch.long)
+            nxt[active] = drawn
+            for i in active.tolist():
                 out[i].append(int(nxt[i]))
             done |= nxt == stop_id
             if done.all():

@@ -376,8 +376,9 @@ GENERATION_SAMPLES = 200
 
 def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: int = PROBE_SEED) -> dict[str, float]:
     """Sample ``count`` sentences from ``model`` (a :class:`~progdistill.bert.CausalLM`) starting at BOS, at
-    temperature 1 over the terminals and EOS, up to ``task.max_length`` tokens; a sentence is *accepted* when it
-    ends with EOS and the grammar's inside algorithm gives it a positive probability. Returns
+    temperature 1 over the terminals and EOS, up to twice the longest held-out sentence (at most
+    ``task.max_length``) tokens; a sentence is *accepted* when it ends with EOS within that length and the
+    grammar's inside algorithm gives it a positive probability. Returns
     ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens}``."""
     from .pcfg_parser import inside_log_probability
 
@@ -385,7 +386,8 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
     device = next(model.parameters()).device
     prompt = torch.full((count, 1), vocab.bos, dtype=torch.long, device=device)
-    outputs = model.sample(prompt, allowed, vocab.eos, task.max_length + 1, torch.Generator().manual_seed(seed))
+    limit = min(task.max_length, 2 * int(task.eval_sentences().lengths.max()))
+    outputs = model.sample(prompt, allowed, vocab.eos, limit + 1, torch.Generator().manual_seed(seed))
     finished = [o[:-1] for o in outputs if o and o[-1] == vocab.eos]
     accepted = sum(1 for tokens in finished if tokens and inside_log_probability(grammar, tokens) > float("-inf"))
     return {"acceptance": accepted / count, "finished": len(finished) / count,

@@ -17,6 +17,7 @@ from progdistill.pcfg_probes import ngram_dependence, nonterminal_probe, probe_p
 from progdistill.phases import detect_phases
 from progdistill.schedules import CE, OneShot, Progressive, TwoShotAuto
 from progdistill.train import Member, _token_step, fit, generator
+from progdistill.trajectory import Trajectory
 
 TASK = PCFGMaskedLMTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
 TINY = BertMLMConfig(n_layer=1, n_head=2, head_dim=4)
@@ -108,7 +109,7 @@ def test_grad_accumulation_normalizes_by_the_whole_steps_supervised_tokens(teach
 
 
 def test_teacher_trajectory_and_students_train_deterministically(tmp_path):
-    from progdistill.trajectory import Trajectory, TrajectoryWriter
+    from progdistill.trajectory import TrajectoryWriter
     from progdistill.train import TeacherPool
 
     adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
@@ -236,3 +237,27 @@ def test_bad_grammar_file_is_refused_before_the_run_directory_is_touched(tmp_pat
     assert main(["run", "pcfg-mlm", "--out", str(out), "--set", f"task.grammar.name={grammar}"]) == 2
     assert "bad.txt" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
+    from transformers import BertForMaskedLM
+
+    from progdistill.cli import main
+
+    adamw = OptimizerConfig(name="adamw", lr=3e-3)
+    train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10)
+    config = ExperimentConfig(preset="tiny-pcfg", task=TASK, teacher=train, student=train, schedules=(CE(),),
+                              seeds=1, threshold=0.5)
+    run(config, tmp_path / "run", log=lambda *a: None)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--step", "10"]) == 0
+    model = BertForMaskedLM.from_pretrained(tmp_path / "hf")
+    original = build()
+    original.load_state_dict(Trajectory(tmp_path / "run" / "teacher").load(10))
+    batch = TASK.sample_batch(2, generator(0, "x"))
+    assert torch.allclose(model(input_ids=batch.inputs, attention_mask=batch.attention_mask).logits,
+                          original(batch.inputs, batch.attention_mask), atol=1e-5)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2  # never overwrites
+    assert "not empty" in capsys.readouterr().err
+    assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "4"]) == 2
+    assert "window 4" in capsys.readouterr().err
+    assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "3", "--no-students"]) == 0
