@@ -6,14 +6,18 @@ curriculum" (ICLR 2025). See the README for the command line and the module map.
 
 from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
 from .experiment import ExperimentConfig, run
+from .bert import BertMLMConfig, GPT2LMConfig
 from .mlp import MLP, MLPConfig
 from .parity import ParityTask
+from .pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from .presets import PRESETS, get_preset
 from .schedules import CE, FINAL, KShot, OneShot, Progressive
+from .text import TextMaskedLMTask
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter
 
 __version__ = "0.1.0"
 
 __all__ = ["CE", "FINAL", "KShot", "OneShot", "Progressive", "ConfigError", "DistillationConfig",
            "OptimizerConfig", "TrainConfig", "ExperimentConfig", "run", "MLP", "MLPConfig", "ParityTask",
-           "PRESETS", "get_preset", "Trajectory", "TrajectoryError", "TrajectoryWriter"]
+           "PRESETS", "get_preset", "Trajectory", "TrajectoryError", "TrajectoryWriter", "BertMLMConfig",
+           "GPT2LMConfig", "GrammarSpec", "PCFGMaskedLMTask", "PCFGNextTokenTask", "TextMaskedLMTask"]

@@ -171,18 +171,23 @@ def pcfg_lm_paper() -> ExperimentConfig:
 
 
 @preset("text-mlm", "BERT masked LM on real text (the offline Wikipedia sample gensim ships, 408k words), "
-                    "WordPiece 4096, teacher 4 layers x 8 heads -> students 4 x 2 heads; CPU, ~20 min")
+                    "WordPiece 1024, teacher 4 layers x 8 heads -> students 4 x 4 heads (head dim 8); CPU, ~20 min")
 def text_mlm() -> ExperimentConfig:
-    adamw = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01, lr_schedule="cosine", warmup_fraction=0.06)
-    task = TextMaskedLMTask(corpus="default:wikipedia", vocab_size=4096, sequence_length=64, mask_rate=0.15)
-    teacher = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=8, head_dim=8), optimizer=adamw, steps=2000,
-                          batch_size=32, eval_every=100, checkpoint_every=100, seed=0)
-    student = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=2, head_dim=8), optimizer=adamw, steps=600,
-                          batch_size=32, eval_every=100, seed=0)
+    # Search record: docs/text-cpu-preset.md. At this scale the teacher learns the unigram distribution and then
+    # creeps; the sharp drop of PAPER.md section 4 (after ~4k steps of a BERT-base) is out of a CPU budget.
+    task = TextMaskedLMTask(corpus="default:wikipedia", vocab_size=1024, sequence_length=64, mask_rate=0.15)
+    teacher = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=8, head_dim=8),
+                          optimizer=OptimizerConfig(name="adamw", lr=2e-3, weight_decay=0.01, lr_schedule="cosine",
+                                                    warmup_fraction=0.06),
+                          steps=1500, batch_size=32, eval_every=100, checkpoint_every=100, seed=0)
+    student = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=4, head_dim=8),
+                          optimizer=OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.01, lr_schedule="cosine",
+                                                    warmup_fraction=0.06),
+                          steps=600, batch_size=32, eval_every=100, seed=0)
     return ExperimentConfig(preset="text-mlm", task=task, teacher=teacher, student=student,
-                            schedules=(CE(), OneShot(), Progressive(speed=3.0),
+                            schedules=(CE(), OneShot(), Progressive(speed=2.5),
                                        TwoShotAuto(first_steps=200, metric="eval_loss")),
-                            seeds=3, threshold=0.3)
+                            seeds=3, threshold=0.12)
 
 
 @preset("text-mlm-paper", "BERT masked LM on Wikipedia + BookCorpus via Hugging Face datasets (network or cache), "

@@ -363,7 +363,8 @@ def _plot_nonterminals(records: list[dict], config, path: Path) -> None:
     right.set_xticks(np.arange(len(levels)) + 0.4 - width / 2, [f"level {lv}" for lv in levels])
     right.set_ylabel("linear probe accuracy (final students)")
     right.set_ylim(0, 1)
-    right.legend(fontsize=8)
+    if right.get_legend_handles_labels()[0]:  # no bars when only the teacher was probed
+        right.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 
