@@ -18,15 +18,9 @@ from torch import nn
 from .config import check, check_positive_int, register
 
 
-@register("model")
 @dataclass(frozen=True)
-class BertMLMConfig:
-    """``n_layer`` BERT layers of ``n_head`` heads of dimension ``head_dim`` (hidden ``n_head * head_dim``,
-    feed-forward ``mlp_ratio`` times that). ``max_positions``: position embeddings; None = what the task's
-    longest allowed sequence needs."""
-
-    kind: ClassVar[str] = "bert"
-    stackable: ClassVar[bool] = False
+class _LMConfig:
+    """Sizes shared by the language-model configs below."""
 
     n_layer: int = 4
     n_head: int = 8
@@ -45,6 +39,17 @@ class BertMLMConfig:
     @property
     def hidden_size(self) -> int:
         return self.n_head * self.head_dim
+
+
+@register("model")
+@dataclass(frozen=True)
+class BertMLMConfig(_LMConfig):
+    """``n_layer`` BERT layers of ``n_head`` heads of dimension ``head_dim`` (hidden ``n_head * head_dim``,
+    feed-forward ``mlp_ratio`` times that). ``max_positions``: position embeddings; None = what the task's
+    longest allowed sequence needs."""
+
+    kind: ClassVar[str] = "bert"
+    stackable: ClassVar[bool] = False
 
     def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "MaskedLM":
         """A :class:`MaskedLM` for sequences of up to ``positions`` tokens over ``vocab_size`` ids."""
@@ -102,22 +107,13 @@ class MaskedLM(nn.Module):
 
 @register("model")
 @dataclass(frozen=True)
-class GPT2LMConfig:
+class GPT2LMConfig(_LMConfig):
     """A causal (next-token) language model: Hugging Face ``GPT2LMHeadModel`` from a config, ``n_layer`` blocks
     of ``n_head`` heads of dimension ``head_dim`` (PAPER.md section 3: teacher 4 x 32 heads, hidden 256;
     student 4 x 8, hidden 64). ``max_positions``: None = what the task's longest sequence needs."""
 
     kind: ClassVar[str] = "gpt2-lm"
     stackable: ClassVar[bool] = False
-
-    n_layer: int = 4
-    n_head: int = 8
-    head_dim: int = 8
-    mlp_ratio: int = 4
-    max_positions: int | None = None
-
-    __post_init__ = BertMLMConfig.__post_init__
-    hidden_size = BertMLMConfig.hidden_size
 
     def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "CausalLM":
         return CausalLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,

@@ -81,28 +81,18 @@ def _load(spec: GrammarSpec) -> Grammar:
     return load_grammar(spec.name)
 
 
-@register("task")
 @dataclass(frozen=True)
-class PCFGMaskedLMTask:
-    """BERT-style masked language modelling on grammar sentences (PAPER.md section 2).
-
-    ``mask_rate``: fraction of terminal positions selected for prediction (BERT's 80/10/10 rule applies to
-    them); ``max_length``: longest sentence allowed (the sampler's guard: a longer one is an error naming the
-    grammar); ``eval_size`` held-out sentences are sampled and masked once from ``eval_seed``.
-    """
-
-    kind: ClassVar[str] = "pcfg-mlm"
-    token_task: ClassVar[bool] = True
+class _GrammarTask:
+    """Fields and sampling shared by the grammar tasks: ``grammar``; ``max_length``, the longest sentence
+    allowed (the sampler's guard: a longer one is an error naming the grammar); ``eval_size`` held-out
+    sentences drawn once from ``eval_seed``."""
 
     grammar: GrammarSpec = field(default_factory=GrammarSpec)
-    mask_rate: float = 0.3
     max_length: int = 512
     eval_size: int = 512
     eval_seed: int = 12345
 
     def __post_init__(self):
-        check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
-              self.mask_rate, "must lie in (0, 1)")
         check_positive_int("task.max_length", self.max_length)
         check_positive_int("task.eval_size", self.eval_size)
         check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
@@ -133,6 +123,31 @@ class PCFGMaskedLMTask:
         except GrammarError as exc:
             raise GrammarError(f"task.max_length={self.max_length}: {exc}") from None
 
+    def eval_sentences(self) -> SentenceBatch:
+        """The fixed held-out sentences (with their trees), drawn from ``eval_seed``."""
+        return self.sample_sentences(self.eval_size, torch.Generator().manual_seed(self.eval_seed))
+
+
+@register("task")
+@dataclass(frozen=True)
+class PCFGMaskedLMTask(_GrammarTask):
+    """BERT-style masked language modelling on grammar sentences (PAPER.md section 2).
+
+    ``mask_rate``: fraction of terminal positions selected for prediction (BERT's 80/10/10 rule applies to
+    them); the other fields are those of every grammar task (``grammar``, ``max_length``, ``eval_size``,
+    ``eval_seed``).
+    """
+
+    kind: ClassVar[str] = "pcfg-mlm"
+    token_task: ClassVar[bool] = True
+
+    mask_rate: float = 0.3
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
+              self.mask_rate, "must lie in (0, 1)")
+
     def batch_from_sentences(self, sentences: SentenceBatch, generator: torch.Generator) -> TokenBatch:
         """Pad and mask sampled sentences: a :class:`TokenBatch` of shape (count, longest + 2)."""
         ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
@@ -142,10 +157,6 @@ class PCFGMaskedLMTask:
     def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
         """``count`` fresh masked sentences (the training stream)."""
         return self.batch_from_sentences(self.sample_sentences(count, generator), generator)
-
-    def eval_sentences(self) -> SentenceBatch:
-        """The fixed held-out sentences (with their trees), drawn from ``eval_seed``."""
-        return self.sample_sentences(self.eval_size, torch.Generator().manual_seed(self.eval_seed))
 
     def ngram_inputs(self, count: int, generator: torch.Generator):
         """Inputs of the n-gram probe: ``count`` fresh sentences as (ids (B, L), attention (B, L), maskable
@@ -174,39 +185,25 @@ def _eval_batches(task: PCFGMaskedLMTask) -> list[TokenBatch]:
 
 @register("task")
 @dataclass(frozen=True)
-class PCFGNextTokenTask:
+class PCFGNextTokenTask(_GrammarTask):
     """Autoregressive (next-token) language modelling on grammar sentences (PAPER.md section 3).
 
     A sentence is ``BOS tokens EOS`` (padded with PAD); position t predicts token t + 1. ``level`` restricts the
     supervised positions to those whose next token closes a nonterminal span at that tree level (the sampler's
     ``boundaries``); level 0 supervises every next token. EOS (the end of the root span) is always supervised.
-    Accuracy is next-token accuracy on the
-    supervised positions. The other fields are those of :class:`PCFGMaskedLMTask`.
+    Accuracy is next-token accuracy on the supervised positions. The other fields are those of every grammar
+    task.
     """
 
     kind: ClassVar[str] = "pcfg-lm"
     token_task: ClassVar[bool] = True
 
-    grammar: GrammarSpec = field(default_factory=GrammarSpec)
     level: int = 0
-    max_length: int = 512
-    eval_size: int = 512
-    eval_seed: int = 12345
 
     def __post_init__(self):
+        super().__post_init__()
         check(isinstance(self.level, int) and self.level >= 0, "task.level", self.level,
               "must be an integer >= 0 (0 = every next token)")
-        check_positive_int("task.max_length", self.max_length)
-        check_positive_int("task.eval_size", self.eval_size)
-        check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
-              "must be an integer >= 0")
-
-    load_grammar = PCFGMaskedLMTask.load_grammar
-    vocabulary = PCFGMaskedLMTask.vocabulary
-    num_classes = PCFGMaskedLMTask.num_classes
-    input_size = PCFGMaskedLMTask.input_size
-    sample_sentences = PCFGMaskedLMTask.sample_sentences
-    eval_sentences = PCFGMaskedLMTask.eval_sentences
 
     def batch_from_sentences(self, sentences: SentenceBatch, generator: torch.Generator | None = None) -> TokenBatch:
         """Inputs ``BOS s EOS`` padded (B, L) and next-token targets (B, L): -100 at unsupervised positions."""
