@@ -67,24 +67,28 @@ class MaskedLM(nn.Module):
     Raises ``ValueError`` naming the length when a sequence is longer than the position embeddings.
     """
 
-    def __init__(self, positions: int, vocab_size: int, config: BertMLMConfig,
+    def __init__(self, positions: int, vocab_size: int, config: _LMConfig,
                  generators: Sequence[torch.Generator]):
         super().__init__()
-        from transformers import BertConfig, BertForMaskedLM
-
         check(len(generators) == 1, "generators", len(generators),
-              "a BERT model is not stackable: exactly one generator per model")
+              "a language model is not stackable: exactly one generator per model")
         check_positive_int("vocab_size", vocab_size)
         self.config = config
         self.num_models = 1
         self.positions = positions
-        hf = BertConfig(vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layer,
-                        num_attention_heads=config.n_head, intermediate_size=config.mlp_ratio * config.hidden_size,
-                        max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, pad_token_id=0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generators[0].initial_seed())
-            self.bert = BertForMaskedLM(hf)
+            self.bert = self._hf_model(positions, vocab_size, config)
+
+    @staticmethod
+    def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
+        from transformers import BertConfig, BertForMaskedLM
+
+        return BertForMaskedLM(BertConfig(
+            vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layer,
+            num_attention_heads=config.n_head, intermediate_size=config.mlp_ratio * config.hidden_size,
+            max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, pad_token_id=0))
 
     def _check(self, input_ids: torch.Tensor) -> None:
         if input_ids.shape[-1] > self.positions:
@@ -124,24 +128,14 @@ class CausalLM(MaskedLM):
     """``GPT2LMHeadModel`` with the calling convention of :class:`MaskedLM`: ``forward(input_ids,
     attention_mask)`` -> logits (B, L, vocab_size), where position t predicts token t + 1."""
 
-    def __init__(self, positions: int, vocab_size: int, config: GPT2LMConfig,
-                 generators: Sequence[torch.Generator]):
-        nn.Module.__init__(self)
+    @staticmethod
+    def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        check(len(generators) == 1, "generators", len(generators),
-              "a GPT-2 model is not stackable: exactly one generator per model")
-        check_positive_int("vocab_size", vocab_size)
-        self.config = config
-        self.num_models = 1
-        self.positions = positions
-        hf = GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=config.hidden_size,
-                        n_layer=config.n_layer, n_head=config.n_head, n_inner=config.mlp_ratio * config.hidden_size,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False, bos_token_id=0,
-                        eos_token_id=0)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(generators[0].initial_seed())
-            self.bert = GPT2LMHeadModel(hf)  # the attribute name MaskedLM's methods use
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=vocab_size, n_positions=positions, n_embd=config.hidden_size, n_layer=config.n_layer,
+            n_head=config.n_head, n_inner=config.mlp_ratio * config.hidden_size, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, use_cache=False, bos_token_id=0, eos_token_id=0))  # kept as .bert, as in MaskedLM
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check(input_ids)
