@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,16 +84,33 @@ def cmd_probe_ngram(args) -> int:
 def cmd_export(args) -> int:
     from .experiment import load_model
 
+    from .experiment import student_name
+    from .lock import RunLock
+
     run_dir, out = Path(args.run_dir), Path(args.out)
     config = load_config(run_dir / "config.json")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out} exists and is not empty; choose a new directory (nothing was written)")
-    model = load_model(config, run_dir, args.which, args.step)
-    if not hasattr(model, "save_pretrained"):
-        raise ConfigError(f"{args.which} of {run_dir} is a {type(model).__name__}, not a Hugging Face model; "
-                          "its weights are already a safetensors file in the run directory")
-    model.save_pretrained(out)
-    print(f"wrote the Hugging Face model (config.json, model.safetensors) to {out}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty directory; choose a new one (nothing was written)")
+    names = [student_name(s, k) for k in range(config.seeds) for s in config.schedules]
+    if args.which != "teacher":
+        if args.which not in names:
+            raise ConfigError(f"--which {args.which!r} is not a model of {run_dir}; valid: teacher, "
+                              f"{', '.join(names)}")
+        if args.step is not None:
+            raise ConfigError("--step selects a teacher checkpoint; a student has only its final weights")
+    with RunLock(run_dir):  # not while a run is writing the directory
+        model = load_model(config, run_dir, args.which, args.step)
+        if not hasattr(model, "save_pretrained"):
+            raise ConfigError(f"{args.which} of {run_dir} is a {type(model).__name__}, not a Hugging Face model; "
+                              "its weights are already a safetensors file in the run directory")
+        model.save_pretrained(out)
+    tokenizer = run_dir / "tokenizer" / "tokenizer.json"
+    if tokenizer.exists():  # text runs: the tokenizer goes with the model
+        (out / "tokenizer.json").write_bytes(tokenizer.read_bytes())
+    print(f"wrote the Hugging Face model (config.json, model.safetensors"
+          f"{', tokenizer.json' if tokenizer.exists() else ''}) of {args.which}"
+          f"{'' if args.which != 'teacher' else f' at step {args.step}' if args.step is not None else ' (final checkpoint)'}"
+          f" to {out}")
     return 0
 
 
@@ -183,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, FileNotFoundError, ValueError) as exc:
+    except BrokenPipeError:  # e.g. `progdistill show ... | head`: the reader stopped early
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, OSError, ValueError) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
 

@@ -31,14 +31,14 @@ from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, Tr
 from .distributed import barrier, is_main
 from .lock import RunLock
 from .metrics import MetricsWriter, read_metrics
-from .schedules import CE, KShot
+from .schedules import CE, KShot, TwoShotAuto
 from .trajectory import (Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json, atomic_write_text,
                          cpu_state)
 from .train import Member, TeacherPool, fit, generator, resolve_device
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
-OUTPUTS = ("config.json", "config.sha256", "teacher", "students", "tensorboard", "probes", "tokenizer", "results.json",
+OUTPUTS = ("config.json", "config.sha256", "data.sha256", "teacher", "students", "tensorboard", "probes", "tokenizer", "results.json",
            "summary.md", "accuracy.png")
 
 
@@ -66,6 +66,11 @@ class ExperimentConfig:
         check(len(set(labels)) == len(labels), "schedules", labels, "schedule labels must be distinct")
         check_positive_int("seeds", self.seeds)
         check(0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
+        for i, sched in enumerate(self.schedules):
+            if isinstance(sched, TwoShotAuto):
+                check(sched.first_steps < self.student.steps, f"schedules[{i}].first_steps", sched.first_steps,
+                      f"must be smaller than student.steps={self.student.steps} (the rest goes to the final "
+                      "checkpoint)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -93,10 +98,46 @@ def config_hash(config: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool) -> None:
-    """Make ``out`` the run directory of ``config`` (``config.json`` plus its hash in ``config.sha256``);
-    refuse a directory that holds another run's results, listing the differing fields."""
-    saved, digest = out / "config.json", out / "config.sha256"
+def check_task_data(config: ExperimentConfig) -> str | None:
+    """Load the task's data (grammar file, corpus) and check it against the models, before anything is written:
+    a bad grammar or corpus, a ``task.level`` beyond the grammar's trees or a ``model.max_positions`` shorter
+    than the task's sequences raise a clear error here rather than after the teacher has trained.
+    Returns the sha256 of the data's content (None for tasks without a data file), which the run directory
+    records so that a grammar or corpus edited in place is never mixed with results trained on the old one."""
+    task = config.task
+    content = None
+    if hasattr(task, "load_grammar"):
+        content = task.load_grammar().to_text()
+        task.sample_batch(2, generator(0, "check"))  # e.g. a task.level the trees do not have
+        longest = max(b.inputs.shape[1] for b in task.eval_batches())
+    elif hasattr(task, "documents"):
+        train, held_out = task.documents()
+        content = "\x00".join(train) + "\x01" + "\x00".join(held_out)
+        longest = task.input_size
+    if content is None:
+        return None
+    for role, cfg in (("teacher", config.teacher), ("student", config.student)):
+        positions = getattr(cfg.model, "max_positions", None)
+        if positions is not None and positions < longest:
+            raise ConfigError(f"{role}.model.max_positions={positions} is invalid: the task's sequences need "
+                              f"{longest} positions; raise it or leave it null (sized from the task)")
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None) -> None:
+    """Make ``out`` the run directory of ``config`` (``config.json`` plus its hash in ``config.sha256``, and the
+    task data's hash in ``data.sha256``); refuse a directory that holds another run's results, listing the
+    differing fields, or results trained on a grammar / corpus whose content has changed since."""
+    saved, digest, data = out / "config.json", out / "config.sha256", out / "data.sha256"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
+    recorded_data = data.read_text(encoding="utf-8").strip() if data.exists() else None
+    if saved.exists() and recorded_data not in (None, data_digest) and not overwrite:
+        raise ConfigError(f"{out} holds results trained on other task data: the content of the grammar or corpus "
+                          "file named in the config has changed since (its sha256 differs from data.sha256); "
+                          "choose another --out or pass --overwrite to replace them")
+    if saved.exists() and recorded_data not in (None, data_digest):
+        saved.unlink()  # with --overwrite: fall through to the replacement below
     if saved.exists():
         try:
             old = json.loads(saved.read_text(encoding="utf-8"))
@@ -116,12 +157,21 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool) -> Non
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
-                          "choose another --out")
+    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
+                              "choose another --out")
+        for name in OUTPUTS:  # --overwrite on a run whose data changed: drop its results
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, config.to_dict())
     atomic_write_text(digest, config_hash(config) + "\n")
+    if data_digest is not None:
+        atomic_write_text(data, data_digest + "\n")
 
 
 def _build(config: ExperimentConfig, model_cfg, seeds: list[int], stream: str):
@@ -246,9 +296,13 @@ def planned_checkpoint_steps(train: TrainConfig) -> list[int]:
 
 def _check_k_shot_points(config: ExperimentConfig) -> None:
     """Refuse k-shot schedules naming checkpoints the teacher will not save, before any training."""
+    planned = planned_checkpoint_steps(config.teacher)
+    if any(isinstance(s, TwoShotAuto) for s in config.schedules) and len(planned) < 3:
+        raise ConfigError(f"2-shot-auto needs at least 3 teacher checkpoints to locate a transition; "
+                          f"teacher.steps={config.teacher.steps} with teacher.checkpoint_every="
+                          f"{config.teacher.checkpoint_every} saves {len(planned)}")
     if config.teacher.max_checkpoints is not None:
         return  # thinning decides later which steps survive; checked against the trajectory then
-    planned = planned_checkpoint_steps(config.teacher)
     for sched in config.schedules:
         if isinstance(sched, KShot):
             sched.validate(planned)
@@ -298,9 +352,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     started = time.perf_counter()
     resolve_device(device)  # a bad --device is refused before anything is written
     _check_k_shot_points(config)
-    for load in ("load_grammar", "documents"):  # a bad grammar file or corpus is refused before anything is written
-        if hasattr(config.task, load):
-            getattr(config.task, load)()
+    data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
         barrier()
         _prepare(config, out)
@@ -310,7 +362,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         return {}
     with RunLock(out):
         try:
-            claim_directory(out, config, overwrite)
+            claim_directory(out, config, overwrite, data_digest)
         finally:
             barrier()  # workers wait until the directory is claimed (or the claim failed)
         _prepare(config, out)

@@ -294,7 +294,12 @@ def load_grammar(name_or_path: str | Path) -> Grammar:
     if not path.is_file():
         raise GrammarError(f"grammar {text!r} is neither a packaged grammar nor a file; allowed: "
                            f"{', '.join(packaged_grammars())} or a path to a grammar .txt file")
-    return parse_grammar(path.read_text(encoding="utf-8"), source=str(path), name=path.stem)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GrammarError(f"{path}: not valid UTF-8 (byte {exc.start}: {exc.reason}); allowed: a UTF-8 grammar "
+                           "text file") from None
+    return parse_grammar(text, source=str(path), name=path.stem)
 
 
 # ----------------------------------------------------------------------------------------------------------

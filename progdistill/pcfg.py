@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -69,12 +70,23 @@ class GrammarSpec:
               f"'random', a packaged grammar ({', '.join(packaged_grammars())}) or a grammar file path")
 
     def load(self) -> Grammar:
-        """The grammar; raises :class:`GrammarError` (naming the file and line, or the argument)."""
-        return _load(self)
+        """The grammar; raises :class:`GrammarError` (naming the file and line, or the argument). A grammar file
+        is read again when it changes (cached by path, modification time and size)."""
+        return _load(self, self.stamp())
+
+    def stamp(self) -> tuple[int, int] | None:
+        """(modification time in ns, size) of a grammar file; None for packaged and random grammars."""
+        if self.name == "random" or self.name in packaged_grammars():
+            return None
+        try:
+            st = Path(self.name).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
 
 @lru_cache(maxsize=16)
-def _load(spec: GrammarSpec) -> Grammar:
+def _load(spec: GrammarSpec, stamp: tuple[int, int] | None) -> Grammar:
     if spec.name == "random":
         return random_grammar(spec.levels, spec.nonterminals_per_level, spec.rules_per_nonterminal,
                               tuple(spec.rule_lengths), seed=spec.seed)
@@ -167,11 +179,11 @@ class PCFGMaskedLMTask(_GrammarTask):
 
     def eval_batches(self) -> list[TokenBatch]:
         """The fixed held-out set, masked once from ``eval_seed``, in batches of ``EVAL_BATCH`` sentences."""
-        return _eval_batches(self)
+        return _eval_batches(self, self.grammar.stamp())
 
 
 @lru_cache(maxsize=4)
-def _eval_batches(task: PCFGMaskedLMTask) -> list[TokenBatch]:
+def _eval_batches(task: PCFGMaskedLMTask, stamp: tuple[int, int] | None) -> list[TokenBatch]:
     gen = torch.Generator().manual_seed(task.eval_seed)
     sentences = task.sample_sentences(task.eval_size, gen)
     out = []

@@ -102,7 +102,7 @@ def parity_transformer_paper() -> ExperimentConfig:
 
 
 @preset("pcfg-mlm", "PCFG masked LM: a generated 6-level grammar (~134 tokens), BERT teacher 4 layers x 8 heads "
-                    "-> students 4 x 2 heads (head dim 8); CPU, ~30 min")
+                    "-> students 4 x 2 heads (head dim 8); CPU, ~25 min")
 def pcfg_mlm() -> ExperimentConfig:
     # Search record: docs/pcfg-cpu-preset.md. The teacher's validation loss sits on a plateau near 0.97 nats
     # from step ~200 to ~600, drops sharply to ~0.5 by ~1000 and then decays slowly.
@@ -140,7 +140,7 @@ def pcfg_mlm_paper() -> ExperimentConfig:
 
 
 @preset("pcfg-lm", "autoregressive PCFG: a generated 5-level grammar (~47 tokens), GPT-2 teacher 4 layers x 8 heads "
-                   "-> students 4 x 2 heads (head dim 8); CPU, ~20 min")
+                   "-> students 4 x 2 heads (head dim 8); CPU, ~15 min")
 def pcfg_lm() -> ExperimentConfig:
     adamw = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01, lr_schedule="cosine", warmup_fraction=0.06)
     task = PCFGNextTokenTask(grammar=GrammarSpec(name="random", levels=5, seed=0), level=0)
@@ -171,7 +171,7 @@ def pcfg_lm_paper() -> ExperimentConfig:
 
 
 @preset("text-mlm", "BERT masked LM on real text (the offline Wikipedia sample gensim ships, 408k words), "
-                    "WordPiece 1024, teacher 4 layers x 8 heads -> students 4 x 4 heads (head dim 8); CPU, ~20 min")
+                    "WordPiece 1024, teacher 4 layers x 8 heads -> students 4 x 4 heads (head dim 8); CPU, ~15 min")
 def text_mlm() -> ExperimentConfig:
     # Search record: docs/text-cpu-preset.md. At this scale the teacher learns the unigram distribution and then
     # creeps; the sharp drop of PAPER.md section 4 (after ~4k steps of a BERT-base) is out of a CPU budget.

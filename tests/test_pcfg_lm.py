@@ -86,3 +86,14 @@ def test_pcfg_lm_run_end_to_end(tmp_path):
     assert set(generation["students"]) == {"ce", "one-shot"}
     assert 0 <= generation["teacher"]["acceptance"] <= generation["teacher"]["finished"] <= 1
     assert "Generations the grammar accepts" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_a_level_beyond_the_trees_is_refused_before_anything_is_written(tmp_path):
+    adamw = OptimizerConfig(name="adamw", lr=3e-3)
+    model = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)
+    task = PCFGNextTokenTask(grammar=TASK.grammar, level=9, eval_size=8, max_length=64)
+    config = ExperimentConfig(preset="x", task=task, teacher=TrainConfig(model=model, optimizer=adamw, steps=10),
+                              student=TrainConfig(model=model, optimizer=adamw, steps=10), schedules=(CE(),), seeds=1)
+    with pytest.raises(GrammarError, match="task.level=9"):
+        run(config, tmp_path / "run", log=lambda *a: None)
+    assert not (tmp_path / "run").exists()

@@ -257,7 +257,69 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert torch.allclose(model(input_ids=batch.inputs, attention_mask=batch.attention_mask).logits,
                           original(batch.inputs, batch.attention_mask), atol=1e-5)
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2  # never overwrites
-    assert "not empty" in capsys.readouterr().err
+    assert "not an empty directory" in capsys.readouterr().err
     assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "4"]) == 2
     assert "window 4" in capsys.readouterr().err
     assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "3", "--no-students"]) == 0
+
+
+def _tiny_config(task=TASK, **student):
+    adamw = OptimizerConfig(name="adamw", lr=3e-3)
+    train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10)
+    return ExperimentConfig(preset="tiny-pcfg", task=task, teacher=train,
+                            student=TrainConfig(**{**dict(model=TINY, optimizer=adamw, steps=10, batch_size=8,
+                                                          eval_every=10), **student}),
+                            schedules=(CE(),), seeds=1, threshold=0.5)
+
+
+def test_a_grammar_file_edited_in_place_is_refused_not_mixed(tmp_path):
+    from progdistill.grammar import random_grammar
+
+    path = tmp_path / "g.txt"
+    path.write_text(random_grammar(4, 3, 2, seed=0).to_text(), encoding="utf-8")
+    config = _tiny_config(PCFGMaskedLMTask(grammar=GrammarSpec(name=str(path)), eval_size=16, max_length=64))
+    run(config, tmp_path / "run", log=lambda *a: None)
+    assert (tmp_path / "run" / "data.sha256").exists()
+    run(config, tmp_path / "run", log=lambda *a: None)  # same content: reused
+    path.write_text(random_grammar(4, 3, 2, seed=1).to_text(), encoding="utf-8")
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(ConfigError, match="content of the grammar or corpus"):
+        run(config, tmp_path / "run", log=lambda *a: None)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    run(config, tmp_path / "run", overwrite=True, log=lambda *a: None)  # explicitly replaced
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(model=BertMLMConfig(n_layer=1, n_head=2, head_dim=4, max_positions=8)), "student.model.max_positions=8"),
+])
+def test_size_errors_are_found_before_anything_is_written(tmp_path, change, match):
+    with pytest.raises(ConfigError, match=match):
+        run(_tiny_config(**change), tmp_path / "run", log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_shot_auto_needs_room_and_checkpoints(tmp_path):
+    with pytest.raises(ConfigError, match=r"schedules\[0\].first_steps=400"):
+        ExperimentConfig(preset="x", task=TASK, teacher=TrainConfig(model=TINY),
+                         student=TrainConfig(model=TINY, steps=100), schedules=(TwoShotAuto(first_steps=400),))
+    config = ExperimentConfig(preset="x", task=TASK, teacher=TrainConfig(model=TINY, steps=30, checkpoint_every=100),
+                              student=TrainConfig(model=TINY, steps=100), schedules=(TwoShotAuto(first_steps=40),))
+    with pytest.raises(ConfigError, match="teacher.checkpoint_every=100 saves 2"):
+        run(config, tmp_path / "run", log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_file_as_out_and_bad_export_requests(tmp_path, capsys):
+    from progdistill.cli import main
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me", encoding="utf-8")
+    assert main(["run", "pcfg-mlm", "--out", str(afile)]) == 2
+    assert afile.read_text(encoding="utf-8") == "keep me"
+    run(_tiny_config(), tmp_path / "run", log=lambda *a: None)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--which", "nobody"]) == 2
+    assert "valid: teacher, ce-seed0" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--which", "ce-seed0", "--step", "10"]) == 2
+    assert main(["export", str(tmp_path / "run"), str(afile)]) == 2
+    assert not (tmp_path / "hf").exists()
