@@ -17,9 +17,9 @@ def test_help_explains_commands(capsys):
 
 
 def test_show_applies_overrides(capsys):
-    assert main(["show", "parity-mlp", "--seeds", "2", "--set", "student.steps=77"]) == 0
+    assert main(["show", "parity-mlp", "--seeds", "2", "--set", "student.steps=20077"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["seeds"] == 2 and config["student"]["steps"] == 77
+    assert config["seeds"] == 2 and config["student"]["steps"] == 20077
 
 
 def test_bad_override_is_an_error(capsys, tmp_path):

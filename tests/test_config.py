@@ -78,10 +78,10 @@ def test_nested_errors_name_the_full_path():
 
 def test_override():
     data = get_preset("parity-mlp").to_dict()
-    override(data, "student.steps=123")
+    override(data, "student.steps=20123")
     override(data, "schedules.2.speed=2")
     config = ExperimentConfig.from_dict(data)
-    assert config.student.steps == 123 and config.schedules[2].speed == 2.0
+    assert config.student.steps == 20123 and config.schedules[2].speed == 2.0
     with pytest.raises(ConfigError, match="no field 'student.stepz'"):
         override(data, "student.stepz=1")
     with pytest.raises(ConfigError, match="must look like"):
