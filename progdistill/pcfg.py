@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch
 from .config import check, check_positive_int, register
 from .grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
 from .masked_lm import Vocabulary, mask_tokens, pad_sentences
-from .pcfg_sampler import SentenceBatch, sample_sentences
+from .pcfg_sampler import Sentence, SentenceBatch, sample_sentences
 
 EVAL_BATCH = 64  # sentences per forward pass when evaluating
 
@@ -139,6 +139,11 @@ class _GrammarTask:
         """The fixed held-out sentences (with their trees), drawn from ``eval_seed``."""
         return self.sample_sentences(self.eval_size, torch.Generator().manual_seed(self.eval_seed))
 
+    def eval_batches(self) -> list[TokenBatch]:
+        """The fixed held-out set (:meth:`eval_sentences`, made into batches by ``batch_from_sentences`` with the
+        same ``eval_seed`` generator, so any masking is drawn once) in batches of ``EVAL_BATCH`` sentences."""
+        return _eval_batches(self, self.grammar.stamp())
+
 
 @register("task")
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class PCFGMaskedLMTask(_GrammarTask):
         check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
               self.mask_rate, "must lie in (0, 1)")
 
-    def batch_from_sentences(self, sentences: SentenceBatch, generator: torch.Generator) -> TokenBatch:
+    def batch_from_sentences(self, sentences: Sequence[Sentence], generator: torch.Generator) -> TokenBatch:
         """Pad and mask sampled sentences: a :class:`TokenBatch` of shape (count, longest + 2)."""
         ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
         inputs, targets = mask_tokens(ids, self.vocabulary, self.mask_rate, generator)
@@ -177,22 +182,14 @@ class PCFGMaskedLMTask(_GrammarTask):
         ids, attention = pad_sentences([s.tokens for s in self.sample_sentences(count, generator)], vocab)
         return ids, attention, ids < len(vocab.terminals), vocab.mask
 
-    def eval_batches(self) -> list[TokenBatch]:
-        """The fixed held-out set, masked once from ``eval_seed``, in batches of ``EVAL_BATCH`` sentences."""
-        return _eval_batches(self, self.grammar.stamp())
 
 
 @lru_cache(maxsize=4)
-def _eval_batches(task: PCFGMaskedLMTask, stamp: tuple[int, int] | None) -> list[TokenBatch]:
+def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[TokenBatch]:
     gen = torch.Generator().manual_seed(task.eval_seed)
     sentences = task.sample_sentences(task.eval_size, gen)
-    out = []
-    for i in range(0, len(sentences), EVAL_BATCH):
-        chunk = [sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))]
-        ids, attention = pad_sentences([s.tokens for s in chunk], task.vocabulary)
-        inputs, targets = mask_tokens(ids, task.vocabulary, task.mask_rate, gen)
-        out.append(TokenBatch(inputs, attention, targets))
-    return out
+    return [task.batch_from_sentences([sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))], gen)
+            for i in range(0, len(sentences), EVAL_BATCH)]
 
 
 @register("task")
@@ -217,9 +214,11 @@ class PCFGNextTokenTask(_GrammarTask):
         check(isinstance(self.level, int) and self.level >= 0, "task.level", self.level,
               "must be an integer >= 0 (0 = every next token)")
 
-    def batch_from_sentences(self, sentences: SentenceBatch, generator: torch.Generator | None = None) -> TokenBatch:
-        """Inputs ``BOS s EOS`` padded (B, L) and next-token targets (B, L): -100 at unsupervised positions."""
-        levels = sentences.ancestors.shape[0]
+    def batch_from_sentences(self, sentences: Sequence[Sentence],
+                             generator: torch.Generator | None = None) -> TokenBatch:
+        """Inputs ``BOS s EOS`` padded (B, L) and next-token targets (B, L): -100 at unsupervised positions.
+        ``generator`` is unused (nothing is random here). Raises ``GrammarError`` for a ``level`` the trees lack."""
+        levels = len(sentences[0].ancestors)
         if self.level >= levels:
             raise GrammarError(f"task.level={self.level} is invalid: the grammar's trees have levels "
                                f"0..{levels - 1}")
@@ -235,15 +234,3 @@ class PCFGNextTokenTask(_GrammarTask):
 
     def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
         return self.batch_from_sentences(self.sample_sentences(count, generator))
-
-    def eval_batches(self) -> list[TokenBatch]:
-        sentences = self.eval_sentences()
-        return [self.batch_from_sentences(SentenceBatch(*_slice(sentences, i, min(i + EVAL_BATCH, len(sentences)))))
-                for i in range(0, len(sentences), EVAL_BATCH)]
-
-
-def _slice(batch: SentenceBatch, a: int, b: int):
-    """The fields of sentences a..b-1 of ``batch`` (for a :class:`SentenceBatch`)."""
-    lo, hi = batch.offsets[a], batch.offsets[b]
-    return (batch.tokens[lo:hi], batch.ancestors[:, lo:hi], batch.boundaries[:, lo:hi],
-            batch.offsets[a:b + 1] - lo, batch.log_probability[a:b])

@@ -139,16 +139,15 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _hidden_features(model, sentences, vocab: Vocabulary, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last-layer hidden states of every terminal token, (T, H), and a (B, L) bool mask of their positions."""
+def _hidden_features(model, sentences, vocab: Vocabulary, device) -> torch.Tensor:
+    """Last-layer hidden states of every terminal token, in sentence order: (T, H)."""
     ids, attention = pad_sentences([s.tokens for s in sentences], vocab)
     feats = []
     for j in range(0, len(ids), FORWARD_BATCH):
         hidden = model.hidden_states(ids[j:j + FORWARD_BATCH].to(device),
                                      attention[j:j + FORWARD_BATCH].to(device)).float().cpu()
-        terminal = ids[j:j + FORWARD_BATCH] < len(vocab.terminals)
-        feats.append(hidden[terminal])
-    return torch.cat(feats), ids < len(vocab.terminals)
+        feats.append(hidden[ids[j:j + FORWARD_BATCH] < len(vocab.terminals)])
+    return torch.cat(feats)
 
 
 def nonterminal_probe(model, train_sentences, test_sentences, vocab: Vocabulary, levels: Sequence[int],
@@ -168,8 +167,8 @@ def nonterminal_probe(model, train_sentences, test_sentences, vocab: Vocabulary,
             raise ValueError(f"level {lv!r} is invalid: the trees have levels 0..{num_levels - 1}")
     was_training = model.training
     model.eval()
-    x_train, _ = _hidden_features(model, train_sentences, vocab, device)
-    x_test, _ = _hidden_features(model, test_sentences, vocab, device)
+    x_train = _hidden_features(model, train_sentences, vocab, device)
+    x_test = _hidden_features(model, test_sentences, vocab, device)
     model.train(was_training)
     mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std

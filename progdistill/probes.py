@@ -90,6 +90,11 @@ def _probe_monomials(run_dir: Path, config, students: bool, num_samples: int, de
     return summary
 
 
+def _schedule_of(name: str) -> str:
+    """The schedule label of a student name such as "progressive-x2-seed1" (see ``student_name``)."""
+    return name.rsplit("-seed", 1)[0]
+
+
 def run_jobs(partial: Path, settings: dict, jobs: list[tuple[str, int]], compute, desc: str,
              log=print) -> dict[tuple[str, int], dict]:
     """Compute ``compute(name, step)`` for every (model name, step) job, appending each record to the
@@ -284,7 +289,7 @@ def _summarize_ngram(records: list[dict], windows: tuple[int, ...], config) -> d
     for r in records:
         if r["model"] == "teacher":
             continue
-        label = r["model"].rsplit("-seed", 1)[0]
+        label = _schedule_of(r["model"])
         entry = by_schedule.setdefault(label, {})
         entry.setdefault(f"{key} median", []).append(r["ngram"][key]["median"])
         for lv, acc in r.get("nonterminal_accuracy", {}).items():
@@ -354,7 +359,7 @@ def _plot_nonterminals(records: list[dict], config, path: Path) -> None:
     labels = [s.label for s in config.schedules]
     width = 0.8 / max(len(labels), 1)
     for j, label in enumerate(labels):
-        runs = [r for r in records if r["model"].rsplit("-seed", 1)[0] == label and r["model"] != "teacher"]
+        runs = [r for r in records if _schedule_of(r["model"]) == label and r["model"] != "teacher"]
         if not runs:
             continue
         values = np.array([[r["nonterminal_accuracy"][lv] for lv in levels] for r in runs])
@@ -409,7 +414,7 @@ def probe_generation(run_dir: Path, config, log=print) -> dict[str, Any]:
     by_schedule: dict[str, list[float]] = {}
     for name, r in runs.items():
         if name != "teacher":
-            by_schedule.setdefault(name.rsplit("-seed", 1)[0], []).append(r["acceptance"])
+            by_schedule.setdefault(_schedule_of(name), []).append(r["acceptance"])
     summary = {"samples": GENERATION_SAMPLES, "teacher": runs["teacher"],
                "students": {label: {"acceptance mean": float(np.mean(v)),
                                     "acceptance std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}

@@ -92,25 +92,25 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ngram_lines(pcfg: dict[str, Any]) -> list[str]:
+def _ngram_lines(summary: dict[str, Any]) -> list[str]:
     """The n-gram probe summary (probes/ngram-summary.json) as markdown."""
     lines = ["## Probes", ""]
-    phases = pcfg.get("phases")
+    phases = summary.get("phases")
     if phases:
         lines.append(f"Teacher loss phases: plateau {phases['plateau'][0]}-{phases['plateau'][1]}, sharp drop "
                      f"{phases['sharp_drop'][0]}-{phases['sharp_drop'][1]}, slow decay "
                      f"{phases['slow_decay'][0]}-{phases['slow_decay'][1]} (steps).")
     else:
-        lines.append(f"No sharp drop detected in the teacher's loss: {pcfg.get('no_transition')}")
-    where = ("inside the sharp drop" if pcfg.get("peak_in_sharp_drop") else "next to the sharp drop"
-             if pcfg.get("peak_in_or_next_to_sharp_drop") else "outside the sharp drop")
-    lines += [f"Median {pcfg['metric']} of the teacher peaks at step {pcfg['peak_step']} "
-              f"({pcfg['peak_median']:.4f}; {where if phases else 'no phases to compare'}); final checkpoint "
-              f"{pcfg['final_median']:.4f}.", ""]
-    columns = sorted({k for entry in pcfg["students"].values() for k in entry})
+        lines.append(f"No sharp drop detected in the teacher's loss: {summary.get('no_transition')}")
+    where = ("inside the sharp drop" if summary.get("peak_in_sharp_drop") else "next to the sharp drop"
+             if summary.get("peak_in_or_next_to_sharp_drop") else "outside the sharp drop")
+    lines += [f"Median {summary['metric']} of the teacher peaks at step {summary['peak_step']} "
+              f"({summary['peak_median']:.4f}; {where if phases else 'no phases to compare'}); final checkpoint "
+              f"{summary['final_median']:.4f}.", ""]
+    columns = sorted({k for entry in summary["students"].values() for k in entry})
     if columns:
         lines += ["| schedule | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        for label, entry in pcfg["students"].items():
+        for label, entry in summary["students"].items():
             cells = [f"{entry[c]['mean']:.4f} +/- {entry[c]['std']:.4f}" if c in entry else "-" for c in columns]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -85,7 +85,9 @@ class TextMaskedLMTask:
 
     def prepare(self, run_dir: str | Path) -> None:
         """Load ``run_dir/tokenizer/tokenizer.json`` when it exists, else train the tokenizer and save it
-        there; later calls of :meth:`tokenizer` in this process return it."""
+        there; later calls of :meth:`tokenizer` in this process return it (a second call is free)."""
+        if self in _PREPARED:
+            return
         directory = Path(run_dir) / TOKENIZER_DIR
         if (directory / "tokenizer.json").exists():
             tokenizer = load_tokenizer(directory)

@@ -348,13 +348,11 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                 opt.zero_grad(set_to_none=True)
                 value = _token_step(net, batch, teacher, train, distillation, autocast)
                 bad = None if all_true(bool(math.isfinite(value)), device) else "training loss"
-                if bad is None and train.on_non_finite == "skip" and not all_true(bool(torch.isfinite(
-                        torch.stack([p.grad.sum() for p in params if p.grad is not None])).all()), device):
+                if bad is None and train.on_non_finite == "skip" and not _grads_finite(params, device):
                     bad = "gradient"
                 if bad is not None:
                     if train.on_non_finite == "stop":
-                        raise NonFiniteError(f"{names[0]}: non-finite {bad} at step {start + i}; everything "
-                                             "saved before it is kept (on_non_finite='skip' skips such steps)")
+                        raise _non_finite(names, bad, start + i)
                     skipped += 1
                 else:
                     opt.step()
@@ -401,8 +399,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                 if not finite.all():
                     i = int((~finite).nonzero()[0])
                     culprits = [names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
-                    raise NonFiniteError(f"{', '.join(culprits)}: non-finite training loss at step {start + i}; "
-                                         "everything saved before it is kept (on_non_finite='skip' skips such steps)")
+                    raise _non_finite(culprits, "training loss", start + i)
                 loss_sum += step_losses.sum(dim=0)
                 loss_count += L
             for i in range(0 if hand_sgd else L):
@@ -425,15 +422,13 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                     loss.backward()
                     # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the
                     # per-step gradient check (a sync and a few ops) is paid only where a step may be skipped.
-                    if train.on_non_finite == "skip" and not all_true(bool(torch.isfinite(
-                            torch.stack([p.grad.sum() for p in params if p.grad is not None])).all()), device):
+                    if train.on_non_finite == "skip" and not _grads_finite(params, device):
                         bad = "gradient"
                 if bad is not None:
                     culprits = [names[m] for m in range(M)
                                 if not torch.isfinite(per_example[m]).all()] or names
                     if train.on_non_finite == "stop":
-                        raise NonFiniteError(f"{', '.join(culprits)}: non-finite {bad} at step {start + i}; "
-                                             "everything saved before it is kept (on_non_finite='skip' skips such steps)")
+                        raise _non_finite(culprits, bad, start + i)
                     skipped += 1
                     lr_sched.step()
                     continue
@@ -453,6 +448,17 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     if state_path is not None and main_process:
         Path(state_path).unlink(missing_ok=True)
     return histories
+
+
+def _grads_finite(params, device) -> bool:
+    """Whether every gradient is finite, on every process (one sync)."""
+    return all_true(bool(torch.isfinite(torch.stack([p.grad.sum() for p in params if p.grad is not None])).all()),
+                    device)
+
+
+def _non_finite(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
+    return NonFiniteError(f"{', '.join(culprits)}: non-finite {what} at step {step}; everything saved before it "
+                          "is kept (on_non_finite='skip' skips such steps)")
 
 
 def _save_state(path: Path, state: dict) -> None:
