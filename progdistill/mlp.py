@@ -18,6 +18,8 @@ from torch import nn
 
 from .config import check, check_positive_int, register
 
+NARROW_OUTPUT, NARROW_ROWS = 8, 256  # when forward() computes the last layer as a transposed product
+
 
 @register("model")
 @dataclass(frozen=True)
@@ -65,15 +67,32 @@ class MLP(nn.Module):
                     w[m].uniform_(-bound, bound, generator=gen)
                     b[m].uniform_(-bound, bound, generator=gen)
 
+    def _layers(self, x: torch.Tensor):
+        """The layers' (weight, bias) and the input in the form the matrix products take: for a stack of one
+        (the teacher, a lone student) 2-D views (d_in, d_out), (1, d_out) and x (B, n) for ``torch.addmm``
+        (~1.5x faster than ``baddbmm`` with a batch of one on CPU); else the (M, ...) tensors for ``baddbmm``
+        with x (M, B, n). The views share storage with the parameters, so in-place updates reach them."""
+        if self.num_models == 1:
+            x = x[0] if x.dim() == 3 else x
+            return [(w[0], b[0]) for w, b in zip(self.weights, self.biases)], x, torch.addmm, torch.mm
+        x = x.unsqueeze(0).expand(self.num_models, -1, -1) if x.dim() == 2 else x
+        return list(zip(self.weights, self.biases)), x, torch.baddbmm, torch.bmm
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, n) shared by all models, or (M, B, n) one batch per model -> logits (M, B, C)."""
-        h = x.unsqueeze(0).expand(self.num_models, -1, -1) if x.dim() == 2 else x  # (M, B, n)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, w)  # (M, B, d_out)
+        layers, h, affine, _ = self._layers(x)
+        last = len(layers) - 1
+        for i, (w, b) in enumerate(layers):
+            if i == last and w.shape[-1] <= NARROW_OUTPUT and h.shape[-2] >= NARROW_ROWS:
+                # A few output classes and many rows (teacher targets, evaluation): (w^T h^T)^T is the same
+                # product, ~2x faster on CPU than h w with its 2-column right factor.
+                h = affine(b.transpose(-1, -2), w.transpose(-1, -2), h.transpose(-1, -2)).transpose(-1, -2)
+                h = h.contiguous()
+            else:
+                h = affine(b, h, w)  # (M, B, d_out), or (B, d_out) for a stack of one
             if i < last:  # in place when no graph is recorded (teacher targets, evaluation): less memory traffic
                 h = torch.relu(h) if torch.is_grad_enabled() else h.relu_()
-        return h
+        return h if h.dim() == 3 else h.unsqueeze(0)
 
     @torch.no_grad()
     def sgd_step(self, x: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
@@ -86,25 +105,29 @@ class MLP(nn.Module):
         Returns the per-example cross-entropy before the step, (M, B).
         """
         B = target.shape[1]
-        if x.dim() == 2:
-            x = x.unsqueeze(0) if self.num_models == 1 else x.unsqueeze(0).expand(self.num_models, -1, -1)
-        acts = [x]  # the input of each layer, (M, B, d_in)
-        active = []  # ReLU masks of the hidden layers
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            pre = torch.baddbmm(b, acts[-1], w)  # (M, B, d_out)
+        layers, h, affine, matmul = self._layers(x)
+        if h.dim() == 2:
+            target = target[0]  # (B, C)
+        acts = [h]  # the input of each layer, (M, B, d_in) or (B, d_in); for i > 0 the ReLU output of layer i - 1
+        last = len(layers) - 1
+        for i, (w, b) in enumerate(layers):
+            pre = affine(b, acts[-1], w)  # (M, B, d_out)
             if i < last:
-                active.append(pre > 0)
                 acts.append(pre.relu_())
         logp = torch.log_softmax(pre, dim=-1)  # (M, B, C)
         loss = (target * logp).sum(dim=-1)  # (M, B), negated below
         grad = logp.exp().sub_(target)  # B * d(sum_m mean_b loss) / d logits; 1 / B is folded into the step
-        grads_w, grads_b = [None] * len(self.weights), [None] * len(self.weights)
+        step = -lr / B
         for i in range(last, -1, -1):
-            grads_w[i] = torch.bmm(acts[i].transpose(1, 2), grad)  # (M, d_in, d_out)
-            grads_b[i] = grad.sum(dim=1, keepdim=True)  # (M, 1, d_out)
-            if i > 0:
-                grad = torch.bmm(grad, self.weights[i].transpose(1, 2)).mul_(active[i - 1])  # (M, B, d_in)
-        torch._foreach_add_(list(self.weights) + list(self.biases), grads_w + grads_b, alpha=-lr / B)
+            w, b = layers[i]
+            # The gradient flowing into layer i - 1 uses w before its update; ReLU's backward keeps the entries
+            # whose output was positive (aten's fused threshold_backward: one pass instead of compare + mul).
+            below = torch.ops.aten.threshold_backward(matmul(grad, w.transpose(-1, -2)), acts[i], 0) if i else None
+            update = w.addmm_ if w.dim() == 2 else w.baddbmm_
+            update(acts[i].transpose(-1, -2), grad, alpha=step)  # w -= lr/B * acts^T grad, in place
+            b.add_(grad.sum(dim=-2, keepdim=True), alpha=step)
+            grad = below
+        if loss.dim() == 1:
+            loss = loss.unsqueeze(0)
         return loss.neg_()
 
