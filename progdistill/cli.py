@@ -76,7 +76,8 @@ def cmd_probe(args) -> int:
 def cmd_probe_ngram(args) -> int:
     from .probes import probe_ngram
 
-    summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows))
+    summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows),
+                          hiding=args.hiding)
     print(json.dumps({k: v for k, v in summary.items() if k != "students"}, indent=2))
     return 0
 
@@ -170,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
                    help="n-gram window sizes, odd integers >= 3 (default 3 5 7)")
     p.add_argument("--no-students", action="store_true", help="probe teacher checkpoints only")
+    p.add_argument("--hiding", choices=("token", "attention"), default="token",
+                   help="how a token is masked: 'token' puts MASK in its place (as in training; default); "
+                        "'attention' also sets its attention mask to 0, as the authors' released probe does, "
+                        "and writes probes/ngram-attention* beside the default results")
     p.set_defaults(func=cmd_probe_ngram)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")

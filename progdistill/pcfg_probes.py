@@ -12,6 +12,10 @@ n-gram dependence, for a selected position p of a sentence and a window of w = 2
 
 Each score is the total-variation distance ``0.5 * sum_v |P_base(v) - P_perturbed(v)|`` between the model's
 output distributions at p; we report the median and quartiles over (sentence, position).
+
+How a token is masked (``hiding``): ``"token"`` replaces it by MASK, as in training; ``"attention"`` also sets
+its attention-mask entry to 0, so no other position can attend to it -- what the authors' released probe
+does (their scores are the full L1 distance, twice the TV reported here).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from .masked_lm import Vocabulary, pad_sentences
 
 WINDOWS = (3, 5, 7)
+HIDING = ("token", "attention")
 FORWARD_BATCH = 256  # sequences per forward pass
 
 
@@ -69,32 +74,35 @@ def _distributions(model, inputs: torch.Tensor, attention: torch.Tensor, at: tor
 @torch.no_grad()
 def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabulary,
                      windows: Sequence[int] = WINDOWS, per_sentence: int = 8,
-                     device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+                     device: str | torch.device = "cpu", hiding: str = "token") -> dict[str, dict[str, float]]:
     """M_robust and M_close of ``model`` (a masked LM: ids (B, L), mask (B, L) -> logits (B, L, V)) on
     grammar sentences.
 
     ``sentences``: token-id sequences (terminals only); ``windows``: odd window sizes >= 3. Returns
     ``{"M_robust/3": {"median", "q25", "q75", "mean"}, "M_close/3": {...}, ...}`` -- total-variation distances
-    in [0, 1]. Raises ``ValueError`` for an even or too small window or no sentences.
+    in [0, 1]. ``hiding``: "token" or "attention" (module docstring). Raises ``ValueError`` for an even or
+    too small window, an unknown ``hiding`` or no sentences.
     """
     check_windows(windows)
     ids, attention = pad_sentences(list(sentences), vocab)
     maskable = ids < len(vocab.terminals)
     return ngram_dependence_at(model, ids, attention, maskable, vocab.mask, probe_positions(maskable, per_sentence),
-                               windows, device)
+                               windows, device, hiding)
 
 
 @torch.no_grad()
 def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maskable: torch.Tensor, mask_id: int,
                         where: NgramPositions, windows: Sequence[int] = WINDOWS,
-                        device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+                        device: str | torch.device = "cpu", hiding: str = "token") -> dict[str, dict[str, float]]:
     """M_robust and M_close at given positions of any token sequences (grammar sentences or text).
 
     ``ids``, ``attention``, ``maskable``: (B, L) -- the sequences, their attention mask and which positions
     hold ordinary tokens (never special ones; only these are masked for M_close); ``mask_id``: the MASK id;
-    ``where``: the (sequence, position) pairs to score. Returns the dict of :func:`ngram_dependence`.
+    ``where``: the (sequence, position) pairs to score; ``hiding``: "token" or "attention" (module docstring).
+    Returns the dict of :func:`ngram_dependence`.
     """
     check_windows(windows)
+    check_hiding(hiding)
     sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
     base = ids[sent].clone()  # (P, L)
     att = attention[sent]
@@ -103,17 +111,23 @@ def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maska
     index = torch.arange(ids.shape[1])[None, :]  # (1, L)
     terminal = maskable[sent].clone()
     terminal[rows, pos] = True  # the masked position itself
-    variants = [base]
+    hidden = torch.zeros_like(base, dtype=torch.bool)
+    hidden[rows, pos] = True
+    variants = [hidden]  # which positions each variant masks: (P, L) bool each
     for w in windows:
         r = w // 2
         inside = (index >= (pos - r)[:, None]) & (index <= (pos + r)[:, None]) & terminal
-        variants.append(torch.where(inside, mask_id, base))                    # M_robust: mask the window
-        variants.append(torch.where(terminal & ~inside, mask_id, base))        # M_close: only the window
+        variants.append(hidden | inside)                    # M_robust: mask the window
+        variants.append(hidden | (terminal & ~inside))      # M_close: only the window stays
     was_training = model.training
     model.eval()
-    inputs = torch.cat(variants).to(device)
-    probs = _distributions(model, inputs, att.repeat(len(variants), 1).to(device),
-                           pos.repeat(len(variants)).to(device)).view(len(variants), len(base), -1)
+    masked = torch.cat(variants)
+    inputs = torch.where(masked, mask_id, base.repeat(len(variants), 1)).to(device)
+    att = att.repeat(len(variants), 1)
+    if hiding == "attention":
+        att = att.masked_fill(masked, 0)
+    att = att.to(device)
+    probs = _distributions(model, inputs, att, pos.repeat(len(variants)).to(device)).view(len(variants), len(base), -1)
     model.train(was_training)
     out = {}
     for k, w in enumerate(windows):
@@ -131,6 +145,13 @@ def check_windows(windows: Sequence[int]) -> None:
         if not (isinstance(w, int) and w >= 3 and w % 2 == 1):
             raise ValueError(f"window {w!r} is invalid: window sizes are odd integers >= 3 (the (2r+1)-gram "
                              "centred on the masked position)")
+
+
+def check_hiding(hiding: str) -> None:
+    """Raise ``ValueError`` unless ``hiding`` is one of :data:`HIDING`."""
+    if hiding not in HIDING:
+        raise ValueError(f"hiding={hiding!r} is invalid: use 'token' (MASK in the input) or 'attention' (MASK and "
+                         "attention mask 0, as the authors' probe)")
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:

@@ -192,7 +192,7 @@ NGRAM_TASKS = ("pcfg-mlm", "text-mlm")
 
 
 def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, ...] = (3, 5, 7),
-                log=print) -> dict[str, Any]:
+                log=print, hiding: str = "token") -> dict[str, Any]:
     """M_robust / M_close for each window size -- and on grammar tasks the non-terminal probe accuracy per tree
     level -- for every teacher checkpoint of ``run_dir`` (and every final student unless ``students=False``).
 
@@ -200,10 +200,14 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
     loss phases, the checkpoint where the median M_robust of the smallest window peaks, whether that peak lies
     in the sharp drop or at a checkpoint next to it, and the students' final scores), ``probes/ngram.png`` and,
     for grammars, ``probes/nonterminals.png``. Every model is probed on the same sequences and positions
-    (drawn from ``PROBE_SEED``). Raises ``ConfigError`` for a run that is not masked language modelling and
-    ``ValueError`` for a bad window.
+    (drawn from ``PROBE_SEED``).
+
+    ``hiding="attention"`` masks tokens as the authors' released probe does (MASK *and* attention mask 0; see
+    :mod:`progdistill.pcfg_probes`) and writes ``probes/ngram-attention*`` instead, next to the default
+    results (the non-terminal probe, which masks nothing, is not repeated). Raises ``ConfigError`` for a run
+    that is not masked language modelling and ``ValueError`` for a bad window or ``hiding``.
     """
-    from .pcfg_probes import check_windows
+    from .pcfg_probes import check_hiding, check_windows
 
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.json")
@@ -211,11 +215,13 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
         raise ConfigError(f"the n-gram probe needs a masked LM run ({', '.join(NGRAM_TASKS)}); {run_dir} has "
                           f"task {config.task.kind!r}")
     check_windows(windows)
+    check_hiding(hiding)
     with RunLock(run_dir):
-        return _probe_ngram(run_dir, config, students, tuple(windows), log)
+        return _probe_ngram(run_dir, config, students, tuple(windows), log, hiding)
 
 
-def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log) -> dict[str, Any]:
+def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log,
+                 hiding: str = "token") -> dict[str, Any]:
     from .pcfg_probes import ngram_dependence_at, nonterminal_probe, probe_positions
 
     task = config.task
@@ -227,7 +233,8 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     gen = torch.Generator().manual_seed(PROBE_SEED)
     ids, attention, maskable, mask_id = task.ngram_inputs(NGRAM_SEQUENCES, gen)
     where = probe_positions(maskable)
-    grammar = hasattr(task, "load_grammar")
+    name = "ngram" if hiding == "token" else f"ngram-{hiding}"
+    grammar = hasattr(task, "load_grammar") and hiding == "token"  # the non-terminal probe masks nothing
     if grammar:
         train_sentences = task.sample_sentences(NONTERMINAL_TRAIN, gen)
         test_sentences = task.sample_sentences(NONTERMINAL_TEST, gen)
@@ -237,6 +244,7 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
         jobs += [(student_name(sched, seed), config.student.steps)
                  for seed in range(config.seeds) for sched in config.schedules]
     settings = {"settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
+                             "hiding": hiding,
                              **({"probe_train": NONTERMINAL_TRAIN, "probe_test": NONTERMINAL_TEST} if grammar
                                 else {})}}
 
@@ -244,23 +252,25 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
         model = load_model(config, run_dir, name, step if name == "teacher" else None)
         extra = trajectory.metrics(step) if name == "teacher" else {}
         record = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
-                  "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows)}
+                  "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows,
+                                               hiding=hiding)}
         if grammar:
             accuracy = nonterminal_probe(model, train_sentences, test_sentences, task.vocabulary, levels)
             record["nonterminal_accuracy"] = {str(lv): acc for lv, acc in accuracy.items()}
         return record
 
-    done = run_jobs(out / ".ngram.partial.jsonl", settings, jobs, compute, "n-gram probe", log)
+    partial = out / f".{name}.partial.jsonl"
+    done = run_jobs(partial, settings, jobs, compute, "n-gram probe", log)
     records = [done[job] for job in jobs]
-    atomic_write_text(out / "ngram.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    summary = _summarize_ngram(records, windows, config)
-    atomic_write_json(out / "ngram-summary.json", summary)
-    _plot_ngram(records, summary, windows, out / "ngram.png", config.preset)
-    written = [out / "ngram.jsonl", out / "ngram-summary.json", out / "ngram.png"]
+    atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    summary = {**_summarize_ngram(records, windows, config), "hiding": hiding}
+    atomic_write_json(out / f"{name}-summary.json", summary)
+    _plot_ngram(records, summary, windows, out / f"{name}.png", config.preset)
+    written = [out / f"{name}.jsonl", out / f"{name}-summary.json", out / f"{name}.png"]
     if grammar:
         _plot_nonterminals(records, config, out / "nonterminals.png")
         written.append(out / "nonterminals.png")
-    (out / ".ngram.partial.jsonl").unlink()
+    partial.unlink()
     log(f"wrote {', '.join(map(str, written))}")
     return summary
 
@@ -332,7 +342,8 @@ def _plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset:
                    color=line.get_color(), label=f"M_close, {w}-gram")
     right.set_yscale("log")
     right.set_ylabel("median total-variation distance")
-    right.set_title("n-gram dependence of the teacher's predictions")
+    right.set_title("n-gram dependence of the teacher's predictions"
+                    + (" (masked tokens hidden from attention)" if summary.get("hiding") == "attention" else ""))
     right.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)

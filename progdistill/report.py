@@ -80,6 +80,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
     ngram = results.get("probes", {}).get("ngram")
     if ngram:
         lines += _ngram_lines(ngram)
+    hidden = results.get("probes", {}).get("ngram-attention")
+    if hidden:
+        lines += [f"With masked tokens also hidden from attention (`--hiding attention`, the authors' probe), the "
+                  f"teacher's median {hidden['metric']} peaks at step {hidden['peak_step']} "
+                  f"({hidden['peak_median']:.4f}); final checkpoint {hidden['final_median']:.4f}.", ""]
     generation = results.get("probes", {}).get("generation")
     if generation:
         lines += ["## Generations the grammar accepts", "",

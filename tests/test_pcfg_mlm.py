@@ -172,6 +172,30 @@ def test_ngram_dependence_on_planted_models():
         ngram_dependence(_Constant(), sentences, vocab, windows=(4,))
 
 
+class _CountsVisible(torch.nn.Module):
+    """Ignores the token ids; its output depends only on how many positions the attention mask keeps."""
+
+    def forward(self, ids, attention_mask):
+        visible = attention_mask.float().sum(dim=1, keepdim=True)  # (B, 1)
+        return torch.stack([visible, -visible, torch.zeros_like(visible)], dim=-1).expand(-1, ids.shape[1], -1)
+
+
+def test_ngram_hiding_token_vs_attention_mask():
+    """"token" only replaces ids by MASK (the attention mask is untouched); "attention" also hides the masked
+    positions from attention, as the authors' probe does."""
+    vocab = Vocabulary(("a", "b", "c"))
+    sentences = [s.tokens for s in TASK.sample_sentences(8, generator(0, "probe"))]
+    token = ngram_dependence(_CountsVisible(), sentences, vocab, windows=(3,), hiding="token")
+    assert all(v["median"] == 0 for v in token.values())
+    hidden = ngram_dependence(_CountsVisible(), sentences, vocab, windows=(3,), hiding="attention")
+    assert hidden["M_robust/3"]["median"] > 0 and hidden["M_close/3"]["median"] > hidden["M_robust/3"]["median"]
+    bigram = _Bigram(vocab.size)  # reads ids only: both ways of masking give the same scores
+    assert ngram_dependence(bigram, sentences, vocab, hiding="attention") == ngram_dependence(bigram, sentences,
+                                                                                              vocab)
+    with pytest.raises(ValueError, match="hiding='mask'"):
+        ngram_dependence(bigram, sentences, vocab, hiding="mask")
+
+
 def test_probe_positions_pick_only_maskable_positions():
     maskable = torch.zeros(2, 12, dtype=torch.bool)
     maskable[0, 1:11] = True  # BOS, 10 tokens, EOS
