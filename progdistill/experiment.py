@@ -234,8 +234,9 @@ def _finished(path: Path, steps: int) -> bool:
 
 def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, device: str = "auto",
                    log=print, runs: list[tuple[str, Any, int]] | None = None,
-                   directory: Path | None = None) -> None:
-    """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``).
+                   directory: Path | None = None) -> int:
+    """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``); returns
+    how many were trained (0 when all had finished).
 
     ``runs``: (name, schedule, seed) triples, default one per (schedule, seed) of the config. Auto schedules
     are resolved against ``trajectory`` first; stackable students (MLPs) all train in one stack.
@@ -247,7 +248,7 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
     todo = [(name, s, k) for name, s, k in runs if not _finished(directory / name / "metrics.jsonl", cfg.steps)]
     if not todo:
         log("all students already finished")
-        return
+        return 0
     trajectory.verify()  # a missing or corrupted checkpoint stops here, before any student file is written
     resolved = {}
     for _, sched, _ in todo:
@@ -287,6 +288,7 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
             if mem.writer is not None:
                 mem.writer.close()
     barrier()
+    return len(todo)
 
 
 def planned_checkpoint_steps(train: TrainConfig) -> list[int]:
@@ -343,6 +345,14 @@ def load_model(config: ExperimentConfig, out: str | Path, which: str, step: int 
     return model.eval().requires_grad_(False)
 
 
+def _finished_results(out: Path) -> dict[str, Any] | None:
+    """The results.json of a run that finished before, or None (absent or unreadable)."""
+    try:
+        return json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
         log=print) -> dict[str, Any]:
     """Run the whole experiment into ``out`` and return ``results.json``'s content."""
@@ -366,14 +376,27 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         finally:
             barrier()  # workers wait until the directory is claimed (or the claim failed)
         _prepare(config, out)
+        previous = _finished_results(out)
+        if previous is not None:
+            try:  # a teacher deleted since is retrained, and then nothing is "unchanged"
+                previous = previous if Trajectory(out / "teacher").complete else None
+            except TrajectoryError:
+                previous = None
         trajectory = train_teacher(config, out, device, log)
-        train_students(config, out, trajectory, device, log)
+        trained = train_students(config, out, trajectory, device, log)
+        # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
+        # recomputing the one and replacing the other with the seconds this no-op took.
+        unchanged = previous is not None and trained == 0
         from .probes import NGRAM_TASKS, _probe_ngram, probe_generation
 
-        if config.task.kind in NGRAM_TASKS:  # the n-gram (and non-terminal) probes are part of the result
-            _probe_ngram(out, config, True, (3, 5, 7), log)
-        if config.task.kind == "pcfg-lm":  # how many sampled sentences the grammar accepts
-            probe_generation(out, config, log)
-        results = write_report(out, wall_time_s=time.perf_counter() - started)
+        probes = out / "probes"
+        if config.task.kind in NGRAM_TASKS and not (unchanged and (probes / "ngram-summary.json").exists()):
+            _probe_ngram(out, config, True, (3, 5, 7), log)  # the n-gram (and non-terminal) probes
+        if config.task.kind == "pcfg-lm" and not (unchanged and (probes / "generation-summary.json").exists()):
+            probe_generation(out, config, log)  # how many sampled sentences the grammar accepts
+        if unchanged:
+            log(f"{out} was already complete: nothing retrained, results kept (wall time of the original run)")
+        wall = previous["wall_time_s"] if unchanged else time.perf_counter() - started
+        results = write_report(out, wall_time_s=wall)
         barrier()
         return results

@@ -52,13 +52,15 @@ def test_same_seed_same_numbers(tmp_path, tiny):
 
 def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     out = tmp_path / "run"
-    run(tiny, out, log=quiet)
+    first = run(tiny, out, log=quiet)
     before = (out / "teacher" / "manifest.json").read_text()
     messages = []
     run(tiny, out, log=messages.append)
     assert any("reusing finished teacher" in m for m in messages)
     assert any("already finished" in m for m in messages)
+    assert any("already complete" in m for m in messages)
     assert (out / "teacher" / "manifest.json").read_text() == before
+    assert json.loads((out / "results.json").read_text())["wall_time_s"] == first["wall_time_s"]  # kept
     other = replace(tiny, student=replace(tiny.student, steps=100))
     with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 100"):
         run(other, out, log=quiet)
