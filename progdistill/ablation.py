@@ -2,13 +2,16 @@
 teacher's phase transition, then the final checkpoint; only "during" is expected to work.
 
 Writes under ``RUN_DIR/ablations/two-shot/``: ``<variant>-seed<k>/metrics.jsonl`` (variant = before, during,
-after), ``summary.json`` (the chosen checkpoints with the teacher's accuracy there, and per student its steps to
+after), ``settings.json`` (first steps and checkpoints, so a rerun with other settings is refused rather
+than relabelled), ``summary.json`` (the chosen checkpoints with the teacher's accuracy there, and per student its steps to
 the threshold and its accuracy at the end of the budget) and ``accuracy.png`` (the three student curves, mean
 with a min-max band over seeds, and the teacher).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -48,11 +51,13 @@ def ablation_checkpoints(trajectory: Trajectory, metric: str = "eval_accuracy") 
 
 
 def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device: str = "auto",
-                    log=print) -> dict[str, Any]:
+                    log=print, overwrite: bool = False) -> dict[str, Any]:
     """Run the 2-shot ablation on the finished teacher of ``run_dir`` with the run's student budget.
 
     ``first_steps``: student steps on the first checkpoint (default: the run's 2-shot-auto setting, else a
-    third of the student steps). Returns the content of ``summary.json``.
+    third of the student steps). Students already trained with the same settings are reused; an ablation
+    stored with other settings (first steps or checkpoints) is refused with ``ConfigError`` naming both,
+    unless ``overwrite`` (which deletes it first). Returns the content of ``summary.json``.
     """
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.json")
@@ -61,13 +66,18 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
         auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
         first_steps = auto[0].first_steps if auto else max(1, config.student.steps // 3)
     check_positive_int("first_steps", first_steps)
+    if first_steps >= config.student.steps:
+        raise ConfigError(f"first_steps={first_steps} is invalid: must be smaller than the run's student.steps="
+                          f"{config.student.steps} (the rest of the budget goes to the final checkpoint)")
     picks = ablation_checkpoints(trajectory)
     log("2-shot ablation, first checkpoints: " + ", ".join(
         f"{v} = step {s} (teacher accuracy {trajectory.metrics(s)['eval_accuracy']:.3f})" for v, s in picks.items()))
     directory = run_dir / "ablations" / "two-shot"
+    settings = {"first_steps": first_steps, "checkpoints": picks}
     runs = [(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
             for k in range(config.seeds) for v in VARIANTS]
     with RunLock(run_dir):
+        _claim(directory, settings, overwrite)
         train_students(config, run_dir, trajectory, device, log, runs=runs, directory=directory)
 
     curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
@@ -83,6 +93,35 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
         accs = [s["final_accuracy"] for s in summary["students"] if s["variant"] == v]
         log(f"  {v:>6}: final accuracy {statistics.mean(accs):.4f} (min {min(accs):.4f}, max {max(accs):.4f})")
     return summary
+
+
+def _claim(directory: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Make ``directory`` hold an ablation with ``settings``: reuse one with the same settings, refuse one
+    with others (or with none recorded) unless ``overwrite``."""
+    path = directory / "settings.json"
+    if directory.exists() and any(directory.iterdir()):
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = _settings_of_summary(directory / "summary.json")
+        if stored != settings:
+            if not overwrite:
+                raise ConfigError(f"{directory} holds an ablation with other settings ({stored or 'not recorded'}; "
+                                  f"now {settings}); its students would be reused under the wrong label. Pass "
+                                  "--overwrite to delete it and train again, or use the settings it was run with")
+            shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings)
+
+
+def _settings_of_summary(path: Path) -> dict[str, Any] | None:
+    """The settings an ablation written before settings.json existed was run with, read from its summary."""
+    try:
+        summary = json.loads(path.read_text())
+        return {"first_steps": summary["first_steps"],
+                "checkpoints": {v: summary["checkpoints"][v]["step"] for v in VARIANTS}}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict) -> None:

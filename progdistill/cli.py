@@ -90,6 +90,8 @@ def cmd_export(args) -> int:
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     config = load_config(run_dir / "config.json")
+    if args.step == -1:  # -1 names the final checkpoint, as in k-shot schedules
+        args.step = None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty directory; choose a new one (nothing was written)")
     names = [student_name(s, k) for k in range(config.seeds) for s in config.schedules]
@@ -118,7 +120,7 @@ def cmd_export(args) -> int:
 def cmd_ablate(args) -> int:
     from .ablation import ablate_two_shot
 
-    ablate_two_shot(args.run_dir, first_steps=args.first_steps, device=args.device)
+    ablate_two_shot(args.run_dir, first_steps=args.first_steps, device=args.device, overwrite=args.overwrite)
     print(f"results: {Path(args.run_dir) / 'ablations' / 'two-shot'}/summary.json and accuracy.png")
     return 0
 
@@ -160,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (sparse parity)")
     p.add_argument("--students", action="store_true", help="also probe every final student")
     p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per model (default 100000)")
-    p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, space-separated, each "
-                                                          "within 1..k, including 1 (default 1..k-1)")
+    p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, space-separated, each in "
+                                                          "1..k; the list must contain 1, which the summary and "
+                                                          "figure are about (default 1..k-1)")
     p.set_defaults(func=cmd_probe)
     p = probe.add_parser("ngram", help="M_robust / M_close (n-gram dependence) and, on grammars, the "
                                        "non-terminal linear probe, for every teacher checkpoint and final student "
@@ -185,15 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-steps", type=int, help="student steps on the first checkpoint (default: the run's "
                                                    "2-shot-auto setting, else a third of the budget)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    p.add_argument("--overwrite", action="store_true", help="delete an ablation stored with other settings "
+                                                            "(first steps, checkpoints) and train it again")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("export", help="write a teacher checkpoint or final student as a Hugging Face model "
                                       "directory (save_pretrained), loadable with from_pretrained")
-    p.add_argument("run_dir", help="a run directory written by `progdistill run` (BERT models)")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run` with a Hugging Face model "
+                                   "(BERT or GPT-2 language models: the pcfg-mlm, pcfg-lm and text-mlm presets)")
     p.add_argument("out", help="new directory to write (must not exist or be empty)")
     p.add_argument("--which", default="teacher", help="'teacher' (default) or a student name such as "
                                                       "progressive-seed0")
-    p.add_argument("--step", type=int, help="teacher checkpoint step (default: the final checkpoint)")
+    p.add_argument("--step", type=int, help="teacher checkpoint step (default, or -1: the final checkpoint)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("show", help="print the full resolved config of a preset as JSON")

@@ -126,10 +126,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}={value!r} is invalid: must be a list")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(_convert(args[0], v, f"{path}.{i}") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{path}={value!r} is invalid: must have {len(args)} items")
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_convert(a, v, f"{path}.{i}") for i, (a, v) in enumerate(zip(args, value)))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}={value!r} is invalid: must be an object")
@@ -153,6 +153,11 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     if unknown:
         raise ConfigError(f"{path or cls.__name__}: unknown field(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(names))}")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ConfigError(f"{path or 'config'}: required field(s) {', '.join(missing)} missing; "
+                          f"fields: {', '.join(sorted(names))}")
     kwargs = {}
     for name in names & set(data):
         kwargs[name] = _convert(hints[name], data[name], f"{path}.{name}" if path else name)
@@ -163,7 +168,7 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     except ConfigError as exc:
         if not path:
             raise
-        message = str(exc)  # name the field by its full path, e.g. student.batch_size, schedules[2].speed
+        message = str(exc)  # name the field by its full path, e.g. student.batch_size, schedules.2.speed (the --set form)
         first = message.split("=", 1)[0].split(".", 1)
         if len(first) == 2 and first[0] in ("model", "task", "optimizer", "distillation", "schedule"):
             message = message.split(".", 1)[1]

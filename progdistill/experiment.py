@@ -68,9 +68,14 @@ class ExperimentConfig:
         check(0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
         for i, sched in enumerate(self.schedules):
             if isinstance(sched, TwoShotAuto):
-                check(sched.first_steps < self.student.steps, f"schedules[{i}].first_steps", sched.first_steps,
+                check(sched.first_steps < self.student.steps, f"schedules.{i}.first_steps", sched.first_steps,
                       f"must be smaller than student.steps={self.student.steps} (the rest goes to the final "
                       "checkpoint)")
+            if isinstance(sched, KShot) and len(sched.points) > 1:
+                before_last = sum(count for _, count in sched.points[:-1])
+                check(before_last < self.student.steps, f"schedules.{i}.points", [list(p) for p in sched.points],
+                      f"its points before the last take {before_last} student steps, not fewer than "
+                      f"student.steps={self.student.steps}, so the last checkpoint would never be used")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -136,7 +141,8 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
         raise ConfigError(f"{out} holds results trained on other task data: the content of the grammar or corpus "
                           "file named in the config has changed since (its sha256 differs from data.sha256); "
                           "choose another --out or pass --overwrite to replace them")
-    if saved.exists() and recorded_data not in (None, data_digest):
+    data_changed = saved.exists() and recorded_data not in (None, data_digest)
+    if data_changed:
         saved.unlink()  # with --overwrite: fall through to the replacement below
     if saved.exists():
         try:
@@ -158,9 +164,9 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
                 elif path.exists():
                     path.unlink()
     elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-        if not overwrite:
+        if not data_changed:  # never delete in a directory that is not ours, even with --overwrite
             raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
-                              "choose another --out")
+                              "choose another --out (--overwrite replaces only progdistill runs)")
         for name in OUTPUTS:  # --overwrite on a run whose data changed: drop its results
             path = out / name
             if path.is_dir():
@@ -258,7 +264,7 @@ def train_students(config: ExperimentConfig, out: Path, trajectory: Trajectory, 
         if not isinstance(sched, CE):
             resolved[sched].validate(trajectory.steps)
         if resolved[sched] is not sched:
-            log(f"{sched.label}: resolved to {resolved[sched]}")
+            log(f"{sched.label}: {resolved[sched]}")
     dev = resolve_device(device)
     teacher_cfg = config.teacher.model
     teachers = TeacherPool(trajectory, lambda: _build(config, teacher_cfg, [0], "unused"), dev)

@@ -36,7 +36,8 @@ NONTERMINAL_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 TERMINAL_PATTERN = re.compile(r"'([^'\s]+)'")
 _LINE = re.compile(r"(?P<lhs>\S+)\s*->\s*(?P<rhs>.*?)\s*\[\s*(?P<prob>[^\]]*?)\s*\]")
 _ALLOWED_LINE = "allowed: 'lhs -> rhs... [probability]', a '#' comment or a blank line"
-_ALLOWED_SYMBOL = "allowed: nonterminal names matching [a-z][a-z0-9_]* or quoted terminals like 'a'"
+_ALLOWED_SYMBOL = ("allowed: nonterminal names matching [a-z][a-z0-9_]* or terminals in single quotes like 'a' "
+                   "(not double quotes)")
 
 
 class GrammarError(ValueError):

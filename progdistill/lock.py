@@ -37,6 +37,8 @@ class RunLock:
         self.owned = False
 
     def __enter__(self) -> "RunLock":
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise NotADirectoryError(f"{self.path.parent} is a file, not a directory; choose another directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         while True:

@@ -138,9 +138,11 @@ def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maska
 
 
 def check_windows(windows: Sequence[int]) -> None:
-    """Raise ``ValueError`` unless ``windows`` is a non-empty list of odd integers >= 3."""
+    """Raise ``ValueError`` unless ``windows`` is a non-empty list of distinct odd integers >= 3."""
     if len(windows) == 0:
         raise ValueError("windows is empty: give at least one window size, e.g. 3 5 7")
+    if len(set(windows)) != len(windows):
+        raise ValueError(f"windows {list(windows)} repeat a size; give each window size once, e.g. 3 5 7")
     for w in windows:
         if not (isinstance(w, int) and w >= 3 and w % 2 == 1):
             raise ValueError(f"window {w!r} is invalid: window sizes are odd integers >= 3 (the (2r+1)-gram "

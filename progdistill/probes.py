@@ -59,7 +59,9 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
             raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of "
                              "degree 1)")
     with RunLock(run_dir):
-        return _probe_monomials(run_dir, config, students, num_samples, degrees, log)
+        summary = _probe_monomials(run_dir, config, students, num_samples, degrees, log)
+        _refresh_report(run_dir)
+        return summary
 
 
 def _probe_monomials(run_dir: Path, config, students: bool, num_samples: int, degrees, log) -> dict[str, Any]:
@@ -217,12 +219,26 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
     check_windows(windows)
     check_hiding(hiding)
     with RunLock(run_dir):
-        return _probe_ngram(run_dir, config, students, tuple(windows), log, hiding)
+        summary = _probe_ngram(run_dir, config, students, tuple(windows), log, hiding)
+        _refresh_report(run_dir)
+        return summary
+
+
+def _refresh_report(run_dir: Path) -> None:
+    """Rewrite a finished run's results.json / summary.md so their ``probes`` section matches probes/ (the
+    run's recorded wall time is kept)."""
+    from .report import write_report
+
+    try:
+        wall = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["wall_time_s"]
+    except (OSError, ValueError, KeyError):
+        return  # not finished (or unreadable): `run` writes the report when it ends
+    write_report(run_dir, wall_time_s=wall)
 
 
 def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log,
                  hiding: str = "token") -> dict[str, Any]:
-    from .pcfg_probes import ngram_dependence_at, nonterminal_probe, probe_positions
+    from .pcfg_probes import WINDOWS, ngram_dependence_at, nonterminal_probe, probe_positions
 
     task = config.task
     trajectory = Trajectory(run_dir / "teacher")
@@ -232,8 +248,16 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     out.mkdir(exist_ok=True)
     gen = torch.Generator().manual_seed(PROBE_SEED)
     ids, attention, maskable, mask_id = task.ngram_inputs(NGRAM_SEQUENCES, gen)
+    longest = int(attention.sum(dim=1).max())
+    for w in windows:
+        if w > longest:
+            raise ValueError(f"window {w} is longer than every probed sequence (at most {longest} tokens); allowed: "
+                             f"odd sizes from 3 to {longest}")
     where = probe_positions(maskable)
-    name = "ngram" if hiding == "token" else f"ngram-{hiding}"
+    # The run's own results (windows 3 5 7, MASK tokens) are probes/ngram.*; any other setting gets its own
+    # name beside them instead of replacing them.
+    name = "ngram" + ("" if hiding == "token" else f"-{hiding}") + \
+        ("" if tuple(windows) == WINDOWS else "-windows-" + "-".join(map(str, windows)))
     grammar = hasattr(task, "load_grammar") and hiding == "token"  # the non-terminal probe masks nothing
     if grammar:
         train_sentences = task.sample_sentences(NONTERMINAL_TRAIN, gen)

@@ -79,7 +79,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Mean +/- sample std over seeds. Wall time: {results['wall_time_s']:.1f} s.", ""]
     ngram = results.get("probes", {}).get("ngram")
     if ngram:
-        lines += _ngram_lines(ngram)
+        lines += _ngram_lines(ngram, seeds=len({s["seed"] for s in results["students"]}))
     hidden = results.get("probes", {}).get("ngram-attention")
     if hidden:
         lines += [f"With masked tokens also hidden from attention (`--hiding attention`, the authors' probe), the "
@@ -97,7 +97,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ngram_lines(summary: dict[str, Any]) -> list[str]:
+def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:
     """The n-gram probe summary (probes/ngram-summary.json) as markdown."""
     lines = ["## Probes", ""]
     phases = summary.get("phases")
@@ -116,7 +116,8 @@ def _ngram_lines(summary: dict[str, Any]) -> list[str]:
     if columns:
         lines += ["| schedule | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for label, entry in summary["students"].items():
-            cells = [f"{entry[c]['mean']:.4f} +/- {entry[c]['std']:.4f}" if c in entry else "-" for c in columns]
+            cells = [("-" if c not in entry else f"{entry[c]['mean']:.4f}" if seeds == 1
+                      else f"{entry[c]['mean']:.4f} +/- {entry[c]['std']:.4f}") for c in columns]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines

@@ -110,20 +110,25 @@ class KShot:
         check(len(self.points) >= 1, "schedule.points", self.points,
               "needs at least one (checkpoint step, student steps) pair")
         for i, (ckpt, count) in enumerate(self.points):
-            check(isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL), f"schedule.points[{i}][0]", ckpt,
+            check(isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL), f"schedule.points.{i}.0", ckpt,
                   "a checkpoint step >= 0, or -1 for the final checkpoint")
-            check_positive_int(f"schedule.points[{i}][1]", count)
+            check_positive_int(f"schedule.points.{i}.1", count)
 
     @property
     def label(self) -> str:
         return f"{len(self.points)}-shot"
+
+    def __str__(self) -> str:
+        name = lambda c: "the final checkpoint" if c == FINAL else f"checkpoint {c}"
+        first = [f"{name(c)} for {n} student steps" for c, n in self.points[:-1]]
+        return ", then ".join(first + [f"{name(self.points[-1][0])} for the rest of the run"])
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
         available = set(checkpoint_steps)
         _final(checkpoint_steps)
         for i, (ckpt, _) in enumerate(self.points):
             if ckpt != FINAL and ckpt not in available:
-                raise ConfigError(f"schedule.points[{i}][0]={ckpt} names a checkpoint that the teacher "
+                raise ConfigError(f"schedule.points.{i}.0={ckpt} names a checkpoint that the teacher "
                                   f"trajectory does not have; available steps: {sorted(available)}")
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:

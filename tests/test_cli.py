@@ -29,6 +29,22 @@ def test_bad_override_is_an_error(capsys, tmp_path):
     assert "cannot read config" in capsys.readouterr().err
 
 
+def test_input_mistakes_get_one_clear_line(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    assert main(["run", "parity-mlp", "--out", str(afile)]) == 2  # --out names a file
+    assert "is a file, not a directory" in capsys.readouterr().err and afile.read_text() == "keep"
+    config = json.loads(subprocess.run([sys.executable, "-m", "progdistill.cli", "show", "parity-mlp"],
+                                       capture_output=True, text=True, check=True).stdout)
+    del config["teacher"]
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    assert main(["run", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")]) == 2
+    assert "required field(s) teacher missing" in capsys.readouterr().err
+    # a k-shot whose first points use up the budget never reaches its last checkpoint
+    assert main(["show", "parity-mlp", "--set", "schedules.3.points=[[31000,70000],[-1,1]]"]) == 2
+    assert "schedules.3.points" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
     """The real preset through the real command line, shrunk to seconds (same code path as the full run)."""

@@ -53,7 +53,7 @@ def test_from_dict_errors_name_fields():
         ExperimentConfig.from_dict(data)
     data = get_preset("parity-mlp").to_dict()
     data["schedules"][0] = {"type": "curriculum"}
-    with pytest.raises(ConfigError, match="schedules\\[0\\].type=.curriculum.*valid: 2-shot-auto, ce, k-shot"):
+    with pytest.raises(ConfigError, match="schedules\\.0\\.type=.curriculum.*valid: 2-shot-auto, ce, k-shot"):
         ExperimentConfig.from_dict(data)
     data = get_preset("parity-mlp").to_dict()
     data["task"]["k"] = 99
@@ -72,7 +72,7 @@ def test_nested_errors_name_the_full_path():
         ExperimentConfig.from_dict(data)
     data = get_preset("parity-mlp").to_dict()
     data["schedules"][2]["speed"] = 0
-    with pytest.raises(ConfigError, match=r"^schedules\[2\]\.speed=0"):
+    with pytest.raises(ConfigError, match=r"^schedules\.2\.speed=0"):
         ExperimentConfig.from_dict(data)
 
 

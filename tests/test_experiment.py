@@ -61,12 +61,12 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     assert any("already complete" in m for m in messages)
     assert (out / "teacher" / "manifest.json").read_text() == before
     assert json.loads((out / "results.json").read_text())["wall_time_s"] == first["wall_time_s"]  # kept
-    other = replace(tiny, student=replace(tiny.student, steps=100))
-    with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 100"):
+    other = replace(tiny, student=replace(tiny.student, steps=150))
+    with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 150"):
         run(other, out, log=quiet)
     assert (out / "results.json").exists() and (out / "teacher" / "manifest.json").read_text() == before
     results = run(other, out, overwrite=True, log=quiet)
-    assert results["students"][0]["steps"] == 100
+    assert results["students"][0]["steps"] == 150
 
 
 def test_run_directory_records_its_config_hash(tmp_path, tiny):
@@ -85,7 +85,12 @@ def test_non_empty_foreign_directory_refused(tmp_path, tiny):
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(ConfigError, match="not a progdistill run directory"):
         run(tiny, tmp_path / "mine", log=quiet)
+    (tmp_path / "mine" / "teacher").mkdir()
+    (tmp_path / "mine" / "teacher" / "x.txt").write_text("mine too")
+    with pytest.raises(ConfigError, match="replaces only progdistill runs"):  # --overwrite deletes nothing here
+        run(tiny, tmp_path / "mine", overwrite=True, log=quiet)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "mine" / "teacher" / "x.txt").read_text() == "mine too"
 
 
 def test_k_shot_with_missing_checkpoint_fails_before_training_students(tmp_path, tiny):

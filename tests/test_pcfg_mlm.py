@@ -282,9 +282,21 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
                           original(batch.inputs, batch.attention_mask), atol=1e-5)
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2  # never overwrites
     assert "not an empty directory" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "final"), "--step", "-1"]) == 0  # -1 = final
+    assert "(final checkpoint)" in capsys.readouterr().out
     assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "4"]) == 2
     assert "window 4" in capsys.readouterr().err
+    assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "3", "3"]) == 2
+    assert "repeat a size" in capsys.readouterr().err
+    assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "999"]) == 2
+    assert "window 999 is longer than every probed sequence" in capsys.readouterr().err
+    probes = tmp_path / "run" / "probes"
+    own = (probes / "ngram.jsonl").read_text()
     assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "3", "--no-students"]) == 0
+    assert (probes / "ngram.jsonl").read_text() == own  # the run's own 3/5/7 results are not replaced
+    assert (probes / "ngram-windows-3-summary.json").exists()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["probes"]) == {"ngram", "ngram-windows-3"}  # the report follows probes/
 
 
 def _tiny_config(task=TASK, **student):
@@ -323,7 +335,7 @@ def test_size_errors_are_found_before_anything_is_written(tmp_path, change, matc
 
 
 def test_two_shot_auto_needs_room_and_checkpoints(tmp_path):
-    with pytest.raises(ConfigError, match=r"schedules\[0\].first_steps=400"):
+    with pytest.raises(ConfigError, match=r"schedules\.0\.first_steps=400"):
         ExperimentConfig(preset="x", task=TASK, teacher=TrainConfig(model=TINY),
                          student=TrainConfig(model=TINY, steps=100), schedules=(TwoShotAuto(first_steps=400),))
     config = ExperimentConfig(preset="x", task=TASK, teacher=TrainConfig(model=TINY, steps=30, checkpoint_every=100),

@@ -6,6 +6,7 @@ import pytest
 from progdistill.ablation import ablate_two_shot, ablation_checkpoints
 from progdistill.config import ConfigError, OptimizerConfig
 from progdistill.experiment import run
+from progdistill.metrics import read_metrics
 from progdistill.probes import probe_monomials
 from progdistill.schedules import TwoShotAuto
 from progdistill.trajectory import Trajectory
@@ -85,6 +86,18 @@ def test_two_shot_ablation(slow_teacher_run):
     assert (slow_teacher_run / "ablations" / "two-shot" / "accuracy.png").exists()
     acc = {v: summary["checkpoints"][v]["teacher_eval_accuracy"] for v in ("before", "during", "after")}
     assert acc["before"] < acc["during"] < acc["after"]
+    # Same settings: the students are reused. Other first steps: refused (the stored students would be
+    # relabelled), nothing deleted; --overwrite trains them again.
+    messages = []
+    assert ablate_two_shot(slow_teacher_run, log=messages.append) == summary
+    assert "all students already finished" in messages
+    with pytest.raises(ConfigError, match="other settings.*first_steps.: 300.*first_steps.: 200"):
+        ablate_two_shot(slow_teacher_run, first_steps=200, log=quiet)
+    assert json.loads((slow_teacher_run / "ablations" / "two-shot" / "summary.json").read_text()) == summary
+    again = ablate_two_shot(slow_teacher_run, first_steps=200, overwrite=True, log=quiet)
+    assert again["first_steps"] == 200
+    during = read_metrics(slow_teacher_run / "ablations" / "two-shot" / "during-seed0" / "metrics.jsonl")
+    assert during[2]["teacher_checkpoint"] == picks["during"] and during[3]["teacher_checkpoint"] != picks["during"]
 
 
 def test_probe_degree_outside_range_is_an_error(slow_teacher_run, capsys):

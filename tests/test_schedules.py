@@ -42,13 +42,13 @@ def test_k_shot_mapping():
 
 
 def test_k_shot_naming_missing_checkpoint_is_an_error():
-    with pytest.raises(ConfigError, match=r"schedule.points\[0\]\[0\]=150.*available steps"):
+    with pytest.raises(ConfigError, match=r"schedule.points\.0\.0=150.*available steps"):
         KShot(points=((150, 10), (FINAL, 10))).validate(STEPS)
     KShot(points=((100, 10), (FINAL, 10))).validate(STEPS)
 
 
-@pytest.mark.parametrize("points, field", [((), "schedule.points"), (((100, 0),), r"points\[0\]\[1\]"),
-                                           (((-5, 10),), r"points\[0\]\[0\]")])
+@pytest.mark.parametrize("points, field", [((), "schedule.points"), (((100, 0),), r"points\.0\.1"),
+                                           (((-5, 10),), r"points\.0\.0")])
 def test_k_shot_bad_points(points, field):
     with pytest.raises(ConfigError, match=field):
         KShot(points=points)
