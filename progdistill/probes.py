@@ -22,7 +22,7 @@ from .experiment import load_config, load_model, student_name
 from .lock import RunLock
 from .metrics import read_metrics
 from .monomials import _check_degrees, mlp_class1_probability, monomial_correlations
-from .phases import NoTransitionError, detect_transition
+from .phases import detect_transition
 from .report import save_figure
 from .trajectory import Trajectory, atomic_write_json, atomic_write_text
 
@@ -132,7 +132,7 @@ def _summarize(teacher: list[dict]) -> dict[str, Any]:
         window = detect_transition(steps, [r["eval_accuracy"] for r in teacher], "rise")
         summary["transition"] = window.to_dict()
         summary["peak_inside_transition"] = window.start <= steps[peak] <= window.end
-    except NoTransitionError as exc:
+    except ValueError as exc:  # NoTransitionError, or too few checkpoints to look for one
         summary["transition"] = None
         summary["no_transition"] = str(exc)
     return summary
@@ -316,7 +316,7 @@ def _summarize_ngram(records: list[dict], windows: tuple[int, ...], config) -> d
         i0, i1 = steps.index(start), steps.index(end)
         summary["peak_in_sharp_drop"] = start <= steps[peak] <= end
         summary["peak_in_or_next_to_sharp_drop"] = max(0, i0 - 1) <= peak <= min(len(steps) - 1, i1 + 1)
-    except NoTransitionError as exc:
+    except ValueError as exc:  # NoTransitionError, or too few checkpoints to look for one
         summary["phases"] = None
         summary["no_transition"] = str(exc)
     by_schedule: dict[str, dict[str, list[float]]] = {}

@@ -1,6 +1,7 @@
 """PCFG masked language modelling: task, BERT models, the token training path, probes, the runner."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -306,6 +307,16 @@ def _tiny_config(task=TASK, **student):
                             student=TrainConfig(**{**dict(model=TINY, optimizer=adamw, steps=10, batch_size=8,
                                                           eval_every=10), **student}),
                             schedules=(CE(),), seeds=1, threshold=0.5)
+
+
+def test_a_run_with_two_teacher_checkpoints_ends_with_a_report(tmp_path):
+    """Too few checkpoints to look for loss phases is said in the probe summary, not a crash at the run's end."""
+    config = _tiny_config()
+    config = replace(config, teacher=replace(config.teacher, steps=10, checkpoint_every=10))
+    results = run(config, tmp_path / "run", log=lambda *a: None)
+    summary = results["probes"]["ngram"]
+    assert summary["phases"] is None and "at least 3 checkpoints" in summary["no_transition"]
+    assert "No sharp drop detected" in (tmp_path / "run" / "summary.md").read_text()
 
 
 def test_a_grammar_file_edited_in_place_is_refused_not_mixed(tmp_path):
