@@ -2,7 +2,9 @@
 optimizers, run end to end for a few steps (teacher, then CE / one-shot / progressive students, then the report),
 printing wall time and peak GPU memory. It checks that a preset *starts and runs* on CUDA with the same
 code as on CPU; it measures nothing about the science (the full presets take hours to days). The wall time
-includes the probes every run ends with (the n-gram probe of pcfg-mlm-paper takes ~100 s per model on CPU).
+includes the probes every run ends with: the n-gram probe of pcfg-mlm-paper (~100 s per model on CPU), and for
+pcfg-lm-paper 200 sampled sentences per model, up to twice the longest held-out sentence, each parsed by the
+inside algorithm on the CPU (minutes; leave it out of a short device budget with ``--presets``).
 
     python benchmarks/paper_smoke.py                      # every *-paper preset, 5 steps each, device auto
     python benchmarks/paper_smoke.py --presets pcfg-mlm-paper --steps 20
