@@ -65,9 +65,9 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     if first_steps is None:
         auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
         first_steps = auto[0].first_steps if auto else max(1, config.student.steps // 3)
-    check_positive_int("first_steps", first_steps)
+    check_positive_int("--first-steps", first_steps)
     if first_steps >= config.student.steps:
-        raise ConfigError(f"first_steps={first_steps} is invalid: must be smaller than the run's student.steps="
+        raise ConfigError(f"--first-steps {first_steps} is invalid: must be smaller than the run's student.steps="
                           f"{config.student.steps} (the rest of the budget goes to the final checkpoint)")
     picks = ablation_checkpoints(trajectory)
     log("2-shot ablation, first checkpoints: " + ", ".join(

@@ -150,9 +150,12 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
         recorded = digest.read_text(encoding="utf-8").strip() if digest.exists() else None
+        if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
+            raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
+                              "config); choose another --out (--overwrite replaces only progdistill runs)")
         if old != config.to_dict() or recorded not in (None, config_hash(config)):
             if not overwrite:
-                changes = diff(old, config.to_dict()) if isinstance(old, dict) else ["config.json is unreadable"]
+                changes = diff(old, config.to_dict())
                 if not changes:
                     changes = [f"config.json no longer matches the hash in {digest.name}; it was edited"]
                 raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
@@ -178,6 +181,12 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
     atomic_write_text(digest, config_hash(config) + "\n")
     if data_digest is not None:
         atomic_write_text(data, data_digest + "\n")
+
+
+def _is_run_config(data: Any) -> bool:
+    """Whether a parsed config.json has the shape of an ExperimentConfig (a run directory's, maybe another
+    version's or hand-edited), as opposed to some other tool's config.json."""
+    return isinstance(data, dict) and {"preset", "task", "teacher", "student", "schedules"} <= set(data)
 
 
 def _build(config: ExperimentConfig, model_cfg, seeds: list[int], stream: str):
@@ -311,9 +320,12 @@ def _check_k_shot_points(config: ExperimentConfig) -> None:
                           f"{config.teacher.checkpoint_every} saves {len(planned)}")
     if config.teacher.max_checkpoints is not None:
         return  # thinning decides later which steps survive; checked against the trajectory then
-    for sched in config.schedules:
+    for i, sched in enumerate(config.schedules):
         if isinstance(sched, KShot):
-            sched.validate(planned)
+            try:
+                sched.validate(planned)
+            except ConfigError as exc:  # name the field as --set takes it
+                raise ConfigError(str(exc).replace("schedule.points", f"schedules.{i}.points", 1)) from None
 
 
 def _member_state(model, m: int, size: int) -> dict:

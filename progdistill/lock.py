@@ -39,7 +39,11 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         if self.path.parent.exists() and not self.path.parent.is_dir():
             raise NotADirectoryError(f"{self.path.parent} is a file, not a directory; choose another directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file somewhere along the path
+            raise NotADirectoryError(f"{self.path.parent} cannot be created: a part of that path is a file, not a "
+                                     "directory; choose another directory") from None
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         while True:
             try:

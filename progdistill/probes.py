@@ -252,7 +252,7 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     for w in windows:
         if w > longest:
             raise ValueError(f"window {w} is longer than every probed sequence (at most {longest} tokens); allowed: "
-                             f"odd sizes from 3 to {longest}")
+                             f"odd sizes from 3 to {longest - 1 + longest % 2}")
     where = probe_positions(maskable)
     # The run's own results (windows 3 5 7, MASK tokens) are probes/ngram.*; any other setting gets its own
     # name beside them instead of replacing them.

@@ -34,6 +34,8 @@ def test_input_mistakes_get_one_clear_line(capsys, tmp_path):
     afile.write_text("keep")
     assert main(["run", "parity-mlp", "--out", str(afile)]) == 2  # --out names a file
     assert "is a file, not a directory" in capsys.readouterr().err and afile.read_text() == "keep"
+    assert main(["run", "parity-mlp", "--out", str(afile / "sub")]) == 2  # a file along the path
+    assert "a part of that path is a file" in capsys.readouterr().err and afile.read_text() == "keep"
     config = json.loads(subprocess.run([sys.executable, "-m", "progdistill.cli", "show", "parity-mlp"],
                                        capture_output=True, text=True, check=True).stdout)
     del config["teacher"]

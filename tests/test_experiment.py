@@ -91,11 +91,21 @@ def test_non_empty_foreign_directory_refused(tmp_path, tiny):
         run(tiny, tmp_path / "mine", overwrite=True, log=quiet)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "mine" / "teacher" / "x.txt").read_text() == "mine too"
+    hf = tmp_path / "hf"  # another tool's directory with its own config.json (e.g. an exported HF model)
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["BertForMaskedLM"]}')
+    (hf / "probes").mkdir()
+    (hf / "probes" / "r.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="its config.json is not a progdistill config"):
+            run(tiny, hf, overwrite=overwrite, log=quiet)
+    assert (hf / "config.json").read_text() == '{"architectures": ["BertForMaskedLM"]}'
+    assert (hf / "probes" / "r.txt").read_text() == "keep"
 
 
 def test_k_shot_with_missing_checkpoint_fails_before_training_students(tmp_path, tiny):
     bad = replace(tiny, schedules=(KShot(points=((125, 10), (-1, 10))),))
-    with pytest.raises(ConfigError, match="125 names a checkpoint"):
+    with pytest.raises(ConfigError, match=r"^schedules\.0\.points\.0\.0=125 names a checkpoint"):  # the --set name
         run(bad, tmp_path / "run", log=quiet)
     assert not (tmp_path / "run").exists()  # refused before the teacher trains: nothing written
 
