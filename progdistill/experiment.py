@@ -160,27 +160,27 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
                     changes = [f"config.json no longer matches the hash in {digest.name}; it was edited"]
                 raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
                                   "choose another --out or pass --overwrite to replace them")
-            for name in OUTPUTS:
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            _remove_outputs(out)
     elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         if not data_changed:  # never delete in a directory that is not ours, even with --overwrite
             raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
                               "choose another --out (--overwrite replaces only progdistill runs)")
-        for name in OUTPUTS:  # --overwrite on a run whose data changed: drop its results
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        _remove_outputs(out)  # --overwrite on a run whose data changed: drop its results
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, config.to_dict())
     atomic_write_text(digest, config_hash(config) + "\n")
     if data_digest is not None:
         atomic_write_text(data, data_digest + "\n")
+
+
+def _remove_outputs(out: Path) -> None:
+    """Delete what a run writes into ``out`` (:data:`OUTPUTS`), nothing else."""
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _is_run_config(data: Any) -> bool:
@@ -322,10 +322,7 @@ def _check_k_shot_points(config: ExperimentConfig) -> None:
         return  # thinning decides later which steps survive; checked against the trajectory then
     for i, sched in enumerate(config.schedules):
         if isinstance(sched, KShot):
-            try:
-                sched.validate(planned)
-            except ConfigError as exc:  # name the field as --set takes it
-                raise ConfigError(str(exc).replace("schedule.points", f"schedules.{i}.points", 1)) from None
+            sched.validate(planned, field=f"schedules.{i}.points")  # named as --set takes it
 
 
 def _member_state(model, m: int, size: int) -> dict:
@@ -363,7 +360,7 @@ def load_model(config: ExperimentConfig, out: str | Path, which: str, step: int 
     return model.eval().requires_grad_(False)
 
 
-def _finished_results(out: Path) -> dict[str, Any] | None:
+def finished_results(out: Path) -> dict[str, Any] | None:
     """The results.json of a run that finished before, or None (absent or unreadable)."""
     try:
         return json.loads((out / "results.json").read_text())
@@ -394,7 +391,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         finally:
             barrier()  # workers wait until the directory is claimed (or the claim failed)
         _prepare(config, out)
-        previous = _finished_results(out)
+        previous = finished_results(out)
         if previous is not None:
             try:  # a teacher deleted since is retrained, and then nothing is "unchanged"
                 previous = previous if Trajectory(out / "teacher").complete else None

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .experiment import load_config, load_model, student_name
+from .experiment import finished_results, load_config, load_model, student_name
 from .lock import RunLock
 from .metrics import read_metrics
 from .monomials import _check_degrees, mlp_class1_probability, monomial_correlations
@@ -229,11 +229,9 @@ def _refresh_report(run_dir: Path) -> None:
     run's recorded wall time is kept)."""
     from .report import write_report
 
-    try:
-        wall = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["wall_time_s"]
-    except (OSError, ValueError, KeyError):
-        return  # not finished (or unreadable): `run` writes the report when it ends
-    write_report(run_dir, wall_time_s=wall)
+    previous = finished_results(run_dir)
+    if previous is not None and "wall_time_s" in previous:  # else `run` writes the report when it ends
+        write_report(run_dir, wall_time_s=previous["wall_time_s"])
 
 
 def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log,

@@ -123,12 +123,13 @@ class KShot:
         first = [f"{name(c)} for {n} student steps" for c, n in self.points[:-1]]
         return ", then ".join(first + [f"{name(self.points[-1][0])} for the rest of the run"])
 
-    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+    def validate(self, checkpoint_steps: Sequence[int], field: str = "schedule.points") -> None:
+        """Raise ``ConfigError`` naming ``field``.I.0 for a point whose checkpoint is not in ``checkpoint_steps``."""
         available = set(checkpoint_steps)
         _final(checkpoint_steps)
         for i, (ckpt, _) in enumerate(self.points):
             if ckpt != FINAL and ckpt not in available:
-                raise ConfigError(f"schedule.points.{i}.0={ckpt} names a checkpoint that the teacher "
+                raise ConfigError(f"{field}.{i}.0={ckpt} names a checkpoint that the teacher "
                                   f"trajectory does not have; available steps: {sorted(available)}")
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
