@@ -23,6 +23,7 @@ EPILOG = """examples:
   progdistill run runs/parity-mlp/config.json --out runs/again
   progdistill run pcfg-mlm --seeds 3 --out runs/pcfg-mlm
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
+  progdistill probe oracle runs/pcfg-mlm
 """
 
 
@@ -79,6 +80,14 @@ def cmd_probe_ngram(args) -> int:
     summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows),
                           hiding=args.hiding)
     print(json.dumps({k: v for k, v in summary.items() if k != "students"}, indent=2))
+    return 0
+
+
+def cmd_probe_oracle(args) -> int:
+    from .probes import probe_oracle
+
+    summary = probe_oracle(args.run_dir, windows=tuple(args.windows))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -179,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "'attention' also sets its attention mask to 0, as the authors' released probe does, "
                         "and writes probes/ngram-attention* beside the default results")
     p.set_defaults(func=cmd_probe_ngram)
+    p = probe.add_parser("oracle", help="M_robust / M_close of the grammar's Bayes-optimal masked LM (exact, by the "
+                                        "inside algorithm) on the sentences and positions `probe ngram` uses: "
+                                        "where a teacher's n-gram probes end as its loss reaches the grammar's "
+                                        "entropy; writes RUN_DIR/probes/ngram-oracle-summary.json and adds it to "
+                                        "the n-gram figure and summary.md (pcfg-mlm runs; ~1-2 min for the "
+                                        "CPU preset)")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm)")
+    p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
+                   help="n-gram window sizes, odd integers >= 3 (default 3 5 7)")
+    p.set_defaults(func=cmd_probe_oracle)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")
     ablate = p.add_subparsers(dest="ablation", required=True)

@@ -156,14 +156,51 @@ def inside_log_probability(grammar: Grammar, tokens) -> float:
     """
     g = _binarise(grammar)
     tokens = _check_tokens(grammar, tokens)
+    return _inside(grammar, g.lexical[tokens]) if len(tokens) else -np.inf
+
+
+def masked_posterior(grammar: Grammar, tokens, hidden, position: int) -> np.ndarray:
+    """The Bayes-optimal masked-LM prediction at ``position``: P(token = t | every visible token, the sentence
+    length) under ``grammar``, for each terminal t; shape (T,), summing to 1.
+
+    ``tokens``: 1-D terminal ids of the sentence (the values at hidden positions are ignored); ``hidden``:
+    positions whose tokens are unknown (``position`` is hidden whatever ``hidden`` says). A hidden leaf is summed
+    over every terminal in the inside algorithm, and the T candidates for ``position`` take one pass each
+    (cost: T inside passes). This is the predictor every masked LM of the grammar approaches as its loss reaches
+    the grammar's entropy, so its n-gram dependence (PAPER.md section 2, M_robust / M_close) is where a
+    converged model's probes end. Raises ``ValueError`` for a position outside the sentence or bad token ids,
+    and when the visible tokens have probability 0 under the grammar.
+    """
+    g = _binarise(grammar)
+    tokens = _check_tokens(grammar, tokens)
     n = len(tokens)
-    if n == 0:
-        return -np.inf
+    unknown = np.zeros(n, dtype=bool)
+    for i in [*hidden, position]:
+        if not (isinstance(i, (int, np.integer)) and 0 <= i < n):
+            raise ValueError(f"position {i!r} is outside the sentence: allowed 0..{n - 1}")
+        unknown[i] = True
+    cell = g.lexical[tokens]
+    cell[unknown] = g.lexical.sum(axis=0)
+    log_p = np.empty(len(g.lexical))
+    for t in range(len(g.lexical)):
+        cell[position] = g.lexical[t]
+        log_p[t] = _inside(grammar, cell)
+    if not np.isfinite(log_p.max()):
+        raise ValueError("the visible tokens have probability 0 under the grammar (not a sentence of it)")
+    p = np.exp(log_p - log_p.max())
+    return p / p.sum()
+
+
+def _inside(grammar: Grammar, cell: np.ndarray) -> float:
+    """Log of the summed probability of every tree over n leaves whose leaf i is weighted by ``cell[i]``
+    ((n, S): for each symbol, the probability of its lexical rule at that leaf, e.g. ``lexical[token]``; a
+    hidden leaf sums the lexical rows over all terminals). -inf when no tree has positive weight."""
+    g = _binarise(grammar)
+    n = len(cell)
     # chart[i, l] holds the inside probabilities of span [i, i+l) divided by exp(scale[i, l]) (max 1 per cell).
     chart = np.zeros((n + 1, n + 1, g.num_symbols))
     scale = np.full((n + 1, n + 1), -np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cell = g.lexical[tokens]                                                   # (n, S)
         top = cell.max(axis=1)
         chart[:n, 1], scale[:n, 1] = cell / np.where(top > 0, top, 1)[:, None], np.log(top)
         for length in range(2, n + 1):

@@ -80,7 +80,8 @@ def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabular
 
     ``sentences``: token-id sequences (terminals only); ``windows``: odd window sizes >= 3. Returns
     ``{"M_robust/3": {"median", "q25", "q75", "mean"}, "M_close/3": {...}, ...}`` -- total-variation distances
-    in [0, 1]. ``hiding``: "token" or "attention" (module docstring). Raises ``ValueError`` for an even or
+    in [0, 1] -- and ``"cross_entropy"``, the same quantiles of the base prediction's cross-entropy (nats) on
+    the true token. ``hiding``: "token" or "attention" (module docstring). Raises ``ValueError`` for an even or
     too small window, an unknown ``hiding`` or no sentences.
     """
     check_windows(windows)
@@ -104,21 +105,9 @@ def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maska
     check_windows(windows)
     check_hiding(hiding)
     sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
-    base = ids[sent].clone()  # (P, L)
+    base = ids[sent]  # (P, L)
     att = attention[sent]
-    rows = torch.arange(len(base))
-    base[rows, pos] = mask_id
-    index = torch.arange(ids.shape[1])[None, :]  # (1, L)
-    terminal = maskable[sent].clone()
-    terminal[rows, pos] = True  # the masked position itself
-    hidden = torch.zeros_like(base, dtype=torch.bool)
-    hidden[rows, pos] = True
-    variants = [hidden]  # which positions each variant masks: (P, L) bool each
-    for w in windows:
-        r = w // 2
-        inside = (index >= (pos - r)[:, None]) & (index <= (pos + r)[:, None]) & terminal
-        variants.append(hidden | inside)                    # M_robust: mask the window
-        variants.append(hidden | (terminal & ~inside))      # M_close: only the window stays
+    variants = _hidden_variants(maskable, where, windows)
     was_training = model.training
     model.eval()
     masked = torch.cat(variants)
@@ -129,12 +118,69 @@ def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maska
     att = att.to(device)
     probs = _distributions(model, inputs, att, pos.repeat(len(variants)).to(device)).view(len(variants), len(base), -1)
     model.train(was_training)
+    return _scores(probs, windows, base[torch.arange(len(base)), pos])
+
+
+def _hidden_variants(maskable: torch.Tensor, where: NgramPositions, windows: Sequence[int]) -> list[torch.Tensor]:
+    """Which positions each probe input hides, (P, L) bool each: the base (p alone), then for every window
+    M_robust (p and the window) and M_close (p and every ordinary token outside the window)."""
+    sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
+    rows = torch.arange(len(sent))
+    index = torch.arange(maskable.shape[1])[None, :]  # (1, L)
+    terminal = maskable[sent].clone()
+    terminal[rows, pos] = True  # the masked position itself
+    hidden = torch.zeros_like(terminal)
+    hidden[rows, pos] = True
+    variants = [hidden]
+    for w in windows:
+        r = w // 2
+        inside = (index >= (pos - r)[:, None]) & (index <= (pos + r)[:, None]) & terminal
+        variants.append(hidden | inside)                    # M_robust: mask the window
+        variants.append(hidden | (terminal & ~inside))      # M_close: only the window stays
+    return variants
+
+
+def _scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Quantiles of the TV distance of each variant's prediction from the base's (``probs``: (variants, P, V)),
+    and of the base prediction's cross-entropy (nats) on the true tokens ``truth`` (P,)."""
     out = {}
     for k, w in enumerate(windows):
         for j, name in enumerate(("M_robust", "M_close")):
             tv = 0.5 * (probs[0] - probs[1 + 2 * k + j]).abs().sum(-1)
             out[f"{name}/{w}"] = _quantiles(tv.cpu().numpy())
+    true_p = probs[0, torch.arange(len(truth)), truth.to(probs.device)].double().clamp(min=1e-300)
+    out["cross_entropy"] = _quantiles((0.0 - true_p.log()).cpu().numpy())  # 0.0 - : no -0.0
     return out
+
+
+def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
+                               windows: Sequence[int] = WINDOWS, progress: bool = False) -> dict[str, dict[str, float]]:
+    """M_robust and M_close of the Bayes-optimal masked LM of ``grammar`` -- the exact posterior of the token
+    at p given the visible tokens (:func:`progdistill.pcfg_parser.masked_posterior`) -- at the same inputs
+    and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss reaches the grammar's
+    entropy.
+
+    ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...`` (:func:`~progdistill.masked_lm.pad_sentences`);
+    ``maskable`` (B, L): their terminal positions. Returns the dict of :func:`ngram_dependence` (its
+    ``"cross_entropy"`` is the grammar's own uncertainty about a token with it alone hidden). Cost: (1 + 2 * len(windows)) * T inside passes per position, ~10 ms each for a 130-token sentence.
+    Raises ``ValueError`` for a bad window, and when a sentence is not in the grammar's language.
+    """
+    from tqdm.auto import tqdm
+
+    from .pcfg_parser import masked_posterior
+
+    check_windows(windows)
+    variants = torch.stack(_hidden_variants(maskable, where, windows))  # (variants, P, L)
+    probs = torch.zeros(len(variants), len(where.sentence), len(grammar.terminals), dtype=torch.float64)
+    for i in tqdm(range(len(where.sentence)), desc="oracle n-gram probe", unit="position", disable=not progress):
+        row = ids[where.sentence[i]]
+        terminal = maskable[where.sentence[i]]
+        tokens = row[terminal].numpy()  # the sentence; terminal positions are 1..n (BOS at 0)
+        p = int(where.position[i]) - 1
+        for v in range(len(variants)):
+            hidden = (variants[v, i][terminal]).nonzero().flatten().tolist()
+            probs[v, i] = torch.from_numpy(masked_posterior(grammar, tokens, hidden, p))
+    return _scores(probs, windows, ids[torch.from_numpy(where.sentence), torch.from_numpy(where.position)])
 
 
 def check_windows(windows: Sequence[int]) -> None:

@@ -236,7 +236,7 @@ def _refresh_report(run_dir: Path) -> None:
 
 def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log,
                  hiding: str = "token") -> dict[str, Any]:
-    from .pcfg_probes import WINDOWS, ngram_dependence_at, nonterminal_probe, probe_positions
+    from .pcfg_probes import ngram_dependence_at, nonterminal_probe
 
     task = config.task
     trajectory = Trajectory(run_dir / "teacher")
@@ -244,18 +244,8 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
         raise ConfigError(f"{run_dir / 'teacher'} has no checkpoints to probe")
     out = run_dir / "probes"
     out.mkdir(exist_ok=True)
-    gen = torch.Generator().manual_seed(PROBE_SEED)
-    ids, attention, maskable, mask_id = task.ngram_inputs(NGRAM_SEQUENCES, gen)
-    longest = int(attention.sum(dim=1).max())
-    for w in windows:
-        if w > longest:
-            raise ValueError(f"window {w} is longer than every probed sequence (at most {longest} tokens); allowed: "
-                             f"odd sizes from 3 to {longest - 1 + longest % 2}")
-    where = probe_positions(maskable)
-    # The run's own results (windows 3 5 7, MASK tokens) are probes/ngram.*; any other setting gets its own
-    # name beside them instead of replacing them.
-    name = "ngram" + ("" if hiding == "token" else f"-{hiding}") + \
-        ("" if tuple(windows) == WINDOWS else "-windows-" + "-".join(map(str, windows)))
+    gen, ids, attention, maskable, mask_id, where = _ngram_inputs(task, windows)
+    name = _ngram_name("ngram" + ("" if hiding == "token" else f"-{hiding}"), windows)
     grammar = hasattr(task, "load_grammar") and hiding == "token"  # the non-terminal probe masks nothing
     if grammar:
         train_sentences = task.sample_sentences(NONTERMINAL_TRAIN, gen)
@@ -287,7 +277,7 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     summary = {**_summarize_ngram(records, windows, config), "hiding": hiding}
     atomic_write_json(out / f"{name}-summary.json", summary)
-    _plot_ngram(records, summary, windows, out / f"{name}.png", config.preset)
+    _plot_ngram(records, summary, windows, out / f"{name}.png", config.preset, _oracle_scores(out, windows))
     written = [out / f"{name}.jsonl", out / f"{name}-summary.json", out / f"{name}.png"]
     if grammar:
         _plot_nonterminals(records, config, out / "nonterminals.png")
@@ -295,6 +285,82 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     partial.unlink()
     log(f"wrote {', '.join(map(str, written))}")
     return summary
+
+
+def _ngram_inputs(task, windows: tuple[int, ...]):
+    """The probe's sequences and positions, the same for every model and for the oracle: (generator, ids,
+    attention, maskable, mask id, positions); the generator continues to the non-terminal probe's sentences.
+    Raises ``ValueError`` for a window longer than every sequence."""
+    from .pcfg_probes import probe_positions
+
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    ids, attention, maskable, mask_id = task.ngram_inputs(NGRAM_SEQUENCES, gen)
+    longest = int(attention.sum(dim=1).max())
+    for w in windows:
+        if w > longest:
+            raise ValueError(f"window {w} is longer than every probed sequence (at most {longest} tokens); allowed: "
+                             f"odd sizes from 3 to {longest - 1 + longest % 2}")
+    return gen, ids, attention, maskable, mask_id, probe_positions(maskable)
+
+
+def _ngram_name(stem: str, windows: tuple[int, ...]) -> str:
+    """The run's own results (windows 3 5 7) are probes/<stem>.*; other windows get their own name beside them
+    instead of replacing them."""
+    from .pcfg_probes import WINDOWS
+
+    return stem + ("" if tuple(windows) == WINDOWS else "-windows-" + "-".join(map(str, windows)))
+
+
+def _oracle_scores(out: Path, windows: tuple[int, ...]) -> dict[str, Any] | None:
+    """The Bayes-optimal predictor's scores for these windows (``probe_oracle``), when they were computed."""
+    path = out / f"{_ngram_name('ngram-oracle', windows)}-summary.json"
+    return json.loads(path.read_text(encoding="utf-8"))["scores"] if path.exists() else None
+
+
+def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=print) -> dict[str, Any]:
+    """M_robust / M_close of the Bayes-optimal masked LM of a PCFG run's grammar, on the sentences and
+    positions ``probe_ngram`` uses: the exact posterior of the token at p given the visible tokens, by the
+    inside algorithm (:func:`progdistill.pcfg_probes.oracle_ngram_dependence_at`). This is where a teacher's
+    n-gram probes end as its loss reaches the grammar's entropy (PAPER.md section 2: the fall of M_robust after
+    the sharp drop is the model moving towards it).
+
+    Writes ``probes/ngram-oracle-summary.json`` (scores per window, the cross-entropy of the optimal
+    prediction with one token hidden, settings), which the run's results.json / summary.md and the n-gram
+    figure pick up (the figure is redrawn when the n-gram probe has run). Takes ~1-2 minutes for ``pcfg-mlm``
+    and ~10 for cfg3b on 2 cores. Raises ``ConfigError`` for a run that is not ``pcfg-mlm`` and ``ValueError``
+    for a bad window.
+    """
+    from .pcfg_probes import check_windows, oracle_ngram_dependence_at
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.json")
+    if config.task.kind != "pcfg-mlm":
+        raise ConfigError(f"the oracle n-gram probe needs a PCFG masked LM run (pcfg-mlm), whose grammar defines "
+                          f"the optimal predictor; {run_dir} has task {config.task.kind!r}")
+    check_windows(windows)
+    windows = tuple(windows)
+    with RunLock(run_dir):
+        out = run_dir / "probes"
+        out.mkdir(exist_ok=True)
+        _, ids, _, maskable, _, where = _ngram_inputs(config.task, windows)
+        scores = oracle_ngram_dependence_at(config.task.load_grammar(), ids, maskable, where, windows, progress=True)
+        key = f"M_robust/{min(windows)}"
+        summary = {"metric": key, "median": scores[key]["median"], "scores": scores,
+                   "settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
+                                "positions": len(where.sentence)}}
+        name = _ngram_name("ngram-oracle", windows)
+        atomic_write_json(out / f"{name}-summary.json", summary)
+        written = [out / f"{name}-summary.json"]
+        for stem in ("ngram", "ngram-attention"):  # redraw the model probes' figures with the oracle in them
+            model_name = _ngram_name(stem, windows)
+            if (out / f"{model_name}.jsonl").exists() and (out / f"{model_name}-summary.json").exists():
+                records = [json.loads(line) for line in (out / f"{model_name}.jsonl").read_text().splitlines()]
+                model_summary = json.loads((out / f"{model_name}-summary.json").read_text(encoding="utf-8"))
+                _plot_ngram(records, model_summary, windows, out / f"{model_name}.png", config.preset, scores)
+                written.append(out / f"{model_name}.png")
+        _refresh_report(run_dir)
+        log(f"wrote {', '.join(map(str, written))}")
+        return summary
 
 
 def _summarize_ngram(records: list[dict], windows: tuple[int, ...], config) -> dict[str, Any]:
@@ -334,9 +400,12 @@ def _summarize_ngram(records: list[dict], windows: tuple[int, ...], config) -> d
     return summary
 
 
-def _plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset: str) -> None:
+def _plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset: str,
+                oracle: dict[str, Any] | None = None) -> None:
     """Left: the teacher's validation loss with its detected phases shaded. Right: median M_robust (solid) and
-    M_close (dashed) over the teacher's checkpoints, one colour per window size, log scale."""
+    M_close (dashed) over the teacher's checkpoints, one colour per window size, log scale; with ``oracle``
+    (``probe_oracle``'s scores) the Bayes-optimal predictor's medians as dotted levels and in a note (a median
+    of 0 cannot be drawn on the log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -362,6 +431,15 @@ def _plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset:
                            label=f"M_robust, {w}-gram")
         right.plot(steps, [max(r["ngram"][f"M_close/{w}"]["median"], 1e-6) for r in teacher], ls="--",
                    color=line.get_color(), label=f"M_close, {w}-gram")
+        for score in ("M_robust", "M_close") if oracle else ():
+            if oracle[f"{score}/{w}"]["median"] > 1e-6:
+                right.axhline(oracle[f"{score}/{w}"]["median"], ls=":", lw=1, color=line.get_color())
+    if oracle:
+        note = "\n".join(f"{score}: " + " / ".join(f"{oracle[f'{score}/{w}']['median']:.3g}" for w in windows)
+                         for score in ("M_robust", "M_close"))
+        right.text(0.02, 0.02, f"Bayes-optimal predictor (dotted), median\nfor {' / '.join(map(str, windows))}-grams:\n"
+                   + note, transform=right.transAxes, fontsize=7, va="bottom",
+                   bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
     right.set_yscale("log")
     right.set_ylabel("median total-variation distance")
     right.set_title("n-gram dependence of the teacher's predictions"

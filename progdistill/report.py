@@ -85,6 +85,15 @@ def summary_markdown(results: dict[str, Any]) -> str:
         lines += [f"With masked tokens also hidden from attention (`--hiding attention`, the authors' probe), the "
                   f"teacher's median {hidden['metric']} peaks at step {hidden['peak_step']} "
                   f"({hidden['peak_median']:.4f}); final checkpoint {hidden['final_median']:.4f}.", ""]
+    oracle = results.get("probes", {}).get("ngram-oracle")
+    if oracle:
+        scores = oracle["scores"]
+        lines += [f"The grammar's Bayes-optimal masked LM (exact posterior by the inside algorithm, same sentences "
+                  f"and positions; `progdistill probe oracle`): median {oracle['metric']} {oracle['median']:.4f}, "
+                  "median M_close " + ", ".join(f"{k.split('/')[1]}-gram {v['median']:.4f}" for k, v in scores.items()
+                                                if k.startswith("M_close/"))
+                  + f"; its cross-entropy with one token hidden is {scores['cross_entropy']['mean']:.4f} nats "
+                  "(mean). A converged teacher's probes end there.", ""]
     generation = results.get("probes", {}).get("generation")
     if generation:
         lines += ["## Generations the grammar accepts", "",

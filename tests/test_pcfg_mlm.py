@@ -168,7 +168,8 @@ def test_ngram_dependence_on_planted_models():
         assert bigram[f"M_robust/{w}"]["median"] > 0.1  # masking the window removes it
         assert 0 <= bigram[f"M_robust/{w}"]["q25"] <= bigram[f"M_robust/{w}"]["q75"] <= 1
     constant = ngram_dependence(_Constant(), sentences, vocab)
-    assert all(v["median"] == 0 for v in constant.values())
+    assert all(v["median"] == 0 for k, v in constant.items() if k.startswith("M_"))
+    assert constant["cross_entropy"]["median"] == pytest.approx(np.log(7))  # uniform over the 7 ids
     with pytest.raises(ValueError, match="window 4"):
         ngram_dependence(_Constant(), sentences, vocab, windows=(4,))
 
@@ -187,7 +188,7 @@ def test_ngram_hiding_token_vs_attention_mask():
     vocab = Vocabulary(("a", "b", "c"))
     sentences = [s.tokens for s in TASK.sample_sentences(8, generator(0, "probe"))]
     token = ngram_dependence(_CountsVisible(), sentences, vocab, windows=(3,), hiding="token")
-    assert all(v["median"] == 0 for v in token.values())
+    assert all(v["median"] == 0 for k, v in token.items() if k.startswith("M_"))
     hidden = ngram_dependence(_CountsVisible(), sentences, vocab, windows=(3,), hiding="attention")
     assert hidden["M_robust/3"]["median"] > 0 and hidden["M_close/3"]["median"] > hidden["M_robust/3"]["median"]
     bigram = _Bigram(vocab.size)  # reads ids only: both ways of masking give the same scores
@@ -298,6 +299,18 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert (probes / "ngram-windows-3-summary.json").exists()
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["probes"]) == {"ngram", "ngram-windows-3"}  # the report follows probes/
+    # The grammar's Bayes-optimal predictor on the same sentences and positions, added to the report.
+    assert main(["probe", "oracle", str(tmp_path / "run"), "--windows", "2"]) == 2
+    assert "window 2" in capsys.readouterr().err
+    assert main(["probe", "oracle", str(tmp_path / "run")]) == 0
+    oracle = json.loads((probes / "ngram-oracle-summary.json").read_text())
+    assert oracle["settings"]["positions"] > 0 and set(oracle["scores"]) == {
+        "M_robust/3", "M_close/3", "M_robust/5", "M_close/5", "M_robust/7", "M_close/7", "cross_entropy"}
+    assert 0 <= oracle["median"] <= 1 and oracle["scores"]["cross_entropy"]["mean"] >= 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["probes"]["ngram-oracle"] == oracle
+    assert "Bayes-optimal masked LM" in (tmp_path / "run" / "summary.md").read_text()
+    assert "cross_entropy" in json.loads((probes / "ngram.jsonl").read_text().splitlines()[0])["ngram"]
 
 
 def _tiny_config(task=TASK, **student):
@@ -370,3 +383,14 @@ def test_cli_refuses_a_file_as_out_and_bad_export_requests(tmp_path, capsys):
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--which", "ce-seed0", "--step", "10"]) == 2
     assert main(["export", str(tmp_path / "run"), str(afile)]) == 2
     assert not (tmp_path / "hf").exists()
+
+
+def test_oracle_probe_needs_a_grammar_run(tmp_path, capsys):
+    from progdistill.cli import main
+    from progdistill.presets import get_preset
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(get_preset("parity-mlp").to_dict()))
+    assert main(["probe", "oracle", str(tmp_path / "run")]) == 2
+    assert "needs a PCFG masked LM run (pcfg-mlm)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]  # nothing written

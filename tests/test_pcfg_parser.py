@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from progdistill.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
-from progdistill.pcfg_parser import inside_log_probability, most_likely_parse, tree_log_probability
+from progdistill.pcfg_parser import (inside_log_probability, masked_posterior, most_likely_parse,
+                                      tree_log_probability)
 from progdistill.pcfg_sampler import sample_sentences
 
 # "a b a" has two trees: s(x(a b) a) with 0.6 * 0.8 * 0.5^3 = 0.06 and s(a x(b a)) with 0.4 * 0.8 * 0.5^3 = 0.04.
@@ -109,3 +110,99 @@ def test_errors():
         tree_log_probability(g, [0, 1, 0], [(-1, 0, 3)])
     with pytest.raises(ValueError, match="do not tile"):
         tree_log_probability(g, [0, 1, 0], [(0, 0, 3), (1, 0, 2), (2, 0, 1), (2, 1, 2)])
+
+
+def _language(grammar):
+    """Every sentence of an acyclic grammar with its probability, by expanding all derivations: {tokens: p}."""
+    from progdistill.grammar import Terminal
+
+    def expand(symbol):
+        if isinstance(symbol, Terminal):
+            return {(grammar.terminals.index(symbol.name),): 1.0}
+        out = {}
+        for rule in (r for r in grammar.rules if r.lhs == symbol):
+            parts = {(): rule.probability}
+            for s in rule.rhs:
+                longer = {}
+                for a, pa in parts.items():
+                    for b, pb in expand(s).items():
+                        longer[a + b] = longer.get(a + b, 0.0) + pa * pb
+                parts = longer
+            for k, v in parts.items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+    return expand(grammar.start)
+
+
+# Ambiguous trees (b and a both emit 'a') and lengths 4-6 with several tree shapes each: what a hidden token
+# could be depends on the tree, so the posterior at one position depends on the others.
+AMBIGUOUS = ("s -> x y [0.7]\ns -> y x [0.3]\nx -> a b [0.6]\nx -> b a b [0.4]\ny -> b b [0.5]\n"
+             "y -> a a a [0.5]\na -> 'a' [0.9]\na -> 'c' [0.1]\nb -> 'b' [0.5]\nb -> 'a' [0.5]\n")
+
+
+def _conditional(language, tokens, hidden, position, num_terminals):
+    """P(token at position | the tokens outside ``hidden``, the length), by summing over the whole language."""
+    visible = [i for i in range(len(tokens)) if i != position and i not in hidden]
+    out = np.zeros(num_terminals)
+    for other, p in language.items():
+        if len(other) == len(tokens) and all(other[i] == tokens[i] for i in visible):
+            out[other[position]] += p
+    return out / out.sum()
+
+
+def test_masked_posterior_equals_brute_force_conditioning_over_the_whole_language():
+    g = parse_grammar(AMBIGUOUS)
+    language = _language(g)
+    assert sum(language.values()) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    sentences = sorted(language)
+    checked = 0
+    for idx in rng.choice(len(sentences), size=25, replace=False):
+        tokens = sentences[idx]
+        n = len(tokens)
+        for _ in range(3):
+            position = int(rng.integers(n))
+            hidden = sorted(set(rng.choice(n, size=int(rng.integers(0, n)), replace=False).tolist()) - {position})
+            got = masked_posterior(g, list(tokens), hidden, position)
+            np.testing.assert_allclose(got, _conditional(language, tokens, hidden, position, 3), atol=1e-12)
+            checked += 1
+    assert checked == 75
+
+
+def test_masked_posterior_rejects_positions_outside_the_sentence_and_impossible_contexts():
+    g = parse_grammar(TOY)
+    with pytest.raises(ValueError, match="outside the sentence: allowed 0..2"):
+        masked_posterior(g, [0, 1, 0], [], 3)
+    with pytest.raises(ValueError, match="outside the sentence"):
+        masked_posterior(g, [0, 1, 0], [-1], 0)
+    with pytest.raises(ValueError, match="probability 0"):
+        masked_posterior(g, [0, 1], [], 0)  # TOY has no 2-token sentence
+
+
+def test_oracle_ngram_probe_equals_brute_force_on_every_position():
+    """The oracle probe's M_robust / M_close / cross-entropy, from padded ids and probe positions (BOS at 0), equal
+    direct conditioning over the language at the same sentence positions."""
+    from progdistill.masked_lm import Vocabulary, pad_sentences
+    from progdistill.pcfg_probes import oracle_ngram_dependence_at, probe_positions
+
+    g = parse_grammar(AMBIGUOUS)
+    language = _language(g)
+    sentences = sorted(language)[::7]
+    ids, _ = pad_sentences(sentences, Vocabulary(g.terminals))
+    maskable = ids < 3
+    where = probe_positions(maskable, per_sentence=3)
+    got = oracle_ngram_dependence_at(g, ids, maskable, where, windows=(3,))
+    robust, close, nll = [], [], []
+    for s, q in zip(where.sentence, where.position):
+        tokens, p = sentences[s], int(q) - 1
+        n = len(tokens)
+        window = {i for i in (p - 1, p, p + 1) if 0 <= i < n}
+        base = _conditional(language, tokens, [], p, 3)
+        robust.append(0.5 * np.abs(base - _conditional(language, tokens, window, p, 3)).sum())
+        close.append(0.5 * np.abs(base - _conditional(language, tokens, set(range(n)) - window, p, 3)).sum())
+        nll.append(-np.log(base[tokens[p]]))
+    for key, values in (("M_robust/3", robust), ("M_close/3", close), ("cross_entropy", nll)):
+        assert got[key]["median"] == pytest.approx(float(np.median(values)), abs=1e-9)
+        assert got[key]["mean"] == pytest.approx(float(np.mean(values)), abs=1e-9)
+    assert max(robust) > 0.05 and max(close) > 0.05  # the check has something to compare
