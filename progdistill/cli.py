@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "inside algorithm) on the sentences and positions `probe ngram` uses: "
                                         "where a teacher's n-gram probes end as its loss reaches the grammar's "
                                         "entropy; writes RUN_DIR/probes/ngram-oracle-summary.json and adds it to "
-                                        "the n-gram figure and summary.md (pcfg-mlm runs; ~1-2 min for the "
+                                        "the n-gram figure and summary.md (pcfg-mlm runs; ~2 min for the "
                                         "CPU preset)")
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm)")
     p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],

@@ -183,6 +183,35 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
     return _scores(probs, windows, ids[torch.from_numpy(where.sentence), torch.from_numpy(where.position)])
 
 
+def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator,
+                          per_sentence: int = 8) -> dict[str, float]:
+    """Cross-entropy (nats) of the grammar's Bayes-optimal masked LM when each token is hidden with probability
+    ``mask_rate``: the floor of a masked LM's loss on the grammar (for BERT's 80/10/10 rule, approximately:
+    there 10% of the selected tokens stay visible and 10% are replaced by random terminals).
+
+    For each sentence the hidden set is drawn from ``rng``; the exact posterior (inside algorithm) is scored at
+    up to ``per_sentence`` of its hidden positions (an unbiased sample of them; cost T inside passes each).
+    Returns ``{"mean", "std_error", "positions", "mask_rate"}``. Raises ``ValueError`` for a mask rate outside
+    (0, 1) or a sentence that is not in the grammar's language.
+    """
+    from .pcfg_parser import masked_posterior
+
+    if not 0 < mask_rate < 1:
+        raise ValueError(f"mask_rate={mask_rate!r} is invalid: must lie in (0, 1)")
+    nll = []
+    for tokens in sentences:
+        tokens = np.asarray(tokens)
+        hidden = np.flatnonzero(rng.random(len(tokens)) < mask_rate)
+        if not len(hidden):
+            continue
+        for p in rng.choice(hidden, size=min(per_sentence, len(hidden)), replace=False):
+            posterior = masked_posterior(grammar, tokens, hidden.tolist(), int(p))
+            nll.append(0.0 - np.log(max(posterior[tokens[p]], 1e-300)))
+    nll = np.array(nll)
+    return {"mean": float(nll.mean()), "std_error": float(nll.std(ddof=1) / np.sqrt(len(nll))),
+            "positions": int(len(nll)), "mask_rate": float(mask_rate)}
+
+
 def check_windows(windows: Sequence[int]) -> None:
     """Raise ``ValueError`` unless ``windows`` is a non-empty list of distinct odd integers >= 3."""
     if len(windows) == 0:

@@ -93,7 +93,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
                   "median M_close " + ", ".join(f"{k.split('/')[1]}-gram {v['median']:.4f}" for k, v in scores.items()
                                                 if k.startswith("M_close/"))
                   + f"; its cross-entropy with one token hidden is {scores['cross_entropy']['mean']:.4f} nats "
-                  "(mean). A converged teacher's probes end there.", ""]
+                  f"(mean), and with {oracle['masked_lm_loss']['mask_rate']:.0%} of the tokens hidden "
+                  f"{oracle['masked_lm_loss']['mean']:.4f} +/- {oracle['masked_lm_loss']['std_error']:.4f} nats "
+                  "(the floor of the validation loss). A converged teacher's probes end there.", ""]
     generation = results.get("probes", {}).get("generation")
     if generation:
         lines += ["## Generations the grammar accepts", "",

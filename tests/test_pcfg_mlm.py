@@ -307,6 +307,7 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert oracle["settings"]["positions"] > 0 and set(oracle["scores"]) == {
         "M_robust/3", "M_close/3", "M_robust/5", "M_close/5", "M_robust/7", "M_close/7", "cross_entropy"}
     assert 0 <= oracle["median"] <= 1 and oracle["scores"]["cross_entropy"]["mean"] >= 0
+    assert oracle["masked_lm_loss"]["positions"] > 0 and oracle["masked_lm_loss"]["mean"] > 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["probes"]["ngram-oracle"] == oracle
     assert "Bayes-optimal masked LM" in (tmp_path / "run" / "summary.md").read_text()

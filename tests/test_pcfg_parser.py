@@ -206,3 +206,22 @@ def test_oracle_ngram_probe_equals_brute_force_on_every_position():
         assert got[key]["median"] == pytest.approx(float(np.median(values)), abs=1e-9)
         assert got[key]["mean"] == pytest.approx(float(np.mean(values)), abs=1e-9)
     assert max(robust) > 0.05 and max(close) > 0.05  # the check has something to compare
+
+
+def test_oracle_masked_lm_loss_equals_brute_force_for_the_same_hidden_sets():
+    from progdistill.pcfg_probes import oracle_masked_lm_loss
+
+    g = parse_grammar(AMBIGUOUS)
+    language = _language(g)
+    sentences = sorted(language)[::5]
+    got = oracle_masked_lm_loss(g, sentences, 0.4, np.random.default_rng(3), per_sentence=2)
+    rng, nll = np.random.default_rng(3), []  # the same draws, scored by conditioning over the language
+    for tokens in sentences:
+        hidden = np.flatnonzero(rng.random(len(tokens)) < 0.4)
+        if len(hidden):
+            for p in rng.choice(hidden, size=min(2, len(hidden)), replace=False):
+                nll.append(-np.log(_conditional(language, tokens, set(hidden.tolist()), int(p), 3)[tokens[p]]))
+    assert got["positions"] == len(nll) > 20
+    assert got["mean"] == pytest.approx(np.mean(nll), abs=1e-9) and got["mean"] > 0.1
+    with pytest.raises(ValueError, match="mask_rate=1"):
+        oracle_masked_lm_loss(g, sentences, 1, np.random.default_rng(0))
