@@ -395,3 +395,21 @@ def test_oracle_probe_needs_a_grammar_run(tmp_path, capsys):
     assert main(["probe", "oracle", str(tmp_path / "run")]) == 2
     assert "needs a PCFG masked LM run (pcfg-mlm)" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]  # nothing written
+
+
+def test_the_pcfg_mlm_preset_runs_end_to_end_shrunk(tmp_path):
+    """The preset's grammar, models and schedules (progressive at speed 8) on a few steps; 2-shot-auto needs a
+    real transition, so the shrunk run keeps the other three schedules."""
+    from progdistill.presets import get_preset
+
+    preset = get_preset("pcfg-mlm")
+    config = replace(preset, task=replace(preset.task, eval_size=16), seeds=1, schedules=preset.schedules[:3],
+                     teacher=replace(preset.teacher, steps=20, batch_size=4, checkpoint_every=10, eval_every=10),
+                     student=replace(preset.student, steps=4, batch_size=4, eval_every=2))
+    results = run(config, tmp_path / "run", log=lambda *a: None)
+    assert [s["schedule"] for s in results["students"]] == ["ce", "one-shot", "progressive-x8"]
+    progressive = [json.loads(line) for line in
+                   (tmp_path / "run" / "students" / "progressive-x8-seed0" / "metrics.jsonl").read_text().splitlines()]
+    # Speed 8: student step t uses the first checkpoint at or after 8t (records name the step before theirs).
+    assert [(r["step"], r["teacher_checkpoint"]) for r in progressive] == [(0, 10), (2, 10), (4, 20)]
+    assert set(results["probes"]["ngram"]["students"]) == {"ce", "one-shot", "progressive-x8"}
