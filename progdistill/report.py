@@ -89,9 +89,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
     if oracle:
         scores = oracle["scores"]
         lines += [f"The grammar's Bayes-optimal masked LM (exact posterior by the inside algorithm, same sentences "
-                  f"and positions; `progdistill probe oracle`): median {oracle['metric']} {oracle['median']:.4f}, "
-                  "median M_close " + ", ".join(f"{k.split('/')[1]}-gram {v['median']:.4f}" for k, v in scores.items()
-                                                if k.startswith("M_close/"))
+                  f"and positions; `progdistill probe oracle`): median "
+                  + ", ".join(f"{k} {v['median']:.4f}" for k, v in scores.items() if k.startswith("M_"))
                   + f"; its cross-entropy with one token hidden is {scores['cross_entropy']['mean']:.4f} nats "
                   f"(mean), and with {oracle['masked_lm_loss']['mask_rate']:.0%} of the tokens hidden "
                   f"{oracle['masked_lm_loss']['mean']:.4f} +/- {oracle['masked_lm_loss']['std_error']:.4f} nats "
