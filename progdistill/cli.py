@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("probe", help="probes over a finished run's checkpoints (monomial correlations; PCFG "
-                                     "n-gram and non-terminal probes)")
+                                     "n-gram and non-terminal probes; the grammar's optimal predictor)")
     probe = p.add_subparsers(dest="probe", required=True)
     p = probe.add_parser("monomials", help="degree 1..k-1 monomial correlations of every teacher checkpoint "
                                            "(the paper's section 1 mechanism); writes "
@@ -189,11 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "and writes probes/ngram-attention* beside the default results")
     p.set_defaults(func=cmd_probe_ngram)
     p = probe.add_parser("oracle", help="M_robust / M_close of the grammar's Bayes-optimal masked LM (exact, by the "
-                                        "inside algorithm) on the sentences and positions `probe ngram` uses: "
-                                        "where a teacher's n-gram probes end as its loss reaches the grammar's "
-                                        "entropy; writes RUN_DIR/probes/ngram-oracle-summary.json and adds it to "
-                                        "the n-gram figure and summary.md (pcfg-mlm runs; ~2 min for the "
-                                        "CPU preset)")
+                                        "inside algorithm) on the sentences and positions `probe ngram` uses -- "
+                                        "the values a teacher's n-gram probes approach as it converges -- and its "
+                                        "masked-token loss (the floor of the validation loss); writes "
+                                        "RUN_DIR/probes/ngram-oracle-summary.json and adds it to the n-gram figure "
+                                        "and summary.md (pcfg-mlm runs; ~15 s for the CPU preset, minutes for "
+                                        "cfg3b)")
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm)")
     p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
                    help="n-gram window sizes, odd integers >= 3 (default 3 5 7)")
@@ -237,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, OSError, ValueError) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("progdistill: interrupted; finished work is kept (a rerun of the same command resumes or redoes the "
+              "rest)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

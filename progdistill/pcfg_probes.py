@@ -191,7 +191,8 @@ def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate
 
     For each sentence the hidden set is drawn from ``rng``; the exact posterior (inside algorithm) is scored at
     up to ``per_sentence`` of its hidden positions (an unbiased sample of them; cost T inside passes each).
-    Returns ``{"mean", "std_error", "positions", "mask_rate"}``. Raises ``ValueError`` for a mask rate outside
+    Returns ``{"mean", "std_error", "positions", "mask_rate"}`` (mean None when no token was hidden,
+    std_error None with fewer than 2 positions). Raises ``ValueError`` for a mask rate outside
     (0, 1) or a sentence that is not in the grammar's language.
     """
     from .pcfg_parser import masked_posterior
@@ -208,7 +209,8 @@ def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate
             posterior = masked_posterior(grammar, tokens, hidden.tolist(), int(p))
             nll.append(0.0 - np.log(max(posterior[tokens[p]], 1e-300)))
     nll = np.array(nll)
-    return {"mean": float(nll.mean()), "std_error": float(nll.std(ddof=1) / np.sqrt(len(nll))),
+    return {"mean": float(nll.mean()) if len(nll) else None,  # None (JSON null): no token was hidden
+            "std_error": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else None,
             "positions": int(len(nll)), "mask_rate": float(mask_rate)}
 
 

@@ -218,10 +218,42 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
                           f"task {config.task.kind!r}")
     check_windows(windows)
     check_hiding(hiding)
+    windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(run_dir):
-        summary = _probe_ngram(run_dir, config, students, tuple(windows), log, hiding)
+        _check_unchanged(run_dir, config)
+        summary = _probe_ngram(run_dir, config, students, windows, log, hiding)
         _refresh_report(run_dir)
         return summary
+
+
+def _check_unchanged(run_dir: Path, config) -> None:
+    """Refuse, before any work, a run directory whose config.json or grammar file changed after the run (the
+    probes would describe another config than the one trained), one whose results.json outlived its teacher
+    metrics, and an oracle summary that cannot be read (it is drawn into the n-gram figure)."""
+    from .experiment import config_hash
+
+    digest = run_dir / "config.sha256"
+    if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(config):
+        raise ConfigError(f"{run_dir / 'config.json'} was edited after the run (it no longer matches "
+                          f"{digest.name}); restore it or rerun the experiment (nothing was written)")
+    data = run_dir / "data.sha256"
+    if data.exists() and hasattr(config.task, "load_grammar"):
+        import hashlib
+
+        text = config.task.load_grammar().to_text()
+        if data.read_text(encoding="utf-8").strip() != hashlib.sha256(text.encode("utf-8")).hexdigest():
+            raise ConfigError(f"the grammar of {run_dir} changed after the run (it no longer matches {data.name}); "
+                              "restore it or rerun the experiment (nothing was written)")
+    if (run_dir / "results.json").exists() and not (run_dir / "teacher" / "metrics.jsonl").exists():
+        raise ConfigError(f"{run_dir} is damaged: it has results.json but no teacher/metrics.jsonl; rerun the "
+                          "experiment (nothing was written)")
+    for path in sorted((run_dir / "probes").glob("ngram-oracle*-summary.json")):
+        try:
+            if "scores" not in json.loads(path.read_text(encoding="utf-8")):
+                raise ValueError("no 'scores'")
+        except ValueError as exc:
+            raise ConfigError(f"{path} is unreadable ({exc}); delete it, and rerun `progdistill probe oracle` if "
+                              "you want it (nothing was written)") from None
 
 
 def _refresh_report(run_dir: Path) -> None:
@@ -243,10 +275,12 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     if not trajectory.steps:
         raise ConfigError(f"{run_dir / 'teacher'} has no checkpoints to probe")
     out = run_dir / "probes"
-    out.mkdir(exist_ok=True)
     gen, ids, attention, maskable, mask_id, where = _ngram_inputs(task, windows)
+    out.mkdir(exist_ok=True)
     name = _ngram_name("ngram" + ("" if hiding == "token" else f"-{hiding}"), windows)
-    grammar = hasattr(task, "load_grammar") and hiding == "token"  # the non-terminal probe masks nothing
+    # The non-terminal probe masks nothing and ignores the windows: it runs with the run's own settings only, so
+    # that probes/nonterminals.png is never replaced by another setting's run.
+    grammar = hasattr(task, "load_grammar") and name == "ngram"
     if grammar:
         train_sentences = task.sample_sentences(NONTERMINAL_TRAIN, gen)
         test_sentences = task.sample_sentences(NONTERMINAL_TEST, gen)
@@ -274,6 +308,9 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     partial = out / f".{name}.partial.jsonl"
     done = run_jobs(partial, settings, jobs, compute, "n-gram probe", log)
     records = [done[job] for job in jobs]
+    if not students and (out / f"{name}.jsonl").exists():  # keep the students' records (same name: same settings)
+        records += [r for r in map(json.loads, (out / f"{name}.jsonl").read_text(encoding="utf-8").splitlines())
+                    if r["model"] != "teacher"]
     atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     summary = {**_summarize_ngram(records, windows, config), "hiding": hiding}
     atomic_write_json(out / f"{name}-summary.json", summary)
@@ -327,8 +364,8 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
     Writes ``probes/ngram-oracle-summary.json`` (scores per window, the cross-entropy of the optimal
     prediction with one token hidden, its masked-token loss at the task's mask rate -- the floor of the
     teacher's validation loss -- and the settings), which the run's results.json / summary.md and the n-gram
-    figure pick up (the figure is redrawn when the n-gram probe has run). Takes ~2 minutes for ``pcfg-mlm``
-    and ~10 for cfg3b on 2 cores. Raises ``ConfigError`` for a run that is not ``pcfg-mlm`` and ``ValueError``
+    figure pick up (the figure is redrawn when the n-gram probe has run). Takes ~15 s for ``pcfg-mlm``
+    (~42-token sentences) and minutes for cfg3b (~300 tokens). Raises ``ConfigError`` for a run that is not ``pcfg-mlm`` and ``ValueError``
     for a bad window.
     """
     from .pcfg_probes import check_windows, oracle_masked_lm_loss, oracle_ngram_dependence_at
@@ -339,11 +376,12 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
         raise ConfigError(f"the oracle n-gram probe needs a PCFG masked LM run (pcfg-mlm), whose grammar defines "
                           f"the optimal predictor; {run_dir} has task {config.task.kind!r}")
     check_windows(windows)
-    windows = tuple(windows)
+    windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(run_dir):
+        _check_unchanged(run_dir, config)
         out = run_dir / "probes"
-        out.mkdir(exist_ok=True)
         _, ids, _, maskable, _, where = _ngram_inputs(config.task, windows)
+        out.mkdir(exist_ok=True)
         grammar = config.task.load_grammar()
         scores = oracle_ngram_dependence_at(grammar, ids, maskable, where, windows, progress=True)
         log("scoring the optimal predictor's masked-token loss ...")
@@ -442,13 +480,14 @@ def _plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset:
     if oracle:
         note = "\n".join(f"{score}: " + " / ".join(f"{oracle[f'{score}/{w}']['median']:.3g}" for w in windows)
                          for score in ("M_robust", "M_close"))
-        right.text(0.02, 0.02, f"Bayes-optimal predictor (dotted), median\nfor {' / '.join(map(str, windows))}-grams:\n"
+        right.text(0.28, 0.03, f"Bayes-optimal predictor (dotted, same colour\nas its window), median for "
+                   f"{' / '.join(map(str, windows))}-grams:\n"
                    + note, transform=right.transAxes, fontsize=7, va="bottom",
                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
     right.set_yscale("log")
     right.set_ylabel("median total-variation distance")
-    right.set_title("n-gram dependence of the teacher's predictions"
-                    + (" (masked tokens hidden from attention)" if summary.get("hiding") == "attention" else ""))
+    right.set_title("n-gram dependence of the teacher's predictions" if summary.get("hiding") != "attention"
+                    else "n-gram dependence (masked tokens hidden from attention)")
     right.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import ConfigError
 from .experiment import config_hash, load_config, student_name
 from .metrics import read_metrics
 from .trajectory import atomic_write_json, atomic_write_text
@@ -39,8 +40,7 @@ def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
     results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
                "wall_time_s": round(wall_time_s, 2),
                "teacher": _run_summary(teacher, config.threshold), "students": students}
-    probes = {p.name[:-len("-summary.json")]: json.loads(p.read_text(encoding="utf-8"))
-              for p in sorted((out / "probes").glob("*-summary.json"))}
+    probes = {p.name[:-len("-summary.json")]: _read_summary(p) for p in sorted((out / "probes").glob("*-summary.json"))}
     if probes:
         results["probes"] = probes
     return results
@@ -87,14 +87,18 @@ def summary_markdown(results: dict[str, Any]) -> str:
                   f"({hidden['peak_median']:.4f}); final checkpoint {hidden['final_median']:.4f}.", ""]
     oracle = results.get("probes", {}).get("ngram-oracle")
     if oracle:
-        scores = oracle["scores"]
+        if not {"scores", "masked_lm_loss", "metric", "median"} <= set(oracle):
+            raise ConfigError("probes/ngram-oracle-summary.json is not a summary of `progdistill probe oracle`; delete "
+                              "it and rerun that command")
+        scores, loss = oracle["scores"], oracle["masked_lm_loss"]
+        floor = ("not scored (no token was hidden)" if loss["mean"] is None else f"{loss['mean']:.4f}"
+                 + ("" if loss["std_error"] is None else f" +/- {loss['std_error']:.4f}") + " nats")
         lines += [f"The grammar's Bayes-optimal masked LM (exact posterior by the inside algorithm, same sentences "
                   f"and positions; `progdistill probe oracle`): median "
                   + ", ".join(f"{k} {v['median']:.4f}" for k, v in scores.items() if k.startswith("M_"))
                   + f"; its cross-entropy with one token hidden is {scores['cross_entropy']['mean']:.4f} nats "
-                  f"(mean), and with {oracle['masked_lm_loss']['mask_rate']:.0%} of the tokens hidden "
-                  f"{oracle['masked_lm_loss']['mean']:.4f} +/- {oracle['masked_lm_loss']['std_error']:.4f} nats "
-                  "(the floor of the validation loss). A converged teacher's probes end there.", ""]
+                  f"(mean), and with {loss['mask_rate']:.0%} of the tokens hidden {floor} (the floor of the "
+                  "validation loss). A converged teacher's probes end there.", ""]
     generation = results.get("probes", {}).get("generation")
     if generation:
         lines += ["## Generations the grammar accepts", "",
@@ -105,6 +109,14 @@ def summary_markdown(results: dict[str, Any]) -> str:
                   for label, v in generation["students"].items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A probe summary; ``ConfigError`` naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}); delete it and rerun the probe that writes it") from None
 
 
 def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:

@@ -293,16 +293,17 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "999"]) == 2
     assert "window 999 is longer than every probed sequence" in capsys.readouterr().err
     probes = tmp_path / "run" / "probes"
-    own = (probes / "ngram.jsonl").read_text()
+    own, nonterminals = (probes / "ngram.jsonl").read_text(), (probes / "nonterminals.png").read_bytes()
     assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "3", "--no-students"]) == 0
     assert (probes / "ngram.jsonl").read_text() == own  # the run's own 3/5/7 results are not replaced
+    assert (probes / "nonterminals.png").read_bytes() == nonterminals  # nor its non-terminal figure
     assert (probes / "ngram-windows-3-summary.json").exists()
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["probes"]) == {"ngram", "ngram-windows-3"}  # the report follows probes/
     # The grammar's Bayes-optimal predictor on the same sentences and positions, added to the report.
     assert main(["probe", "oracle", str(tmp_path / "run"), "--windows", "2"]) == 2
     assert "window 2" in capsys.readouterr().err
-    assert main(["probe", "oracle", str(tmp_path / "run")]) == 0
+    assert main(["probe", "oracle", str(tmp_path / "run"), "--windows", "7", "5", "3"]) == 0  # the default set
     oracle = json.loads((probes / "ngram-oracle-summary.json").read_text())
     assert oracle["settings"]["positions"] > 0 and set(oracle["scores"]) == {
         "M_robust/3", "M_close/3", "M_robust/5", "M_close/5", "M_robust/7", "M_close/7", "cross_entropy"}
@@ -312,6 +313,25 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert results["probes"]["ngram-oracle"] == oracle
     assert "Bayes-optimal masked LM" in (tmp_path / "run" / "summary.md").read_text()
     assert "cross_entropy" in json.loads((probes / "ngram.jsonl").read_text().splitlines()[0])["ngram"]
+    # --no-students reprobes the teacher and keeps the students' stored records.
+    students = [line for line in (probes / "ngram.jsonl").read_text().splitlines() if '"teacher"' not in line]
+    assert students and main(["probe", "ngram", str(tmp_path / "run"), "--no-students"]) == 0
+    assert [line for line in (probes / "ngram.jsonl").read_text().splitlines() if '"teacher"' not in line] == students
+    # Refused before any work, naming the file: an oracle summary that cannot be read, a config edited after the run.
+    before = {p.name: p.read_bytes() for p in probes.iterdir()}
+    good = (probes / "ngram-oracle-summary.json").read_text()
+    (probes / "ngram-oracle-summary.json").write_text(good[:100])
+    assert main(["probe", "ngram", str(tmp_path / "run")]) == 2
+    assert "ngram-oracle-summary.json is unreadable" in capsys.readouterr().err
+    (probes / "ngram-oracle-summary.json").write_text(good)
+    config_path = tmp_path / "run" / "config.json"
+    saved = config_path.read_text()
+    config_path.write_text(saved.replace('"mask_rate": 0.3', '"mask_rate": 0.2'))
+    assert config_path.read_text() != saved
+    assert main(["probe", "oracle", str(tmp_path / "run")]) == 2
+    assert "was edited after the run" in capsys.readouterr().err
+    config_path.write_text(saved)
+    assert {p.name: p.read_bytes() for p in probes.iterdir()} == before
 
 
 def _tiny_config(task=TASK, **student):
@@ -413,3 +433,15 @@ def test_the_pcfg_mlm_preset_runs_end_to_end_shrunk(tmp_path):
     # Speed 8: student step t uses the first checkpoint at or after 8t (records name the step before theirs).
     assert [(r["step"], r["teacher_checkpoint"]) for r in progressive] == [(0, 10), (2, 10), (4, 20)]
     assert set(results["probes"]["ngram"]["students"]) == {"ce", "one-shot", "progressive-x8"}
+
+
+def test_an_interrupted_command_ends_with_one_line(monkeypatch, capsys):
+    import progdistill.probes
+    from progdistill.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(progdistill.probes, "probe_oracle", interrupted)
+    assert main(["probe", "oracle", "anywhere"]) == 130
+    assert capsys.readouterr().err.startswith("progdistill: interrupted;")

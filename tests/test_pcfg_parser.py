@@ -223,5 +223,7 @@ def test_oracle_masked_lm_loss_equals_brute_force_for_the_same_hidden_sets():
                 nll.append(-np.log(_conditional(language, tokens, set(hidden.tolist()), int(p), 3)[tokens[p]]))
     assert got["positions"] == len(nll) > 20
     assert got["mean"] == pytest.approx(np.mean(nll), abs=1e-9) and got["mean"] > 0.1
+    nothing = oracle_masked_lm_loss(g, sentences[:3], 1e-6, np.random.default_rng(0))  # no token hidden
+    assert nothing["positions"] == 0 and nothing["mean"] is None and nothing["std_error"] is None
     with pytest.raises(ValueError, match="mask_rate=1"):
         oracle_masked_lm_loss(g, sentences, 1, np.random.default_rng(0))
