@@ -134,6 +134,11 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def _add_windows(p) -> None:
+    p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
+                   help="n-gram window sizes, odd integers >= 3, in any order (default 3 5 7)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progdistill",
@@ -180,8 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "of a pcfg-mlm or text-mlm run; writes RUN_DIR/probes/ngram.jsonl, "
                                        "ngram.png, nonterminals.png (`progdistill run` already does this)")
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm or text-mlm)")
-    p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
-                   help="n-gram window sizes, odd integers >= 3 (default 3 5 7)")
+    _add_windows(p)
     p.add_argument("--no-students", action="store_true", help="probe teacher checkpoints only")
     p.add_argument("--hiding", choices=("token", "attention"), default="token",
                    help="how a token is masked: 'token' puts MASK in its place (as in training; default); "
@@ -196,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and summary.md (pcfg-mlm runs; ~15 s for the CPU preset, minutes for "
                                         "cfg3b)")
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm)")
-    p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
-                   help="n-gram window sizes, odd integers >= 3 (default 3 5 7)")
+    _add_windows(p)
     p.set_defaults(func=cmd_probe_oracle)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")
