@@ -155,15 +155,16 @@ def _scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor) ->
 
 def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
                                windows: Sequence[int] = WINDOWS, progress: bool = False) -> dict[str, dict[str, float]]:
-    """M_robust and M_close of the Bayes-optimal masked LM of ``grammar`` -- the exact posterior of the token
-    at p given the visible tokens (:func:`progdistill.pcfg_parser.masked_posterior`) -- at the same inputs
-    and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss reaches the grammar's
-    entropy.
+    """M_robust and M_close (PAPER.md section 2) of the Bayes-optimal masked LM of ``grammar`` -- the exact
+    posterior of the token at p given the visible tokens (:func:`progdistill.pcfg_parser.masked_posterior`) --
+    at the same inputs and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss
+    reaches the grammar's entropy.
 
     ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...`` (:func:`~progdistill.masked_lm.pad_sentences`);
     ``maskable`` (B, L): their terminal positions. Returns the dict of :func:`ngram_dependence` (its
-    ``"cross_entropy"`` is the grammar's own uncertainty about a token with it alone hidden). Cost: (1 + 2 * len(windows)) * T inside passes per position, ~10 ms each for a 130-token sentence.
-    Raises ``ValueError`` for a bad window, and when a sentence is not in the grammar's language.
+    ``"cross_entropy"`` is the grammar's own uncertainty about a token with it alone hidden). Cost:
+    (1 + 2 * len(windows)) * T inside passes per position, ~10 ms each for a 130-token sentence, ~0.1 s for
+    cfg3b's ~300 tokens. Raises ``ValueError`` for a bad window, and when a sentence is not in the grammar's language.
     """
     from tqdm.auto import tqdm
 
@@ -186,7 +187,8 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
 def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator,
                           per_sentence: int = 8) -> dict[str, float]:
     """Cross-entropy (nats) of the grammar's Bayes-optimal masked LM when each token is hidden with probability
-    ``mask_rate``: the floor of a masked LM's loss on the grammar (for BERT's 80/10/10 rule, approximately:
+    ``mask_rate``: the floor of a masked LM's loss on the grammar (PAPER.md section 2's teacher loss; for BERT's
+    80/10/10 rule, approximately:
     there 10% of the selected tokens stay visible and 10% are replaced by random terminals).
 
     For each sentence the hidden set is drawn from ``rng``; the exact posterior (inside algorithm) is scored at

@@ -227,33 +227,24 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
 
 
 def _check_unchanged(run_dir: Path, config) -> None:
-    """Refuse, before any work, a run directory whose config.json or grammar file changed after the run (the
-    probes would describe another config than the one trained), one whose results.json outlived its teacher
-    metrics, and an oracle summary that cannot be read (it is drawn into the n-gram figure)."""
-    from .experiment import config_hash
+    """Refuse, before any work, a run directory whose config.json or task data (grammar, corpus) changed after
+    the run (the probes would describe another config than the one trained), one whose results.json outlived
+    its teacher metrics, and a probe summary the report cannot read."""
+    from .experiment import check_task_data, config_hash
+    from .report import read_probe_summaries
 
     digest = run_dir / "config.sha256"
     if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(config):
         raise ConfigError(f"{run_dir / 'config.json'} was edited after the run (it no longer matches "
                           f"{digest.name}); restore it or rerun the experiment (nothing was written)")
     data = run_dir / "data.sha256"
-    if data.exists() and hasattr(config.task, "load_grammar"):
-        import hashlib
-
-        text = config.task.load_grammar().to_text()
-        if data.read_text(encoding="utf-8").strip() != hashlib.sha256(text.encode("utf-8")).hexdigest():
-            raise ConfigError(f"the grammar of {run_dir} changed after the run (it no longer matches {data.name}); "
-                              "restore it or rerun the experiment (nothing was written)")
+    if data.exists() and data.read_text(encoding="utf-8").strip() != check_task_data(config):
+        raise ConfigError(f"the task data (grammar or corpus) of {run_dir} changed after the run (it no longer "
+                          f"matches {data.name}); restore it or rerun the experiment (nothing was written)")
     if (run_dir / "results.json").exists() and not (run_dir / "teacher" / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir} is damaged: it has results.json but no teacher/metrics.jsonl; rerun the "
                           "experiment (nothing was written)")
-    for path in sorted((run_dir / "probes").glob("ngram-oracle*-summary.json")):
-        try:
-            if "scores" not in json.loads(path.read_text(encoding="utf-8")):
-                raise ValueError("no 'scores'")
-        except ValueError as exc:
-            raise ConfigError(f"{path} is unreadable ({exc}); delete it, and rerun `progdistill probe oracle` if "
-                              "you want it (nothing was written)") from None
+    read_probe_summaries(run_dir)
 
 
 def _refresh_report(run_dir: Path) -> None:
@@ -309,8 +300,7 @@ def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...]
     done = run_jobs(partial, settings, jobs, compute, "n-gram probe", log)
     records = [done[job] for job in jobs]
     if not students and (out / f"{name}.jsonl").exists():  # keep the students' records (same name: same settings)
-        records += [r for r in map(json.loads, (out / f"{name}.jsonl").read_text(encoding="utf-8").splitlines())
-                    if r["model"] != "teacher"]
+        records += [r for r in _read_records(out / f"{name}.jsonl") if r["model"] != "teacher"]
     atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     summary = {**_summarize_ngram(records, windows, config), "hiding": hiding}
     atomic_write_json(out / f"{name}-summary.json", summary)
@@ -348,6 +338,11 @@ def _ngram_name(stem: str, windows: tuple[int, ...]) -> str:
     return stem + ("" if tuple(windows) == WINDOWS else "-windows-" + "-".join(map(str, windows)))
 
 
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """A probe's JSONL file: one record per model."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def _oracle_scores(out: Path, windows: tuple[int, ...]) -> dict[str, Any] | None:
     """The Bayes-optimal predictor's scores for these windows (``probe_oracle``), when they were computed."""
     path = out / f"{_ngram_name('ngram-oracle', windows)}-summary.json"
@@ -365,8 +360,8 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
     prediction with one token hidden, its masked-token loss at the task's mask rate -- the floor of the
     teacher's validation loss -- and the settings), which the run's results.json / summary.md and the n-gram
     figure pick up (the figure is redrawn when the n-gram probe has run). Takes ~15 s for ``pcfg-mlm``
-    (~42-token sentences) and minutes for cfg3b (~300 tokens). Raises ``ConfigError`` for a run that is not ``pcfg-mlm`` and ``ValueError``
-    for a bad window.
+    (~42-token sentences) and ~10 minutes for cfg3b (~300 tokens). Raises ``ConfigError`` for a run that is
+    not ``pcfg-mlm`` or was changed after it ran, and ``ValueError`` for a bad window.
     """
     from .pcfg_probes import check_windows, oracle_masked_lm_loss, oracle_ngram_dependence_at
 
@@ -397,7 +392,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
         for stem in ("ngram", "ngram-attention"):  # redraw the model probes' figures with the oracle in them
             model_name = _ngram_name(stem, windows)
             if (out / f"{model_name}.jsonl").exists() and (out / f"{model_name}-summary.json").exists():
-                records = [json.loads(line) for line in (out / f"{model_name}.jsonl").read_text().splitlines()]
+                records = _read_records(out / f"{model_name}.jsonl")
                 model_summary = json.loads((out / f"{model_name}-summary.json").read_text(encoding="utf-8"))
                 _plot_ngram(records, model_summary, windows, out / f"{model_name}.png", config.preset, scores)
                 written.append(out / f"{model_name}.png")

@@ -40,7 +40,7 @@ def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
     results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
                "wall_time_s": round(wall_time_s, 2),
                "teacher": _run_summary(teacher, config.threshold), "students": students}
-    probes = {p.name[:-len("-summary.json")]: _read_summary(p) for p in sorted((out / "probes").glob("*-summary.json"))}
+    probes = read_probe_summaries(out)
     if probes:
         results["probes"] = probes
     return results
@@ -87,9 +87,6 @@ def summary_markdown(results: dict[str, Any]) -> str:
                   f"({hidden['peak_median']:.4f}); final checkpoint {hidden['final_median']:.4f}.", ""]
     oracle = results.get("probes", {}).get("ngram-oracle")
     if oracle:
-        if not {"scores", "masked_lm_loss", "metric", "median"} <= set(oracle):
-            raise ConfigError("probes/ngram-oracle-summary.json is not a summary of `progdistill probe oracle`; delete "
-                              "it and rerun that command")
         scores, loss = oracle["scores"], oracle["masked_lm_loss"]
         floor = ("not scored (no token was hidden)" if loss["mean"] is None else f"{loss['mean']:.4f}"
                  + ("" if loss["std_error"] is None else f" +/- {loss['std_error']:.4f}") + " nats")
@@ -111,12 +108,22 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
-    """A probe summary; ``ConfigError`` naming the file when it is not valid JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConfigError(f"{path} is unreadable ({exc}); delete it and rerun the probe that writes it") from None
+ORACLE_KEYS = {"scores", "masked_lm_loss", "metric", "median"}  # what summary.md reads of probe oracle's summary
+
+
+def read_probe_summaries(out: Path) -> dict[str, dict[str, Any]]:
+    """Every ``probes/<name>-summary.json`` of run directory ``out``, by name. Raises ``ConfigError`` naming the
+    file when one is not valid JSON, or is an oracle summary without the fields summary.md reads."""
+    summaries = {}
+    for path in sorted((out / "probes").glob("*-summary.json")):
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            if path.name.startswith("ngram-oracle") and not ORACLE_KEYS <= set(summary):
+                raise ValueError(f"it lacks {sorted(ORACLE_KEYS - set(summary))}")
+        except ValueError as exc:
+            raise ConfigError(f"{path} is unreadable ({exc}); delete it and rerun the probe that writes it") from None
+        summaries[path.name[:-len("-summary.json")]] = summary
+    return summaries
 
 
 def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:
