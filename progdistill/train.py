@@ -369,8 +369,9 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
             teacher_logits, kd_weight = _teacher_targets(plan, x_block, seed_index, teachers, task.num_classes)
             ce_weight = torch.where(kd_weight > 0, torch.full_like(kd_weight, alpha), torch.ones_like(kd_weight))
             kd_weight = kd_weight * (1 - alpha)  # (L, M)
-            # Per-step inputs and labels for every model: (L, B, n) shared, or (L, M, B, n); labels (L, M, B).
-            x_steps = x_block[0] if len(seeds) == 1 else x_block[seed_index].transpose(0, 1).contiguous()
+            # Step i's inputs for every model: (B, n) shared by one seed's models, else (M, B, n) gathered per
+            # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
+            x_steps = x_block[0] if len(seeds) == 1 else _PerStepGather(x_block, seed_index)
             y_steps = y_block[seed_index].transpose(0, 1)
             fused = teacher_logits is None or distillation.loss == "forward_kl"
             if teacher_logits is not None and fused:
@@ -478,6 +479,16 @@ def _load_state(path: Path | None, names: list[str]) -> dict | None:
         warnings.warn(f"ignoring unreadable resume state {path}: {exc}")
         return None
     return state if state.get("names") == names else None
+
+
+class _PerStepGather:
+    """``x[i]`` of a block (S, L, B, n) as each model's inputs (M, B, n), indexed by step i."""
+
+    def __init__(self, block: torch.Tensor, seed_index: torch.Tensor):
+        self.block, self.seed_index = block, seed_index.to(block.device)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.block[:, i].index_select(0, self.seed_index)
 
 
 def _teacher_targets(plan: list[list[int | None]], x_block: torch.Tensor, seed_index: torch.Tensor,
