@@ -75,13 +75,13 @@ class TextMaskedLMTask:
     # -- data ------------------------------------------------------------------------------------------
     def documents(self) -> tuple[list[str], list[str]]:
         """(training documents, held-out documents). Raises :class:`CorpusError` naming the source."""
-        return _documents(self)
+        return _documents(self, _local_files_stamp(self.corpus))
 
     def tokenizer(self):
         """The run's tokenizer: the one :meth:`prepare` loaded, else trained on the training documents
         (deterministic, so both give the same ids)."""
         prepared = _PREPARED.get(self)
-        return prepared if prepared is not None else _trained_tokenizer(self)
+        return prepared if prepared is not None else _trained_tokenizer(self, _local_files_stamp(self.corpus))
 
     def prepare(self, run_dir: str | Path) -> None:
         """Load ``run_dir/tokenizer/tokenizer.json`` when it exists, else train the tokenizer and save it
@@ -92,14 +92,14 @@ class TextMaskedLMTask:
         if (directory / "tokenizer.json").exists():
             tokenizer = load_tokenizer(directory)
         else:
-            tokenizer = _trained_tokenizer(self)
+            tokenizer = _trained_tokenizer(self, _local_files_stamp(self.corpus))
             save_tokenizer(tokenizer, directory)
         _PREPARED[self] = tokenizer
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed (train (N, L), held-out (E, L)) token ids. Raises :class:`TokenizerError` when a split is
         smaller than one sequence."""
-        return _sequences(self, self.tokenizer())
+        return _sequences(self, self.tokenizer(), _local_files_stamp(self.corpus))
 
     @property
     def num_classes(self) -> int:
@@ -136,8 +136,26 @@ class TextMaskedLMTask:
         return ids, torch.ones_like(ids, dtype=torch.bool), ids >= len(SPECIAL_TOKENS), MASK_ID
 
 
+def _local_files_stamp(corpus: str) -> tuple:
+    """(path, size, mtime) of every local file behind ``corpus``: part of the caches' keys below, so that a
+    corpus file edited between two runs in one process is read again instead of served stale."""
+    stamp = []
+    for part in corpus.split("+"):
+        if part.startswith(("default:", "hf:")):
+            continue
+        path = Path(part)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            try:
+                info = f.stat()
+            except OSError:  # missing: load_corpus names it
+                continue
+            stamp.append((str(f), info.st_size, info.st_mtime_ns))
+    return tuple(stamp)
+
+
 @lru_cache(maxsize=4)
-def _documents(task: TextMaskedLMTask) -> tuple[list[str], list[str]]:
+def _documents(task: TextMaskedLMTask, files_stamp: tuple) -> tuple[list[str], list[str]]:
     source = task.corpus
     documents = []
     for part in source.split("+"):
@@ -158,12 +176,12 @@ def _documents(task: TextMaskedLMTask) -> tuple[list[str], list[str]]:
 
 
 @lru_cache(maxsize=4)
-def _trained_tokenizer(task: TextMaskedLMTask):
+def _trained_tokenizer(task: TextMaskedLMTask, files_stamp: tuple):
     return train_tokenizer(task.documents()[0], TokenizerConfig(vocab_size=task.vocab_size))
 
 
 @lru_cache(maxsize=4)
-def _sequences(task: TextMaskedLMTask, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+def _sequences(task: TextMaskedLMTask, tokenizer, files_stamp: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     train, held_out = task.documents()
     out = []
     for name, documents in (("training", train), ("held-out", held_out)):

@@ -1,6 +1,7 @@
 """Masked LM on real text: the text-mlm task (corpus split, tokenizer beside the run, packing, masking)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,16 @@ def test_bad_corpus_is_refused_before_the_run_directory_is_touched(tmp_path):
     code = main(["run", "text-mlm", "--out", str(out), "--set", f"task.corpus={bad}"])
     assert code == 2
     assert not out.exists()
+
+
+def test_a_corpus_file_edited_in_the_same_process_is_read_again(corpus):
+    """The in-process caches of documents, tokenizer and packed ids are keyed by the files' size and mtime."""
+    task = TextMaskedLMTask(corpus=corpus, vocab_size=60, sequence_length=16)
+    before_docs, before_ids = task.documents(), task.sequences()
+    path = Path(corpus)
+    path.write_text(path.read_text(encoding="utf-8") + "\n\nan extra closing paragraph about a red fox.",
+                    encoding="utf-8")
+    after_docs = task.documents()
+    assert sum(map(len, after_docs)) == sum(map(len, before_docs)) + 1
+    after_ids = task.sequences()  # the new 41st document is held out (every 10th is)
+    assert torch.equal(after_ids[0], before_ids[0]) and len(after_ids[1]) > len(before_ids[1])
