@@ -59,8 +59,9 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
             raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of "
                              "degree 1)")
     with RunLock(run_dir):
+        _check_run_inputs(run_dir, config)
         summary = _probe_monomials(run_dir, config, students, num_samples, degrees, log)
-        _refresh_report(run_dir)
+        _refresh_report(run_dir, log)
         return summary
 
 
@@ -220,18 +221,35 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
     check_hiding(hiding)
     windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(run_dir):
-        _check_unchanged(run_dir, config)
+        _check_run_inputs(run_dir, config)
         summary = _probe_ngram(run_dir, config, students, windows, log, hiding)
-        _refresh_report(run_dir)
+        _refresh_report(run_dir, log)
         return summary
 
 
-def _check_unchanged(run_dir: Path, config) -> None:
+def _check_run_inputs(run_dir: Path, config, teacher: bool = True) -> None:
     """Refuse, before any work, a run directory whose config.json or task data (grammar, corpus) changed after
-    the run (the probes would describe another config than the one trained), one whose results.json outlived
-    its teacher metrics, and a probe summary the report cannot read."""
+    the run (the probes would describe another config than the one trained), a damaged or unreadable
+    results.json, a probe summary the report cannot read, and -- when the probe reads the teacher
+    (``teacher``) -- a teacher trajectory that is unfinished (still training, or interrupted: the probe would
+    describe part of it) or has lost its metrics."""
     from .experiment import check_task_data, config_hash
     from .report import read_probe_summaries
+
+    results = run_dir / "results.json"
+    if results.exists() and finished_results(run_dir) is None:
+        raise ConfigError(f"{results} is unreadable (empty or not JSON); rerun `progdistill run "
+                          f"{run_dir / 'config.json'} --out {run_dir}` to rewrite it (nothing was written)")
+    if teacher:
+        trajectory = Trajectory(run_dir / "teacher")  # TrajectoryError: no teacher directory or manifest
+        if not trajectory.complete:
+            raise ConfigError(f"the teacher trajectory {run_dir / 'teacher'} is unfinished (still training, or "
+                              f"interrupted at step {max(trajectory.steps, default=0)} of "
+                              f"{config.teacher.steps}); finish it with `progdistill run "
+                              f"{run_dir / 'config.json'} --out {run_dir}` first (nothing was written)")
+        if not (run_dir / "teacher" / "metrics.jsonl").exists():
+            raise ConfigError(f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment "
+                              "(nothing was written)")
 
     digest = run_dir / "config.sha256"
     if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(config):
@@ -241,20 +259,23 @@ def _check_unchanged(run_dir: Path, config) -> None:
     if data.exists() and data.read_text(encoding="utf-8").strip() != check_task_data(config):
         raise ConfigError(f"the task data (grammar or corpus) of {run_dir} changed after the run (it no longer "
                           f"matches {data.name}); restore it or rerun the experiment (nothing was written)")
-    if (run_dir / "results.json").exists() and not (run_dir / "teacher" / "metrics.jsonl").exists():
+    elif results.exists() and not (run_dir / "teacher" / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir} is damaged: it has results.json but no teacher/metrics.jsonl; rerun the "
                           "experiment (nothing was written)")
     read_probe_summaries(run_dir)
 
 
-def _refresh_report(run_dir: Path) -> None:
+def _refresh_report(run_dir: Path, log=print) -> None:
     """Rewrite a finished run's results.json / summary.md so their ``probes`` section matches probes/ (the
-    run's recorded wall time is kept)."""
+    run's recorded wall time is kept); for a run that has not finished, say that ``run`` will."""
     from .report import write_report
 
     previous = finished_results(run_dir)
-    if previous is not None and "wall_time_s" in previous:  # else `run` writes the report when it ends
+    if previous is not None and "wall_time_s" in previous:
         write_report(run_dir, wall_time_s=previous["wall_time_s"])
+    else:
+        log(f"{run_dir / 'results.json'} is not written yet (the run has not finished): `progdistill run` "
+            "adds this probe to it when the run ends")
 
 
 def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log,
@@ -373,7 +394,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
     check_windows(windows)
     windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(run_dir):
-        _check_unchanged(run_dir, config)
+        _check_run_inputs(run_dir, config, teacher=False)
         out = run_dir / "probes"
         _, ids, _, maskable, _, where = _ngram_inputs(config.task, windows)
         out.mkdir(exist_ok=True)
@@ -396,7 +417,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
                 model_summary = json.loads((out / f"{model_name}-summary.json").read_text(encoding="utf-8"))
                 _plot_ngram(records, model_summary, windows, out / f"{model_name}.png", config.preset, scores)
                 written.append(out / f"{model_name}.png")
-        _refresh_report(run_dir)
+        _refresh_report(run_dir, log)
         log(f"wrote {', '.join(map(str, written))}")
         return summary
 

@@ -122,3 +122,47 @@ def test_probe_resumes_from_a_partial_file(slow_teacher_run):
     assert any("3 of" in m for m in messages)
     assert (slow_teacher_run / "probes" / "monomials.jsonl").read_text() == full
     assert not partial.exists()
+
+
+@pytest.fixture(scope="module")
+def finished_tiny_run(tmp_path_factory):
+    from conftest import tiny_config
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run(replace(tiny_config(), schedules=(TwoShotAuto(first_steps=100),)), out, log=quiet)
+    return out
+
+
+def _mark_unfinished(run_dir):
+    manifest = run_dir / "teacher" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"k": 2', '"k": 3')),
+     "was edited after the run"),
+    (_mark_unfinished, "teacher trajectory .* is unfinished"),
+    (lambda d: (d / "results.json").write_text(""), "results.json is unreadable"),
+    (lambda d: (d / "teacher" / "metrics.jsonl").unlink(), "its teacher has no metrics.jsonl"),
+])
+def test_monomial_probe_refuses_a_changed_or_unfinished_run_and_writes_nothing(finished_tiny_run, tmp_path,
+                                                                               damage, message):
+    import shutil
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_tiny_run, run_dir)
+    damage(run_dir)
+    results = (run_dir / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match=message):
+        probe_monomials(run_dir, num_samples=512, log=quiet)
+    assert not (run_dir / "probes" / "monomials.jsonl").exists()
+    assert (run_dir / "results.json").read_bytes() == results
+
+
+def test_a_probe_on_a_run_without_results_says_that_run_will_report_it(finished_tiny_run, tmp_path):
+    import shutil
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_tiny_run, run_dir)
+    (run_dir / "results.json").unlink()
+    messages = []
+    probe_monomials(run_dir, num_samples=512, log=messages.append)
+    assert (run_dir / "probes" / "monomials.jsonl").exists() and not (run_dir / "results.json").exists()
+    assert any("is not written yet" in m for m in messages), messages
