@@ -24,6 +24,7 @@ from .phases import NoTransitionError, detect_transition
 from .report import save_figure, steps_to_threshold
 from .schedules import FINAL, KShot, TwoShotAuto
 from .trajectory import Trajectory, atomic_write_json
+from .train import resolve_device
 
 VARIANTS = ("before", "during", "after")
 CONVERGED = 0.002
@@ -60,6 +61,7 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     unless ``overwrite`` (which deletes it first). Returns the content of ``summary.json``.
     """
     run_dir = Path(run_dir)
+    resolve_device(device)  # a bad --device is refused even when every student is already trained
     config = load_config(run_dir / "config.json")
     trajectory = Trajectory(run_dir / "teacher")
     if first_steps is None:

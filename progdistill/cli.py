@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .config import ConfigError, override
@@ -101,8 +102,10 @@ def cmd_export(args) -> int:
     config = load_config(run_dir / "config.json")
     if args.step == -1:  # -1 names the final checkpoint, as in k-shot schedules
         args.step = None
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty directory; choose a new one (nothing was written)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory; choose a new directory (nothing was written)")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is a directory that is not empty; choose a new one (nothing was written)")
     names = [student_name(s, k) for k in range(config.seeds) for s in config.schedules]
     if args.which != "teacher":
         if args.which not in names:
@@ -231,8 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """progdistill's own warnings as one line, like its errors; others (torch, ...) as Python prints them."""
+    if Path(filename).parent == Path(__file__).parent:
+        return f"progdistill: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `progdistill show ... | head`: the reader stopped early
@@ -245,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print("progdistill: interrupted; finished work is kept (a rerun of the same command resumes or redoes the "
               "rest)", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = _python_format_warning
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def parity_transformer_paper() -> ExperimentConfig:
 
 
 @preset("pcfg-mlm", "PCFG masked LM: a generated 5-level grammar (~42 tokens), BERT teacher 4 layers x 8 heads "
-                    "-> students 4 x 2 heads (head dim 8); CPU, ~20 min")
+                    "-> students 4 x 2 heads (head dim 8); CPU, ~15 min")
 def pcfg_mlm() -> ExperimentConfig:
     # Search record: docs/pcfg-cpu-preset.md. Grammar seed 3 was picked with `progdistill probe oracle`: its
     # Bayes-optimal predictor needs no local window at most positions (median M_robust 0), and a CPU teacher

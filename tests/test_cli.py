@@ -70,3 +70,15 @@ def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
     assert proc.returncode == 0 and "reusing finished teacher" in proc.stdout
     strip = lambda r: {k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
     assert strip((out / "results.json").read_text()) == strip(before)
+
+
+def test_own_warnings_print_as_one_line_and_others_as_python_does():
+    import warnings
+
+    import progdistill.lock
+    from progdistill.cli import _format_warning
+    assert _format_warning("lock taken over", UserWarning, progdistill.lock.__file__, 64) == \
+        "progdistill: warning: lock taken over\n"
+    other = _format_warning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")
+    assert other == warnings.formatwarning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")
+    assert "torch/x.py:3" in other

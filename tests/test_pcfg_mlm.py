@@ -283,7 +283,10 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert torch.allclose(model(input_ids=batch.inputs, attention_mask=batch.attention_mask).logits,
                           original(batch.inputs, batch.attention_mask), atol=1e-5)
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2  # never overwrites
-    assert "not an empty directory" in capsys.readouterr().err
+    assert "is a directory that is not empty" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("mine")
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "afile")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "final"), "--step", "-1"]) == 0  # -1 = final
     assert "(final checkpoint)" in capsys.readouterr().out
     assert main(["probe", "ngram", str(tmp_path / "run"), "--windows", "4"]) == 2

@@ -91,6 +91,8 @@ def test_two_shot_ablation(slow_teacher_run):
     messages = []
     assert ablate_two_shot(slow_teacher_run, log=messages.append) == summary
     assert "all students already finished" in messages
+    with pytest.raises(ConfigError, match="bogus"):  # checked even though nothing needs training
+        ablate_two_shot(slow_teacher_run, device="bogus", log=quiet)
     with pytest.raises(ConfigError, match="other settings.*first_steps.: 300.*first_steps.: 200"):
         ablate_two_shot(slow_teacher_run, first_steps=200, log=quiet)
     assert json.loads((slow_teacher_run / "ablations" / "two-shot" / "summary.json").read_text()) == summary
