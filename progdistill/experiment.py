@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -171,6 +172,15 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
     atomic_write_text(digest, config_hash(config) + "\n")
     if data_digest is not None:
         atomic_write_text(data, data_digest + "\n")
+    _remove_stale_temporaries(out)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.trajectory`) leave behind when a
+    process is killed mid-write; called under the run's lock, so no live writer owns one."""
+    for path in out.rglob(".*.tmp*"):
+        if re.fullmatch(r"\..+\.tmp\d+", path.name) and path.is_file():
+            path.unlink()
 
 
 def _remove_outputs(out: Path) -> None:
