@@ -211,11 +211,16 @@ def train_teacher(config: ExperimentConfig, out: Path, device: str = "auto", log
     header = teacher_header(config)
     try:
         existing = Trajectory(directory)
-        if existing.complete and existing.header == header:
-            log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
-            return existing
     except TrajectoryError:
         existing = None
+    if existing is not None and existing.complete and existing.header == header:
+        missing = [step for step in existing.steps if not (directory / existing.entry(step)["file"]).exists()]
+        if missing:  # files are hashed when students load them; a missing one is named now
+            raise TrajectoryError(f"the finished teacher trajectory {directory} is damaged: the checkpoint file "
+                                  f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or delete "
+                                  f"{directory} to train the teacher again")
+        log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
+        return existing
     state_path = directory / RESUME_STATE
     resuming = state_path.exists()
     barrier()  # all processes have looked before rank 0 changes anything

@@ -51,6 +51,7 @@ def test_same_seed_same_numbers(tmp_path, tiny):
 
 
 def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
+    from progdistill.trajectory import TrajectoryError
     out = tmp_path / "run"
     first = run(tiny, out, log=quiet)
     before = (out / "teacher" / "manifest.json").read_text()
@@ -64,6 +65,12 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     assert any("already complete" in m for m in messages)
     assert (out / "teacher" / "manifest.json").read_text() == before
     assert json.loads((out / "results.json").read_text())["wall_time_s"] == first["wall_time_s"]  # kept
+    checkpoint = next((out / "teacher" / "checkpoints").iterdir())
+    saved = checkpoint.read_bytes()
+    checkpoint.unlink()
+    with pytest.raises(TrajectoryError, match="teacher trajectory .* is damaged: the checkpoint file of step"):
+        run(tiny, out, log=quiet)  # named even though no student needs the file
+    checkpoint.write_bytes(saved)
     other = replace(tiny, student=replace(tiny.student, steps=150))
     with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 150"):
         run(other, out, log=quiet)
