@@ -393,6 +393,10 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     resolve_device(device)  # a bad --device is refused before anything is written
     _check_k_shot_points(config)
     data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
+    for role, cfg in (("teacher", config.teacher), ("student", config.student)):
+        if cfg.eval_every > cfg.steps:
+            log(f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
+                f"only at steps 0 and {cfg.steps}, so its steps-to-threshold can only read {cfg.steps}")
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
         barrier()
         _prepare(config, out)

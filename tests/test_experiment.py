@@ -79,6 +79,13 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     assert results["students"][0]["steps"] == 150
 
 
+def test_an_evaluation_interval_longer_than_the_run_is_pointed_out(tmp_path, tiny):
+    messages = []
+    run(replace(tiny, student=replace(tiny.student, eval_every=1000)), tmp_path / "run", log=messages.append)
+    assert any("student.eval_every=1000 exceeds student.steps=300" in m for m in messages)
+    assert not any("teacher.eval_every" in m for m in messages)
+
+
 def test_run_directory_records_its_config_hash(tmp_path, tiny):
     from progdistill.experiment import config_hash
     results = run(tiny, tmp_path / "run", log=quiet)
