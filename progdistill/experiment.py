@@ -39,8 +39,10 @@ from .train import Member, TeacherPool, fit, generator, resolve_device
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
+# Seconds spent by earlier, interrupted invocations of `run` on a run directory (added to its wall time).
+EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
 OUTPUTS = ("config.json", "config.sha256", "data.sha256", "teacher", "students", "tensorboard", "probes", "tokenizer", "results.json",
-           "summary.md", "accuracy.png")
+           "summary.md", "accuracy.png", EARLIER_WALL_TIME)
 
 
 @dataclass(frozen=True)
@@ -416,8 +418,13 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
                 previous = previous if Trajectory(out / "teacher").complete else None
             except TrajectoryError:
                 previous = None
-        trajectory = train_teacher(config, out, device, log)
-        trained = train_students(config, out, trajectory, device, log)
+        earlier = _earlier_wall_time(out)
+        try:
+            trajectory = train_teacher(config, out, device, log)
+            trained = train_students(config, out, trajectory, device, log)
+        except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
+            atomic_write_json(out / EARLIER_WALL_TIME, {"seconds": earlier + time.perf_counter() - started})
+            raise
         # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
         # recomputing the one and replacing the other with the seconds this no-op took.
         unchanged = previous is not None and trained == 0
@@ -430,7 +437,17 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
             probe_generation(out, config, log)  # how many sampled sentences the grammar accepts
         if unchanged:
             log(f"{out} was already complete: nothing retrained, results kept (wall time of the original run)")
-        wall = previous["wall_time_s"] if unchanged else time.perf_counter() - started
+        wall = previous["wall_time_s"] if unchanged else earlier + time.perf_counter() - started
         results = write_report(out, wall_time_s=wall)
+        (out / EARLIER_WALL_TIME).unlink(missing_ok=True)
         barrier()
         return results
+
+
+def _earlier_wall_time(out: Path) -> float:
+    """Seconds recorded by interrupted earlier invocations on ``out`` (0 when none, or unreadable). A process
+    killed outright (SIGKILL) records nothing, so the total is then a lower bound."""
+    try:
+        return float(json.loads((out / EARLIER_WALL_TIME).read_text(encoding="utf-8"))["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0

@@ -184,3 +184,27 @@ def test_metrics_mirrored_to_tensorboard(tmp_path, tiny):
     events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
     names = {p.parent.name for p in events}
     assert "teacher" in names and "progressive-seed0" in names
+
+
+def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monkeypatch):
+    import time
+
+    import progdistill.experiment as experiment
+    from progdistill.experiment import EARLIER_WALL_TIME
+    real = experiment.train_students
+
+    def interrupted(*args, **kwargs):
+        time.sleep(1.0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "train_students", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny, tmp_path / "run", log=quiet)
+    earlier = json.loads((tmp_path / "run" / EARLIER_WALL_TIME).read_text())["seconds"]
+    assert earlier >= 1.0
+    monkeypatch.setattr(experiment, "train_students", real)
+    started = time.perf_counter()
+    results = run(tiny, tmp_path / "run", log=quiet)
+    second = time.perf_counter() - started  # more than run's own timer (which stops before the report)
+    assert earlier < results["wall_time_s"] <= earlier + second  # both invocations
+    assert not (tmp_path / "run" / EARLIER_WALL_TIME).exists()
