@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from .train import TeacherPool
 from .trajectory import TrajectoryError
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# The weight files from_pretrained reads (single file or sharded, safetensors or PyTorch pickle).
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 class HFTrajectory:
@@ -58,6 +61,15 @@ class HFTrajectory:
         if not self._dirs:
             raise TrajectoryError(f"HF output directory {self.directory} has no checkpoint-<step> directories; "
                                   "train the teacher with save_strategy='steps'")
+        odd = sorted(p.name for p in self.directory.iterdir()
+                     if p.is_dir() and p.name.startswith("checkpoint-") and not _CHECKPOINT.match(p.name))
+        if odd:  # e.g. a renamed "checkpoint-final": not a step, so not part of the trajectory
+            warnings.warn(f"{self.directory}: ignoring {', '.join(odd)} (not checkpoint-<step>); the trajectory is "
+                          f"steps {sorted(self._dirs)}, the last of which is the final teacher")
+        for step, path in sorted(self._dirs.items()):
+            if not any((path / name).exists() for name in _WEIGHTS):
+                raise TrajectoryError(f"checkpoint {path} for step {step} has no weights (none of "
+                                      f"{', '.join(_WEIGHTS)}); the teacher's save was interrupted?")
         self._metrics: dict[int, dict[str, Any]] = {}
         state = self._dirs[max(self._dirs)] / "trainer_state.json"
         if state.exists():
@@ -97,14 +109,6 @@ class HFTrajectory:
         except Exception as exc:  # transformers raises OSError / ValueError subclasses
             raise TrajectoryError(f"checkpoint {self._dirs[step]} for step {step} cannot be loaded: {exc}") \
                 from None
-
-
-def _output_size(model: torch.nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    for key in ("vocab_size", "num_labels"):
-        if config is not None and getattr(config, key, None):
-            return getattr(config, key)
-    return None
 
 
 def _is_causal_lm(model: torch.nn.Module) -> bool:
@@ -160,21 +164,32 @@ class ProgressiveDistillationTrainer(_trainer_class()):
         else:
             teacher = self.teachers.get(step)
             self.teachers.retain({step})
-            t_size, s_size = _output_size(teacher), _output_size(model)
-            if t_size is not None and s_size is not None and t_size != s_size:
-                raise ConfigError(f"teacher output size {t_size} (checkpoint {step}) differs from the student's "
-                                  f"{s_size}; they must share a vocabulary / label set")
             with torch.no_grad():
                 teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            if teacher_logits.shape != logits.shape:  # the logits themselves: vocabulary or label set
+                raise ConfigError(f"teacher logits of shape {tuple(teacher_logits.shape)} (checkpoint {step}) "
+                                  f"differ from the student's {tuple(logits.shape)}: the last dimension is the "
+                                  f"output size (teacher {teacher_logits.shape[-1]}, student {logits.shape[-1]}); "
+                                  "they must share a vocabulary / label set")
         if self.shift_labels is None:
             self.shift_labels = _is_causal_lm(self.accelerator.unwrap_model(model) if hasattr(self, "accelerator")
                                               else model)
         if self.shift_labels and labels is not None:  # a causal LM predicts token t+1 at position t
             logits, targets = logits[..., :-1, :], labels[..., 1:]
             teacher_logits = None if teacher_logits is None else teacher_logits[..., :-1, :]
+        # Trainer's gradient-accumulation contract: when the model takes loss kwargs it passes
+        # num_items_in_batch (the supervised positions of the whole accumulated batch, across processes when
+        # average_tokens_across_devices) and does *not* divide the loss by the accumulation steps itself, so the
+        # loss is the sum over this micro-batch's positions divided by that count -- the accumulated gradient is
+        # then that of the mean over the whole batch, as with the model's own loss. Otherwise: the mean here,
+        # and Trainer divides by the accumulation steps.
+        per_item = num_items_in_batch is not None and self.model_accepts_loss_kwargs and targets is not None
+        reduction = "none" if per_item else "mean"
         if teacher_logits is None:
-            loss = cross_entropy(logits, targets)
+            loss = cross_entropy(logits, targets, reduction)
         else:
             loss = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
-                                     self.distillation.temperature, self.distillation.alpha)
+                                     self.distillation.temperature, self.distillation.alpha, reduction)
+        if per_item:
+            loss = loss.sum() / torch.as_tensor(num_items_in_batch, device=loss.device)
         return (loss, outputs) if return_outputs else loss

@@ -99,5 +99,63 @@ def test_vocabulary_mismatch_names_both_sizes(teacher_run, tmp_path):
     trainer = ProgressiveDistillationTrainer(model=gpt2(1, vocab=24), args=args(tmp_path / "s", 5),
                                              train_dataset=Tokens(), teacher_trajectory=traj, schedule=OneShot())
     batch = {k: torch.stack([Tokens()[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
-    with pytest.raises(ConfigError, match="teacher output size 16 .* differs from the student's 24"):
+    with pytest.raises(ConfigError, match=r"output size \(teacher 16, student 24\)"):
         trainer.compute_loss(trainer.model, batch)
+
+
+def test_gradient_accumulation_gives_the_same_update(teacher_run, tmp_path):
+    """Trainer does not divide a loss-kwargs model's loss by the accumulation steps: 8 x 1 and 2 x 4 examples
+    must give the same student after a step (a per-micro-batch mean would be 4x too large)."""
+    traj = HFTrajectory(teacher_run, GPT2LMHeadModel)
+    students = []
+    for batch, accumulation in ((8, 1), (2, 4)):
+        student = gpt2(1, seed=5)
+        a = TrainingArguments(str(tmp_path / f"ga{accumulation}"), max_steps=2, per_device_train_batch_size=batch,
+                              gradient_accumulation_steps=accumulation, learning_rate=1e-2, save_strategy="no",
+                              report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+        ProgressiveDistillationTrainer(model=student, args=a, train_dataset=Tokens(), teacher_trajectory=traj,
+                                       schedule=Progressive(speed=1.0),
+                                       distillation=DistillationConfig(alpha=0.5)).train()
+        students.append(student)
+    changed = False
+    for (name, p1), p2 in zip(students[0].named_parameters(), students[1].parameters()):
+        assert torch.allclose(p1, p2, atol=1e-5), name
+        changed |= not torch.equal(p1, gpt2(1, seed=5).get_parameter(name))
+    assert changed
+
+
+def _classifier(labels, vocab, seed=0):
+    from transformers import GPT2ForSequenceClassification
+    torch.manual_seed(seed)
+    return GPT2ForSequenceClassification(GPT2Config(vocab_size=vocab, n_positions=16, n_embd=8, n_layer=1, n_head=1,
+                                                    num_labels=labels, pad_token_id=0))
+
+
+@pytest.mark.parametrize("teacher_labels, student_vocab, error", [
+    (3, 16, r"output size \(teacher 3, student 2\)"),  # label sets differ: refused
+    (2, 24, None),  # the same labels over other vocabularies: fine for a classifier
+])
+def test_classifiers_compare_label_sets_not_vocabularies(tmp_path, teacher_labels, student_vocab, error):
+    from transformers import GPT2ForSequenceClassification
+    _classifier(teacher_labels, 16).save_pretrained(tmp_path / "teacher" / "checkpoint-5")
+    trainer = ProgressiveDistillationTrainer(
+        model=_classifier(2, student_vocab, seed=1), args=args(tmp_path / "s", 1), train_dataset=Tokens(),
+        teacher_trajectory=HFTrajectory(tmp_path / "teacher", GPT2ForSequenceClassification), schedule=OneShot())
+    batch = {"input_ids": torch.randint(1, 16, (4, 6)), "labels": torch.tensor([0, 1, 1, 0])}
+    if error is None:
+        assert torch.isfinite(trainer.compute_loss(trainer.model, batch))
+    else:
+        with pytest.raises(ConfigError, match=error):
+            trainer.compute_loss(trainer.model, batch)
+
+
+def test_checkpoints_without_weights_or_with_odd_names_are_reported(teacher_run, tmp_path):
+    import shutil
+    out = tmp_path / "teacher"
+    shutil.copytree(teacher_run, out)
+    (out / "checkpoint-20").rename(out / "checkpoint-final")
+    with pytest.warns(UserWarning, match="ignoring checkpoint-final"):
+        assert HFTrajectory(out, GPT2LMHeadModel).steps == [5, 10, 15]
+    (out / "checkpoint-10" / "model.safetensors").unlink()
+    with pytest.warns(UserWarning), pytest.raises(TrajectoryError, match="checkpoint-10 for step 10 has no weights"):
+        HFTrajectory(out, GPT2LMHeadModel)
