@@ -185,10 +185,11 @@ def _token_step(net, batch, teacher, train: TrainConfig, distillation: Distillat
     total = float(all_reduce_mean(selected.sum().float().reshape(1))[0])  # mean over processes
     total = max(total, 1.0)
     value = 0.0
+    data_parallel = rank_world()[1] > 1
     for index in torch.arange(batch.inputs.shape[0]).chunk(train.grad_accumulation):
         part, mask = batch.rows(index), selected[index]
-        if not mask.any():
-            continue
+        if not mask.any() and not data_parallel:  # nothing to learn; under DDP every process must still
+            continue                                # run the backward pass (its gradient all-reduce) below
         with autocast:
             logits = net(part.inputs, part.attention_mask)[mask]  # (N, V)
         target = part.targets[mask]
@@ -200,7 +201,7 @@ def _token_step(net, batch, teacher, train: TrainConfig, distillation: Distillat
             per_token = distillation_loss(logits, teacher_logits, target, distillation.loss,
                                           distillation.temperature, distillation.alpha, reduction="none")
         loss = per_token.sum() / total
-        if torch.isfinite(loss):
+        if all_true(bool(torch.isfinite(loss)), loss.device):  # one process's inf skips it on all of them
             loss.backward()
         value += float(loss.detach())
     return value

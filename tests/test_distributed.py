@@ -59,3 +59,20 @@ def test_uneven_split_names_both_values():
         assert local_slice(32) == slice(8, 16)
     finally:
         d.rank_world = original
+
+
+@pytest.mark.slow
+def test_token_task_with_empty_micro_batches_does_not_deadlock(tmp_path):
+    """With a tiny mask rate, some micro-batches supervise no token on one process and some on the other; every
+    process must still run each backward pass (DDP's gradient all-reduce), or training hangs."""
+    shrink = ["--set", "teacher.steps=20", "--set", "teacher.eval_every=10", "--set", "teacher.checkpoint_every=10",
+              "--set", "teacher.model.n_layer=1", "--set", "teacher.model.n_head=2", "--set", "student.model.n_layer=1",
+              "--set", "student.model.n_head=1", "--set", "student.steps=10", "--set", "student.eval_every=10",
+              "--set", "task.eval_size=16", "--set", "teacher.batch_size=8", "--set", "student.batch_size=8",
+              "--set", "teacher.grad_accumulation=4", "--set", "task.mask_rate=0.01",
+              "--set", 'schedules=[{"type":"ce"}]', "--seeds", "1", "--device", "cpu"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "progdistill.cli", "run", "pcfg-mlm", "--out", str(tmp_path / "run")] + shrink
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "results.json").exists()
