@@ -395,6 +395,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     resolve_device(device)  # a bad --device is refused before anything is written
     _check_k_shot_points(config)
     data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
+    _check_probe_fits(config)
     for role, cfg in (("teacher", config.teacher), ("student", config.student)):
         if cfg.eval_every > cfg.steps:
             log(f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
@@ -428,11 +429,12 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
         # recomputing the one and replacing the other with the seconds this no-op took.
         unchanged = previous is not None and trained == 0
+        from .pcfg_probes import WINDOWS
         from .probes import NGRAM_TASKS, _probe_ngram, probe_generation
 
         probes = out / "probes"
         if config.task.kind in NGRAM_TASKS and not (unchanged and (probes / "ngram-summary.json").exists()):
-            _probe_ngram(out, config, True, (3, 5, 7), log)  # the n-gram (and non-terminal) probes
+            _probe_ngram(out, config, True, WINDOWS, log)  # the n-gram (and non-terminal) probes
         if config.task.kind == "pcfg-lm" and not (unchanged and (probes / "generation-summary.json").exists()):
             probe_generation(out, config, log)  # how many sampled sentences the grammar accepts
         if unchanged:
@@ -442,6 +444,21 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         (out / EARLIER_WALL_TIME).unlink(missing_ok=True)
         barrier()
         return results
+
+
+def _check_probe_fits(config: ExperimentConfig) -> None:
+    """A masked LM run ends with the n-gram probe (windows :data:`~progdistill.pcfg_probes.WINDOWS`): refuse,
+    before any training, task sequences too short for its widest window."""
+    from .pcfg_probes import WINDOWS
+    from .probes import NGRAM_TASKS, _ngram_inputs
+
+    if config.task.kind in NGRAM_TASKS:
+        try:
+            _ngram_inputs(config.task, WINDOWS)
+        except ValueError as exc:
+            raise ConfigError(f"task: a {config.task.kind} run ends with the n-gram probe (windows "
+                              f"{' '.join(map(str, WINDOWS))}), but {exc}; use a grammar, corpus or sequence length "
+                              "with longer sequences (nothing was written)") from None
 
 
 def _earlier_wall_time(out: Path) -> float:

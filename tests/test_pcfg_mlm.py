@@ -448,3 +448,12 @@ def test_an_interrupted_command_ends_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(progdistill.probes, "probe_oracle", interrupted)
     assert main(["probe", "oracle", "anywhere"]) == 130
     assert capsys.readouterr().err.startswith("progdistill: interrupted;")
+
+
+def test_sentences_too_short_for_the_end_of_run_probe_are_refused_before_training(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("s -> 'a' 'b' [1.0]\n", encoding="utf-8")
+    config = _tiny_config(PCFGMaskedLMTask(grammar=GrammarSpec(name=str(path)), eval_size=16, max_length=64))
+    with pytest.raises(ConfigError, match="ends with the n-gram probe .*window 5 is longer than every probed"):
+        run(config, tmp_path / "run", log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
