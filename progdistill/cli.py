@@ -44,8 +44,8 @@ def cmd_run(args) -> int:
     out = Path(args.out or f"runs/{config.preset}")
     device = init_from_env(args.device)  # joins the process group under torchrun
     if rank_world()[1] > 1:
-        local_slice(config.teacher.batch_size)  # refuse an uneven split before any work
-        local_slice(config.student.batch_size)
+        local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
+        local_slice(config.student.batch_size, "student.batch_size")
     run(config, out, overwrite=args.overwrite, device=device)
     if is_main():
         print((out / "summary.md").read_text(encoding="utf-8"))

@@ -48,15 +48,15 @@ def all_true(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def local_slice(batch_size: int) -> slice:
-    """This process's rows of a global batch. Raises ``ValueError`` naming both values when the batch does
-    not split evenly over the processes."""
+def local_slice(batch_size: int, field: str = "batch_size") -> slice:
+    """This process's rows of a global batch. Raises ``ValueError`` naming both values (the batch as
+    ``field``, e.g. "student.batch_size") when the batch does not split evenly over the processes."""
     rank, world = rank_world()
     if world > batch_size:
-        raise ValueError(f"--nproc_per_node={world} is larger than the global batch_size={batch_size}; "
-                         "use at most batch_size processes")
+        raise ValueError(f"--nproc_per_node={world} is larger than the global {field}={batch_size}; "
+                         f"use at most {batch_size} processes")
     if batch_size % world:
-        raise ValueError(f"batch_size={batch_size} does not divide across {world} processes; choose a batch "
+        raise ValueError(f"{field}={batch_size} does not divide across {world} processes; choose a batch "
                          f"size that is a multiple of {world}")
     share = batch_size // world
     return slice(rank * share, (rank + 1) * share)

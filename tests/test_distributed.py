@@ -52,6 +52,8 @@ def test_uneven_split_names_both_values():
         d.rank_world = lambda: (1, 3)
         with pytest.raises(ValueError, match="batch_size=32 does not divide across 3 processes"):
             local_slice(32)
+        with pytest.raises(ValueError, match="^student.batch_size=32 does not divide across 3 processes"):
+            local_slice(32, "student.batch_size")
         d.rank_world = lambda: (0, 64)
         with pytest.raises(ValueError, match="--nproc_per_node=64 is larger than the global batch_size=32"):
             local_slice(32)
