@@ -119,11 +119,20 @@ def cmd_export(args) -> int:
             raise ConfigError(f"{args.which} of {run_dir} is a {type(model).__name__}, not a Hugging Face model; "
                               "its weights are already a safetensors file in the run directory")
         model.save_pretrained(out)
+    extra = ""
     tokenizer = run_dir / "tokenizer" / "tokenizer.json"
     if tokenizer.exists():  # text runs: the tokenizer goes with the model
         (out / "tokenizer.json").write_bytes(tokenizer.read_bytes())
-    print(f"wrote the Hugging Face model (config.json, model.safetensors"
-          f"{', tokenizer.json' if tokenizer.exists() else ''}) of {args.which}"
+        extra = ", tokenizer.json"
+    from .masked_lm import SPECIALS, Vocabulary
+
+    vocabulary = getattr(config.task, "vocabulary", None)
+    if isinstance(vocabulary, Vocabulary):  # grammar runs: which id is which terminal or special token
+        names = list(vocabulary.terminals) + list(SPECIALS)
+        (out / "vocab.json").write_text(json.dumps({name: i for i, name in enumerate(names)}, indent=1) + "\n",
+                                        encoding="utf-8")
+        extra = ", vocab.json"
+    print(f"wrote the Hugging Face model (config.json, model.safetensors{extra}) of {args.which}"
           f"{'' if args.which != 'teacher' else f' at step {args.step}' if args.step is not None else ' (final checkpoint)'}"
           f" to {out}")
     return 0
