@@ -192,4 +192,9 @@ class ProgressiveDistillationTrainer(_trainer_class()):
                                      self.distillation.temperature, self.distillation.alpha, reduction)
         if per_item:
             loss = loss.sum() / torch.as_tensor(num_items_in_batch, device=loss.device)
+            if self.args.average_tokens_across_devices:
+                # num_items_in_batch then counts every process's positions, and DDP averages the processes'
+                # gradients: scale back up by the process count, as Trainer.compute_loss does for its own loss.
+                replicas = self.accelerator.num_processes // getattr(self, "get_tp_size", lambda: 1)()
+                loss = loss * (replicas if self.args.n_gpu <= 1 else self.args.n_gpu)
         return (loss, outputs) if return_outputs else loss

@@ -159,3 +159,49 @@ def test_checkpoints_without_weights_or_with_odd_names_are_reported(teacher_run,
     (out / "checkpoint-10" / "model.safetensors").unlink()
     with pytest.warns(UserWarning), pytest.raises(TrajectoryError, match="checkpoint-10 for step 10 has no weights"):
         HFTrajectory(out, GPT2LMHeadModel)
+
+
+DDP_SCRIPT = '''
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+from test_hf import Tokens, gpt2
+from transformers import GPT2LMHeadModel, TrainingArguments
+from progdistill import DistillationConfig, Progressive
+from progdistill.hf import HFTrajectory, ProgressiveDistillationTrainer
+batch, accumulation, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+student = gpt2(1, seed=5)
+a = TrainingArguments(out, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                      learning_rate=0.1, optim="sgd", save_strategy="no", report_to=[], use_cpu=True,
+                      disable_tqdm=True, seed=0)
+ProgressiveDistillationTrainer(model=student, args=a, train_dataset=Tokens(n=8),
+                               teacher_trajectory=HFTrajectory({teacher!r}, GPT2LMHeadModel),
+                               schedule=Progressive(speed=1.0), distillation=DistillationConfig(alpha=0.5)).train()
+if int(os.environ.get("RANK", "0")) == 0:
+    torch.save(student.state_dict(), out + ".pt")
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_update_of_one(teacher_run, tmp_path):
+    """Under torchrun, Trainer counts the supervised positions of every process and DDP averages gradients: the
+    loss is scaled back by the process count (as Trainer does for a model's own loss), so 2 processes x 2
+    micro-batches of 2 give one process's update on all 8 examples."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "student.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), teacher=str(teacher_run)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    one = subprocess.run([sys.executable, str(script), "8", "1", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), "2", "2", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    init = gpt2(1, seed=5).state_dict()
+    assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3  # the step moved the weights
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
