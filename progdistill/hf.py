@@ -38,7 +38,8 @@ from .trajectory import TrajectoryError
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # The weight files from_pretrained reads (single file or sharded, safetensors or PyTorch pickle).
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+            "adapter_model.safetensors", "adapter_model.bin")  # the last two: PEFT adapters
 
 
 class HFTrajectory:
@@ -111,6 +112,11 @@ class HFTrajectory:
                 from None
 
 
+def _vocabulary_size(model: torch.nn.Module) -> int | None:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return embeddings.num_embeddings if isinstance(embeddings, torch.nn.Embedding) else None
+
+
 def _is_causal_lm(model: torch.nn.Module) -> bool:
     """Whether ``model`` is one of transformers' causal language models (GPT2LMHeadModel, LlamaForCausalLM...)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -164,6 +170,14 @@ class ProgressiveDistillationTrainer(_trainer_class()):
         else:
             teacher = self.teachers.get(step)
             self.teachers.retain({step})
+            embeddings = teacher.get_input_embeddings() if hasattr(teacher, "get_input_embeddings") else None
+            ids = inputs.get("input_ids")
+            if isinstance(embeddings, torch.nn.Embedding) and ids is not None and ids.numel() \
+                    and int(ids.max()) >= embeddings.num_embeddings:  # before the forward: not an index crash
+                student = _vocabulary_size(self.accelerator.unwrap_model(model))
+                raise ConfigError(f"input id {int(ids.max())} is outside the teacher's vocabulary of "
+                                  f"{embeddings.num_embeddings} tokens (checkpoint {step}; the student's has "
+                                  f"{student}); they must share a vocabulary")
             with torch.no_grad():
                 teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
             if teacher_logits.shape != logits.shape:  # the logits themselves: vocabulary or label set
@@ -178,10 +192,10 @@ class ProgressiveDistillationTrainer(_trainer_class()):
             logits, targets = logits[..., :-1, :], labels[..., 1:]
             teacher_logits = None if teacher_logits is None else teacher_logits[..., :-1, :]
         # Trainer's gradient-accumulation contract: when the model takes loss kwargs it passes
-        # num_items_in_batch (the supervised positions of the whole accumulated batch, across processes when
-        # average_tokens_across_devices) and does *not* divide the loss by the accumulation steps itself, so the
-        # loss is the sum over this micro-batch's positions divided by that count -- the accumulated gradient is
-        # then that of the mean over the whole batch, as with the model's own loss. Otherwise: the mean here,
+        # num_items_in_batch (the labelled positions of the whole accumulated batch -- shifted by one only for
+        # models whose loss_type is ForCausalLM -- across processes when average_tokens_across_devices) and does
+        # *not* divide the loss by the accumulation steps itself, so the loss is the sum over this micro-batch's
+        # positions divided by that count, normalized as the model's own loss is. Otherwise: the mean here,
         # and Trainer divides by the accumulation steps.
         per_item = num_items_in_batch is not None and self.model_accepts_loss_kwargs and targets is not None
         reduction = "none" if per_item else "mean"
@@ -191,10 +205,17 @@ class ProgressiveDistillationTrainer(_trainer_class()):
             loss = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
                                      self.distillation.temperature, self.distillation.alpha, reduction)
         if per_item:
-            loss = loss.sum() / torch.as_tensor(num_items_in_batch, device=loss.device)
-            if self.args.average_tokens_across_devices:
-                # num_items_in_batch then counts every process's positions, and DDP averages the processes'
-                # gradients: scale back up by the process count, as Trainer.compute_loss does for its own loss.
-                replicas = self.accelerator.num_processes // getattr(self, "get_tp_size", lambda: 1)()
-                loss = loss * (replicas if self.args.n_gpu <= 1 else self.args.n_gpu)
+            count = torch.as_tensor(num_items_in_batch, device=loss.device)
+            if self.args.n_gpu > 1:
+                # nn.DataParallel: the outputs here are already gathered from every GPU, so divide by the whole
+                # batch's count (which Trainer split per GPU unless it averages tokens) and do not rescale.
+                if not self.args.average_tokens_across_devices:
+                    count = count * self.args.n_gpu
+                loss = loss.sum() / count
+            else:
+                loss = loss.sum() / count
+                if self.args.average_tokens_across_devices:
+                    # The count then spans every process, and DDP averages the processes' gradients: scale back
+                    # up by the process count, as Trainer.compute_loss does for a model's own loss.
+                    loss = loss * (self.accelerator.num_processes // getattr(self, "get_tp_size", lambda: 1)())
         return (loss, outputs) if return_outputs else loss

@@ -101,6 +101,26 @@ def test_vocabulary_mismatch_names_both_sizes(teacher_run, tmp_path):
     batch = {k: torch.stack([Tokens()[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
     with pytest.raises(ConfigError, match=r"output size \(teacher 16, student 24\)"):
         trainer.compute_loss(trainer.model, batch)
+    batch["input_ids"][0, 0] = 23  # a token the teacher cannot embed: named before its forward pass
+    with pytest.raises(ConfigError, match="input id 23 is outside the teacher's vocabulary of 16 tokens .*has 24"):
+        trainer.compute_loss(trainer.model, batch)
+
+
+@pytest.mark.parametrize("average_tokens", [True, False])
+def test_data_parallel_over_gpus_divides_by_the_whole_batch(teacher_run, tmp_path, average_tokens):
+    """nn.DataParallel (n_gpu > 1): compute_loss sees the outputs of all GPUs; Trainer passes the whole count
+    (averaging tokens) or its per-GPU share, and the loss must still be the one of a single device."""
+    traj = HFTrajectory(teacher_run, GPT2LMHeadModel)
+    trainer = ProgressiveDistillationTrainer(
+        model=gpt2(1, seed=3), args=args(tmp_path / "s", 5, average_tokens_across_devices=average_tokens),
+        train_dataset=Tokens(), teacher_trajectory=traj, schedule=OneShot())
+    batch = {k: torch.stack([Tokens()[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
+    count = torch.tensor(4 * 11)  # labelled positions after the shift
+    one_device = trainer.compute_loss(trainer.model, batch, num_items_in_batch=count)
+    trainer.args._n_gpu = 2
+    passed = count if average_tokens else count // 2  # what Trainer hands compute_loss under DataParallel
+    assert trainer.compute_loss(trainer.model, batch, num_items_in_batch=passed).item() == \
+        pytest.approx(one_device.item(), rel=1e-6)
 
 
 def test_gradient_accumulation_gives_the_same_update(teacher_run, tmp_path):
@@ -159,6 +179,9 @@ def test_checkpoints_without_weights_or_with_odd_names_are_reported(teacher_run,
     (out / "checkpoint-10" / "model.safetensors").unlink()
     with pytest.warns(UserWarning), pytest.raises(TrajectoryError, match="checkpoint-10 for step 10 has no weights"):
         HFTrajectory(out, GPT2LMHeadModel)
+    (out / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"")  # a PEFT adapter checkpoint counts
+    with pytest.warns(UserWarning):
+        assert HFTrajectory(out, GPT2LMHeadModel).steps == [5, 10, 15]
 
 
 DDP_SCRIPT = '''
