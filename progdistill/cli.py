@@ -127,10 +127,9 @@ def cmd_export(args) -> int:
     from .masked_lm import SPECIALS, Vocabulary
 
     vocabulary = getattr(config.task, "vocabulary", None)
-    if isinstance(vocabulary, Vocabulary):  # grammar runs: which id is which terminal or special token
+    if isinstance(vocabulary, Vocabulary):  # grammar runs: the token of each id (a list: names may repeat)
         names = list(vocabulary.terminals) + list(SPECIALS)
-        (out / "vocab.json").write_text(json.dumps({name: i for i, name in enumerate(names)}, indent=1) + "\n",
-                                        encoding="utf-8")
+        (out / "vocab.json").write_text(json.dumps(names) + "\n", encoding="utf-8")
         extra = ", vocab.json"
     print(f"wrote the Hugging Face model (config.json, model.safetensors{extra}) of {args.which}"
           f"{'' if args.which != 'teacher' else f' at step {args.step}' if args.step is not None else ' (final checkpoint)'}"

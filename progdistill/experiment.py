@@ -178,10 +178,11 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.trajectory`) leave behind when a
-    process is killed mid-write; called under the run's lock, so no live writer owns one."""
+    """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.trajectory`; figures as
+    ``.STEM.tmpPID.png``) leave behind when a process is killed mid-write; called under the run's lock, so no
+    live writer owns one."""
     for path in out.rglob(".*.tmp*"):
-        if re.fullmatch(r"\..+\.tmp\d+", path.name) and path.is_file():
+        if re.fullmatch(r"\..+\.tmp\d+(\.\w+)?", path.name) and path.is_file():  # also .accuracy.tmpPID.png
             path.unlink()
 
 
@@ -388,8 +389,6 @@ def finished_results(out: Path) -> dict[str, Any] | None:
 def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
         log=print) -> dict[str, Any]:
     """Run the whole experiment into ``out`` and return ``results.json``'s content."""
-    from .report import write_report
-
     out = Path(out)
     started = time.perf_counter()
     resolve_device(device)  # a bad --device is refused before anything is written
@@ -397,7 +396,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
     _check_probe_fits(config)
     for role, cfg in (("teacher", config.teacher), ("student", config.student)):
-        if cfg.eval_every > cfg.steps:
+        if cfg.eval_every > cfg.steps and is_main():
             log(f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
                 f"only at steps 0 and {cfg.steps}, so its steps-to-threshold can only read {cfg.steps}")
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
@@ -421,29 +420,36 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
                 previous = None
         earlier = _earlier_wall_time(out)
         try:
-            trajectory = train_teacher(config, out, device, log)
-            trained = train_students(config, out, trajectory, device, log)
+            results = _train_probe_report(config, out, device, log, previous, earlier, started)
         except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
             atomic_write_json(out / EARLIER_WALL_TIME, {"seconds": earlier + time.perf_counter() - started})
             raise
-        # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
-        # recomputing the one and replacing the other with the seconds this no-op took.
-        unchanged = previous is not None and trained == 0
-        from .pcfg_probes import WINDOWS
-        from .probes import NGRAM_TASKS, _probe_ngram, probe_generation
-
-        probes = out / "probes"
-        if config.task.kind in NGRAM_TASKS and not (unchanged and (probes / "ngram-summary.json").exists()):
-            _probe_ngram(out, config, True, WINDOWS, log)  # the n-gram (and non-terminal) probes
-        if config.task.kind == "pcfg-lm" and not (unchanged and (probes / "generation-summary.json").exists()):
-            probe_generation(out, config, log)  # how many sampled sentences the grammar accepts
-        if unchanged:
-            log(f"{out} was already complete: nothing retrained, results kept (wall time of the original run)")
-        wall = previous["wall_time_s"] if unchanged else earlier + time.perf_counter() - started
-        results = write_report(out, wall_time_s=wall)
         (out / EARLIER_WALL_TIME).unlink(missing_ok=True)
         barrier()
         return results
+
+
+def _train_probe_report(config: ExperimentConfig, out: Path, device: str, log, previous: dict[str, Any] | None,
+                        earlier: float, started: float) -> dict[str, Any]:
+    """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0)."""
+    from .pcfg_probes import WINDOWS
+    from .probes import NGRAM_TASKS, _probe_ngram, probe_generation
+    from .report import write_report
+
+    trajectory = train_teacher(config, out, device, log)
+    trained = train_students(config, out, trajectory, device, log)
+    # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
+    # recomputing the one and replacing the other with the seconds this no-op took.
+    unchanged = previous is not None and trained == 0
+    probes = out / "probes"
+    if config.task.kind in NGRAM_TASKS and not (unchanged and (probes / "ngram-summary.json").exists()):
+        _probe_ngram(out, config, True, WINDOWS, log)  # the n-gram (and non-terminal) probes
+    if config.task.kind == "pcfg-lm" and not (unchanged and (probes / "generation-summary.json").exists()):
+        probe_generation(out, config, log)  # how many sampled sentences the grammar accepts
+    if unchanged:
+        log(f"{out} was already complete: nothing retrained, results kept (wall time of the original run)")
+    wall = previous["wall_time_s"] if unchanged else earlier + time.perf_counter() - started
+    return write_report(out, wall_time_s=wall)
 
 
 def _check_probe_fits(config: ExperimentConfig) -> None:

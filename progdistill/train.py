@@ -235,7 +235,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     The state file is deleted when training finishes.
     """
     M, steps = len(members), train.steps
-    rows = local_slice(train.batch_size)  # this process's share of every global batch
+    rows = local_slice(train.batch_size, f"batch_size ({desc})")  # this process's share of every global batch
     B = rows.stop - rows.start
     main_process = is_main()
     distillation = distillation or DistillationConfig()

@@ -56,10 +56,12 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     first = run(tiny, out, log=quiet)
     before = (out / "teacher" / "manifest.json").read_text()
     (out / "teacher" / ".manifest.json.tmp4242").write_text("left by a process killed mid-write")
+    (out / ".accuracy.tmp4242.png").write_bytes(b"half a figure")
     (out / ".notes.tmp").write_text("the user's")
     messages = []
     run(tiny, out, log=messages.append)
     assert not (out / "teacher" / ".manifest.json.tmp4242").exists() and (out / ".notes.tmp").exists()
+    assert not (out / ".accuracy.tmp4242.png").exists()
     assert any("reusing finished teacher" in m for m in messages)
     assert any("already finished" in m for m in messages)
     assert any("already complete" in m for m in messages)

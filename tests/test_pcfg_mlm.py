@@ -277,8 +277,9 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     run(config, tmp_path / "run", log=lambda *a: None)
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--step", "10"]) == 0
     model = BertForMaskedLM.from_pretrained(tmp_path / "hf")
-    vocab = json.loads((tmp_path / "hf" / "vocab.json").read_text())
-    assert vocab["MASK"] == TASK.vocabulary.mask and vocab[TASK.vocabulary.terminals[0]] == 0
+    vocab = json.loads((tmp_path / "hf" / "vocab.json").read_text())  # the token of each id
+    assert vocab[TASK.vocabulary.mask] == "MASK" and vocab[:len(TASK.vocabulary.terminals)] == \
+        list(TASK.vocabulary.terminals)
     original = build()
     original.load_state_dict(Trajectory(tmp_path / "run" / "teacher").load(10))
     batch = TASK.sample_batch(2, generator(0, "x"))
