@@ -170,14 +170,12 @@ class ProgressiveDistillationTrainer(_trainer_class()):
         else:
             teacher = self.teachers.get(step)
             self.teachers.retain({step})
-            embeddings = teacher.get_input_embeddings() if hasattr(teacher, "get_input_embeddings") else None
-            ids = inputs.get("input_ids")
-            if isinstance(embeddings, torch.nn.Embedding) and ids is not None and ids.numel() \
-                    and int(ids.max()) >= embeddings.num_embeddings:  # before the forward: not an index crash
-                student = _vocabulary_size(self.accelerator.unwrap_model(model))
-                raise ConfigError(f"input id {int(ids.max())} is outside the teacher's vocabulary of "
-                                  f"{embeddings.num_embeddings} tokens (checkpoint {step}; the student's has "
-                                  f"{student}); they must share a vocabulary")
+            vocabulary, ids = _vocabulary_size(teacher), inputs.get("input_ids")
+            if vocabulary is not None and ids is not None and ids.numel() and int(ids.max()) >= vocabulary:
+                student = _vocabulary_size(self.accelerator.unwrap_model(model))  # before the forward's index error
+                raise ConfigError(f"input id {int(ids.max())} is outside the teacher's vocabulary of {vocabulary} "
+                                  f"tokens (checkpoint {step}; the student's has {student}); they must share a "
+                                  "vocabulary")
             with torch.no_grad():
                 teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
             if teacher_logits.shape != logits.shape:  # the logits themselves: vocabulary or label set
@@ -206,16 +204,14 @@ class ProgressiveDistillationTrainer(_trainer_class()):
                                      self.distillation.temperature, self.distillation.alpha, reduction)
         if per_item:
             count = torch.as_tensor(num_items_in_batch, device=loss.device)
-            if self.args.n_gpu > 1:
-                # nn.DataParallel: the outputs here are already gathered from every GPU, so divide by the whole
-                # batch's count (which Trainer split per GPU unless it averages tokens) and do not rescale.
-                if not self.args.average_tokens_across_devices:
-                    count = count * self.args.n_gpu
-                loss = loss.sum() / count
-            else:
-                loss = loss.sum() / count
-                if self.args.average_tokens_across_devices:
-                    # The count then spans every process, and DDP averages the processes' gradients: scale back
-                    # up by the process count, as Trainer.compute_loss does for a model's own loss.
-                    loss = loss * (self.accelerator.num_processes // getattr(self, "get_tp_size", lambda: 1)())
+            averaged = self.args.average_tokens_across_devices
+            if self.args.n_gpu > 1 and not averaged:
+                # nn.DataParallel: the outputs here are gathered from every GPU, but Trainer split the count per
+                # GPU; divide by the whole batch's count, and do not rescale.
+                count = count * self.args.n_gpu
+            loss = loss.sum() / count
+            if self.args.n_gpu <= 1 and averaged:
+                # The count spans every process, and DDP averages the processes' gradients: scale back up by the
+                # process count, as Trainer.compute_loss does for a model's own loss.
+                loss = loss * (self.accelerator.num_processes // getattr(self, "get_tp_size", lambda: 1)())
         return (loss, outputs) if return_outputs else loss

@@ -247,10 +247,9 @@ def _check_run_inputs(run_dir: Path, config, teacher: bool = True) -> None:
                               f"interrupted at step {max(trajectory.steps, default=0)} of "
                               f"{config.teacher.steps}); finish it with `progdistill run "
                               f"{run_dir / 'config.json'} --out {run_dir}` first (nothing was written)")
-        if not (run_dir / "teacher" / "metrics.jsonl").exists():
-            raise ConfigError(f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment "
-                              "(nothing was written)")
-
+    if (teacher or results.exists()) and not (run_dir / "teacher" / "metrics.jsonl").exists():
+        raise ConfigError(f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment "
+                          "(nothing was written)")
     digest = run_dir / "config.sha256"
     if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(config):
         raise ConfigError(f"{run_dir / 'config.json'} was edited after the run (it no longer matches "
@@ -259,9 +258,6 @@ def _check_run_inputs(run_dir: Path, config, teacher: bool = True) -> None:
     if data.exists() and data.read_text(encoding="utf-8").strip() != check_task_data(config):
         raise ConfigError(f"the task data (grammar or corpus) of {run_dir} changed after the run (it no longer "
                           f"matches {data.name}); restore it or rerun the experiment (nothing was written)")
-    elif results.exists() and not (run_dir / "teacher" / "metrics.jsonl").exists():
-        raise ConfigError(f"{run_dir} is damaged: it has results.json but no teacher/metrics.jsonl; rerun the "
-                          "experiment (nothing was written)")
     read_probe_summaries(run_dir)
 
 

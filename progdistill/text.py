@@ -75,13 +75,13 @@ class TextMaskedLMTask:
     # -- data ------------------------------------------------------------------------------------------
     def documents(self) -> tuple[list[str], list[str]]:
         """(training documents, held-out documents). Raises :class:`CorpusError` naming the source."""
-        return _documents(self, _local_files_stamp(self.corpus))
+        return _documents(self, _files_stamp(self, fresh=True))
 
     def tokenizer(self):
         """The run's tokenizer: the one :meth:`prepare` loaded, else trained on the training documents
         (deterministic, so both give the same ids)."""
         prepared = _PREPARED.get(self)
-        return prepared if prepared is not None else _trained_tokenizer(self, _local_files_stamp(self.corpus))
+        return prepared if prepared is not None else _trained_tokenizer(self, _files_stamp(self))
 
     def prepare(self, run_dir: str | Path) -> None:
         """Load ``run_dir/tokenizer/tokenizer.json`` when it exists, else train the tokenizer and save it
@@ -92,14 +92,14 @@ class TextMaskedLMTask:
         if (directory / "tokenizer.json").exists():
             tokenizer = load_tokenizer(directory)
         else:
-            tokenizer = _trained_tokenizer(self, _local_files_stamp(self.corpus))
+            tokenizer = _trained_tokenizer(self, _files_stamp(self))
             save_tokenizer(tokenizer, directory)
         _PREPARED[self] = tokenizer
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed (train (N, L), held-out (E, L)) token ids. Raises :class:`TokenizerError` when a split is
         smaller than one sequence."""
-        return _sequences(self, self.tokenizer(), _local_files_stamp(self.corpus))
+        return _sequences(self, self.tokenizer(), _files_stamp(self))
 
     @property
     def num_classes(self) -> int:
@@ -136,9 +136,20 @@ class TextMaskedLMTask:
         return ids, torch.ones_like(ids, dtype=torch.bool), ids >= len(SPECIAL_TOKENS), MASK_ID
 
 
+_STAMPS: dict[TextMaskedLMTask, tuple] = {}
+
+
+def _files_stamp(task: TextMaskedLMTask, fresh: bool = False) -> tuple:
+    """(path, size, mtime) of every local file behind ``task.corpus``: part of the caches' keys below, so that
+    a corpus edited between two runs in one process is read again instead of served stale. The files are
+    looked at again only when ``fresh`` (:meth:`TextMaskedLMTask.documents`, which every run calls first through
+    ``check_task_data``), not on every training batch."""
+    if fresh or task not in _STAMPS:
+        _STAMPS[task] = _local_files_stamp(task.corpus)
+    return _STAMPS[task]
+
+
 def _local_files_stamp(corpus: str) -> tuple:
-    """(path, size, mtime) of every local file behind ``corpus``: part of the caches' keys below, so that a
-    corpus file edited between two runs in one process is read again instead of served stale."""
     stamp = []
     for part in corpus.split("+"):
         if part.startswith(("default:", "hf:")):
