@@ -49,7 +49,8 @@ class HFTrajectory:
     step come from the newest checkpoint's ``trainer_state.json`` log history (``eval_*`` keys are renamed
     ``eval_loss`` -> ``eval_loss``, ``eval_accuracy`` -> ``eval_accuracy``; other keys kept). HF checkpoints
     carry no hashes, so unlike :class:`progdistill.trajectory.Trajectory` files are not verified.
-    Raises :class:`TrajectoryError` for a missing directory or one without checkpoints.
+    Raises :class:`TrajectoryError` for a missing directory, one without checkpoints, or a checkpoint without
+    weights (``_WEIGHTS``); warns about ``checkpoint-*`` directories whose suffix is not a step.
     """
 
     def __init__(self, directory: str | Path, model_class: Any):
