@@ -146,31 +146,36 @@ class CausalLM(MaskedLM):
                generator: torch.Generator, temperature: float = 1.0) -> list[list[int]]:
         """Continue each row of ``prompt`` (B, P) int64 by sampling (``temperature`` 0 = greedy) among the ids
         ``allowed`` (1-D), until ``stop_id`` or ``max_new_tokens``; returns the new ids of each row, ``stop_id``
-        included when it was produced. Draws come from ``generator`` (on the CPU)."""
-        ids = prompt.clone()
-        done = torch.zeros(len(ids), dtype=torch.bool)
-        out: list[list[int]] = [[] for _ in range(len(ids))]
+        included when it was produced. Draws come from ``generator`` (on the CPU).
+
+        Each step runs only the newest token of the unfinished rows, attending to the keys and values of the
+        earlier ones (Hugging Face's ``DynamicCache``; a finished row's are dropped from it)."""
+        out: list[list[int]] = [[] for _ in range(len(prompt))]
+        block = torch.full((self.bert.config.vocab_size,), float("-inf"))
+        block[allowed] = 0.0
         was_training = self.training
         self.eval()
-        for _ in range(max_new_tokens):
-            if ids.shape[1] >= self.positions:
-                break
-            active = (~done).nonzero().flatten()  # only unfinished rows are run
-            logits = self(ids[active.to(ids.device)]).float()[:, -1].cpu()  # (A, V)
-            block = torch.full(logits.shape[-1:], float("-inf"))
-            block[allowed] = 0.0
-            logits = logits + block
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.bert.config)  # filled in place by every forward pass below
+        step_ids, active = prompt, torch.arange(len(prompt))  # active: the rows still in the cache
+        for _ in range(max(0, min(max_new_tokens, self.positions - prompt.shape[1]))):
+            # The cache is the second argument under either of its names (past_key_values before transformers
+            # 5, cache since).
+            logits = self.bert(step_ids, cache, use_cache=True).logits[:, -1].float().cpu() + block  # (A, V)
             if temperature == 0:
                 drawn = logits.argmax(-1)
             else:
                 drawn = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
-            nxt = torch.full((len(ids),), stop_id, dtype=torch.long)
-            nxt[active] = drawn
-            for i in active.tolist():
-                out[i].append(int(nxt[i]))
-            done |= nxt == stop_id
-            if done.all():
+            for i, token in zip(active.tolist(), drawn.tolist()):
+                out[i].append(token)
+            finished = drawn == stop_id
+            if finished.all():
                 break
-            ids = torch.cat([ids, nxt.to(ids.device)[:, None]], dim=1)
+            if finished.any():
+                keep = (~finished).nonzero().flatten()
+                cache.batch_select_indices(keep.to(prompt.device))
+                active, drawn = active[keep], drawn[keep]
+            step_ids = drawn.to(prompt.device)[:, None]
         self.train(was_training)
         return out

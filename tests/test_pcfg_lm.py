@@ -34,43 +34,63 @@ def test_targets_are_next_tokens_and_level_keeps_span_ends():
 
 
 class _Replay(torch.nn.Module):
-    """A planted causal LM that spells out a fixed sentence (row i: sentence i mod len), then EOS."""
+    """A planted causal LM whose samples spell out fixed sentences (row i: sentence i mod len), then EOS."""
 
-    def __init__(self, sentences, vocab_size, eos):
+    def __init__(self, sentences, eos):
         super().__init__()
-        self.sentences, self.vocab_size, self.eos = sentences, vocab_size, eos
+        self.sentences, self.eos = sentences, eos
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.positions = 1000
 
-    def forward(self, ids, attention_mask=None):
-        logits = torch.full((*ids.shape, self.vocab_size), -1e9)
-        for i in range(len(ids)):
-            s = self.sentences[i % len(self.sentences)]
-            for t in range(ids.shape[1]):
-                logits[i, t, s[t] if t < len(s) else self.eos] = 0.0
-        return logits
-
-    sample = CausalLM.sample  # the sampling loop under test, on this planted model
+    def sample(self, prompt, allowed, stop_id, max_new_tokens, generator):
+        return [(self.sentences[i % len(self.sentences)] + [self.eos])[:max_new_tokens] for i in range(len(prompt))]
 
 
 def test_generation_acceptance_of_planted_models():
     vocab = TASK.vocabulary
     good = [TASK.sample_sentences(1, generator(1, "d"))[0].tokens.tolist()]  # every row spells this sentence
-    result = generation_acceptance(_Replay(good, vocab.size, vocab.eos), TASK, count=10)
+    result = generation_acceptance(_Replay(good, vocab.eos), TASK, count=10)
     assert result == {"acceptance": 1.0, "finished": 1.0, "mean_length": len(good[0]) + 1}
     bad = [[0] * 7]  # "aaaaaaa" is not a sentence of this grammar
-    assert generation_acceptance(_Replay(bad, vocab.size, vocab.eos), TASK, count=4)["acceptance"] == 0.0
+    assert generation_acceptance(_Replay(bad, vocab.eos), TASK, count=4)["acceptance"] == 0.0
 
 
-def test_sample_stops_at_eos_and_uses_allowed_ids_only():
-    model = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4).build(TASK.input_size, TASK.num_classes,
-                                                                 [generator(0, "i")])
+def _sample_by_recomputing(model, prompt, allowed, stop_id, max_new_tokens, generator, temperature):
+    """The sampling loop without a cache: every step runs the model on the whole sequence so far."""
+    ids, out = prompt.clone(), [[] for _ in range(len(prompt))]
+    block = torch.full((model.bert.config.vocab_size,), float("-inf"))
+    block[allowed] = 0.0
+    for _ in range(max_new_tokens):
+        active = [i for i, o in enumerate(out) if not o or o[-1] != stop_id]
+        if not active or ids.shape[1] >= model.positions:
+            break
+        logits = model(ids[active])[:, -1] + block
+        drawn = logits.argmax(-1) if temperature == 0 else \
+            torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        nxt = torch.full((len(ids),), stop_id)
+        nxt[active] = drawn
+        for i in active:
+            out[i].append(int(nxt[i]))
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_sample_with_cache_matches_recomputing_and_stops_at_eos(temperature):
+    model = GPT2LMConfig(n_layer=2, n_head=2, head_dim=4).build(12, TASK.num_classes, [generator(0, "i")])
+    with torch.no_grad():  # large weights: each next token depends strongly on the earlier ones
+        for p in model.parameters():
+            p.mul_(4)
     vocab = TASK.vocabulary
     allowed = torch.tensor([0, 1, 2, vocab.eos])
-    out = model.sample(torch.full((8, 1), vocab.bos), allowed, vocab.eos, 30, torch.Generator().manual_seed(0))
+    args = (torch.full((16, 1), vocab.bos), allowed, vocab.eos, 30)
+    out = model.sample(*args, torch.Generator().manual_seed(0), temperature=temperature)
+    assert out == _sample_by_recomputing(model, *args, torch.Generator().manual_seed(0), temperature)
     for tokens in out:
         assert set(tokens) <= {0, 1, 2, vocab.eos}
-        assert vocab.eos not in tokens[:-1] and len(tokens) <= 30
+        assert vocab.eos not in tokens[:-1] and len(tokens) <= 11  # 12 positions, BOS included
+    if temperature:  # rows finish at different steps (the cache drops finished rows) or run out of positions
+        assert len({len(t) for t in out}) > 2
+    assert model.sample(torch.full((2, 12), vocab.bos), *args[1:], torch.Generator()) == [[], []]
 
 
 def test_pcfg_lm_run_end_to_end(tmp_path):
