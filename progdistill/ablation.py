@@ -3,8 +3,9 @@ teacher's phase transition, then the final checkpoint; only "during" is expected
 
 Writes under ``RUN_DIR/ablations/two-shot/``: ``<variant>-seed<k>/metrics.jsonl`` (variant = before, during,
 after), ``settings.json`` (first steps and checkpoints, so a rerun with other settings is refused rather
-than relabelled), ``summary.json`` (the chosen checkpoints with the teacher's accuracy there, and per student its steps to
-the threshold and its accuracy at the end of the budget) and ``accuracy.png`` (the three student curves, mean
+than relabelled), ``summary.json`` (the metric whose transition chose the checkpoints: the run's 2-shot-auto
+metric, else eval_accuracy; the teacher's accuracy and loss at each checkpoint; per student its steps to the
+threshold and its accuracy at the end of the budget) and ``accuracy.png`` (the three student curves, mean
 with a min-max band over seeds, and the teacher).
 """
 
@@ -20,7 +21,7 @@ from .config import ConfigError, check_positive_int
 from .experiment import load_config, train_students
 from .lock import RunLock
 from .metrics import read_metrics
-from .phases import NoTransitionError, detect_transition
+from .phases import NoTransitionError
 from .report import save_figure, steps_to_threshold
 from .schedules import FINAL, KShot, TwoShotAuto
 from .trajectory import Trajectory, atomic_write_json
@@ -31,7 +32,8 @@ CONVERGED = 0.002
 
 
 def ablation_checkpoints(trajectory: Trajectory, metric: str = "eval_accuracy") -> dict[str, int]:
-    """The checkpoint steps of the three variants on the detected transition (start, middle, end):
+    """The checkpoint steps of the three variants on the transition of ``metric`` that 2-shot-auto detects
+    (:meth:`progdistill.schedules.TwoShotAuto.window`; start, middle, end):
     before = the last checkpoint before ``start``; during = ``middle``; after = the first checkpoint after
     ``end`` at which the teacher has converged: its metric within ``CONVERGED`` (0.002) of the final level.
     (A checkpoint just past the window, e.g. at accuracy 0.99, can still carry the transition's low-degree
@@ -39,7 +41,7 @@ def ablation_checkpoints(trajectory: Trajectory, metric: str = "eval_accuracy") 
     the teacher has no transition or no checkpoint before it."""
     steps, values = trajectory.curve(metric)
     try:
-        window = detect_transition(steps, values, "rise" if metric == "eval_accuracy" else "drop")
+        window = TwoShotAuto(metric=metric).window(steps, values)
     except NoTransitionError as exc:
         raise ConfigError(f"the 2-shot ablation needs a teacher with a phase transition: {exc}") from None
     earlier = [s for s in steps if s < window.start]
@@ -64,16 +66,17 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     resolve_device(device)  # a bad --device is refused even when every student is already trained
     config = load_config(run_dir / "config.json")
     trajectory = Trajectory(run_dir / "teacher")
+    auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
+    metric = auto[0].metric if auto else "eval_accuracy"  # where the run's 2-shot-auto finds the transition
     if first_steps is None:
-        auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
         first_steps = auto[0].first_steps if auto else max(1, config.student.steps // 3)
     check_positive_int("--first-steps", first_steps)
     if first_steps >= config.student.steps:
         raise ConfigError(f"--first-steps {first_steps} is invalid: must be smaller than the run's student.steps="
                           f"{config.student.steps} (the rest of the budget goes to the final checkpoint)")
-    picks = ablation_checkpoints(trajectory)
-    log("2-shot ablation, first checkpoints: " + ", ".join(
-        f"{v} = step {s} (teacher accuracy {trajectory.metrics(s)['eval_accuracy']:.3f})" for v, s in picks.items()))
+    picks = ablation_checkpoints(trajectory, metric)
+    log(f"2-shot ablation, first checkpoints (transition of the teacher's {metric}): " + ", ".join(
+        f"{v} = step {s} (teacher {metric} {trajectory.metrics(s)[metric]:.3f})" for v, s in picks.items()))
     directory = run_dir / "ablations" / "two-shot"
     settings = {"first_steps": first_steps, "checkpoints": picks}
     runs = [(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
@@ -84,7 +87,9 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
 
     curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
     summary = {"first_steps": first_steps, "budget": config.student.steps, "threshold": config.threshold,
-               "checkpoints": {v: {"step": s, "teacher_eval_accuracy": trajectory.metrics(s)["eval_accuracy"]}
+               "metric": metric,
+               "checkpoints": {v: {"step": s, "teacher_eval_accuracy": trajectory.metrics(s)["eval_accuracy"],
+                                   "teacher_eval_loss": trajectory.metrics(s)["eval_loss"]}
                                for v, s in picks.items()},
                "students": [{"variant": name.split("-seed")[0], "seed": seed,
                              "steps_to_threshold": steps_to_threshold(curves[name], config.threshold),

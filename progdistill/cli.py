@@ -20,7 +20,7 @@ from .trajectory import TrajectoryError
 EPILOG = """examples:
   progdistill list
   progdistill run parity-mlp --seeds 3 --out runs/parity-mlp
-  progdistill run parity-mlp --set student.steps=20000 --set teacher.steps=20000
+  progdistill run parity-mlp --set distillation.temperature=1.0 --set student.steps=40000 --out runs/t1
   progdistill run runs/parity-mlp/config.json --out runs/again
   progdistill run pcfg-mlm --seeds 3 --out runs/pcfg-mlm
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7

@@ -73,12 +73,13 @@ class ExperimentConfig:
             if isinstance(sched, TwoShotAuto):
                 check(sched.first_steps < self.student.steps, f"schedules.{i}.first_steps", sched.first_steps,
                       f"must be smaller than student.steps={self.student.steps} (the rest goes to the final "
-                      "checkpoint)")
+                      f"checkpoint); lower schedules.{i}.first_steps too or raise student.steps")
             if isinstance(sched, KShot) and len(sched.points) > 1:
                 before_last = sum(count for _, count in sched.points[:-1])
                 check(before_last < self.student.steps, f"schedules.{i}.points", [list(p) for p in sched.points],
                       f"its points before the last take {before_last} student steps, not fewer than "
-                      f"student.steps={self.student.steps}, so the last checkpoint would never be used")
+                      f"student.steps={self.student.steps}, so the last checkpoint would never be used; lower "
+                      f"the step counts in schedules.{i}.points too or raise student.steps")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -163,14 +163,21 @@ class TwoShotAuto:
     def label(self) -> str:
         return "2-shot-auto"
 
+    def window(self, steps: Sequence[int], values: Sequence[float]):
+        """The phase transition (:class:`progdistill.phases.Transition`) of the curve (steps, values) of
+        ``metric``; raises :class:`progdistill.phases.NoTransitionError` when there is none."""
+        from .phases import detect_phases, detect_transition
+
+        if self.metric == "eval_loss":  # the sharp drop of a loss curve, the untrained model left out
+            return detect_phases(steps, values).transition
+        return detect_transition(steps, values, "rise")
+
     def pick(self, steps: Sequence[int], values: Sequence[float]) -> int:
         """The checkpoint step in the middle of the transition of the curve (steps, values)."""
-        from .phases import NoTransitionError, detect_phases, detect_transition
+        from .phases import NoTransitionError
 
         try:
-            if self.metric == "eval_loss":  # the sharp drop of a loss curve, the untrained model left out
-                return detect_phases(steps, values).transition.middle
-            return detect_transition(steps, values, "rise").middle
+            return self.window(steps, values).middle
         except NoTransitionError as exc:
             raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: {exc}")\
                 from None
