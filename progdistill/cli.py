@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(p)
     p.add_argument("--out", help="run directory (default: runs/PRESET)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace results of a different config in --out (never done without this flag)")
+                   help="replace results of a different config in --out (never done without this flag); a "
+                        "finished teacher of the same task and teacher config is kept and reused")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_run)
 

@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from safetensors.torch import load_file, save_file
 
@@ -41,6 +41,8 @@ STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
 # Seconds spent by earlier, interrupted invocations of `run` on a run directory (added to its wall time).
 EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
+# What a run whose task and teacher are unchanged keeps when --overwrite replaces the rest.
+TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
 OUTPUTS = ("config.json", "config.sha256", "data.sha256", "teacher", "students", "tensorboard", "probes", "tokenizer", "results.json",
            "summary.md", "accuracy.png", EARLIER_WALL_TIME)
 
@@ -158,13 +160,19 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
             raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
                               "config); choose another --out (--overwrite replaces only progdistill runs)")
         if old != config.to_dict() or recorded not in (None, config_hash(config)):
+            edited = recorded not in (None, hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest())
+            same_teacher = not edited and all(old.get(k) == config.to_dict()[k] for k in ("task", "teacher"))
             if not overwrite:
                 changes = diff(old, config.to_dict())
                 if not changes:
                     changes = [f"config.json no longer matches the hash in {digest.name}; it was edited"]
                 raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
-                                  "choose another --out or pass --overwrite to replace them")
-            _remove_outputs(out)
+                                  "choose another --out or pass --overwrite to replace them" +
+                                  (" (the task and teacher are unchanged: --overwrite keeps the finished teacher "
+                                   "and trains only the students again)" if same_teacher else ""))
+            # The teacher depends on the task and teacher config only (train_teacher checks its trajectory's
+            # header again before reusing it); everything else is replaced.
+            _remove_outputs(out, keep=TEACHER_OUTPUTS if same_teacher else ())
     elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         if not data_changed:  # never delete in a directory that is not ours, even with --overwrite
             raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
@@ -187,14 +195,21 @@ def _remove_stale_temporaries(out: Path) -> None:
             path.unlink()
 
 
-def _remove_outputs(out: Path) -> None:
-    """Delete what a run writes into ``out`` (:data:`OUTPUTS`), nothing else."""
+def _remove_outputs(out: Path, keep: Sequence[str] = ()) -> None:
+    """Delete what a run writes into ``out`` (:data:`OUTPUTS`), nothing else, except the paths ``keep``
+    (an output's name, or "NAME/CHILD" to keep one entry of the directory NAME)."""
     for name in OUTPUTS:
         path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        if name in keep:
+            continue
+        kept_children = {k.split("/", 1)[1] for k in keep if k.startswith(name + "/")}
+        targets = [c for c in path.iterdir() if c.name not in kept_children] if kept_children and path.is_dir() \
+            else [path]
+        for target in targets:
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
 
 def _is_run_config(data: Any) -> bool:

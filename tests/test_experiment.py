@@ -74,11 +74,26 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
         run(tiny, out, log=quiet)  # named even though no student needs the file
     checkpoint.write_bytes(saved)
     other = replace(tiny, student=replace(tiny.student, steps=150))
-    with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 150"):
+    with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 150.*keeps the finished "
+                                          "teacher and trains only the students"):
         run(other, out, log=quiet)
     assert (out / "results.json").exists() and (out / "teacher" / "manifest.json").read_text() == before
-    results = run(other, out, overwrite=True, log=quiet)
+    (out / "tensorboard" / "teacher").mkdir(parents=True, exist_ok=True)
+    (out / "tensorboard" / "stale-student").mkdir(parents=True, exist_ok=True)
+    messages = []
+    results = run(other, out, overwrite=True, log=messages.append)
     assert results["students"][0]["steps"] == 150
+    assert any("reusing finished teacher" in m for m in messages)  # only the student side changed
+    assert checkpoint.read_bytes() == saved and (out / "tensorboard" / "teacher").is_dir()
+    assert not (out / "tensorboard" / "stale-student").exists()
+    new_teacher = replace(other, teacher=replace(other.teacher, seed=1))
+    with pytest.raises(ConfigError, match=r"teacher.seed: 0 != 1\); choose another --out or pass --overwrite to "
+                                          r"replace them$"):
+        run(new_teacher, out, log=quiet)
+    messages = []
+    run(new_teacher, out, overwrite=True, log=messages.append)
+    assert not any("reusing finished teacher" in m for m in messages)
+    assert checkpoint.read_bytes() != saved
 
 
 def test_an_evaluation_interval_longer_than_the_run_is_pointed_out(tmp_path, tiny):
