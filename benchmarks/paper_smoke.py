@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 from progdistill.cli import resolve_config
+from progdistill.config import ConfigError
 from progdistill.experiment import run
 from progdistill.presets import PRESETS
 from progdistill.train import resolve_device
@@ -72,9 +75,16 @@ def main() -> None:
                         help="extra override for every preset, e.g. teacher.batch_size=8 for a CPU dry run")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the temporary run directories are deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.steps < 1:
         parser.error(f"--steps {args.steps} is invalid: must be >= 1")
-    device = resolve_device(args.device)
+    if args.eval_size < 1:
+        parser.error(f"--eval-size {args.eval_size} is invalid: must be >= 1")
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

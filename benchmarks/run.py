@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 import platform
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -134,6 +136,11 @@ def main() -> None:
     parser.add_argument("--skip-preset", action="store_true", help="skip the full parity-mlp run")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the temporary run directories are deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for flag, value, least in (("--steps", args.steps, 4), ("--sweep-steps", args.sweep_steps, 10)):
+        if value < least:  # checked before minutes of timing; --steps // 4 steps run at batch 256
+            parser.error(f"{flag} {value} is invalid: must be >= {least}")
 
     params = N * WIDTH + WIDTH + WIDTH * 2 + 2
     results: dict = {"machine": machine()}
