@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .config import ConfigError, override
 from .experiment import ExperimentConfig, load_config, run
 from .presets import PRESETS, get_preset
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Progressive distillation: train a teacher, save its trajectory of checkpoints, and train "
                     "students that learn from it (CE, one-shot, progressive, k-shot schedules).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"progdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def config_args(p):

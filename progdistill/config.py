@@ -201,7 +201,8 @@ def override(data: dict, assignment: str) -> dict:
     for i, part in enumerate(parts):
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a valid index")
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a valid index; valid here: "
+                                  + (f"0..{len(node) - 1}" if node else "none (the list is empty)"))
             part = int(part)
         elif not isinstance(node, dict) or part not in node:
             valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+import progdistill
 from progdistill.cli import main
 
 
@@ -14,6 +15,9 @@ def test_help_explains_commands(capsys):
     out = capsys.readouterr().out
     for word in ("run", "list", "show", "trajectory"):
         assert word in out
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"progdistill {progdistill.__version__}"
 
 
 def test_show_applies_overrides(capsys):
@@ -25,6 +29,8 @@ def test_show_applies_overrides(capsys):
 def test_bad_override_is_an_error(capsys, tmp_path):
     assert main(["run", "parity-mlp", "--set", "student.stepz=1", "--out", str(tmp_path / "o")]) == 2
     assert "no field 'student.stepz'" in capsys.readouterr().err
+    assert main(["show", "parity-mlp", "--set", "schedules.9.speed=2"]) == 2
+    assert "schedules.9 is not a valid index; valid here: 0..4" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.json")]) == 2
     assert "cannot read config" in capsys.readouterr().err
 
