@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, override
+from .config import ConfigError, override, to_dict
 from .experiment import ExperimentConfig, load_config, run
 from .presets import PRESETS, get_preset
 from .distributed import init_from_env, is_main, local_slice, rank_world
@@ -32,7 +32,7 @@ EPILOG = """examples:
 def resolve_config(spec: str, seeds: int | None, sets: list[str]) -> ExperimentConfig:
     """A preset name or a config.json path, with ``--seeds`` and ``--set field.path=value`` applied."""
     config = load_config(spec) if spec.endswith(".json") or Path(spec).is_file() else get_preset(spec)
-    data = config.to_dict()
+    data = to_dict(config, complete=True)  # every field, so that --set can set one left at its default
     if seeds is not None:
         data["seeds"] = seeds
     for assignment in sets:

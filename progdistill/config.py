@@ -87,17 +87,22 @@ TaskSpec = Annotated[Any, Tagged("task")]
 # Serialization
 
 
-def to_dict(obj: Any) -> Any:
-    """JSON-ready form of a config (dataclasses become dicts; tagged variants carry ``"type"``)."""
+def to_dict(obj: Any, complete: bool = False) -> Any:
+    """JSON-ready form of a config (dataclasses become dicts; tagged variants carry ``"type"``). A field marked
+    ``omit_if_default`` (one added later, so that configs leaving it unset keep their hash) is left out at its
+    default unless ``complete`` (the form ``--set`` edits, where every field can be set)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         if getattr(type(obj), "union", None):
             out["type"] = obj.kind
         for f in dataclasses.fields(obj):
-            out[f.name] = to_dict(getattr(obj, f.name))
+            value = getattr(obj, f.name)
+            if not complete and f.metadata.get("omit_if_default") and value == f.default:
+                continue
+            out[f.name] = to_dict(value, complete)
         return out
     if isinstance(obj, (tuple, list)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, complete) for v in obj]
     return obj
 
 

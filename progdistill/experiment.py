@@ -68,7 +68,8 @@ class ExperimentConfig:
         check(isinstance(self.preset, str) and bool(self.preset), "preset", self.preset, "a non-empty name")
         check(len(self.schedules) >= 1, "schedules", self.schedules, "at least one schedule")
         labels = [s.label for s in self.schedules]
-        check(len(set(labels)) == len(labels), "schedules", labels, "schedule labels must be distinct")
+        check(len(set(labels)) == len(labels), "schedules", labels, "schedule labels must be distinct (they name "
+              "the students; give k-shot schedules with the same number of points a \"name\")")
         check_positive_int("seeds", self.seeds)
         check(0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
         for i, sched in enumerate(self.schedules):

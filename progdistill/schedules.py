@@ -12,7 +12,8 @@ teacher), given the steps at which the teacher trajectory has checkpoints (PAPER
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 from .config import ConfigError, check, check_positive_int, register, variants
@@ -105,10 +106,14 @@ class KShot:
     kind: ClassVar[str] = "k-shot"
 
     points: tuple[tuple[int, int], ...] = ()
+    name: str | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self):
         check(len(self.points) >= 1, "schedule.points", self.points,
               "needs at least one (checkpoint step, student steps) pair")
+        check(self.name is None or (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
+                                                                                  self.name) is not None),
+              "schedule.name", self.name, "letters, digits, '.', '_' and '-' (it names the students' directories)")
         for i, (ckpt, count) in enumerate(self.points):
             check(isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL), f"schedule.points.{i}.0", ckpt,
                   "a checkpoint step >= 0, or -1 for the final checkpoint")
@@ -116,7 +121,8 @@ class KShot:
 
     @property
     def label(self) -> str:
-        return f"{len(self.points)}-shot"
+        """``name`` when given (to tell apart two k-shot schedules of one run), else "k-shot" for k points."""
+        return self.name or f"{len(self.points)}-shot"
 
     def __str__(self) -> str:
         name = lambda c: "the final checkpoint" if c == FINAL else f"checkpoint {c}"

@@ -54,6 +54,26 @@ def test_k_shot_bad_points(points, field):
         KShot(points=points)
 
 
+def test_named_k_shot_schedules_tell_two_2_shots_apart():
+    from dataclasses import replace
+    from progdistill.experiment import ExperimentConfig
+    from progdistill.presets import get_preset
+
+    early, late = KShot(points=((100, 10), (FINAL, 10))), KShot(points=((300, 10), (FINAL, 10)))
+    base = get_preset("parity-mlp")
+    with pytest.raises(ConfigError, match='labels must be distinct.*a "name"'):
+        replace(base, schedules=(early, late))
+    named = replace(early, name="2-shot-100")
+    assert named.label == "2-shot-100" and to_dict(named)["name"] == "2-shot-100"
+    assert [s.label for s in replace(base, schedules=(named, late)).schedules] == ["2-shot-100", "2-shot"]
+    assert from_dict(KShot, {"points": [[100, 10], [-1, 10]], "name": "2-shot-100"}) == named
+    assert "name" not in to_dict(early)  # left out when unset: existing runs keep their config hash
+    assert to_dict(early, complete=True)["name"] is None
+    assert ExperimentConfig.from_dict(base.to_dict()) == base
+    with pytest.raises(ConfigError, match="schedule.name='a/b'.*letters, digits"):
+        KShot(points=((100, 10),), name="a/b")
+
+
 def test_schedules_are_pure():
     p = Progressive(speed=1.5)
     first = [p.checkpoint_at(t, STEPS) for t in range(500)]
