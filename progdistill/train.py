@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +297,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
             return
         eval_loss, eval_acc = (evaluate_tokens(model, eval_batches) if token_task
                                else evaluate(model, x_eval, y_eval))
+        progress_log(step, eval_loss, eval_acc)
         in_use = checkpoints(max(step - 1, 0))
         for m, mem in enumerate(members):
             if train_loss[m] is not None and not math.isfinite(train_loss[m]):
@@ -319,6 +322,9 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
 
     state = _load_state(state_path, names)
     barrier()  # every process has read the state before rank 0 may replace it
+    bar = tqdm(total=steps, initial=0 if state is None else state["step"], desc=desc, unit="step", leave=False,
+               mininterval=1.0, disable=None if main_process else True)  # disabled when stderr is not a terminal
+    progress_log = _ProgressLog(desc, steps, enabled=main_process and bar.disable)
     if state is None:
         start = 0
         record(0)
@@ -334,8 +340,6 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
                 mem.writer.rewrite(hist)
         if checkpoint_writer is not None:
             checkpoint_writer.truncate(after_step=start)
-    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", leave=False, mininterval=1.0,
-               disable=None if main_process else True)
     while start < steps:
         stop = min(start + BLOCK_STEPS, (start // train.eval_every + 1) * train.eval_every, steps)
         if checkpoint_writer is not None:
@@ -450,6 +454,28 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     if state_path is not None and main_process:
         Path(state_path).unlink(missing_ok=True)
     return histories
+
+
+PROGRESS_LOG_SECONDS = 60.0
+
+
+class _ProgressLog:
+    """Where no progress bar shows (stderr is not a terminal: a log file, a batch job), a line on stderr per
+    evaluation, at most every ``PROGRESS_LOG_SECONDS`` and always at the last step: the step and the
+    evaluation (its range over the models of a stack)."""
+
+    def __init__(self, desc: str, steps: int, enabled: bool):
+        self.desc, self.steps, self.enabled, self.last = desc, steps, enabled, None
+
+    def __call__(self, step: int, eval_loss: torch.Tensor, eval_acc: torch.Tensor) -> None:
+        now = time.monotonic()
+        if not self.enabled or (step < self.steps and self.last is not None
+                                and now - self.last < PROGRESS_LOG_SECONDS):
+            return
+        self.last = now
+        span = lambda t: f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
+        print(f"{self.desc}: step {step}/{self.steps}, eval_loss {span(eval_loss)}, eval_accuracy {span(eval_acc)}",
+              file=sys.stderr, flush=True)
 
 
 def _grads_finite(params, device) -> bool:

@@ -1,4 +1,5 @@
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -110,3 +111,20 @@ def test_torch_compile_gives_the_same_training(tiny):
     b = fit(tiny.task, compiled, replace(cfg, compile=True), [Member("compiled", 0, CE())], data_stream="d")[0]
     for ra, rb in zip(a, b):
         assert rb["eval_loss"] == pytest.approx(ra["eval_loss"], rel=1e-3, abs=1e-4)
+
+
+def test_without_a_terminal_progress_is_logged_per_evaluation(tiny, capsys, monkeypatch):
+    import progdistill.train as train
+
+    cfg = replace(tiny.student, steps=40, eval_every=10)
+    members = [Member("a", 0, CE()), Member("b", 1, CE())]
+    fit(tiny.task, cfg.model.build(8, 2, [generator(m.seed, "init") for m in members]), cfg, members,
+        data_stream="d", desc="students")
+    lines = capsys.readouterr().err.splitlines()  # pytest's capture is not a terminal: no progress bar
+    assert [line.split(",")[0] for line in lines] == ["students: step 0/40", "students: step 40/40"]  # throttled
+    assert re.fullmatch(r"students: step 40/40, eval_loss [\d.]+-[\d.]+, eval_accuracy [\d.]+-[\d.]+", lines[-1])
+    monkeypatch.setattr(train, "PROGRESS_LOG_SECONDS", 0.0)
+    fit(tiny.task, cfg.model.build(8, 2, [generator(0, "init")]), cfg, members[:1], data_stream="d", desc="a")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"a: step {t}/40" for t in (0, 10, 20, 30, 40)]
+    assert re.fullmatch(r"a: step 40/40, eval_loss [\d.]+, eval_accuracy [\d.]+", lines[-1])
