@@ -105,9 +105,11 @@ def teacher_header(config: ExperimentConfig) -> dict[str, Any]:
     return {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
 
 
-def config_hash(config: ExperimentConfig) -> str:
-    """sha256 of the config's canonical JSON (sorted keys): the identity of a run directory."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+def config_hash(config: ExperimentConfig | dict[str, Any]) -> str:
+    """sha256 of the config's canonical JSON (sorted keys; a dict: a config.json's content): the identity of a
+    run directory."""
+    data = config if isinstance(config, dict) else config.to_dict()
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def check_task_data(config: ExperimentConfig) -> str | None:
@@ -161,7 +163,7 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
             raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
                               "config); choose another --out (--overwrite replaces only progdistill runs)")
         if old != config.to_dict() or recorded not in (None, config_hash(config)):
-            edited = recorded not in (None, hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest())
+            edited = recorded not in (None, config_hash(old))
             same_teacher = not edited and all(old.get(k) == config.to_dict()[k] for k in ("task", "teacher"))
             if not overwrite:
                 changes = diff(old, config.to_dict())
