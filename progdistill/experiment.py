@@ -43,8 +43,10 @@ RESUME_STATE = "resume.pt"
 EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
 # What a run whose task and teacher are unchanged keeps when --overwrite replaces the rest.
 TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
-OUTPUTS = ("config.json", "config.sha256", "data.sha256", "teacher", "students", "tensorboard", "probes", "tokenizer", "results.json",
-           "summary.md", "accuracy.png", EARLIER_WALL_TIME)
+# What a run (and `ablate`) writes into its directory; --overwrite deletes these, the config files last, so that
+# an interrupted deletion leaves a directory the next --overwrite still recognizes as a run.
+OUTPUTS = ("teacher", "students", "ablations", "tensorboard", "probes", "tokenizer", "results.json", "summary.md",
+           "accuracy.png", EARLIER_WALL_TIME, "data.sha256", "config.sha256", "config.json")
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,8 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
             same_teacher = not edited and all(old.get(k) == config.to_dict()[k] for k in ("task", "teacher"))
             if not overwrite:
                 changes = diff(old, config.to_dict())
-                if not changes:
-                    changes = [f"config.json no longer matches the hash in {digest.name}; it was edited"]
+                if edited:
+                    changes.insert(0, f"config.json no longer matches the hash in {digest.name}; it was edited")
                 raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
                                   "choose another --out or pass --overwrite to replace them" +
                                   (" (the task and teacher are unchanged: --overwrite keeps the finished teacher "

@@ -112,7 +112,7 @@ def run_jobs(partial: Path, settings: dict, jobs: list[tuple[str, int]], compute
     with open(partial, "w", encoding="utf-8") as fh:
         for line in [settings, *done.values()]:
             fh.write(json.dumps(line) + "\n")
-        for name, step in tqdm(jobs, desc=desc, unit="model", leave=False):
+        for name, step in tqdm(jobs, desc=desc, unit="model", leave=False, disable=None):  # none without a terminal
             if (name, step) in done:
                 continue
             done[(name, step)] = {"model": name, "step": step, **compute(name, step)}

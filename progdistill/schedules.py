@@ -111,9 +111,14 @@ class KShot:
     def __post_init__(self):
         check(len(self.points) >= 1, "schedule.points", self.points,
               "needs at least one (checkpoint step, student steps) pair")
-        check(self.name is None or (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        check(self.name is None or (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}",
                                                                                   self.name) is not None),
-              "schedule.name", self.name, "letters, digits, '.', '_' and '-' (it names the students' directories)")
+              "schedule.name", self.name, "1 to 100 letters, digits, '.', '_' and '-' (it names the students' "
+              "directories)")
+        shots = re.fullmatch(r"(\d+)-shot", self.name or "")
+        check(self.name != "teacher" and (shots is None or int(shots.group(1)) == len(self.points)), "schedule.name",
+              self.name, f"must not be 'teacher', nor 'k-shot' with k other than this schedule's {len(self.points)} "
+              "points (labels that would mislead)")
         for i, (ckpt, count) in enumerate(self.points):
             check(isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL), f"schedule.points.{i}.0", ckpt,
                   "a checkpoint step >= 0, or -1 for the final checkpoint")

@@ -1,5 +1,6 @@
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,12 +81,13 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     assert (out / "results.json").exists() and (out / "teacher" / "manifest.json").read_text() == before
     (out / "tensorboard" / "teacher").mkdir(parents=True, exist_ok=True)
     (out / "tensorboard" / "stale-student").mkdir(parents=True, exist_ok=True)
+    (out / "ablations" / "two-shot").mkdir(parents=True)  # trained with the old students' config
     messages = []
     results = run(other, out, overwrite=True, log=messages.append)
     assert results["students"][0]["steps"] == 150
     assert any("reusing finished teacher" in m for m in messages)  # only the student side changed
     assert checkpoint.read_bytes() == saved and (out / "tensorboard" / "teacher").is_dir()
-    assert not (out / "tensorboard" / "stale-student").exists()
+    assert not (out / "tensorboard" / "stale-student").exists() and not (out / "ablations").exists()
     new_teacher = replace(other, teacher=replace(other.teacher, seed=1))
     with pytest.raises(ConfigError, match=r"teacher.seed: 0 != 1\); choose another --out or pass --overwrite to "
                                           r"replace them$"):
@@ -110,8 +112,11 @@ def test_run_directory_records_its_config_hash(tmp_path, tiny):
     edited = json.loads((tmp_path / "run" / "config.json").read_text())
     edited["seeds"] = 2  # hand-edited config.json no longer matches its recorded hash
     (tmp_path / "run" / "config.json").write_text(json.dumps(edited))
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match=r"different config \(config.json no longer matches the hash in "
+                                          r"config.sha256; it was edited\)"):
         run(ExperimentConfig.from_dict(edited), tmp_path / "run", log=quiet)
+    with pytest.raises(ConfigError, match="it was edited; seeds: 2 != 3"):  # the edit is named with the changes
+        run(replace(tiny, seeds=3), tmp_path / "run", log=quiet)
 
 
 def test_non_empty_foreign_directory_refused(tmp_path, tiny):
@@ -225,3 +230,25 @@ def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monk
     second = time.perf_counter() - started  # more than run's own timer (which stops before the report)
     assert earlier < results["wall_time_s"] <= earlier + second  # both invocations
     assert not (tmp_path / "run" / EARLIER_WALL_TIME).exists()
+
+
+def test_an_interrupted_overwrite_leaves_a_run_directory_the_next_overwrite_reclaims(tmp_path, tiny, monkeypatch):
+    import shutil
+    import progdistill.experiment as experiment
+
+    out = tmp_path / "run"
+    run(tiny, out, log=quiet)
+    other = replace(tiny, teacher=replace(tiny.teacher, seed=1))
+    real_rmtree = shutil.rmtree
+
+    def interrupted(path, *args, **kwargs):
+        if Path(path).name == "students":
+            raise KeyboardInterrupt  # Ctrl-C while the old run is being deleted
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(experiment.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(other, out, overwrite=True, log=quiet)
+    monkeypatch.setattr(experiment.shutil, "rmtree", real_rmtree)
+    assert (out / "config.json").exists() and not (out / "teacher").exists()  # the config files go last
+    assert run(other, out, overwrite=True, log=quiet)["config_sha256"] == experiment.config_hash(other)

@@ -70,8 +70,13 @@ def test_named_k_shot_schedules_tell_two_2_shots_apart():
     assert "name" not in to_dict(early)  # left out when unset: existing runs keep their config hash
     assert to_dict(early, complete=True)["name"] is None
     assert ExperimentConfig.from_dict(base.to_dict()) == base
-    with pytest.raises(ConfigError, match="schedule.name='a/b'.*letters, digits"):
-        KShot(points=((100, 10),), name="a/b")
+    for bad in ("a/b", "a" * 101, "-x", ""):
+        with pytest.raises(ConfigError, match="schedule.name=.*1 to 100 letters, digits"):
+            KShot(points=((100, 10),), name=bad)
+    for misleading in ("teacher", "3-shot"):
+        with pytest.raises(ConfigError, match="must not be 'teacher', nor 'k-shot' with k other than"):
+            KShot(points=((100, 10), (FINAL, 10)), name=misleading)
+    assert KShot(points=((100, 10), (FINAL, 10)), name="2-shot").label == "2-shot"
 
 
 def test_schedules_are_pure():
