@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -81,8 +82,14 @@ def main() -> None:
         parser.error(f"--steps {args.steps} is invalid: must be >= 1")
     if args.eval_size < 1:
         parser.error(f"--eval-size {args.eval_size} is invalid: must be >= 1")
+    args.presets = list(dict.fromkeys(args.presets))  # each preset once
+    if args.json and (Path(args.json).is_dir() or args.json.endswith("/")
+                      or not os.access(Path(args.json).parent, os.W_OK)):
+        parser.error(f"--json {args.json} is invalid: must be a file in an existing, writable directory")
     try:
         device = resolve_device(args.device)
+        for preset in args.presets:  # every override is checked before anything runs
+            resolve_config(preset, 1, overrides(preset, args.steps, args.eval_size, args.text_corpus) + args.set)
     except ConfigError as exc:
         parser.error(str(exc))
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))

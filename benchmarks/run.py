@@ -139,8 +139,10 @@ def main() -> None:
     # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the temporary run directories are deleted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for flag, value, least in (("--steps", args.steps, 4), ("--sweep-steps", args.sweep_steps, 10)):
-        if value < least:  # checked before minutes of timing; --steps // 4 steps run at batch 256
-            parser.error(f"{flag} {value} is invalid: must be >= {least}")
+        if not least <= value <= 100_000:  # checked before minutes of timing; --steps // 4 steps run at batch 256
+            parser.error(f"{flag} {value} is invalid: must be in {least}..100000")
+    if Path(args.out).is_dir() or args.out.endswith("/") or not os.access(Path(args.out).parent, os.W_OK):
+        parser.error(f"--out {args.out} is invalid: must be a file in an existing, writable directory")
 
     params = N * WIDTH + WIDTH + WIDTH * 2 + 2
     results: dict = {"machine": machine()}
