@@ -152,10 +152,10 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
         raise ConfigError(f"{out} holds results trained on other task data: the content of the grammar or corpus "
                           "file named in the config has changed since (its sha256 differs from data.sha256); "
                           "choose another --out or pass --overwrite to replace them")
-    data_changed = saved.exists() and recorded_data not in (None, data_digest)
-    if data_changed:
-        saved.unlink()  # with --overwrite: fall through to the replacement below
-    if saved.exists():
+    new = config.to_dict()
+    if saved.exists() and recorded_data not in (None, data_digest):
+        _remove_outputs(out)  # --overwrite on a run whose data changed: drop its results (config files last)
+    elif saved.exists():
         try:
             old = json.loads(saved.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -164,11 +164,11 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
         if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
             raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
                               "config); choose another --out (--overwrite replaces only progdistill runs)")
-        if old != config.to_dict() or recorded not in (None, config_hash(config)):
+        if old != new or recorded not in (None, config_hash(config)):
             edited = recorded not in (None, config_hash(old))
-            same_teacher = not edited and all(old.get(k) == config.to_dict()[k] for k in ("task", "teacher"))
+            same_teacher = not edited and all(old.get(k) == new[k] for k in ("task", "teacher"))
             if not overwrite:
-                changes = diff(old, config.to_dict())
+                changes = diff(old, new)
                 if edited:
                     changes.insert(0, f"config.json no longer matches the hash in {digest.name}; it was edited")
                 raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
@@ -179,12 +179,11 @@ def claim_directory(out: Path, config: ExperimentConfig, overwrite: bool, data_d
             # header again before reusing it); everything else is replaced.
             _remove_outputs(out, keep=TEACHER_OUTPUTS if same_teacher else ())
     elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-        if not data_changed:  # never delete in a directory that is not ours, even with --overwrite
-            raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
-                              "choose another --out (--overwrite replaces only progdistill runs)")
-        _remove_outputs(out)  # --overwrite on a run whose data changed: drop its results
+        # never delete in a directory that is not ours, even with --overwrite
+        raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
+                          "choose another --out (--overwrite replaces only progdistill runs)")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved, config.to_dict())
+    atomic_write_json(saved, new)
     atomic_write_text(digest, config_hash(config) + "\n")
     if data_digest is not None:
         atomic_write_text(data, data_digest + "\n")

@@ -173,7 +173,8 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
     check_windows(windows)
     variants = torch.stack(_hidden_variants(maskable, where, windows))  # (variants, P, L)
     probs = torch.zeros(len(variants), len(where.sentence), len(grammar.terminals), dtype=torch.float64)
-    for i in tqdm(range(len(where.sentence)), desc="oracle n-gram probe", unit="position", disable=None if progress else True):
+    for i in tqdm(range(len(where.sentence)), desc="oracle n-gram probe", unit="position",
+                  disable=None if progress else True):  # no bar without a terminal
         row = ids[where.sentence[i]]
         terminal = maskable[where.sentence[i]]
         tokens = row[terminal].numpy()  # the sentence; terminal positions are 1..n (BOS at 0)
