@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from progdistill.mlp import MLPConfig
-from progdistill.monomials import mlp_class1_probability, monomial_correlations
-from progdistill.parity import ParityTask
+from progdistill.models.mlp import MLPConfig
+from progdistill.probes.monomials import mlp_class1_probability, monomial_correlations
+from progdistill.tasks.parity import ParityTask
 
 
 def main() -> None:

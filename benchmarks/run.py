@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from progdistill.config import OptimizerConfig, TrainConfig
 from progdistill.experiment import claim_directory, run, train_teacher
-from progdistill.mlp import MLPConfig
-from progdistill.parity import ParityTask
+from progdistill.models.mlp import MLPConfig
+from progdistill.tasks.parity import ParityTask
 from progdistill.presets import get_preset
 from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.train import Member, TeacherPool, fit, generator

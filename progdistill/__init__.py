@@ -6,13 +6,13 @@ curriculum" (ICLR 2025). See the README for the command line and the module map.
 
 from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
 from .experiment import ExperimentConfig, run
-from .bert import BertMLMConfig, GPT2LMConfig
-from .mlp import MLP, MLPConfig
-from .parity import ParityTask
-from .pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
+from .models.language import BertMLMConfig, GPT2LMConfig
+from .models.mlp import MLP, MLPConfig
+from .tasks.parity import ParityTask
+from .tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from .presets import PRESETS, get_preset
 from .schedules import CE, FINAL, KShot, OneShot, Progressive
-from .text import TextMaskedLMTask
+from .tasks.text import TextMaskedLMTask
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ from typing import Any
 from .config import ConfigError, check_positive_int
 from .experiment import load_config, train_students
 from .lock import RunLock
-from .metrics import read_metrics
+from .files import read_metrics
 from .phases import NoTransitionError
 from .report import save_figure, steps_to_threshold
 from .schedules import FINAL, KShot, TwoShotAuto

@@ -68,7 +68,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .probes import probe_monomials
+    from .probes.runs import probe_monomials
 
     summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples,
                               degrees=args.degrees)
@@ -77,7 +77,7 @@ def cmd_probe(args) -> int:
 
 
 def cmd_probe_ngram(args) -> int:
-    from .probes import probe_ngram
+    from .probes.runs import probe_ngram
 
     summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows),
                           hiding=args.hiding)
@@ -86,7 +86,7 @@ def cmd_probe_ngram(args) -> int:
 
 
 def cmd_probe_oracle(args) -> int:
-    from .probes import probe_oracle
+    from .probes.runs import probe_oracle
 
     summary = probe_oracle(args.run_dir, windows=tuple(args.windows))
     print(json.dumps(summary, indent=2))
@@ -125,7 +125,7 @@ def cmd_export(args) -> int:
     if tokenizer.exists():  # text runs: the tokenizer goes with the model
         (out / "tokenizer.json").write_bytes(tokenizer.read_bytes())
         extra = ", tokenizer.json"
-    from .masked_lm import SPECIALS, Vocabulary
+    from .tasks.masking import SPECIALS, Vocabulary
 
     vocabulary = getattr(config.task, "vocabulary", None)
     if isinstance(vocabulary, Vocabulary):  # grammar runs: the token of each id (a list: names may repeat)
@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """progdistill's own warnings as one line, like its errors; others (torch, ...) as Python prints them."""
-    if Path(filename).parent == Path(__file__).parent:
+    package = Path(__file__).parent
+    if Path(filename).parent == package or package in Path(filename).parents:
         return f"progdistill: warning: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 

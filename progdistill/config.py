@@ -283,7 +283,7 @@ class TrainConfig:
     ``eval_every`` steps; the teacher also saves a checkpoint every ``checkpoint_every`` steps (students ignore
     it), keeping at most ``max_checkpoints`` of them when set (thinned where the eval curve is flat, dense
     around the phase transition; see :class:`progdistill.trajectory.TrajectoryWriter`). ``model`` is a tagged
-    model config (e.g. :class:`progdistill.mlp.MLPConfig`). ``precision="bf16"`` runs the forward pass under
+    model config (e.g. :class:`progdistill.models.mlp.MLPConfig`). ``precision="bf16"`` runs the forward pass under
     bfloat16 autocast (for transformer models on accelerators); ``compile`` wraps the model in
     ``torch.compile``. ``grad_accumulation``: micro-batches per optimizer step (token tasks; ``batch_size`` is
     the whole step's batch, and the loss is normalized by the supervised tokens of the whole step)."""

@@ -31,7 +31,7 @@ from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, Tr
                      check_positive_int, diff, from_dict, to_dict)
 from .distributed import barrier, is_main
 from .lock import RunLock
-from .metrics import MetricsWriter, read_metrics
+from .files import MetricsWriter, read_metrics
 from .schedules import CE, KShot, TwoShotAuto
 from .trajectory import (Trajectory, TrajectoryError, TrajectoryWriter, atomic_write_json, atomic_write_text,
                          cpu_state)
@@ -452,8 +452,8 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
 def _train_probe_report(config: ExperimentConfig, out: Path, device: str, log, previous: dict[str, Any] | None,
                         earlier: float, started: float) -> dict[str, Any]:
     """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0)."""
-    from .pcfg_probes import WINDOWS
-    from .probes import NGRAM_TASKS, _probe_ngram, probe_generation
+    from .probes.ngram import WINDOWS
+    from .probes.runs import NGRAM_TASKS, _probe_ngram, probe_generation
     from .report import write_report
 
     trajectory = train_teacher(config, out, device, log)
@@ -473,10 +473,10 @@ def _train_probe_report(config: ExperimentConfig, out: Path, device: str, log, p
 
 
 def _check_probe_fits(config: ExperimentConfig) -> None:
-    """A masked LM run ends with the n-gram probe (windows :data:`~progdistill.pcfg_probes.WINDOWS`): refuse,
+    """A masked LM run ends with the n-gram probe (windows :data:`~progdistill.probes.ngram.WINDOWS`): refuse,
     before any training, task sequences too short for its widest window."""
-    from .pcfg_probes import WINDOWS
-    from .probes import NGRAM_TASKS, _ngram_inputs
+    from .probes.ngram import WINDOWS
+    from .probes.runs import NGRAM_TASKS, _ngram_inputs
 
     if config.task.kind in NGRAM_TASKS:
         try:

@@ -7,13 +7,13 @@ from typing import Callable
 
 from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
 from .experiment import ExperimentConfig
-from .mlp import MLPConfig
-from .parity import ParityTask
+from .models.mlp import MLPConfig
+from .tasks.parity import ParityTask
 from .schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
-from .transformer import TransformerConfig  # importing it registers the "gpt2" model
-from .bert import BertMLMConfig, GPT2LMConfig
-from .pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
-from .text import TextMaskedLMTask
+from .models.parity_transformer import TransformerConfig  # importing it registers the "gpt2" model
+from .models.language import BertMLMConfig, GPT2LMConfig
+from .tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
+from .tasks.text import TextMaskedLMTask
 
 PRESETS: dict[str, tuple[str, Callable[[], ExperimentConfig]]] = {}
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from .config import ConfigError
 from .experiment import config_hash, load_config, student_name
-from .metrics import read_metrics
+from .files import read_metrics
 from .trajectory import atomic_write_json, atomic_write_text
 
 

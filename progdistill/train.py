@@ -1,6 +1,6 @@
 """The training loop shared by teachers and students (one loop, no per-task copies).
 
-:func:`fit` trains a stack of M models (see :class:`progdistill.mlp.MLP`; a stack of one for any other
+:func:`fit` trains a stack of M models (see :class:`progdistill.models.mlp.MLP`; a stack of one for any other
 model) for the same number of steps. Model m has its own data seed and its own schedule: a teacher is a
 stack of one trained with :class:`~progdistill.schedules.CE` that also writes a trajectory; a sweep of
 students is a stack whose members follow different schedules. Models that share a seed share their data
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
 from .config import DistillationConfig, OptimizerConfig, TrainConfig
 from .losses import IGNORE_INDEX, cross_entropy, distillation_loss, forward_kl, reverse_kl, teacher_probabilities
-from .metrics import MetricsWriter
+from .files import MetricsWriter
 from .schedules import CE
 from .trajectory import Trajectory, TrajectoryWriter
 
@@ -159,7 +159,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 @torch.no_grad()
 def evaluate_tokens(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats per supervised token) and accuracy at the supervised positions of
-    ``batches`` (:class:`progdistill.pcfg.TokenBatch`), each as a tensor of shape (1,) like :func:`evaluate`."""
+    ``batches`` (:class:`progdistill.tasks.pcfg.TokenBatch`), each as a tensor of shape (1,) like :func:`evaluate`."""
     was_training = model.training
     model.eval()
     loss_sum = correct = count = 0.0
@@ -272,7 +272,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     if train.compile:
         net = torch.compile(net)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
-    # Plain SGD on a model with hand-written gradients (progdistill.mlp.MLP.sgd_step) skips autograd; anything
+    # Plain SGD on a model with hand-written gradients (progdistill.models.mlp.MLP.sgd_step) skips autograd; anything
     # else (momentum, Adam, reverse KL, skipping steps, DDP, compile, bf16) goes through autograd below.
     hand_sgd = (hasattr(model, "sgd_step") and net is model and train.optimizer.name == "sgd"
                 and train.optimizer.momentum == 0 and train.optimizer.weight_decay == 0

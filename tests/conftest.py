@@ -3,8 +3,8 @@ import torch
 
 from progdistill.config import OptimizerConfig, TrainConfig
 from progdistill.experiment import ExperimentConfig
-from progdistill.mlp import MLPConfig
-from progdistill.parity import ParityTask
+from progdistill.models.mlp import MLPConfig
+from progdistill.tasks.parity import ParityTask
 from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from progdistill.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, override
 from progdistill.experiment import ExperimentConfig
-from progdistill.mlp import MLPConfig
+from progdistill.models.mlp import MLPConfig
 from progdistill.presets import PRESETS, get_preset
 from progdistill.schedules import CE
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from progdistill.distributed import local_slice
-from progdistill.metrics import read_metrics
+from progdistill.files import read_metrics
 
 from conftest import tiny_config
 

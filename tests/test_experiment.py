@@ -7,7 +7,7 @@ import torch
 
 from progdistill.config import ConfigError
 from progdistill.experiment import ExperimentConfig, run, train_teacher
-from progdistill.metrics import read_metrics
+from progdistill.files import read_metrics
 from progdistill.schedules import KShot, Progressive
 from progdistill.train import Member, TeacherPool, fit, generator
 

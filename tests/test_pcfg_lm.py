@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from progdistill.bert import CausalLM, GPT2LMConfig
+from progdistill.models.language import CausalLM, GPT2LMConfig
 from progdistill.config import OptimizerConfig, TrainConfig
 from progdistill.experiment import ExperimentConfig, run
-from progdistill.grammar import GrammarError
-from progdistill.pcfg import GrammarSpec, PCFGNextTokenTask
-from progdistill.probes import generation_acceptance
+from progdistill.tasks.grammar import GrammarError
+from progdistill.tasks.pcfg import GrammarSpec, PCFGNextTokenTask
+from progdistill.probes.runs import generation_acceptance
 from progdistill.schedules import CE, OneShot
 from progdistill.train import generator
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from progdistill.bert import BertMLMConfig
+from progdistill.models.language import BertMLMConfig
 from progdistill.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, from_dict, to_dict
 from progdistill.experiment import ExperimentConfig, run
-from progdistill.grammar import GrammarError
+from progdistill.tasks.grammar import GrammarError
 from progdistill.losses import distillation_loss
-from progdistill.masked_lm import Vocabulary
-from progdistill.pcfg import GrammarSpec, PCFGMaskedLMTask, TokenBatch
-from progdistill.pcfg_probes import ngram_dependence, nonterminal_probe, probe_positions
+from progdistill.tasks.masking import Vocabulary
+from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, TokenBatch
+from progdistill.probes.ngram import ngram_dependence, nonterminal_probe, probe_positions
 from progdistill.phases import detect_phases
 from progdistill.schedules import CE, OneShot, Progressive, TwoShotAuto
 from progdistill.train import Member, _token_step, fit, generator
@@ -360,7 +360,7 @@ def test_a_run_with_two_teacher_checkpoints_ends_with_a_report(tmp_path):
 
 
 def test_a_grammar_file_edited_in_place_is_refused_not_mixed(tmp_path):
-    from progdistill.grammar import random_grammar
+    from progdistill.tasks.grammar import random_grammar
 
     path = tmp_path / "g.txt"
     path.write_text(random_grammar(4, 3, 2, seed=0).to_text(), encoding="utf-8")
@@ -442,13 +442,13 @@ def test_the_pcfg_mlm_preset_runs_end_to_end_shrunk(tmp_path):
 
 
 def test_an_interrupted_command_ends_with_one_line(monkeypatch, capsys):
-    import progdistill.probes
+    import progdistill.probes.runs
     from progdistill.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(progdistill.probes, "probe_oracle", interrupted)
+    monkeypatch.setattr(progdistill.probes.runs, "probe_oracle", interrupted)
     assert main(["probe", "oracle", "anywhere"]) == 130
     assert capsys.readouterr().err.startswith("progdistill: interrupted;")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from progdistill.lock import RunLock, RunLockedError
-from progdistill.metrics import MetricsWriter, read_metrics
+from progdistill.files import MetricsWriter, read_metrics
 
 from conftest import tiny_config
 

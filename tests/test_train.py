@@ -83,7 +83,7 @@ def test_learning_rate_schedules():
 
 
 def test_same_seed_same_batches_different_seed_different():
-    from progdistill.parity import ParityTask
+    from progdistill.tasks.parity import ParityTask
     task = ParityTask(n=12, k=3)
     a = task.sample(64, generator(1, "student-data"))[0]
     assert torch.equal(a, task.sample(64, generator(1, "student-data"))[0])

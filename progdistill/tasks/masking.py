@@ -15,8 +15,8 @@ from typing import Sequence
 
 import torch
 
-from .config import check
-from .losses import IGNORE_INDEX
+from ..config import check
+from ..losses import IGNORE_INDEX
 
 SPECIALS = ("BOS", "EOS", "PAD", "MASK")
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from .config import check, check_positive_int, register
+from ..config import check, check_positive_int, register
 
 
 @register("task")

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from progdistill.corpus import (CorpusError, corpus_summary, default_corpus, load_corpus, load_hf_dataset)
+from progdistill.tasks.corpus import (CorpusError, corpus_summary, default_corpus, load_corpus, load_hf_dataset)
 
 
 def snapshot(root):
@@ -272,7 +272,7 @@ def test_default_corpus_unknown_name():
 def test_default_corpus_without_gensim_names_the_package(monkeypatch):
     from importlib import metadata
 
-    from progdistill import corpus
+    from progdistill.tasks import corpus
 
     def missing(name):
         raise metadata.PackageNotFoundError(name)

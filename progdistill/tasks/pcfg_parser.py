@@ -4,7 +4,7 @@ PAPER.md section 2 evaluates models on sentences of the cfg3 grammars; a parser 
 example a model's completion) is in the language, and gives the gold tree for nonterminal probes.
 
 The parser handles productions ``X -> 't'`` (one terminal) and ``X -> Y1 ... Yk`` (k >= 2 nonterminals), which
-covers the cfg3 family and :func:`~progdistill.grammar.random_grammar`. Rules longer than 2 are binarised
+covers the cfg3 family and :func:`~progdistill.tasks.grammar.random_grammar`. Rules longer than 2 are binarised
 internally (``X -> A B C`` becomes ``X -> A @(B C)`` and ``@(B C) -> B C`` with probability 1; intermediate
 symbols are shared and never appear in the output), which preserves every tree's probability.
 
@@ -285,7 +285,7 @@ def tree_log_probability(grammar: Grammar, tokens, spans) -> float:
     """Natural log of the probability of the tree given by its nonterminal ``spans`` over ``tokens``.
 
     ``spans``: ``(nonterminal id, start, end)`` triples in any order, preterminal nodes included (the form of
-    :meth:`~progdistill.pcfg_sampler.Sentence.spans` for layered grammars and of :class:`Parse`). Raises
+    :meth:`~progdistill.tasks.pcfg_sampler.Sentence.spans` for layered grammars and of :class:`Parse`). Raises
     ``ValueError`` when the spans are not one tree of ``grammar`` deriving ``tokens`` (no root over the whole
     sentence, crossing or repeated spans, a node whose children are not a production, a leaf whose token is
     not its production).

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from progdistill.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
-from progdistill.pcfg_sampler import SentenceTooLongError, sample_sentences
+from progdistill.tasks.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
+from progdistill.tasks.pcfg_sampler import SentenceTooLongError, sample_sentences
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ from safetensors.torch import load_file, save_file
 
 from progdistill.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, to_dict, variants
 from progdistill.experiment import ExperimentConfig, run
-from progdistill.parity import ParityTask
+from progdistill.tasks.parity import ParityTask
 from progdistill.presets import get_preset
 from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.train import generator
-from progdistill.transformer import ParityTransformer, TransformerConfig
+from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig
 
 TINY = TransformerConfig(n_layer=1, n_head=2, head_dim=4)
 

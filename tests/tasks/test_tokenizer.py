@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from progdistill.config import ConfigError
-from progdistill.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TOKENIZER_FILE, UNK_ID,
+from progdistill.tasks.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TOKENIZER_FILE, UNK_ID,
                                    TokenizerConfig, TokenizerError, as_transformers, encode_documents,
                                    load_tokenizer, pack_sequences, save_tokenizer, tokenize_corpus,
                                    train_tokenizer)

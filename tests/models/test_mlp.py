@@ -1,6 +1,6 @@
 import torch
 
-from progdistill.mlp import MLPConfig
+from progdistill.models.mlp import MLPConfig
 from progdistill.train import generator, make_optimizer
 from progdistill.config import OptimizerConfig
 

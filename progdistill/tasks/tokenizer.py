@@ -2,7 +2,7 @@
 
 PAPER.md section 4 trains BERT with masked language modelling on Wikipedia + Books; this module gives the
 matching subword tokenizer, trained with Hugging Face ``tokenizers`` on whatever corpus the run uses
-(:mod:`progdistill.corpus`), so nothing is downloaded. Pipeline, as in BERT: ``BertNormalizer`` (clean text,
+(:mod:`progdistill.tasks.corpus`), so nothing is downloaded. Pipeline, as in BERT: ``BertNormalizer`` (clean text,
 split CJK characters, strip accents and lowercase when ``lowercase``), ``BertPreTokenizer`` (whitespace and
 punctuation), WordPiece with ``##`` continuation pieces, and ``[CLS] ... [SEP]`` added by
 ``encode(..., add_special_tokens=True)``.
@@ -26,8 +26,8 @@ from typing import Sequence
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from .config import ConfigError, check
-from .trajectory import atomic_write_text
+from ..config import ConfigError, check
+from ..trajectory import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ConfigError
-from .experiment import finished_results, load_config, load_model, student_name
-from .lock import RunLock
-from .metrics import read_metrics
+from ..config import ConfigError
+from ..experiment import finished_results, load_config, load_model, student_name
+from ..lock import RunLock
+from ..files import read_metrics
 from .monomials import _check_degrees, mlp_class1_probability, monomial_correlations
-from .phases import detect_transition
-from .report import save_figure
-from .trajectory import Trajectory, atomic_write_json, atomic_write_text
+from ..phases import detect_transition
+from ..report import save_figure
+from ..trajectory import Trajectory, atomic_write_json, atomic_write_text
 
 PROBE_SEED = 2024  # every checkpoint is probed on the same subsets and inputs
 
@@ -206,11 +206,11 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
     (drawn from ``PROBE_SEED``).
 
     ``hiding="attention"`` masks tokens as the authors' released probe does (MASK *and* attention mask 0; see
-    :mod:`progdistill.pcfg_probes`) and writes ``probes/ngram-attention*`` instead, next to the default
+    :mod:`progdistill.probes.ngram`) and writes ``probes/ngram-attention*`` instead, next to the default
     results (the non-terminal probe, which masks nothing, is not repeated). Raises ``ConfigError`` for a run
     that is not masked language modelling and ``ValueError`` for a bad window or ``hiding``.
     """
-    from .pcfg_probes import check_hiding, check_windows
+    from .ngram import check_hiding, check_windows
 
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.json")
@@ -233,8 +233,8 @@ def _check_run_inputs(run_dir: Path, config, teacher: bool = True) -> None:
     results.json, a probe summary the report cannot read, and -- when the probe reads the teacher
     (``teacher``) -- a teacher trajectory that is unfinished (still training, or interrupted: the probe would
     describe part of it) or has lost its metrics."""
-    from .experiment import check_task_data, config_hash
-    from .report import read_probe_summaries
+    from ..experiment import check_task_data, config_hash
+    from ..report import read_probe_summaries
 
     results = run_dir / "results.json"
     if results.exists() and finished_results(run_dir) is None:
@@ -264,7 +264,7 @@ def _check_run_inputs(run_dir: Path, config, teacher: bool = True) -> None:
 def _refresh_report(run_dir: Path, log=print) -> None:
     """Rewrite a finished run's results.json / summary.md so their ``probes`` section matches probes/ (the
     run's recorded wall time is kept); for a run that has not finished, say that ``run`` will."""
-    from .report import write_report
+    from ..report import write_report
 
     previous = finished_results(run_dir)
     if previous is not None and "wall_time_s" in previous:
@@ -276,7 +276,7 @@ def _refresh_report(run_dir: Path, log=print) -> None:
 
 def _probe_ngram(run_dir: Path, config, students: bool, windows: tuple[int, ...], log,
                  hiding: str = "token") -> dict[str, Any]:
-    from .pcfg_probes import ngram_dependence_at, nonterminal_probe
+    from .ngram import ngram_dependence_at, nonterminal_probe
 
     task = config.task
     trajectory = Trajectory(run_dir / "teacher")
@@ -335,7 +335,7 @@ def _ngram_inputs(task, windows: tuple[int, ...]):
     """The probe's sequences and positions, the same for every model and for the oracle: (generator, ids,
     attention, maskable, mask id, positions); the generator continues to the non-terminal probe's sentences.
     Raises ``ValueError`` for a window longer than every sequence."""
-    from .pcfg_probes import probe_positions
+    from .ngram import probe_positions
 
     gen = torch.Generator().manual_seed(PROBE_SEED)
     ids, attention, maskable, mask_id = task.ngram_inputs(NGRAM_SEQUENCES, gen)
@@ -350,7 +350,7 @@ def _ngram_inputs(task, windows: tuple[int, ...]):
 def _ngram_name(stem: str, windows: tuple[int, ...]) -> str:
     """The run's own results (windows 3 5 7) are probes/<stem>.*; other windows get their own name beside them
     instead of replacing them."""
-    from .pcfg_probes import WINDOWS
+    from .ngram import WINDOWS
 
     return stem + ("" if tuple(windows) == WINDOWS else "-windows-" + "-".join(map(str, windows)))
 
@@ -369,7 +369,7 @@ def _oracle_scores(out: Path, windows: tuple[int, ...]) -> dict[str, Any] | None
 def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=print) -> dict[str, Any]:
     """M_robust / M_close of the Bayes-optimal masked LM of a PCFG run's grammar, on the sentences and
     positions ``probe_ngram`` uses: the exact posterior of the token at p given the visible tokens, by the
-    inside algorithm (:func:`progdistill.pcfg_probes.oracle_ngram_dependence_at`). This is where a teacher's
+    inside algorithm (:func:`progdistill.probes.ngram.oracle_ngram_dependence_at`). This is where a teacher's
     n-gram probes end as its loss reaches the grammar's entropy (PAPER.md section 2: the fall of M_robust after
     the sharp drop is the model moving towards it).
 
@@ -380,7 +380,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
     (~42-token sentences) and ~10 minutes for cfg3b (~300 tokens). Raises ``ConfigError`` for a run that is
     not ``pcfg-mlm`` or was changed after it ran, and ``ValueError`` for a bad window.
     """
-    from .pcfg_probes import check_windows, oracle_masked_lm_loss, oracle_ngram_dependence_at
+    from .ngram import check_windows, oracle_masked_lm_loss, oracle_ngram_dependence_at
 
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.json")
@@ -419,7 +419,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = (3, 5, 7), log=
 
 
 def _summarize_ngram(records: list[dict], windows: tuple[int, ...], config) -> dict[str, Any]:
-    from .phases import detect_phases
+    from ..phases import detect_phases
 
     teacher = [r for r in records if r["model"] == "teacher"]
     steps = [r["step"] for r in teacher]
@@ -548,12 +548,12 @@ GENERATION_SAMPLES = 200
 
 
 def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: int = PROBE_SEED) -> dict[str, float]:
-    """Sample ``count`` sentences from ``model`` (a :class:`~progdistill.bert.CausalLM`) starting at BOS, at
+    """Sample ``count`` sentences from ``model`` (a :class:`~progdistill.models.language.CausalLM`) starting at BOS, at
     temperature 1 over the terminals and EOS, up to twice the longest held-out sentence (at most
     ``task.max_length``) tokens; a sentence is *accepted* when it ends with EOS within that length and the
     grammar's inside algorithm gives it a positive probability. Returns
     ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens}``."""
-    from .pcfg_parser import inside_log_probability
+    from ..tasks.pcfg_parser import inside_log_probability
 
     vocab, grammar = task.vocabulary, task.load_grammar()
     allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])

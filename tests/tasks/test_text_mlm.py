@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from progdistill.bert import BertMLMConfig
+from progdistill.models.language import BertMLMConfig
 from progdistill.config import ConfigError, OptimizerConfig, TrainConfig
-from progdistill.corpus import CorpusError
+from progdistill.tasks.corpus import CorpusError
 from progdistill.experiment import ExperimentConfig, run
 from progdistill.schedules import CE, Progressive
-from progdistill.text import TextMaskedLMTask
-from progdistill.tokenizer import MASK_ID, SPECIAL_TOKENS, TokenizerError
+from progdistill.tasks.text import TextMaskedLMTask
+from progdistill.tasks.tokenizer import MASK_ID, SPECIAL_TOKENS, TokenizerError
 from progdistill.train import generator
 
 WORDS = ("the cat sat on a mat while the dog ran over the hill and a bird sang in the tall green tree "

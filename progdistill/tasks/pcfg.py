@@ -1,7 +1,7 @@
 """Masked language modelling on sentences of a probabilistic context-free grammar (PAPER.md section 2).
 
-:class:`PCFGMaskedLMTask` (task kind ``"pcfg-mlm"``) turns the grammar (:mod:`progdistill.grammar`), the
-sampler (:mod:`progdistill.pcfg_sampler`) and BERT masking (:mod:`progdistill.masked_lm`) into the *token
+:class:`PCFGMaskedLMTask` (task kind ``"pcfg-mlm"``) turns the grammar (:mod:`progdistill.tasks.grammar`), the
+sampler (:mod:`progdistill.tasks.pcfg_sampler`) and BERT masking (:mod:`progdistill.tasks.masking`) into the *token
 task* contract of :func:`progdistill.train.fit`:
 
 - ``sample_batch(count, generator)`` -> :class:`TokenBatch` of ``count`` fresh sentences, masked;
@@ -23,9 +23,9 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from .config import check, check_positive_int, register
+from ..config import check, check_positive_int, register
 from .grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
-from .masked_lm import Vocabulary, mask_tokens, pad_sentences
+from .masking import Vocabulary, mask_tokens, pad_sentences
 from .pcfg_sampler import Sentence, SentenceBatch, sample_sentences
 
 EVAL_BATCH = 64  # sentences per forward pass when evaluating
@@ -56,7 +56,7 @@ class TokenBatch:
 @dataclass(frozen=True)
 class GrammarSpec:
     """Which grammar: ``name`` is a packaged grammar (cfg3b, cfg3f, cfg3g, cfg3h, cfg3i), a path to a grammar
-    file, or ``"random"`` for :func:`progdistill.grammar.random_grammar` with the remaining fields."""
+    file, or ``"random"`` for :func:`progdistill.tasks.grammar.random_grammar` with the remaining fields."""
 
     name: str = "random"
     levels: int = 5

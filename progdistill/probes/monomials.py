@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .parity import ParityTask
+from ..tasks.parity import ParityTask
 
 Subset = tuple[int, ...]
 ENUMERATE_LIMIT = 50_000  # enumerate all C(n, d) subsets below this many; rejection-sample above
@@ -261,7 +261,7 @@ def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor],
 
 def mlp_class1_probability(model: torch.nn.Module,
                            model_index: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """p(class 1 | x) of a stacked model (such as :class:`progdistill.mlp.MLP`, logits (M, B, C)) as a
+    """p(class 1 | x) of a stacked model (such as :class:`progdistill.models.mlp.MLP`, logits (M, B, C)) as a
     callable for :func:`monomial_correlations`: x (B, n) -> (M, B), or (B,) for model ``model_index`` alone.
     Runs without gradients on the model's device; returns CPU float32."""
     num_models = getattr(model, "num_models", None)

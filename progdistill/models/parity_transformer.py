@@ -18,7 +18,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from .config import check, check_positive_int, register
+from ..config import check, check_positive_int, register
 
 
 @register("model")
@@ -54,7 +54,7 @@ class ParityTransformer(nn.Module):
     """A GPT-2 encoder over the bits plus a linear head on the last position.
 
     ``forward(x)``: x (B, n) float in {-1, +1} -> logits (1, B, num_classes); the leading 1 is the stack
-    dimension that :func:`progdistill.train.fit` expects (see :class:`progdistill.mlp.MLP`).
+    dimension that :func:`progdistill.train.fit` expects (see :class:`progdistill.models.mlp.MLP`).
 
     Initialization is GPT-2's (normal, std 0.02; the head like ``nn.Linear``), drawn from the global RNG
     *inside* :func:`torch.random.fork_rng` seeded with ``generators[0].initial_seed()``: the weights are a

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from progdistill.grammar import (Grammar, GrammarError, Rule, Terminal, load_grammar, packaged_grammars,
+from progdistill.tasks.grammar import (Grammar, GrammarError, Rule, Terminal, load_grammar, packaged_grammars,
                                  parse_grammar, random_grammar)
 
 CFG3B_LEVELS = ["s", "p q r", "m n o", "j k l", "g h i", "d e f", "a b c"]
@@ -35,7 +35,7 @@ def test_round_trip_and_text_matches_the_files():
     for name in packaged_grammars():
         g = load_grammar(name)
         assert parse_grammar(g.to_text(header=f"{name}\nround trip")) == g
-        source = Path(__file__).parents[1] / "progdistill" / "data" / "grammars" / f"{name}.txt"
+        source = Path(__file__).parents[2] / "progdistill" / "data" / "grammars" / f"{name}.txt"
         rule_lines = [ln for ln in source.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         assert g.to_text().splitlines() == rule_lines
         assert load_grammar(source) == g                                  # by path

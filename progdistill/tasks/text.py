@@ -1,8 +1,8 @@
 """Masked language modelling on real text (PAPER.md section 4: BERT on Wikipedia + Books).
 
 :class:`TextMaskedLMTask` (task kind ``"text-mlm"``) follows the token-task contract of
-:func:`progdistill.train.fit` (see :mod:`progdistill.pcfg`): documents from :mod:`progdistill.corpus`, a
-WordPiece tokenizer trained on the training documents (:mod:`progdistill.tokenizer`), sequences packed to a
+:func:`progdistill.train.fit` (see :mod:`progdistill.tasks.pcfg`): documents from :mod:`progdistill.tasks.corpus`, a
+WordPiece tokenizer trained on the training documents (:mod:`progdistill.tasks.tokenizer`), sequences packed to a
 fixed length (``[CLS] ... [SEP]``, no padding) and BERT's 80/10/10 masking of non-special tokens.
 
 Documents are split before tokenizing: every ``round(1 / eval_fraction)``-th document (0, k, 2k, ...) is held
@@ -19,9 +19,9 @@ from typing import ClassVar
 
 import torch
 
-from .config import check, check_positive_int, register
+from ..config import check, check_positive_int, register
 from .corpus import CorpusError, default_corpus, load_corpus, load_hf_dataset
-from .masked_lm import bert_mask
+from .masking import bert_mask
 from .pcfg import TokenBatch
 from .tokenizer import (MASK_ID, SPECIAL_TOKENS, TokenizerConfig, TokenizerError, encode_documents,
                         load_tokenizer, pack_sequences, save_tokenizer, train_tokenizer)
@@ -37,7 +37,7 @@ class TextMaskedLMTask:
     """BERT masked language modelling on a text corpus.
 
     ``corpus``: ``"default:wikipedia"`` / ``"default:lee-news"`` (offline corpora the ``gensim`` wheel ships;
-    see :func:`progdistill.corpus.default_corpus`), a local ``.txt`` / ``.jsonl`` file or directory (``.jsonl``
+    see :func:`progdistill.tasks.corpus.default_corpus`), a local ``.txt`` / ``.jsonl`` file or directory (``.jsonl``
     documents in ``text_field``), or ``"hf:NAME"`` / ``"hf:NAME:CONFIG"`` for a Hugging Face dataset (needs
     ``datasets`` and network, or the local cache); several sources joined by ``+`` are concatenated in order. ``vocab_size``: the WordPiece vocabulary (special tokens
     included). ``sequence_length``: tokens per packed sequence. ``eval_fraction``: share of documents held out;

@@ -15,7 +15,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from .config import check, check_positive_int, register
+from ..config import check, check_positive_int, register
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from progdistill.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
-from progdistill.pcfg_parser import (inside_log_probability, masked_posterior, most_likely_parse,
+from progdistill.tasks.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
+from progdistill.tasks.pcfg_parser import (inside_log_probability, masked_posterior, most_likely_parse,
                                       tree_log_probability)
-from progdistill.pcfg_sampler import sample_sentences
+from progdistill.tasks.pcfg_sampler import sample_sentences
 
 # "a b a" has two trees: s(x(a b) a) with 0.6 * 0.8 * 0.5^3 = 0.06 and s(a x(b a)) with 0.4 * 0.8 * 0.5^3 = 0.04.
 TOY = """
@@ -114,7 +114,7 @@ def test_errors():
 
 def _language(grammar):
     """Every sentence of an acyclic grammar with its probability, by expanding all derivations: {tokens: p}."""
-    from progdistill.grammar import Terminal
+    from progdistill.tasks.grammar import Terminal
 
     def expand(symbol):
         if isinstance(symbol, Terminal):
@@ -183,8 +183,8 @@ def test_masked_posterior_rejects_positions_outside_the_sentence_and_impossible_
 def test_oracle_ngram_probe_equals_brute_force_on_every_position():
     """The oracle probe's M_robust / M_close / cross-entropy, from padded ids and probe positions (BOS at 0), equal
     direct conditioning over the language at the same sentence positions."""
-    from progdistill.masked_lm import Vocabulary, pad_sentences
-    from progdistill.pcfg_probes import oracle_ngram_dependence_at, probe_positions
+    from progdistill.tasks.masking import Vocabulary, pad_sentences
+    from progdistill.probes.ngram import oracle_ngram_dependence_at, probe_positions
 
     g = parse_grammar(AMBIGUOUS)
     language = _language(g)
@@ -209,7 +209,7 @@ def test_oracle_ngram_probe_equals_brute_force_on_every_position():
 
 
 def test_oracle_masked_lm_loss_equals_brute_force_for_the_same_hidden_sets():
-    from progdistill.pcfg_probes import oracle_masked_lm_loss
+    from progdistill.probes.ngram import oracle_masked_lm_loss
 
     g = parse_grammar(AMBIGUOUS)
     language = _language(g)

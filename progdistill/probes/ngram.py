@@ -1,5 +1,5 @@
 """Probes of masked language models on grammar sentences (PAPER.md section 2, "n-gram probes" and
-"Non-terminal probe"). Pure functions of a model and data; :mod:`progdistill.probes` runs them over a run
+"Non-terminal probe"). Pure functions of a model and data; :mod:`progdistill.probes.runs` runs them over a run
 directory.
 
 n-gram dependence, for a selected position p of a sentence and a window of w = 2r + 1 tokens centred on p:
@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .masked_lm import Vocabulary, pad_sentences
+from ..tasks.masking import Vocabulary, pad_sentences
 
 WINDOWS = (3, 5, 7)
 HIDING = ("token", "attention")
@@ -156,11 +156,11 @@ def _scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor) ->
 def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
                                windows: Sequence[int] = WINDOWS, progress: bool = False) -> dict[str, dict[str, float]]:
     """M_robust and M_close (PAPER.md section 2) of the Bayes-optimal masked LM of ``grammar`` -- the exact
-    posterior of the token at p given the visible tokens (:func:`progdistill.pcfg_parser.masked_posterior`) --
+    posterior of the token at p given the visible tokens (:func:`progdistill.tasks.pcfg_parser.masked_posterior`) --
     at the same inputs and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss
     reaches the grammar's entropy.
 
-    ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...`` (:func:`~progdistill.masked_lm.pad_sentences`);
+    ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...`` (:func:`~progdistill.tasks.masking.pad_sentences`);
     ``maskable`` (B, L): their terminal positions. Returns the dict of :func:`ngram_dependence` (its
     ``"cross_entropy"`` is the grammar's own uncertainty about a token with it alone hidden). Cost:
     (1 + 2 * len(windows)) * T inside passes per position, ~10 ms each for a 130-token sentence, ~0.1 s for
@@ -168,7 +168,7 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
     """
     from tqdm.auto import tqdm
 
-    from .pcfg_parser import masked_posterior
+    from ..tasks.pcfg_parser import masked_posterior
 
     check_windows(windows)
     variants = torch.stack(_hidden_variants(maskable, where, windows))  # (variants, P, L)
@@ -198,7 +198,7 @@ def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate
     std_error None with fewer than 2 positions). Raises ``ValueError`` for a mask rate outside
     (0, 1) or a sentence that is not in the grammar's language.
     """
-    from .pcfg_parser import masked_posterior
+    from ..tasks.pcfg_parser import masked_posterior
 
     if not 0 < mask_rate < 1:
         raise ValueError(f"mask_rate={mask_rate!r} is invalid: must lie in (0, 1)")
@@ -258,7 +258,7 @@ def nonterminal_probe(model, train_sentences, test_sentences, vocab: Vocabulary,
                       device: str | torch.device = "cpu") -> dict[int, float]:
     """Linear probe on the frozen last hidden layer predicting each token's ancestor nonterminal at each level.
 
-    ``train_sentences`` / ``test_sentences``: :class:`~progdistill.pcfg_sampler.SentenceBatch` (tokens and
+    ``train_sentences`` / ``test_sentences``: :class:`~progdistill.tasks.pcfg_sampler.SentenceBatch` (tokens and
     ancestors); ``levels``: tree levels to probe (1 .. num_levels - 2 are informative; 0 is the root).
     A softmax-regression head per level is fitted with full-batch Adam for ``steps`` steps on standardized
     features (initial weights 0, so the result is deterministic). Returns {level: test accuracy in [0, 1]}.

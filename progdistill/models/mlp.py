@@ -16,7 +16,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from .config import check, check_positive_int, register
+from ..config import check, check_positive_int, register
 
 NARROW_OUTPUT, NARROW_ROWS = 8, 256  # when forward() computes the last layer as a transposed product
 

@@ -1,4 +1,4 @@
-"""Tests of progdistill.monomials: planted functions give their known correlations; the probe is exact on the
+"""Tests of progdistill.probes.monomials: planted functions give their known correlations; the probe is exact on the
 full cube, deterministic, and rejects bad degrees."""
 
 import itertools
@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from progdistill.mlp import MLPConfig
-from progdistill.monomials import (MonomialCorrelations, membership_matrix, mlp_class1_probability,
+from progdistill.models.mlp import MLPConfig
+from progdistill.probes.monomials import (MonomialCorrelations, membership_matrix, mlp_class1_probability,
                                    monomial_correlations, monomials, off_support_subsets)
-from progdistill.parity import ParityTask
+from progdistill.tasks.parity import ParityTask
 
 N_SAMPLES = 20_000
 TOL = 4 / math.sqrt(N_SAMPLES)  # >= 4 std of an estimate: std(chi_T p) = sqrt(E[p^2] - corr^2) <= 1

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from progdistill.config import ConfigError
-from progdistill.parity import ParityTask
+from progdistill.tasks.parity import ParityTask
 
 
 def test_labels_are_parity_of_support():
