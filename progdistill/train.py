@@ -159,7 +159,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 @torch.no_grad()
 def evaluate_tokens(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats per supervised token) and accuracy at the supervised positions of
-    ``batches`` (:class:`progdistill.tasks.pcfg.TokenBatch`), each as a tensor of shape (1,) like :func:`evaluate`."""
+    ``batches`` (:class:`progdistill.tasks.base.Batch`), each as a tensor of shape (1,) like :func:`evaluate`."""
     was_training = model.training
     model.eval()
     loss_sum = correct = count = 0.0

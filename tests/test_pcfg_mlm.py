@@ -13,7 +13,7 @@ from progdistill.experiment import ExperimentConfig, run
 from progdistill.tasks.grammar import GrammarError
 from progdistill.losses import distillation_loss
 from progdistill.tasks.masking import Vocabulary
-from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, TokenBatch
+from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask
 from progdistill.probes.ngram import ngram_dependence, nonterminal_probe, probe_positions
 from progdistill.phases import detect_phases
 from progdistill.schedules import CE, OneShot, Progressive, TwoShotAuto
@@ -84,7 +84,7 @@ def test_grad_accumulation_normalizes_by_the_whole_steps_supervised_tokens(teach
     batch = TASK.sample_batch(8, generator(1, "data"))
     targets = batch.targets.clone()
     targets[:4, ::2] = -100  # the first micro-batch keeps about half its supervised tokens
-    batch = TokenBatch(batch.inputs, batch.attention_mask, targets)
+    batch = batch.with_targets(targets)
     teacher = build(seed=5).eval() if teacher_too else None
     distill = DistillationConfig(temperature=2.0, alpha=0.3)
     autocast = torch.autocast("cpu", enabled=False)

@@ -4,8 +4,8 @@
 sampler (:mod:`progdistill.tasks.pcfg_sampler`) and BERT masking (:mod:`progdistill.tasks.masking`) into the *token
 task* contract of :func:`progdistill.train.fit`:
 
-- ``sample_batch(count, generator)`` -> :class:`TokenBatch` of ``count`` fresh sentences, masked;
-- ``eval_batches()`` -> the fixed held-out set as a list of :class:`TokenBatch`;
+- ``sample_batch(count, generator)`` -> :class:`~progdistill.tasks.base.Batch` of ``count`` fresh sentences, masked;
+- ``eval_batches()`` -> the fixed held-out set as a list of :class:`~progdistill.tasks.base.Batch`;
 - ``num_classes`` (the vocabulary size: terminals + BOS, EOS, PAD, MASK) and ``input_size`` (the positions a
   sentence may need: ``max_length + 2``).
 
@@ -24,33 +24,12 @@ import numpy as np
 import torch
 
 from ..config import check, check_positive_int, register
+from .base import Batch
 from .grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
 from .masking import Vocabulary, mask_tokens, pad_sentences
 from .pcfg_sampler import Sentence, SentenceBatch, sample_sentences
 
 EVAL_BATCH = 64  # sentences per forward pass when evaluating
-
-
-@dataclass(frozen=True)
-class TokenBatch:
-    """A padded batch of token sequences: ``inputs`` (B, L) int64 ids (masked where selected),
-    ``attention_mask`` (B, L) bool (False at PAD), ``targets`` (B, L) int64: the original id at supervised
-    positions, -100 elsewhere."""
-
-    inputs: torch.Tensor
-    attention_mask: torch.Tensor
-    targets: torch.Tensor
-
-    def to(self, device) -> "TokenBatch":
-        return TokenBatch(self.inputs.to(device), self.attention_mask.to(device), self.targets.to(device))
-
-    def rows(self, index) -> "TokenBatch":
-        """The sub-batch of rows ``index`` (a slice or index tensor)."""
-        return TokenBatch(self.inputs[index], self.attention_mask[index], self.targets[index])
-
-    @property
-    def num_supervised(self) -> int:
-        return int((self.targets != -100).sum())
 
 
 @dataclass(frozen=True)
@@ -139,7 +118,7 @@ class _GrammarTask:
         """The fixed held-out sentences (with their trees), drawn from ``eval_seed``."""
         return self.sample_sentences(self.eval_size, torch.Generator().manual_seed(self.eval_seed))
 
-    def eval_batches(self) -> list[TokenBatch]:
+    def eval_batches(self) -> list[Batch]:
         """The fixed held-out set (:meth:`eval_sentences`, made into batches by ``batch_from_sentences`` with the
         same ``eval_seed`` generator, so any masking is drawn once) in batches of ``EVAL_BATCH`` sentences."""
         return _eval_batches(self, self.grammar.stamp())
@@ -165,13 +144,13 @@ class PCFGMaskedLMTask(_GrammarTask):
         check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
               self.mask_rate, "must lie in (0, 1)")
 
-    def batch_from_sentences(self, sentences: Sequence[Sentence], generator: torch.Generator) -> TokenBatch:
-        """Pad and mask sampled sentences: a :class:`TokenBatch` of shape (count, longest + 2)."""
+    def batch_from_sentences(self, sentences: Sequence[Sentence], generator: torch.Generator) -> Batch:
+        """Pad and mask sampled sentences: a :class:`~progdistill.tasks.base.Batch` of shape (count, longest + 2)."""
         ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
         inputs, targets = mask_tokens(ids, self.vocabulary, self.mask_rate, generator)
-        return TokenBatch(inputs, attention, targets)
+        return Batch(inputs, targets, attention)
 
-    def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
+    def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
         """``count`` fresh masked sentences (the training stream)."""
         return self.batch_from_sentences(self.sample_sentences(count, generator), generator)
 
@@ -185,7 +164,7 @@ class PCFGMaskedLMTask(_GrammarTask):
 
 
 @lru_cache(maxsize=4)
-def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[TokenBatch]:
+def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[Batch]:
     gen = torch.Generator().manual_seed(task.eval_seed)
     sentences = task.sample_sentences(task.eval_size, gen)
     return [task.batch_from_sentences([sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))], gen)
@@ -215,7 +194,7 @@ class PCFGNextTokenTask(_GrammarTask):
               "must be an integer >= 0 (0 = every next token)")
 
     def batch_from_sentences(self, sentences: Sequence[Sentence],
-                             generator: torch.Generator | None = None) -> TokenBatch:
+                             generator: torch.Generator | None = None) -> Batch:
         """Inputs ``BOS s EOS`` padded (B, L) and next-token targets (B, L): -100 at unsupervised positions.
         ``generator`` is unused (nothing is random here). Raises ``GrammarError`` for a ``level`` the trees lack."""
         levels = len(sentences[0].ancestors)
@@ -230,7 +209,7 @@ class PCFGNextTokenTask(_GrammarTask):
             if self.level > 0:
                 keep[:n] = torch.from_numpy(s.boundaries[self.level].astype(bool))
             targets[i, : n + 1] = torch.where(keep, ids[i, 1: n + 2], torch.full_like(keep, -100, dtype=torch.long))
-        return TokenBatch(ids, attention, targets)
+        return Batch(ids, targets, attention)
 
-    def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
+    def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
         return self.batch_from_sentences(self.sample_sentences(count, generator))

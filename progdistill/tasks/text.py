@@ -22,7 +22,7 @@ import torch
 from ..config import check, check_positive_int, register
 from .corpus import CorpusError, default_corpus, load_corpus, load_hf_dataset
 from .masking import bert_mask
-from .pcfg import TokenBatch
+from .base import Batch
 from .tokenizer import (MASK_ID, SPECIAL_TOKENS, TokenizerConfig, TokenizerError, encode_documents,
                         load_tokenizer, pack_sequences, save_tokenizer, train_tokenizer)
 
@@ -109,12 +109,12 @@ class TextMaskedLMTask:
     def input_size(self) -> int:
         return self.sequence_length
 
-    def _mask(self, ids: torch.Tensor, generator: torch.Generator) -> TokenBatch:
+    def _mask(self, ids: torch.Tensor, generator: torch.Generator) -> Batch:
         inputs, targets = bert_mask(ids, ids >= len(SPECIAL_TOKENS), MASK_ID, (len(SPECIAL_TOKENS),
                                     self.num_classes), self.mask_rate, generator)
-        return TokenBatch(inputs, torch.ones_like(ids, dtype=torch.bool), targets)
+        return Batch(inputs, targets, torch.ones_like(ids, dtype=torch.bool))
 
-    def sample_batch(self, count: int, generator: torch.Generator) -> TokenBatch:
+    def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
         """``count`` training sequences drawn uniformly (with replacement), freshly masked."""
         train, _ = self.sequences()
         index = torch.randint(len(train), (count,), generator=generator)
@@ -124,7 +124,7 @@ class TextMaskedLMTask:
         """The first ``eval_size`` held-out sequences (all of them when fewer), unmasked: (E, L)."""
         return self.sequences()[1][: self.eval_size]
 
-    def eval_batches(self) -> list[TokenBatch]:
+    def eval_batches(self) -> list[Batch]:
         gen = torch.Generator().manual_seed(self.eval_seed)
         ids = self.eval_ids()
         return [self._mask(ids[i:i + EVAL_BATCH], gen) for i in range(0, len(ids), EVAL_BATCH)]

@@ -1,0 +1,114 @@
+"""The contract between tasks and the rest of the library: one batch type and the :class:`Task` protocol.
+
+Every task yields :class:`Batch` objects -- inputs, targets with ``IGNORE_INDEX`` (-100) where nothing is
+supervised, an optional attention mask -- and declares what the training loop, the runner, the probes and the
+report need to know about it (:class:`Task`). Those layers never ask a task what kind it is: a new task is a
+new module (or a class in a user's own file) that implements the protocol and registers itself with
+``@register("task")``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar, Protocol, Sequence, runtime_checkable
+
+import torch
+
+IGNORE_INDEX = -100  # PyTorch's default ignore index: a target position that carries no supervision
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of a task.
+
+    ``inputs``: (B, ...) model inputs -- (B, n) float bits for sparse parity, (B, L) int64 token ids for
+    sequence tasks. ``targets``: int64 class indices, (B,) for one label per example or (B, L) for one per
+    position, ``IGNORE_INDEX`` where nothing is supervised. ``attention_mask``: (B, L) bool (False at padding)
+    for sequence inputs, None otherwise.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+
+    def to(self, device) -> "Batch":
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return Batch(self.inputs.to(device), self.targets.to(device), mask)
+
+    def rows(self, index) -> "Batch":
+        """The sub-batch of rows ``index`` (a slice or an index tensor)."""
+        mask = None if self.attention_mask is None else self.attention_mask[index]
+        return Batch(self.inputs[index], self.targets[index], mask)
+
+    def with_targets(self, targets: torch.Tensor) -> "Batch":
+        return replace(self, targets=targets)
+
+    @property
+    def model_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The positional arguments of a model's forward pass: (inputs,) or (inputs, attention_mask)."""
+        return (self.inputs,) if self.attention_mask is None else (self.inputs, self.attention_mask)
+
+    @property
+    def num_supervised(self) -> int:
+        """Supervised target positions in the batch."""
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What a task provides. Tasks are frozen config dataclasses registered with ``@register("task")``.
+
+    Data:
+      - ``sample_batch(count, generator) -> Batch``: ``count`` fresh training examples, every random draw from
+        ``generator`` (same generator state, same batch, bit for bit);
+      - ``eval_batches() -> list[Batch]``: the fixed held-out set;
+      - ``per_position_targets``: True when targets are (B, L) over sequences (the loop trains one model at a
+        time in micro-batches and normalizes by supervised positions); False for one label per example
+        (models that support it train as a stack, with teacher targets computed once per block of steps).
+    Models:
+      - ``num_classes`` (C: output classes at every supervised position) and ``input_size`` (bits for parity,
+        positions for sequences), from which a model config builds its model.
+    Runs:
+      - ``prepare(run_dir) -> Task``: the task with everything it derives from data (e.g. a trained
+        tokenizer) loaded from or saved into the run directory; a pure task returns itself;
+      - ``data_digest() -> str | None``: sha256 of the task's data files (grammar, corpus), None without any;
+      - ``probes``: names of the probes that apply to this task; ``end_of_run_probes``: those ``run`` performs;
+      - ``accuracy_label``: the y-axis label of accuracy figures.
+    :class:`TaskBase` gives the defaults of the run-level fields.
+    """
+
+    kind: ClassVar[str]
+    per_position_targets: ClassVar[bool]
+    probes: ClassVar[tuple[str, ...]]
+    end_of_run_probes: ClassVar[tuple[str, ...]]
+    accuracy_label: ClassVar[str]
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def input_size(self) -> int: ...
+
+    def sample_batch(self, count: int, generator: torch.Generator) -> Batch: ...
+
+    def eval_batches(self) -> Sequence[Batch]: ...
+
+    def prepare(self, run_dir: str | Path) -> "Task": ...
+
+    def data_digest(self) -> str | None: ...
+
+
+class TaskBase:
+    """Defaults of the run-level part of :class:`Task` for a task without data files or probes."""
+
+    per_position_targets: ClassVar[bool] = False
+    probes: ClassVar[tuple[str, ...]] = ()
+    end_of_run_probes: ClassVar[tuple[str, ...]] = ()
+    accuracy_label: ClassVar[str] = "eval accuracy"
+
+    def prepare(self, run_dir: str | Path) -> "TaskBase":
+        return self
+
+    def data_digest(self) -> str | None:
+        return None
