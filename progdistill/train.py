@@ -255,7 +255,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     seeds = sorted({mem.seed for mem in members})
     seed_index = torch.tensor([seeds.index(mem.seed) for mem in members])
     gens = {s: generator(s, data_stream) for s in seeds}
-    token_task = getattr(task, "token_task", False)
+    token_task = task.per_position_targets
     if token_task:
         if M != 1:
             raise ValueError(f"token tasks train one model at a time, got a stack of {M}")

@@ -13,11 +13,12 @@ from typing import ClassVar
 import torch
 
 from ..config import check, check_positive_int, register
+from .base import Batch, TaskBase
 
 
 @register("task")
 @dataclass(frozen=True)
-class ParityTask:
+class ParityTask(TaskBase):
     """Config and sampler of (n, k) sparse parity.
 
     ``support_seed``: None puts the support on the first k coordinates; an integer draws k distinct
@@ -25,6 +26,7 @@ class ParityTask:
     """
 
     kind: ClassVar[str] = "parity"
+    probes: ClassVar[tuple[str, ...]] = ("monomials",)
 
     n: int = 50
     k: int = 5
@@ -45,6 +47,11 @@ class ParityTask:
     @property
     def num_classes(self) -> int:
         return 2
+
+    @property
+    def input_size(self) -> int:
+        """Input bits per example (n)."""
+        return self.n
 
     @property
     def support(self) -> tuple[int, ...]:
@@ -72,3 +79,11 @@ class ParityTask:
     def eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed held-out set: (eval_size, n) inputs and (eval_size,) labels, drawn from ``eval_seed``."""
         return self.sample(self.eval_size, torch.Generator().manual_seed(self.eval_seed))
+
+    def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
+        """:meth:`sample` as a :class:`~progdistill.tasks.base.Batch`: inputs (count, n), targets (count,)."""
+        return Batch(*self.sample(count, generator))
+
+    def eval_batches(self) -> list[Batch]:
+        """The fixed held-out set (:meth:`eval_set`) as one batch."""
+        return [Batch(*self.eval_set())]

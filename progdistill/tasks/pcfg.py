@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..config import check, check_positive_int, register
-from .base import Batch
+from .base import Batch, TaskBase
 from .grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
 from .masking import Vocabulary, mask_tokens, pad_sentences
 from .pcfg_sampler import Sentence, SentenceBatch, sample_sentences
@@ -73,7 +73,7 @@ def _load(spec: GrammarSpec, stamp: tuple[int, int] | None) -> Grammar:
 
 
 @dataclass(frozen=True)
-class _GrammarTask:
+class _GrammarTask(TaskBase):
     """Fields and sampling shared by the grammar tasks: ``grammar``; ``max_length``, the longest sentence
     allowed (the sampler's guard: a longer one is an error naming the grammar); ``eval_size`` held-out
     sentences drawn once from ``eval_seed``."""
@@ -135,7 +135,10 @@ class PCFGMaskedLMTask(_GrammarTask):
     """
 
     kind: ClassVar[str] = "pcfg-mlm"
-    token_task: ClassVar[bool] = True
+    per_position_targets: ClassVar[bool] = True
+    probes: ClassVar[tuple[str, ...]] = ("ngram", "nonterminal", "oracle")
+    end_of_run_probes: ClassVar[tuple[str, ...]] = ("ngram", "nonterminal")
+    accuracy_label: ClassVar[str] = "masked-token accuracy (validation)"
 
     mask_rate: float = 0.3
 
@@ -184,7 +187,10 @@ class PCFGNextTokenTask(_GrammarTask):
     """
 
     kind: ClassVar[str] = "pcfg-lm"
-    token_task: ClassVar[bool] = True
+    per_position_targets: ClassVar[bool] = True
+    probes: ClassVar[tuple[str, ...]] = ("generation",)
+    end_of_run_probes: ClassVar[tuple[str, ...]] = ("generation",)
+    accuracy_label: ClassVar[str] = "next-token accuracy (validation)"
 
     level: int = 0
 

@@ -22,7 +22,7 @@ import torch
 from ..config import check, check_positive_int, register
 from .corpus import CorpusError, default_corpus, load_corpus, load_hf_dataset
 from .masking import bert_mask
-from .base import Batch
+from .base import Batch, TaskBase
 from .tokenizer import (MASK_ID, SPECIAL_TOKENS, TokenizerConfig, TokenizerError, encode_documents,
                         load_tokenizer, pack_sequences, save_tokenizer, train_tokenizer)
 
@@ -33,7 +33,7 @@ _PREPARED: dict["TextMaskedLMTask", object] = {}  # tokenizers loaded from a run
 
 @register("task")
 @dataclass(frozen=True)
-class TextMaskedLMTask:
+class TextMaskedLMTask(TaskBase):
     """BERT masked language modelling on a text corpus.
 
     ``corpus``: ``"default:wikipedia"`` / ``"default:lee-news"`` (offline corpora the ``gensim`` wheel ships;
@@ -45,7 +45,10 @@ class TextMaskedLMTask:
     """
 
     kind: ClassVar[str] = "text-mlm"
-    token_task: ClassVar[bool] = True
+    per_position_targets: ClassVar[bool] = True
+    probes: ClassVar[tuple[str, ...]] = ("ngram",)
+    end_of_run_probes: ClassVar[tuple[str, ...]] = ("ngram",)
+    accuracy_label: ClassVar[str] = "masked-token accuracy (validation)"
 
     corpus: str = "default:wikipedia"
     text_field: str = "text"
