@@ -2,6 +2,11 @@
 
 Implements Panigrahi, Liu, Malladi, Risteski, Goel, "Progressive distillation induces an implicit
 curriculum" (ICLR 2025). See the README for the command line and the module map.
+
+Importing the package imports every module that registers a task, model or schedule variant (through the
+presets and the names below), so ``ExperimentConfig.from_dict`` of any config.json finds every kind;
+tests/test_imports.py checks it. Each of those modules imports with the core dependencies alone: an optional
+package is imported where a feature needs it (:func:`progdistill.optional.require`).
 """
 
 from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig

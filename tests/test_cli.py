@@ -53,7 +53,7 @@ def test_input_mistakes_get_one_clear_line(capsys, tmp_path):
     assert "schedules.3.points" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
     """The real preset through the real command line, shrunk to seconds (same code path as the full run)."""
     out = tmp_path / "run"

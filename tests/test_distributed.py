@@ -23,7 +23,7 @@ def _run(config_path, out, nproc):
                                     "--device", "cpu"], capture_output=True, text=True, env=ENV, timeout=600)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_equal_one(tmp_path):
     config = tiny_config(steps=200)
     path = tmp_path / "config.json"
@@ -63,7 +63,7 @@ def test_uneven_split_names_both_values():
         d.rank_world = original
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_token_task_with_empty_micro_batches_does_not_deadlock(tmp_path):
     """With a tiny mask rate, some micro-batches supervise no token on one process and some on the other; every
     process must still run each backward pass (DDP's gradient all-reduce), or training hangs."""

@@ -204,7 +204,7 @@ if int(os.environ.get("RANK", "0")) == 0:
 '''
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_give_the_update_of_one(teacher_run, tmp_path):
     """Under torchrun, Trainer counts the supervised positions of every process and DDP averages gradients: the
     loss is scaled back by the process count (as Trainer does for a model's own loss), so 2 processes x 2

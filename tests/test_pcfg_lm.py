@@ -93,6 +93,7 @@ def test_sample_with_cache_matches_recomputing_and_stops_at_eos(temperature):
     assert model.sample(torch.full((2, 12), vocab.bos), *args[1:], torch.Generator()) == [[], []]
 
 
+@pytest.mark.e2e
 def test_pcfg_lm_run_end_to_end(tmp_path):
     adamw = OptimizerConfig(name="adamw", lr=3e-3)
     model = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)

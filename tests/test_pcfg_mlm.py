@@ -109,6 +109,7 @@ def test_grad_accumulation_normalizes_by_the_whole_steps_supervised_tokens(teach
     assert values[0] == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
+@pytest.mark.e2e
 def test_teacher_trajectory_and_students_train_deterministically(tmp_path):
     from progdistill.trajectory import TrajectoryWriter
     from progdistill.train import TeacherPool
@@ -235,6 +236,7 @@ def test_nonterminal_probe_reads_a_planted_representation():
         nonterminal_probe(oracle, train, test, TASK.vocabulary, [9])
 
 
+@pytest.mark.e2e
 def test_pcfg_mlm_run_end_to_end(tmp_path):
     adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
     train = TrainConfig(model=TINY, optimizer=adamw, steps=40, batch_size=8, eval_every=10, checkpoint_every=10)
@@ -265,6 +267,7 @@ def test_bad_grammar_file_is_refused_before_the_run_directory_is_touched(tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     from transformers import BertForMaskedLM
 
@@ -349,6 +352,7 @@ def _tiny_config(task=TASK, **student):
                             schedules=(CE(),), seeds=1, threshold=0.5)
 
 
+@pytest.mark.e2e
 def test_a_run_with_two_teacher_checkpoints_ends_with_a_report(tmp_path):
     """Too few checkpoints to look for loss phases is said in the probe summary, not a crash at the run's end."""
     config = _tiny_config()
@@ -359,6 +363,7 @@ def test_a_run_with_two_teacher_checkpoints_ends_with_a_report(tmp_path):
     assert "No sharp drop detected" in (tmp_path / "run" / "summary.md").read_text()
 
 
+@pytest.mark.e2e
 def test_a_grammar_file_edited_in_place_is_refused_not_mixed(tmp_path):
     from progdistill.tasks.grammar import random_grammar
 
@@ -396,6 +401,7 @@ def test_two_shot_auto_needs_room_and_checkpoints(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_cli_refuses_a_file_as_out_and_bad_export_requests(tmp_path, capsys):
     from progdistill.cli import main
 
@@ -423,6 +429,7 @@ def test_oracle_probe_needs_a_grammar_run(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]  # nothing written
 
 
+@pytest.mark.e2e
 def test_the_pcfg_mlm_preset_runs_end_to_end_shrunk(tmp_path):
     """The preset's grammar, models and schedules (progressive at speed 8) on a few steps; 2-shot-auto needs a
     real transition, so the shrunk run keeps the other three schedules."""

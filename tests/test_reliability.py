@@ -45,7 +45,7 @@ def _outputs(out: Path) -> dict[str, str]:
             for p in files}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_and_rerun_equals_uninterrupted(tmp_path):
     config = _config(tmp_path)
     reference = tmp_path / "reference"

@@ -102,7 +102,7 @@ def test_bf16_autocast_trains_and_keeps_float32_weights(tiny):
         replace(tiny.teacher, precision="fp8")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_torch_compile_gives_the_same_training(tiny):
     cfg = replace(tiny.teacher, steps=100)
     plain = cfg.model.build(8, 2, [generator(0, "init")])

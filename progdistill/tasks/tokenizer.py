@@ -21,17 +21,26 @@ import collections
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ..config import ConfigError, check
+from ..optional import require
 from ..trajectory import atomic_write_text
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer, models
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def _tokenizers():
+    # The optional `tokenizers` package (extra "text"), imported when a tokenizer is trained or loaded, so that
+    # importing this module (and so every task) needs only the core dependencies.
+    return require("tokenizers", "text", "the WordPiece tokenizer of text tasks")
 
 
 class TokenizerError(ValueError):
@@ -86,22 +95,23 @@ def train_tokenizer(documents: Sequence[str], config: TokenizerConfig | int = To
                              f"{type(documents).__name__}")
     if not any(d.strip() for d in documents):
         raise TokenizerError(f"cannot train a tokenizer on {len(documents)} documents holding no text")
+    tk = _tokenizers()
     alphabet = _alphabet(documents, config)
     # Work around tokenizers issue #1794 (training is not deterministic): the trainer gives the '##c'
     # continuation tokens ids in hash-map order, and those ids break ties between equally frequent merges. Listing
     # them after the special tokens fixes their ids (sorted), and our own alphabet (ties broken by code point)
     # replaces the trainer's unstable sort. The special '##c' entries are dropped by rebuilding the model from the
     # vocabulary: WordPiece encodes by greedy longest match on the vocabulary alone.
-    trainer = trainers.WordPieceTrainer(
+    trainer = tk.trainers.WordPieceTrainer(
         vocab_size=config.vocab_size, min_frequency=config.min_frequency,
         special_tokens=list(SPECIAL_TOKENS) + [f"##{c}" for c in sorted(alphabet)], initial_alphabet=alphabet,
         limit_alphabet=len(alphabet), continuing_subword_prefix="##", show_progress=False)
-    trained = _pipeline(config, models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    trained = _pipeline(config, tk.models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
     trained.train_from_iterator(list(documents), trainer=trainer, length=len(documents))
-    tokenizer = _pipeline(config, models.WordPiece(trained.get_vocab(with_added_tokens=False), unk_token="[UNK]",
-                                                    continuing_subword_prefix="##"))
+    tokenizer = _pipeline(config, tk.models.WordPiece(trained.get_vocab(with_added_tokens=False),
+                                                       unk_token="[UNK]", continuing_subword_prefix="##"))
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
-    tokenizer.post_processor = processors.TemplateProcessing(
+    tokenizer.post_processor = tk.processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
     _check_special_tokens(tokenizer, "the trained tokenizer")
@@ -109,18 +119,19 @@ def train_tokenizer(documents: Sequence[str], config: TokenizerConfig | int = To
 
 
 def _pipeline(config: TokenizerConfig, model: models.WordPiece) -> Tokenizer:
-    tokenizer = Tokenizer(model)
-    tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                      strip_accents=None, lowercase=config.lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    tk = _tokenizers()
+    tokenizer = tk.Tokenizer(model)
+    tokenizer.normalizer = tk.normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                         strip_accents=None, lowercase=config.lowercase)
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
     return tokenizer
 
 
 def _alphabet(documents: Sequence[str], config: TokenizerConfig) -> list[str]:
     """The characters of the normalised, pre-tokenized corpus, most frequent first (ties by code point), at most
     ``config.limit_alphabet`` of them."""
-    probe = _pipeline(config, models.WordPiece(unk_token="[UNK]"))
+    probe = _pipeline(config, _tokenizers().models.WordPiece(unk_token="[UNK]"))
     counts: collections.Counter[str] = collections.Counter()
     for doc in documents:
         for word, _span in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(doc)):
@@ -155,8 +166,9 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise TokenizerError(f"{path}: no such file; allowed: a directory written by save_tokenizer")
+    tk = _tokenizers()
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = tk.Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises a bare Exception for any malformed file
         raise TokenizerError(f"{path}: not a valid tokenizer file: {exc}") from exc
     _check_special_tokens(tokenizer, str(path))

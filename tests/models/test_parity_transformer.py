@@ -111,6 +111,7 @@ def test_presets_follow_the_paper_and_name_real_checkpoints():
         assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+@pytest.mark.e2e
 def test_tiny_end_to_end_run(tmp_path):
     """The parity-transformer preset shrunk to seconds: every schedule trains one student after another."""
     adam = OptimizerConfig(name="adam", lr=3e-3)

@@ -32,6 +32,7 @@ def slow_teacher_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e
 def test_two_shot_auto_picks_the_middle_of_the_transition(slow_teacher_run):
     traj = Trajectory(slow_teacher_run / "teacher")
     steps, acc = traj.curve("eval_accuracy")
@@ -71,6 +72,7 @@ def test_ablation_checkpoints_follow_the_transition_two_shot_auto_finds():
     assert picks["before"] > 0  # the fall from the untrained model is not the transition
 
 
+@pytest.mark.e2e
 def test_monomial_probe_over_a_run(slow_teacher_run):
     summary = probe_monomials(slow_teacher_run, students=True, num_samples=32768, log=quiet)
     lines = (slow_teacher_run / "probes" / "monomials.jsonl").read_text().splitlines()
@@ -93,6 +95,7 @@ def test_probe_on_a_run_without_teacher_is_an_error(tmp_path):
         probe_monomials(tmp_path / "run", log=quiet)
 
 
+@pytest.mark.e2e
 def test_two_shot_ablation(slow_teacher_run):
     picks = ablation_checkpoints(Trajectory(slow_teacher_run / "teacher"))
     assert picks["before"] < picks["during"] < picks["after"]
@@ -118,6 +121,7 @@ def test_two_shot_ablation(slow_teacher_run):
     assert during[2]["teacher_checkpoint"] == picks["during"] and during[3]["teacher_checkpoint"] != picks["during"]
 
 
+@pytest.mark.e2e
 def test_probe_degree_outside_range_is_an_error(slow_teacher_run, capsys):
     from progdistill.cli import main
     assert main(["probe", "monomials", str(slow_teacher_run), "--degrees", "1", "4", "--samples", "1024"]) == 2
@@ -126,6 +130,7 @@ def test_probe_degree_outside_range_is_an_error(slow_teacher_run, capsys):
     assert "must include 1" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_probe_resumes_from_a_partial_file(slow_teacher_run):
     probe_monomials(slow_teacher_run, num_samples=2048, log=quiet)
     full = (slow_teacher_run / "probes" / "monomials.jsonl").read_text()

@@ -73,6 +73,7 @@ def test_bad_text_inputs_are_clear_errors(corpus, tmp_path):
         TextMaskedLMTask(corpus=str(one)).documents()
 
 
+@pytest.mark.e2e
 def test_text_mlm_run_end_to_end(corpus, tmp_path):
     task = TextMaskedLMTask(corpus=corpus, vocab_size=200, sequence_length=16, eval_size=16)
     adamw = OptimizerConfig(name="adamw", lr=3e-3)
