@@ -129,13 +129,13 @@ def weighted_distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tenso
                                loss: str, temperature: float, ce_weight: torch.Tensor,
                                kd_weight: torch.Tensor) -> torch.Tensor:
     """``ce_weight * CE(targets) + kd_weight * D(teacher || student)`` per position, shape (*), with
-    per-position weights from :func:`mixture_weights` (broadcastable to (*)); D named by ``loss``. With
-    ``(alpha, 1 - alpha)`` everywhere it is :func:`distillation_loss` with ``reduction="none"``."""
+    per-position weights from :func:`mixture_weights` (broadcastable to (*)); D named by ``loss``; 0 at ignored
+    positions. With ``(alpha, 1 - alpha)`` everywhere it is :func:`distillation_loss` with ``reduction="none"``."""
     kd = forward_kl if loss == "forward_kl" else reverse_kl if loss == "reverse_kl" else None
     if kd is None:
         raise ValueError(f"loss={loss!r} is invalid: one of 'forward_kl', 'reverse_kl'")
     return ce_weight * cross_entropy(logits, targets, reduction="none") \
-        + kd_weight * kd(logits, teacher_logits, temperature, reduction="none")
+        + kd_weight * kd(logits, teacher_logits, temperature, targets, reduction="none")
 
 
 def hard_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
