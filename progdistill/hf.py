@@ -33,7 +33,7 @@ import torch
 from .config import ConfigError, DistillationConfig
 from .losses import cross_entropy, distillation_loss
 from .schedules import CE
-from .train import TeacherPool
+from .teachers import TeacherPool
 from .trajectory import TrajectoryError
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -103,8 +103,9 @@ class HFTrajectory:
         if step not in self._dirs:
             raise TrajectoryError(f"{self.directory} has no checkpoint-{step}; steps: {self.steps}")
 
-    def load_model(self, step: int) -> torch.nn.Module:
-        """The teacher at ``step``, loaded from its local checkpoint directory."""
+    def load_model(self, step: int, build: Any = None) -> torch.nn.Module:
+        """The teacher at ``step``, loaded from its local checkpoint directory. ``build`` is unused (the
+        checkpoint names its architecture); it matches :meth:`progdistill.trajectory.Trajectory.load_model`."""
         self._check(step)
         try:
             return self.model_class.from_pretrained(str(self._dirs[step]), local_files_only=True)

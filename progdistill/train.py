@@ -6,35 +6,38 @@ stack of one trained with :class:`~progdistill.schedules.CE` that also writes a 
 students is a stack whose members follow different schedules. Models that share a seed share their data
 stream and their initialization, so schedules are compared on identical data (a paired comparison).
 
-Work is done in *blocks* of steps: inputs for a block are sampled at once, and the teacher logits a block
-needs are computed in one large batch per (data stream, checkpoint) instead of once per step.
+Work is done in *blocks* of steps: for one-label tasks the inputs of a block are sampled at once, and the
+teacher logits a block needs are computed in one large batch per (data stream, checkpoint) instead of once
+per step (:func:`progdistill.teachers.block_teacher_logits`); token tasks train one model in micro-batches.
+The objective is :mod:`progdistill.losses`'; this module only decides which form of it a step uses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
-import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .config import ConfigError, DistillationConfig, TrainConfig
 from .distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
-from .config import DistillationConfig, OptimizerConfig, TrainConfig
-from .losses import IGNORE_INDEX, cross_entropy, distillation_loss, forward_kl, reverse_kl, teacher_probabilities
+from .evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from .files import MetricsWriter
+from .losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
+from .optim import make_optimizer
+from .resume import load_state, save_state
 from .schedules import CE
-from .trajectory import Trajectory, TrajectoryWriter
+from .teachers import TeacherPool, block_teacher_logits
+from .token_step import train_token_step
+from .trajectory import TrajectoryWriter
 
 BLOCK_STEPS = 1000
-TEACHER_CHUNK = 512
 
 
 class NonFiniteError(FloatingPointError):
@@ -54,8 +57,6 @@ def generator(seed: int, stream: str) -> torch.Generator:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" picks CUDA when available, else CPU. Raises ``ConfigError`` for an unknown device string or a
     CUDA device on a machine (or torch build) without CUDA."""
-    from .config import ConfigError
-
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -70,67 +71,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def learning_rate_factor(cfg: OptimizerConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at step t: 1, or linear warmup then cosine decay to 0."""
-    if cfg.lr_schedule == "constant":
-        return lambda step: 1.0
-    warmup = int(cfg.warmup_fraction * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def make_optimizer(params, cfg: OptimizerConfig, total_steps: int):
-    """The optimizer and its LambdaLR scheduler. Every update is elementwise, so the models of a stack are
-    optimized independently of each other."""
-    params = list(params)
-    if cfg.name == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    elif cfg.name == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor(cfg, total_steps))
-
-
-class TeacherPool:
-    """Frozen teacher checkpoints loaded on demand from a trajectory.
-
-    A checkpoint is loaded once when a schedule first switches to it and kept while a schedule uses it;
-    its model is in eval mode, with ``requires_grad`` off, and never in an optimizer.
-    """
-
-    def __init__(self, trajectory: Trajectory, build: Callable[[], torch.nn.Module], device: torch.device):
-        self.trajectory = trajectory
-        self.build = build
-        self.device = device
-        self.models: dict[int, torch.nn.Module] = {}
-        self.loads = 0
-
-    def get(self, step: int) -> torch.nn.Module:
-        if step not in self.models:
-            if hasattr(self.trajectory, "load_model"):  # e.g. an HF Trainer run (progdistill.hf)
-                model = self.trajectory.load_model(step)
-            else:
-                model = self.build()
-                model.load_state_dict(self.trajectory.load(step))
-            model.to(self.device).eval().requires_grad_(False)
-            self.models[step] = model
-            self.loads += 1
-        return self.models[step]
-
-    def retain(self, steps: set[int]) -> None:
-        """Drop the checkpoints no schedule uses any more."""
-        for step in list(self.models):
-            if step not in steps:
-                del self.models[step]
-
-
 @dataclass
 class Member:
     """One model of a stack: its name (for messages), data seed, schedule and metrics writer."""
@@ -141,74 +81,6 @@ class Member:
     writer: MetricsWriter | None = None
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192):
-    """Mean cross-entropy (nats) and accuracy of every model of a stack on (x, y): two tensors of shape (M,)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0.0
-    for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch])  # (M, b, C)
-        target = y[i:i + batch].expand(logits.shape[0], -1)
-        loss_sum = loss_sum + cross_entropy(logits, target, reduction="none").sum(dim=1)
-        correct = correct + (logits.argmax(-1) == target).float().sum(dim=1)
-    model.train(was_training)
-    return loss_sum / len(x), correct / len(x)
-
-
-@torch.no_grad()
-def evaluate_tokens(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy (nats per supervised token) and accuracy at the supervised positions of
-    ``batches`` (:class:`progdistill.tasks.base.Batch`), each as a tensor of shape (1,) like :func:`evaluate`."""
-    was_training = model.training
-    model.eval()
-    loss_sum = correct = count = 0.0
-    for batch in batches:
-        selected = batch.targets != IGNORE_INDEX
-        logits = model(batch.inputs, batch.attention_mask)[selected]  # (N, V)
-        target = batch.targets[selected]
-        loss_sum += float(cross_entropy(logits, target, reduction="none").sum())
-        correct += float((logits.argmax(-1) == target).sum())
-        count += int(selected.sum())
-    model.train(was_training)
-    count = max(count, 1)
-    return torch.tensor([loss_sum / count]), torch.tensor([correct / count])
-
-
-def _token_step(net, batch, teacher, train: TrainConfig, distillation: DistillationConfig, autocast) -> float:
-    """Forward and backward passes of one optimizer step of a token task; returns the step's loss (float).
-
-    The batch is split into ``train.grad_accumulation`` micro-batches, and every micro-batch's summed
-    per-token loss is divided by the number of supervised tokens of the *whole* step (over all processes), so
-    the accumulated gradient is that of the mean per-token loss of the step, however the tokens fall into
-    micro-batches. Loss per supervised token: CE on the true token without a teacher, else
-    ``alpha * CE + (1 - alpha) * D(teacher || student)`` (:func:`progdistill.losses.distillation_loss`)."""
-    selected = batch.targets != IGNORE_INDEX  # (B, L)
-    total = float(all_reduce_mean(selected.sum().float().reshape(1))[0])  # mean over processes
-    total = max(total, 1.0)
-    value = 0.0
-    data_parallel = rank_world()[1] > 1
-    for index in torch.arange(batch.inputs.shape[0]).chunk(train.grad_accumulation):
-        part, mask = batch.rows(index), selected[index]
-        if not mask.any() and not data_parallel:  # nothing to learn; under DDP every process must still
-            continue                                # run the backward pass (its gradient all-reduce) below
-        with autocast:
-            logits = net(part.inputs, part.attention_mask)[mask]  # (N, V)
-        target = part.targets[mask]
-        if teacher is None:
-            per_token = cross_entropy(logits, target, reduction="none")
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(part.inputs, part.attention_mask)[mask]
-            per_token = distillation_loss(logits, teacher_logits, target, distillation.loss,
-                                          distillation.temperature, distillation.alpha, reduction="none")
-        loss = per_token.sum() / total
-        if all_true(bool(torch.isfinite(loss)), loss.device):  # one process's inf skips it on all of them
-            loss.backward()
-        value += float(loss.detach())
-    return value
-
-
 def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member], *,
         data_stream: str, distillation: DistillationConfig | None = None,
         teachers: TeacherPool | None = None, checkpoint_writer: TrajectoryWriter | None = None,
@@ -216,8 +88,8 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         state_path: Path | None = None) -> list[list[dict]]:
     """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
 
-    Member m draws ``train.batch_size`` fresh examples per step from the generator ``(seed, data_stream)``
-    and minimizes, at student step t with checkpoint c = schedule.checkpoint_at(t):
+    Member m draws ``train.batch_size`` fresh examples per step (``task.sample_batch``) from the generator
+    ``(seed, data_stream)`` and minimizes, at student step t with checkpoint c = schedule.checkpoint_at(t):
     CE on true labels when c is None, else ``alpha * CE + (1 - alpha) * D(teacher_c || student)``
     (:mod:`progdistill.losses`). Every ``train.eval_every`` steps (and at steps 0 and the last) each member
     writes a record {step, train_loss, eval_loss, eval_accuracy, teacher_checkpoint, lr}. When
@@ -236,246 +108,267 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     and so ends with the same numbers as an uninterrupted run (bit for bit on CPU with the same thread count).
     The state file is deleted when training finishes.
     """
-    M, steps = len(members), train.steps
-    rows = local_slice(train.batch_size, f"batch_size ({desc})")  # this process's share of every global batch
-    B = rows.stop - rows.start
-    main_process = is_main()
-    distillation = distillation or DistillationConfig()
-    ckpt_steps = teachers.trajectory.steps if teachers is not None else []
-    for mem in members:
-        if not isinstance(mem.schedule, CE):
-            if teachers is None:
-                raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
-            mem.schedule.validate(ckpt_steps)
-    if checkpoint_writer is not None and M != 1:
-        raise ValueError("only a stack of one model (a teacher) writes a trajectory")
-    kd_fn = forward_kl if distillation.loss == "forward_kl" else reverse_kl
-    alpha, temperature = distillation.alpha, distillation.temperature
-
-    seeds = sorted({mem.seed for mem in members})
-    seed_index = torch.tensor([seeds.index(mem.seed) for mem in members])
-    gens = {s: generator(s, data_stream) for s in seeds}
-    token_task = task.per_position_targets
-    if token_task:
-        if M != 1:
-            raise ValueError(f"token tasks train one model at a time, got a stack of {M}")
-        eval_batches = [b.to(device) for b in task.eval_batches()]
+    run = _Training(task, model, train, members, data_stream, distillation or DistillationConfig(), teachers,
+                    checkpoint_writer, device, desc, state_path)
+    state = load_state(state_path, run.names)
+    barrier()  # every process has read the state before rank 0 may replace it
+    start = 0 if state is None else state["step"]
+    bar = tqdm(total=train.steps, initial=start, desc=desc, unit="step", leave=False, mininterval=1.0,
+               disable=None if run.main_process else True)  # disabled when stderr is not a terminal
+    run.progress_log = ProgressLog(desc, train.steps, enabled=run.main_process and bar.disable)
+    if state is None:
+        run.record(0)
+        run.checkpoint(0)
     else:
-        x_eval, y_eval = (t.to(device) for t in task.eval_set())
-    opt, lr_sched = make_optimizer(model.parameters(), train.optimizer, steps)
-    model.to(device).train()
-    net = model
-    if rank_world()[1] > 1:
-        from torch.nn.parallel import DistributedDataParallel
+        run.resume(state)
+    while start < train.steps:
+        stop = run.block_end(start)
+        if task.per_position_targets:
+            run.train_token_steps(start, stop)
+        else:
+            run.train_stack_block(start, stop)
+        bar.update(stop - start)
+        start = stop
+        if run.records_at(stop):
+            run.record(stop)
+            run.checkpoint(stop)
+        run.release_teachers(stop)
+    bar.close()
+    barrier()
+    if state_path is not None and run.main_process:
+        Path(state_path).unlink(missing_ok=True)
+    return run.histories
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if train.compile:
-        net = torch.compile(net)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
-    # Plain SGD on a model with hand-written gradients (progdistill.models.mlp.MLP.sgd_step) skips autograd; anything
-    # else (momentum, Adam, reverse KL, skipping steps, DDP, compile, bf16) goes through autograd below.
-    hand_sgd = (hasattr(model, "sgd_step") and net is model and train.optimizer.name == "sgd"
-                and train.optimizer.momentum == 0 and train.optimizer.weight_decay == 0
-                and train.precision == "float32" and train.on_non_finite == "stop"
-                and distillation.loss == "forward_kl")
-    histories: list[list[dict]] = [[] for _ in members]
-    loss_sum = torch.zeros(M, device=device)
-    loss_count = 0
-    skipped = 0
-    names = [mem.name for mem in members]
-    params = list(model.parameters())
 
-    def checkpoints(t: int) -> list[int | None]:
-        return [mem.schedule.checkpoint_at(t, ckpt_steps) for mem in members]
+class _Training:
+    """The state of one :func:`fit` call -- models, optimizer, data generators, running losses, records --
+    and the named steps of its loop."""
 
-    def record(step: int) -> None:
-        nonlocal loss_sum, loss_count
-        train_loss = all_reduce_mean(loss_sum / max(loss_count, 1)).tolist() if loss_count else [None] * M
-        loss_sum = torch.zeros(M, device=device)
-        loss_count = 0
-        if not main_process:
+    def __init__(self, task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member],
+                 data_stream: str, distillation: DistillationConfig, teachers: TeacherPool | None,
+                 checkpoint_writer: TrajectoryWriter | None, device: torch.device, desc: str,
+                 state_path: Path | None):
+        M = len(members)
+        self.task, self.model, self.train, self.members = task, model, train, members
+        self.distillation, self.teachers, self.checkpoint_writer = distillation, teachers, checkpoint_writer
+        self.device, self.state_path = device, state_path
+        self.rows = local_slice(train.batch_size, f"batch_size ({desc})")  # this process's share of each batch
+        self.main_process = is_main()
+        self.ckpt_steps = teachers.trajectory.steps if teachers is not None else []
+        for mem in members:
+            if not isinstance(mem.schedule, CE):
+                if teachers is None:
+                    raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
+                mem.schedule.validate(self.ckpt_steps)
+        if checkpoint_writer is not None and M != 1:
+            raise ValueError("only a stack of one model (a teacher) writes a trajectory")
+        self.seeds = sorted({mem.seed for mem in members})
+        self.seed_index = torch.tensor([self.seeds.index(mem.seed) for mem in members])
+        self.gens = {s: generator(s, data_stream) for s in self.seeds}
+        if task.per_position_targets and M != 1:
+            raise ValueError(f"token tasks train one model at a time, got a stack of {M}")
+        self.eval_batches = [b.to(device) for b in task.eval_batches()]
+        self.evaluate = evaluate_tokens if task.per_position_targets else evaluate_stack
+        self.opt, self.lr_sched = make_optimizer(model.parameters(), train.optimizer, train.steps)
+        model.to(device).train()
+        self.net = model
+        if rank_world()[1] > 1:
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if train.compile:
+            self.net = torch.compile(self.net)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
+        # Plain SGD on a model that declares hand-written gradients (MLP.sgd_step) skips autograd; anything else
+        # (momentum, Adam, reverse KL, skipping steps, DDP, compile, bf16) goes through autograd.
+        opt = train.optimizer
+        self.hand_sgd = (getattr(model, "hand_written_sgd", False) and self.net is model and opt.name == "sgd"
+                         and opt.momentum == 0 and opt.weight_decay == 0 and train.precision == "float32"
+                         and train.on_non_finite == "stop" and distillation.loss == "forward_kl")
+        self.names = [mem.name for mem in members]
+        self.params = list(model.parameters())
+        self.histories: list[list[dict]] = [[] for _ in members]
+        self.loss_sum, self.loss_count, self.skipped = torch.zeros(M, device=device), 0, 0
+        self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.progress_log: ProgressLog | None = None
+
+    def checkpoints(self, t: int) -> list[int | None]:
+        """The teacher checkpoint of every member at student step t (None: labels only)."""
+        return [mem.schedule.checkpoint_at(t, self.ckpt_steps) for mem in self.members]
+
+    def resume(self, state: dict) -> None:
+        """Continue from a saved training state (:func:`_load_state`)."""
+        self.skipped, self.histories = state["skipped"], state["histories"]
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.lr_sched.load_state_dict(state["lr_schedule"])
+        for s, g in self.gens.items():
+            g.set_state(state["generators"][s])
+        for mem, hist in zip(self.members, self.histories):
+            if mem.writer is not None:
+                mem.writer.rewrite(hist)
+        if self.checkpoint_writer is not None:
+            self.checkpoint_writer.truncate(after_step=state["step"])
+
+    def block_end(self, start: int) -> int:
+        """The end of the block of steps from ``start``: at most BLOCK_STEPS, never past a record."""
+        train = self.train
+        stop = min(start + BLOCK_STEPS, (start // train.eval_every + 1) * train.eval_every, train.steps)
+        if self.checkpoint_writer is not None:
+            stop = min(stop, (start // train.checkpoint_every + 1) * train.checkpoint_every)
+        return stop
+
+    def records_at(self, step: int) -> bool:
+        train = self.train
+        return step % train.eval_every == 0 or step == train.steps or (
+            self.checkpoint_writer is not None and step % train.checkpoint_every == 0)
+
+    def train_token_steps(self, start: int, stop: int) -> None:
+        """Steps ``start`` to ``stop`` of one model on a token task, each in micro-batches
+        (:func:`train_token_step`)."""
+        plan = [self.checkpoints(t) for t in range(start, stop)]
+        for i in range(stop - start):
+            gen = self.gens[self.members[0].seed]
+            batch = self.task.sample_batch(self.train.batch_size, gen).rows(self.rows).to(self.device)
+            teacher = None if plan[i][0] is None else self.teachers.get(plan[i][0])
+            self.opt.zero_grad(set_to_none=True)
+            value = train_token_step(self.net, batch, teacher, self.train, self.distillation, self.autocast)
+            bad = None if all_true(bool(math.isfinite(value)), self.device) else "training loss"
+            if bad is None and self.train.on_non_finite == "skip" and not _grads_finite(self.params, self.device):
+                bad = "gradient"
+            self._finish_step(bad, self.names, start + i, value)
+
+    def train_stack_block(self, start: int, stop: int) -> None:
+        """Steps ``start`` to ``stop`` of the whole stack on a one-label task, with the objective's fused
+        forward-KL form (:func:`progdistill.losses.soft_targets`) where it applies."""
+        L, B, C = stop - start, self.train.batch_size, self.task.num_classes
+        # The block's examples, one stream per seed: inputs (S, L, B_local, n), labels (S, L, B_local).
+        batches = [self.task.sample_batch(L * B, self.gens[s]) for s in self.seeds]
+        x_block = torch.stack([b.inputs.view(L, B, -1) for b in batches])[:, :, self.rows].to(self.device)
+        y_block = torch.stack([b.targets.view(L, B) for b in batches])[:, :, self.rows].to(self.device)
+        plan = [self.checkpoints(t) for t in range(start, stop)]  # (L, M)
+        teacher_logits = block_teacher_logits(plan, x_block, self.seed_index, self.teachers, C)  # (L, M, B, C)
+        if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
+            i, m = (~torch.isfinite(teacher_logits)).flatten(2).any(-1).nonzero()[0].tolist()
+            raise NonFiniteError(f"teacher checkpoint {plan[i][m]} produced non-finite outputs; the students stop "
+                                 "here")
+        has_teacher = torch.tensor([[c is not None for c in row] for row in plan], device=self.device)
+        ce_weight, kd_weight = mixture_weights(self.distillation.alpha, has_teacher[..., None])  # (L, M, 1)
+        # Step i's inputs for every model: (B, n) shared by one seed's models, else (M, B, n) gathered per
+        # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
+        x_steps = x_block[0] if len(self.seeds) == 1 else _PerStepGather(x_block, self.seed_index)
+        y_steps = y_block[self.seed_index].transpose(0, 1)
+        fused = teacher_logits is None or self.distillation.loss == "forward_kl"
+        targets = None  # (L, M, B, C) soft targets of the fused form, where it has a teacher
+        if teacher_logits is not None and fused:
+            targets, correction = soft_targets(teacher_logits, y_steps, self.distillation.temperature,
+                                               ce_weight, kd_weight)
+            self.loss_sum -= correction.mean(dim=2).sum(dim=0)  # report the objective, not the fused CE
+        if self.hand_sgd:
+            self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
             return
-        eval_loss, eval_acc = (evaluate_tokens(model, eval_batches) if token_task
-                               else evaluate(model, x_eval, y_eval))
-        progress_log(step, eval_loss, eval_acc)
-        in_use = checkpoints(max(step - 1, 0))
-        for m, mem in enumerate(members):
+        for i in range(L):
+            with self.autocast:
+                logits = self.net(x_steps[i])  # (M, B_local, C)
+            if fused:
+                per_example = soft_cross_entropy(logits, y_steps[i] if targets is None else targets[i])
+            else:
+                per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
+                                                         self.distillation.loss, self.distillation.temperature,
+                                                         ce_weight[i], kd_weight[i])
+            self._autograd_step(start + i, per_example)
+
+    def _autograd_step(self, step: int, per_example: torch.Tensor) -> None:
+        """Backward pass and update of a stack from its per-example losses (M, B_local)."""
+        loss = per_example.sum() / per_example.shape[1]  # sum over models of each model's mean loss
+        self.opt.zero_grad(set_to_none=True)
+        bad = None if all_true(bool(torch.isfinite(loss)), self.device) else "training loss"
+        if bad is None:
+            loss.backward()
+            # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the per-step
+            # gradient check (a sync and a few ops) is paid only where a step may be skipped.
+            if self.train.on_non_finite == "skip" and not _grads_finite(self.params, self.device):
+                bad = "gradient"
+        culprits = self.names if bad is None else [
+            name for name, losses in zip(self.names, per_example) if not torch.isfinite(losses).all()] or self.names
+        self._finish_step(bad, culprits, step, per_example.detach().mean(dim=1))
+
+    def _finish_step(self, bad: str | None, culprits: Sequence[str], step: int, loss) -> None:
+        """Update and tally ``loss`` (M,), or stop or skip on the non-finite quantity ``bad``."""
+        if bad is not None:
+            if self.train.on_non_finite == "stop":
+                raise _non_finite(culprits, bad, step)
+            self.skipped += 1
+        else:
+            self.opt.step()
+            self.loss_sum += loss
+            self.loss_count += 1
+        self.lr_sched.step()
+
+    def _hand_sgd_steps(self, start: int, x_steps, targets: torch.Tensor) -> None:
+        """The block's plain SGD updates with the model's hand-written gradients (``sgd_step``), ~2x faster per
+        step than autograd. targets: (L, M, B_local, C) class distributions."""
+        L, M = targets.shape[:2]
+        step_losses = torch.empty(L, M, device=self.device)
+        constant = self.train.optimizer.lr_schedule == "constant"
+        with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            for i in range(L):
+                step_losses[i] = self.model.sgd_step(x_steps[i], targets[i], self.opt.param_groups[0]["lr"]).mean(dim=1)
+                if not constant:
+                    self.lr_sched.step()
+            if constant:  # same state as stepping it every step, without the per-step Python call
+                self.lr_sched.last_epoch += L
+        finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
+        if not finite.all():
+            i = int((~finite).nonzero()[0])
+            culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
+            raise _non_finite(culprits, "training loss", start + i)
+        self.loss_sum += step_losses.sum(dim=0)
+        self.loss_count += L
+
+    def record(self, step: int) -> None:
+        """Evaluate, and write every member's record at ``step`` (training loss: the mean since the last one)."""
+        M = len(self.members)
+        train_loss = all_reduce_mean(self.loss_sum / max(self.loss_count, 1)).tolist() if self.loss_count \
+            else [None] * M
+        self.loss_sum, self.loss_count = torch.zeros(M, device=self.device), 0
+        if not self.main_process:
+            return
+        eval_loss, eval_acc = self.last_evaluation = self.evaluate(self.model, self.eval_batches)
+        self.progress_log(step, eval_loss, eval_acc)
+        in_use = self.checkpoints(max(step - 1, 0))
+        for m, mem in enumerate(self.members):
             if train_loss[m] is not None and not math.isfinite(train_loss[m]):
                 raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in the steps before "
                                      f"{step}; metrics saved so far are kept")
             rec = {"step": step, "train_loss": train_loss[m], "eval_loss": float(eval_loss[m]),
                    "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": in_use[m],
-                   "lr": opt.param_groups[0]["lr"]}
-            if skipped:
-                rec["skipped_steps"] = skipped
-            histories[m].append(rec)
+                   "lr": self.opt.param_groups[0]["lr"]}
+            if self.skipped:
+                rec["skipped_steps"] = self.skipped
+            self.histories[m].append(rec)
             if mem.writer is not None:
                 mem.writer.write(rec)
-        if checkpoint_writer is not None and (step % train.checkpoint_every == 0 or step == steps):
-            checkpoint_writer.save(step, model.state_dict(), {"eval_accuracy": float(eval_acc[0]),
-                                                              "eval_loss": float(eval_loss[0])})
-        if state_path is not None and step < steps:
-            _save_state(state_path, {"names": names, "step": step, "skipped": skipped, "histories": histories,
-                                     "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "lr_schedule": lr_sched.state_dict(),
-                                     "generators": {s: g.get_state() for s, g in gens.items()}})
 
-    state = _load_state(state_path, names)
-    barrier()  # every process has read the state before rank 0 may replace it
-    bar = tqdm(total=steps, initial=0 if state is None else state["step"], desc=desc, unit="step", leave=False,
-               mininterval=1.0, disable=None if main_process else True)  # disabled when stderr is not a terminal
-    progress_log = _ProgressLog(desc, steps, enabled=main_process and bar.disable)
-    if state is None:
-        start = 0
-        record(0)
-    else:
-        start, skipped, histories = state["step"], state["skipped"], state["histories"]
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_schedule"])
-        for s, g in gens.items():
-            g.set_state(state["generators"][s])
-        for mem, hist in zip(members, histories):
-            if mem.writer is not None:
-                mem.writer.rewrite(hist)
-        if checkpoint_writer is not None:
-            checkpoint_writer.truncate(after_step=start)
-    while start < steps:
-        stop = min(start + BLOCK_STEPS, (start // train.eval_every + 1) * train.eval_every, steps)
-        if checkpoint_writer is not None:
-            stop = min(stop, (start // train.checkpoint_every + 1) * train.checkpoint_every)
-        L = stop - start
-        if token_task:
-            plan = [checkpoints(t) for t in range(start, stop)]
-            for i in range(L):
-                batch = task.sample_batch(train.batch_size, gens[members[0].seed]).rows(rows).to(device)
-                teacher = None if plan[i][0] is None else teachers.get(plan[i][0])
-                opt.zero_grad(set_to_none=True)
-                value = _token_step(net, batch, teacher, train, distillation, autocast)
-                bad = None if all_true(bool(math.isfinite(value)), device) else "training loss"
-                if bad is None and train.on_non_finite == "skip" and not _grads_finite(params, device):
-                    bad = "gradient"
-                if bad is not None:
-                    if train.on_non_finite == "stop":
-                        raise _non_finite(names, bad, start + i)
-                    skipped += 1
-                else:
-                    opt.step()
-                    loss_sum += value
-                    loss_count += 1
-                lr_sched.step()
-        else:
-            # Inputs for the block, one stream per seed: (S, L, B, n) -> labels (S, L, B).
-            global_block = [task.sample_inputs(L * train.batch_size, gens[s]).view(L, train.batch_size, -1)
-                            for s in seeds]
-            x_block = torch.stack(global_block)[:, :, rows].to(device)  # (S, L, B_local, n)
-            y_block = task.labels(x_block)
-            plan = [checkpoints(t) for t in range(start, stop)]  # (L, M)
-            teacher_logits, kd_weight = _teacher_targets(plan, x_block, seed_index, teachers, task.num_classes)
-            ce_weight = torch.where(kd_weight > 0, torch.full_like(kd_weight, alpha), torch.ones_like(kd_weight))
-            kd_weight = kd_weight * (1 - alpha)  # (L, M)
-            # Step i's inputs for every model: (B, n) shared by one seed's models, else (M, B, n) gathered per
-            # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
-            x_steps = x_block[0] if len(seeds) == 1 else _PerStepGather(x_block, seed_index)
-            y_steps = y_block[seed_index].transpose(0, 1)
-            fused = teacher_logits is None or distillation.loss == "forward_kl"
-            if teacher_logits is not None and fused:
-                # alpha * CE + (1 - alpha) * KL(q || p) has the gradient of one cross-entropy against the
-                # mixture target alpha * onehot(y) + (1 - alpha) * q; its value exceeds the loss by
-                # (1 - alpha) * H(q), which is subtracted from the reported training loss.
-                q = teacher_probabilities(teacher_logits, temperature)  # (L, M, B, C)
-                onehot = torch.nn.functional.one_hot(y_steps, task.num_classes).float()
-                soft_target = ce_weight[..., None, None] * onehot + kd_weight[..., None, None] * q
-                entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)
-                loss_sum -= (kd_weight[..., None] * entropy).mean(dim=2).sum(dim=0)  # (M,)
-            if hand_sgd:  # the same SGD update with hand-written gradients (MLP.sgd_step); ~2x faster per step
-                targets = soft_target if teacher_logits is not None else \
-                    F.one_hot(y_steps, task.num_classes).float()  # (L, M, B, C)
-                step_losses = torch.empty(L, M, device=device)
-                constant = train.optimizer.lr_schedule == "constant"
-                with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
-                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                    for i in range(L):
-                        step_losses[i] = model.sgd_step(x_steps[i], targets[i], opt.param_groups[0]["lr"]).mean(dim=1)
-                        if not constant:
-                            lr_sched.step()
-                    if constant:  # same state as stepping it every step, without the per-step Python call
-                        lr_sched.last_epoch += L
-                finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
-                if not finite.all():
-                    i = int((~finite).nonzero()[0])
-                    culprits = [names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
-                    raise _non_finite(culprits, "training loss", start + i)
-                loss_sum += step_losses.sum(dim=0)
-                loss_count += L
-            for i in range(0 if hand_sgd else L):
-                with autocast:
-                    logits = net(x_steps[i])  # (M, B, C)
-                if not fused:  # reverse KL: the pure loss functions, term by term
-                    per_example = ce_weight[i, :, None] * cross_entropy(logits, y_steps[i], reduction="none") \
-                        + kd_weight[i, :, None] * kd_fn(logits, teacher_logits[i], temperature, reduction="none")
-                elif teacher_logits is None:
-                    per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_steps[i].reshape(-1),
-                                                  reduction="none").view(M, B)
-                else:
-                    per_example = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                  soft_target[i].reshape(-1, logits.shape[-1]),
-                                                  reduction="none").view(M, B)
-                loss = per_example.sum() / B  # sum over models of each model's mean loss
-                opt.zero_grad(set_to_none=True)
-                bad = None if all_true(bool(torch.isfinite(loss)), device) else "training loss"
-                if bad is None:
-                    loss.backward()
-                    # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the
-                    # per-step gradient check (a sync and a few ops) is paid only where a step may be skipped.
-                    if train.on_non_finite == "skip" and not _grads_finite(params, device):
-                        bad = "gradient"
-                if bad is not None:
-                    culprits = [names[m] for m in range(M)
-                                if not torch.isfinite(per_example[m]).all()] or names
-                    if train.on_non_finite == "stop":
-                        raise _non_finite(culprits, bad, start + i)
-                    skipped += 1
-                    lr_sched.step()
-                    continue
-                opt.step()
-                lr_sched.step()
-                loss_sum += per_example.detach().mean(dim=1)
-                loss_count += 1
-        bar.update(L)
-        start = stop
-        if stop % train.eval_every == 0 or stop == steps or (
-                checkpoint_writer is not None and stop % train.checkpoint_every == 0):
-            record(stop)
-        if teachers is not None:
-            teachers.retain({c for c in checkpoints(stop) if c is not None})
-    bar.close()
-    barrier()
-    if state_path is not None and main_process:
-        Path(state_path).unlink(missing_ok=True)
-    return histories
-
-
-PROGRESS_LOG_SECONDS = 60.0
-
-
-class _ProgressLog:
-    """Where no progress bar shows (stderr is not a terminal: a log file, a batch job), a line on stderr per
-    evaluation, at most every ``PROGRESS_LOG_SECONDS`` and always at the last step: the step and the
-    evaluation (its range over the models of a stack)."""
-
-    def __init__(self, desc: str, steps: int, enabled: bool):
-        self.desc, self.steps, self.enabled, self.last = desc, steps, enabled, None
-
-    def __call__(self, step: int, eval_loss: torch.Tensor, eval_acc: torch.Tensor) -> None:
-        now = time.monotonic()
-        if not self.enabled or (step < self.steps and self.last is not None
-                                and now - self.last < PROGRESS_LOG_SECONDS):
+    def checkpoint(self, step: int) -> None:
+        """Save the teacher's weights when ``step`` is a checkpoint step, and the resume state (main process)."""
+        if not self.main_process:
             return
-        self.last = now
-        span = lambda t: f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
-        print(f"{self.desc}: step {step}/{self.steps}, eval_loss {span(eval_loss)}, eval_accuracy {span(eval_acc)}",
-              file=sys.stderr, flush=True)
+        eval_loss, eval_acc = self.last_evaluation
+        writer, train = self.checkpoint_writer, self.train
+        if writer is not None and (step % train.checkpoint_every == 0 or step == train.steps):
+            writer.save(step, self.model.state_dict(), {"eval_accuracy": float(eval_acc[0]),
+                                                        "eval_loss": float(eval_loss[0])})
+        if self.state_path is not None and step < train.steps:
+            save_state(self.state_path, {
+                "names": self.names, "step": step, "skipped": self.skipped, "histories": self.histories,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "lr_schedule": self.lr_sched.state_dict(),
+                "generators": {s: g.get_state() for s, g in self.gens.items()}})
+
+    def release_teachers(self, step: int) -> None:
+        """Drop the teacher checkpoints no member uses from ``step`` on."""
+        if self.teachers is not None:
+            self.teachers.retain({c for c in self.checkpoints(step) if c is not None})
 
 
 def _grads_finite(params, device) -> bool:
@@ -489,25 +382,6 @@ def _non_finite(culprits: Sequence[str], what: str, step: int) -> NonFiniteError
                           "is kept (on_non_finite='skip' skips such steps)")
 
 
-def _save_state(path: Path, state: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_state(path: Path | None, names: list[str]) -> dict | None:
-    """The saved training state at ``path`` if it belongs to exactly these members, else None."""
-    if path is None or not Path(path).exists():
-        return None
-    try:
-        state = torch.load(path, weights_only=False)
-    except Exception as exc:  # an unreadable state file cannot be trusted: start over, saying so
-        warnings.warn(f"ignoring unreadable resume state {path}: {exc}")
-        return None
-    return state if state.get("names") == names else None
-
-
 class _PerStepGather:
     """``x[i]`` of a block (S, L, B, n) as each model's inputs (M, B, n), indexed by step i."""
 
@@ -516,37 +390,3 @@ class _PerStepGather:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.block[:, i].index_select(0, self.seed_index)
-
-
-def _teacher_targets(plan: list[list[int | None]], x_block: torch.Tensor, seed_index: torch.Tensor,
-                     teachers: TeacherPool | None, num_classes: int):
-    """Teacher logits for one block, computed in one batch per (data stream, checkpoint).
-
-    plan: (L, M) checkpoint per step and model (None = no teacher); x_block: (S, L, B, n).
-    Returns teacher logits (L, M, B, C) (None when no model uses a teacher) and a (L, M) 0/1 weight.
-    """
-    L, M = len(plan), len(plan[0])
-    weight = torch.tensor([[0.0 if c is None else 1.0 for c in row] for row in plan], device=x_block.device)
-    if teachers is None or not weight.any():
-        return None, weight
-    B = x_block.shape[2]
-    logits = torch.zeros(L, M, B, num_classes, device=x_block.device)
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for i, row in enumerate(plan):
-        for m, c in enumerate(row):
-            if c is not None:
-                groups.setdefault((int(seed_index[m]), c), []).append((i, m))
-    with torch.no_grad():
-        for (s, c), cells in groups.items():
-            rows = sorted({i for i, _ in cells})
-            teacher, inputs = teachers.get(c), x_block[s, rows].reshape(len(rows) * B, -1)
-            # Chunks of TEACHER_CHUNK rows keep a wide teacher's hidden activations in cache (~2x faster).
-            out = torch.cat([teacher(inputs[j:j + TEACHER_CHUNK])[0] for j in range(0, len(inputs), TEACHER_CHUNK)])
-            out = out.view(len(rows), B, num_classes).float()  # (rows, B, C)
-            if not torch.isfinite(out).all():
-                raise NonFiniteError(f"teacher checkpoint {c} produced non-finite outputs; the students stop here")
-            pos = {i: j for j, i in enumerate(rows)}
-            steps_idx = torch.tensor([i for i, _ in cells])
-            model_idx = torch.tensor([m for _, m in cells])
-            logits[steps_idx, model_idx] = out[[pos[i] for i, _ in cells]]
-    return logits, weight

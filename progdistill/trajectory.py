@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -238,3 +238,9 @@ class Trajectory:
             return load_file(str(path), device=str(device))
         except Exception as exc:  # safetensors raises its own error types
             raise TrajectoryError(f"checkpoint file {path} for step {step} cannot be read: {exc}") from None
+
+    def load_model(self, step: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """A model from ``build()`` with the weights saved at ``step`` (hash checked as in :meth:`load`)."""
+        model = build()
+        model.load_state_dict(self.load(step))
+        return model

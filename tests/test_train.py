@@ -5,11 +5,14 @@ from dataclasses import replace
 import pytest
 import torch
 
+from progdistill import evaluation
 from progdistill.config import DistillationConfig, OptimizerConfig
 from progdistill.experiment import train_teacher
 from progdistill.losses import cross_entropy, distillation_loss
+from progdistill.optim import learning_rate_factor
 from progdistill.schedules import CE, OneShot, Progressive
-from progdistill.train import Member, NonFiniteError, TeacherPool, fit, generator, learning_rate_factor
+from progdistill.teachers import TeacherPool
+from progdistill.train import Member, NonFiniteError, fit, generator
 
 
 def quiet(*args):
@@ -114,8 +117,6 @@ def test_torch_compile_gives_the_same_training(tiny):
 
 
 def test_without_a_terminal_progress_is_logged_per_evaluation(tiny, capsys, monkeypatch):
-    import progdistill.train as train
-
     cfg = replace(tiny.student, steps=40, eval_every=10)
     members = [Member("a", 0, CE()), Member("b", 1, CE())]
     fit(tiny.task, cfg.model.build(8, 2, [generator(m.seed, "init") for m in members]), cfg, members,
@@ -123,7 +124,7 @@ def test_without_a_terminal_progress_is_logged_per_evaluation(tiny, capsys, monk
     lines = capsys.readouterr().err.splitlines()  # pytest's capture is not a terminal: no progress bar
     assert [line.split(",")[0] for line in lines] == ["students: step 0/40", "students: step 40/40"]  # throttled
     assert re.fullmatch(r"students: step 40/40, eval_loss [\d.]+-[\d.]+, eval_accuracy [\d.]+-[\d.]+", lines[-1])
-    monkeypatch.setattr(train, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(evaluation, "PROGRESS_LOG_SECONDS", 0.0)
     fit(tiny.task, cfg.model.build(8, 2, [generator(0, "init")]), cfg, members[:1], data_stream="d", desc="a")
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(",")[0] for line in lines] == [f"a: step {t}/40" for t in (0, 10, 20, 30, 40)]

@@ -1,4 +1,4 @@
-"""ReLU MLPs for sparse parity (PAPER.md section 1: one hidden layer; teacher wide, student narrow).
+"""ReLU MLPs for sparse parity (paper §1: one hidden layer; teacher wide, student narrow).
 
 :class:`MLP` holds a *stack* of ``num_models`` independent networks with the same shape and evaluates them
 together with batched matrix products, so a sweep of students (schedules x seeds) trains in one process at
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import check, check_positive_int, register
+from ..losses import soft_cross_entropy_and_grad
 
 NARROW_OUTPUT, NARROW_ROWS = 8, 256  # when forward() computes the last layer as a transposed product
 
@@ -47,6 +48,9 @@ class MLP(nn.Module):
     Initialization: uniform on [-1/sqrt(d_in), 1/sqrt(d_in)] for weights and biases (PyTorch's
     ``nn.Linear`` default), model m drawn from ``generators[m]``.
     """
+
+    # Declares :meth:`sgd_step`: the training loop may take plain SGD steps with it instead of autograd.
+    hand_written_sgd: ClassVar[bool] = True
 
     def __init__(self, in_features: int, num_classes: int, config: MLPConfig,
                  generators: Sequence[torch.Generator]):
@@ -114,9 +118,8 @@ class MLP(nn.Module):
             pre = affine(b, acts[-1], w)  # (M, B, d_out)
             if i < last:
                 acts.append(pre.relu_())
-        logp = torch.log_softmax(pre, dim=-1)  # (M, B, C)
-        loss = (target * logp).sum(dim=-1)  # (M, B), negated below
-        grad = logp.exp().sub_(target)  # B * d(sum_m mean_b loss) / d logits; 1 / B is folded into the step
+        # loss (M, B); grad (M, B, C) is B * d(sum_m mean_b loss) / d logits, the 1 / B folded into the step
+        loss, grad = soft_cross_entropy_and_grad(pre, target)
         step = -lr / B
         for i in range(last, -1, -1):
             w, b = layers[i]
@@ -127,7 +130,5 @@ class MLP(nn.Module):
             update(acts[i].transpose(-1, -2), grad, alpha=step)  # w -= lr/B * acts^T grad, in place
             b.add_(grad.sum(dim=-2, keepdim=True), alpha=step)
             grad = below
-        if loss.dim() == 1:
-            loss = loss.unsqueeze(0)
-        return loss.neg_()
+        return loss.unsqueeze(0) if loss.dim() == 1 else loss
 

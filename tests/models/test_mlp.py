@@ -1,8 +1,9 @@
 import torch
 
 from progdistill.models.mlp import MLPConfig
-from progdistill.train import generator, make_optimizer
 from progdistill.config import OptimizerConfig
+from progdistill.optim import make_optimizer
+from progdistill.train import generator
 
 
 def test_shapes_and_default_one_hidden_layer():
