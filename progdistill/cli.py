@@ -125,7 +125,7 @@ def cmd_export(args) -> int:
     if tokenizer.exists():  # text runs: the tokenizer goes with the model
         (out / "tokenizer.json").write_bytes(tokenizer.read_bytes())
         extra = ", tokenizer.json"
-    from .tasks.masking import SPECIALS, Vocabulary
+    from .tasks.pcfg import SPECIALS, Vocabulary
 
     vocabulary = getattr(config.task, "vocabulary", None)
     if isinstance(vocabulary, Vocabulary):  # grammar runs: the token of each id (a list: names may repeat)

@@ -12,7 +12,7 @@ from progdistill.config import ConfigError, DistillationConfig, OptimizerConfig,
 from progdistill.experiment import ExperimentConfig, run
 from progdistill.tasks.grammar import GrammarError
 from progdistill.losses import distillation_loss
-from progdistill.tasks.masking import Vocabulary
+from progdistill.tasks.pcfg import Vocabulary
 from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask
 from progdistill.probes.ngram import ngram_dependence, nonterminal_probe, probe_positions
 from progdistill.phases import detect_phases

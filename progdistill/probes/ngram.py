@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..tasks.masking import Vocabulary, pad_sentences
+from ..tasks.pcfg import Vocabulary, pad_sentences
 
 WINDOWS = (3, 5, 7)
 HIDING = ("token", "attention")
