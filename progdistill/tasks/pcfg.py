@@ -1,4 +1,4 @@
-"""Masked language modelling on sentences of a probabilistic context-free grammar (PAPER.md section 2).
+"""Masked language modelling on sentences of a probabilistic context-free grammar (paper §2).
 
 :class:`PCFGMaskedLMTask` (task kind ``"pcfg-mlm"``) turns the grammar (:mod:`progdistill.tasks.grammar`), the
 sampler (:mod:`progdistill.tasks.pcfg_sampler`) and BERT masking (:mod:`progdistill.tasks.masking`) into the *token
@@ -15,6 +15,7 @@ draw of it, the masking from the generator itself, so a data stream is a functio
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -162,6 +163,15 @@ class _GrammarTask(TaskBase):
     def load_grammar(self) -> Grammar:
         return self.grammar.load()
 
+    def data_digest(self) -> str:
+        """sha256 of the grammar's text. Raises :class:`GrammarError` for a bad grammar file."""
+        return hashlib.sha256(self.load_grammar().to_text().encode("utf-8")).hexdigest()
+
+    def positions_needed(self) -> int:
+        """Positions of the longest held-out sentence (with BOS and EOS). Drawing the held-out set raises
+        :class:`GrammarError` for a ``max_length`` or ``level`` the grammar's trees do not fit."""
+        return max(b.inputs.shape[1] for b in self.eval_batches())
+
     @property
     def vocabulary(self) -> Vocabulary:
         return Vocabulary(self.load_grammar().terminals)
@@ -197,7 +207,7 @@ class _GrammarTask(TaskBase):
 @register("task")
 @dataclass(frozen=True)
 class PCFGMaskedLMTask(_GrammarTask):
-    """BERT-style masked language modelling on grammar sentences (PAPER.md section 2).
+    """BERT-style masked language modelling on grammar sentences (paper §2).
 
     ``mask_rate``: fraction of terminal positions selected for prediction (BERT's 80/10/10 rule applies to
     them); the other fields are those of every grammar task (``grammar``, ``max_length``, ``eval_size``,
@@ -247,7 +257,7 @@ def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[Bat
 @register("task")
 @dataclass(frozen=True)
 class PCFGNextTokenTask(_GrammarTask):
-    """Autoregressive (next-token) language modelling on grammar sentences (PAPER.md section 3).
+    """Autoregressive (next-token) language modelling on grammar sentences (paper §3).
 
     A sentence is ``BOS tokens EOS`` (padded with PAD); position t predicts token t + 1. ``level`` restricts the
     supervised positions to those whose next token closes a nonterminal span at that tree level (the sampler's
