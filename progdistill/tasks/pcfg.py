@@ -144,7 +144,7 @@ def _load(spec: GrammarSpec, stamp: tuple[int, int] | None) -> Grammar:
 
 
 @dataclass(frozen=True)
-class _GrammarTask(TaskBase):
+class GrammarTask(TaskBase):
     """Fields and sampling shared by the grammar tasks: ``grammar``; ``max_length``, the longest sentence
     allowed (the sampler's guard: a longer one is an error naming the grammar); ``eval_size`` held-out
     sentences drawn once from ``eval_seed``."""
@@ -206,7 +206,7 @@ class _GrammarTask(TaskBase):
 
 @register("task")
 @dataclass(frozen=True)
-class PCFGMaskedLMTask(_GrammarTask):
+class PCFGMaskedLMTask(GrammarTask):
     """BERT-style masked language modelling on grammar sentences (paper §2).
 
     ``mask_rate``: fraction of terminal positions selected for prediction (BERT's 80/10/10 rule applies to
@@ -247,7 +247,7 @@ class PCFGMaskedLMTask(_GrammarTask):
 
 
 @lru_cache(maxsize=4)
-def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[Batch]:
+def _eval_batches(task: GrammarTask, stamp: tuple[int, int] | None) -> list[Batch]:
     gen = torch.Generator().manual_seed(task.eval_seed)
     sentences = task.sample_sentences(task.eval_size, gen)
     return [task.batch_from_sentences([sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))], gen)
@@ -256,7 +256,7 @@ def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[Bat
 
 @register("task")
 @dataclass(frozen=True)
-class PCFGNextTokenTask(_GrammarTask):
+class PCFGNextTokenTask(GrammarTask):
     """Autoregressive (next-token) language modelling on grammar sentences (paper §3).
 
     A sentence is ``BOS tokens EOS`` (padded with PAD); position t predicts token t + 1. ``level`` restricts the
