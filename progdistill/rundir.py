@@ -31,8 +31,7 @@ from safetensors.torch import load_file
 
 from .config import ConfigError, diff
 from .distributed import is_main
-from .experiment import (ExperimentConfig, build_model, check_task_data, config_hash, load_config,
-                         student_names)
+from .experiment import ExperimentConfig, build_model, check_task_data, config_hash, load_config
 from .files import read_metrics
 from .tasks.base import Task
 from .trajectory import Trajectory, TrajectoryError, atomic_write_json, atomic_write_text
@@ -274,10 +273,6 @@ class RunDir:
             raise ConfigError(f"the task data (grammar or corpus) of {run_dir} changed after the run (it no longer "
                               f"matches {data.name}); restore it or rerun the experiment (nothing was written)")
         self.probe_summaries()
-
-    def model_names(self, config: ExperimentConfig) -> list[str]:
-        """"teacher" and every student of ``config``."""
-        return ["teacher", *student_names(config)]
 
     # -- wall time -------------------------------------------------------------------------------------------
     def earlier_wall_time(self) -> float:

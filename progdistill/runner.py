@@ -15,8 +15,8 @@ from typing import Any
 from safetensors.torch import save_file
 
 from .distributed import barrier, is_main
-from .experiment import ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, \
-    student_name, teacher_header
+from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, student_name,
+                         teacher_header)
 from .files import MetricsWriter
 from .lock import RunLock
 from .probes.registry import end_of_run_probes
