@@ -17,6 +17,7 @@ the correlations of a batch are one more product, p @ chi (computed as sum(p) - 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from dataclasses import dataclass
