@@ -1,4 +1,4 @@
-"""The 2-shot ablation (PAPER.md section 1, 2-shot): the first checkpoint taken before, during and after the
+"""The 2-shot ablation (paper §1, 2-shot): the first checkpoint taken before, during and after the
 teacher's phase transition, then the final checkpoint; only "during" is expected to work.
 
 Writes under ``RUN_DIR/ablations/two-shot/``: ``<variant>-seed<k>/metrics.jsonl`` (variant = before, during,
@@ -17,15 +17,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import numpy as np
+
 from .config import ConfigError, check_positive_int
-from .experiment import load_config, train_students
-from .lock import RunLock
 from .files import read_metrics
+from .lock import RunLock
 from .phases import NoTransitionError
 from .report import save_figure, steps_to_threshold
+from .rundir import RunDir
+from .runner import train_students
 from .schedules import FINAL, KShot, TwoShotAuto
-from .trajectory import Trajectory, atomic_write_json
 from .train import resolve_device
+from .trajectory import Trajectory, atomic_write_json
 
 VARIANTS = ("before", "during", "after")
 CONVERGED = 0.002
@@ -62,10 +66,10 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     stored with other settings (first steps or checkpoints) is refused with ``ConfigError`` naming both,
     unless ``overwrite`` (which deletes it first). Returns the content of ``summary.json``.
     """
-    run_dir = Path(run_dir)
+    rundir = RunDir(run_dir)
     resolve_device(device)  # a bad --device is refused even when every student is already trained
-    config = load_config(run_dir / "config.json")
-    trajectory = Trajectory(run_dir / "teacher")
+    config = rundir.config()
+    trajectory = Trajectory(rundir.teacher)
     auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
     metric = auto[0].metric if auto else "eval_accuracy"  # where the run's 2-shot-auto finds the transition
     if first_steps is None:
@@ -77,13 +81,14 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     picks = ablation_checkpoints(trajectory, metric)
     log(f"2-shot ablation, first checkpoints (transition of the teacher's {metric}): " + ", ".join(
         f"{v} = step {s} (teacher {metric} {trajectory.metrics(s)[metric]:.3f})" for v, s in picks.items()))
-    directory = run_dir / "ablations" / "two-shot"
+    directory = rundir.ablations / "two-shot"
     settings = {"first_steps": first_steps, "checkpoints": picks}
     runs = [(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
             for k in range(config.seeds) for v in VARIANTS]
-    with RunLock(run_dir):
+    with RunLock(rundir.path):
         _claim(directory, settings, overwrite)
-        train_students(config, run_dir, trajectory, device, log, runs=runs, directory=directory)
+        train_students(config, rundir.path, trajectory, device, log, runs=runs, directory=directory,
+                       task=rundir.task(config))
 
     curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
     summary = {"first_steps": first_steps, "budget": config.student.steps, "threshold": config.threshold,
@@ -132,12 +137,6 @@ def _settings_of_summary(path: Path) -> dict[str, Any] | None:
 
 
 def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps, acc = trajectory.curve("eval_accuracy")
     ax.plot(steps, acc, "k--", lw=1, label="teacher")

@@ -10,11 +10,19 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .ablation import ablate_two_shot
 from .config import ConfigError, override, to_dict
-from .experiment import ExperimentConfig, load_config, run
-from .presets import PRESETS, get_preset
 from .distributed import init_from_env, is_main, local_slice, rank_world
-from .lock import RunLockedError
+from .experiment import ExperimentConfig, load_config, student_names
+from .lock import RunLock, RunLockedError
+from .models.language import MaskedLM
+from .presets import PRESETS, get_preset
+from .probes.monomials import probe_monomials
+from .probes.ngram import WINDOWS, probe_ngram
+from .probes.oracle import probe_oracle
+from .rundir import RunDir
+from .runner import run
+from .tasks.pcfg import SPECIALS, GrammarTask
 from .train import NonFiniteError
 from .trajectory import TrajectoryError
 
@@ -68,8 +76,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .probes.runs import probe_monomials
-
     summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples,
                               degrees=args.degrees)
     print(json.dumps(summary, indent=2))
@@ -77,8 +83,6 @@ def cmd_probe(args) -> int:
 
 
 def cmd_probe_ngram(args) -> int:
-    from .probes.runs import probe_ngram
-
     summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows),
                           hiding=args.hiding)
     print(json.dumps({k: v for k, v in summary.items() if k != "students"}, indent=2))
@@ -86,50 +90,40 @@ def cmd_probe_ngram(args) -> int:
 
 
 def cmd_probe_oracle(args) -> int:
-    from .probes.runs import probe_oracle
-
     summary = probe_oracle(args.run_dir, windows=tuple(args.windows))
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_export(args) -> int:
-    from .experiment import load_model
-
-    from .experiment import student_name
-    from .lock import RunLock
-
-    run_dir, out = Path(args.run_dir), Path(args.out)
-    config = load_config(run_dir / "config.json")
+    rundir, out = RunDir(args.run_dir), Path(args.out)
+    config = rundir.config()
     if args.step == -1:  # -1 names the final checkpoint, as in k-shot schedules
         args.step = None
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file, not a directory; choose a new directory (nothing was written)")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is a directory that is not empty; choose a new one (nothing was written)")
-    names = [student_name(s, k) for k in range(config.seeds) for s in config.schedules]
+    names = student_names(config)
     if args.which != "teacher":
         if args.which not in names:
-            raise ConfigError(f"--which {args.which!r} is not a model of {run_dir}; valid: teacher, "
+            raise ConfigError(f"--which {args.which!r} is not a model of {rundir.path}; valid: teacher, "
                               f"{', '.join(names)}")
         if args.step is not None:
             raise ConfigError("--step selects a teacher checkpoint; a student has only its final weights")
-    with RunLock(run_dir):  # not while a run is writing the directory
-        model = load_model(config, run_dir, args.which, args.step)
-        if not hasattr(model, "save_pretrained"):
-            raise ConfigError(f"{args.which} of {run_dir} is a {type(model).__name__}, not a Hugging Face model; "
-                              "its weights are already a safetensors file in the run directory")
+    with RunLock(rundir.path):  # not while a run is writing the directory
+        task = rundir.task(config)
+        model = rundir.load_model(config, args.which, args.step, task=task)
+        if not isinstance(model, MaskedLM):  # our Hugging Face language models (CausalLM is one too)
+            raise ConfigError(f"{args.which} of {rundir.path} is a {type(model).__name__}, not a Hugging Face "
+                              "model; its weights are already a safetensors file in the run directory")
         model.save_pretrained(out)
     extra = ""
-    tokenizer = run_dir / "tokenizer" / "tokenizer.json"
-    if tokenizer.exists():  # text runs: the tokenizer goes with the model
-        (out / "tokenizer.json").write_bytes(tokenizer.read_bytes())
+    if rundir.tokenizer_file.exists():  # text runs: the tokenizer goes with the model
+        (out / "tokenizer.json").write_bytes(rundir.tokenizer_file.read_bytes())
         extra = ", tokenizer.json"
-    from .tasks.masking import SPECIALS, Vocabulary
-
-    vocabulary = getattr(config.task, "vocabulary", None)
-    if isinstance(vocabulary, Vocabulary):  # grammar runs: the token of each id (a list: names may repeat)
-        names = list(vocabulary.terminals) + list(SPECIALS)
+    if isinstance(task, GrammarTask):  # grammar runs: the token of each id (a list: names may repeat)
+        names = list(task.vocabulary.terminals) + list(SPECIALS)
         (out / "vocab.json").write_text(json.dumps(names) + "\n", encoding="utf-8")
         extra = ", vocab.json"
     print(f"wrote the Hugging Face model (config.json, model.safetensors{extra}) of {args.which}"
@@ -139,15 +133,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .ablation import ablate_two_shot
-
     ablate_two_shot(args.run_dir, first_steps=args.first_steps, device=args.device, overwrite=args.overwrite)
     print(f"results: {Path(args.run_dir) / 'ablations' / 'two-shot'}/summary.json and accuracy.png")
     return 0
 
 
 def _add_windows(p) -> None:
-    p.add_argument("--windows", type=int, nargs="+", default=[3, 5, 7],
+    p.add_argument("--windows", type=int, nargs="+", default=list(WINDOWS),
                    help="n-gram window sizes, odd integers >= 3, in any order (default 3 5 7)")
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError
-from .experiment import config_hash, load_config, student_name
-from .files import read_metrics
-from .trajectory import atomic_write_json, atomic_write_text
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files: no display needed, whatever the environment says
+import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
+import numpy as np  # noqa: E402
+
+from .experiment import config_hash, student_name  # noqa: E402
+from .files import read_metrics  # noqa: E402
+from .rundir import RunDir  # noqa: E402
+from .trajectory import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def steps_to_threshold(records: Sequence[dict], threshold: float) -> int | None:
@@ -30,17 +35,18 @@ def _run_summary(records: list[dict], threshold: float) -> dict[str, Any]:
 
 def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
     """``results.json`` content from the files of run directory ``out``."""
-    config = load_config(out / "config.json")
-    teacher = read_metrics(out / "teacher" / "metrics.jsonl")
+    rundir = RunDir(out)
+    config = rundir.config()
+    teacher = rundir.teacher_metrics()
     students = []
     for seed in range(config.seeds):
         for sched in config.schedules:
-            records = read_metrics(out / "students" / student_name(sched, seed) / "metrics.jsonl")
+            records = read_metrics(rundir.student_metrics(student_name(sched, seed)))
             students.append({"schedule": sched.label, "seed": seed, **_run_summary(records, config.threshold)})
     results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
                "wall_time_s": round(wall_time_s, 2),
                "teacher": _run_summary(teacher, config.threshold), "students": students}
-    probes = read_probe_summaries(out)
+    probes = rundir.probe_summaries()
     if probes:
         results["probes"] = probes
     return results
@@ -108,24 +114,6 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-ORACLE_KEYS = {"scores", "masked_lm_loss", "metric", "median"}  # what summary.md reads of probe oracle's summary
-
-
-def read_probe_summaries(out: Path) -> dict[str, dict[str, Any]]:
-    """Every ``probes/<name>-summary.json`` of run directory ``out``, by name. Raises ``ConfigError`` naming the
-    file when one is not valid JSON, or is an oracle summary without the fields summary.md reads."""
-    summaries = {}
-    for path in sorted((out / "probes").glob("*-summary.json")):
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-            if path.name.startswith("ngram-oracle") and not ORACLE_KEYS <= set(summary):
-                raise ValueError(f"it lacks {sorted(ORACLE_KEYS - set(summary))}")
-        except ValueError as exc:
-            raise ConfigError(f"{path} is unreadable ({exc}); delete it and rerun the probe that writes it") from None
-        summaries[path.name[:-len("-summary.json")]] = summary
-    return summaries
-
-
 def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:
     """The n-gram probe summary (probes/ngram-summary.json) as markdown."""
     lines = ["## Probes", ""]
@@ -155,18 +143,13 @@ def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:
 def plot_accuracy(out: Path, path: Path) -> None:
     """Eval accuracy vs steps: one line per schedule (mean) with a min-max band over seeds, the teacher
     dashed (the layout of the paper's Figure 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    config = load_config(out / "config.json")
+    rundir = RunDir(out)
+    config = rundir.config()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    teacher = read_metrics(out / "teacher" / "metrics.jsonl")
+    teacher = rundir.teacher_metrics()
     ax.plot([r["step"] for r in teacher], [r["eval_accuracy"] for r in teacher], "k--", label="teacher")
     for sched in config.schedules:
-        curves = [read_metrics(out / "students" / student_name(sched, seed) / "metrics.jsonl")
+        curves = [read_metrics(rundir.student_metrics(student_name(sched, seed)))
                   for seed in range(config.seeds)]
         steps = np.array([r["step"] for r in curves[0]])
         acc = np.array([[r["eval_accuracy"] for r in c] for c in curves])  # (seeds, evals)
@@ -184,8 +167,6 @@ def plot_accuracy(out: Path, path: Path) -> None:
 
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure as PNG through a temporary file and a rename, then close it."""
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=120)
@@ -195,9 +176,9 @@ def save_figure(fig, path: Path) -> None:
 
 def write_report(out: str | Path, wall_time_s: float) -> dict[str, Any]:
     """Write results.json, summary.md and accuracy.png into run directory ``out``; return the results."""
-    out = Path(out)
-    results = build_results(out, wall_time_s)
-    atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "summary.md", summary_markdown(results))
-    plot_accuracy(out, out / "accuracy.png")
+    rundir = RunDir(out)
+    results = build_results(rundir.path, wall_time_s)
+    atomic_write_json(rundir.results_file, results)
+    atomic_write_text(rundir.summary_file, summary_markdown(results))
+    plot_accuracy(rundir.path, rundir.accuracy_figure)
     return results

@@ -1,7 +1,8 @@
 """Distillation schedules: which teacher checkpoint a student learns from at each of its steps.
 
 Each schedule is its own type and a pure mapping ``student step -> checkpoint step`` (or ``None`` for no
-teacher), given the steps at which the teacher trajectory has checkpoints (PAPER.md, "Vocabulary"):
+teacher), given the steps at which the teacher trajectory has checkpoints. Every schedule has
+``resolve(trajectory)``: the schedule to train with on that teacher (itself, except :class:`TwoShotAuto`).
 
 - :class:`CE`: no teacher; the student trains on true labels.
 - :class:`OneShot`: the final checkpoint for the whole run.
@@ -17,8 +18,16 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 from .config import ConfigError, check, check_positive_int, register, variants
+from .phases import NoTransitionError, detect_phases, detect_transition
 
 FINAL = -1  # in a k-shot list: the teacher's final checkpoint
+
+
+class _Fixed:
+    """A schedule that does not depend on the teacher's curve: resolving it against a trajectory is itself."""
+
+    def resolve(self, trajectory) -> "_Fixed":
+        return self
 
 
 def _final(checkpoint_steps: Sequence[int]) -> int:
@@ -29,7 +38,7 @@ def _final(checkpoint_steps: Sequence[int]) -> int:
 
 @register("schedule")
 @dataclass(frozen=True)
-class CE:
+class CE(_Fixed):
     """Cross-entropy on true labels only; no teacher."""
 
     kind: ClassVar[str] = "ce"
@@ -47,7 +56,7 @@ class CE:
 
 @register("schedule")
 @dataclass(frozen=True)
-class OneShot:
+class OneShot(_Fixed):
     """The teacher's final checkpoint at every student step."""
 
     kind: ClassVar[str] = "one-shot"
@@ -65,12 +74,12 @@ class OneShot:
 
 @register("schedule")
 @dataclass(frozen=True)
-class Progressive:
+class Progressive(_Fixed):
     """Follow the teacher trajectory: at student step t, the first checkpoint saved after teacher step
     ``t * speed`` (the final one once the trajectory is exhausted).
 
     With checkpoints every c teacher steps, the student spends c / ``speed`` of its steps on each checkpoint
-    (PAPER.md: interval = checkpoint spacing / speed factor). The checkpoint *ahead* of the student's point on
+    (paper §1: interval = checkpoint spacing / speed factor). The checkpoint *ahead* of the student's point on
     the timeline is used, so the first interval learns from a trained teacher rather than its random init.
     """
 
@@ -97,10 +106,10 @@ class Progressive:
 
 @register("schedule")
 @dataclass(frozen=True)
-class KShot:
+class KShot(_Fixed):
     """An explicit list of ``(checkpoint step, number of student steps)``, used in order; the last
     checkpoint stays in use after the list is exhausted. Checkpoint step -1 means the final checkpoint.
-    2-shot (PAPER.md section 1) is a list of two: a checkpoint inside the teacher's phase transition, then
+    2-shot (paper §1) is a list of two: a checkpoint inside the teacher's phase transition, then
     the final one."""
 
     kind: ClassVar[str] = "k-shot"
@@ -155,7 +164,7 @@ class KShot:
 @register("schedule")
 @dataclass(frozen=True)
 class TwoShotAuto:
-    """2-shot whose first checkpoint is picked from the teacher's curve (PAPER.md section 1, 2-shot): the
+    """2-shot whose first checkpoint is picked from the teacher's curve (paper §1, 2-shot): the
     checkpoint in the middle of the phase transition detected on ``metric`` (a rise for accuracies, a drop
     for losses; :func:`progdistill.phases.detect_transition`), for ``first_steps`` student steps, then the
     final checkpoint. :meth:`resolve` turns it into the equivalent :class:`KShot` for a given trajectory."""
@@ -177,16 +186,12 @@ class TwoShotAuto:
     def window(self, steps: Sequence[int], values: Sequence[float]):
         """The phase transition (:class:`progdistill.phases.Transition`) of the curve (steps, values) of
         ``metric``; raises :class:`progdistill.phases.NoTransitionError` when there is none."""
-        from .phases import detect_phases, detect_transition
-
         if self.metric == "eval_loss":  # the sharp drop of a loss curve, the untrained model left out
             return detect_phases(steps, values).transition
         return detect_transition(steps, values, "rise")
 
     def pick(self, steps: Sequence[int], values: Sequence[float]) -> int:
         """The checkpoint step in the middle of the transition of the curve (steps, values)."""
-        from .phases import NoTransitionError
-
         try:
             return self.window(steps, values).middle
         except NoTransitionError as exc:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from progdistill.config import ConfigError
-from progdistill.experiment import ExperimentConfig, run, train_teacher
+from progdistill.experiment import ExperimentConfig, config_hash
+from progdistill.runner import run, train_teacher
 from progdistill.files import read_metrics
 from progdistill.schedules import KShot, Progressive
 from progdistill.train import Member, TeacherPool, fit, generator
@@ -106,7 +107,6 @@ def test_an_evaluation_interval_longer_than_the_run_is_pointed_out(tmp_path, tin
 
 
 def test_run_directory_records_its_config_hash(tmp_path, tiny):
-    from progdistill.experiment import config_hash
     results = run(tiny, tmp_path / "run", log=quiet)
     assert (tmp_path / "run" / "config.sha256").read_text().strip() == config_hash(tiny) == results["config_sha256"]
     edited = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -211,20 +211,20 @@ def test_metrics_mirrored_to_tensorboard(tmp_path, tiny):
 def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monkeypatch):
     import time
 
-    import progdistill.experiment as experiment
-    from progdistill.experiment import EARLIER_WALL_TIME
-    real = experiment.train_students
+    import progdistill.runner as runner
+    from progdistill.rundir import EARLIER_WALL_TIME
+    real = runner.train_students
 
     def interrupted(*args, **kwargs):
         time.sleep(1.0)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "train_students", interrupted)
+    monkeypatch.setattr(runner, "train_students", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(tiny, tmp_path / "run", log=quiet)
     earlier = json.loads((tmp_path / "run" / EARLIER_WALL_TIME).read_text())["seconds"]
     assert earlier >= 1.0
-    monkeypatch.setattr(experiment, "train_students", real)
+    monkeypatch.setattr(runner, "train_students", real)
     started = time.perf_counter()
     results = run(tiny, tmp_path / "run", log=quiet)
     second = time.perf_counter() - started  # more than run's own timer (which stops before the report)
@@ -234,7 +234,7 @@ def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monk
 
 def test_an_interrupted_overwrite_leaves_a_run_directory_the_next_overwrite_reclaims(tmp_path, tiny, monkeypatch):
     import shutil
-    import progdistill.experiment as experiment
+    import progdistill.rundir as rundir
 
     out = tmp_path / "run"
     run(tiny, out, log=quiet)
@@ -246,9 +246,9 @@ def test_an_interrupted_overwrite_leaves_a_run_directory_the_next_overwrite_recl
             raise KeyboardInterrupt  # Ctrl-C while the old run is being deleted
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(experiment.shutil, "rmtree", interrupted)
+    monkeypatch.setattr(rundir.shutil, "rmtree", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(other, out, overwrite=True, log=quiet)
-    monkeypatch.setattr(experiment.shutil, "rmtree", real_rmtree)
+    monkeypatch.setattr(rundir.shutil, "rmtree", real_rmtree)
     assert (out / "config.json").exists() and not (out / "teacher").exists()  # the config files go last
-    assert run(other, out, overwrite=True, log=quiet)["config_sha256"] == experiment.config_hash(other)
+    assert run(other, out, overwrite=True, log=quiet)["config_sha256"] == config_hash(other)

@@ -5,10 +5,11 @@ import torch
 
 from progdistill.models.language import CausalLM, GPT2LMConfig
 from progdistill.config import OptimizerConfig, TrainConfig
-from progdistill.experiment import ExperimentConfig, run
+from progdistill.experiment import ExperimentConfig
+from progdistill.runner import run
 from progdistill.tasks.grammar import GrammarError
 from progdistill.tasks.pcfg import GrammarSpec, PCFGNextTokenTask
-from progdistill.probes.runs import generation_acceptance
+from progdistill.probes.generation import generation_acceptance
 from progdistill.schedules import CE, OneShot
 from progdistill.train import generator
 
@@ -57,7 +58,7 @@ def test_generation_acceptance_of_planted_models():
 def _sample_by_recomputing(model, prompt, allowed, stop_id, max_new_tokens, generator, temperature):
     """The sampling loop without a cache: every step runs the model on the whole sequence so far."""
     ids, out = prompt.clone(), [[] for _ in range(len(prompt))]
-    block = torch.full((model.bert.config.vocab_size,), float("-inf"))
+    block = torch.full((model.backbone.config.vocab_size,), float("-inf"))
     block[allowed] = 0.0
     for _ in range(max_new_tokens):
         active = [i for i, o in enumerate(out) if not o or o[-1] != stop_id]

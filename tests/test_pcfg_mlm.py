@@ -9,12 +9,14 @@ import torch
 
 from progdistill.models.language import BertMLMConfig
 from progdistill.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, from_dict, to_dict
-from progdistill.experiment import ExperimentConfig, run
+from progdistill.experiment import ExperimentConfig
+from progdistill.runner import run
 from progdistill.tasks.grammar import GrammarError
 from progdistill.losses import distillation_loss
-from progdistill.tasks.masking import Vocabulary
+from progdistill.tasks.pcfg import Vocabulary
 from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask
-from progdistill.probes.ngram import ngram_dependence, nonterminal_probe, probe_positions
+from progdistill.probes.ngram import ngram_dependence, probe_positions
+from progdistill.probes.nonterminal import nonterminal_probe
 from progdistill.phases import detect_phases
 from progdistill.schedules import CE, OneShot, Progressive, TwoShotAuto
 from progdistill.train import Member, _token_step, fit, generator
@@ -449,13 +451,13 @@ def test_the_pcfg_mlm_preset_runs_end_to_end_shrunk(tmp_path):
 
 
 def test_an_interrupted_command_ends_with_one_line(monkeypatch, capsys):
-    import progdistill.probes.runs
+    import progdistill.cli
     from progdistill.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(progdistill.probes.runs, "probe_oracle", interrupted)
+    monkeypatch.setattr(progdistill.cli, "probe_oracle", interrupted)
     assert main(["probe", "oracle", "anywhere"]) == 130
     assert capsys.readouterr().err.startswith("progdistill: interrupted;")
 

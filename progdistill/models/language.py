@@ -1,4 +1,4 @@
-"""BERT masked language models built from a config (PAPER.md sections 2 and 4).
+"""BERT masked and GPT-2 causal language models built from a config (paper §2, §3 and §4).
 
 :class:`BertMLMConfig` (model kind ``"bert"``) builds a Hugging Face :class:`~transformers.BertForMaskedLM`
 from a :class:`~transformers.BertConfig` -- never downloaded -- with ``n_layer`` layers of ``n_head`` heads of
@@ -61,7 +61,8 @@ class MaskedLM(nn.Module):
     """``BertForMaskedLM`` with the calling convention of :func:`progdistill.train.fit`'s token tasks.
 
     ``forward(input_ids, attention_mask)``: (B, L) int64 ids and (B, L) bool -> logits (B, L, vocab_size).
-    ``hidden_states(...)``: the last layer's hidden states (B, L, hidden), for probes.
+    ``hidden_states(...)``: the last layer's hidden states (B, L, hidden), for probes. The Hugging Face model
+    is ``.backbone``; checkpoints that name it ``bert.`` (saved before the rename) still load.
     Initialization is BERT's (normal, std 0.02), drawn inside :func:`torch.random.fork_rng` seeded with
     ``generators[0].initial_seed()``: a function of the seed that leaves the global RNG untouched.
     Raises ``ValueError`` naming the length when a sequence is longer than the position embeddings.
@@ -78,7 +79,7 @@ class MaskedLM(nn.Module):
         self.positions = positions
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generators[0].initial_seed())
-            self.bert = self._hf_model(positions, vocab_size, config)
+            self.backbone = self._hf_model(positions, vocab_size, config)
 
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
@@ -90,6 +91,13 @@ class MaskedLM(nn.Module):
             max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0, pad_token_id=0))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints saved before the Hugging Face model was named .backbone hold it under "bert." (GPT-2's too).
+        old = prefix + "bert."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "backbone." + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _check(self, input_ids: torch.Tensor) -> None:
         if input_ids.shape[-1] > self.positions:
             raise ValueError(f"a sequence of {input_ids.shape[-1]} tokens is longer than the model's "
@@ -97,23 +105,23 @@ class MaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check(input_ids)
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Last-layer hidden states (B, L, hidden) -- the input of the MLM head."""
         self._check(input_ids)
-        return self.bert.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.backbone.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def save_pretrained(self, directory) -> None:
         """Write the Hugging Face model (config.json + model.safetensors) to ``directory``."""
-        self.bert.save_pretrained(directory)
+        self.backbone.save_pretrained(directory)
 
 
 @register("model")
 @dataclass(frozen=True)
 class GPT2LMConfig(_LMConfig):
     """A causal (next-token) language model: Hugging Face ``GPT2LMHeadModel`` from a config, ``n_layer`` blocks
-    of ``n_head`` heads of dimension ``head_dim`` (PAPER.md section 3: teacher 4 x 32 heads, hidden 256;
+    of ``n_head`` heads of dimension ``head_dim`` (paper §3: teacher 4 x 32 heads, hidden 256;
     student 4 x 8, hidden 64). ``max_positions``: None = what the task's longest sequence needs."""
 
     kind: ClassVar[str] = "gpt2-lm"
@@ -135,11 +143,11 @@ class CausalLM(MaskedLM):
         return GPT2LMHeadModel(GPT2Config(
             vocab_size=vocab_size, n_positions=positions, n_embd=config.hidden_size, n_layer=config.n_layer,
             n_head=config.n_head, n_inner=config.mlp_ratio * config.hidden_size, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, use_cache=False, bos_token_id=0, eos_token_id=0))  # kept as .bert, as in MaskedLM
+            attn_pdrop=0.0, use_cache=False, bos_token_id=0, eos_token_id=0))
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check(input_ids)
-        return self.bert.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.backbone.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @torch.no_grad()
     def sample(self, prompt: torch.Tensor, allowed: torch.Tensor, stop_id: int, max_new_tokens: int,
@@ -151,18 +159,18 @@ class CausalLM(MaskedLM):
         Each step runs only the newest token of the unfinished rows, attending to the keys and values of the
         earlier ones (Hugging Face's ``DynamicCache``; a finished row's are dropped from it)."""
         out: list[list[int]] = [[] for _ in range(len(prompt))]
-        block = torch.full((self.bert.config.vocab_size,), float("-inf"))
+        block = torch.full((self.backbone.config.vocab_size,), float("-inf"))
         block[allowed] = 0.0
         was_training = self.training
         self.eval()
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.bert.config)  # filled in place by every forward pass below
+        cache = DynamicCache(config=self.backbone.config)  # filled in place by every forward pass below
         step_ids, active = prompt, torch.arange(len(prompt))  # active: the rows still in the cache
         for _ in range(max(0, min(max_new_tokens, self.positions - prompt.shape[1]))):
             # The cache is the second argument under either of its names (past_key_values before transformers
             # 5, cache since).
-            logits = self.bert(step_ids, cache, use_cache=True).logits[:, -1].float().cpu() + block  # (A, V)
+            logits = self.backbone(step_ids, cache, use_cache=True).logits[:, -1].float().cpu() + block  # (A, V)
             if temperature == 0:
                 drawn = logits.argmax(-1)
             else:

@@ -1,4 +1,4 @@
-"""GPT-2 style transformers for sparse parity (PAPER.md section 1, "Transformer").
+"""GPT-2 style transformers for sparse parity (paper §1, "Transformer").
 
 The n input bits are a sequence of n tokens over a two-token vocabulary (token 1 where x_i = -1, token 0
 where x_i = +1), with learned positional embeddings and causal self-attention; the class is predicted from

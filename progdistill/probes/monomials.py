@@ -1,4 +1,4 @@
-"""The monomial-correlation probe of sparse parity (PAPER.md section 1, "Mechanism").
+"""The monomial-correlation probe of sparse parity (paper §1, "Mechanism").
 
 For a subset T of the n coordinates, the monomial (parity character) chi_T(x) = prod_{i in T} x_i, and
 
@@ -17,14 +17,26 @@ the correlations of a batch are one more product, p @ chi (computed as sum(p) - 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
+from ..config import ConfigError
+from ..experiment import ExperimentConfig
+from ..lock import RunLock
+from ..phases import detect_transition
+from ..report import save_figure
+from ..rundir import RunDir
 from ..tasks.parity import ParityTask
+from ..trajectory import Trajectory, atomic_write_json, atomic_write_text
+from .jobs import PROBE_SEED, model_jobs, refresh_report, run_jobs
 
 Subset = tuple[int, ...]
 ENUMERATE_LIMIT = 50_000  # enumerate all C(n, d) subsets below this many; rejection-sample above
@@ -180,7 +192,7 @@ def off_support_subsets(n: int, support: Sequence[int], degree: int, count: int,
     return sorted(chosen)
 
 
-def _check_degrees(degrees: Sequence[int] | None, k: int) -> list[int]:
+def check_degrees(degrees: Sequence[int] | None, k: int) -> list[int]:
     if degrees is None:
         if k < 2:
             raise ValueError(f"task.k={k} has no in-support degrees 1..k-1; pass degrees=[1] to probe the parity")
@@ -223,7 +235,7 @@ def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor],
                                ("off_support_per_degree", off_support_per_degree, 0)]:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
             raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {least}")
-    degree_list = _check_degrees(degrees, task.k)
+    degree_list = check_degrees(degrees, task.k)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
 
@@ -276,3 +288,129 @@ def mlp_class1_probability(model: torch.nn.Module,
         return (p if model_index is None else p[model_index]).cpu()
 
     return predict
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Over a run directory: every teacher checkpoint (and final student), a summary and a figure
+
+
+def _record(model, task, num_samples: int, degrees) -> dict[str, Any]:
+    result = monomial_correlations(mlp_class1_probability(model, 0), task, num_samples=num_samples,
+                                   degrees=degrees, generator=torch.Generator().manual_seed(PROBE_SEED))
+    return result.to_dict() | {"summary": result.summary()}
+
+
+def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: int = 100_000,
+                    degrees: list[int] | None = None, log=print) -> dict[str, Any]:
+    """Monomial correlations over every teacher checkpoint of ``run_dir`` (and its final students).
+
+    Returns the summary: the transition detected on the teacher's eval accuracy, the checkpoint where the mean
+    degree-1 in-support correlation peaks, its value, the off-support mean there, their ratio and whether the
+    peak lies inside the transition window. ``degrees`` defaults to 1..k-1 and must include 1. Raises
+    ``ConfigError`` for a run that is not sparse parity, ``ValueError`` for a degree outside 1..k and
+    :class:`~progdistill.trajectory.TrajectoryError` for a run without teacher checkpoints.
+    """
+    rundir = RunDir(run_dir)
+    config = rundir.config()
+    if "monomials" not in config.task.probes:
+        raise ConfigError(f"the monomial probe needs a sparse parity run; {rundir.path} has task "
+                          f"{config.task.kind!r}")
+    if config.task.k < 2:
+        raise ConfigError(f"task.k={config.task.k}: the monomial probe needs k >= 2 (degrees 1..k-1)")
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"--samples {num_samples!r} is invalid: must be a positive integer")
+    if degrees is not None:
+        check_degrees(degrees, config.task.k)  # each within 1..k
+        if 1 not in degrees:
+            raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of "
+                             "degree 1)")
+    with RunLock(rundir.path):
+        rundir.check_inputs(config)
+        summary = _probe_monomials(rundir, config, students, num_samples, degrees, log)
+        refresh_report(rundir, log)
+        return summary
+
+
+def _probe_monomials(rundir: RunDir, config: ExperimentConfig, students: bool, num_samples: int, degrees,
+                     log) -> dict[str, Any]:
+    trajectory = Trajectory(rundir.teacher)
+    if not trajectory.steps:
+        raise ConfigError(f"{rundir.teacher} has no checkpoints to probe")
+    out = rundir.probes
+    out.mkdir(exist_ok=True)
+    jobs = model_jobs(config, trajectory.steps, students)
+    task = rundir.task(config)
+    settings = {"settings": {"num_samples": num_samples, "degrees": degrees, "seed": PROBE_SEED}}
+
+    def compute(name: str, step: int) -> dict[str, Any]:
+        model = rundir.load_model(config, name, step if name == "teacher" else None, task=task)
+        extra = {"eval_accuracy": trajectory.metrics(step)["eval_accuracy"]} if name == "teacher" else {}
+        return {**extra, **_record(model, task, num_samples, degrees)}
+
+    done = run_jobs(out / ".monomials.partial.jsonl", settings, jobs, compute, "monomial probe", log)
+    records = [done[job] for job in jobs]
+    atomic_write_text(out / "monomials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    summary = _summarize([r for r in records if r["model"] == "teacher"])
+    atomic_write_json(out / "monomials-summary.json", summary)
+    _plot(records, summary, out / "monomials.png", config.preset)
+    (out / ".monomials.partial.jsonl").unlink()
+    log(f"wrote {out / 'monomials.jsonl'}, {out / 'monomials-summary.json'}, {out / 'monomials.png'}")
+    return summary
+
+
+def _summarize(teacher: list[dict]) -> dict[str, Any]:
+    steps = [r["step"] for r in teacher]
+    degree1 = [r["summary"]["degree1/in_support_mean"] for r in teacher]
+    peak = max(range(len(teacher)), key=lambda i: degree1[i])
+    off = teacher[peak]["summary"]["degree1/off_support_mean"]
+    summary: dict[str, Any] = {"peak_step": steps[peak], "peak_degree1_in_support_mean": degree1[peak],
+                               "degree1_off_support_mean_at_peak": off,
+                               "ratio": degree1[peak] / off if off else None}
+    try:
+        window = detect_transition(steps, [r["eval_accuracy"] for r in teacher], "rise")
+        summary["transition"] = window.to_dict()
+        summary["peak_inside_transition"] = window.start <= steps[peak] <= window.end
+    except ValueError as exc:  # NoTransitionError, or too few checkpoints to look for one
+        summary["transition"] = None
+        summary["no_transition"] = str(exc)
+    return summary
+
+
+def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
+    """Left: degree-1 in-support correlations, one line per support coordinate, the off-support mean with a
+    +/- std band and the teacher's accuracy (second axis). Right: in-support mean (solid) and off-support
+    mean (dotted) of every probed degree. The detected transition is shaded in both."""
+    teacher = [r for r in records if r["model"] == "teacher"]
+    steps = np.array([r["step"] for r in teacher])
+    degrees = [d["degree"] for d in teacher[0]["degrees"]]
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for j, entry in enumerate(next(d for d in teacher[0]["degrees"] if d["degree"] == 1)["in_support"]):
+        values = [next(d for d in r["degrees"] if d["degree"] == 1)["in_support"][j]["correlation"]
+                  for r in teacher]
+        ax.plot(steps, values, lw=1.2, label=f"in-support x_{entry['subset'][0]}")
+    off_mean = np.array([r["summary"]["degree1/off_support_mean"] for r in teacher])
+    off_std = np.array([r["summary"]["degree1/off_support_std"] for r in teacher])
+    ax.plot(steps, off_mean, "k-", lw=1.5, label="off-support mean (+/- std)")
+    ax.fill_between(steps, off_mean - off_std, off_mean + off_std, color="k", alpha=0.15)
+    for d in degrees:
+        line, = right.plot(steps, [r["summary"][f"degree{d}/in_support_mean"] for r in teacher], lw=1.4,
+                           label=f"degree {d} in-support")
+        right.plot(steps, [r["summary"][f"degree{d}/off_support_mean"] for r in teacher], ls=":",
+                   color=line.get_color(), label=f"degree {d} off-support")
+    for axis in (ax, right):
+        if summary.get("transition"):
+            axis.axvspan(summary["transition"]["start"], summary["transition"]["end"], color="orange",
+                         alpha=0.15, label="detected transition" if axis is ax else None)
+        axis.set_xlabel("teacher training steps")
+        axis.set_ylabel("monomial correlation")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["eval_accuracy"] for r in teacher], "b--", lw=1, label="teacher accuracy")
+    ax2.set_ylabel("teacher eval accuracy", color="b")
+    ax2.set_ylim(0.4, 1.02)
+    lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
+    right.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_title(f"{preset}: degree-1 correlations of the teacher")
+    right.set_title("mean correlation by degree")
+    fig.tight_layout()
+    save_figure(fig, path)

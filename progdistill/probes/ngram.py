@@ -1,6 +1,6 @@
-"""Probes of masked language models on grammar sentences (PAPER.md section 2, "n-gram probes" and
-"Non-terminal probe"). Pure functions of a model and data; :mod:`progdistill.probes.runs` runs them over a run
-directory.
+"""The n-gram probes of masked language models (paper §2, "n-gram probes"; paper §4 on text), as pure functions
+of a model and data, and :func:`probe_ngram`, which runs them (with the non-terminal probe on grammars) over
+every checkpoint of a run directory.
 
 n-gram dependence, for a selected position p of a sentence and a window of w = 2r + 1 tokens centred on p:
 
@@ -20,17 +20,29 @@ does (their scores are the full L1 distance, twice the TV reported here).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..tasks.masking import Vocabulary, pad_sentences
+from ..config import ConfigError
+from ..experiment import ExperimentConfig
+from ..lock import RunLock
+from ..phases import detect_phases
+from ..report import save_figure
+from ..rundir import RunDir
+from ..tasks.base import Task
+from ..tasks.pcfg import Vocabulary, pad_sentences
+from ..trajectory import Trajectory, atomic_write_json, atomic_write_text
+from .jobs import FORWARD_BATCH, PROBE_SEED, model_jobs, read_records, refresh_report, run_jobs, schedule_of
+from .nonterminal import NONTERMINAL_TEST, NONTERMINAL_TRAIN, nonterminal_probe, plot_nonterminals
 
 WINDOWS = (3, 5, 7)
 HIDING = ("token", "attention")
-FORWARD_BATCH = 256  # sequences per forward pass
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maska
     sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
     base = ids[sent]  # (P, L)
     att = attention[sent]
-    variants = _hidden_variants(maskable, where, windows)
+    variants = hidden_variants(maskable, where, windows)
     was_training = model.training
     model.eval()
     masked = torch.cat(variants)
@@ -118,10 +130,10 @@ def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maska
     att = att.to(device)
     probs = _distributions(model, inputs, att, pos.repeat(len(variants)).to(device)).view(len(variants), len(base), -1)
     model.train(was_training)
-    return _scores(probs, windows, base[torch.arange(len(base)), pos])
+    return tv_scores(probs, windows, base[torch.arange(len(base)), pos])
 
 
-def _hidden_variants(maskable: torch.Tensor, where: NgramPositions, windows: Sequence[int]) -> list[torch.Tensor]:
+def hidden_variants(maskable: torch.Tensor, where: NgramPositions, windows: Sequence[int]) -> list[torch.Tensor]:
     """Which positions each probe input hides, (P, L) bool each: the base (p alone), then for every window
     M_robust (p and the window) and M_close (p and every ordinary token outside the window)."""
     sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
@@ -140,8 +152,9 @@ def _hidden_variants(maskable: torch.Tensor, where: NgramPositions, windows: Seq
     return variants
 
 
-def _scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Quantiles of the TV distance of each variant's prediction from the base's (``probs``: (variants, P, V)),
+def tv_scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor) -> dict[str, dict[str, float]]:
+    """The scores of :func:`ngram_dependence` from the predictions at each variant of :func:`hidden_variants`:
+    quantiles of the TV distance of each variant's prediction from the base's (``probs``: (variants, P, V)),
     and of the base prediction's cross-entropy (nats) on the true tokens ``truth`` (P,)."""
     out = {}
     for k, w in enumerate(windows):
@@ -151,70 +164,6 @@ def _scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor) ->
     true_p = probs[0, torch.arange(len(truth)), truth.to(probs.device)].double().clamp(min=1e-300)
     out["cross_entropy"] = _quantiles((0.0 - true_p.log()).cpu().numpy())  # 0.0 - : no -0.0
     return out
-
-
-def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
-                               windows: Sequence[int] = WINDOWS, progress: bool = False) -> dict[str, dict[str, float]]:
-    """M_robust and M_close (PAPER.md section 2) of the Bayes-optimal masked LM of ``grammar`` -- the exact
-    posterior of the token at p given the visible tokens (:func:`progdistill.tasks.pcfg_parser.masked_posterior`) --
-    at the same inputs and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss
-    reaches the grammar's entropy.
-
-    ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...`` (:func:`~progdistill.tasks.masking.pad_sentences`);
-    ``maskable`` (B, L): their terminal positions. Returns the dict of :func:`ngram_dependence` (its
-    ``"cross_entropy"`` is the grammar's own uncertainty about a token with it alone hidden). Cost:
-    (1 + 2 * len(windows)) * T inside passes per position, ~10 ms each for a 130-token sentence, ~0.1 s for
-    cfg3b's ~300 tokens. Raises ``ValueError`` for a bad window, and when a sentence is not in the grammar's language.
-    """
-    from tqdm.auto import tqdm
-
-    from ..tasks.pcfg_parser import masked_posterior
-
-    check_windows(windows)
-    variants = torch.stack(_hidden_variants(maskable, where, windows))  # (variants, P, L)
-    probs = torch.zeros(len(variants), len(where.sentence), len(grammar.terminals), dtype=torch.float64)
-    for i in tqdm(range(len(where.sentence)), desc="oracle n-gram probe", unit="position",
-                  disable=None if progress else True):  # no bar without a terminal
-        row = ids[where.sentence[i]]
-        terminal = maskable[where.sentence[i]]
-        tokens = row[terminal].numpy()  # the sentence; terminal positions are 1..n (BOS at 0)
-        p = int(where.position[i]) - 1
-        for v in range(len(variants)):
-            hidden = (variants[v, i][terminal]).nonzero().flatten().tolist()
-            probs[v, i] = torch.from_numpy(masked_posterior(grammar, tokens, hidden, p))
-    return _scores(probs, windows, ids[torch.from_numpy(where.sentence), torch.from_numpy(where.position)])
-
-
-def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator,
-                          per_sentence: int = 8) -> dict[str, float]:
-    """Cross-entropy (nats) of the grammar's Bayes-optimal masked LM when each token is hidden with probability
-    ``mask_rate``: the floor of a masked LM's loss on the grammar (PAPER.md section 2's teacher loss; for BERT's
-    80/10/10 rule, approximately:
-    there 10% of the selected tokens stay visible and 10% are replaced by random terminals).
-
-    For each sentence the hidden set is drawn from ``rng``; the exact posterior (inside algorithm) is scored at
-    up to ``per_sentence`` of its hidden positions (an unbiased sample of them; cost T inside passes each).
-    Returns ``{"mean", "std_error", "positions", "mask_rate"}`` (mean None when no token was hidden,
-    std_error None with fewer than 2 positions). Raises ``ValueError`` for a mask rate outside
-    (0, 1) or a sentence that is not in the grammar's language.
-    """
-    from ..tasks.pcfg_parser import masked_posterior
-
-    if not 0 < mask_rate < 1:
-        raise ValueError(f"mask_rate={mask_rate!r} is invalid: must lie in (0, 1)")
-    nll = []
-    for tokens in sentences:
-        tokens = np.asarray(tokens)
-        hidden = np.flatnonzero(rng.random(len(tokens)) < mask_rate)
-        if not len(hidden):
-            continue
-        for p in rng.choice(hidden, size=min(per_sentence, len(hidden)), replace=False):
-            posterior = masked_posterior(grammar, tokens, hidden.tolist(), int(p))
-            nll.append(0.0 - np.log(max(posterior[tokens[p]], 1e-300)))
-    nll = np.array(nll)
-    return {"mean": float(nll.mean()) if len(nll) else None,  # None (JSON null): no token was hidden
-            "std_error": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else None,
-            "positions": int(len(nll)), "mask_rate": float(mask_rate)}
 
 
 def check_windows(windows: Sequence[int]) -> None:
@@ -241,52 +190,214 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     return {"median": float(median), "q25": float(q25), "q75": float(q75), "mean": float(values.mean())}
 
 
-@torch.no_grad()
-def _hidden_features(model, sentences, vocab: Vocabulary, device) -> torch.Tensor:
-    """Last-layer hidden states of every terminal token, in sentence order: (T, H)."""
-    ids, attention = pad_sentences([s.tokens for s in sentences], vocab)
-    feats = []
-    for j in range(0, len(ids), FORWARD_BATCH):
-        hidden = model.hidden_states(ids[j:j + FORWARD_BATCH].to(device),
-                                     attention[j:j + FORWARD_BATCH].to(device)).float().cpu()
-        feats.append(hidden[ids[j:j + FORWARD_BATCH] < len(vocab.terminals)])
-    return torch.cat(feats)
+# ----------------------------------------------------------------------------------------------------------
+# Over a run directory
+
+NGRAM_SEQUENCES = 32        # sequences for M_robust / M_close (x up to 8 positions each)
 
 
-def nonterminal_probe(model, train_sentences, test_sentences, vocab: Vocabulary, levels: Sequence[int],
-                      steps: int = 200, lr: float = 0.05,
-                      device: str | torch.device = "cpu") -> dict[int, float]:
-    """Linear probe on the frozen last hidden layer predicting each token's ancestor nonterminal at each level.
+def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, ...] = WINDOWS,
+                log=print, hiding: str = "token") -> dict[str, Any]:
+    """M_robust / M_close for each window size -- and on grammar tasks the non-terminal probe accuracy per tree
+    level -- for every teacher checkpoint of ``run_dir`` (and every final student unless ``students=False``).
 
-    ``train_sentences`` / ``test_sentences``: :class:`~progdistill.tasks.pcfg_sampler.SentenceBatch` (tokens and
-    ancestors); ``levels``: tree levels to probe (1 .. num_levels - 2 are informative; 0 is the root).
-    A softmax-regression head per level is fitted with full-batch Adam for ``steps`` steps on standardized
-    features (initial weights 0, so the result is deterministic). Returns {level: test accuracy in [0, 1]}.
-    Raises ``ValueError`` for a level outside the trees.
+    Writes ``probes/ngram.jsonl`` (one line per model), ``probes/ngram-summary.json`` (the teacher's detected
+    loss phases, the checkpoint where the median M_robust of the smallest window peaks, whether that peak lies
+    in the sharp drop or at a checkpoint next to it, and the students' final scores), ``probes/ngram.png`` and,
+    for grammars, ``probes/nonterminals.png``. Every model is probed on the same sequences and positions
+    (drawn from ``PROBE_SEED``).
+
+    ``hiding="attention"`` masks tokens as the authors' released probe does (MASK *and* attention mask 0; see
+    the module docstring) and writes ``probes/ngram-attention*`` instead, next to the default results (the
+    non-terminal probe, which masks nothing, is not repeated). Raises ``ConfigError`` for a run whose task
+    has no n-gram probe and ``ValueError`` for a bad window or ``hiding``.
     """
-    num_levels = train_sentences.ancestors.shape[0]
-    for lv in levels:
-        if not (isinstance(lv, int) and 0 <= lv < num_levels):
-            raise ValueError(f"level {lv!r} is invalid: the trees have levels 0..{num_levels - 1}")
-    was_training = model.training
-    model.eval()
-    x_train = _hidden_features(model, train_sentences, vocab, device)
-    x_test = _hidden_features(model, test_sentences, vocab, device)
-    model.train(was_training)
-    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    out = {}
-    for lv in levels:
-        y_train = torch.from_numpy(train_sentences.ancestors[lv].astype(np.int64))
-        y_test = torch.from_numpy(test_sentences.ancestors[lv].astype(np.int64))
-        classes = int(max(y_train.max(), y_test.max())) + 1
-        weight = torch.zeros(x_train.shape[1], classes, requires_grad=True)
-        bias = torch.zeros(classes, requires_grad=True)
-        opt = torch.optim.Adam([weight, bias], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(x_train @ weight + bias, y_train).backward()
-            opt.step()
-        with torch.no_grad():
-            out[lv] = float(((x_test @ weight + bias).argmax(-1) == y_test).float().mean())
-    return out
+    rundir = RunDir(run_dir)
+    config = rundir.config()
+    if "ngram" not in config.task.probes:
+        raise ConfigError(f"the n-gram probe needs a masked LM run; {rundir.path} has task {config.task.kind!r}, "
+                          f"whose probes are: {', '.join(config.task.probes) or 'none'}")
+    check_windows(windows)
+    check_hiding(hiding)
+    windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
+    with RunLock(rundir.path):
+        rundir.check_inputs(config)
+        summary = _probe_ngram(rundir, config, rundir.task(config), students, windows, log, hiding)
+        refresh_report(rundir, log)
+        return summary
+
+
+def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=print) -> dict[str, Any]:
+    """The n-gram (and, on grammars, non-terminal) probe of a run that has just trained: the run's own
+    windows :data:`WINDOWS`, teacher checkpoints and students (the caller holds the run's lock)."""
+    return _probe_ngram(rundir, config, task, True, WINDOWS, log)
+
+
+def check_fits(config: ExperimentConfig) -> None:
+    """Refuse, before any training, task sequences too short for the widest window of :data:`WINDOWS`
+    (``ConfigError``)."""
+    try:
+        ngram_inputs(config.task, WINDOWS)
+    except ValueError as exc:
+        raise ConfigError(f"task: a {config.task.kind} run ends with the n-gram probe (windows "
+                          f"{' '.join(map(str, WINDOWS))}), but {exc}; use a grammar, corpus or sequence length "
+                          "with longer sequences (nothing was written)") from None
+
+
+def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students: bool, windows: tuple[int, ...],
+                 log, hiding: str = "token") -> dict[str, Any]:
+    trajectory = Trajectory(rundir.teacher)
+    if not trajectory.steps:
+        raise ConfigError(f"{rundir.teacher} has no checkpoints to probe")
+    out = rundir.probes
+    gen, ids, attention, maskable, mask_id, where = ngram_inputs(task, windows)
+    out.mkdir(exist_ok=True)
+    name = ngram_name("ngram" + ("" if hiding == "token" else f"-{hiding}"), windows)
+    # The non-terminal probe masks nothing and ignores the windows: it runs with the run's own settings only, so
+    # that probes/nonterminals.png is never replaced by another setting's run.
+    grammar = "nonterminal" in task.probes and name == "ngram"
+    if grammar:
+        train_sentences = task.sample_sentences(NONTERMINAL_TRAIN, gen)
+        test_sentences = task.sample_sentences(NONTERMINAL_TEST, gen)
+        levels = list(range(1, train_sentences.ancestors.shape[0] - 1))  # the root and preterminals are trivial
+    jobs = model_jobs(config, trajectory.steps, students)
+    settings = {"settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
+                             "hiding": hiding,
+                             **({"probe_train": NONTERMINAL_TRAIN, "probe_test": NONTERMINAL_TEST} if grammar
+                                else {})}}
+
+    def compute(name: str, step: int) -> dict[str, Any]:
+        model = rundir.load_model(config, name, step if name == "teacher" else None, task=task)
+        extra = trajectory.metrics(step) if name == "teacher" else {}
+        record = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
+                  "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows,
+                                               hiding=hiding)}
+        if grammar:
+            accuracy = nonterminal_probe(model, train_sentences, test_sentences, task.vocabulary, levels)
+            record["nonterminal_accuracy"] = {str(lv): acc for lv, acc in accuracy.items()}
+        return record
+
+    partial = out / f".{name}.partial.jsonl"
+    done = run_jobs(partial, settings, jobs, compute, "n-gram probe", log)
+    records = [done[job] for job in jobs]
+    if not students and (out / f"{name}.jsonl").exists():  # keep the students' records (same name: same settings)
+        records += [r for r in read_records(out / f"{name}.jsonl") if r["model"] != "teacher"]
+    atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    summary = {**_summarize_ngram(records, windows), "hiding": hiding}
+    atomic_write_json(out / f"{name}-summary.json", summary)
+    plot_ngram(records, summary, windows, out / f"{name}.png", config.preset, _oracle_scores(out, windows))
+    written = [out / f"{name}.jsonl", out / f"{name}-summary.json", out / f"{name}.png"]
+    if grammar:
+        plot_nonterminals(records, config, out / "nonterminals.png")
+        written.append(out / "nonterminals.png")
+    partial.unlink()
+    log(f"wrote {', '.join(map(str, written))}")
+    return summary
+
+
+def ngram_inputs(task: Task, windows: tuple[int, ...]):
+    """The probe's sequences and positions, the same for every model and for the oracle: (generator, ids,
+    attention, maskable, mask id, positions) from ``task.ngram_inputs``; the generator continues to the
+    non-terminal probe's sentences. Raises ``ValueError`` for a window longer than every sequence."""
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    ids, attention, maskable, mask_id = task.ngram_inputs(NGRAM_SEQUENCES, gen)
+    longest = int(attention.sum(dim=1).max())
+    for w in windows:
+        if w > longest:
+            raise ValueError(f"window {w} is longer than every probed sequence (at most {longest} tokens); allowed: "
+                             f"odd sizes from 3 to {longest - 1 + longest % 2}")
+    return gen, ids, attention, maskable, mask_id, probe_positions(maskable)
+
+
+def ngram_name(stem: str, windows: tuple[int, ...]) -> str:
+    """The run's own results (windows 3 5 7) are probes/<stem>.*; other windows get their own name beside them
+    instead of replacing them."""
+    return stem + ("" if tuple(windows) == WINDOWS else "-windows-" + "-".join(map(str, windows)))
+
+
+def _oracle_scores(out: Path, windows: tuple[int, ...]) -> dict[str, Any] | None:
+    """The Bayes-optimal predictor's scores for these windows (``probe_oracle``), when they were computed."""
+    path = out / f"{ngram_name('ngram-oracle', windows)}-summary.json"
+    return json.loads(path.read_text(encoding="utf-8"))["scores"] if path.exists() else None
+
+
+def _summarize_ngram(records: list[dict], windows: tuple[int, ...]) -> dict[str, Any]:
+    teacher = [r for r in records if r["model"] == "teacher"]
+    steps = [r["step"] for r in teacher]
+    key = f"M_robust/{min(windows)}"
+    robust = [r["ngram"][key]["median"] for r in teacher]
+    peak = max(range(len(teacher)), key=lambda i: robust[i])
+    summary: dict[str, Any] = {"metric": key, "peak_step": steps[peak], "peak_median": robust[peak],
+                               "final_median": robust[-1]}
+    try:
+        phases = detect_phases(steps, [r["eval_loss"] for r in teacher])
+        summary["phases"] = phases.to_dict()
+        start, end = phases.sharp_drop
+        i0, i1 = steps.index(start), steps.index(end)
+        summary["peak_in_sharp_drop"] = start <= steps[peak] <= end
+        summary["peak_in_or_next_to_sharp_drop"] = max(0, i0 - 1) <= peak <= min(len(steps) - 1, i1 + 1)
+    except ValueError as exc:  # NoTransitionError, or too few checkpoints to look for one
+        summary["phases"] = None
+        summary["no_transition"] = str(exc)
+    by_schedule: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if r["model"] == "teacher":
+            continue
+        label = schedule_of(r["model"])
+        entry = by_schedule.setdefault(label, {})
+        entry.setdefault(f"{key} median", []).append(r["ngram"][key]["median"])
+        for lv, acc in r.get("nonterminal_accuracy", {}).items():
+            entry.setdefault(f"nonterminal level {lv}", []).append(acc)
+    summary["students"] = {label: {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
+                                       else 0.0} for k, v in entry.items()}
+                           for label, entry in by_schedule.items()}
+    if "nonterminal_accuracy" in teacher[-1]:
+        summary["teacher_final_nonterminal_accuracy"] = teacher[-1]["nonterminal_accuracy"]
+    return summary
+
+
+def plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset: str,
+                oracle: dict[str, Any] | None = None) -> None:
+    """Left: the teacher's validation loss with its detected phases shaded. Right: median M_robust (solid) and
+    M_close (dashed) over the teacher's checkpoints, one colour per window size, log scale; with ``oracle``
+    (``probe_oracle``'s scores) the Bayes-optimal predictor's medians as dotted levels and in a note (a median
+    of 0 cannot be drawn on the log scale)."""
+    teacher = [r for r in records if r["model"] == "teacher"]
+    steps = [r["step"] for r in teacher]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    left.plot(steps, [r["eval_loss"] for r in teacher], "k.-", lw=1.2, label="teacher validation loss")
+    phases = summary.get("phases")
+    for axis in (left, right):
+        if phases:
+            for (a, b), colour, name in ((phases["plateau"], "tab:gray", "plateau"),
+                                         (phases["sharp_drop"], "tab:orange", "sharp drop"),
+                                         (phases["slow_decay"], "tab:green", "slow decay")):
+                axis.axvspan(a, b, color=colour, alpha=0.15, label=name if axis is left else None)
+        axis.set_xlabel("teacher training steps")
+    left.set_ylabel("masked-token cross-entropy (nats)")
+    left.set_title(f"{preset}: teacher loss and detected phases")
+    left.legend(fontsize=8)
+    for w in windows:
+        line, = right.plot(steps, [max(r["ngram"][f"M_robust/{w}"]["median"], 1e-6) for r in teacher], lw=1.5,
+                           label=f"M_robust, {w}-gram")
+        right.plot(steps, [max(r["ngram"][f"M_close/{w}"]["median"], 1e-6) for r in teacher], ls="--",
+                   color=line.get_color(), label=f"M_close, {w}-gram")
+        for score in ("M_robust", "M_close") if oracle else ():
+            if oracle[f"{score}/{w}"]["median"] > 1e-6:
+                right.axhline(oracle[f"{score}/{w}"]["median"], ls=":", lw=1, color=line.get_color())
+    if oracle:
+        note = "\n".join(f"{score}: " + " / ".join(f"{oracle[f'{score}/{w}']['median']:.3g}" for w in windows)
+                         for score in ("M_robust", "M_close"))
+        right.text(0.28, 0.03, f"Bayes-optimal predictor (dotted, same colour\nas its window), median for "
+                   f"{' / '.join(map(str, windows))}-grams:\n"
+                   + note, transform=right.transAxes, fontsize=7, va="bottom",
+                   bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
+    right.set_yscale("log")
+    right.set_ylabel("median total-variation distance")
+    right.set_title("n-gram dependence of the teacher's predictions" if summary.get("hiding") != "attention"
+                    else "n-gram dependence (masked tokens hidden from attention)")
+    right.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+

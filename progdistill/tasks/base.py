@@ -72,7 +72,10 @@ class Task(Protocol):
     Runs:
       - ``prepare(run_dir) -> Task``: the task with everything it derives from data (e.g. a trained
         tokenizer) loaded from or saved into the run directory; a pure task returns itself;
-      - ``data_digest() -> str | None``: sha256 of the task's data files (grammar, corpus), None without any;
+      - ``data_digest() -> str | None``: sha256 of the task's data (grammar, corpus), None without any; loading
+        the data here is what refuses a bad grammar or corpus before a run writes anything;
+      - ``positions_needed() -> int | None``: the longest sequence (in positions) a model must fit, checked
+        against a model config's ``max_positions``; None for inputs that are not sequences;
       - ``probes``: names of the probes that apply to this task; ``end_of_run_probes``: those ``run`` performs;
       - ``accuracy_label``: the y-axis label of accuracy figures.
     :class:`TaskBase` gives the defaults of the run-level fields.
@@ -98,6 +101,8 @@ class Task(Protocol):
 
     def data_digest(self) -> str | None: ...
 
+    def positions_needed(self) -> int | None: ...
+
 
 class TaskBase:
     """Defaults of the run-level part of :class:`Task` for a task without data files or probes."""
@@ -111,4 +116,7 @@ class TaskBase:
         return self
 
     def data_digest(self) -> str | None:
+        return None
+
+    def positions_needed(self) -> int | None:
         return None

@@ -1,4 +1,4 @@
-"""Real text corpora for masked language modelling (PAPER.md section 4: Wikipedia + Books, BERT).
+"""Real text corpora for masked language modelling (paper §4: Wikipedia + Books, BERT).
 
 A corpus is a ``list[str]`` of documents, in a fixed order. Sources:
 

@@ -1,4 +1,4 @@
-"""Probabilistic context-free grammars of the cfg3 family (PAPER.md section 2).
+"""Probabilistic context-free grammars of the cfg3 family (paper §2).
 
 The grammars come from Allen-Zhu & Li, "Physics of Language Models: Part 1"; the five the paper uses ship in
 ``progdistill/data/grammars/``. Text format, one production a line::

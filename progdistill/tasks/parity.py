@@ -1,4 +1,4 @@
-"""The (n, k) sparse parity task (PAPER.md section 1).
+"""The (n, k) sparse parity task (paper §1).
 
 x is uniform on {-1, +1}^n; a hidden support S of k coordinates; the label is the class of the parity
 prod_{i in S} x_i: class 1 when the product is +1, class 0 when it is -1. Training samples are drawn fresh

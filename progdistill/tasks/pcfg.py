@@ -1,4 +1,4 @@
-"""Masked language modelling on sentences of a probabilistic context-free grammar (PAPER.md section 2).
+"""Masked language modelling on sentences of a probabilistic context-free grammar (paper §2).
 
 :class:`PCFGMaskedLMTask` (task kind ``"pcfg-mlm"``) turns the grammar (:mod:`progdistill.tasks.grammar`), the
 sampler (:mod:`progdistill.tasks.pcfg_sampler`) and BERT masking (:mod:`progdistill.tasks.masking`) into the *token
@@ -15,6 +15,7 @@ draw of it, the masking from the generator itself, so a data stream is a functio
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -26,10 +27,80 @@ import torch
 from ..config import check, check_positive_int, register
 from .base import Batch, TaskBase
 from .grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
-from .masking import Vocabulary, mask_tokens, pad_sentences
+from .masking import bert_mask
 from .pcfg_sampler import Sentence, SentenceBatch, sample_sentences
 
 EVAL_BATCH = 64  # sentences per forward pass when evaluating
+
+# ----------------------------------------------------------------------------------------------------------
+# Vocabulary: the grammar's terminals (ids 0..T-1, e.g. a, b, c) followed by the special tokens BOS, EOS, PAD
+# and MASK. A sentence becomes ``BOS tokens EOS``; a batch is padded with PAD to its longest sentence.
+
+SPECIALS = ("BOS", "EOS", "PAD", "MASK")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Terminal names (ids 0..T-1) and the special tokens after them."""
+
+    terminals: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.terminals) + len(SPECIALS)
+
+    def special(self, name: str) -> int:
+        """The id of special token ``name`` (one of BOS, EOS, PAD, MASK)."""
+        check(name in SPECIALS, "special token", name, f"one of {', '.join(SPECIALS)}")
+        return len(self.terminals) + SPECIALS.index(name)
+
+    @property
+    def bos(self) -> int:
+        return self.special("BOS")
+
+    @property
+    def eos(self) -> int:
+        return self.special("EOS")
+
+    @property
+    def pad(self) -> int:
+        return self.special("PAD")
+
+    @property
+    def mask(self) -> int:
+        return self.special("MASK")
+
+
+def pad_sentences(sentences: Sequence[Sequence[int]], vocab: Vocabulary,
+                  max_positions: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``BOS s EOS`` for every sentence, padded with PAD: ids (B, L) int64 and attention mask (B, L) bool,
+    L = longest sentence + 2. Raises ``ValueError`` naming the length when L exceeds ``max_positions`` (the
+    model's position embeddings) and when a token is not a terminal id."""
+    check(len(sentences) > 0, "sentences", len(sentences), "need at least one sentence")
+    longest = max(len(s) for s in sentences) + 2
+    if max_positions is not None and longest > max_positions:
+        raise ValueError(f"a sentence of {longest - 2} tokens needs {longest} positions (with BOS and EOS), "
+                         f"more than the model's max_positions={max_positions}")
+    ids = torch.full((len(sentences), longest), vocab.pad, dtype=torch.long)
+    for i, sentence in enumerate(sentences):
+        tokens = torch.as_tensor(sentence, dtype=torch.long)
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= len(vocab.terminals)):
+            raise ValueError(f"sentence {i} has a token outside the terminal ids 0..{len(vocab.terminals) - 1}")
+        ids[i, 0] = vocab.bos
+        ids[i, 1:len(tokens) + 1] = tokens
+        ids[i, len(tokens) + 1] = vocab.eos
+    return ids, ids != vocab.pad
+
+
+def mask_tokens(ids: torch.Tensor, vocab: Vocabulary, mask_rate: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 masking of terminal positions: returns (inputs (B, L), targets (B, L)).
+
+    ``targets`` is the original id at selected positions and -100 elsewhere; special tokens are never selected.
+    Raises ``ValueError`` unless 0 < mask_rate < 1. Deterministic given ``generator``.
+    """
+    return bert_mask(ids, ids < len(vocab.terminals), vocab.mask, (0, len(vocab.terminals)), mask_rate, generator)
+
 
 
 @dataclass(frozen=True)
@@ -73,7 +144,7 @@ def _load(spec: GrammarSpec, stamp: tuple[int, int] | None) -> Grammar:
 
 
 @dataclass(frozen=True)
-class _GrammarTask(TaskBase):
+class GrammarTask(TaskBase):
     """Fields and sampling shared by the grammar tasks: ``grammar``; ``max_length``, the longest sentence
     allowed (the sampler's guard: a longer one is an error naming the grammar); ``eval_size`` held-out
     sentences drawn once from ``eval_seed``."""
@@ -91,6 +162,15 @@ class _GrammarTask(TaskBase):
 
     def load_grammar(self) -> Grammar:
         return self.grammar.load()
+
+    def data_digest(self) -> str:
+        """sha256 of the grammar's text. Raises :class:`GrammarError` for a bad grammar file."""
+        return hashlib.sha256(self.load_grammar().to_text().encode("utf-8")).hexdigest()
+
+    def positions_needed(self) -> int:
+        """Positions of the longest held-out sentence (with BOS and EOS). Drawing the held-out set raises
+        :class:`GrammarError` for a ``max_length`` or ``level`` the grammar's trees do not fit."""
+        return max(b.inputs.shape[1] for b in self.eval_batches())
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -126,8 +206,8 @@ class _GrammarTask(TaskBase):
 
 @register("task")
 @dataclass(frozen=True)
-class PCFGMaskedLMTask(_GrammarTask):
-    """BERT-style masked language modelling on grammar sentences (PAPER.md section 2).
+class PCFGMaskedLMTask(GrammarTask):
+    """BERT-style masked language modelling on grammar sentences (paper §2).
 
     ``mask_rate``: fraction of terminal positions selected for prediction (BERT's 80/10/10 rule applies to
     them); the other fields are those of every grammar task (``grammar``, ``max_length``, ``eval_size``,
@@ -167,7 +247,7 @@ class PCFGMaskedLMTask(_GrammarTask):
 
 
 @lru_cache(maxsize=4)
-def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[Batch]:
+def _eval_batches(task: GrammarTask, stamp: tuple[int, int] | None) -> list[Batch]:
     gen = torch.Generator().manual_seed(task.eval_seed)
     sentences = task.sample_sentences(task.eval_size, gen)
     return [task.batch_from_sentences([sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))], gen)
@@ -176,8 +256,8 @@ def _eval_batches(task: _GrammarTask, stamp: tuple[int, int] | None) -> list[Bat
 
 @register("task")
 @dataclass(frozen=True)
-class PCFGNextTokenTask(_GrammarTask):
-    """Autoregressive (next-token) language modelling on grammar sentences (PAPER.md section 3).
+class PCFGNextTokenTask(GrammarTask):
+    """Autoregressive (next-token) language modelling on grammar sentences (paper §3).
 
     A sentence is ``BOS tokens EOS`` (padded with PAD); position t predicts token t + 1. ``level`` restricts the
     supervised positions to those whose next token closes a nonterminal span at that tree level (the sampler's

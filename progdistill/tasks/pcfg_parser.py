@@ -1,6 +1,6 @@
 """CYK parsing of cfg3-family sentences: the inside probability and the most likely (Viterbi) tree.
 
-PAPER.md section 2 evaluates models on sentences of the cfg3 grammars; a parser tells whether a string (for
+paper §2 evaluates models on sentences of the cfg3 grammars; a parser tells whether a string (for
 example a model's completion) is in the language, and gives the gold tree for nonterminal probes.
 
 The parser handles productions ``X -> 't'`` (one terminal) and ``X -> Y1 ... Yk`` (k >= 2 nonterminals), which
@@ -167,7 +167,7 @@ def masked_posterior(grammar: Grammar, tokens, hidden, position: int) -> np.ndar
     positions whose tokens are unknown (``position`` is hidden whatever ``hidden`` says). A hidden leaf is summed
     over every terminal in the inside algorithm, and the T candidates for ``position`` take one pass each
     (cost: T inside passes). This is the predictor every masked LM of the grammar approaches as its loss reaches
-    the grammar's entropy, so its n-gram dependence (PAPER.md section 2, M_robust / M_close) is where a
+    the grammar's entropy, so its n-gram dependence (paper §2, M_robust / M_close) is where a
     converged model's probes end. Raises ``ValueError`` for a position outside the sentence or bad token ids,
     and when the visible tokens have probability 0 under the grammar.
     """

@@ -1,4 +1,4 @@
-"""Sampling sentences, with their parse trees, from a probabilistic context-free grammar (PAPER.md section 2).
+"""Sampling sentences, with their parse trees, from a probabilistic context-free grammar (paper §2).
 
 Randomness comes from an explicit ``numpy.random.Generator`` (not a ``torch.Generator``: the sampler is numpy
 throughout, and numpy draws whole arrays of uniforms cheaply). A torch-seeded pipeline can derive one with
@@ -129,7 +129,7 @@ def _tables(grammar: Grammar) -> _Tables:
 
 def sample_sentences(grammar: Grammar, count: int, rng: np.random.Generator, max_length: int = MAX_LENGTH,
                      max_depth: int = MAX_DEPTH) -> SentenceBatch:
-    """Sample ``count`` sentences with their trees (PAPER.md section 2: the cfg3 data).
+    """Sample ``count`` sentences with their trees (paper §2: the cfg3 data).
 
     Deterministic in the state of ``rng`` and ``count``. Raises :class:`SentenceTooLongError` (a
     :class:`GrammarError`) naming the limit when a sentence grows past ``max_length`` tokens or its tree past

@@ -1,4 +1,4 @@
-"""Masked language modelling on real text (PAPER.md section 4: BERT on Wikipedia + Books).
+"""Masked language modelling on real text (paper §4: BERT on Wikipedia + Books).
 
 :class:`TextMaskedLMTask` (task kind ``"text-mlm"``) follows the token-task contract of
 :func:`progdistill.train.fit` (see :mod:`progdistill.tasks.pcfg`): documents from :mod:`progdistill.tasks.corpus`, a
@@ -7,12 +7,16 @@ fixed length (``[CLS] ... [SEP]``, no padding) and BERT's 80/10/10 masking of no
 
 Documents are split before tokenizing: every ``round(1 / eval_fraction)``-th document (0, k, 2k, ...) is held
 out, so no held-out text is ever trained on and the tokenizer never sees it. A run saves its tokenizer as
-``tokenizer/tokenizer.json`` in the run directory (:meth:`TextMaskedLMTask.prepare`) and reuses it on reruns.
+``tokenizer/tokenizer.json`` in the run directory and reuses it on reruns: :meth:`TextMaskedLMTask.prepare`
+returns a :class:`PreparedTextTask`, the same task carrying that tokenizer, which the run trains, probes and
+loads models with. No module-level state: an unprepared task always trains its own tokenizer (deterministic, so
+the ids are the same), whatever ran earlier in the process.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +32,6 @@ from .tokenizer import (MASK_ID, SPECIAL_TOKENS, TokenizerConfig, TokenizerError
 
 EVAL_BATCH = 64
 TOKENIZER_DIR = "tokenizer"
-_PREPARED: dict["TextMaskedLMTask", object] = {}  # tokenizers loaded from a run directory, by task
 
 
 @register("task")
@@ -81,23 +84,27 @@ class TextMaskedLMTask(TaskBase):
         return _documents(self, _files_stamp(self, fresh=True))
 
     def tokenizer(self):
-        """The run's tokenizer: the one :meth:`prepare` loaded, else trained on the training documents
-        (deterministic, so both give the same ids)."""
-        prepared = _PREPARED.get(self)
-        return prepared if prepared is not None else _trained_tokenizer(self, _files_stamp(self))
+        """The tokenizer trained on the training documents (deterministic: the same for the same corpus)."""
+        return _trained_tokenizer(self, _files_stamp(self))
 
-    def prepare(self, run_dir: str | Path) -> None:
-        """Load ``run_dir/tokenizer/tokenizer.json`` when it exists, else train the tokenizer and save it
-        there; later calls of :meth:`tokenizer` in this process return it (a second call is free)."""
-        if self in _PREPARED:
-            return
+    def prepare(self, run_dir: str | Path) -> "PreparedTextTask":
+        """This task with the run's tokenizer: ``run_dir/tokenizer/tokenizer.json`` when it exists, else the
+        trained one, saved there."""
         directory = Path(run_dir) / TOKENIZER_DIR
         if (directory / "tokenizer.json").exists():
             tokenizer = load_tokenizer(directory)
         else:
-            tokenizer = _trained_tokenizer(self, _files_stamp(self))
+            tokenizer = self.tokenizer()
             save_tokenizer(tokenizer, directory)
-        _PREPARED[self] = tokenizer
+        return PreparedTextTask(self, tokenizer)
+
+    def data_digest(self) -> str:
+        """sha256 of the documents (training, then held-out). Raises :class:`CorpusError` naming the source."""
+        train, held_out = self.documents()
+        return hashlib.sha256(("\x00".join(train) + "\x01" + "\x00".join(held_out)).encode("utf-8")).hexdigest()
+
+    def positions_needed(self) -> int:
+        return self.sequence_length
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed (train (N, L), held-out (E, L)) token ids. Raises :class:`TokenizerError` when a split is
@@ -139,6 +146,25 @@ class TextMaskedLMTask(TaskBase):
         return ids, torch.ones_like(ids, dtype=torch.bool), ids >= len(SPECIAL_TOKENS), MASK_ID
 
 
+class PreparedTextTask(TextMaskedLMTask):
+    """A :class:`TextMaskedLMTask` carrying its run's tokenizer (:meth:`TextMaskedLMTask.prepare`).
+
+    Not a dataclass of its own: its fields, serialized form and hash are the task's; the tokenizer is an
+    attribute outside them. Equal only to another prepared task of the same fields."""
+
+    def __init__(self, task: TextMaskedLMTask, tokenizer):
+        super().__init__(**{f.name: getattr(task, f.name) for f in fields(task)})
+        object.__setattr__(self, "_tokenizer", tokenizer)
+
+    def tokenizer(self):
+        return self._tokenizer
+
+    def prepare(self, run_dir: str | Path) -> "PreparedTextTask":
+        return self
+
+
+# Memoization only (no state a result depends on): the stamps below and the lru_caches are keyed on the
+# immutable task and the corpus files' (path, size, mtime), so an edited corpus is read again.
 _STAMPS: dict[TextMaskedLMTask, tuple] = {}
 
 
@@ -146,7 +172,7 @@ def _files_stamp(task: TextMaskedLMTask, fresh: bool = False) -> tuple:
     """(path, size, mtime) of every local file behind ``task.corpus``: part of the caches' keys below, so that
     a corpus edited between two runs in one process is read again instead of served stale. The files are
     looked at again only when ``fresh`` (:meth:`TextMaskedLMTask.documents`, which every run calls first through
-    ``check_task_data``), not on every training batch."""
+    :meth:`~TextMaskedLMTask.data_digest`), not on every training batch."""
     if fresh or task not in _STAMPS:
         _STAMPS[task] = _local_files_stamp(task.corpus)
     return _STAMPS[task]

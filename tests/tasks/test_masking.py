@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from progdistill.losses import IGNORE_INDEX
-from progdistill.tasks.masking import Vocabulary, mask_tokens, pad_sentences
+from progdistill.tasks.pcfg import Vocabulary, mask_tokens, pad_sentences
 
 VOCAB = Vocabulary(("a", "b", "c"))
 

@@ -183,8 +183,9 @@ def test_masked_posterior_rejects_positions_outside_the_sentence_and_impossible_
 def test_oracle_ngram_probe_equals_brute_force_on_every_position():
     """The oracle probe's M_robust / M_close / cross-entropy, from padded ids and probe positions (BOS at 0), equal
     direct conditioning over the language at the same sentence positions."""
-    from progdistill.tasks.masking import Vocabulary, pad_sentences
-    from progdistill.probes.ngram import oracle_ngram_dependence_at, probe_positions
+    from progdistill.tasks.pcfg import Vocabulary, pad_sentences
+    from progdistill.probes.ngram import probe_positions
+    from progdistill.probes.oracle import oracle_ngram_dependence_at
 
     g = parse_grammar(AMBIGUOUS)
     language = _language(g)

@@ -9,7 +9,8 @@ import torch
 from progdistill.models.language import BertMLMConfig
 from progdistill.config import ConfigError, OptimizerConfig, TrainConfig
 from progdistill.tasks.corpus import CorpusError
-from progdistill.experiment import ExperimentConfig, run
+from progdistill.experiment import ExperimentConfig
+from progdistill.runner import run
 from progdistill.schedules import CE, Progressive
 from progdistill.tasks.text import TextMaskedLMTask
 from progdistill.tasks.tokenizer import MASK_ID, SPECIAL_TOKENS, TokenizerError

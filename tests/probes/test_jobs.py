@@ -5,9 +5,9 @@ import pytest
 
 from progdistill.ablation import ablate_two_shot, ablation_checkpoints
 from progdistill.config import ConfigError, OptimizerConfig
-from progdistill.experiment import run
+from progdistill.runner import run
 from progdistill.files import read_metrics
-from progdistill.probes.runs import probe_monomials
+from progdistill.probes.monomials import probe_monomials
 from progdistill.schedules import TwoShotAuto
 from progdistill.trajectory import Trajectory
 

@@ -1,0 +1,62 @@
+"""How many of an autoregressive model's sampled sentences the grammar accepts (paper §3), for the final teacher
+and students of a ``pcfg-lm`` run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..experiment import ExperimentConfig, student_names
+from ..rundir import RunDir
+from ..tasks.base import Task
+from ..tasks.pcfg_parser import inside_log_probability
+from ..trajectory import atomic_write_json
+from .jobs import PROBE_SEED, schedule_of
+
+GENERATION_SAMPLES = 200
+
+
+def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: int = PROBE_SEED) -> dict[str, float]:
+    """Sample ``count`` sentences from ``model`` (a :class:`~progdistill.models.language.CausalLM`) starting at BOS, at
+    temperature 1 over the terminals and EOS, up to twice the longest held-out sentence (at most
+    ``task.max_length``) tokens; a sentence is *accepted* when it ends with EOS within that length and the
+    grammar's inside algorithm gives it a positive probability. Returns
+    ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens}``."""
+    vocab, grammar = task.vocabulary, task.load_grammar()
+    allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
+    device = next(model.parameters()).device
+    prompt = torch.full((count, 1), vocab.bos, dtype=torch.long, device=device)
+    limit = min(task.max_length, 2 * int(task.eval_sentences().lengths.max()))
+    outputs = model.sample(prompt, allowed, vocab.eos, limit + 1, torch.Generator().manual_seed(seed))
+    finished = [o[:-1] for o in outputs if o and o[-1] == vocab.eos]
+    accepted = sum(1 for tokens in finished if tokens and inside_log_probability(grammar, tokens) > float("-inf"))
+    return {"acceptance": accepted / count, "finished": len(finished) / count,
+            "mean_length": float(np.mean([len(o) for o in outputs]))}
+
+
+def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=print) -> dict[str, Any]:
+    """:func:`generation_acceptance` of the final teacher and every final student of a run that has just
+    trained; writes ``probes/generation-summary.json`` ({"teacher": ..., "students": {schedule: {mean, std}},
+    "runs": ...})."""
+    out = rundir.probes
+    out.mkdir(exist_ok=True)
+    runs = {name: generation_acceptance(rundir.load_model(config, name, task=task), task)
+            for name in ["teacher", *student_names(config)]}
+    by_schedule: dict[str, list[float]] = {}
+    for name, r in runs.items():
+        if name != "teacher":
+            by_schedule.setdefault(schedule_of(name), []).append(r["acceptance"])
+    summary = {"samples": GENERATION_SAMPLES, "teacher": runs["teacher"],
+               "students": {label: {"acceptance mean": float(np.mean(v)),
+                                    "acceptance std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+                            for label, v in by_schedule.items()},
+               "runs": runs}
+    atomic_write_json(out / "generation-summary.json", summary)
+    log(f"wrote {out / 'generation-summary.json'}")
+    return summary
+
+
+def check_fits(config: ExperimentConfig) -> None:
+    """Nothing to refuse before training: any grammar's sentences can be sampled."""

@@ -1,0 +1,217 @@
+"""Running an experiment: a teacher trajectory, then one student per (schedule, seed), then the task's
+end-of-run probes and the report, all into one run directory (:mod:`progdistill.rundir`).
+
+``run`` is idempotent: rerunning the same config reuses the finished teacher and finished students, resumes
+interrupted ones from their saved state, and keeps the results of a finished run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from .distributed import barrier, is_main
+from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, student_name,
+                         teacher_header)
+from .files import MetricsWriter
+from .lock import RunLock
+from .probes.registry import end_of_run_probes
+from .report import write_report
+from .rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
+from .schedules import CE
+from .tasks.base import Task
+from .train import Member, TeacherPool, fit, resolve_device
+from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
+
+
+def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,
+                  task: Task | None = None) -> Trajectory:
+    """Train the teacher into ``out/teacher`` or reuse a finished trajectory of the same config; returns it.
+    ``task``: the prepared task (default ``config.task``). Raises ``TrajectoryError`` for a finished
+    trajectory whose checkpoint files are missing."""
+    rundir = RunDir(out)
+    task = config.task if task is None else task
+    directory = rundir.teacher
+    header = teacher_header(config)
+    try:
+        existing = Trajectory(directory)
+    except TrajectoryError:
+        existing = None
+    if existing is not None and existing.complete and existing.header == header:
+        missing = [step for step in existing.steps if not (directory / existing.entry(step)["file"]).exists()]
+        if missing:  # files are hashed when students load them; a missing one is named now
+            raise TrajectoryError(f"the finished teacher trajectory {directory} is damaged: the checkpoint file "
+                                  f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or delete "
+                                  f"{directory} to train the teacher again")
+        log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
+        return existing
+    state_path = directory / RESUME_STATE
+    resuming = state_path.exists()
+    barrier()  # all processes have looked before rank 0 changes anything
+    writer = metrics = None
+    if is_main():
+        if directory.exists() and (existing is None or existing.header != header):
+            log(f"discarding the unusable teacher directory {directory}; training the teacher again")
+            shutil.rmtree(directory)
+            resuming = False
+        writer = TrajectoryWriter(directory, header, max_checkpoints=config.teacher.max_checkpoints)
+        if resuming:
+            log(f"resuming the teacher from its saved state {state_path}")
+        else:
+            writer.truncate(after_step=-1)
+        metrics = MetricsWriter(directory / "metrics.jsonl", rundir.tensorboard("teacher"), "teacher/")
+    dev = resolve_device(device)
+    cfg = config.teacher
+    model = build_model(task, cfg.model, [cfg.seed], "teacher-init")
+    try:
+        fit(task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
+            checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    if writer is not None:
+        writer.finish()
+    barrier()
+    return Trajectory(directory)
+
+
+def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajectory, device: str = "auto",
+                   log=print, runs: list[tuple[str, Any, int]] | None = None,
+                   directory: Path | None = None, task: Task | None = None) -> int:
+    """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``); returns
+    how many were trained (0 when all had finished).
+
+    ``runs``: (name, schedule, seed) triples, default one per (schedule, seed) of the config. Schedules are
+    resolved against ``trajectory`` first (2-shot-auto picks its checkpoint); stackable students (MLPs) all
+    train in one stack. ``task``: the prepared task (default ``config.task``).
+    """
+    rundir = RunDir(out)
+    task = config.task if task is None else task
+    cfg = config.student
+    directory = directory or rundir.students
+    if runs is None:
+        runs = [(student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules]
+    todo = [(name, s, k) for name, s, k in runs if not rundir.student_finished(name, cfg.steps, directory)]
+    if not todo:
+        log("all students already finished")
+        return 0
+    trajectory.verify()  # a missing or corrupted checkpoint stops here, before any student file is written
+    resolved = {}
+    for _, sched, _ in todo:
+        if sched in resolved:  # the same schedule for another seed
+            continue
+        resolved[sched] = sched.resolve(trajectory)
+        resolved[sched].validate(trajectory.steps)
+        if resolved[sched] is not sched:
+            log(f"{sched.label}: {resolved[sched]}")
+    dev = resolve_device(device)
+    teacher_cfg = config.teacher.model
+    teachers = TeacherPool(trajectory, lambda: build_model(task, teacher_cfg, [0], "unused"), dev)
+    members = []
+    for name, sched, seed in todo:
+        writer = None
+        if is_main():
+            writer = MetricsWriter(directory / name / "metrics.jsonl", rundir.tensorboard(name), "student/")
+        members.append(Member(name, seed, resolved[sched], writer))
+    # Stackable models (MLPs) train all students in one stack; others one student at a time.
+    groups = [members] if cfg.model.stackable else [[m] for m in members]
+    try:
+        for group in groups:
+            log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")
+            model = build_model(task, cfg.model, [m.seed for m in group], "student-init")
+            state_path = directory / f".resume-{group[0].name}.pt"
+            if state_path.exists():
+                log(f"resuming from the saved state {state_path}")
+            fit(task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
+                teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
+                state_path=state_path)
+            for m, mem in enumerate(group):
+                if is_main():
+                    save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
+    finally:
+        for mem in members:
+            if mem.writer is not None:
+                mem.writer.close()
+    barrier()
+    return len(todo)
+
+
+def _member_state(model, m: int, size: int) -> dict:
+    """The weights of model m of a stack of ``size`` (a stack of one keeps its leading dimension), as CPU
+    tensors."""
+    state = model.state_dict()
+    if size > 1:
+        state = {k: v[m:m + 1] for k, v in state.items()}
+    return cpu_state(state)
+
+
+def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
+        log=print) -> dict[str, Any]:
+    """Run the whole experiment into run directory ``out`` and return ``results.json``'s content.
+
+    Everything the config alone can refuse (a bad device, k-shot points the teacher will not save, task data
+    that does not load or fit the models, an end-of-run probe the task's sequences are too short for) raises
+    ``ConfigError`` before anything is written; so does a directory holding another config's run unless
+    ``overwrite`` (:meth:`progdistill.rundir.RunDir.claim`). Raises ``RunLockedError`` while another process
+    runs in ``out``."""
+    rundir = RunDir(out)
+    started = time.perf_counter()
+    resolve_device(device)  # a bad --device is refused before anything is written
+    check_planned_checkpoints(config)
+    data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
+    probes = end_of_run_probes(config.task)
+    for probe in probes:
+        probe.check(config)
+    for role, cfg in (("teacher", config.teacher), ("student", config.student)):
+        if cfg.eval_every > cfg.steps and is_main():
+            log(f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
+                f"only at steps 0 and {cfg.steps}, so its steps-to-threshold can only read {cfg.steps}")
+    if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
+        barrier()
+        task = rundir.task(config)
+        trajectory = train_teacher(config, out, device, log=lambda *a: None, task=task)
+        train_students(config, out, trajectory, device, log=lambda *a: None, task=task)
+        barrier()
+        return {}
+    with RunLock(rundir.path):
+        try:
+            rundir.claim(config, overwrite, data_digest)
+        finally:
+            barrier()  # workers wait until the directory is claimed (or the claim failed)
+        task = rundir.task(config)
+        previous = rundir.finished_results()
+        if previous is not None:
+            try:  # a teacher deleted since is retrained, and then nothing is "unchanged"
+                previous = previous if Trajectory(rundir.teacher).complete else None
+            except TrajectoryError:
+                previous = None
+        earlier = rundir.earlier_wall_time()
+        try:
+            results = _train_probe_report(config, rundir, task, probes, device, log, previous, earlier, started)
+        except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
+            rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
+            raise
+        rundir.clear_interrupted_wall_time()
+        barrier()
+        return results
+
+
+def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, probes, device: str, log,
+                        previous: dict[str, Any] | None, earlier: float, started: float) -> dict[str, Any]:
+    """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0)."""
+    trajectory = train_teacher(config, rundir.path, device, log, task=task)
+    trained = train_students(config, rundir.path, trajectory, device, log, task=task)
+    # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
+    # recomputing the one and replacing the other with the seconds this no-op took.
+    unchanged = previous is not None and trained == 0
+    for probe in probes:
+        if not (unchanged and (rundir.probes / probe.summary).exists()):
+            probe.run(rundir, config, task, log)
+    if unchanged:
+        log(f"{rundir.path} was already complete: nothing retrained, results kept (wall time of the original run)")
+    wall = previous["wall_time_s"] if unchanged else earlier + time.perf_counter() - started
+    return write_report(rundir.path, wall_time_s=wall)
