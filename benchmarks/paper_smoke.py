@@ -33,7 +33,7 @@ import torch
 
 from progdistill.cli import resolve_config
 from progdistill.config import ConfigError
-from progdistill.experiment import run
+from progdistill.runner import run
 from progdistill.presets import PRESETS
 from progdistill.train import resolve_device
 

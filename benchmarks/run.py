@@ -26,12 +26,14 @@ import torch
 from tqdm import tqdm
 
 from progdistill.config import OptimizerConfig, TrainConfig
-from progdistill.experiment import claim_directory, run, train_teacher
+from progdistill.rundir import RunDir
+from progdistill.runner import run, train_teacher
 from progdistill.models.mlp import MLPConfig
 from progdistill.tasks.parity import ParityTask
 from progdistill.presets import get_preset
 from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
-from progdistill.train import Member, TeacherPool, fit, generator
+from progdistill.teachers import TeacherPool
+from progdistill.train import Member, fit, generator
 
 N, K, WIDTH = 50, 5, 2000
 TASK = ParityTask(n=N, k=K)
@@ -104,7 +106,7 @@ def sweep_seconds(steps: int, workdir: Path) -> tuple[float, float]:
                      student=replace(base.student, steps=steps, eval_every=every),
                      schedules=(CE(), OneShot(), Progressive(), KShot(points=((steps // 2, steps // 4),
                                                                               (FINAL, steps)))))
-    claim_directory(workdir, config, overwrite=True)
+    RunDir(workdir).claim(config, overwrite=True)
     trajectory = train_teacher(config, workdir, device="cpu", log=lambda *a: None)
     pool = lambda: TeacherPool(trajectory, lambda: config.teacher.model.build(N, 2, [torch.Generator()]),
                                torch.device("cpu"))

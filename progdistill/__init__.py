@@ -10,19 +10,20 @@ package is imported where a feature needs it (:func:`progdistill.optional.requir
 """
 
 from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
-from .experiment import ExperimentConfig, run
+from .experiment import ExperimentConfig
 from .models.language import BertMLMConfig, GPT2LMConfig
 from .models.mlp import MLP, MLPConfig
 from .tasks.parity import ParityTask
 from .tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from .presets import PRESETS, get_preset
-from .schedules import CE, FINAL, KShot, OneShot, Progressive
+from .runner import run
+from .schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
 from .tasks.text import TextMaskedLMTask
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter
 
 __version__ = "0.1.0"
 
-__all__ = ["CE", "FINAL", "KShot", "OneShot", "Progressive", "ConfigError", "DistillationConfig",
+__all__ = ["CE", "FINAL", "KShot", "OneShot", "Progressive", "TwoShotAuto", "ConfigError", "DistillationConfig",
            "OptimizerConfig", "TrainConfig", "ExperimentConfig", "run", "MLP", "MLPConfig", "ParityTask",
            "PRESETS", "get_preset", "Trajectory", "TrajectoryError", "TrajectoryWriter", "BertMLMConfig",
            "GPT2LMConfig", "GrammarSpec", "PCFGMaskedLMTask", "PCFGNextTokenTask", "TextMaskedLMTask"]

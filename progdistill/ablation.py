@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .config import ConfigError, check_positive_int
-from .files import read_metrics
+from .files import atomic_write_json, read_metrics
 from .lock import RunLock
 from .phases import NoTransitionError
 from .report import save_figure, steps_to_threshold
@@ -29,7 +29,7 @@ from .rundir import RunDir
 from .runner import train_students
 from .schedules import FINAL, KShot, TwoShotAuto
 from .train import resolve_device
-from .trajectory import Trajectory, atomic_write_json
+from .trajectory import Trajectory
 
 VARIANTS = ("before", "during", "after")
 CONVERGED = 0.002

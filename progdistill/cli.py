@@ -16,6 +16,7 @@ from .distributed import init_from_env, is_main, local_slice, rank_world
 from .experiment import ExperimentConfig, load_config, student_names
 from .lock import RunLock, RunLockedError
 from .models.language import MaskedLM
+from .optional import MissingExtraError
 from .presets import PRESETS, get_preset
 from .probes.monomials import probe_monomials
 from .probes.ngram import WINDOWS, probe_ngram
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `progdistill show ... | head`: the reader stopped early
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, OSError, ValueError) as exc:
+    except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, MissingExtraError, OSError,
+            ValueError) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

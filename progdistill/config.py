@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -192,7 +193,6 @@ def diff(a: Any, b: Any, path: str = "") -> list[str]:
 
 def override(data: dict, assignment: str) -> dict:
     """Apply one ``dotted.path=value`` override to a JSON-form config (value parsed as JSON, else string)."""
-    import json
 
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r} is invalid: must look like field.path=value")

@@ -135,16 +135,3 @@ def check_planned_checkpoints(config: ExperimentConfig) -> None:
     for i, sched in enumerate(config.schedules):
         if isinstance(sched, KShot):
             sched.validate(planned, field=f"schedules.{i}.points")  # named as --set takes it
-
-
-
-
-def __getattr__(name: str):
-    # Transition shim, to delete once progdistill/__init__.py and tests/test_train.py import from
-    # progdistill.runner: run, train_teacher and train_students moved there (it sits above this module, so it is
-    # imported on first use, not at the top).
-    if name in ("run", "train_teacher", "train_students"):
-        from . import runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

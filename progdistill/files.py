@@ -1,4 +1,5 @@
-"""Metrics files: one JSON object per line (``metrics.jsonl``), mirrored to TensorBoard when installed."""
+"""Files a run writes: atomic writes (a temporary file and a rename, so a killed process never leaves a half-written
+file) and metrics files, one JSON object per line (``metrics.jsonl``), mirrored to TensorBoard when installed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a flushed temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON through :func:`atomic_write_text`."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 class MetricsWriter:

@@ -32,6 +32,7 @@ import torch
 
 from .config import ConfigError, DistillationConfig
 from .losses import cross_entropy, distillation_loss
+from .optional import require
 from .schedules import CE
 from .teachers import TeacherPool
 from .trajectory import TrajectoryError
@@ -128,11 +129,7 @@ def _is_causal_lm(model: torch.nn.Module) -> bool:
 
 
 def _trainer_class():
-    try:
-        from transformers import Trainer
-    except ImportError as exc:  # pragma: no cover - exercised only without transformers
-        raise ImportError("progdistill.hf needs `pip install transformers accelerate`") from exc
-    return Trainer
+    return require("transformers", "hf", "progdistill.hf (the Hugging Face Trainer integration)").Trainer
 
 
 class ProgressiveDistillationTrainer(_trainer_class()):

@@ -13,10 +13,10 @@ matplotlib.use("Agg")  # figures are files: no display needed, whatever the envi
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 import numpy as np  # noqa: E402
 
+from .environment import environment_markdown  # noqa: E402
 from .experiment import config_hash, student_name  # noqa: E402
-from .files import read_metrics  # noqa: E402
+from .files import atomic_write_json, atomic_write_text, read_metrics  # noqa: E402
 from .rundir import RunDir  # noqa: E402
-from .trajectory import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def steps_to_threshold(records: Sequence[dict], threshold: float) -> int | None:
@@ -33,8 +33,9 @@ def _run_summary(records: list[dict], threshold: float) -> dict[str, Any]:
             "steps": records[-1]["step"]}
 
 
-def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
-    """``results.json`` content from the files of run directory ``out``."""
+def build_results(out: Path, wall_time_s: float, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``results.json`` content from the files of run directory ``out``; ``env``: where the run was measured
+    (:func:`progdistill.environment.environment`), recorded as ``environment``."""
     rundir = RunDir(out)
     config = rundir.config()
     teacher = rundir.teacher_metrics()
@@ -46,6 +47,8 @@ def build_results(out: Path, wall_time_s: float) -> dict[str, Any]:
     results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
                "wall_time_s": round(wall_time_s, 2),
                "teacher": _run_summary(teacher, config.threshold), "students": students}
+    if env is not None:
+        results["environment"] = env
     probes = rundir.probe_summaries()
     if probes:
         results["probes"] = probes
@@ -83,6 +86,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
                      f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} | "
                      f"{_mean_std([s['final_loss'] for s in runs], '.4f')} |")
     lines += ["", f"Mean +/- sample std over seeds. Wall time: {results['wall_time_s']:.1f} s.", ""]
+    if "environment" in results:
+        lines += [environment_markdown(results["environment"]), ""]
     ngram = results.get("probes", {}).get("ngram")
     if ngram:
         lines += _ngram_lines(ngram, seeds=len({s["seed"] for s in results["students"]}))
@@ -174,10 +179,11 @@ def save_figure(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_report(out: str | Path, wall_time_s: float) -> dict[str, Any]:
-    """Write results.json, summary.md and accuracy.png into run directory ``out``; return the results."""
+def write_report(out: str | Path, wall_time_s: float, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write results.json, summary.md and accuracy.png into run directory ``out``; return the results.
+    ``env``: the training run's environment (a probe rewriting the report passes the recorded one on)."""
     rundir = RunDir(out)
-    results = build_results(rundir.path, wall_time_s)
+    results = build_results(rundir.path, wall_time_s, env)
     atomic_write_json(rundir.results_file, results)
     atomic_write_text(rundir.summary_file, summary_markdown(results))
     plot_accuracy(rundir.path, rundir.accuracy_figure)

@@ -32,9 +32,9 @@ from safetensors.torch import load_file
 from .config import ConfigError, diff
 from .distributed import is_main
 from .experiment import ExperimentConfig, build_model, check_task_data, config_hash, load_config
-from .files import read_metrics
+from .files import atomic_write_json, atomic_write_text, read_metrics
 from .tasks.base import Task
-from .trajectory import Trajectory, TrajectoryError, atomic_write_json, atomic_write_text
+from .trajectory import Trajectory, TrajectoryError
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"

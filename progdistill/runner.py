@@ -15,6 +15,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from .distributed import barrier, is_main
+from .environment import environment
 from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, student_name,
                          teacher_header)
 from .files import MetricsWriter
@@ -24,7 +25,8 @@ from .report import write_report
 from .rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from .schedules import CE
 from .tasks.base import Task
-from .train import Member, TeacherPool, fit, resolve_device
+from .teachers import TeacherPool
+from .train import Member, fit, resolve_device
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 
 
@@ -214,4 +216,5 @@ def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, pr
     if unchanged:
         log(f"{rundir.path} was already complete: nothing retrained, results kept (wall time of the original run)")
     wall = previous["wall_time_s"] if unchanged else earlier + time.perf_counter() - started
-    return write_report(rundir.path, wall_time_s=wall)
+    env = previous.get("environment") if unchanged else environment(resolve_device(device))
+    return write_report(rundir.path, wall_time_s=wall, env=env)

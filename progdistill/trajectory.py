@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write_json, atomic_write_text
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -39,25 +41,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a flushed temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def cpu_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A copy of ``state_dict`` as separate contiguous CPU tensors, ready for ``safetensors``: weights a model
     ties (e.g. BERT's input embedding and output decoder) are stored once per name, and load back tied."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 class TrajectoryWriter:

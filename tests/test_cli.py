@@ -13,8 +13,13 @@ def test_help_explains_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for word in ("run", "list", "show", "trajectory"):
-        assert word in out
+    # every sub-command is listed, and each one's help parses (argparse exits 0)
+    commands = ("run", "list", "show", "probe", "export", "ablate")
+    assert all(f"    {name}" in out for name in commands), out
+    for name in commands:
+        with pytest.raises(SystemExit) as sub_exc:
+            main([name, "--help"])
+        assert sub_exc.value.code == 0 and capsys.readouterr().out.startswith(f"usage: progdistill {name}")
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"progdistill {progdistill.__version__}"

@@ -10,7 +10,8 @@ from progdistill.experiment import ExperimentConfig, config_hash
 from progdistill.runner import run, train_teacher
 from progdistill.files import read_metrics
 from progdistill.schedules import KShot, Progressive
-from progdistill.train import Member, TeacherPool, fit, generator
+from progdistill.teachers import TeacherPool
+from progdistill.train import Member, fit, generator
 
 
 def quiet(*args):

@@ -19,7 +19,8 @@ from progdistill.probes.ngram import ngram_dependence, probe_positions
 from progdistill.probes.nonterminal import nonterminal_probe
 from progdistill.phases import detect_phases
 from progdistill.schedules import CE, OneShot, Progressive, TwoShotAuto
-from progdistill.train import Member, _token_step, fit, generator
+from progdistill.token_step import train_token_step
+from progdistill.train import Member, fit, generator
 from progdistill.trajectory import Trajectory
 
 TASK = PCFGMaskedLMTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
@@ -94,7 +95,7 @@ def test_grad_accumulation_normalizes_by_the_whole_steps_supervised_tokens(teach
     for accumulation in (1, 2, 4):
         model = build()
         train = TrainConfig(model=TINY, batch_size=8, grad_accumulation=accumulation)
-        values.append(_token_step(model, batch, teacher, train, distill, autocast))
+        values.append(train_token_step(model, batch, teacher, train, distill, autocast))
         grads.append(_grads(model))
     for g, v in zip(grads[1:], values[1:]):
         assert torch.allclose(g, grads[0], atol=1e-6, rtol=1e-4)
@@ -114,7 +115,7 @@ def test_grad_accumulation_normalizes_by_the_whole_steps_supervised_tokens(teach
 @pytest.mark.e2e
 def test_teacher_trajectory_and_students_train_deterministically(tmp_path):
     from progdistill.trajectory import TrajectoryWriter
-    from progdistill.train import TeacherPool
+    from progdistill.teachers import TeacherPool
 
     adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
     train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10,

@@ -79,10 +79,12 @@ def test_named_k_shot_schedules_tell_two_2_shots_apart():
     assert KShot(points=((100, 10), (FINAL, 10)), name="2-shot").label == "2-shot"
 
 
-def test_schedules_are_pure():
+def test_progressive_at_speed_one_and_a_half_by_hand():
+    # Student step t follows the teacher's time 1.5 t: the first checkpoint saved after it, then the final one.
     p = Progressive(speed=1.5)
-    first = [p.checkpoint_at(t, STEPS) for t in range(500)]
-    assert first == [p.checkpoint_at(t, STEPS) for t in range(500)]
+    expected = {0: 100, 66: 100, 67: 200, 133: 200, 134: 300, 199: 300, 200: 400, 266: 400, 267: 400, 10**6: 400}
+    assert {t: p.checkpoint_at(t, STEPS) for t in expected} == expected
+    assert p.checkpoint_at(67, list(reversed(STEPS))) == 200  # the order the steps come in does not matter
 
 
 def test_schedules_round_trip_and_unknown_kind():

@@ -7,7 +7,7 @@ import torch
 
 from progdistill import evaluation
 from progdistill.config import DistillationConfig, OptimizerConfig
-from progdistill.experiment import train_teacher
+from progdistill.runner import train_teacher
 from progdistill.losses import cross_entropy, distillation_loss
 from progdistill.optim import learning_rate_factor
 from progdistill.schedules import CE, OneShot, Progressive

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import check, check_positive_int, register
+from ..optional import require
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,8 @@ class MaskedLM(nn.Module):
 
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
-        from transformers import BertConfig, BertForMaskedLM
-
-        return BertForMaskedLM(BertConfig(
+        transformers = require("transformers", "transformers", "BERT models")
+        return transformers.BertForMaskedLM(transformers.BertConfig(
             vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layer,
             num_attention_heads=config.n_head, intermediate_size=config.mlp_ratio * config.hidden_size,
             max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
@@ -138,9 +138,8 @@ class CausalLM(MaskedLM):
 
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        return GPT2LMHeadModel(GPT2Config(
+        transformers = require("transformers", "transformers", "GPT-2 models")
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
             vocab_size=vocab_size, n_positions=positions, n_embd=config.hidden_size, n_layer=config.n_layer,
             n_head=config.n_head, n_inner=config.mlp_ratio * config.hidden_size, resid_pdrop=0.0, embd_pdrop=0.0,
             attn_pdrop=0.0, use_cache=False, bos_token_id=0, eos_token_id=0))
@@ -163,9 +162,8 @@ class CausalLM(MaskedLM):
         block[allowed] = 0.0
         was_training = self.training
         self.eval()
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.backbone.config)  # filled in place by every forward pass below
+        transformers = require("transformers", "transformers", "GPT-2 sampling")
+        cache = transformers.DynamicCache(config=self.backbone.config)  # filled in place by every forward pass below
         step_ids, active = prompt, torch.arange(len(prompt))  # active: the rows still in the cache
         for _ in range(max(0, min(max_new_tokens, self.positions - prompt.shape[1]))):
             # The cache is the second argument under either of its names (past_key_values before transformers

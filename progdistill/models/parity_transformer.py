@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import check, check_positive_int, register
+from ..optional import require
 
 
 @register("model")
@@ -67,7 +68,7 @@ class ParityTransformer(nn.Module):
     def __init__(self, in_features: int, num_classes: int, config: TransformerConfig,
                  generators: Sequence[torch.Generator]):
         super().__init__()
-        from transformers import GPT2Config, GPT2Model  # imported here: only transformer runs pay for it
+        transformers = require("transformers", "transformers", "the parity transformer")
 
         check(len(generators) == 1, "generators", len(generators),
               "a transformer is not stackable: exactly one generator per model")
@@ -76,14 +77,14 @@ class ParityTransformer(nn.Module):
         self.config = config
         self.num_models = 1
         self.in_features = in_features
-        gpt2 = GPT2Config(vocab_size=2, n_positions=in_features, n_embd=config.hidden_size,
+        gpt2 = transformers.GPT2Config(vocab_size=2, n_positions=in_features, n_embd=config.hidden_size,
                           n_layer=config.n_layer, n_head=config.n_head,
                           n_inner=config.mlp_ratio * config.hidden_size,
                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
                           bos_token_id=0, eos_token_id=0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generators[0].initial_seed())
-            self.gpt2 = GPT2Model(gpt2)
+            self.gpt2 = transformers.GPT2Model(gpt2)
             self.head = nn.Linear(config.hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

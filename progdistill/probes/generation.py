@@ -12,7 +12,7 @@ from ..experiment import ExperimentConfig, student_names
 from ..rundir import RunDir
 from ..tasks.base import Task
 from ..tasks.pcfg_parser import inside_log_probability
-from ..trajectory import atomic_write_json
+from ..files import atomic_write_json
 from .jobs import PROBE_SEED, schedule_of
 
 GENERATION_SAMPLES = 200

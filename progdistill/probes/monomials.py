@@ -35,7 +35,8 @@ from ..phases import detect_transition
 from ..report import save_figure
 from ..rundir import RunDir
 from ..tasks.parity import ParityTask
-from ..trajectory import Trajectory, atomic_write_json, atomic_write_text
+from ..trajectory import Trajectory
+from ..files import atomic_write_json, atomic_write_text
 from .jobs import PROBE_SEED, model_jobs, refresh_report, run_jobs
 
 Subset = tuple[int, ...]

@@ -37,7 +37,8 @@ from ..report import save_figure
 from ..rundir import RunDir
 from ..tasks.base import Task
 from ..tasks.pcfg import Vocabulary, pad_sentences
-from ..trajectory import Trajectory, atomic_write_json, atomic_write_text
+from ..trajectory import Trajectory
+from ..files import atomic_write_json, atomic_write_text
 from .jobs import FORWARD_BATCH, PROBE_SEED, model_jobs, read_records, refresh_report, run_jobs, schedule_of
 from .nonterminal import NONTERMINAL_TEST, NONTERMINAL_TRAIN, nonterminal_probe, plot_nonterminals
 

@@ -16,7 +16,7 @@ from ..config import ConfigError
 from ..lock import RunLock
 from ..rundir import RunDir
 from ..tasks.pcfg_parser import masked_posterior
-from ..trajectory import atomic_write_json
+from ..files import atomic_write_json
 from .jobs import PROBE_SEED, read_records, refresh_report
 from .ngram import (NGRAM_SEQUENCES, WINDOWS, NgramPositions, check_windows, hidden_variants, ngram_inputs,
                     ngram_name, plot_ngram, tv_scores)

@@ -160,7 +160,7 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train",
 
     Needs the optional ``datasets`` package and, unless the dataset is in the local Hugging Face cache, the
     network. Whitespace-only documents are dropped. Raises :class:`CorpusError` when ``datasets`` is not
-    installed (saying ``pip install datasets``), when the dataset cannot be loaded (for example offline: the
+    installed (saying ``pip install 'progdistill[datasets]'``), when the dataset cannot be loaded (for example offline: the
     message says so and suggests a local path for :func:`load_corpus`), when ``text_field`` is not a column
     (listing the columns) or a row holds no string there.
     """
@@ -170,7 +170,8 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train",
     try:
         import datasets
     except ImportError as exc:
-        raise CorpusError(f"Hugging Face dataset {name!r} needs the 'datasets' package: pip install datasets "
+        raise CorpusError(f"Hugging Face dataset {name!r} needs the 'datasets' package: pip install "
+                          "'progdistill[datasets]' "
                           "(or pass a local .txt/.jsonl file or directory to load_corpus)") from exc
     try:
         dataset = datasets.load_dataset(name, config, split=split)

@@ -27,7 +27,7 @@ import torch
 
 from ..config import ConfigError, check
 from ..optional import require
-from ..trajectory import atomic_write_text
+from ..files import atomic_write_text
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer, models
@@ -180,9 +180,8 @@ def as_transformers(tokenizer: Tokenizer, model_max_length: int = 512):
 
     Needs the optional ``transformers`` package (``pip install 'progdistill[transformers]'``).
     """
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length,
+    transformers = require("transformers", "transformers", "as_transformers")
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length,
                                    pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
                                    mask_token="[MASK]")
 

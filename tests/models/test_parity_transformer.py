@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from progdistill.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, to_dict, variants
-from progdistill.experiment import ExperimentConfig, run
+from progdistill.experiment import ExperimentConfig
+from progdistill.runner import run
 from progdistill.tasks.parity import ParityTask
 from progdistill.presets import get_preset
 from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive

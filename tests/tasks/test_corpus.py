@@ -199,7 +199,7 @@ def fake_datasets(monkeypatch, load):
 
 def test_hf_dataset_missing_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
-    with pytest.raises(CorpusError, match="pip install datasets"):
+    with pytest.raises(CorpusError, match=r"pip install .progdistill\[datasets\]."):
         load_hf_dataset("wikitext", "wikitext-2-raw-v1")
 
 

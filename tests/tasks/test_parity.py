@@ -42,8 +42,11 @@ def test_sampling_is_deterministic_and_balanced():
 
 def test_eval_set_fixed_by_its_seed():
     task = ParityTask(n=10, k=2, eval_size=128)
-    assert torch.equal(task.eval_set()[0], task.eval_set()[0])
-    assert task.eval_set()[0].shape == (128, 10)
+    x, y = task.eval_set()
+    torch.randint(2, (1000,))  # the global generator moving on changes nothing
+    assert torch.equal(ParityTask(n=10, k=2, eval_size=128).eval_set()[0], x) and x.shape == (128, 10)
+    assert torch.equal(y, task.labels(x))
+    assert not torch.equal(ParityTask(n=10, k=2, eval_size=128, eval_seed=1).eval_set()[0], x)
 
 
 @pytest.mark.parametrize("kwargs, field", [({"n": 5, "k": 0}, "task.k"), ({"n": 5, "k": 6}, "task.k"),

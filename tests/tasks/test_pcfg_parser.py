@@ -210,7 +210,7 @@ def test_oracle_ngram_probe_equals_brute_force_on_every_position():
 
 
 def test_oracle_masked_lm_loss_equals_brute_force_for_the_same_hidden_sets():
-    from progdistill.probes.ngram import oracle_masked_lm_loss
+    from progdistill.probes.oracle import oracle_masked_lm_loss
 
     g = parse_grammar(AMBIGUOUS)
     language = _language(g)

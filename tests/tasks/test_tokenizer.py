@@ -140,7 +140,7 @@ def test_tokenize_corpus_shapes_and_content(tokenizer):
     # Interior tokens, read back in order, are the corpus stream.
     flat = [t for x in ids for t in (*x, SEP_ID)]
     assert packed[:, 1:-1].reshape(-1).tolist() == flat[:packed.shape[0] * 14]
-    assert torch.equal(tokenize_corpus(tokenizer, DOCS, 16), packed)
+    assert torch.equal(pack_sequences(ids, 16), packed)  # encode then pack, as documented
 
 
 def test_too_small_corpus_names_tokens_and_length(tokenizer):
