@@ -229,7 +229,7 @@ class OptimizerConfig:
 
     ``name``: "sgd" or "adam" (Adam with decoupled weight decay is "adamw").
     ``lr_schedule``: "constant", or "cosine" (linear warmup over ``warmup_fraction`` of the steps, then cosine
-    decay to zero), as in PAPER.md section 1 (Transformers) and 2 (BERT).
+    decay to zero), as in paper §1 (Transformers) and §2 (BERT).
     """
 
     name: str = "sgd"
@@ -255,7 +255,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class DistillationConfig:
-    """How a student matches its teacher checkpoint (PAPER.md, "Distillation loss").
+    """How a student matches its teacher checkpoint (paper §1-§2: KL between teacher and student softmax outputs).
 
     ``loss``: "forward_kl" (KL(teacher || student), same gradients as the distillation cross-entropy) or
     "reverse_kl" (KL(student || teacher); needs ``temperature > 0``). ``temperature``: the teacher's softmax

@@ -17,7 +17,7 @@ the teacher checkpoint that a schedule names at the current global step::
     trainer.train()
 
 Losses are computed on the positions the labels supervise (-100 ignored); causal LMs are shifted by one
-position as in their own loss (PAPER.md section 2-3: distillation on the masked / supervised positions).
+position as in their own loss (paper §2-§3: distillation on the masked / supervised positions).
 """
 
 from __future__ import annotations

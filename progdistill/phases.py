@@ -1,4 +1,4 @@
-"""Phase-transition detection on evaluation curves (PAPER.md, vocabulary "Phase transition"; sections 1, 2).
+"""Phase-transition detection on evaluation curves (paper §1 and §2).
 
 A *transition* is the short window in which a curve moves from its early plateau to its final level: the
 teacher's accuracy jump on sparse parity (``direction="rise"``), or the sharp drop of a masked-LM loss
@@ -69,7 +69,7 @@ class Transition:
 
 @dataclass(frozen=True)
 class Phases:
-    """The three phases of a masked-LM loss curve (PAPER.md section 2) as inclusive (first, last) step
+    """The three phases of a masked-LM loss curve (paper §2) as inclusive (first, last) step
     ranges; adjacent phases share their boundary checkpoint. ``slow_decay`` is (last, last) when the run
     ends inside the sharp drop."""
 
@@ -228,7 +228,7 @@ def detect_transition(steps: Sequence[int], values: Sequence[float], direction: 
 
 def detect_phases(steps: Sequence[int], loss: Sequence[float], *, window: int = 5, min_change: float = 0.1,
                   min_snr: float = 4.0, fractions: tuple[float, float, float] = (0.1, 0.5, 0.9)) -> Phases:
-    """Split a masked-LM loss curve into plateau, sharp drop and slow decay (PAPER.md sections 2 and 4).
+    """Split a masked-LM loss curve into plateau, sharp drop and slow decay (paper §2 and §4).
 
     The sharp drop is the transition found by ``detect_transition(direction="drop")`` (``min_change`` in
     nats); the plateau runs from the first checkpoint to its start, the slow decay from its end to the last

@@ -87,7 +87,7 @@ def parity_transformer() -> ExperimentConfig:
 @preset("parity-transformer-paper", "sparse parity at paper scale (n=100, k=6), GPT-2 2 layers, head dim 8, "
                                     "teacher 32 heads -> students 4 heads, Adam, batch 32, 8M steps; GPU")
 def parity_transformer_paper() -> ExperimentConfig:
-    # PAPER.md section 1: Adam, lr 1e-4 to 3e-4, 6% warmup then cosine; teacher transition ~3.1-3.6M steps;
+    # Paper §1: Adam, lr 1e-4 to 3e-4, 6% warmup then cosine; teacher transition ~3.1-3.6M steps;
     # CE and one-shot students stay at chance through 8M steps.
     adam = OptimizerConfig(name="adam", lr=1e-4, lr_schedule="cosine", warmup_fraction=0.06)
     teacher = TrainConfig(model=TransformerConfig(n_layer=2, n_head=32, head_dim=8), optimizer=adam,
@@ -177,7 +177,7 @@ def pcfg_lm_paper() -> ExperimentConfig:
                     "WordPiece 1024, teacher 4 layers x 8 heads -> students 4 x 4 heads (head dim 8); CPU, ~15 min")
 def text_mlm() -> ExperimentConfig:
     # Search record: docs/text-cpu-preset.md. At this scale the teacher learns the unigram distribution and then
-    # creeps; the sharp drop of PAPER.md section 4 (after ~4k steps of a BERT-base) is out of a CPU budget.
+    # creeps; the sharp drop of paper §4 (after ~4k steps of a BERT-base) is out of a CPU budget.
     task = TextMaskedLMTask(corpus="default:wikipedia", vocab_size=1024, sequence_length=64, mask_rate=0.15)
     teacher = TrainConfig(model=BertMLMConfig(n_layer=4, n_head=8, head_dim=8),
                           optimizer=OptimizerConfig(name="adamw", lr=2e-3, weight_decay=0.01, lr_schedule="cosine",

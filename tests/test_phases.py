@@ -121,7 +121,7 @@ def test_small_change_is_detected_when_min_change_allows_it():
 def test_detect_phases_on_a_three_phase_loss():
     rng = np.random.default_rng(6)
     steps = np.arange(0, 8_001, 100)
-    # plateau ~1.03 to ~600, sharp drop to ~0.17 by ~2000, slow decay to ~0.03 (PAPER.md section 2)
+    # plateau ~1.03 to ~600, sharp drop to ~0.17 by ~2000, slow decay to ~0.03 (paper §2)
     drop = 0.86 / (1 + np.exp(-(steps - 1_100) / 150))
     decay = 0.14 * (1 - np.exp(-np.clip(steps - 1_500, 0, None) / 2_000))
     loss = 1.03 - drop - decay + 0.005 * rng.standard_normal(len(steps))

@@ -1,6 +1,6 @@
 """A BERT-style WordPiece tokenizer trained on a corpus, and packing into fixed-length sequences.
 
-PAPER.md section 4 trains BERT with masked language modelling on Wikipedia + Books; this module gives the
+Paper §4 trains BERT with masked language modelling on Wikipedia + Books; this module gives the
 matching subword tokenizer, trained with Hugging Face ``tokenizers`` on whatever corpus the run uses
 (:mod:`progdistill.tasks.corpus`), so nothing is downloaded. Pipeline, as in BERT: ``BertNormalizer`` (clean text,
 split CJK characters, strip accents and lowercase when ``lowercase``), ``BertPreTokenizer`` (whitespace and
