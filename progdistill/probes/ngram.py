@@ -10,12 +10,16 @@ n-gram dependence, for a selected position p of a sentence and a window of w = 2
 - ``M_close``: keep only the window visible (every other terminal masked): how far the window alone is from
   the full context (small = the window suffices).
 
-Each score is the total-variation distance ``0.5 * sum_v |P_base(v) - P_perturbed(v)|`` between the model's
-output distributions at p; we report the median and quartiles over (sentence, position).
+Each score is a distance between the model's output distributions at p in the base and the perturbed input
+(``distance``): ``"tv"``, the total variation ``0.5 * sum_v |P_base(v) - P_perturbed(v)|`` in [0, 1] (the
+default), or ``"l1"``, the full L1 norm ``sum_v |P_base(v) - P_perturbed(v)|`` in [0, 2] -- exactly twice the
+TV, and the quantity on the paper's n-gram axis (paper §2; the authors' released probe takes the L1 norm of the
+difference of the two probability vectors). We report the median and quartiles over (sentence, position).
 
 How a token is masked (``hiding``): ``"token"`` replaces it by MASK, as in training; ``"attention"`` also sets
 its attention-mask entry to 0, so no other position can attend to it -- what the authors' released probe
-does (their scores are the full L1 distance, twice the TV reported here).
+does. ``hiding="attention", distance="l1"`` is the authors' probe on our windows; their two widest "levels"
+are not the 7- and 9-grams their labels say but windows of 4 and 2 tokens (docs/pcfg-cpu-preset.md).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from .nonterminal import NONTERMINAL_TEST, NONTERMINAL_TRAIN, nonterminal_probe,
 
 WINDOWS = (3, 5, 7)
 HIDING = ("token", "attention")
+DISTANCE = ("tv", "l1")
 
 
 @dataclass(frozen=True)
@@ -87,36 +92,40 @@ def _distributions(model, inputs: torch.Tensor, attention: torch.Tensor, at: tor
 @torch.no_grad()
 def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabulary,
                      windows: Sequence[int] = WINDOWS, per_sentence: int = 8,
-                     device: str | torch.device = "cpu", hiding: str = "token") -> dict[str, dict[str, float]]:
+                     device: str | torch.device = "cpu", hiding: str = "token",
+                     distance: str = "tv") -> dict[str, dict[str, float]]:
     """M_robust and M_close of ``model`` (a masked LM: ids (B, L), mask (B, L) -> logits (B, L, V)) on
     grammar sentences.
 
     ``sentences``: token-id sequences (terminals only); ``windows``: odd window sizes >= 3. Returns
     ``{"M_robust/3": {"median", "q25", "q75", "mean"}, "M_close/3": {...}, ...}`` -- total-variation distances
-    in [0, 1] -- and ``"cross_entropy"``, the same quantiles of the base prediction's cross-entropy (nats) on
-    the true token. ``hiding``: "token" or "attention" (module docstring). Raises ``ValueError`` for an even or
-    too small window, an unknown ``hiding`` or no sentences.
+    in [0, 1], or L1 distances in [0, 2] with ``distance="l1"`` -- and ``"cross_entropy"``, the same quantiles of
+    the base prediction's cross-entropy (nats) on the true token. ``hiding``: "token" or "attention";
+    ``distance``: "tv" or "l1" (module docstring). Raises ``ValueError`` for an even or too small window, an
+    unknown ``hiding`` or ``distance``, or no sentences.
     """
     check_windows(windows)
     ids, attention = pad_sentences(list(sentences), vocab)
     maskable = ids < len(vocab.terminals)
     return ngram_dependence_at(model, ids, attention, maskable, vocab.mask, probe_positions(maskable, per_sentence),
-                               windows, device, hiding)
+                               windows, device, hiding, distance)
 
 
 @torch.no_grad()
 def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maskable: torch.Tensor, mask_id: int,
                         where: NgramPositions, windows: Sequence[int] = WINDOWS,
-                        device: str | torch.device = "cpu", hiding: str = "token") -> dict[str, dict[str, float]]:
+                        device: str | torch.device = "cpu", hiding: str = "token",
+                        distance: str = "tv") -> dict[str, dict[str, float]]:
     """M_robust and M_close at given positions of any token sequences (grammar sentences or text).
 
     ``ids``, ``attention``, ``maskable``: (B, L) -- the sequences, their attention mask and which positions
     hold ordinary tokens (never special ones; only these are masked for M_close); ``mask_id``: the MASK id;
-    ``where``: the (sequence, position) pairs to score; ``hiding``: "token" or "attention" (module docstring).
-    Returns the dict of :func:`ngram_dependence`.
+    ``where``: the (sequence, position) pairs to score; ``hiding``: "token" or "attention"; ``distance``: "tv"
+    or "l1" (module docstring). Returns the dict of :func:`ngram_dependence`.
     """
     check_windows(windows)
     check_hiding(hiding)
+    check_distance(distance)
     sent, pos = torch.from_numpy(where.sentence), torch.from_numpy(where.position)
     base = ids[sent]  # (P, L)
     att = attention[sent]
@@ -131,7 +140,7 @@ def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maska
     att = att.to(device)
     probs = _distributions(model, inputs, att, pos.repeat(len(variants)).to(device)).view(len(variants), len(base), -1)
     model.train(was_training)
-    return tv_scores(probs, windows, base[torch.arange(len(base)), pos])
+    return distance_scores(probs, windows, base[torch.arange(len(base)), pos], distance)
 
 
 def hidden_variants(maskable: torch.Tensor, where: NgramPositions, windows: Sequence[int]) -> list[torch.Tensor]:
@@ -153,15 +162,19 @@ def hidden_variants(maskable: torch.Tensor, where: NgramPositions, windows: Sequ
     return variants
 
 
-def tv_scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor) -> dict[str, dict[str, float]]:
+def distance_scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor,
+                    distance: str = "tv") -> dict[str, dict[str, float]]:
     """The scores of :func:`ngram_dependence` from the predictions at each variant of :func:`hidden_variants`:
-    quantiles of the TV distance of each variant's prediction from the base's (``probs``: (variants, P, V)),
-    and of the base prediction's cross-entropy (nats) on the true tokens ``truth`` (P,)."""
+    quantiles of the ``distance`` ("tv" or "l1") of each variant's prediction from the base's (``probs``:
+    (variants, P, V)), and of the base prediction's cross-entropy (nats) on the true tokens ``truth`` (P,)."""
+    check_distance(distance)
     out = {}
     for k, w in enumerate(windows):
         for j, name in enumerate(("M_robust", "M_close")):
-            tv = 0.5 * (probs[0] - probs[1 + 2 * k + j]).abs().sum(-1)
-            out[f"{name}/{w}"] = _quantiles(tv.cpu().numpy())
+            l1 = (probs[0] - probs[1 + 2 * k + j]).abs().sum(-1)
+            # Halving is exact in floating point, so the L1 scores are exactly twice the TV ones.
+            score = l1 if distance == "l1" else 0.5 * l1
+            out[f"{name}/{w}"] = _quantiles(score.cpu().numpy())
     true_p = probs[0, torch.arange(len(truth)), truth.to(probs.device)].double().clamp(min=1e-300)
     out["cross_entropy"] = _quantiles((0.0 - true_p.log()).cpu().numpy())  # 0.0 - : no -0.0
     return out
@@ -186,6 +199,13 @@ def check_hiding(hiding: str) -> None:
                          "attention mask 0, as the authors' probe)")
 
 
+def check_distance(distance: str) -> None:
+    """Raise ``ValueError`` unless ``distance`` is one of :data:`DISTANCE`."""
+    if distance not in DISTANCE:
+        raise ValueError(f"distance={distance!r} is invalid: use 'tv' (total variation, in [0, 1]) or 'l1' "
+                         "(the L1 norm ||p - q||_1 = 2 x TV, the paper's n-gram axis)")
+
+
 def _quantiles(values: np.ndarray) -> dict[str, float]:
     q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
     return {"median": float(median), "q25": float(q25), "q75": float(q75), "mean": float(values.mean())}
@@ -198,7 +218,7 @@ NGRAM_SEQUENCES = 32        # sequences for M_robust / M_close (x up to 8 positi
 
 
 def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, ...] = WINDOWS,
-                log=print, hiding: str = "token") -> dict[str, Any]:
+                log=print, hiding: str = "token", distance: str = "tv") -> dict[str, Any]:
     """M_robust / M_close for each window size -- and on grammar tasks the non-terminal probe accuracy per tree
     level -- for every teacher checkpoint of ``run_dir`` (and every final student unless ``students=False``).
 
@@ -210,8 +230,10 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
 
     ``hiding="attention"`` masks tokens as the authors' released probe does (MASK *and* attention mask 0; see
     the module docstring) and writes ``probes/ngram-attention*`` instead, next to the default results (the
-    non-terminal probe, which masks nothing, is not repeated). Raises ``ConfigError`` for a run whose task
-    has no n-gram probe and ``ValueError`` for a bad window or ``hiding``.
+    non-terminal probe, which masks nothing, is not repeated). ``distance="l1"`` scores the L1 norm, twice
+    the total variation -- the paper's axis -- and writes ``probes/ngram-l1*`` (``ngram-attention-l1*`` with
+    both: the authors' probe). Raises ``ConfigError`` for a run whose task has no n-gram probe and
+    ``ValueError`` for a bad window, ``hiding`` or ``distance``.
     """
     rundir = RunDir(run_dir)
     config = rundir.config()
@@ -220,10 +242,11 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
                           f"whose probes are: {', '.join(config.task.probes) or 'none'}")
     check_windows(windows)
     check_hiding(hiding)
+    check_distance(distance)
     windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(rundir.path):
         rundir.check_inputs(config)
-        summary = _probe_ngram(rundir, config, rundir.task(config), students, windows, log, hiding)
+        summary = _probe_ngram(rundir, config, rundir.task(config), students, windows, log, hiding, distance)
         refresh_report(rundir, log)
         return summary
 
@@ -246,14 +269,14 @@ def check_fits(config: ExperimentConfig) -> None:
 
 
 def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students: bool, windows: tuple[int, ...],
-                 log, hiding: str = "token") -> dict[str, Any]:
+                 log, hiding: str = "token", distance: str = "tv") -> dict[str, Any]:
     trajectory = Trajectory(rundir.teacher)
     if not trajectory.steps:
         raise ConfigError(f"{rundir.teacher} has no checkpoints to probe")
     out = rundir.probes
     gen, ids, attention, maskable, mask_id, where = ngram_inputs(task, windows)
     out.mkdir(exist_ok=True)
-    name = ngram_name("ngram" + ("" if hiding == "token" else f"-{hiding}"), windows)
+    name = ngram_name(ngram_stem("ngram", hiding, distance), windows)
     # The non-terminal probe masks nothing and ignores the windows: it runs with the run's own settings only, so
     # that probes/nonterminals.png is never replaced by another setting's run.
     grammar = "nonterminal" in task.probes and name == "ngram"
@@ -263,7 +286,7 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students:
         levels = list(range(1, train_sentences.ancestors.shape[0] - 1))  # the root and preterminals are trivial
     jobs = model_jobs(config, trajectory.steps, students)
     settings = {"settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
-                             "hiding": hiding,
+                             "hiding": hiding, "distance": distance,
                              **({"probe_train": NONTERMINAL_TRAIN, "probe_test": NONTERMINAL_TEST} if grammar
                                 else {})}}
 
@@ -272,7 +295,7 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students:
         extra = trajectory.metrics(step) if name == "teacher" else {}
         record = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
                   "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows,
-                                               hiding=hiding)}
+                                               hiding=hiding, distance=distance)}
         if grammar:
             accuracy = nonterminal_probe(model, train_sentences, test_sentences, task.vocabulary, levels)
             record["nonterminal_accuracy"] = {str(lv): acc for lv, acc in accuracy.items()}
@@ -284,9 +307,9 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students:
     if not students and (out / f"{name}.jsonl").exists():  # keep the students' records (same name: same settings)
         records += [r for r in read_records(out / f"{name}.jsonl") if r["model"] != "teacher"]
     atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    summary = {**_summarize_ngram(records, windows), "hiding": hiding}
+    summary = {**_summarize_ngram(records, windows), "hiding": hiding, "distance": distance}
     atomic_write_json(out / f"{name}-summary.json", summary)
-    plot_ngram(records, summary, windows, out / f"{name}.png", config.preset, _oracle_scores(out, windows))
+    plot_ngram(records, summary, windows, out / f"{name}.png", config.preset, _oracle_scores(out, windows, distance))
     written = [out / f"{name}.jsonl", out / f"{name}-summary.json", out / f"{name}.png"]
     if grammar:
         plot_nonterminals(records, config, out / "nonterminals.png")
@@ -310,15 +333,22 @@ def ngram_inputs(task: Task, windows: tuple[int, ...]):
     return gen, ids, attention, maskable, mask_id, probe_positions(maskable)
 
 
+def ngram_stem(stem: str, hiding: str = "token", distance: str = "tv") -> str:
+    """The file stem of a probe setting: the defaults are ``stem`` itself, other settings get their own name
+    (``ngram-attention``, ``ngram-l1``, ``ngram-attention-l1``) so that they never replace the defaults."""
+    return stem + ("" if hiding == "token" else f"-{hiding}") + ("" if distance == "tv" else f"-{distance}")
+
+
 def ngram_name(stem: str, windows: tuple[int, ...]) -> str:
     """The run's own results (windows 3 5 7) are probes/<stem>.*; other windows get their own name beside them
     instead of replacing them."""
     return stem + ("" if tuple(windows) == WINDOWS else "-windows-" + "-".join(map(str, windows)))
 
 
-def _oracle_scores(out: Path, windows: tuple[int, ...]) -> dict[str, Any] | None:
-    """The Bayes-optimal predictor's scores for these windows (``probe_oracle``), when they were computed."""
-    path = out / f"{ngram_name('ngram-oracle', windows)}-summary.json"
+def _oracle_scores(out: Path, windows: tuple[int, ...], distance: str = "tv") -> dict[str, Any] | None:
+    """The Bayes-optimal predictor's scores for these windows and distance (``probe_oracle``), when they were
+    computed."""
+    path = out / f"{ngram_name(ngram_stem('ngram-oracle', distance=distance), windows)}-summary.json"
     return json.loads(path.read_text(encoding="utf-8"))["scores"] if path.exists() else None
 
 
@@ -394,7 +424,8 @@ def plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset: 
                    + note, transform=right.transAxes, fontsize=7, va="bottom",
                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
     right.set_yscale("log")
-    right.set_ylabel("median total-variation distance")
+    right.set_ylabel("median L1 distance ||p - q||_1 (= 2 x TV)" if summary.get("distance") == "l1"
+                     else "median total-variation distance")
     right.set_title("n-gram dependence of the teacher's predictions" if summary.get("hiding") != "attention"
                     else "n-gram dependence (masked tokens hidden from attention)")
     right.legend(fontsize=7, ncol=2)

@@ -18,24 +18,28 @@ from ..rundir import RunDir
 from ..tasks.pcfg_parser import masked_posterior
 from ..files import atomic_write_json
 from .jobs import PROBE_SEED, read_records, refresh_report
-from .ngram import (NGRAM_SEQUENCES, WINDOWS, NgramPositions, check_windows, hidden_variants, ngram_inputs,
-                    ngram_name, plot_ngram, tv_scores)
+from .ngram import (NGRAM_SEQUENCES, WINDOWS, NgramPositions, check_distance, check_windows, distance_scores,
+                    hidden_variants, ngram_inputs, ngram_name, ngram_stem, plot_ngram)
 
 
 def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
-                               windows: Sequence[int] = WINDOWS, progress: bool = False) -> dict[str, dict[str, float]]:
+                               windows: Sequence[int] = WINDOWS, progress: bool = False,
+                               distance: str = "tv") -> dict[str, dict[str, float]]:
     """M_robust and M_close (paper §2) of the Bayes-optimal masked LM of ``grammar`` -- the exact
     posterior of the token at p given the visible tokens (:func:`progdistill.tasks.pcfg_parser.masked_posterior`) --
     at the same inputs and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss
     reaches the grammar's entropy.
 
     ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...`` (:func:`~progdistill.tasks.masking.pad_sentences`);
-    ``maskable`` (B, L): their terminal positions. Returns the dict of :func:`ngram_dependence` (its
+    ``maskable`` (B, L): their terminal positions; ``distance``: "tv" or "l1" (= 2 x TV, the paper's axis; see
+    :mod:`progdistill.probes.ngram`). Returns the dict of :func:`ngram_dependence` (its
     ``"cross_entropy"`` is the grammar's own uncertainty about a token with it alone hidden). Cost:
     (1 + 2 * len(windows)) * T inside passes per position, ~10 ms each for a 130-token sentence, ~0.1 s for
-    cfg3b's ~300 tokens. Raises ``ValueError`` for a bad window, and when a sentence is not in the grammar's language.
+    cfg3b's ~300 tokens. Raises ``ValueError`` for a bad window or distance, and when a sentence is not in the
+    grammar's language.
     """
     check_windows(windows)
+    check_distance(distance)
     variants = torch.stack(hidden_variants(maskable, where, windows))  # (variants, P, L)
     probs = torch.zeros(len(variants), len(where.sentence), len(grammar.terminals), dtype=torch.float64)
     for i in tqdm(range(len(where.sentence)), desc="oracle n-gram probe", unit="position",
@@ -47,7 +51,8 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
         for v in range(len(variants)):
             hidden = (variants[v, i][terminal]).nonzero().flatten().tolist()
             probs[v, i] = torch.from_numpy(masked_posterior(grammar, tokens, hidden, p))
-    return tv_scores(probs, windows, ids[torch.from_numpy(where.sentence), torch.from_numpy(where.position)])
+    return distance_scores(probs, windows, ids[torch.from_numpy(where.sentence), torch.from_numpy(where.position)],
+                           distance)
 
 
 def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator,
@@ -80,7 +85,8 @@ def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate
             "positions": int(len(nll)), "mask_rate": float(mask_rate)}
 
 
-def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=print) -> dict[str, Any]:
+def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=print,
+                 distance: str = "tv") -> dict[str, Any]:
     """M_robust / M_close of the Bayes-optimal masked LM of a PCFG run's grammar, on the sentences and
     positions ``probe_ngram`` uses: the exact posterior of the token at p given the visible tokens, by the
     inside algorithm (:func:`oracle_ngram_dependence_at`). This is where a teacher's
@@ -90,9 +96,11 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=pr
     Writes ``probes/ngram-oracle-summary.json`` (scores per window, the cross-entropy of the optimal
     prediction with one token hidden, its masked-token loss at the task's mask rate -- the floor of the
     teacher's validation loss -- and the settings), which the run's results.json / summary.md and the n-gram
-    figure pick up (the figure is redrawn when the n-gram probe has run). Takes ~15 s for ``pcfg-mlm``
-    (~42-token sentences) and ~10 minutes for cfg3b (~300 tokens). Raises ``ConfigError`` for a run that is
-    not ``pcfg-mlm`` or was changed after it ran, and ``ValueError`` for a bad window.
+    figure pick up (the figure is redrawn when the n-gram probe has run). ``distance="l1"`` (the paper's axis,
+    2 x TV) writes ``probes/ngram-oracle-l1-summary.json`` instead and redraws the ``ngram-l1`` /
+    ``ngram-attention-l1`` figures. Takes ~15 s for ``pcfg-mlm`` (~42-token sentences) and ~10 minutes for
+    cfg3b (~300 tokens). Raises ``ConfigError`` for a run that is not ``pcfg-mlm`` or was changed after it ran,
+    and ``ValueError`` for a bad window or distance.
     """
     rundir = RunDir(run_dir)
     config = rundir.config()
@@ -100,6 +108,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=pr
         raise ConfigError(f"the oracle n-gram probe needs a PCFG masked LM run (pcfg-mlm), whose grammar defines "
                           f"the optimal predictor; {rundir.path} has task {config.task.kind!r}")
     check_windows(windows)
+    check_distance(distance)
     windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(rundir.path):
         rundir.check_inputs(config, teacher=False)
@@ -108,19 +117,19 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=pr
         _, ids, _, maskable, _, where = ngram_inputs(task, windows)
         out.mkdir(exist_ok=True)
         grammar = task.load_grammar()
-        scores = oracle_ngram_dependence_at(grammar, ids, maskable, where, windows, progress=True)
+        scores = oracle_ngram_dependence_at(grammar, ids, maskable, where, windows, progress=True, distance=distance)
         log("scoring the optimal predictor's masked-token loss ...")
         sentences = [row[m].numpy() for row, m in zip(ids, maskable)]
         loss = oracle_masked_lm_loss(grammar, sentences, task.mask_rate, np.random.default_rng(PROBE_SEED))
         key = f"M_robust/{min(windows)}"
         summary = {"metric": key, "median": scores[key]["median"], "scores": scores, "masked_lm_loss": loss,
                    "settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
-                                "positions": len(where.sentence)}}
-        name = ngram_name("ngram-oracle", windows)
+                                "positions": len(where.sentence), "distance": distance}}
+        name = ngram_name(ngram_stem("ngram-oracle", distance=distance), windows)
         atomic_write_json(out / f"{name}-summary.json", summary)
         written = [out / f"{name}-summary.json"]
-        for stem in ("ngram", "ngram-attention"):  # redraw the model probes' figures with the oracle in them
-            model_name = ngram_name(stem, windows)
+        for hiding in ("token", "attention"):  # redraw the model probes' figures with the oracle in them
+            model_name = ngram_name(ngram_stem("ngram", hiding, distance), windows)
             if (out / f"{model_name}.jsonl").exists() and (out / f"{model_name}-summary.json").exists():
                 records = read_records(out / f"{model_name}.jsonl")
                 model_summary = json.loads((out / f"{model_name}-summary.json").read_text(encoding="utf-8"))
