@@ -15,8 +15,9 @@ from progdistill.tasks.grammar import GrammarError
 from progdistill.losses import distillation_loss
 from progdistill.tasks.pcfg import Vocabulary
 from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask
-from progdistill.probes.ngram import ngram_dependence, probe_positions
+from progdistill.probes.ngram import ngram_dependence, probe_ngram, probe_positions
 from progdistill.probes.nonterminal import nonterminal_probe
+from progdistill.probes.oracle import probe_oracle
 from progdistill.phases import detect_phases
 from progdistill.schedules import CE, OneShot, Progressive, TwoShotAuto
 from progdistill.token_step import train_token_step
@@ -344,6 +345,28 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert "was edited after the run" in capsys.readouterr().err
     config_path.write_text(saved)
     assert {p.name: p.read_bytes() for p in probes.iterdir()} == before
+    # The paper's distance (L1 = 2 x TV) goes to its own files: the default results stay byte-identical, and every
+    # score is exactly twice the default's.
+    with pytest.raises(ValueError, match="distance='L1'"):
+        probe_ngram(tmp_path / "run", distance="L1", log=lambda *a: None)
+    summary = probe_ngram(tmp_path / "run", distance="l1", log=lambda *a: None)
+    assert {p.name: p.read_bytes() for p in probes.iterdir() if p.name in before} == before
+    default = json.loads((probes / "ngram-summary.json").read_text())
+    assert summary["distance"] == "l1" and default["distance"] == "tv"
+    assert summary["peak_median"] == 2 * default["peak_median"] and (probes / "ngram-l1.png").exists()
+    tv_lines, l1_lines = ((probes / f"{n}.jsonl").read_text().splitlines() for n in ("ngram", "ngram-l1"))
+    assert len(tv_lines) == len(l1_lines)
+    for tv, l1 in zip(map(json.loads, tv_lines), map(json.loads, l1_lines)):
+        assert (tv["model"], tv["step"]) == (l1["model"], l1["step"])
+        assert l1["ngram"] == {k: {s: 2 * x for s, x in v.items()} if k.startswith("M_") else v
+                               for k, v in tv["ngram"].items()}
+    oracle = probe_oracle(tmp_path / "run", windows=(3,), distance="l1", log=lambda *a: None)
+    assert oracle["settings"]["distance"] == "l1"
+    assert json.loads((probes / "ngram-oracle-summary.json").read_text()) != oracle  # the TV one is kept
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["probes"]) == {"ngram", "ngram-windows-3", "ngram-oracle", "ngram-l1",
+                                      "ngram-oracle-l1-windows-3"}
+    assert results["probes"]["ngram-l1"]["distance"] == "l1"
 
 
 def _tiny_config(task=TASK, **student):
