@@ -19,7 +19,8 @@ from ..tasks.pcfg_parser import masked_posterior
 from ..files import atomic_write_json
 from .jobs import PROBE_SEED, read_records, refresh_report
 from .ngram import (NGRAM_SEQUENCES, WINDOWS, NgramPositions, check_distance, check_windows, distance_scores,
-                    hidden_variants, ngram_inputs, ngram_name, ngram_stem, plot_ngram)
+                    hidden_variants, ngram_inputs, ngram_name, ngram_stem)
+from .ngram_figure import plot_ngram
 
 
 def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
