@@ -111,8 +111,11 @@ class HFTrajectory:
     def curve(self, metric: str) -> tuple[list[int], list[float]]:
         steps = [s for s in self.steps if metric in self._metrics.get(s, {})]
         if not steps:
-            raise TrajectoryError(f"no checkpoint of {self.directory} has {metric!r} in trainer_state.json; "
-                                  "evaluate the teacher at its save steps (eval_strategy='steps')")
+            logged = sorted({k for m in self._metrics.values() for k in m if k.startswith("eval_")})
+            hint = (f"logged eval metrics: {', '.join(logged)} (e.g. TwoShotAuto(metric='eval_loss'); an "
+                    "eval_accuracy needs a compute_metrics returning 'accuracy')" if logged else
+                    "evaluate the teacher at its save steps (eval_strategy='steps')")
+            raise TrajectoryError(f"no checkpoint of {self.directory} has {metric!r} in trainer_state.json; {hint}")
         return steps, [self._metrics[s][metric] for s in steps]
 
     def _check(self, step: int) -> None:

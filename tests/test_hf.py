@@ -439,6 +439,24 @@ def test_two_shot_auto_is_exported_at_the_top_level():
     assert exported is TwoShotAuto and "TwoShotAuto" in progdistill.__all__
 
 
+def test_two_shot_auto_refuses_a_nearly_flat_loss_as_it_does_a_nearly_flat_accuracy():
+    """Item 13: an HF teacher's eval_loss from 3.568 to 3.453 (3% of its level) is no sharp drop, as an accuracy
+    creeping by 0.1 of its range is refused; a loss falling by a quarter of its level still is one."""
+    steps = list(range(5, 55, 5))
+    flat = [3.568, 3.565, 3.56, 3.55, 3.53, 3.50, 3.48, 3.465, 3.458, 3.453]
+    with pytest.raises(ConfigError, match="eval_loss has a phase transition"):
+        TwoShotAuto(metric="eval_loss").pick(steps, flat)
+    with pytest.raises(ConfigError, match="eval_accuracy has a phase transition"):
+        TwoShotAuto().pick(steps, [0.05, 0.05, 0.06, 0.06, 0.07, 0.08, 0.1, 0.12, 0.13, 0.14])
+    drop = [3.57, 3.56, 3.56, 3.55, 3.3, 2.9, 2.7, 2.68, 2.67, 2.66]
+    assert TwoShotAuto(metric="eval_loss").pick(steps, drop) in (25, 30)
+
+
+def test_a_missing_metric_names_the_ones_logged(teacher_run):
+    with pytest.raises(TrajectoryError, match="logged eval metrics: eval_loss.*metric='eval_loss'"):
+        TwoShotAuto().resolve(HFTrajectory(teacher_run, GPT2LMHeadModel))
+
+
 DDP_SCRIPT = '''
 import os, sys, torch
 sys.path.insert(0, {tests!r})
