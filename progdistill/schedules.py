@@ -21,6 +21,7 @@ from .config import ConfigError, check, check_positive_int, register, variants
 from .phases import NoTransitionError, detect_phases, detect_transition
 
 FINAL = -1  # in a k-shot list: the teacher's final checkpoint
+LOSS_MIN_RELATIVE_DROP = 0.1  # 2-shot-auto on eval_loss: the sharp drop is at least this share of the plateau
 
 
 class _Fixed:
@@ -187,7 +188,15 @@ class TwoShotAuto:
         """The phase transition (:class:`progdistill.phases.Transition`) of the curve (steps, values) of
         ``metric``; raises :class:`progdistill.phases.NoTransitionError` when there is none."""
         if self.metric == "eval_loss":  # the sharp drop of a loss curve, the untrained model left out
-            return detect_phases(steps, values).transition
+            transition = detect_phases(steps, values).transition
+            # A loss has no fixed scale (an accuracy's min_change of 0.1 is a tenth of its range): the drop must
+            # also be a tenth of the plateau's level, or a slow creep such as 3.57 -> 3.45 would pass.
+            if transition.size < LOSS_MIN_RELATIVE_DROP * transition.before:
+                raise NoTransitionError(f"no sharp drop in the curve: from the early level {transition.before:.4g} "
+                                        f"to the final level {transition.after:.4g} the loss falls by "
+                                        f"{transition.size / transition.before:.1%} of its level, below "
+                                        f"{LOSS_MIN_RELATIVE_DROP:.0%}")
+            return transition
         return detect_transition(steps, values, "rise")
 
     def pick(self, steps: Sequence[int], values: Sequence[float]) -> int:
