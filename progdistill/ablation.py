@@ -69,7 +69,7 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     rundir = RunDir(run_dir)
     resolve_device(device)  # a bad --device is refused even when every student is already trained
     config = rundir.config()
-    trajectory = Trajectory(rundir.teacher)
+    trajectory = rundir.verify_teacher()  # a damaged teacher is refused before anything is written
     auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
     metric = auto[0].metric if auto else "eval_accuracy"  # where the run's 2-shot-auto finds the transition
     if first_steps is None:

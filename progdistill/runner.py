@@ -47,8 +47,9 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
         missing = [step for step in existing.steps if not (directory / existing.entry(step)["file"]).exists()]
         if missing:  # files are hashed when students load them; a missing one is named now
             raise TrajectoryError(f"the finished teacher trajectory {directory} is damaged: the checkpoint file "
-                                  f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or delete "
-                                  f"{directory} to train the teacher again")
+                                  f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or train "
+                                  "the teacher again: rerun with --retrain-teacher (this deletes the teacher and "
+                                  "everything trained from it: students, probes, ablations, results)")
         log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
         return existing
     state_path = directory / RESUME_STATE
@@ -101,7 +102,7 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     if not todo:
         log("all students already finished")
         return 0
-    trajectory.verify()  # a missing or corrupted checkpoint stops here, before any student file is written
+    rundir.verify_teacher(trajectory)  # a missing or corrupted checkpoint stops here, before any student file
     resolved = {}
     for _, sched, _ in todo:
         if sched in resolved:  # the same schedule for another seed
@@ -152,14 +153,16 @@ def _member_state(model, m: int, size: int) -> dict:
 
 
 def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
-        log=print) -> dict[str, Any]:
+        log=print, retrain_teacher: bool = False) -> dict[str, Any]:
     """Run the whole experiment into run directory ``out`` and return ``results.json``'s content.
 
     Everything the config alone can refuse (a bad device, k-shot points the teacher will not save, task data
     that does not load or fit the models, an end-of-run probe the task's sequences are too short for) raises
     ``ConfigError`` before anything is written; so does a directory holding another config's run unless
-    ``overwrite`` (:meth:`progdistill.rundir.RunDir.claim`). Raises ``RunLockedError`` while another process
-    runs in ``out``."""
+    ``overwrite`` (:meth:`progdistill.rundir.RunDir.claim`). A teacher that ``overwrite`` would keep is verified
+    before anything is deleted; a damaged one raises ``TrajectoryError`` naming the way out,
+    ``retrain_teacher``: delete the teacher and everything trained from it, and train them again. Raises
+    ``RunLockedError`` while another process runs in ``out``."""
     rundir = RunDir(out)
     started = time.perf_counter()
     resolve_device(device)  # a bad --device is refused before anything is written
@@ -181,7 +184,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         return {}
     with RunLock(rundir.path):
         try:
-            rundir.claim(config, overwrite, data_digest)
+            rundir.claim(config, overwrite, data_digest, retrain_teacher)
         finally:
             barrier()  # workers wait until the directory is claimed (or the claim failed)
         task = rundir.task(config)
