@@ -39,7 +39,8 @@ from .trajectory import Trajectory, TrajectoryError
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
-# Seconds spent by earlier, interrupted invocations of `run` on a run directory (added to its wall time).
+# Seconds spent by earlier invocations of `run` that did not finish (added to the run's wall time); updated at
+# every evaluation record, so a SIGKILL loses only the seconds since the last one.
 EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
 # What a run whose task and teacher are unchanged keeps when --overwrite replaces the rest.
 TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
@@ -319,8 +320,9 @@ class RunDir:
 
     # -- wall time -------------------------------------------------------------------------------------------
     def earlier_wall_time(self) -> float:
-        """Seconds recorded by interrupted earlier invocations (0 when none, or unreadable). A process killed
-        outright (SIGKILL) records nothing, so the total is then a lower bound."""
+        """Seconds spent by earlier invocations that did not finish (0 when none, or unreadable): recorded at
+        every evaluation record while training and when an invocation stops on an exception, so one killed
+        outright (SIGKILL) loses only the seconds since its last record."""
         try:
             return float(json.loads((self.path / EARLIER_WALL_TIME).read_text(encoding="utf-8"))["seconds"])
         except (OSError, ValueError, KeyError, TypeError):

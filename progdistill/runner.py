@@ -31,10 +31,10 @@ from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 
 
 def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,
-                  task: Task | None = None) -> Trajectory:
+                  task: Task | None = None, on_record=None) -> Trajectory:
     """Train the teacher into ``out/teacher`` or reuse a finished trajectory of the same config; returns it.
-    ``task``: the prepared task (default ``config.task``). Raises ``TrajectoryError`` for a finished
-    trajectory whose checkpoint files are missing."""
+    ``task``: the prepared task (default ``config.task``); ``on_record``: passed to :func:`~progdistill.train.fit`.
+    Raises ``TrajectoryError`` for a finished trajectory whose checkpoint files are missing."""
     rundir = RunDir(out)
     task = config.task if task is None else task
     directory = rundir.teacher
@@ -72,7 +72,7 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
     model = build_model(task, cfg.model, [cfg.seed], "teacher-init")
     try:
         fit(task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
-            checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path)
+            checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path, on_record=on_record)
     finally:
         if metrics is not None:
             metrics.close()
@@ -84,13 +84,14 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
 
 def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajectory, device: str = "auto",
                    log=print, runs: list[tuple[str, Any, int]] | None = None,
-                   directory: Path | None = None, task: Task | None = None) -> int:
+                   directory: Path | None = None, task: Task | None = None, on_record=None) -> int:
     """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``); returns
     how many were trained (0 when all had finished).
 
     ``runs``: (name, schedule, seed) triples, default one per (schedule, seed) of the config. Schedules are
     resolved against ``trajectory`` first (2-shot-auto picks its checkpoint); stackable students (MLPs) all
-    train in one stack. ``task``: the prepared task (default ``config.task``).
+    train in one stack. ``task``: the prepared task (default ``config.task``); ``on_record``: passed to
+    :func:`~progdistill.train.fit`.
     """
     rundir = RunDir(out)
     task = config.task if task is None else task
@@ -131,7 +132,7 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                 log(f"resuming from the saved state {state_path}")
             fit(task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
                 teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
-                state_path=state_path)
+                state_path=state_path, on_record=on_record)
             for m, mem in enumerate(group):
                 if is_main():
                     save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
@@ -198,7 +199,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         try:
             results = _train_probe_report(config, rundir, task, probes, device, log, previous, earlier, started)
         except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
-            rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
+            rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: see below)
             raise
         rundir.clear_interrupted_wall_time()
         barrier()
@@ -207,9 +208,15 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
 
 def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, probes, device: str, log,
                         previous: dict[str, Any] | None, earlier: float, started: float) -> dict[str, Any]:
-    """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0)."""
-    trajectory = train_teacher(config, rundir.path, device, log, task=task)
-    trained = train_students(config, rundir.path, trajectory, device, log, task=task)
+    """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0). The run's
+    wall time is that of every invocation that worked on it: a finished run's recorded one (when a rerun
+    trains what is missing), earlier interrupted ones (``earlier``), and this one."""
+
+    def persist_wall_time(step: int) -> None:  # at every record: a SIGKILL loses only the time since the last
+        rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
+
+    trajectory = train_teacher(config, rundir.path, device, log, task=task, on_record=persist_wall_time)
+    trained = train_students(config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time)
     # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
     # recomputing the one and replacing the other with the seconds this no-op took.
     unchanged = previous is not None and trained == 0
@@ -218,6 +225,7 @@ def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, pr
             probe.run(rundir, config, task, log)
     if unchanged:
         log(f"{rundir.path} was already complete: nothing retrained, results kept (wall time of the original run)")
-    wall = previous["wall_time_s"] if unchanged else earlier + time.perf_counter() - started
+    before = previous["wall_time_s"] if previous is not None else 0.0  # e.g. a deleted student retrained
+    wall = before if unchanged else before + earlier + time.perf_counter() - started
     env = previous.get("environment") if unchanged else environment(resolve_device(device))
     return write_report(rundir.path, wall_time_s=wall, env=env)
