@@ -20,7 +20,7 @@ def quiet(*args):
 
 @pytest.fixture(scope="module")
 def auto_run(tmp_path_factory):
-    """2-shot-auto beside a 2-shot on the checkpoint it picks (the tiny teacher's transition is at step 100)."""
+    """2-shot-auto beside a 2-shot on step 100 and CE, two seeds each."""
     base = tiny_config()
     out = tmp_path_factory.mktemp("runs") / "run"
     schedules = (CE(), KShot(points=((100, 100), (FINAL, 200))), TwoShotAuto(first_steps=100))
