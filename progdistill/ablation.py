@@ -24,7 +24,7 @@ from .config import ConfigError, check_positive_int
 from .files import atomic_write_json, read_metrics
 from .lock import RunLock
 from .phases import NoTransitionError
-from .report import save_figure, steps_to_threshold
+from .report import caption, curve_style, save_figure, steps_to_threshold
 from .rundir import RunDir
 from .runner import train_students
 from .schedules import FINAL, KShot, TwoShotAuto
@@ -69,7 +69,7 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     rundir = RunDir(run_dir)
     resolve_device(device)  # a bad --device is refused even when every student is already trained
     config = rundir.config()
-    trajectory = Trajectory(rundir.teacher)
+    trajectory = rundir.verify_teacher()  # a damaged teacher is refused before anything is written
     auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
     metric = auto[0].metric if auto else "eval_accuracy"  # where the run's 2-shot-auto finds the transition
     if first_steps is None:
@@ -137,22 +137,26 @@ def _settings_of_summary(path: Path) -> dict[str, Any] | None:
 
 
 def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.6))
     steps, acc = trajectory.curve("eval_accuracy")
     ax.plot(steps, acc, "k--", lw=1, label="teacher")
-    for v in VARIANTS:
+    seeds = 0
+    for i, v in enumerate(VARIANTS):
         runs = [c for name, c in curves.items() if name.startswith(f"{v}-seed")]
+        seeds = len(runs)
         x = np.array([r["step"] for r in runs[0]])
-        y = np.array([[r["eval_accuracy"] for r in c] for c in runs])
+        y = np.array([[r["eval_accuracy"] for r in c] for c in runs])  # (seeds, evals)
         ckpt = summary["checkpoints"][v]
         line, = ax.plot(x, y.mean(0), label=f"{v}: checkpoint {ckpt['step']} (teacher acc "
-                                             f"{ckpt['teacher_eval_accuracy']:.2f})")
-        ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2)
+                                             f"{ckpt['teacher_eval_accuracy']:.2f})", **curve_style(i, len(x)))
+        ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.axvline(summary["first_steps"], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("student steps (switch to the final checkpoint at the dotted line)")
     ax.set_ylabel("eval accuracy")
     ax.set_title(f"{preset}: 2-shot, first checkpoint before / during / after the transition", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    bands = f"shaded bands: min-max over the {seeds} seeds" if seeds > 1 else "one seed, so no band"
+    caption(fig, f"Lines: mean over the seeds of each variant; {bands}. Dashed black: the teacher (teacher "
+                 "steps on the same axis).")
     save_figure(fig, path)

@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
         local_slice(config.student.batch_size, "student.batch_size")
-    run(config, out, overwrite=args.overwrite, device=device)
+    run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher)
     if is_main():
         print((out / "summary.md").read_text(encoding="utf-8"))
         print(f"results: {out / 'results.json'}  figure: {out / 'accuracy.png'}")
@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace results of a different config in --out (never done without this flag); a "
                         "finished teacher of the same task and teacher config is kept and reused")
+    p.add_argument("--retrain-teacher", action="store_true",
+                   help="delete the teacher in --out and everything trained from it (students, probes, ablations, "
+                        "results) and train them again: the way out of a damaged teacher checkpoint, which every "
+                        "command refuses with an error naming the file (with a different config, also pass "
+                        "--overwrite)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_run)
 

@@ -1,7 +1,8 @@
 """Exclusive ownership of a run directory by one process at a time (a lock file holding the process id).
 
 A second process that opens the same directory is refused with a message naming the holder. A lock left by a
-process that is gone (killed, crashed, rebooted) is taken over, saying so.
+process that is gone (killed, crashed, rebooted; on Linux also a killed process its parent has not reaped yet,
+a zombie) is taken over, saying so.
 """
 
 from __future__ import annotations
@@ -20,13 +21,26 @@ class RunLockedError(RuntimeError):
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (killed, and not yet reaped by its parent: it will
+    never write again)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` is in state Z (Linux: /proc/PID/stat, whose state follows the parenthesized command
+    name, which may itself contain ")"); False where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] == "Z"
 
 
 class RunLock:

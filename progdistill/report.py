@@ -17,6 +17,13 @@ from .environment import environment_markdown  # noqa: E402
 from .experiment import config_hash, student_name  # noqa: E402
 from .files import atomic_write_json, atomic_write_text, read_metrics  # noqa: E402
 from .rundir import RunDir  # noqa: E402
+from .schedules import TwoShotAuto  # noqa: E402
+from .trajectory import Trajectory  # noqa: E402
+
+# Line styles and markers of the schedules' curves, in turn: two schedules with identical curves (2-shot and
+# 2-shot-auto on the same checkpoint) stay distinguishable.
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def steps_to_threshold(records: Sequence[dict], threshold: float) -> int | None:
@@ -25,6 +32,22 @@ def steps_to_threshold(records: Sequence[dict], threshold: float) -> int | None:
         if rec["eval_accuracy"] >= threshold:
             return rec["step"]
     return None
+
+
+def picked_checkpoints(config, trajectory: Trajectory) -> dict[str, dict[str, Any]]:
+    """Per 2-shot-auto schedule (by label), what it picks on the teacher ``trajectory`` (paper §1, 2-shot;
+    :meth:`progdistill.schedules.TwoShotAuto.resolve`): the first ``checkpoint`` (the middle of the detected
+    transition), the teacher's ``value`` of ``metric`` there, ``first_steps``, and the ``transition``
+    (:meth:`progdistill.phases.Transition.to_dict`: start, middle, end, before, after, noise, size, width)."""
+    picks = {}
+    for sched in config.schedules:
+        if isinstance(sched, TwoShotAuto):
+            steps, values = trajectory.curve(sched.metric)
+            window = sched.window(steps, values)
+            picks[sched.label] = {"checkpoint": window.middle, "metric": sched.metric,
+                                  "value": values[steps.index(window.middle)], "first_steps": sched.first_steps,
+                                  "transition": window.to_dict()}
+    return picks
 
 
 def _run_summary(records: list[dict], threshold: float) -> dict[str, Any]:
@@ -47,6 +70,9 @@ def build_results(out: Path, wall_time_s: float, env: dict[str, Any] | None = No
     results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
                "wall_time_s": round(wall_time_s, 2),
                "teacher": _run_summary(teacher, config.threshold), "students": students}
+    picks = picked_checkpoints(config, Trajectory(rundir.teacher))
+    if picks:
+        results["picked_checkpoints"] = picks
     if env is not None:
         results["environment"] = env
     probes = rundir.probe_summaries()
@@ -86,6 +112,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
                      f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} | "
                      f"{_mean_std([s['final_loss'] for s in runs], '.4f')} |")
     lines += ["", f"Mean +/- sample std over seeds. Wall time: {results['wall_time_s']:.1f} s.", ""]
+    for label, pick in results.get("picked_checkpoints", {}).items():
+        window, metric = pick["transition"], pick["metric"]
+        lines += [f"{label}: the first checkpoint is step {pick['checkpoint']} (teacher {metric} "
+                  f"{pick['value']:.4f}), the middle of the transition detected at steps {window['start']}-"
+                  f"{window['end']} ({metric} {window['before']:.4f} -> {window['after']:.4f}), for "
+                  f"{pick['first_steps']} student steps; then the final checkpoint.", ""]
     if "environment" in results:
         lines += [environment_markdown(results["environment"]), ""]
     ngram = results.get("probes", {}).get("ngram")
@@ -145,29 +177,52 @@ def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:
     return lines
 
 
-def plot_accuracy(out: Path, path: Path) -> None:
-    """Eval accuracy vs steps: one line per schedule (mean) with a min-max band over seeds, the teacher
-    dashed (the layout of the paper's Figure 1)."""
+def accuracy_figure(out: Path):
+    """Eval accuracy vs steps: one line per schedule (mean over seeds; its own line style and markers) with a
+    min-max band over seeds, the teacher dashed black (the layout of the paper's Figure 1); the legend right
+    of the data and a caption saying what lines and bands are. Returns the matplotlib figure."""
     rundir = RunDir(out)
     config = rundir.config()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.6))
     teacher = rundir.teacher_metrics()
-    ax.plot([r["step"] for r in teacher], [r["eval_accuracy"] for r in teacher], "k--", label="teacher")
-    for sched in config.schedules:
+    ax.plot([r["step"] for r in teacher], [r["eval_accuracy"] for r in teacher], "k--", lw=1, label="teacher")
+    for i, sched in enumerate(config.schedules):
         curves = [read_metrics(rundir.student_metrics(student_name(sched, seed)))
                   for seed in range(config.seeds)]
         steps = np.array([r["step"] for r in curves[0]])
         acc = np.array([[r["eval_accuracy"] for r in c] for c in curves])  # (seeds, evals)
-        line, = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})")
-        ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+        line, = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})", **curve_style(i, len(steps)))
+        ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(config.threshold, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("training steps")
     ax.set_ylabel(config.task.accuracy_label)
     ax.set_title(f"{config.preset}: student accuracy by schedule")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path)
+    bands = (f"shaded bands: min-max over the {config.seeds} seeds" if config.seeds > 1
+             else "one seed, so no band")
+    caption(fig, f"Lines: mean over the seeds of each schedule (n = seeds); {bands}. Dashed black: the teacher; "
+                 f"dotted grey: the threshold {config.threshold:.0%}.")
+    return fig
+
+
+def plot_accuracy(out: Path, path: Path) -> None:
+    """Save :func:`accuracy_figure` of run directory ``out`` as PNG at ``path``."""
+    save_figure(accuracy_figure(out), path)
+
+
+def curve_style(i: int, points: int) -> dict[str, Any]:
+    """Line style and open markers of the ``i``-th curve of ``points`` points: about 10 markers per curve, at
+    positions offset per curve, so that identical curves still show each line and marker."""
+    every = max(1, points // 10)
+    return {"ls": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)], "markersize": 5,
+            "markerfacecolor": "none", "markevery": (i % every, every), "lw": 1.4}
+
+
+def caption(fig, text: str) -> None:
+    """Lay out ``fig`` (its legends outside the axes included) above a caption line ``text``."""
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.text(0.01, 0.015, text, fontsize=7.5, ha="left", va="bottom", wrap=True)
 
 
 def save_figure(fig, path: Path) -> None:

@@ -31,14 +31,16 @@ from safetensors.torch import load_file
 
 from .config import ConfigError, diff
 from .distributed import is_main
-from .experiment import ExperimentConfig, build_model, check_task_data, config_hash, load_config
+from .experiment import (ExperimentConfig, build_model, check_task_data, config_hash, load_config,
+                         teacher_header)
 from .files import atomic_write_json, atomic_write_text, read_metrics
 from .tasks.base import Task
 from .trajectory import Trajectory, TrajectoryError
 
 STUDENT_WEIGHTS = "final.safetensors"
 RESUME_STATE = "resume.pt"
-# Seconds spent by earlier, interrupted invocations of `run` on a run directory (added to its wall time).
+# Seconds spent by earlier invocations of `run` that did not finish (added to the run's wall time); updated at
+# every evaluation record, so a SIGKILL loses only the seconds since the last one.
 EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
 # What a run whose task and teacher are unchanged keeps when --overwrite replaces the rest.
 TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
@@ -110,11 +112,17 @@ class RunDir:
         return load_config(self.config_file)
 
     # -- claiming ----------------------------------------------------------------------------------------------
-    def claim(self, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None) -> None:
+    def claim(self, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None,
+              retrain_teacher: bool = False) -> None:
         """Make this the run directory of ``config`` (``config.json`` plus its hash in ``config.sha256``, and
         the task data's hash in ``data.sha256``); refuse a directory that holds another run's results, listing
         the differing fields, or results trained on a grammar / corpus whose content has changed since.
-        Raises ``ConfigError`` saying what to do."""
+        Raises ``ConfigError`` saying what to do.
+
+        ``overwrite`` of a run whose task and teacher are unchanged keeps the teacher (:data:`TEACHER_OUTPUTS`);
+        its checkpoints are verified first, so a damaged teacher raises ``TrajectoryError`` before anything is
+        deleted (:meth:`verify_teacher`). ``retrain_teacher`` deletes the teacher too, and with it everything
+        trained from it, even when the config is unchanged."""
         out = self.path
         saved, digest, data = out / "config.json", out / "config.sha256", out / "data.sha256"
         if out.exists() and not out.is_dir():
@@ -148,8 +156,14 @@ class RunDir:
                                       (" (the task and teacher are unchanged: --overwrite keeps the finished "
                                        "teacher and trains only the students again)" if same_teacher else ""))
                 # The teacher depends on the task and teacher config only (train_teacher checks its trajectory's
-                # header again before reusing it); everything else is replaced.
-                self.remove_outputs(keep=TEACHER_OUTPUTS if same_teacher else ())
+                # header again before reusing it); everything else is replaced -- once what is kept is known
+                # to be usable, so that a failure deletes nothing.
+                keep = TEACHER_OUTPUTS if same_teacher and not retrain_teacher else ()
+                if keep:
+                    self._check_kept_teacher(config, "rerun with --retrain-teacher")
+                self.remove_outputs(keep=keep)
+            elif retrain_teacher:
+                self.remove_outputs()
         elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
             # never delete in a directory that is not ours, even with --overwrite
             raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
@@ -160,6 +174,34 @@ class RunDir:
         if data_digest is not None:
             atomic_write_text(data, data_digest + "\n")
         self._remove_stale_temporaries()
+
+    def _check_kept_teacher(self, config: ExperimentConfig, again: str) -> None:
+        """Verify the teacher files that a run of ``config`` would reuse (the trajectory of the same header,
+        the tokenizer); an unusable trajectory (another header, no manifest) is replaced, so not checked."""
+        try:
+            trajectory = Trajectory(self.teacher)
+        except TrajectoryError:
+            return
+        if trajectory.header == teacher_header(config):
+            self.verify_teacher(trajectory, again)
+        if self.tokenizer_file.exists():
+            self.task(config)  # loads the saved tokenizer (a damaged one raises here, before any deletion)
+
+    def verify_teacher(self, trajectory: Trajectory | None = None, again: str | None = None) -> Trajectory:
+        """The teacher trajectory (default: read now) with every checkpoint file checked against its sha256.
+        Raises ``TrajectoryError`` naming the missing or corrupted file, saying that nothing was deleted or
+        written and how to train the teacher again: ``again`` (default: the ``progdistill run ...
+        --retrain-teacher`` command of this directory)."""
+        trajectory = Trajectory(self.teacher) if trajectory is None else trajectory
+        try:
+            trajectory.verify()
+        except TrajectoryError as exc:
+            again = again or f"train it again with `progdistill run {self.config_file} --out {self.path} " \
+                             "--retrain-teacher`"
+            raise TrajectoryError(f"{exc}; nothing was deleted or written. Restore the file, or {again} (this "
+                                  "deletes the teacher and everything trained from it: students, probes, "
+                                  "ablations, results)") from None
+        return trajectory
 
     def _remove_stale_temporaries(self) -> None:
         """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.trajectory`; figures as
@@ -248,8 +290,9 @@ class RunDir:
         corpus) changed after the run (the probe would describe another config than the one trained), a
         damaged or unreadable results.json, a probe summary the report cannot read, and -- when the probe reads
         the teacher (``teacher``) -- a teacher trajectory that is unfinished (still training, or interrupted:
-        the probe would describe part of it) or has lost its metrics. Raises ``ConfigError`` (or
-        ``TrajectoryError`` for a missing teacher) ending in "nothing was written"."""
+        the probe would describe part of it), has a missing or corrupted checkpoint, or has lost its metrics.
+        Raises ``ConfigError`` (or ``TrajectoryError`` for a missing or damaged teacher) saying that nothing
+        was written."""
         run_dir = self.path
         if self.results_file.exists() and self.finished_results() is None:
             raise ConfigError(f"{self.results_file} is unreadable (empty or not JSON); rerun `progdistill run "
@@ -261,6 +304,7 @@ class RunDir:
                                   f"interrupted at step {max(trajectory.steps, default=0)} of "
                                   f"{config.teacher.steps}); finish it with `progdistill run "
                                   f"{self.config_file} --out {run_dir}` first (nothing was written)")
+            self.verify_teacher(trajectory)
         if (teacher or self.results_file.exists()) and not (self.teacher / "metrics.jsonl").exists():
             raise ConfigError(f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment "
                               "(nothing was written)")
@@ -276,8 +320,9 @@ class RunDir:
 
     # -- wall time -------------------------------------------------------------------------------------------
     def earlier_wall_time(self) -> float:
-        """Seconds recorded by interrupted earlier invocations (0 when none, or unreadable). A process killed
-        outright (SIGKILL) records nothing, so the total is then a lower bound."""
+        """Seconds spent by earlier invocations that did not finish (0 when none, or unreadable): recorded at
+        every evaluation record while training and when an invocation stops on an exception, so one killed
+        outright (SIGKILL) loses only the seconds since its last record."""
         try:
             return float(json.loads((self.path / EARLIER_WALL_TIME).read_text(encoding="utf-8"))["seconds"])
         except (OSError, ValueError, KeyError, TypeError):

@@ -31,10 +31,10 @@ from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 
 
 def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,
-                  task: Task | None = None) -> Trajectory:
+                  task: Task | None = None, on_record=None) -> Trajectory:
     """Train the teacher into ``out/teacher`` or reuse a finished trajectory of the same config; returns it.
-    ``task``: the prepared task (default ``config.task``). Raises ``TrajectoryError`` for a finished
-    trajectory whose checkpoint files are missing."""
+    ``task``: the prepared task (default ``config.task``); ``on_record``: passed to :func:`~progdistill.train.fit`.
+    Raises ``TrajectoryError`` for a finished trajectory whose checkpoint files are missing."""
     rundir = RunDir(out)
     task = config.task if task is None else task
     directory = rundir.teacher
@@ -47,8 +47,9 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
         missing = [step for step in existing.steps if not (directory / existing.entry(step)["file"]).exists()]
         if missing:  # files are hashed when students load them; a missing one is named now
             raise TrajectoryError(f"the finished teacher trajectory {directory} is damaged: the checkpoint file "
-                                  f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or delete "
-                                  f"{directory} to train the teacher again")
+                                  f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or train "
+                                  "the teacher again: rerun with --retrain-teacher (this deletes the teacher and "
+                                  "everything trained from it: students, probes, ablations, results)")
         log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
         return existing
     state_path = directory / RESUME_STATE
@@ -71,7 +72,7 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
     model = build_model(task, cfg.model, [cfg.seed], "teacher-init")
     try:
         fit(task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
-            checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path)
+            checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path, on_record=on_record)
     finally:
         if metrics is not None:
             metrics.close()
@@ -83,13 +84,14 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
 
 def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajectory, device: str = "auto",
                    log=print, runs: list[tuple[str, Any, int]] | None = None,
-                   directory: Path | None = None, task: Task | None = None) -> int:
+                   directory: Path | None = None, task: Task | None = None, on_record=None) -> int:
     """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``); returns
     how many were trained (0 when all had finished).
 
     ``runs``: (name, schedule, seed) triples, default one per (schedule, seed) of the config. Schedules are
     resolved against ``trajectory`` first (2-shot-auto picks its checkpoint); stackable students (MLPs) all
-    train in one stack. ``task``: the prepared task (default ``config.task``).
+    train in one stack. ``task``: the prepared task (default ``config.task``); ``on_record``: passed to
+    :func:`~progdistill.train.fit`.
     """
     rundir = RunDir(out)
     task = config.task if task is None else task
@@ -101,7 +103,7 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     if not todo:
         log("all students already finished")
         return 0
-    trajectory.verify()  # a missing or corrupted checkpoint stops here, before any student file is written
+    rundir.verify_teacher(trajectory)  # a missing or corrupted checkpoint stops here, before any student file
     resolved = {}
     for _, sched, _ in todo:
         if sched in resolved:  # the same schedule for another seed
@@ -130,7 +132,7 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                 log(f"resuming from the saved state {state_path}")
             fit(task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
                 teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
-                state_path=state_path)
+                state_path=state_path, on_record=on_record)
             for m, mem in enumerate(group):
                 if is_main():
                     save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
@@ -152,14 +154,16 @@ def _member_state(model, m: int, size: int) -> dict:
 
 
 def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
-        log=print) -> dict[str, Any]:
+        log=print, retrain_teacher: bool = False) -> dict[str, Any]:
     """Run the whole experiment into run directory ``out`` and return ``results.json``'s content.
 
     Everything the config alone can refuse (a bad device, k-shot points the teacher will not save, task data
     that does not load or fit the models, an end-of-run probe the task's sequences are too short for) raises
     ``ConfigError`` before anything is written; so does a directory holding another config's run unless
-    ``overwrite`` (:meth:`progdistill.rundir.RunDir.claim`). Raises ``RunLockedError`` while another process
-    runs in ``out``."""
+    ``overwrite`` (:meth:`progdistill.rundir.RunDir.claim`). A teacher that ``overwrite`` would keep is verified
+    before anything is deleted; a damaged one raises ``TrajectoryError`` naming the way out,
+    ``retrain_teacher``: delete the teacher and everything trained from it, and train them again. Raises
+    ``RunLockedError`` while another process runs in ``out``."""
     rundir = RunDir(out)
     started = time.perf_counter()
     resolve_device(device)  # a bad --device is refused before anything is written
@@ -181,7 +185,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         return {}
     with RunLock(rundir.path):
         try:
-            rundir.claim(config, overwrite, data_digest)
+            rundir.claim(config, overwrite, data_digest, retrain_teacher)
         finally:
             barrier()  # workers wait until the directory is claimed (or the claim failed)
         task = rundir.task(config)
@@ -195,7 +199,7 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         try:
             results = _train_probe_report(config, rundir, task, probes, device, log, previous, earlier, started)
         except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
-            rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
+            rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: see below)
             raise
         rundir.clear_interrupted_wall_time()
         barrier()
@@ -204,9 +208,15 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
 
 def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, probes, device: str, log,
                         previous: dict[str, Any] | None, earlier: float, started: float) -> dict[str, Any]:
-    """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0)."""
-    trajectory = train_teacher(config, rundir.path, device, log, task=task)
-    trained = train_students(config, rundir.path, trajectory, device, log, task=task)
+    """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0). The run's
+    wall time is that of every invocation that worked on it: a finished run's recorded one (when a rerun
+    trains what is missing), earlier interrupted ones (``earlier``), and this one."""
+
+    def persist_wall_time(step: int) -> None:  # at every record: a SIGKILL loses only the time since the last
+        rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
+
+    trajectory = train_teacher(config, rundir.path, device, log, task=task, on_record=persist_wall_time)
+    trained = train_students(config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time)
     # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
     # recomputing the one and replacing the other with the seconds this no-op took.
     unchanged = previous is not None and trained == 0
@@ -215,6 +225,7 @@ def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, pr
             probe.run(rundir, config, task, log)
     if unchanged:
         log(f"{rundir.path} was already complete: nothing retrained, results kept (wall time of the original run)")
-    wall = previous["wall_time_s"] if unchanged else earlier + time.perf_counter() - started
+    before = previous["wall_time_s"] if previous is not None else 0.0  # e.g. a deleted student retrained
+    wall = before if unchanged else before + earlier + time.perf_counter() - started
     env = previous.get("environment") if unchanged else environment(resolve_device(device))
     return write_report(rundir.path, wall_time_s=wall, env=env)

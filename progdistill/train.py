@@ -19,7 +19,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -85,7 +85,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         data_stream: str, distillation: DistillationConfig | None = None,
         teachers: TeacherPool | None = None, checkpoint_writer: TrajectoryWriter | None = None,
         device: torch.device = torch.device("cpu"), desc: str = "train",
-        state_path: Path | None = None) -> list[list[dict]]:
+        state_path: Path | None = None, on_record: Callable[[int], None] | None = None) -> list[list[dict]]:
     """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
 
     Member m draws ``train.batch_size`` fresh examples per step (``task.sample_batch``) from the generator
@@ -106,10 +106,12 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     data generators, records) is saved atomically at every record; a later call with the same members resumes
     from it, rewrites the metrics files to the saved records and drops trajectory checkpoints saved after it,
     and so ends with the same numbers as an uninterrupted run (bit for bit on CPU with the same thread count).
-    The state file is deleted when training finishes.
+    The state file is deleted when training finishes. ``on_record(step)`` is called after every record (main
+    process), e.g. to persist the run's elapsed time.
     """
     run = _Training(task, model, train, members, data_stream, distillation or DistillationConfig(), teachers,
                     checkpoint_writer, device, desc, state_path)
+    run.on_record = on_record
     state = load_state(state_path, run.names)
     barrier()  # every process has read the state before rank 0 may replace it
     start = 0 if state is None else state["step"]
@@ -143,6 +145,8 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
 class _Training:
     """The state of one :func:`fit` call -- models, optimizer, data generators, running losses, records --
     and the named steps of its loop."""
+
+    on_record: Callable[[int], None] | None = None
 
     def __init__(self, task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member],
                  data_stream: str, distillation: DistillationConfig, teachers: TeacherPool | None,
@@ -348,6 +352,8 @@ class _Training:
             self.histories[m].append(rec)
             if mem.writer is not None:
                 mem.writer.write(rec)
+        if self.on_record is not None:
+            self.on_record(step)
 
     def checkpoint(self, step: int) -> None:
         """Save the teacher's weights when ``step`` is a checkpoint step, and the resume state (main process)."""

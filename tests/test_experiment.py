@@ -12,6 +12,7 @@ from progdistill.files import read_metrics
 from progdistill.schedules import KShot, Progressive
 from progdistill.teachers import TeacherPool
 from progdistill.train import Member, fit, generator
+from progdistill.trajectory import Trajectory
 
 
 def quiet(*args):
@@ -253,3 +254,71 @@ def test_an_interrupted_overwrite_leaves_a_run_directory_the_next_overwrite_recl
     monkeypatch.setattr(rundir.shutil, "rmtree", real_rmtree)
     assert (out / "config.json").exists() and not (out / "teacher").exists()  # the config files go last
     assert run(other, out, overwrite=True, log=quiet)["config_sha256"] == config_hash(other)
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_on_a_damaged_teacher_fails_before_deleting_anything(tmp_path, tiny):
+    from progdistill.cli import main
+    from progdistill.trajectory import TrajectoryError
+
+    out = tmp_path / "run"
+    run(tiny, out, log=quiet)
+    ckpt = out / "teacher" / "checkpoints" / "step_00000200.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:-3] + b"xyz")
+    before = _files(out)
+    other = replace(tiny, student=replace(tiny.student, steps=150))  # same teacher: --overwrite would keep it
+    with pytest.raises(TrajectoryError, match=r"step 200 is corrupted.*nothing was deleted.*--retrain-teacher"):
+        run(other, out, overwrite=True, log=quiet)
+    assert _files(out) == before  # every file of the old run, byte for byte
+    config = tmp_path / "other.json"
+    config.write_text(json.dumps(other.to_dict()))
+    assert main(["run", str(config), "--out", str(out), "--overwrite", "--device", "cpu"]) == 2
+    assert _files(out) == before
+    # the way out the error names: the teacher and everything trained from it are trained again
+    assert main(["run", str(config), "--out", str(out), "--overwrite", "--retrain-teacher", "--device", "cpu"]) == 0
+    assert Trajectory(out / "teacher").verify() is None
+    assert json.loads((out / "results.json").read_text())["students"][0]["steps"] == 150
+
+
+def test_retrain_teacher_of_the_same_config_replaces_the_whole_run(tmp_path, tiny):
+    out = tmp_path / "run"
+    run(tiny, out, log=quiet)
+    ckpt = out / "teacher" / "checkpoints" / "step_00000300.safetensors"
+    ckpt.unlink()
+    (out / "probes").mkdir()
+    (out / "probes" / "stale.jsonl").write_text("{}\n")
+    messages = []
+    run(tiny, out, retrain_teacher=True, log=messages.append)
+    assert not any("reusing finished teacher" in m for m in messages)
+    assert ckpt.exists() and not (out / "probes" / "stale.jsonl").exists()
+
+
+def test_retraining_a_missing_student_adds_to_the_run_s_wall_time(tmp_path, tiny):
+    import shutil
+    out = tmp_path / "run"
+    first = run(tiny, out, log=quiet)
+    recorded = json.loads((out / "results.json").read_text()) | {"wall_time_s": 1000.0}  # a long original run
+    (out / "results.json").write_text(json.dumps(recorded))
+    shutil.rmtree(out / "students" / "one-shot-seed0")
+    results = run(tiny, out, log=quiet)
+    assert 1000.0 < results["wall_time_s"] < 1000.0 + first["wall_time_s"] + 60
+    assert f"Wall time: {results['wall_time_s']:.1f} s" in (out / "summary.md").read_text()
+
+
+def test_wall_time_is_persisted_at_every_record(tmp_path, tiny, monkeypatch):
+    from progdistill.rundir import EARLIER_WALL_TIME, RunDir
+    seen = []
+    real = RunDir.record_interrupted_wall_time
+
+    def spy(self, seconds):
+        seen.append(seconds)
+        real(self, seconds)
+
+    monkeypatch.setattr(RunDir, "record_interrupted_wall_time", spy)
+    run(tiny, tmp_path / "run", log=quiet)
+    # teacher: steps 0, 50, ..., 300; the stack of students: the same 7 records
+    assert len(seen) == 14 and seen == sorted(seen)
+    assert not (tmp_path / "run" / EARLIER_WALL_TIME).exists()  # cleared when the run finishes

@@ -109,3 +109,48 @@ def test_metrics_reader_tolerates_a_truncated_final_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"step": 0}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         read_metrics(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_a_killed_but_unreaped_holder_does_not_hold_the_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        os.kill(holder.pid, signal.SIGKILL)  # killed, and not reaped: its parent (this test) has not waited
+        stat = Path(f"/proc/{holder.pid}/stat")
+        deadline = time.time() + 10
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+            time.sleep(0.01)
+        assert stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie
+        with pytest.warns(UserWarning, match="which is gone"):
+            with RunLock(tmp_path):
+                assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_wall_time_keeps_the_work_of_a_sigkilled_invocation(tmp_path):
+    from dataclasses import replace
+    base = tiny_config(steps=3000)
+    config = replace(base, teacher=replace(base.teacher, eval_every=100, checkpoint_every=100,
+                                           model=replace(base.teacher.model, width=512)),
+                     student=replace(base.student, steps=300), seeds=1)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    out = tmp_path / "run"
+    teacher_metrics = out / "teacher" / "metrics.jsonl"
+    proc = subprocess.Popen(_cmd(path, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    while _lines(teacher_metrics) < 12 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; make the test config longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from progdistill.rundir import RunDir
+    killed = RunDir(out).earlier_wall_time()  # persisted as the run went: at least the first 11 records
+    assert killed > 0
+    subprocess.run(_cmd(path, out), check=True, capture_output=True, env=ENV, timeout=600)
+    assert json.loads((out / "results.json").read_text())["wall_time_s"] > killed
+    assert f"Wall time: {json.loads((out / 'results.json').read_text())['wall_time_s']:.1f} s" in \
+        (out / "summary.md").read_text()

@@ -34,23 +34,37 @@ def run_jobs(partial: Path, settings: dict, jobs: list[tuple[str, int]], compute
              log=print) -> dict[tuple[str, int], dict]:
     """Compute ``compute(name, step)`` for every (model name, step) job, appending each record to the
     ``partial`` JSONL file as it is done, so a killed probe resumes where it stopped (when its first line,
-    ``settings``, matches). Returns {job: record}; the caller deletes ``partial`` once its outputs are written."""
+    ``settings``, matches). A new ``partial`` file is created with the first finished record, so a probe that
+    fails on its first model leaves none behind. Returns {job: record}; the caller deletes ``partial`` once its
+    outputs are written."""
     done = {}
+    fh = None
     if partial.exists():
         saved = read_metrics(partial)
         if saved and saved[0] == settings:
             done = {(r["model"], r["step"]): r for r in saved[1:]}
             log(f"resuming the {desc}: {len(done)} of {len(jobs)} models already probed")
-    with open(partial, "w", encoding="utf-8") as fh:
-        for line in [settings, *done.values()]:
-            fh.write(json.dumps(line) + "\n")
+        fh = _start(partial, [settings, *done.values()])
+    try:
         for name, step in tqdm(jobs, desc=desc, unit="model", leave=False, disable=None):  # none without a terminal
             if (name, step) in done:
                 continue
             done[(name, step)] = {"model": name, "step": step, **compute(name, step)}
+            fh = fh or _start(partial, [settings])
             fh.write(json.dumps(done[(name, step)]) + "\n")
             fh.flush()
+    finally:
+        if fh is not None:
+            fh.close()
     return done
+
+
+def _start(partial: Path, lines: list[dict]):
+    """``partial`` opened for writing, holding ``lines`` (JSONL)."""
+    fh = open(partial, "w", encoding="utf-8")
+    fh.write("".join(json.dumps(line) + "\n" for line in lines))
+    fh.flush()
+    return fh
 
 
 def schedule_of(name: str) -> str:

@@ -353,7 +353,7 @@ def _probe_monomials(rundir: RunDir, config: ExperimentConfig, students: bool, n
     atomic_write_text(out / "monomials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     summary = _summarize([r for r in records if r["model"] == "teacher"])
     atomic_write_json(out / "monomials-summary.json", summary)
-    _plot(records, summary, out / "monomials.png", config.preset)
+    save_figure(monomial_figure(records, summary, config.preset), out / "monomials.png")
     (out / ".monomials.partial.jsonl").unlink()
     log(f"wrote {out / 'monomials.jsonl'}, {out / 'monomials-summary.json'}, {out / 'monomials.png'}")
     return summary
@@ -377,14 +377,15 @@ def _summarize(teacher: list[dict]) -> dict[str, Any]:
     return summary
 
 
-def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
+def monomial_figure(records: list[dict], summary: dict, preset: str):
     """Left: degree-1 in-support correlations, one line per support coordinate, the off-support mean with a
     +/- std band and the teacher's accuracy (second axis). Right: in-support mean (solid) and off-support
-    mean (dotted) of every probed degree. The detected transition is shaded in both."""
+    mean (dotted) of every probed degree. The detected transition is shaded in both; the legends sit below
+    the panels, outside the data. Returns the matplotlib figure."""
     teacher = [r for r in records if r["model"] == "teacher"]
     steps = np.array([r["step"] for r in teacher])
     degrees = [d["degree"] for d in teacher[0]["degrees"]]
-    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 5.4))
     for j, entry in enumerate(next(d for d in teacher[0]["degrees"] if d["degree"] == 1)["in_support"]):
         values = [next(d for d in r["degrees"] if d["degree"] == 1)["in_support"][j]["correlation"]
                   for r in teacher]
@@ -409,9 +410,10 @@ def _plot(records: list[dict], summary: dict, path: Path, preset: str) -> None:
     ax2.set_ylabel("teacher eval accuracy", color="b")
     ax2.set_ylim(0.4, 1.02)
     lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
-    right.legend(fontsize=7, loc="upper left", ncol=2)
+    below = {"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "frameon": False}
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], ncol=3, **below)
+    right.legend(ncol=2, **below)
     ax.set_title(f"{preset}: degree-1 correlations of the teacher")
     right.set_title("mean correlation by degree")
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig

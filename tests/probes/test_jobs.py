@@ -189,3 +189,51 @@ def test_a_probe_on_a_run_without_results_says_that_run_will_report_it(finished_
     probe_monomials(run_dir, num_samples=512, log=messages.append)
     assert (run_dir / "probes" / "monomials.jsonl").exists() and not (run_dir / "results.json").exists()
     assert any("is not written yet" in m for m in messages), messages
+
+
+def test_probe_and_ablation_on_a_damaged_teacher_write_nothing_and_say_how_to_recover(finished_tiny_run, tmp_path):
+    import shutil
+    from progdistill.trajectory import TrajectoryError
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_tiny_run, run_dir)
+    ckpt = run_dir / "teacher" / "checkpoints" / "step_00000100.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:-3] + b"xyz")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    recovery = r"step 100 is corrupted.*progdistill run .*config.json --out .* --retrain-teacher"
+    with pytest.raises(TrajectoryError, match=recovery):
+        probe_monomials(run_dir, num_samples=512, log=quiet)
+    with pytest.raises(TrajectoryError, match=recovery):
+        ablate_two_shot(run_dir, device="cpu", log=quiet)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # no partial, no settings
+
+
+def test_a_probe_that_fails_on_its_first_model_leaves_no_partial_file(finished_tiny_run, tmp_path, monkeypatch):
+    import shutil
+    from progdistill.rundir import RunDir
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_tiny_run, run_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(RunDir, "load_model", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        probe_monomials(run_dir, num_samples=512, log=quiet)
+    assert not (run_dir / "probes" / ".monomials.partial.jsonl").exists()
+
+
+def test_monomial_figure_legends_sit_outside_the_data(finished_tiny_run, tmp_path):
+    import shutil
+    from progdistill.probes.jobs import read_records
+    from progdistill.probes.monomials import monomial_figure
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_tiny_run, run_dir)
+    summary = probe_monomials(run_dir, num_samples=512, log=quiet)
+    fig = monomial_figure(read_records(run_dir / "probes" / "monomials.jsonl"), summary, "tiny")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None] + list(fig.legends)
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(a.get_window_extent(renderer)) for a in fig.axes)
