@@ -19,7 +19,7 @@ from .models.language import MaskedLM
 from .optional import MissingExtraError
 from .presets import PRESETS, get_preset
 from .probes.monomials import probe_monomials
-from .probes.ngram import WINDOWS, probe_ngram
+from .probes.ngram import DISTANCE, WINDOWS, probe_ngram
 from .probes.oracle import probe_oracle
 from .rundir import RunDir
 from .runner import run
@@ -85,13 +85,13 @@ def cmd_probe(args) -> int:
 
 def cmd_probe_ngram(args) -> int:
     summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows),
-                          hiding=args.hiding)
+                          hiding=args.hiding, distance=args.distance)
     print(json.dumps({k: v for k, v in summary.items() if k != "students"}, indent=2))
     return 0
 
 
 def cmd_probe_oracle(args) -> int:
-    summary = probe_oracle(args.run_dir, windows=tuple(args.windows))
+    summary = probe_oracle(args.run_dir, windows=tuple(args.windows), distance=args.distance)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a token is masked: 'token' puts MASK in its place (as in training; default); "
                         "'attention' also sets its attention mask to 0, as the authors' released probe does, "
                         "and writes probes/ngram-attention* beside the default results")
+    p.add_argument("--distance", choices=DISTANCE, default="tv",
+                   help="'tv': total variation, in [0, 1] (default); 'l1': ||p - q||_1 = 2 x TV, the paper's axis, "
+                        "as the authors' released probe scores it; writes probes/ngram-l1* beside the default "
+                        "results (ngram-attention-l1* with --hiding attention)")
     p.set_defaults(func=cmd_probe_ngram)
     p = probe.add_parser("oracle", help="M_robust / M_close of the grammar's Bayes-optimal masked LM (exact, by the "
                                         "inside algorithm) on the sentences and positions `probe ngram` uses -- "
@@ -213,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "cfg3b)")
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm)")
     _add_windows(p)
+    p.add_argument("--distance", choices=DISTANCE, default="tv",
+                   help="'tv' (default) or 'l1' (= 2 x TV, the paper's axis); 'l1' writes "
+                        "probes/ngram-oracle-l1-summary.json")
     p.set_defaults(func=cmd_probe_oracle)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")

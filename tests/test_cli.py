@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import progdistill
-from progdistill.cli import main
+from progdistill.cli import build_parser, cmd_probe_ngram, cmd_probe_oracle, main
 
 
 def test_help_explains_commands(capsys):
@@ -93,3 +93,11 @@ def test_own_warnings_print_as_one_line_and_others_as_python_does():
     other = _format_warning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")
     assert other == warnings.formatwarning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")
     assert "torch/x.py:3" in other
+
+
+def test_probe_distance_option_reaches_the_probes():
+    parser = build_parser()
+    args = parser.parse_args(["probe", "ngram", "runs/x", "--distance", "l1"])
+    assert (args.distance, args.func) == ("l1", cmd_probe_ngram)
+    args = parser.parse_args(["probe", "oracle", "runs/x"])
+    assert (args.distance, args.func) == ("tv", cmd_probe_oracle)
