@@ -20,8 +20,9 @@ class TeacherPool:
 
     ``trajectory``: a :class:`progdistill.trajectory.Trajectory` or :class:`progdistill.hf.HFTrajectory` (anything
     with ``steps`` and ``load_model(step, build)``; ``verify()`` for :meth:`verify`); ``build`` makes an untrained
-    teacher to load weights into. A checkpoint is loaded once when a schedule first switches to it and kept while a schedule uses it; its model
-    is in eval mode, with ``requires_grad`` off, and never in an optimizer. ``loads`` counts checkpoint loads.
+    teacher to load weights into. A checkpoint is loaded once when a schedule first switches to it and kept while
+    a schedule uses it; its model is in eval mode, with ``requires_grad`` off, and never in an optimizer. ``loads``
+    counts checkpoint loads.
     """
 
     def __init__(self, trajectory, build: Callable[[], torch.nn.Module] | None, device: torch.device):
