@@ -259,7 +259,8 @@ class DistillationConfig:
 
     ``loss``: "forward_kl" (KL(teacher || student), same gradients as the distillation cross-entropy) or
     "reverse_kl" (KL(student || teacher); needs ``temperature > 0``). ``temperature``: the teacher's softmax
-    temperature T; 0 means the teacher's argmax as a hard label. ``alpha``: weight of the cross-entropy on
+    temperature T, any T >= 0; 0 means the teacher's argmax as a hard label, and a T too small for logits / T to be
+    finite in float32 (e.g. 1e-40) its limit (:mod:`progdistill.losses`). ``alpha``: weight of the cross-entropy on
     true labels, mixed as ``alpha * CE + (1 - alpha) * distillation``.
     """
 

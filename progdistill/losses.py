@@ -5,8 +5,14 @@ where ``IGNORE_INDEX`` (-100, PyTorch's default) marks positions that carry no s
 ``reduction="mean"`` a loss is averaged over supervised positions only (a batch with none gives 0, never
 NaN); with ``reduction="none"`` it is returned per position, shape (*), 0 at ignored positions.
 
-All arithmetic is done in float32 whatever the input dtype (float16 and bfloat16 logits included), so a
-temperature close to 0 cannot overflow into inf or NaN. Losses are in nats.
+All arithmetic is done in float32 whatever the input dtype (float16 and bfloat16 logits included). Every
+temperature T >= 0 gives finite losses and gradients: T = 0 is the teacher's argmax, and a T so small that
+``teacher_logits / T`` overflows float32 (down to subnormal values, or values that round to 0 in float32) gives
+the limit of softmax(teacher_logits / T) as T -> 0, computed exactly as softmax((teacher_logits - max) / T).
+The divergences are never negative, and exactly 0 for equal logits at T = 1. Losses are in nats.
+
+Errors: ``ValueError`` for a negative (or NaN) temperature, teacher logits whose shape differs from the
+student's, targets whose shape is not the logits' without the class dimension, and an unknown reduction.
 
 The plain objective is :func:`distillation_loss`. The training loop's fast paths use an equivalent *fused*
 form of it with forward KL (:func:`mixture_weights`, :func:`soft_targets`, :func:`soft_cross_entropy` and
@@ -21,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+_LOG_TINY = float(torch.log(torch.tensor(torch.finfo(torch.float32).tiny)))  # -87.34: log of the smallest normal
 
 
 def _reduce(per_position: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -41,14 +48,55 @@ def _mask(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
     return targets != IGNORE_INDEX
 
 
-def teacher_probabilities(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(teacher_logits / T) in float32, shape (*, C); T = 0 gives the one-hot argmax."""
-    if temperature < 0:
+def _check_pair(logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    # Broadcasting would silently pair a student position with another position's teacher.
+    if teacher_logits.shape != logits.shape:
+        raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} must equal the student logits shape "
+                         f"{tuple(logits.shape)}: one teacher distribution per student position")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature >= 0:  # NaN included
         raise ValueError(f"temperature={temperature!r} is invalid: must be >= 0")
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T (float32, T > 0) for a softmax over the last dimension. Rows where that overflows (T too
+    small to divide by) take (logits - max) / T instead, the same softmax without inf - inf: 0 at the maximum,
+    at most 0 elsewhere, so those rows are the argmax limit (shared between ties). Other rows are untouched."""
+    scaled = logits / temperature  # (*, C)
+    overflow = ~torch.isfinite(scaled) & torch.isfinite(logits)  # -inf logits (a masked vocabulary) are fine
+    if not bool(overflow.any()):
+        return scaled
+    top = logits.amax(dim=-1, keepdim=True)
+    # At the maximum 0 / T is 0, also where T rounds to 0 in float32 (0 / 0).
+    shifted = torch.where(logits == top, torch.zeros_like(logits), (logits - top) / temperature)
+    return torch.where(overflow.any(dim=-1, keepdim=True), shifted, scaled)
+
+
+def _non_negative(divergence: torch.Tensor) -> torch.Tensor:
+    """A divergence with rounding's negative values set to 0; the gradient passes unchanged (straight through),
+    so clamping never changes an update."""
+    return torch.where(divergence < 0, divergence - divergence.detach(), divergence)
+
+
+def teacher_probabilities(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(teacher_logits / T) in float32, shape (*, C); T = 0 gives the one-hot argmax, and a T too small to
+    divide by (``teacher_logits / T`` not finite) the T -> 0 limit, the argmax shared between ties. Raises
+    ``ValueError`` for T < 0 or NaN."""
+    return _teacher(teacher_logits, temperature)[0]
+
+
+def _teacher(teacher_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, log q), both (*, C) float32: :func:`teacher_probabilities` and its log as a log_softmax (0 at a T = 0
+    teacher's argmax; its other entries, where q = 0, are never used)."""
+    _check_temperature(temperature)
     logits = teacher_logits.float()
     if temperature == 0:
-        return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
-    return torch.softmax(logits / temperature, dim=-1)
+        q = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+        return q, torch.zeros_like(q)
+    scaled = _scaled(logits, temperature)
+    return torch.softmax(scaled, dim=-1), torch.log_softmax(scaled, dim=-1)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -67,6 +115,7 @@ def distillation_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tenso
     Equals forward KL plus the teacher's entropy, so the two have the same gradients. ``targets`` is only
     used for its ignore mask. T = 0 is cross-entropy on the teacher's argmax.
     """
+    _check_pair(logits, teacher_logits)
     mask = _mask(logits, targets)
     q = teacher_probabilities(teacher_logits, temperature)
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -76,26 +125,39 @@ def distillation_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tenso
 
 def forward_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-    """KL(q || p) = sum_c q_c (log q_c - log p_c), q = softmax(teacher_logits / T); 0 when they agree."""
+    """KL(q || p) = sum_c q_c (log q_c - log p_c), q = softmax(teacher_logits / T); >= 0, exactly 0 for equal
+    logits at T = 1."""
+    _check_pair(logits, teacher_logits)
     mask = _mask(logits, targets)
-    q = teacher_probabilities(teacher_logits, temperature)
+    # log q as a log_softmax, the student's own formula: log(q) would differ from log p by rounding for equal
+    # logits. log q carries no gradient, so the gradient, p - q, is that of the distillation cross-entropy.
+    q, logq = _teacher(teacher_logits, temperature)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    logq = torch.log(q.clamp(min=torch.finfo(torch.float32).tiny))
     per_position = torch.where(q > 0, q * (logq - logp), torch.zeros_like(logp)).sum(dim=-1)
-    return _reduce(per_position, mask, reduction)
+    return _reduce(_non_negative(per_position), mask, reduction)
 
 
 def reverse_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-    """KL(p || q) = sum_c p_c (log p_c - log q_c), q = softmax(teacher_logits / T); needs T > 0."""
+    """KL(p || q) = sum_c p_c (log p_c - log q_c), q = softmax(teacher_logits / T); needs T > 0. >= 0, exactly 0
+    for equal logits at T = 1.
+
+    Columns where the student's probability is 0 contribute 0 (0 log 0 = 0), so -inf logits on both sides (a
+    masked vocabulary) are fine. q is floored at the smallest normal float32 (log q >= -87.3): where the teacher
+    rounds a class to probability 0 that the student gives mass to (a T too small to divide by), the divergence
+    is large but finite."""
     if temperature <= 0:
         raise ValueError(f"temperature={temperature!r} is invalid for reverse KL: must be > 0 "
                          "(a one-hot teacher makes reverse KL infinite)")
+    _check_pair(logits, teacher_logits)
     mask = _mask(logits, targets)
-    logq = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    logq = _teacher(teacher_logits, temperature)[1].clamp(min=_LOG_TINY)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    per_position = (logp.exp() * (logp - logq)).sum(dim=-1)
-    return _reduce(per_position, mask, reduction)
+    p = logp.exp()
+    # Where p = 0 the log ratio may be -inf - (-inf): set it to 0 before the product, whose gradient uses it.
+    log_ratio = torch.where(p > 0, logp - logq, torch.zeros_like(logp))
+    per_position = (p * log_ratio).sum(dim=-1)
+    return _reduce(_non_negative(per_position), mask, reduction)
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None,

@@ -19,9 +19,10 @@ class TeacherPool:
     """Frozen teacher checkpoints loaded on demand from a trajectory.
 
     ``trajectory``: a :class:`progdistill.trajectory.Trajectory` or :class:`progdistill.hf.HFTrajectory` (anything
-    with ``steps`` and ``load_model(step, build)``); ``build`` makes an untrained teacher to load weights into.
-    A checkpoint is loaded once when a schedule first switches to it and kept while a schedule uses it; its model
-    is in eval mode, with ``requires_grad`` off, and never in an optimizer. ``loads`` counts checkpoint loads.
+    with ``steps`` and ``load_model(step, build)``; ``verify()`` for :meth:`verify`); ``build`` makes an untrained
+    teacher to load weights into. A checkpoint is loaded once when a schedule first switches to it and kept while
+    a schedule uses it; its model is in eval mode, with ``requires_grad`` off, and never in an optimizer. ``loads``
+    counts checkpoint loads.
     """
 
     def __init__(self, trajectory, build: Callable[[], torch.nn.Module] | None, device: torch.device):
@@ -38,6 +39,13 @@ class TeacherPool:
             self.models[step] = model
             self.loads += 1
         return self.models[step]
+
+    def verify(self) -> None:
+        """Check every checkpoint file of the trajectory before training (``trajectory.verify()``: its sha256
+        against the manifest, computed once per file), so that a missing or corrupted checkpoint stops a run
+        before its first step rather than when a schedule reaches it. Raises
+        :class:`progdistill.trajectory.TrajectoryError` naming the file and step."""
+        self.trajectory.verify()
 
     def retain(self, steps: set[int]) -> None:
         """Drop the checkpoints no schedule uses any more."""

@@ -102,6 +102,10 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     ``train.on_non_finite == "skip"`` a step with a non-finite loss or gradient is skipped instead (no
     update) and counted in the records' ``skipped_steps``.
 
+    Teacher checkpoints: when a member's schedule needs the teacher, every checkpoint file of ``teachers`` is
+    checked (:meth:`TeacherPool.verify`) before the first step; a missing or corrupted one raises
+    :class:`progdistill.trajectory.TrajectoryError`.
+
     Resume: with ``state_path``, the complete training state (weights, optimizer, learning-rate schedule,
     data generators, records) is saved atomically at every record; a later call with the same members resumes
     from it, rewrites the metrics files to the saved records and drops trajectory checkpoints saved after it,
@@ -164,6 +168,8 @@ class _Training:
                 if teachers is None:
                     raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
                 mem.schedule.validate(self.ckpt_steps)
+        if teachers is not None and any(not isinstance(mem.schedule, CE) for mem in members):
+            teachers.verify()  # a missing or corrupted checkpoint stops here, not when a schedule reaches it
         if checkpoint_writer is not None and M != 1:
             raise ValueError("only a stack of one model (a teacher) writes a trajectory")
         self.seeds = sorted({mem.seed for mem in members})
@@ -261,11 +267,12 @@ class _Training:
         x_steps = x_block[0] if len(self.seeds) == 1 else _PerStepGather(x_block, self.seed_index)
         y_steps = y_block[self.seed_index].transpose(0, 1)
         fused = teacher_logits is None or self.distillation.loss == "forward_kl"
-        targets = None  # (L, M, B, C) soft targets of the fused form, where it has a teacher
+        targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
         if teacher_logits is not None and fused:
             targets, correction = soft_targets(teacher_logits, y_steps, self.distillation.temperature,
                                                ce_weight, kd_weight)
-            self.loss_sum -= correction.mean(dim=2).sum(dim=0)  # report the objective, not the fused CE
+            corrections = correction.mean(dim=2)
+            self.loss_sum -= corrections.sum(dim=0)  # report the objective, not the fused CE
         if self.hand_sgd:
             self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
             return
@@ -278,10 +285,12 @@ class _Training:
                 per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
                                                          self.distillation.loss, self.distillation.temperature,
                                                          ce_weight[i], kd_weight[i])
-            self._autograd_step(start + i, per_example)
+            if not self._autograd_step(start + i, per_example) and corrections is not None:
+                self.loss_sum += corrections[i]  # a skipped step adds no cross-entropy: take back its correction
 
-    def _autograd_step(self, step: int, per_example: torch.Tensor) -> None:
-        """Backward pass and update of a stack from its per-example losses (M, B_local)."""
+    def _autograd_step(self, step: int, per_example: torch.Tensor) -> bool:
+        """Backward pass and update of a stack from its per-example losses (M, B_local); False when the step was
+        skipped (``on_non_finite="skip"``)."""
         loss = per_example.sum() / per_example.shape[1]  # sum over models of each model's mean loss
         self.opt.zero_grad(set_to_none=True)
         bad = None if all_true(bool(torch.isfinite(loss)), self.device) else "training loss"
@@ -294,6 +303,7 @@ class _Training:
         culprits = self.names if bad is None else [
             name for name, losses in zip(self.names, per_example) if not torch.isfinite(losses).all()] or self.names
         self._finish_step(bad, culprits, step, per_example.detach().mean(dim=1))
+        return bad is None
 
     def _finish_step(self, bad: str | None, culprits: Sequence[str], step: int, loss) -> None:
         """Update and tally ``loss`` (M,), or stop or skip on the non-finite quantity ``bad``."""
@@ -378,9 +388,10 @@ class _Training:
 
 
 def _grads_finite(params, device) -> bool:
-    """Whether every gradient is finite, on every process (one sync)."""
-    return all_true(bool(torch.isfinite(torch.stack([p.grad.sum() for p in params if p.grad is not None])).all()),
-                    device)
+    """Whether every gradient is finite, on every process (one sync). No gradient at all (a step without a
+    supervised token) is finite."""
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return all_true(not sums or bool(torch.isfinite(torch.stack(sums)).all()), device)
 
 
 def _non_finite(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
