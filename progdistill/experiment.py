@@ -18,7 +18,7 @@ from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, Tr
                      check_positive_int, from_dict, to_dict)
 from .schedules import CE, KShot, TwoShotAuto
 from .tasks.base import Task
-from .train import generator
+from .seeding import generator
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ Losses are computed on the positions the labels supervise (-100 ignored), or wit
 of the attention mask; causal LMs are shifted by one position as in their own loss (paper §2-§3: distillation
 on the masked / supervised positions). The training loss is the mean per supervised position of the whole
 optimizer step, counted here for every model, so any split into micro-batches, accumulation steps and
-processes gives the update of one big batch. Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer``
+processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch. Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer``
 (so ``metric_for_best_model`` and early stopping compare with a cross-entropy baseline);
 ``eval_distillation_loss`` is the distillation loss against the checkpoint in use, per supervised position;
 training logs carry ``teacher_checkpoint``, the checkpoint step of the last step logged.
@@ -189,7 +189,7 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         super().__init__(*args, **kwargs)
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
         self.trajectory = teacher_trajectory
-        self.schedule = schedule.resolve(teacher_trajectory) if hasattr(schedule, "resolve") else schedule
+        self.schedule = schedule.resolve(teacher_trajectory)
         self.schedule.validate(teacher_trajectory.steps)
         self.distillation = distillation or DistillationConfig()
         self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def _zombie(pid: int) -> bool:
     return bool(fields) and fields[0] == "Z"
 
 
+WRITE_GRACE_S = 2.0  # an unreadable lock younger than this is being written, not left behind
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified (0 when it is gone: ask again)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 class RunLock:
     """``with RunLock(directory): ...`` holds ``directory/.lock`` for the block (re-entrant per process)."""
 
@@ -70,6 +82,9 @@ class RunLock:
                     holder, pid = {}, None
                 if pid == os.getpid():
                     return self  # this process already holds it (nested use)
+                if pid is None and _age(self.path) < WRITE_GRACE_S:
+                    time.sleep(0.05)  # created by a live process that has not written its id yet: ask again
+                    continue
                 same_host = holder.get("host") in (None, me["host"])
                 if pid is not None and (not same_host or _alive(pid)):
                     raise RunLockedError(f"{self.path.parent} is in use by process {pid} on "

@@ -7,6 +7,7 @@ interrupted ones from their saved state, and keeps the results of a finished run
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from .files import MetricsWriter
 from .lock import RunLock
 from .probes.registry import end_of_run_probes
 from .report import write_report
+from .resume import load_state
 from .rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from .schedules import CE
 from .tasks.base import Task
@@ -53,7 +55,9 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
         log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
         return existing
     state_path = directory / RESUME_STATE
-    resuming = state_path.exists()
+    # An unreadable or foreign state file (load_state warns) cannot be resumed: start over, and drop it below so
+    # that fit does not meet it either (the writer's checkpoints are truncated to match).
+    resuming = load_state(state_path, ["teacher"]) is not None
     barrier()  # all processes have looked before rank 0 changes anything
     writer = metrics = None
     if is_main():
@@ -65,6 +69,7 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
         if resuming:
             log(f"resuming the teacher from its saved state {state_path}")
         else:
+            state_path.unlink(missing_ok=True)
             writer.truncate(after_step=-1)
         metrics = MetricsWriter(directory / "metrics.jsonl", rundir.tensorboard("teacher"), "teacher/")
     dev = resolve_device(device)
@@ -135,13 +140,21 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                 state_path=state_path, on_record=on_record)
             for m, mem in enumerate(group):
                 if is_main():
-                    save_file(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
+                    _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
     finally:
         for mem in members:
             if mem.writer is not None:
                 mem.writer.close()
     barrier()
     return len(todo)
+
+
+def _save_weights(state: dict, path: Path) -> None:
+    """safetensors through a temporary file and a rename: a student killed mid-save leaves no half-written
+    weights beside a finished metrics.jsonl (which would count it as finished)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
 
 
 def _member_state(model, m: int, size: int) -> dict:

@@ -14,7 +14,6 @@ The objective is :mod:`progdistill.losses`'; this module only decides which form
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targ
 from .optim import make_optimizer
 from .resume import load_state, save_state
 from .schedules import CE
+from .seeding import generator
 from .teachers import TeacherPool, block_teacher_logits
 from .token_step import train_token_step
 from .trajectory import TrajectoryWriter
@@ -42,16 +42,6 @@ BLOCK_STEPS = 1000
 
 class NonFiniteError(FloatingPointError):
     """A loss became NaN or inf; the message names the run, the step range and the quantity."""
-
-
-def seed_for(seed: int, stream: str) -> int:
-    """A stable 63-bit seed for the named random stream of ``seed`` (independent of PYTHONHASHSEED)."""
-    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def generator(seed: int, stream: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_for(seed, stream))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -2,7 +2,7 @@ import torch
 
 from progdistill.models.mlp import MLPConfig
 from progdistill.teachers import TeacherPool, block_teacher_logits
-from progdistill.train import generator
+from progdistill.seeding import generator
 from progdistill.trajectory import Trajectory, TrajectoryWriter
 
 

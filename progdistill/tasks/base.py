@@ -15,7 +15,8 @@ from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 
-IGNORE_INDEX = -100  # PyTorch's default ignore index: a target position that carries no supervision
+from ..losses import IGNORE_INDEX  # -100, PyTorch's default: a target position without supervision
+
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ import torch
 from progdistill.models.mlp import MLPConfig
 from progdistill.config import OptimizerConfig
 from progdistill.optim import make_optimizer
-from progdistill.train import generator
+from progdistill.seeding import generator
 
 
 def test_shapes_and_default_one_hidden_layer():

@@ -10,7 +10,7 @@ from progdistill.runner import run
 from progdistill.tasks.parity import ParityTask
 from progdistill.presets import get_preset
 from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
-from progdistill.train import generator
+from progdistill.seeding import generator
 from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig
 
 TINY = TransformerConfig(n_layer=1, n_head=2, head_dim=4)

@@ -10,7 +10,7 @@ import torch
 from progdistill.probes.ngram import ngram_dependence, probe_positions
 from progdistill.probes.oracle import oracle_ngram_dependence_at
 from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, Vocabulary, pad_sentences
-from progdistill.train import generator
+from progdistill.seeding import generator
 
 TASK = PCFGMaskedLMTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
 VOCAB = Vocabulary(("a", "b", "c"))

@@ -11,7 +11,7 @@ from progdistill.tasks.grammar import GrammarError
 from progdistill.tasks.pcfg import GrammarSpec, PCFGNextTokenTask
 from progdistill.probes.generation import generation_acceptance
 from progdistill.schedules import CE, OneShot
-from progdistill.train import generator
+from progdistill.seeding import generator
 
 TASK = PCFGNextTokenTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
 

@@ -14,7 +14,7 @@ from progdistill.runner import run
 from progdistill.schedules import CE, Progressive
 from progdistill.tasks.text import TextMaskedLMTask
 from progdistill.tasks.tokenizer import MASK_ID, SPECIAL_TOKENS, TokenizerError
-from progdistill.train import generator
+from progdistill.seeding import generator
 
 WORDS = ("the cat sat on a mat while the dog ran over the hill and a bird sang in the tall green tree "
          "near the old stone bridge by the river").split()
