@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .ablation import ablate_two_shot
 from .config import ConfigError, override, to_dict
-from .distributed import init_from_env, is_main, local_slice, rank_world
+from .distributed import init_from_env, is_main, local_slice, rank_world, shutdown
 from .experiment import ExperimentConfig, load_config, student_names
 from .lock import RunLock, RunLockedError
 from .models.language import MaskedLM
@@ -56,8 +56,12 @@ def cmd_run(args) -> int:
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
         local_slice(config.student.batch_size, "student.batch_size")
-    run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher)
-    if is_main():
+    main_process = is_main()  # asked before shutdown() leaves the process group
+    try:
+        run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher)
+    finally:
+        shutdown()
+    if main_process:
         print((out / "summary.md").read_text(encoding="utf-8"))
         print(f"results: {out / 'results.json'}  figure: {out / 'accuracy.png'}")
     return 0

@@ -62,6 +62,14 @@ def local_slice(batch_size: int, field: str = "batch_size") -> slice:
     return slice(rank * share, (rank + 1) * share)
 
 
+def shutdown() -> None:
+    """Leave the process group joined by :func:`init_from_env`, if any. A process that exits without it can
+    abort in the collective library's threads at interpreter exit ("terminate called without an active
+    exception"), failing a run that finished."""
+    if dist.is_initialized():  # no barrier: after an error the other processes may never reach one
+        dist.destroy_process_group()
+
+
 def init_from_env(device: str = "auto") -> str:
     """Join the process group when started by torchrun (WORLD_SIZE > 1); returns the device to use
     ("cuda:LOCAL_RANK" on GPUs, else ``device``)."""
