@@ -140,6 +140,10 @@ def _grid(summary: dict[str, Any]) -> tuple[list[tuple[str, float]], dict[tuple[
     return rows, {(lr, t, col): by[(lr, None if col == "ce" else t, col)] for lr, t in rows for col in COLUMNS}
 
 
+def _header(column: str) -> str:
+    return "CE" if column == "ce" else column
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The map as a table: rows student lr schedule x temperature, columns the schedules."""
     thr, t_steps = summary["threshold"], summary["teacher_steps_to_threshold"]
@@ -151,7 +155,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              f"{summary['seeds']} seed(s) per cell, {summary['budget']} student steps; the teacher {teacher}. "
              f"CE does not use the teacher: one cell per lr schedule, repeated in each temperature's row. "
              f"Cosine: {summary['warmup_fraction']:.0%} linear warmup, then cosine decay to 0.", "",
-             "| student lr schedule | temperature | " + " | ".join(COLUMNS) + " |",
+             "| student lr schedule | temperature | " + " | ".join(_header(c) for c in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for lr, t in rows:
         lines.append(f"| {lr} | {t:g} | " + " | ".join(cells[(lr, t, col)]["text"] for col in COLUMNS) + " |")
@@ -163,14 +167,14 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     frac = np.array([[cells[(lr, t, col)]["seeds_reaching"] / summary["seeds"] for col in COLUMNS]
                      for lr, t in rows])  # (rows, columns)
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.55 * len(rows)))
-    image = ax.imshow(frac, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    image = ax.imshow(frac, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", alpha=0.7)  # light: text stays legible
     for i, (lr, t) in enumerate(rows):
         for j, col in enumerate(COLUMNS):
             ax.text(j, i, cells[(lr, t, col)]["text"], ha="center", va="center", fontsize=9)
-    ax.set_xticks(range(len(COLUMNS)), [c if c != "ce" else "CE" for c in COLUMNS])
+    ax.set_xticks(range(len(COLUMNS)), [_header(c) for c in COLUMNS])
     ax.set_yticks(range(len(rows)), [f"{lr}, T = {t:g}" for lr, t in rows])
     ax.set_xlabel("student schedule")
-    ax.set_ylabel("student lr schedule, temperature")
+    ax.set_ylabel("student learning-rate schedule,\ndistillation temperature T")
     for i in range(1, len(summary["lr_schedules"])):
         ax.axhline(i * len(summary["temperatures"]) - 0.5, color="k", lw=1.5)
     thr, t_steps = summary["threshold"], summary["teacher_steps_to_threshold"]
