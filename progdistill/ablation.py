@@ -86,7 +86,7 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     runs = [(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
             for k in range(config.seeds) for v in VARIANTS]
     with RunLock(rundir.path):
-        _claim(directory, settings, overwrite)
+        claim_directory(directory, settings, overwrite, legacy=_settings_of_summary)
         train_students(config, rundir.path, trajectory, device, log, runs=runs, directory=directory,
                        task=rundir.task(config))
 
@@ -107,15 +107,16 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
     return summary
 
 
-def _claim(directory: Path, settings: dict[str, Any], overwrite: bool) -> None:
+def claim_directory(directory: Path, settings: dict[str, Any], overwrite: bool, legacy=None) -> None:
     """Make ``directory`` hold an ablation with ``settings``: reuse one with the same settings, refuse one
-    with others (or with none recorded) unless ``overwrite``."""
+    with others (or with none recorded) unless ``overwrite``. ``legacy``: reads the settings of an ablation
+    written before settings.json existed from its ``summary.json`` path (None when it cannot)."""
     path = directory / "settings.json"
     if directory.exists() and any(directory.iterdir()):
         try:
             stored = json.loads(path.read_text())
         except (OSError, ValueError):
-            stored = _settings_of_summary(directory / "summary.json")
+            stored = legacy(directory / "summary.json") if legacy else None
         if stored != settings:
             if not overwrite:
                 raise ConfigError(f"{directory} holds an ablation with other settings ({stored or 'not recorded'}; "

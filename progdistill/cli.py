@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .ablation import ablate_two_shot
+from .robustness import LR_SCHEDULES, TEMPERATURES, ablate_robustness
 from .config import ConfigError, override, to_dict
 from .distributed import init_from_env, is_main, local_slice, rank_world, shutdown
 from .experiment import ExperimentConfig, load_config, student_names
@@ -143,6 +144,13 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_ablate_robustness(args) -> int:
+    ablate_robustness(args.run_dir, seeds=args.seeds, temperatures=args.temperatures, lr_schedules=args.lr_schedules,
+                      device=args.device, overwrite=args.overwrite)
+    print(f"results: {Path(args.run_dir) / 'ablations' / 'robustness'}/summary.md, summary.json and heatmap.png")
+    return 0
+
+
 def _add_windows(p) -> None:
     p.add_argument("--windows", type=int, nargs="+", default=list(WINDOWS),
                    help="n-gram window sizes, odd integers >= 3, in any order (default 3 5 7)")
@@ -237,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete an ablation stored with other settings "
                                                             "(first steps, checkpoints) and train it again")
     p.set_defaults(func=cmd_ablate)
+    p = ablate.add_parser("robustness", help="the headline under other student settings: lr schedule x temperature "
+                                             "x {CE, one-shot, progressive, 2-shot-auto}; writes "
+                                             "RUN_DIR/ablations/robustness/ (table and heat map)")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run`")
+    p.add_argument("--seeds", type=int, help="students per cell (default: the run's seeds)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES),
+                   help="distillation temperatures, space-separated, each >= 0; 0 = teacher argmax (default 0 0.5 1)")
+    p.add_argument("--lr-schedules", nargs="+", default=list(LR_SCHEDULES),
+                   help=f"student learning-rate schedules, space-separated, from {', '.join(LR_SCHEDULES)} (cosine: "
+                        "6%% linear warmup then cosine decay, as the authors' student scripts; default both)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    p.add_argument("--overwrite", action="store_true", help="delete a map stored with other settings and train it "
+                                                            "again")
+    p.set_defaults(func=cmd_ablate_robustness)
 
     p = sub.add_parser("export", help="write a teacher checkpoint or final student as a Hugging Face model "
                                       "directory (save_pretrained), loadable with from_pretrained")
