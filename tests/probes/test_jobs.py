@@ -8,6 +8,7 @@ from progdistill.config import ConfigError, OptimizerConfig
 from progdistill.runner import run
 from progdistill.files import read_metrics
 from progdistill.probes.monomials import probe_monomials
+from progdistill.probes.monomials_figure import monomial_figure
 from progdistill.schedules import TwoShotAuto
 from progdistill.trajectory import Trajectory
 
@@ -225,7 +226,6 @@ def test_a_probe_that_fails_on_its_first_model_leaves_no_partial_file(finished_t
 def test_monomial_figure_legends_sit_outside_the_data(finished_tiny_run, tmp_path):
     import shutil
     from progdistill.probes.jobs import read_records
-    from progdistill.probes.monomials import monomial_figure
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
     summary = probe_monomials(run_dir, num_samples=512, log=quiet)
