@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

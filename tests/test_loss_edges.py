@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from progdistill.config import ConfigError, DistillationConfig
+from progdistill.config import DistillationConfig
 from progdistill.losses import (IGNORE_INDEX, distillation_cross_entropy, distillation_loss, forward_kl,
                                 mixture_weights, reverse_kl, teacher_probabilities, weighted_distillation_loss)
 
