@@ -41,7 +41,10 @@ def ablate_robustness(run_dir: str | Path, seeds: int | None = None, temperature
                       lr_schedules=LR_SCHEDULES, device: str = "auto", log=print,
                       overwrite: bool = False) -> dict[str, Any]:
     """Train the grid lr schedule x temperature x {CE, one-shot, progressive, 2-shot-auto} x seeds on the
-    finished teacher of ``run_dir`` with the run's student budget; return the content of ``summary.json``.
+    finished teacher of ``run_dir`` with the run's student budget; return the content of ``summary.json``
+    (per cell: steps to the run's threshold per seed, in student optimizer steps, seeds reaching it, the mean
+    ratio to the teacher's steps, the mean final eval accuracy). Paper §1: does the headline hold under the
+    authors' student schedule (6% warmup + cosine) and temperatures?
 
     ``seeds``: students per cell (default: the run's seeds). ``temperatures``: distillation temperatures, each
     >= 0. ``lr_schedules``: a subset of ``LR_SCHEDULES``. 2-shot-auto keeps the run's ``first_steps`` when the
