@@ -444,6 +444,8 @@ ProgressiveDistillationTrainer(model=student, args=a, train_dataset=Tokens(n=8),
                                schedule=Progressive(speed=1.0), distillation=DistillationConfig(alpha=0.5)).train()
 if int(os.environ.get("RANK", "0")) == 0:
     torch.save(student.state_dict(), out + ".pt")
+if torch.distributed.is_initialized():  # leave the group: exiting inside it can abort in gloo's threads
+    torch.distributed.destroy_process_group()
 '''
 
 
