@@ -250,7 +250,7 @@ def read_launch(out: str | Path) -> dict[str, Any]:
 
 
 def _executor(launcher: LauncherConfig, folder: Path, name: str):
-    submitit = require("submitit", "launch", "--launcher slurm / submitit-local")
+    submitit = require("submitit", "launch", f"--launcher {launcher.kind}")
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm" if launcher.kind == "slurm" else "local")
     params: dict[str, Any] = {"timeout_min": launcher.time_min, "name": name, "nodes": 1, "tasks_per_node": 1}
     if launcher.gpus_per_job:
@@ -276,6 +276,7 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     ``JobsFailedError`` naming the jobs that failed."""
     if launcher.kind == "local":
         raise ConfigError("launch() submits jobs; --launcher local runs in this process (progdistill.runner.run)")
+    require("submitit", "launch", f"--launcher {launcher.kind}")  # before anything is written
     out = Path(out)
     data_digest, _ = check_run(config, device, log)
     check_shared(out, launcher)
