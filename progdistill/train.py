@@ -262,7 +262,7 @@ class _Training:
             targets, correction = soft_targets(teacher_logits, y_steps, self.distillation.temperature,
                                                ce_weight, kd_weight)
             corrections = correction.mean(dim=2)
-            self.loss_sum -= corrections.sum(dim=0)  # report the objective, not the fused CE
+            self.loss_sum -= _per_model_sum(corrections)  # report the objective, not the fused CE
         if self.hand_sgd:
             self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
             return
@@ -326,7 +326,7 @@ class _Training:
             i = int((~finite).nonzero()[0])
             culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
             raise _non_finite(culprits, "training loss", start + i)
-        self.loss_sum += step_losses.sum(dim=0)
+        self.loss_sum += _per_model_sum(step_losses)
         self.loss_count += L
 
     def record(self, step: int) -> None:
@@ -375,6 +375,13 @@ class _Training:
         """Drop the teacher checkpoints no member uses from ``step`` on."""
         if self.teachers is not None:
             self.teachers.retain({c for c in self.checkpoints(step) if c is not None})
+
+
+def _per_model_sum(values: torch.Tensor) -> torch.Tensor:
+    """(L, M) -> (M,): each model's sum over the block's L steps, added up in the same order whatever M is (a
+    sum over dim 0 vectorizes across models and rounds differently for different stack sizes), so a student
+    trained in any stack -- one job per seed, a sweep grown by a seed -- reports the same training loss."""
+    return values.t().contiguous().sum(dim=1)
 
 
 def _grads_finite(params, device) -> bool:
