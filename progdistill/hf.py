@@ -285,7 +285,8 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
             loss = cross_entropy(logits, targets, "none")
         else:
             loss = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
-                                     self.distillation.temperature, self.distillation.alpha, "none")
+                                     self.distillation.temperature, self.distillation.alpha, "none",
+                                     **self.distillation.loss_options())
         # Trainer's gradient-accumulation contract, for model_accepts_loss_kwargs: it hands the count of
         # get_batch_samples (the whole optimizer step's supervised positions, summed over processes when
         # average_tokens_across_devices) and does not divide the loss by the accumulation steps itself. Without a
@@ -304,7 +305,8 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         adds the distillation loss sum and the positions to the evaluation's totals."""
         if teacher_logits is not None:
             kd = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
-                                   self.distillation.temperature, 0.0, "none")
+                                   self.distillation.temperature, 0.0, "none",
+                                   **self.distillation.loss_options())
             self._eval_totals += torch.stack([kd.sum().double(), positions.double()]).to(self._eval_totals.device)
         if not labelled:
             return torch.zeros((), device=logits.device)

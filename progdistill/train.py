@@ -182,7 +182,7 @@ class _Training:
         opt = train.optimizer
         self.hand_sgd = (getattr(model, "hand_written_sgd", False) and self.net is model and opt.name == "sgd"
                          and opt.momentum == 0 and opt.weight_decay == 0 and train.precision == "float32"
-                         and train.on_non_finite == "stop" and distillation.loss == "forward_kl")
+                         and train.on_non_finite == "stop" and distillation.plain_forward_kl)
         self.names = [mem.name for mem in members]
         self.params = list(model.parameters())
         self.histories: list[list[dict]] = [[] for _ in members]
@@ -256,7 +256,7 @@ class _Training:
         # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
         x_steps = x_block[0] if len(self.seeds) == 1 else _PerStepGather(x_block, self.seed_index)
         y_steps = y_block[self.seed_index].transpose(0, 1)
-        fused = teacher_logits is None or self.distillation.loss == "forward_kl"
+        fused = teacher_logits is None or self.distillation.plain_forward_kl
         targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
         if teacher_logits is not None and fused:
             targets, correction = soft_targets(teacher_logits, y_steps, self.distillation.temperature,
@@ -274,7 +274,8 @@ class _Training:
             else:
                 per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
                                                          self.distillation.loss, self.distillation.temperature,
-                                                         ce_weight[i], kd_weight[i])
+                                                         ce_weight[i], kd_weight[i],
+                                                         **self.distillation.loss_options())
             if not self._autograd_step(start + i, per_example) and corrections is not None:
                 self.loss_sum += corrections[i]  # a skipped step adds no cross-entropy: take back its correction
 
