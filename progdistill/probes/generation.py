@@ -12,6 +12,7 @@ from ..experiment import ExperimentConfig, student_names
 from ..rundir import RunDir
 from ..tasks.base import Task
 from ..tasks.pcfg_parser import inside_log_probability
+from ..tasks.prefix import grammatical_prefix_fraction
 from ..files import atomic_write_json
 from .jobs import PROBE_SEED, schedule_of
 
@@ -23,7 +24,9 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     temperature 1 over the terminals and EOS, up to twice the longest held-out sentence (at most
     ``task.max_length``) tokens; a sentence is *accepted* when it ends with EOS within that length and the
     grammar's inside algorithm gives it a positive probability. Returns
-    ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens}``."""
+    ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens,
+    "grammatical_prefix": mean over samples of the longest prefix the grammar can still complete, as a fraction
+    of the sample with its EOS (1 exactly for accepted samples; :mod:`progdistill.tasks.prefix`)}``."""
     vocab, grammar = task.vocabulary, task.load_grammar()
     allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
     device = next(model.parameters()).device
@@ -32,8 +35,9 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     outputs = model.sample(prompt, allowed, vocab.eos, limit + 1, torch.Generator().manual_seed(seed))
     finished = [o[:-1] for o in outputs if o and o[-1] == vocab.eos]
     accepted = sum(1 for tokens in finished if tokens and inside_log_probability(grammar, tokens) > float("-inf"))
+    prefix = float(np.mean([grammatical_prefix_fraction(grammar, o, vocab.eos) for o in outputs]))
     return {"acceptance": accepted / count, "finished": len(finished) / count,
-            "mean_length": float(np.mean([len(o) for o in outputs]))}
+            "mean_length": float(np.mean([len(o) for o in outputs])), "grammatical_prefix": prefix}
 
 
 def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=print) -> dict[str, Any]:
@@ -44,14 +48,16 @@ def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=pri
     out.mkdir(exist_ok=True)
     runs = {name: generation_acceptance(rundir.load_model(config, name, task=task), task)
             for name in ["teacher", *student_names(config)]}
-    by_schedule: dict[str, list[float]] = {}
+    by_schedule: dict[str, list[dict]] = {}
     for name, r in runs.items():
         if name != "teacher":
-            by_schedule.setdefault(schedule_of(name), []).append(r["acceptance"])
+            by_schedule.setdefault(schedule_of(name), []).append(r)
+    spread = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
     summary = {"samples": GENERATION_SAMPLES, "teacher": runs["teacher"],
-               "students": {label: {"acceptance mean": float(np.mean(v)),
-                                    "acceptance std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-                            for label, v in by_schedule.items()},
+               "students": {label: {f"{key} {stat}": f([r[key] for r in rs])
+                                    for key in ("acceptance", "grammatical_prefix")
+                                    for stat, f in (("mean", lambda v: float(np.mean(v))), ("std", spread))}
+                            for label, rs in by_schedule.items()},
                "runs": runs}
     atomic_write_json(out / "generation-summary.json", summary)
     log(f"wrote {out / 'generation-summary.json'}")

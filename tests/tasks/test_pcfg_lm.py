@@ -9,6 +9,7 @@ from progdistill.experiment import ExperimentConfig
 from progdistill.runner import run
 from progdistill.tasks.grammar import GrammarError
 from progdistill.tasks.pcfg import GrammarSpec, PCFGNextTokenTask
+from progdistill.tasks.prefix import viable_prefix_length
 from progdistill.probes.generation import generation_acceptance
 from progdistill.schedules import CE, OneShot
 from progdistill.seeding import generator
@@ -50,9 +51,12 @@ def test_generation_acceptance_of_planted_models():
     vocab = TASK.vocabulary
     good = [TASK.sample_sentences(1, generator(1, "d"))[0].tokens.tolist()]  # every row spells this sentence
     result = generation_acceptance(_Replay(good, vocab.eos), TASK, count=10)
-    assert result == {"acceptance": 1.0, "finished": 1.0, "mean_length": len(good[0]) + 1}
+    assert result == {"acceptance": 1.0, "finished": 1.0, "mean_length": len(good[0]) + 1, "grammatical_prefix": 1.0}
     bad = [[0] * 7]  # "aaaaaaa" is not a sentence of this grammar
-    assert generation_acceptance(_Replay(bad, vocab.eos), TASK, count=4)["acceptance"] == 0.0
+    result = generation_acceptance(_Replay(bad, vocab.eos), TASK, count=4)
+    assert result["acceptance"] == 0.0
+    prefix = viable_prefix_length(TASK.load_grammar(), [0] * 7 + [vocab.eos], vocab.eos)
+    assert prefix < 8 and result["grammatical_prefix"] == pytest.approx(prefix / 8)
 
 
 def _sample_by_recomputing(model, prompt, allowed, stop_id, max_new_tokens, generator, temperature):
