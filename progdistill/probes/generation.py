@@ -12,7 +12,7 @@ from ..experiment import ExperimentConfig, student_names
 from ..rundir import RunDir
 from ..tasks.base import Task
 from ..tasks.pcfg_parser import inside_log_probability
-from ..tasks.prefix import grammatical_prefix_fraction
+from ..tasks.prefix import grammatical_prefix_fraction, next_token_distributions
 from ..files import atomic_write_json
 from .jobs import PROBE_SEED, schedule_of
 
@@ -38,6 +38,31 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     prefix = float(np.mean([grammatical_prefix_fraction(grammar, o, vocab.eos) for o in outputs]))
     return {"acceptance": accepted / count, "finished": len(finished) / count,
             "mean_length": float(np.mean([len(o) for o in outputs])), "grammatical_prefix": prefix}
+
+
+@torch.no_grad()
+def grammar_kl(model, task, count: int = 64) -> float:
+    """Mean KL(grammar || model) in nats per position over the first ``count`` held-out sentences: at every
+    position of ``BOS s EOS`` that predicts a next token, the grammar's exact next-token distribution given the
+    prefix (over the terminals and EOS; :func:`progdistill.tasks.prefix.next_token_distributions`) against the
+    model's softmax over its whole vocabulary. 0 only for a model that has learned the grammar's distribution."""
+    grammar, vocab = task.load_grammar(), task.vocabulary
+    sentences = task.eval_sentences()
+    picked = [sentences[i] for i in range(min(count, len(sentences)))]
+    batch = task.batch_from_sentences(picked)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logp = torch.log_softmax(model(*batch.to(device).model_inputs).float(), -1).cpu().double()  # (B, L, V)
+    model.train(was_training)
+    columns = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
+    total, positions = 0.0, 0
+    for i, s in enumerate(picked):
+        g = torch.from_numpy(next_token_distributions(grammar, s.tokens.tolist()))  # (n + 1, T + 1)
+        p = logp[i, : len(g)][:, columns]  # position t predicts token t + 1
+        total += float(torch.where(g > 0, g * (g.clamp(min=1e-300).log() - p), torch.zeros_like(g)).sum())
+        positions += len(g)
+    return total / positions
 
 
 def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=print) -> dict[str, Any]:

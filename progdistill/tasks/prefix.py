@@ -1,10 +1,13 @@
-"""Which prefixes a grammar can still complete: an Earley recognizer run left to right (exact, no sampling).
+"""Which prefixes a grammar can still complete, and its exact next-token distribution after a prefix (Earley).
 
 A model's sampled sentence that the grammar rejects may still be right for a long stretch; the length of the
 longest prefix that some sentence of the grammar starts with (a *viable* prefix), as a fraction of the sample,
 says how far it went before its first unrecoverable token. Earley's chart after reading w_1..w_i is empty
 exactly when no sentence starts with w_1..w_i (every nonterminal of a :class:`~progdistill.tasks.grammar.Grammar`
 derives some finite string, so every predicted item can be completed). Grammars here have no empty productions.
+:func:`next_token_distributions` is Stolcke's (1995) probabilistic Earley parser: the grammar's exact
+P(next token | prefix), over the terminals and the end of the sentence, against which a model's next-token
+distribution can be compared (how far it is from the truth, not only from its teacher).
 Cost: O(n^3) in the sentence length n in the worst case; sentences of the CPU presets take milliseconds.
 """
 
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Sequence
+
+import numpy as np
 
 from .grammar import Grammar, Terminal
 
@@ -77,3 +82,90 @@ def viable_prefix_length(grammar: Grammar, tokens: Sequence[int], eos: int | Non
 def grammatical_prefix_fraction(grammar: Grammar, tokens: Sequence[int], eos: int | None = None) -> float:
     """:func:`viable_prefix_length` as a fraction of ``len(tokens)`` (1.0 for an empty sample)."""
     return viable_prefix_length(grammar, tokens, eos) / len(tokens) if len(tokens) else 1.0
+
+
+def _left_corner_order(grammar: Grammar, rules) -> list[str]:
+    """Nonterminals ordered so that X comes before every nonterminal Y of a rule X -> Y ... (the left-corner
+    relation; acyclic for the grammars here). Raises ``ValueError`` for left recursion."""
+    edges: dict[str, set[str]] = {nt: set() for nt in grammar.nonterminals}
+    for lhs, rhs, terminal in rules:
+        if not terminal[0]:
+            edges[lhs].add(rhs[0])
+    order, state = [], {}
+
+    def visit(node: str) -> None:
+        if state.get(node) == 1:
+            raise ValueError(f"nonterminal {node!r} is left-recursive: exact prefix probabilities need the "
+                             "Jelinek-Lafferty closure, not implemented")
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for child in edges[node]:
+            visit(child)
+        state[node] = 2
+        order.append(node)
+
+    for nt in grammar.nonterminals:
+        visit(nt)
+    return order[::-1]
+
+
+def next_token_distributions(grammar: Grammar, tokens: Sequence[int]):
+    """The grammar's exact next-token distribution after every prefix of a sentence (Stolcke's probabilistic
+    Earley parser: forward probabilities give prefix probabilities, inner probabilities complete items).
+
+    ``tokens``: terminal ids of a sentence the grammar accepts. Returns a float64 array (n + 1, T + 1): row i is
+    P(next | tokens[:i]) over the T terminals and, last, the end of the sentence (EOS), i.e. P(prefix + next) /
+    P(prefix) with P(prefix) the total probability of the sentences starting with it. Raises ``ValueError`` for a
+    prefix of probability 0 and for a left-recursive grammar."""
+    rules, by_lhs = _indexed(grammar)
+    prob = [r.probability for r in grammar.rules]
+    order = _left_corner_order(grammar, rules)
+    terminals = {name: i for i, name in enumerate(grammar.terminals)}
+    T = len(grammar.terminals)
+    out = np.zeros((len(tokens) + 1, T + 1))
+    # chart[i]: (rule, dot, origin) -> [forward alpha, inner gamma]; the start is predicted with alpha 1.
+    chart: list[dict[_Item, list[float]]] = []
+    current: dict[_Item, list[float]] = {}
+    for i in range(len(tokens) + 1):
+        if i > 0:  # scan token i - 1
+            name = grammar.terminals[tokens[i - 1]]
+            current = {(r, d + 1, o): list(v) for (r, d, o), v in chart[i - 1].items()
+                       if d < len(rules[r][1]) and rules[r][2][d] and rules[r][1][d] == name}
+            # complete, origins from the latest down: an item of origin k only gains from spans starting after k
+            for origin in range(i - 1, -1, -1):
+                done = [(item, v) for item, v in current.items() if item[2] == origin and item[1] == len(rules[item[0]][1])]
+                for (r, _, _), (_, inner) in done:
+                    lhs = rules[r][0]
+                    for (r2, d2, o2), (a2, g2) in chart[origin].items():
+                        if d2 < len(rules[r2][1]) and not rules[r2][2][d2] and rules[r2][1][d2] == lhs:
+                            entry = current.setdefault((r2, d2 + 1, o2), [0.0, 0.0])
+                            entry[0] += a2 * inner
+                            entry[1] += g2 * inner
+        # predict, in left-corner order so that a nonterminal's incoming forward mass is complete when used
+        waiting: dict[str, float] = {}
+        for (r, d, o), (a, _) in current.items():
+            if d < len(rules[r][1]) and not rules[r][2][d]:
+                waiting[rules[r][1][d]] = waiting.get(rules[r][1][d], 0.0) + a
+        if i == 0:
+            waiting[grammar.start] = 1.0
+        for nt in order:
+            mass = waiting.get(nt, 0.0)
+            if mass == 0.0:
+                continue
+            for r in by_lhs[nt]:
+                current[(r, 0, i)] = [mass * prob[r], prob[r]]
+                if not rules[r][2][0]:
+                    first = rules[r][1][0]
+                    waiting[first] = waiting.get(first, 0.0) + mass * prob[r]
+        chart.append(current)
+        for (r, d, o), (a, _) in current.items():
+            if d < len(rules[r][1]) and rules[r][2][d]:
+                out[i, terminals[rules[r][1][d]]] += a
+        out[i, T] = sum(g for (r, d, o), (_, g) in current.items()
+                        if o == 0 and rules[r][0] == grammar.start and d == len(rules[r][1]))
+        total = out[i].sum()
+        if total <= 0:
+            raise ValueError(f"the prefix of {i} tokens has probability 0 under the grammar")
+        out[i] /= total
+    return out
