@@ -93,6 +93,7 @@ def test_seq_kd_trains_on_samples_of_the_scheduled_checkpoint(trajectory, monkey
     assert records[-1]["seq_kd_steps"] == 6 and records[-1]["on_policy_steps"] == 0
 
 
+@pytest.mark.e2e  # two trainings with sampling: ~10 s idle
 def test_on_policy_batches_come_from_the_student_and_runs_repeat_bit_for_bit(trajectory, monkeypatch):
     student, steps, records = _fit(trajectory, monkeypatch, lmbda=0.5, seq_kd=True, loss="generalized_jsd")
     coin = generator(0, "on-policy-coin")

@@ -487,6 +487,7 @@ def gkd_update(student, teacher_dir, tmp_path, batch, accumulation, steps, **gkd
     return {n: p.detach().clone() for n, p in student.named_parameters()}, trainer
 
 
+@pytest.mark.e2e  # three trainings with generation
 def test_on_policy_and_seq_kd_give_the_update_of_one_big_batch(teacher16, tmp_path):
     """lmbda = 0.5, beta = 0.5, seq_kd: three steps whose batches are generated (by the student or the teacher
     checkpoint) give the same weights whether a step's 8 rows come as 1 x 8, 2 x 4 or 4 x 2."""
