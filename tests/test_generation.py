@@ -6,7 +6,7 @@ import torch
 import progdistill.train as train_module
 from progdistill.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, from_dict, override, \
     to_dict
-from progdistill.experiment import ExperimentConfig
+from progdistill.experiment import ExperimentConfig, check_task_data
 from progdistill.models.language import GPT2LMConfig
 from progdistill.presets import get_preset
 from progdistill.schedules import KShot, OneShot
@@ -147,3 +147,11 @@ def test_set_reaches_the_new_fields_and_default_configs_keep_their_hash():
         (0.5, True, "generalized_jsd", 0.9, 5, 20)
     with pytest.raises(ConfigError, match="distillation.beta=2"):
         from_dict(ExperimentConfig, override(data, "distillation.beta=2"))
+
+
+def test_top_k_above_the_vocabulary_is_refused_before_training():
+    config = _experiment(TASK, top_k=TASK.num_classes + 1)
+    with pytest.raises(ConfigError, match=f"distillation.top_k={TASK.num_classes + 1} is invalid: at most the "
+                                          f"task's {TASK.num_classes} classes"):
+        check_task_data(config)
+    check_task_data(_experiment(TASK, top_k=TASK.num_classes))  # k = the vocabulary is allowed
