@@ -161,6 +161,25 @@ def pcfg_lm() -> ExperimentConfig:
                             seeds=3, threshold=0.6)
 
 
+@preset("pcfg-lm-generation", "autoregressive PCFG, shrunk for comparing token-level, sequence-level "
+                              "(--set distillation.seq_kd=true) and on-policy (--set distillation.lmbda=...) "
+                              "distillation: 4-level grammar, GPT-2 2 x 4 heads -> 2 x 1 head; CPU, minutes")
+def pcfg_lm_generation() -> ExperimentConfig:
+    # Record and commands: docs/reproduction.md ("Sequence-level and on-policy distillation"). One experiment
+    # distils one way (distillation is per experiment): the comparison reruns it with --set into copies of the
+    # run directory, whose finished teacher --overwrite keeps.
+    adamw = OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.01, lr_schedule="cosine", warmup_fraction=0.06)
+    task = PCFGNextTokenTask(grammar=GrammarSpec(name="random", levels=4, seed=0), level=0, max_length=64,
+                             eval_size=256)
+    teacher = TrainConfig(model=GPT2LMConfig(n_layer=2, n_head=4, head_dim=8), optimizer=adamw, steps=600,
+                          batch_size=16, eval_every=100, checkpoint_every=100, seed=0)
+    student = TrainConfig(model=GPT2LMConfig(n_layer=2, n_head=1, head_dim=8), optimizer=adamw, steps=300,
+                          batch_size=16, eval_every=100, seed=0)
+    return ExperimentConfig(preset="pcfg-lm-generation", task=task, teacher=teacher, student=student,
+                            distillation=DistillationConfig(max_new_tokens=None),
+                            schedules=(CE(), OneShot(), Progressive(speed=2.0)), seeds=3, threshold=0.6)
+
+
 @preset("pcfg-lm-paper", "autoregressive PCFG at paper scale: cfg3f, GPT-2 4x32 heads (hidden 256) -> 4x8 heads "
                          "(hidden 64), batch 512 (8 x 64), 8k steps; GPU")
 def pcfg_lm_paper() -> ExperimentConfig:
