@@ -15,7 +15,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .distributed import barrier, is_main
+from .distributed import barrier, is_main, resolve_device
 from .environment import environment
 from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, student_name,
                          teacher_header)
@@ -28,7 +28,8 @@ from .rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from .schedules import CE
 from .tasks.base import Task
 from .teachers import TeacherPool
-from .train import Member, fit, resolve_device
+from .cotraining import cotrain
+from .train import Member, fit
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 
 
@@ -119,19 +120,25 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
             log(f"{sched.label}: {resolved[sched]}")
     dev = resolve_device(device)
     teacher_cfg = config.teacher.model
-    teachers = TeacherPool(trajectory, lambda: build_model(task, teacher_cfg, [0], "unused"), dev)
+    teachers = TeacherPool(trajectory, lambda: build_model(task, teacher_cfg, [0], "unused"), dev,
+                           init=lambda seed: build_model(task, teacher_cfg, [seed], "weight-path-init"))
     members = []
     for name, sched, seed in todo:
         writer = None
         if is_main():
             writer = MetricsWriter(directory / name / "metrics.jsonl", rundir.tensorboard(name), "student/")
         members.append(Member(name, seed, resolved[sched], writer))
-    # Stackable models (MLPs) train all students in one stack; others one student at a time.
-    groups = [members] if cfg.model.stackable else [[m] for m in members]
+    # Stackable models (MLPs) train all students in one stack; others one student at a time. Students of a
+    # teacher that trains alongside them (co-training) form their own stacks.
+    by_source = [[m for m in members if m.schedule.teacher_source == source] for source in ("trajectory", "live")]
+    groups = [g for g in by_source if g] if cfg.model.stackable else [[m] for m in members]
     try:
         for group in groups:
             log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")
             model = build_model(task, cfg.model, [m.seed for m in group], "student-init")
+            if group[0].schedule.teacher_source == "live":
+                _cotrain(config, task, trajectory, model, group, directory, dev, log, on_record)
+                continue
             state_path = directory / f".resume-{group[0].name}.pt"
             if state_path.exists():
                 log(f"resuming from the saved state {state_path}")
@@ -147,6 +154,24 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                 mem.writer.close()
     barrier()
     return len(todo)
+
+
+def _cotrain(config: ExperimentConfig, task: Task, trajectory: Trajectory, model, group: list[Member],
+             directory: Path, device, log, on_record) -> None:
+    """Co-training students (:mod:`progdistill.cotraining`): the teacher's training runs again, in step with them,
+    from its own initialization and data (the same teacher, bit for bit on CPU with the same thread count;
+    cotraining.json says how far its final weights are from the trajectory's). Such a group is not resumed."""
+    teacher = config.teacher
+    summary = cotrain(task, build_model(task, teacher.model, [teacher.seed], "teacher-init"), teacher, teacher.seed,
+                      model, config.student, group,
+                      dict(data_stream="student-data", distillation=config.distillation,
+                           desc="co-training students", on_record=on_record),
+                      directory / f"{group[0].name}-teacher", device, trajectory.load(trajectory.final_step))
+    log(f"co-training: {summary['wall_time_s']:.1f} s for the teacher and {len(group)} student(s); final teacher "
+        f"weights differ from the trajectory's by at most {summary['final_max_abs_diff_vs_trajectory']:.3g}")
+    for m, mem in enumerate(group):
+        if is_main():
+            _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
 
 
 def _save_weights(state: dict, path: Path) -> None:
