@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from .distributed import barrier, is_main, resolve_device
 from .environment import environment
 from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, student_name,
-                         teacher_header)
+                         teacher_header, teacher_pool)
 from .files import MetricsWriter
 from .lock import RunLock
 from .probes.registry import end_of_run_probes
@@ -27,7 +27,6 @@ from .resume import load_state
 from .rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from .schedules import CE
 from .tasks.base import Task
-from .teachers import TeacherPool
 from .cotraining import cotrain
 from .train import Member, fit
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
@@ -119,9 +118,7 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
         if resolved[sched] is not sched:
             log(f"{sched.label}: {resolved[sched]}")
     dev = resolve_device(device)
-    teacher_cfg = config.teacher.model
-    teachers = TeacherPool(trajectory, lambda: build_model(task, teacher_cfg, [0], "unused"), dev,
-                           init=lambda seed: build_model(task, teacher_cfg, [seed], "weight-path-init"))
+    teachers = teacher_pool(config, task, trajectory, dev)
     members = []
     for name, sched, seed in todo:
         writer = None

@@ -10,6 +10,7 @@ of once per step. A teacher that trains alongside its students (co-training) is
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -121,8 +122,9 @@ def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Te
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, row in enumerate(plan):
         for m, c in enumerate(row):
-            if c is not None:
-                groups.setdefault((int(seed_index[m]), c), []).append((i, m))
+            if c is not None:  # the temperature and hint layer do not change the teacher's logits
+                model_spec = dataclasses.replace(c, temperature=None, hint_layer=None)
+                groups.setdefault((int(seed_index[m]), model_spec), []).append((i, m))
     with torch.no_grad():
         for (s, c), cells in groups.items():
             rows = sorted({i for i, _ in cells})

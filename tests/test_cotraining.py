@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import pytest
 import torch
 
 from progdistill.config import DistillationConfig
@@ -58,3 +59,19 @@ def test_co_training_student_equals_progressive_on_a_checkpoint_per_step(tmp_pat
     assert summary["final_max_abs_diff_vs_trajectory"] == 0.0 and summary["stored_checkpoints"] == 1
     assert sorted(p.name for p in (tmp_path / "co").iterdir()) == ["cotraining.json", "final.safetensors",
                                                                    "metrics.jsonl"]
+
+
+@pytest.mark.e2e
+def test_a_run_with_curricula_and_co_training_reports_every_schedule(tmp_path, tiny):
+    from progdistill.curricula import TemperatureCurriculum, WeightPathCurriculum
+    from progdistill.runner import run
+    from progdistill.schedules import OneShot
+
+    config = replace(tiny, teacher=replace(tiny.teacher, steps=100), student=replace(tiny.student, steps=100),
+                     schedules=(OneShot(), TemperatureCurriculum(start=4.0, end=1.0), WeightPathCurriculum(),
+                                CoTraining(lag=3)))
+    results = run(config, tmp_path / "run", log=lambda *a: None)
+    assert [s["schedule"] for s in results["students"]] == ["one-shot", "temperature-4-to-1", "weight-path-fresh",
+                                                            "co-training-lag3"]
+    summary = (tmp_path / "run" / "students" / "co-training-lag3-seed0-teacher" / "cotraining.json").read_text()
+    assert '"final_max_abs_diff_vs_trajectory": 0.0' in summary and '"stored_checkpoints": 1' in summary
