@@ -30,6 +30,7 @@ from .distributed import all_reduce_mean, all_true, barrier, is_main, local_slic
 from .evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from .files import MetricsWriter
 from .hints import Hints
+from .nonfinite import NonFiniteError, grads_finite, non_finite_error
 from .losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from .optim import make_optimizer
 from .resume import load_state, save_state
@@ -40,10 +41,6 @@ from .token_step import train_token_step
 from .trajectory import TrajectoryWriter
 
 BLOCK_STEPS = 1000
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss became NaN or inf; the message names the run, the step range and the quantity."""
 
 
 @dataclass
@@ -233,7 +230,7 @@ class Training:
             self.opt.zero_grad(set_to_none=True)
             value = train_token_step(self.net, batch, teacher, self.train, distillation, self.autocast)
             bad = None if all_true(bool(math.isfinite(value)), self.device) else "training loss"
-            if bad is None and self.train.on_non_finite == "skip" and not _grads_finite(self.params, self.device):
+            if bad is None and self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
                 bad = "gradient"
             self._finish_step(bad, self.names, start + i, value)
 
@@ -303,7 +300,7 @@ class Training:
             loss.backward()
             # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the per-step
             # gradient check (a sync and a few ops) is paid only where a step may be skipped.
-            if self.train.on_non_finite == "skip" and not _grads_finite(self.params, self.device):
+            if self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
                 bad = "gradient"
         culprits = self.names if bad is None else [
             name for name, losses in zip(self.names, per_example) if not torch.isfinite(losses).all()] or self.names
@@ -314,7 +311,7 @@ class Training:
         """Update and tally ``loss`` (M,), or stop or skip on the non-finite quantity ``bad``."""
         if bad is not None:
             if self.train.on_non_finite == "stop":
-                raise _non_finite(culprits, bad, step)
+                raise non_finite_error(culprits, bad, step)
             self.skipped += 1
         else:
             self.opt.step()
@@ -340,7 +337,7 @@ class Training:
         if not finite.all():
             i = int((~finite).nonzero()[0])
             culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
-            raise _non_finite(culprits, "training loss", start + i)
+            raise non_finite_error(culprits, "training loss", start + i)
         self.loss_sum += step_losses.sum(dim=0)
         self.loss_count += L
 
@@ -392,18 +389,6 @@ class Training:
         """Drop the teacher checkpoints no member uses from ``step`` on."""
         if self.teachers is not None:
             self.teachers.retain({spec for spec in self.checkpoints(step) if spec is not None})
-
-
-def _grads_finite(params, device) -> bool:
-    """Whether every gradient is finite, on every process (one sync). No gradient at all (a step without a
-    supervised token) is finite."""
-    sums = [p.grad.sum() for p in params if p.grad is not None]
-    return all_true(not sums or bool(torch.isfinite(torch.stack(sums)).all()), device)
-
-
-def _non_finite(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
-    return NonFiniteError(f"{', '.join(culprits)}: non-finite {what} at step {step}; everything saved before it "
-                          "is kept (on_non_finite='skip' skips such steps)")
 
 
 class _PerStepGather:
