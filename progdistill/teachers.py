@@ -110,7 +110,7 @@ def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Te
                          teachers, num_classes: int) -> torch.Tensor | None:
     """Teacher logits for one block of steps of a stack, computed in one batch per (data stream, teacher).
 
-    plan: (L, M) teacher per step and model (None = no teacher); teachers: a :class:`TeacherPool` or anything
+    plan: (L, M) teacher per step and model (a TeacherSpec or a checkpoint step; None = no teacher); teachers: a :class:`TeacherPool` or anything
     with its ``get(spec)``, asked for the teachers in the order of the steps; x_block: (S, L, B, n) inputs of the S data
     streams; seed_index: (M,) the stream of each model. Returns float32 logits (L, M, B, C), zero where the plan
     has no teacher, or None when no model uses a teacher in the block.
@@ -123,7 +123,8 @@ def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Te
     for i, row in enumerate(plan):
         for m, c in enumerate(row):
             if c is not None:  # the temperature and hint layer do not change the teacher's logits
-                model_spec = dataclasses.replace(c, temperature=None, hint_layer=None)
+                spec = c if isinstance(c, TeacherSpec) else TeacherSpec(c)
+                model_spec = dataclasses.replace(spec, temperature=None, hint_layer=None)
                 groups.setdefault((int(seed_index[m]), model_spec), []).append((i, m))
     with torch.no_grad():
         for (s, c), cells in groups.items():

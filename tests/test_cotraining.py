@@ -11,7 +11,6 @@ from progdistill.runner import train_teacher
 from progdistill.schedules import Progressive, TeacherSpec
 from progdistill.teachers import TeacherPool
 from progdistill.train import Member, fit, generator
-from progdistill.trajectory import Trajectory
 
 
 def _every_step(tiny, tmp_path, steps=12):

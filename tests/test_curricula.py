@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import save_file
 
 from progdistill.config import ConfigError, DistillationConfig
@@ -126,6 +127,12 @@ def test_every_curriculum_round_trips_through_the_config(tiny):
                                             "noised-teacher-1", "hint"]
 
 
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """The tiny preset's teacher, trained once for this module."""
+    return train_teacher(tiny_config(), tmp_path_factory.mktemp("teacher"), log=lambda *a: None)
+
+
 def _stack_fit(tiny, traj, schedules, steps=20, pool=None, depth=1):
     cfg = replace(tiny.student, steps=steps, eval_every=10)
     members = [Member(s.label, 0, s) for s in schedules]
@@ -137,8 +144,8 @@ def _stack_fit(tiny, traj, schedules, steps=20, pool=None, depth=1):
                teachers=pool)
 
 
-def test_curricula_train_in_one_stack_and_record_their_teacher(tmp_path, tiny):
-    traj = train_teacher(tiny, tmp_path, log=lambda *a: None)
+def test_curricula_train_in_one_stack_and_record_their_teacher(teacher, tiny):
+    traj = teacher
     schedules = [TemperatureCurriculum(start=4.0, end=1.0, shape="linear"), WeightPathCurriculum(stages=2),
                  NoisedTeacher(stages=2), HintDistillation(hint_steps=10)]
     hist = _stack_fit(tiny, traj, schedules)
@@ -150,14 +157,14 @@ def test_curricula_train_in_one_stack_and_record_their_teacher(tmp_path, tiny):
     assert all(math.isfinite(r["train_loss"]) for h in hist for r in h[1:])
 
 
-def test_hint_layer_that_does_not_exist_is_refused_before_training(tmp_path, tiny):
-    traj = train_teacher(tiny, tmp_path, log=lambda *a: None)
+def test_hint_layer_that_does_not_exist_is_refused_before_training(teacher, tiny):
+    traj = teacher
     with pytest.raises(ConfigError, match=r"layer=1 is invalid: the teacher has 1 hidden layer"):
         _stack_fit(tiny, traj, [HintDistillation(hint_steps=5, layer=1)])
 
 
-def test_weight_path_between_models_of_different_shapes_is_refused_before_training(tmp_path, tiny):
-    traj = train_teacher(tiny, tmp_path, log=lambda *a: None)
+def test_weight_path_between_models_of_different_shapes_is_refused_before_training(tmp_path, teacher, tiny):
+    traj = teacher
     other = tmp_path / "wider.safetensors"
     save_file(MLPConfig(width=32).build(8, 2, [generator(0, "w")]).state_dict(), str(other))
     with pytest.raises(ConfigError, match=r"tensor 'biases.0' has shape \(1, 1, 32\) in the weight path's "
