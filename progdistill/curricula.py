@@ -93,7 +93,9 @@ class PathPoint:
         ``initial_state``). Raises ``ConfigError`` when the two models' tensors differ in names or shapes."""
         init = pool.initial_state(self.init, self.seed)
         check_same_shapes(init, state, f"the weight path's initialization ({self.init})", "the teacher checkpoint")
-        return {k: (1 - self.a) * init[k].to(v) + self.a * v for k, v in state.items()}
+        # Integer buffers (position ids and the like) are the same in both models and stay as they are.
+        return {k: (1 - self.a) * init[k].to(v) + self.a * v if v.is_floating_point() else v
+                for k, v in state.items()}
 
     def describe(self) -> dict:
         return {"teacher_weight_path": self.a}
@@ -113,6 +115,9 @@ class WeightNoise:
         out = {}
         for k in sorted(state):  # a fixed order: the same draws for the same names
             v = state[k]
+            if not v.is_floating_point():  # integer buffers carry no weights to perturb
+                out[k] = v
+                continue
             noise = torch.randn(v.shape, generator=gen, dtype=torch.float32).to(v)
             out[k] = v + self.sigma * v.float().pow(2).mean().sqrt().to(v) * noise
         return out
