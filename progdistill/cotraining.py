@@ -109,10 +109,11 @@ def cotrain(task, teacher_model: torch.nn.Module, teacher_train: TrainConfig, te
             directory: Path, device: torch.device, stored_final: dict[str, torch.Tensor] | None = None) -> dict:
     """Train the co-training ``members`` (a stack, ``student_model``) alongside the teacher, then finish the
     teacher; writes ``directory``/final.safetensors (the teacher's only stored checkpoint), metrics.jsonl (the
-    teacher's) and cotraining.json: wall time in seconds of teacher and students together, steps, and -- given the
+    teacher's) and cotraining.json: wall and CPU time (this process, all threads) in seconds of teacher and
+    students together, steps, and -- given the
     stored trajectory's final weights ``stored_final`` -- the largest absolute difference to them (0 when the live
     teacher is the stored one, bit for bit). Returns cotraining.json's content."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     writer = MetricsWriter(directory / "metrics.jsonl")
     try:
         lag = max(mem.schedule.lag for mem in members)
@@ -121,7 +122,8 @@ def cotrain(task, teacher_model: torch.nn.Module, teacher_train: TrainConfig, te
         final = live.finish(directory / "final.safetensors")
     finally:
         writer.close()
-    summary = {"wall_time_s": time.perf_counter() - started, "teacher_steps": teacher_train.steps,
+    summary = {"wall_time_s": time.perf_counter() - started, "cpu_time_s": time.process_time() - cpu_started,
+               "teacher_steps": teacher_train.steps,
                "student_steps": student_train.steps, "students": [mem.name for mem in members],
                "ring_buffer": lag + 1, "stored_checkpoints": 1}
     if stored_final is not None:
