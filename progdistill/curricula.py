@@ -293,6 +293,9 @@ class HintDistillation(_FromFinal):
     indices of the hidden layers, -1 the last. Models must return hidden states (the MLP)."""
 
     kind: ClassVar[str] = "hint"
+    # Hint steps take the autograd path (hidden states, a projection), which would slow a whole stack of students
+    # down several times; hint students train in a stack of their own.
+    stacks_with_others: ClassVar[bool] = False
 
     hint_steps: int = 10_000
     layer: int = -1

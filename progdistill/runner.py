@@ -126,9 +126,13 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
             writer = MetricsWriter(directory / name / "metrics.jsonl", rundir.tensorboard(name), "student/")
         members.append(Member(name, seed, resolved[sched], writer))
     # Stackable models (MLPs) train all students in one stack; others one student at a time. Students of a
-    # teacher that trains alongside them (co-training) form their own stacks.
-    by_source = [[m for m in members if m.schedule.teacher_source == source] for source in ("trajectory", "live")]
-    groups = [g for g in by_source if g] if cfg.model.stackable else [[m] for m in members]
+    # teacher that trains alongside them (co-training), and of schedules that do not stack with others, form
+    # stacks of their own.
+    stacks: dict[tuple, list[Member]] = {}
+    for m in members:
+        alone = None if m.schedule.stacks_with_others else m.schedule.label
+        stacks.setdefault((m.schedule.teacher_source, alone), []).append(m)
+    groups = list(stacks.values()) if cfg.model.stackable else [[m] for m in members]
     try:
         for group in groups:
             log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")

@@ -62,9 +62,11 @@ class TeacherSpec:
 
 class FixedSchedule:
     """A schedule that does not depend on the teacher's curve: resolving it against a trajectory is itself.
-    ``teacher_source``: "trajectory" (stored checkpoints) or "live" (a teacher trained alongside the student)."""
+    ``teacher_source``: "trajectory" (stored checkpoints) or "live" (a teacher trained alongside the student);
+    ``stacks_with_others``: whether its students may share a stack with other schedules' students."""
 
     teacher_source: ClassVar[str] = "trajectory"
+    stacks_with_others: ClassVar[bool] = True  # False: its students train in a stack of their own
 
     def resolve(self, trajectory) -> "FixedSchedule":
         return self
@@ -217,6 +219,7 @@ class TwoShotAuto:
 
     kind: ClassVar[str] = "2-shot-auto"
     teacher_source: ClassVar[str] = "trajectory"
+    stacks_with_others: ClassVar[bool] = True
 
     first_steps: int = 1000
     metric: str = "eval_accuracy"
