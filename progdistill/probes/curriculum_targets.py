@@ -32,9 +32,10 @@ POINTS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 
 
 def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POINTS, num_samples: int = 100_000,
-                             log=print) -> dict[str, Any]:
+                             schedules: Sequence | None = None, log=print) -> dict[str, Any]:
     """Degree 1..k monomial correlations of every schedule's targets at each point of ``points`` (shares of the
-    student's run in [0, 1]; 1 is the last step). Returns {schedule label: [{point, student_step,
+    student's run in [0, 1]; 1 is the last step); ``schedules``: those to probe on the run's teacher (default: the
+    run's own). Returns {schedule label: [{point, student_step,
     teacher_checkpoint, temperature, degree<d>/in_support_mean, degree<d>/off_support_mean, ...}]}, also written
     to ``probes/curriculum-targets.json``. Raises ``ConfigError`` for a run that is not sparse parity or a point
     outside [0, 1]."""
@@ -52,7 +53,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
     degrees = list(range(1, config.task.k + 1))
     out: dict[str, Any] = {"settings": {"num_samples": num_samples, "seed": PROBE_SEED, "degrees": degrees,
                                         "distillation_temperature": config.distillation.temperature}}
-    for sched in config.schedules:
+    for sched in config.schedules if schedules is None else schedules:
         if isinstance(sched, CE) or sched.teacher_source != "trajectory":
             continue
         resolved = sched.resolve(trajectory)
