@@ -28,7 +28,7 @@ from .report import caption, curve_style, save_figure, steps_to_threshold
 from .rundir import RunDir
 from .runner import train_students
 from .schedules import FINAL, KShot, TwoShotAuto
-from .train import resolve_device
+from .distributed import resolve_device
 from .trajectory import Trajectory
 
 VARIANTS = ("before", "during", "after")

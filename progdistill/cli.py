@@ -20,6 +20,7 @@ from .lock import RunLock, RunLockedError
 from .models.language import MaskedLM
 from .optional import MissingExtraError
 from .presets import PRESETS, get_preset
+from .probes.curriculum_targets import POINTS, probe_curriculum_targets
 from .probes.monomials import probe_monomials
 from .probes.ngram import DISTANCE, WINDOWS, probe_ngram
 from .probes.oracle import probe_oracle
@@ -114,6 +115,12 @@ def cmd_show(args) -> int:
 def cmd_probe(args) -> int:
     summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples,
                               degrees=args.degrees)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_probe_curricula(args) -> int:
+    summary = probe_curriculum_targets(args.run_dir, points=args.points, num_samples=args.samples)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -264,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "1..k; the list must contain 1, which the summary and "
                                                           "figure are about (default 1..k-1)")
     p.set_defaults(func=cmd_probe)
+    p = probe.add_parser("curricula", help="degree 1..k monomial correlations of the targets each schedule gives "
+                                           "its student at points of its run (curricula without checkpoints vs "
+                                           "progressive); writes RUN_DIR/probes/curriculum-targets.json")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run` (sparse parity)")
+    p.add_argument("--points", type=float, nargs="+", default=list(POINTS),
+                   help="shares of the student's run in [0, 1] (default: 0 0.125 0.25 0.375 0.5 0.75 1)")
+    p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per target (default 100000)")
+    p.set_defaults(func=cmd_probe_curricula)
     p = probe.add_parser("ngram", help="M_robust / M_close (n-gram dependence) and, on grammars, the "
                                        "non-terminal linear probe, for every teacher checkpoint and final student "
                                        "of a pcfg-mlm or text-mlm run; writes RUN_DIR/probes/ngram.jsonl, "

@@ -13,6 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) when not distributed."""
@@ -82,3 +84,20 @@ def init_from_env(device: str = "auto") -> str:
         torch.cuda.set_device(local)
         return f"cuda:{local}"
     return "cpu" if device == "auto" else device
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA when available, else CPU. Raises ``ConfigError`` for an unknown device string or a
+    CUDA device on a machine (or torch build) without CUDA."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r} is invalid: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r}: CUDA is not available here (this torch build or machine has "
+                          "no GPU); use auto or cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return resolved

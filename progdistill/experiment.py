@@ -16,9 +16,11 @@ from typing import Any
 
 from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
                      check_positive_int, from_dict, to_dict)
+from .curricula import HintDistillation
 from .schedules import CE, KShot, TwoShotAuto
 from .tasks.base import Task
 from .seeding import generator
+from .teachers import TeacherPool
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class ExperimentConfig:
                 check(sched.first_steps < self.student.steps, f"schedules.{i}.first_steps", sched.first_steps,
                       f"must be smaller than student.steps={self.student.steps} (the rest goes to the final "
                       f"checkpoint); lower schedules.{i}.first_steps too or raise student.steps")
+            if isinstance(sched, HintDistillation):
+                check(sched.hint_steps < self.student.steps, f"schedules.{i}.hint_steps", sched.hint_steps,
+                      f"must be smaller than student.steps={self.student.steps} (output distillation follows the "
+                      "hint phase)")
             if isinstance(sched, KShot) and len(sched.points) > 1:
                 before_last = sum(count for _, count in sched.points[:-1])
                 check(before_last < self.student.steps, f"schedules.{i}.points", [list(p) for p in sched.points],
@@ -124,6 +130,14 @@ def build_model(task: Task, model_cfg, seeds: list[int], stream: str):
     """The model of ``model_cfg`` for ``task`` (a stack of ``len(seeds)``), initialized from the generators
     of (seed, ``stream``): ``model_cfg.build(task.input_size, task.num_classes, generators)``."""
     return model_cfg.build(task.input_size, task.num_classes, [generator(s, stream) for s in seeds])
+
+
+def teacher_pool(config: ExperimentConfig, task: Task, trajectory, device) -> TeacherPool:
+    """The teachers of ``config``'s students from ``trajectory``: its checkpoints, loaded into ``config.teacher``'s
+    model, and fresh initializations of that model for weight paths (generator (seed, "weight-path-init"))."""
+    model = config.teacher.model
+    return TeacherPool(trajectory, lambda: build_model(task, model, [0], "unused"), device,
+                       init=lambda seed: build_model(task, model, [seed], "weight-path-init"))
 
 
 def planned_checkpoint_steps(train: TrainConfig) -> list[int]:

@@ -41,10 +41,12 @@ from .config import ConfigError, DistillationConfig
 from .hf_generation import generated_micro_batches
 from .losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from .optional import require
-from .schedules import CE
+from .schedules import CE, KShot, OneShot, Progressive
 from .seeding import generator
 from .teachers import TeacherPool
 from .trajectory import TrajectoryError
+
+CHECKPOINT_SCHEDULES = (CE, OneShot, Progressive, KShot)  # what resolve() gives for the schedules a trainer takes
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # The weight files from_pretrained reads (single file or sharded, safetensors or PyTorch pickle).
@@ -205,6 +207,10 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
         self.trajectory = teacher_trajectory
         self.schedule = schedule.resolve(teacher_trajectory)
+        if not isinstance(self.schedule, CHECKPOINT_SCHEDULES):
+            raise ConfigError(f"schedule {self.schedule.label!r} is not supported by the Hugging Face trainer: it "
+                              "takes the checkpoint schedules (ce, one-shot, progressive, k-shot, 2-shot-auto); the "
+                              "curricula without checkpoints train with `progdistill run`")
         self.schedule.validate(teacher_trajectory.steps)
         self.distillation = distillation or DistillationConfig()
         self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)

@@ -37,7 +37,7 @@ from .probes.registry import end_of_run_probes
 from .report import write_report
 from .rundir import STUDENT_WEIGHTS, RunDir
 from .runner import check_run, train_students, train_teacher
-from .train import resolve_device
+from .distributed import resolve_device
 from .trajectory import Trajectory, TrajectoryError
 
 class JobsFailedError(RuntimeError):

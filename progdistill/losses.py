@@ -63,8 +63,11 @@ def _check_pair(logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
                          f"{tuple(logits.shape)}: one teacher distribution per student position")
 
 
-def _check_temperature(temperature: float) -> None:
-    if not temperature >= 0:  # NaN included
+def _check_temperature(temperature) -> None:
+    if torch.is_tensor(temperature):  # per-position temperatures (a temperature curriculum)
+        if not bool((temperature >= 0).all()):  # NaN included
+            raise ValueError(f"temperature={temperature!r} is invalid: every entry must be >= 0")
+    elif not temperature >= 0:  # NaN included
         raise ValueError(f"temperature={temperature!r} is invalid: must be >= 0")
 
 
@@ -88,18 +91,24 @@ def _non_negative(divergence: torch.Tensor) -> torch.Tensor:
     return torch.where(divergence < 0, divergence - divergence.detach(), divergence)
 
 
-def teacher_probabilities(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def teacher_probabilities(teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
     """softmax(teacher_logits / T) in float32, shape (*, C); T = 0 gives the one-hot argmax, and a T too small to
-    divide by (``teacher_logits / T`` not finite) the T -> 0 limit, the argmax shared between ties. Raises
+    divide by (``teacher_logits / T`` not finite) the T -> 0 limit, the argmax shared between ties. T may be a
+    tensor of per-position temperatures broadcastable to (*) (a temperature curriculum). Raises
     ``ValueError`` for T < 0 or NaN."""
     return _teacher(teacher_logits, temperature)[0]
 
 
-def _teacher(teacher_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher(teacher_logits: torch.Tensor, temperature) -> tuple[torch.Tensor, torch.Tensor]:
     """(q, log q), both (*, C) float32: :func:`teacher_probabilities` and its log as a log_softmax (0 at a T = 0
-    teacher's argmax; its other entries, where q = 0, are never used)."""
+    teacher's argmax; its other entries, where q = 0, are never used). ``temperature``: a number, or a tensor of
+    per-position temperatures broadcastable to (*), where an entry 0 gives the T -> 0 limit (the argmax, shared
+    between ties)."""
     _check_temperature(temperature)
     logits = teacher_logits.float()
+    if torch.is_tensor(temperature):
+        scaled = _scaled(logits, temperature.float().to(logits.device)[..., None])  # (*, C)
+        return torch.softmax(scaled, dim=-1), torch.log_softmax(scaled, dim=-1)
     if temperature == 0:
         q = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
         return q, torch.zeros_like(q)
@@ -154,7 +163,7 @@ def reverse_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
     masked vocabulary) are fine. q is floored at the smallest normal float32 (log q >= -87.3): where the teacher
     rounds a class to probability 0 that the student gives mass to (a T too small to divide by), the divergence
     is large but finite."""
-    if temperature <= 0:
+    if not bool(torch.as_tensor(temperature > 0).all()):
         raise ValueError(f"temperature={temperature!r} is invalid for reverse KL: must be > 0 "
                          "(a one-hot teacher makes reverse KL infinite)")
     _check_pair(logits, teacher_logits)

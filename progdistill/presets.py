@@ -3,6 +3,7 @@ new preset, never an edit of the training loop."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
@@ -10,6 +11,8 @@ from .experiment import ExperimentConfig
 from .models.mlp import MLPConfig
 from .tasks.parity import ParityTask
 from .schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
+from .curricula import (CoTraining, HintDistillation, NoisedTeacher, TemperatureCurriculum,
+                        WeightPathCurriculum)
 from .models.parity_transformer import TransformerConfig  # importing it registers the "gpt2" model
 from .models.language import BertMLMConfig, GPT2LMConfig
 from .tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
@@ -52,6 +55,21 @@ def parity_mlp() -> ExperimentConfig:
                             distillation=DistillationConfig(temperature=0.0),
                             schedules=(CE(), OneShot(), Progressive(speed=1.0), two_shot,
                                        TwoShotAuto(first_steps=20_000)), seeds=3)
+
+
+@preset("parity-mlp-curricula", "parity-mlp's teacher; students from its final checkpoint alone (temperature, weight "
+                                "path, noise, hints) and co-training, against CE, one-shot and progressive")
+def parity_mlp_curricula() -> ExperimentConfig:
+    # The question of paper §5: can a curriculum be built without the intermediate checkpoints? Record:
+    # docs/reproduction.md, "Curricula without stored checkpoints". The teacher is parity-mlp's (same task and
+    # teacher config), so a run directory of either reuses the other's teacher (--overwrite).
+    schedules = (CE(), OneShot(), Progressive(speed=1.0),
+                 TemperatureCurriculum(start=8.0, end=0.5, fraction=0.5),  # hot to the preset's T, first half
+                 TemperatureCurriculum(start=0.5, end=8.0, fraction=0.5),  # the reverse: a control
+                 WeightPathCurriculum(init="fresh", fraction=0.5), WeightPathCurriculum(init="trajectory", fraction=0.5),
+                 NoisedTeacher(start=1.0, fraction=0.5), HintDistillation(hint_steps=20_000),
+                 CoTraining(lag=0), CoTraining(lag=100))
+    return replace(parity_mlp(), preset="parity-mlp-curricula", schedules=schedules)
 
 
 @preset("parity-mlp-paper", "sparse parity at paper scale (n=100, k=6, widths 50,000 -> 100, batch 1, "
@@ -128,6 +146,16 @@ def pcfg_mlm() -> ExperimentConfig:
                             schedules=(CE(), OneShot(), Progressive(speed=8.0),
                                        TwoShotAuto(first_steps=300, metric="eval_loss")),
                             seeds=3, threshold=0.6)
+
+
+@preset("pcfg-mlm-curricula", "pcfg-mlm's teacher; students from its final checkpoint alone (temperature, weight "
+                              "path) against CE, one-shot and progressive")
+def pcfg_mlm_curricula() -> ExperimentConfig:
+    # BERT students train one at a time, so each schedule costs 3 students' time: the two curricula the parity
+    # probe tells apart (docs/reproduction.md, "Curricula without stored checkpoints").
+    schedules = (CE(), OneShot(), Progressive(speed=8.0), TemperatureCurriculum(start=4.0, end=1.0, fraction=0.5),
+                 WeightPathCurriculum(init="trajectory", fraction=0.5))
+    return replace(pcfg_mlm(), preset="pcfg-mlm-curricula", schedules=schedules)
 
 
 @preset("pcfg-mlm-paper", "PCFG masked LM at paper scale: cfg3b, BERT 4x32 heads -> 4x8 heads, batch 512 "

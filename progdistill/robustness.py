@@ -29,7 +29,7 @@ from .report import caption, save_figure, steps_to_threshold
 from .rundir import RunDir
 from .runner import train_students
 from .schedules import CE, OneShot, Progressive, TwoShotAuto
-from .train import resolve_device
+from .distributed import resolve_device
 
 LR_SCHEDULES = ("constant", "cosine")
 TEMPERATURES = (0.0, 0.5, 1.0)

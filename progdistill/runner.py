@@ -16,10 +16,10 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .distributed import barrier, is_main
+from .distributed import barrier, is_main, resolve_device
 from .environment import environment
 from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, student_name,
-                         teacher_header)
+                         teacher_header, teacher_pool)
 from .files import MetricsWriter
 from .lock import RunLock
 from .probes.registry import end_of_run_probes
@@ -28,8 +28,8 @@ from .resume import load_state
 from .rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from .schedules import CE
 from .tasks.base import Task
-from .teachers import TeacherPool
-from .train import Member, fit, resolve_device
+from .cotraining import cotrain
+from .train import Member, fit
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 
 
@@ -125,16 +125,21 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
         if resolved[sched] is not sched:
             log(f"{sched.label}: {resolved[sched]}")
     dev = resolve_device(device)
-    teacher_cfg = config.teacher.model
-    teachers = TeacherPool(trajectory, lambda: build_model(task, teacher_cfg, [0], "unused"), dev)
+    teachers = teacher_pool(config, task, trajectory, dev)
     members = []
     for name, sched, seed in todo:
         writer = None
         if is_main():
             writer = MetricsWriter(directory / name / "metrics.jsonl", rundir.tensorboard(name), "student/")
         members.append(Member(name, seed, resolved[sched], writer))
-    # Stackable models (MLPs) train all students in one stack; others one student at a time.
-    groups = [members] if cfg.model.stackable else [[m] for m in members]
+    # Stackable models (MLPs) train all students in one stack; others one student at a time. Students of a
+    # teacher that trains alongside them (co-training), and of schedules that do not stack with others, form
+    # stacks of their own.
+    stacks: dict[tuple, list[Member]] = {}
+    for m in members:
+        alone = None if m.schedule.stacks_with_others else m.schedule.label
+        stacks.setdefault((m.schedule.teacher_source, alone), []).append(m)
+    groups = list(stacks.values()) if cfg.model.stackable else [[m] for m in members]
     try:
         for group in groups:
             with ExitStack() as held:  # each student's lock: jobs of a launcher train a run's students side by side
@@ -147,6 +152,9 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                 if state_path.exists():
                     log(f"resuming from the saved state {state_path}")
                 try:
+                    if group[0].schedule.teacher_source == "live":
+                        _cotrain(config, task, trajectory, model, group, directory, dev, log, on_record)
+                        continue
                     fit(task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
                         teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
                         state_path=state_path, on_record=on_record)
@@ -163,6 +171,24 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                 mem.writer.close()
     barrier()
     return len(todo)
+
+
+def _cotrain(config: ExperimentConfig, task: Task, trajectory: Trajectory, model, group: list[Member],
+             directory: Path, device, log, on_record) -> None:
+    """Co-training students (:mod:`progdistill.cotraining`): the teacher's training runs again, in step with them,
+    from its own initialization and data (the same teacher, bit for bit on CPU with the same thread count;
+    cotraining.json says how far its final weights are from the trajectory's). Such a group is not resumed."""
+    teacher = config.teacher
+    summary = cotrain(task, build_model(task, teacher.model, [teacher.seed], "teacher-init"), teacher, teacher.seed,
+                      model, config.student, group,
+                      dict(data_stream="student-data", distillation=config.distillation,
+                           desc="co-training students", on_record=on_record),
+                      directory / f"{group[0].name}-teacher", device, trajectory.load(trajectory.final_step))
+    log(f"co-training: {summary['wall_time_s']:.1f} s for the teacher and {len(group)} student(s); final teacher "
+        f"weights differ from the trajectory's by at most {summary['final_max_abs_diff_vs_trajectory']:.3g}")
+    for m, mem in enumerate(group):
+        if is_main():
+            _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
 
 
 def _save_weights(state: dict, path: Path) -> None:

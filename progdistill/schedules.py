@@ -8,6 +8,10 @@ teacher), given the steps at which the teacher trajectory has checkpoints. Every
 - :class:`OneShot`: the final checkpoint for the whole run.
 - :class:`Progressive`: the student follows the teacher's timeline at ``speed`` (1 = the teacher's own pace).
 - :class:`KShot`: an explicit list of (checkpoint step, number of student steps); 2-shot is a list of two.
+
+What the training loop asks of a schedule is :meth:`teacher_at`: a :class:`TeacherSpec` (a checkpoint, and
+optionally a temperature, a weight transform or a hint layer) per student step. The schedules here name a
+checkpoint only; the curricula built from the final checkpoint alone are in :mod:`progdistill.curricula`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from .config import ConfigError, check, check_positive_int, register, variants
 from .phases import NoTransitionError, detect_phases, detect_transition
@@ -24,14 +28,57 @@ FINAL = -1  # in a k-shot list: the teacher's final checkpoint
 LOSS_MIN_RELATIVE_DROP = 0.1  # 2-shot-auto on eval_loss: the sharp drop is at least this share of the plateau
 
 
-class _Fixed:
-    """A schedule that does not depend on the teacher's curve: resolving it against a trajectory is itself."""
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The teacher a student learns from at one step: checkpoint ``checkpoint`` of the trajectory, with
 
-    def resolve(self, trajectory) -> "_Fixed":
+    - ``temperature``: the softmax temperature of its targets, instead of ``distillation.temperature`` (None: that);
+    - ``transform``: a hashable weight transform applied to the checkpoint's weights before use (e.g. a point on a
+      weight path, Gaussian noise; :mod:`progdistill.curricula`), with ``apply(state_dict, pool)`` and
+      ``describe()``; None for the checkpoint as saved;
+    - ``hint_layer``: (student layer, teacher layer), hidden-layer indices (-1: the last): the student's layer
+      regresses the teacher's through a learned projection instead of matching its outputs (FitNets); None for
+      output distillation;
+    - ``now``: for a teacher that trains alongside the student (co-training), the teacher step reached when the
+      student takes this step; ``checkpoint`` is then the step whose weights are used (``now`` minus the lag).
+
+    Specs are hashable: one block of steps computes the teacher's outputs once per distinct spec."""
+
+    checkpoint: int
+    temperature: float | None = None
+    transform: Any = None
+    hint_layer: tuple[int, int] | None = None
+    now: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What a metrics record says about this teacher besides ``teacher_checkpoint``."""
+        out = {} if self.temperature is None else {"teacher_temperature": self.temperature}
+        if self.transform is not None:
+            out.update(self.transform.describe())
+        if self.hint_layer is not None:
+            out["teacher_hint_layer"] = self.hint_layer[1]
+        return out
+
+
+class FixedSchedule:
+    """A schedule that does not depend on the teacher's curve: resolving it against a trajectory is itself.
+    ``teacher_source``: "trajectory" (stored checkpoints) or "live" (a teacher trained alongside the student);
+    ``stacks_with_others``: whether its students may share a stack with other schedules' students."""
+
+    teacher_source: ClassVar[str] = "trajectory"
+    stacks_with_others: ClassVar[bool] = True  # False: its students train in a stack of their own
+
+    def resolve(self, trajectory) -> "FixedSchedule":
         return self
 
+    def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec | None:
+        """The teacher at ``student_step`` of a run of ``total_steps``: the checkpoint :meth:`checkpoint_at`
+        names, as saved (None: no teacher)."""
+        step = self.checkpoint_at(student_step, checkpoint_steps)
+        return None if step is None else TeacherSpec(step)
 
-def _final(checkpoint_steps: Sequence[int]) -> int:
+
+def final_checkpoint(checkpoint_steps: Sequence[int]) -> int:
     if not checkpoint_steps:
         raise ConfigError("the teacher trajectory has no checkpoints, so no schedule can use it")
     return max(checkpoint_steps)
@@ -39,7 +86,7 @@ def _final(checkpoint_steps: Sequence[int]) -> int:
 
 @register("schedule")
 @dataclass(frozen=True)
-class CE(_Fixed):
+class CE(FixedSchedule):
     """Cross-entropy on true labels only; no teacher."""
 
     kind: ClassVar[str] = "ce"
@@ -57,7 +104,7 @@ class CE(_Fixed):
 
 @register("schedule")
 @dataclass(frozen=True)
-class OneShot(_Fixed):
+class OneShot(FixedSchedule):
     """The teacher's final checkpoint at every student step."""
 
     kind: ClassVar[str] = "one-shot"
@@ -67,15 +114,15 @@ class OneShot(_Fixed):
         return "one-shot"
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
-        _final(checkpoint_steps)
+        final_checkpoint(checkpoint_steps)
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
-        return _final(checkpoint_steps)
+        return final_checkpoint(checkpoint_steps)
 
 
 @register("schedule")
 @dataclass(frozen=True)
-class Progressive(_Fixed):
+class Progressive(FixedSchedule):
     """Follow the teacher trajectory: at student step t, the first checkpoint saved after teacher step
     ``t * speed`` (the final one once the trajectory is exhausted).
 
@@ -97,17 +144,17 @@ class Progressive(_Fixed):
         return "progressive" if self.speed == 1 else f"progressive-x{self.speed:g}"
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
-        _final(checkpoint_steps)
+        final_checkpoint(checkpoint_steps)
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
         steps = sorted(checkpoint_steps)
         i = bisect.bisect_right(steps, student_step * self.speed)
-        return steps[i] if i < len(steps) else _final(steps)
+        return steps[i] if i < len(steps) else final_checkpoint(steps)
 
 
 @register("schedule")
 @dataclass(frozen=True)
-class KShot(_Fixed):
+class KShot(FixedSchedule):
     """An explicit list of ``(checkpoint step, number of student steps)``, used in order; the last
     checkpoint stays in use after the list is exhausted. Checkpoint step -1 means the final checkpoint.
     2-shot (paper §1) is a list of two: a checkpoint inside the teacher's phase transition, then
@@ -147,7 +194,7 @@ class KShot(_Fixed):
     def validate(self, checkpoint_steps: Sequence[int], field: str = "schedule.points") -> None:
         """Raise ``ConfigError`` naming ``field``.I.0 for a point whose checkpoint is not in ``checkpoint_steps``."""
         available = set(checkpoint_steps)
-        _final(checkpoint_steps)
+        final_checkpoint(checkpoint_steps)
         for i, (ckpt, _) in enumerate(self.points):
             if ckpt != FINAL and ckpt not in available:
                 raise ConfigError(f"{field}.{i}.0={ckpt} names a checkpoint that the teacher "
@@ -159,7 +206,7 @@ class KShot(_Fixed):
             end += count
             if student_step < end:
                 break
-        return _final(checkpoint_steps) if ckpt == FINAL else ckpt
+        return final_checkpoint(checkpoint_steps) if ckpt == FINAL else ckpt
 
 
 @register("schedule")
@@ -171,6 +218,8 @@ class TwoShotAuto:
     final checkpoint. :meth:`resolve` turns it into the equivalent :class:`KShot` for a given trajectory."""
 
     kind: ClassVar[str] = "2-shot-auto"
+    teacher_source: ClassVar[str] = "trajectory"
+    stacks_with_others: ClassVar[bool] = True
 
     first_steps: int = 1000
     metric: str = "eval_accuracy"
@@ -216,6 +265,9 @@ class TwoShotAuto:
         raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
+
+    def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec | None:
         raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
 
 

@@ -14,6 +14,7 @@ The objective is :mod:`progdistill.losses`'; this module only decides which form
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -24,42 +25,23 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .config import ConfigError, DistillationConfig, TrainConfig
+from .config import DistillationConfig, TrainConfig
 from .distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
 from .evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from .files import MetricsWriter
 from .generation import GeneratedData
+from .hints import Hints
+from .nonfinite import NonFiniteError, grads_finite, non_finite_error
 from .losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from .optim import make_optimizer
 from .resume import load_state, save_state
-from .schedules import CE
+from .schedules import CE, TeacherSpec
 from .seeding import generator
-from .teachers import TeacherPool, block_teacher_logits
+from .teachers import TeacherPool, block_teacher_logits, plan_temperatures
 from .token_step import train_token_step
 from .trajectory import TrajectoryWriter
 
 BLOCK_STEPS = 1000
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss became NaN or inf; the message names the run, the step range and the quantity."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA when available, else CPU. Raises ``ConfigError`` for an unknown device string or a
-    CUDA device on a machine (or torch build) without CUDA."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {device!r} is invalid: use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r}: CUDA is not available here (this torch build or machine has "
-                          "no GPU); use auto or cpu")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
-    return resolved
 
 
 @dataclass
@@ -80,10 +62,14 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
 
     Member m draws ``train.batch_size`` fresh examples per step (``task.sample_batch``) from the generator
-    ``(seed, data_stream)`` and minimizes, at student step t with checkpoint c = schedule.checkpoint_at(t):
-    CE on true labels when c is None, else ``alpha * CE + (1 - alpha) * D(teacher_c || student)``
-    (:mod:`progdistill.losses`). Every ``train.eval_every`` steps (and at steps 0 and the last) each member
-    writes a record {step, train_loss, eval_loss, eval_accuracy, teacher_checkpoint, lr}. When
+    ``(seed, data_stream)`` and minimizes, at student step t with the teacher spec
+    s = ``schedule.teacher_at(t, checkpoint steps, train.steps)`` (:class:`~progdistill.schedules.TeacherSpec`):
+    CE on true labels when s is None, else ``alpha * CE + (1 - alpha) * D(teacher_s || student)``
+    (:mod:`progdistill.losses`) at the spec's temperature (default ``distillation.temperature``), or for a spec
+    with a hint layer the hint loss (:mod:`progdistill.hints`). ``teachers``: a :class:`TeacherPool`, or a
+    :class:`progdistill.cotraining.LiveTeacher` for co-training. Every ``train.eval_every`` steps (and at steps 0
+    and the last) each member writes a record {step, train_loss, eval_loss, eval_accuracy, teacher_checkpoint,
+    lr} (and what the spec adds: teacher_temperature, teacher_weight_path, teacher_noise, ...). When
     ``checkpoint_writer`` is given (a teacher: M must be 1) weights are saved every
     ``train.checkpoint_every`` steps, at step 0 and at the last step.
 
@@ -104,7 +90,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     The state file is deleted when training finishes. ``on_record(step)`` is called after every record (main
     process), e.g. to persist the run's elapsed time.
     """
-    run = _Training(task, model, train, members, data_stream, distillation or DistillationConfig(), teachers,
+    run = Training(task, model, train, members, data_stream, distillation or DistillationConfig(), teachers,
                     checkpoint_writer, device, desc, state_path)
     run.on_record = on_record
     state = load_state(state_path, run.names)
@@ -137,7 +123,7 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     return run.histories
 
 
-class _Training:
+class Training:
     """The state of one :func:`fit` call -- models, optimizer, data generators, running losses, records --
     and the named steps of its loop."""
 
@@ -153,7 +139,7 @@ class _Training:
         self.device, self.state_path = device, state_path
         self.rows = local_slice(train.batch_size, f"batch_size ({desc})")  # this process's share of each batch
         self.main_process = is_main()
-        self.ckpt_steps = teachers.trajectory.steps if teachers is not None else []
+        self.ckpt_steps = teachers.steps if teachers is not None else []
         for mem in members:
             if not isinstance(mem.schedule, CE):
                 if teachers is None:
@@ -161,6 +147,10 @@ class _Training:
                 mem.schedule.validate(self.ckpt_steps)
         if teachers is not None and any(not isinstance(mem.schedule, CE) for mem in members):
             teachers.verify()  # a missing or corrupted checkpoint stops here, not when a schedule reaches it
+            # The first teachers are built now: a transform that cannot apply (a weight path between models of
+            # different shapes) or a hint layer that does not exist stops here, before the first step.
+            teachers.prepare([spec for spec in self.checkpoints(0) if spec is not None])
+        self.hints = Hints.for_stack(model, teachers, self.checkpoints(0), [mem.seed for mem in members])
         if checkpoint_writer is not None and M != 1:
             raise ValueError("only a stack of one model (a teacher) writes a trajectory")
         self.seeds = sorted({mem.seed for mem in members})
@@ -173,8 +163,11 @@ class _Training:
             if distillation.generates and task.per_position_targets else None
         self.eval_batches = [b.to(device) for b in task.eval_batches()]
         self.evaluate = evaluate_tokens if task.per_position_targets else evaluate_stack
-        self.opt, self.lr_sched = make_optimizer(model.parameters(), train.optimizer, train.steps)
+        params = list(model.parameters()) + ([] if self.hints is None else list(self.hints.parameters()))
+        self.opt, self.lr_sched = make_optimizer(params, train.optimizer, train.steps)
         model.to(device).train()
+        if self.hints is not None:
+            self.hints.to(device)
         self.net = model
         if rank_world()[1] > 1:
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -194,14 +187,16 @@ class _Training:
         self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
         self.progress_log: ProgressLog | None = None
 
-    def checkpoints(self, t: int) -> list[int | None]:
-        """The teacher checkpoint of every member at student step t (None: labels only)."""
-        return [mem.schedule.checkpoint_at(t, self.ckpt_steps) for mem in self.members]
+    def checkpoints(self, t: int) -> list[TeacherSpec | None]:
+        """The teacher of every member at student step t (None: labels only)."""
+        return [mem.schedule.teacher_at(t, self.ckpt_steps, self.train.steps) for mem in self.members]
 
     def resume(self, state: dict) -> None:
         """Continue from a saved training state (:func:`_load_state`)."""
         self.skipped, self.histories = state["skipped"], state["histories"]
         self.model.load_state_dict(state["model"])
+        if self.hints is not None:
+            self.hints.projections.load_state_dict(state["hints"])
         self.opt.load_state_dict(state["optimizer"])
         self.lr_sched.load_state_dict(state["lr_schedule"])
         for s, g in self.gens.items():
@@ -234,15 +229,17 @@ class _Training:
         for i in range(stop - start):
             gen = self.gens[self.members[0].seed]
             batch = self.task.sample_batch(self.train.batch_size, gen)  # drawn whatever the step trains on
-            teacher = None if plan[i][0] is None else self.teachers.get(plan[i][0])
-            distillation = self.distillation
+            spec = plan[i][0]
+            teacher = None if spec is None else self.teachers.get(spec)
+            distillation = self.distillation if spec is None or spec.temperature is None else \
+                dataclasses.replace(self.distillation, temperature=spec.temperature)
             if self.generated is not None:  # the whole step's batch is sampled (same on every process)
                 batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model)
             batch = batch.rows(self.rows).to(self.device)
             self.opt.zero_grad(set_to_none=True)
             value = train_token_step(self.net, batch, teacher, self.train, distillation, self.autocast)
             bad = None if all_true(bool(math.isfinite(value)), self.device) else "training loss"
-            if bad is None and self.train.on_non_finite == "skip" and not _grads_finite(self.params, self.device):
+            if bad is None and self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
                 bad = "gradient"
             self._finish_step(bad, self.names, start + i, value)
 
@@ -258,8 +255,10 @@ class _Training:
         teacher_logits = block_teacher_logits(plan, x_block, self.seed_index, self.teachers, C)  # (L, M, B, C)
         if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
             i, m = (~torch.isfinite(teacher_logits)).flatten(2).any(-1).nonzero()[0].tolist()
-            raise NonFiniteError(f"teacher checkpoint {plan[i][m]} produced non-finite outputs; the students stop "
-                                 "here")
+            raise NonFiniteError(f"teacher checkpoint {plan[i][m].checkpoint} produced non-finite outputs; the "
+                                 "students stop here")
+        temperature = plan_temperatures(plan, self.distillation.temperature, self.device)  # a number, or (L, M)
+        hint_steps = [any(spec is not None and spec.hint_layer is not None for spec in row) for row in plan]
         has_teacher = torch.tensor([[c is not None for c in row] for row in plan], device=self.device)
         ce_weight, kd_weight = mixture_weights(self.distillation.alpha, has_teacher[..., None])  # (L, M, 1)
         # Step i's inputs for every model: (B, n) shared by one seed's models, else (M, B, n) gathered per
@@ -269,23 +268,35 @@ class _Training:
         fused = teacher_logits is None or self.distillation.plain_forward_kl
         targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
         if teacher_logits is not None and fused:
-            targets, correction = soft_targets(teacher_logits, y_steps, self.distillation.temperature,
-                                               ce_weight, kd_weight)
+            per_position = temperature[..., None] if torch.is_tensor(temperature) else temperature  # (L, M, 1)
+            targets, correction = soft_targets(teacher_logits, y_steps, per_position, ce_weight, kd_weight)
             corrections = correction.mean(dim=2)
             self.loss_sum -= _per_model_sum(corrections)  # report the objective, not the fused CE
-        if self.hand_sgd:
+        if self.hand_sgd and not any(hint_steps):
             self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
             return
         for i in range(L):
+            hidden = None
             with self.autocast:
-                logits = self.net(x_steps[i])  # (M, B_local, C)
+                if hint_steps[i]:
+                    logits, hidden = self.net(x_steps[i], hidden=True)  # (M, B_local, C), [(M, B_local, width)]
+                else:
+                    logits = self.net(x_steps[i])  # (M, B_local, C)
             if fused:
                 per_example = soft_cross_entropy(logits, y_steps[i] if targets is None else targets[i])
             else:
+                step_temperature = temperature[i][:, None] if torch.is_tensor(temperature) else temperature
                 per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
-                                                         self.distillation.loss, self.distillation.temperature,
+                                                         self.distillation.loss, step_temperature,
                                                          ce_weight[i], kd_weight[i],
                                                          **self.distillation.loss_options())
+            if hidden is not None:  # the hint phase: these models regress the teacher's hidden layer instead
+                if corrections is not None:
+                    hinted = torch.tensor([s is not None and s.hint_layer is not None for s in plan[i]],
+                                          device=self.device)
+                    self.loss_sum += torch.where(hinted, corrections[i], torch.zeros_like(corrections[i]))
+                per_example = self.hints.replace(per_example, hidden, plan[i],
+                                                 lambda m: x_block[self.seed_index[m], i], self.teachers)
             if not self._autograd_step(start + i, per_example) and corrections is not None:
                 self.loss_sum += corrections[i]  # a skipped step adds no cross-entropy: take back its correction
 
@@ -299,7 +310,7 @@ class _Training:
             loss.backward()
             # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the per-step
             # gradient check (a sync and a few ops) is paid only where a step may be skipped.
-            if self.train.on_non_finite == "skip" and not _grads_finite(self.params, self.device):
+            if self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
                 bad = "gradient"
         culprits = self.names if bad is None else [
             name for name, losses in zip(self.names, per_example) if not torch.isfinite(losses).all()] or self.names
@@ -310,7 +321,7 @@ class _Training:
         """Update and tally ``loss`` (M,), or stop or skip on the non-finite quantity ``bad``."""
         if bad is not None:
             if self.train.on_non_finite == "stop":
-                raise _non_finite(culprits, bad, step)
+                raise non_finite_error(culprits, bad, step)
             self.skipped += 1
         else:
             self.opt.step()
@@ -336,7 +347,7 @@ class _Training:
         if not finite.all():
             i = int((~finite).nonzero()[0])
             culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
-            raise _non_finite(culprits, "training loss", start + i)
+            raise non_finite_error(culprits, "training loss", start + i)
         self.loss_sum += _per_model_sum(step_losses)
         self.loss_count += L
 
@@ -355,9 +366,10 @@ class _Training:
             if train_loss[m] is not None and not math.isfinite(train_loss[m]):
                 raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in the steps before "
                                      f"{step}; metrics saved so far are kept")
+            spec = in_use[m]
             rec = {"step": step, "train_loss": train_loss[m], "eval_loss": float(eval_loss[m]),
-                   "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": in_use[m],
-                   "lr": self.opt.param_groups[0]["lr"]}
+                   "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": None if spec is None else spec.checkpoint,
+                   "lr": self.opt.param_groups[0]["lr"], **({} if spec is None else spec.describe())}
             if self.skipped:
                 rec["skipped_steps"] = self.skipped
             if self.generated is not None:  # steps so far that trained on the teacher's / the student's samples
@@ -382,6 +394,7 @@ class _Training:
             save_state(self.state_path, {
                 "names": self.names, "step": step, "skipped": self.skipped, "histories": self.histories,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                **({} if self.hints is None else {"hints": self.hints.projections.state_dict()}),
                 "lr_schedule": self.lr_sched.state_dict(),
                 "generators": {s: g.get_state() for s, g in self.gens.items()},
                 **({"generation": self.generated.state()} if self.generated is not None else {})})
@@ -389,26 +402,7 @@ class _Training:
     def release_teachers(self, step: int) -> None:
         """Drop the teacher checkpoints no member uses from ``step`` on."""
         if self.teachers is not None:
-            self.teachers.retain({c for c in self.checkpoints(step) if c is not None})
-
-
-def _per_model_sum(values: torch.Tensor) -> torch.Tensor:
-    """(L, M) -> (M,): each model's sum over the block's L steps, added up in the same order whatever M is (a
-    sum over dim 0 vectorizes across models and rounds differently for different stack sizes), so a student
-    trained in any stack -- one job per seed, a sweep grown by a seed -- reports the same training loss."""
-    return values.t().contiguous().sum(dim=1)
-
-
-def _grads_finite(params, device) -> bool:
-    """Whether every gradient is finite, on every process (one sync). No gradient at all (a step without a
-    supervised token) is finite."""
-    sums = [p.grad.sum() for p in params if p.grad is not None]
-    return all_true(not sums or bool(torch.isfinite(torch.stack(sums)).all()), device)
-
-
-def _non_finite(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
-    return NonFiniteError(f"{', '.join(culprits)}: non-finite {what} at step {step}; everything saved before it "
-                          "is kept (on_non_finite='skip' skips such steps)")
+            self.teachers.retain({spec for spec in self.checkpoints(step) if spec is not None})
 
 
 class _PerStepGather:
@@ -419,3 +413,10 @@ class _PerStepGather:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.block[:, i].index_select(0, self.seed_index)
+
+
+def _per_model_sum(values: torch.Tensor) -> torch.Tensor:
+    """(L, M) -> (M,): each model's sum over the block's L steps, added up in the same order whatever M is (a
+    sum over dim 0 vectorizes across models and rounds differently for different stack sizes), so a student
+    trained in any stack -- one job per seed, a sweep grown by a seed -- reports the same training loss."""
+    return values.t().contiguous().sum(dim=1)

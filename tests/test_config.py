@@ -52,8 +52,9 @@ def test_from_dict_errors_name_fields():
     with pytest.raises(ConfigError, match="student: unknown field.*widht"):
         ExperimentConfig.from_dict(data)
     data = get_preset("parity-mlp").to_dict()
-    data["schedules"][0] = {"type": "curriculum"}
-    with pytest.raises(ConfigError, match="schedules\\.0\\.type=.curriculum.*valid: 2-shot-auto, ce, k-shot"):
+    data["schedules"][0] = {"type": "anti-curriculum"}
+    with pytest.raises(ConfigError, match="schedules\\.0\\.type=.anti-curriculum.*valid: 2-shot-auto, ce, "
+                                          "co-training, hint, k-shot, noised-teacher, one-shot, progressive"):
         ExperimentConfig.from_dict(data)
     data = get_preset("parity-mlp").to_dict()
     data["task"]["k"] = 99

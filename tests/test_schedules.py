@@ -1,5 +1,6 @@
 import pytest
 
+import progdistill.curricula  # noqa: F401  (registers the curricula, as importing progdistill does)
 from progdistill.config import ConfigError, from_dict, lookup_variant, to_dict
 from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive, schedule_kinds
 
@@ -92,9 +93,11 @@ def test_schedules_round_trip_and_unknown_kind():
         data = to_dict(sched)
         assert from_dict(type(sched), {k: v for k, v in data.items() if k != "type"}) == sched
         assert lookup_variant("schedule", data["type"]) is type(sched)
-    with pytest.raises(ConfigError, match="valid: 2-shot-auto, ce, k-shot, one-shot, progressive"):
+    with pytest.raises(ConfigError, match="valid: 2-shot-auto, ce, co-training, hint, k-shot, noised-teacher, "
+                                          "one-shot, progressive, temperature-curriculum, weight-path"):
         lookup_variant("schedule", "progresive")
-    assert schedule_kinds() == ["2-shot-auto", "ce", "k-shot", "one-shot", "progressive"]
+    assert schedule_kinds() == ["2-shot-auto", "ce", "co-training", "hint", "k-shot", "noised-teacher", "one-shot",
+                                "progressive", "temperature-curriculum", "weight-path"]
 
 
 def test_no_checkpoints_is_an_error():

@@ -28,7 +28,7 @@ def test_pool_loads_each_checkpoint_once_frozen_and_drops_unused(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), expected.parameters()))
     pool.get(0)
     pool.retain({0})
-    assert set(pool.models) == {0} and pool.loads == 2
+    assert set(pool.models) == {(0, None)} and pool.loads == 2
 
 
 def test_block_teacher_logits_equal_the_teachers_outputs_per_step(tmp_path):

@@ -82,10 +82,17 @@ class MLP(nn.Module):
         x = x.unsqueeze(0).expand(self.num_models, -1, -1) if x.dim() == 2 else x
         return list(zip(self.weights, self.biases)), x, torch.baddbmm, torch.bmm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, n) shared by all models, or (M, B, n) one batch per model -> logits (M, B, C)."""
+    @property
+    def hidden_sizes(self) -> list[int]:
+        """The width of each hidden layer (what ``forward(x, hidden=True)`` returns per layer)."""
+        return [w.shape[-1] for w in self.weights[:-1]]
+
+    def forward(self, x: torch.Tensor, hidden: bool = False):
+        """x: (B, n) shared by all models, or (M, B, n) one batch per model -> logits (M, B, C); with
+        ``hidden``, (logits, [each hidden layer's ReLU output (M, B, width)])."""
         layers, h, affine, _ = self._layers(x)
         last = len(layers) - 1
+        states = []
         for i, (w, b) in enumerate(layers):
             if i == last and w.shape[-1] <= NARROW_OUTPUT and h.shape[-2] >= NARROW_ROWS:
                 # A few output classes and many rows (teacher targets, evaluation): (w^T h^T)^T is the same
@@ -96,7 +103,9 @@ class MLP(nn.Module):
                 h = affine(b, h, w)  # (M, B, d_out), or (B, d_out) for a stack of one
             if i < last:  # in place when no graph is recorded (teacher targets, evaluation): less memory traffic
                 h = torch.relu(h) if torch.is_grad_enabled() else h.relu_()
-        return h if h.dim() == 3 else h.unsqueeze(0)
+                states.append(h if h.dim() == 3 else h.unsqueeze(0))
+        logits = h if h.dim() == 3 else h.unsqueeze(0)
+        return (logits, states) if hidden else logits
 
     @torch.no_grad()
     def sgd_step(self, x: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
