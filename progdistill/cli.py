@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .ablation import ablate_two_shot
+from .compare import CSV, FIGURE, JSON, TABLE, compare
 from .robustness import LR_SCHEDULES, TEMPERATURES, ablate_robustness
 from .config import ConfigError, override, to_dict
 from .distributed import init_from_env, is_main, local_slice, rank_world, shutdown
@@ -36,6 +37,7 @@ EPILOG = """examples:
   progdistill run pcfg-mlm --seeds 3 --out runs/pcfg-mlm
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
   progdistill probe oracle runs/pcfg-mlm
+  progdistill compare runs/t0.5 runs/t1 runs/t2 --out runs/temperature
 """
 
 
@@ -135,6 +137,14 @@ def cmd_export(args) -> int:
     print(f"wrote the Hugging Face model (config.json, model.safetensors{extra}) of {args.which}"
           f"{'' if args.which != 'teacher' else f' at step {args.step}' if args.step is not None else ' (final checkpoint)'}"
           f" to {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    comparison = compare(args.runs, args.out, field=args.field)
+    out = Path(args.out)
+    print((out / TABLE).read_text(encoding="utf-8"))
+    print(f"table: {out / TABLE} ({CSV}, {JSON})  figure: {out / FIGURE}  (x axis: {comparison['field']})")
     return 0
 
 
@@ -259,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete a map stored with other settings and train it "
                                                             "again")
     p.set_defaults(func=cmd_ablate_robustness)
+
+    p = sub.add_parser("compare", help="one table and one figure across finished runs of a sweep (steps to "
+                                       "threshold and final accuracy per schedule against the config field that "
+                                       "varies between the runs); writes OUT/comparison.{md,csv,json,png}")
+    p.add_argument("runs", nargs="+", help="two or more run directories written by `progdistill run`, of one task")
+    p.add_argument("--out", default="comparison", help="directory for the table and figure (default: comparison)")
+    p.add_argument("--field", help="the config field of the figure's x axis, as --set names it (e.g. "
+                                   "distillation.temperature); needed when several fields vary between the runs")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write a teacher checkpoint or final student as a Hugging Face model "
                                       "directory (save_pretrained), loadable with from_pretrained")
