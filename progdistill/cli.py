@@ -26,6 +26,7 @@ from .probes.oracle import probe_oracle
 from .rundir import RunDir
 from .runner import run
 from .tasks.pcfg import SPECIALS, GrammarTask
+from .trackers import TRACKERS, resolve_report_to
 from .train import NonFiniteError
 from .trajectory import TrajectoryError
 
@@ -34,6 +35,7 @@ EPILOG = """examples:
   progdistill run parity-mlp --seeds 3 --out runs/parity-mlp
   progdistill run parity-mlp --set distillation.temperature=1.0 --set student.steps=40000 --out runs/t1
   progdistill run runs/parity-mlp/config.json --out runs/again
+  progdistill run parity-mlp --report-to tensorboard,wandb,mlflow --out runs/tracked
   progdistill run pcfg-mlm --seeds 3 --out runs/pcfg-mlm
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
   progdistill probe oracle runs/pcfg-mlm
@@ -55,13 +57,15 @@ def resolve_config(spec: str, seeds: int | None, sets: list[str]) -> ExperimentC
 def cmd_run(args) -> int:
     config = resolve_config(args.preset, args.seeds, args.set or [])
     out = Path(args.out or f"runs/{config.preset}")
+    report_to = resolve_report_to(args.report_to)  # an unknown or uninstalled tracker: refused before any work
     device = init_from_env(args.device)  # joins the process group under torchrun
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
         local_slice(config.student.batch_size, "student.batch_size")
     main_process = is_main()  # asked before shutdown() leaves the process group
     try:
-        run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher)
+        run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher,
+            report_to=report_to)
     finally:
         shutdown()
     if main_process:
@@ -195,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "command refuses with an error naming the file (with a different config, also pass "
                         "--overwrite)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--report-to", metavar="TRACKERS",
+                   help=f"experiment trackers, comma-separated, from {', '.join(TRACKERS)}; or none (default: "
+                        "tensorboard when installed). Each model's metrics (the names of metrics.jsonl) and the "
+                        "config as hyperparameters, inside the run directory: RUN/tensorboard, RUN/wandb (offline "
+                        "unless WANDB_MODE says otherwise), RUN/mlruns (MLflow file store unless "
+                        "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
+                        "\"progdistill[wandb,mlflow]\"")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("list", help="list the presets, one line each",

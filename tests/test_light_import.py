@@ -18,7 +18,7 @@ import pytest
 from progdistill.optional import MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard")
+OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "wandb", "mlflow")
 
 BLOCK = textwrap.dedent(f"""
     import importlib.abc, sys
