@@ -20,7 +20,7 @@ from progdistill.files import MetricsWriter, read_metrics
 from progdistill.optional import MissingExtraError
 from progdistill.runner import run
 from progdistill.schedules import CE, Progressive
-from progdistill.trackers import MLflow, WandB, hyperparameters, resolve_report_to
+from progdistill.trackers import MLflow, TensorBoard, WandB, hyperparameters, resolve_report_to
 
 from conftest import tiny_config
 
@@ -227,3 +227,24 @@ def test_a_run_reports_to_wandb_and_mlflow_offline(tmp_path, monkeypatch):
         assert params["distillation.temperature"] == "2.0" and params["model_name"] == model
         assert by_mlflow[model]["metrics"]["eval_accuracy"] == [(r["step"], r["eval_accuracy"]) for r in records]
         assert by_mlflow[model]["status"] == 3
+
+
+def test_tensorboard_scalars_and_hparams(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard is not installed: pip install \"progdistill[tensorboard]\"")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tracker = TensorBoard(tmp_path, "ce-seed0", "student")
+    tracker.start(HYPERPARAMETERS)
+    tracker.log(LOGGED[0], 0)
+    tracker.log(LOGGED[1], 50)
+    tracker.finish()
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "ce-seed0"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("student/eval_accuracy")] == [(0, 0.5), (50, 0.875)]
+    assert [(s.step, s.value) for s in events.Scalars("student/train_loss")] == [(50, 0.625)]
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["distillation.temperature"].number_value == 0.5
+    assert start.hparams["task.type"].string_value == "parity"
+    assert start.hparams["support_seed"].string_value == "null"
