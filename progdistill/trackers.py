@@ -17,7 +17,9 @@ offline:
   (default: the run directory's name). Extra ``mlflow`` (the tracking client, ``mlflow-skinny``).
 
 A model resumed from its saved state starts a new tracked run that first gets the records kept from before
-(the interrupted one stays, unfinished); TensorBoard merges both in one directory.
+(the interrupted one stays: in MLflow marked KILLED, in W&B an offline run never finished); TensorBoard merges
+both in one directory. W&B writes its run files from a background service: they are complete once the
+process has exited.
 """
 
 from __future__ import annotations
@@ -142,7 +144,13 @@ class MLflow(Tracker):
                 experiment_id = self.client.get_experiment_by_name(name).experiment_id
         else:
             experiment_id = experiment.experiment_id
-        tags = {"progdistill.run_dir": str(self.run_dir.resolve()), "progdistill.role": self.role}
+        run_dir = str(self.run_dir.resolve())
+        # A run of this model still RUNNING was interrupted (one process trains a model at a time): say so.
+        stale = self.client.search_runs([experiment_id], f"tags.mlflow.runName = '{self.model}' and "
+                                        f"tags.`progdistill.run_dir` = '{run_dir}' and attributes.status = 'RUNNING'")
+        for run in stale:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        tags = {"progdistill.run_dir": run_dir, "progdistill.role": self.role}
         self.run_id = self.client.create_run(experiment_id, run_name=self.model, tags=tags).info.run_id
         params = [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in flatten(hyperparameters).items()]
         for i in range(0, len(params), self.BATCH):

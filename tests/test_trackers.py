@@ -197,6 +197,16 @@ def test_mlflow_file_store_run_files(tmp_path, monkeypatch):
     assert runs["ce-seed0"]["tags"]["progdistill.run_dir"] == str(tmp_path.resolve())
     assert runs["ce-seed0"]["status"] == 3  # FINISHED
 
+    interrupted = MLflow(tmp_path, "teacher", "teacher")
+    interrupted.start({"role": "teacher"})  # and never finished: the process was killed
+    resumed = MLflow(tmp_path, "teacher", "teacher")
+    resumed.start({"role": "teacher"})
+    resumed.finish()
+    statuses = {folder.name: int(dict(line.split(": ", 1) for line in (folder / "meta.yaml").read_text().splitlines()
+                                      if ": " in line)["status"]) for folder in (tmp_path / "mlruns").glob("*/*")
+                if folder.is_dir() and (folder / "meta.yaml").exists()}
+    assert statuses == {tracker.run_id: 3, interrupted.run_id: 5, resumed.run_id: 3}  # 3: FINISHED, 5: KILLED
+
 
 @pytest.mark.e2e
 def test_a_run_reports_to_wandb_and_mlflow_offline(tmp_path, monkeypatch):
