@@ -48,7 +48,10 @@ def load_run(path: str | Path) -> _Run:
     if not rundir.config_file.exists():
         raise ConfigError(f"{rundir.path} is not a run directory (no config.json); give run directories written "
                           "by `progdistill run`")
-    config = rundir.config()
+    try:
+        config = rundir.config()
+    except ConfigError as exc:
+        raise ConfigError(f"{rundir.config_file}: {exc}") from None
     if not rundir.results_file.exists():
         raise ConfigError(f"{rundir.path} is not a finished run (no results.json): finish it first by rerunning "
                           f"`progdistill run {rundir.config_file} --out {rundir.path}`")
@@ -139,6 +142,8 @@ def _schedule_keys(runs: list[_Run]) -> list[list[str]]:
     for i, kind in enumerate(types[0]):
         labels = {run.config.schedules[i].label for run in runs}
         names.append(labels.pop() if len(labels) == 1 else kind)
+    # two positions of one type whose labels both vary (two k-shot schedules): named by their position
+    names = [f"{name} (schedules.{i})" if names.count(name) > 1 else name for i, name in enumerate(names)]
     return [names for _ in runs]
 
 

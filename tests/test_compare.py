@@ -19,7 +19,7 @@ from progdistill.experiment import config_hash
 from progdistill.files import atomic_write_json
 from progdistill.presets import get_preset
 from progdistill.runner import run
-from progdistill.schedules import CE, Progressive
+from progdistill.schedules import CE, FINAL, KShot, Progressive
 
 from conftest import tiny_config
 
@@ -105,6 +105,18 @@ def test_speed_sweep_keeps_one_curve_per_schedule(tmp_path):
     assert {s["curve"] for r in comparison["runs"] for s in r["schedules"]} == {"ce", "progressive"}
 
 
+def test_two_renamed_schedules_of_one_type_stay_two_curves(tmp_path):
+    def kshot(name):
+        return KShot(points=((100, 100), (FINAL, 200)), name=name)
+
+    runs = [fake_run(tmp_path / tag, replace(sweep_config(0.5),
+                                             schedules=(kshot(f"early-{tag}"), kshot(f"late-{tag}"))),
+                     [(f"early-{tag}", 0, 100, 1.0), (f"late-{tag}", 0, 200, 1.0),
+                      (f"early-{tag}", 1, 100, 1.0), (f"late-{tag}", 1, 200, 1.0)]) for tag in ("a", "b")]
+    comparison = compare_runs(runs, field="schedules.0.name")
+    assert [s["curve"] for s in comparison["runs"][0]["schedules"]] == ["k-shot (schedules.0)", "k-shot (schedules.1)"]
+
+
 def test_several_varying_fields_need_field(sweep, tmp_path):
     other = fake_run(tmp_path / "wide", sweep_config(0.25, student=replace(tiny_config().student, steps=400)),
                      [("ce", 0, 100, 1.0), ("progressive", 0, 100, 1.0), ("ce", 1, 100, 1.0),
@@ -128,6 +140,9 @@ def test_bad_inputs_one_clear_error_each(sweep, tmp_path):
         compare_runs([sweep[0], tmp_path / "t2" / ".." / "t2"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="empty is not a run directory \\(no config.json\\)"):
+        compare_runs([sweep[0], tmp_path / "empty"])
+    atomic_write_json(tmp_path / "empty" / "config.json", {"preset": "x"})
+    with pytest.raises(ConfigError, match="empty/config.json: config: required field\\(s\\) student, task, teacher"):
         compare_runs([sweep[0], tmp_path / "empty"])
     (sweep[1] / "results.json").unlink()
     with pytest.raises(ConfigError, match="t05 is not a finished run \\(no results.json\\)"):

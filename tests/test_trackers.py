@@ -156,7 +156,8 @@ def test_hyperparameters_are_the_complete_config_and_the_model():
     assert {k: hp.pop(k) for k in ("model_name", "role", "schedule", "seed")} == {
         "model_name": "progressive-seed1", "role": "student", "schedule": "progressive", "seed": 1}
     assert hp == to_dict(config, complete=True)
-    assert hyperparameters(config, "teacher")["role"] == "teacher" and "schedule" not in hyperparameters(config, "teacher")
+    teacher = hyperparameters(config, "teacher")
+    assert teacher["role"] == "teacher" and "schedule" not in teacher
 
 
 def test_wandb_offline_run_files(tmp_path, monkeypatch):
@@ -191,9 +192,9 @@ def test_mlflow_file_store_run_files(tmp_path, monkeypatch):
     assert runs["ce-seed0"]["params"] == {k: v if isinstance(v, str) else json.dumps(v)
                                           for k, v in flatten(HYPERPARAMETERS).items()}
     assert runs["ce-seed0"]["params"]["support_seed"] == "null"  # JSON text: a config.json reader gets it back
-    assert runs["ce-seed0"]["metrics"] == {"eval_loss": [(0, 0.75), (50, 0.5)], "eval_accuracy": [(0, 0.5), (50, 0.875)],
-                                           "lr": [(0, 0.1), (50, 0.1)], "train_loss": [(50, 0.625)],
-                                           "teacher_checkpoint": [(50, 50.0)]}
+    assert runs["ce-seed0"]["metrics"] == {
+        "eval_loss": [(0, 0.75), (50, 0.5)], "eval_accuracy": [(0, 0.5), (50, 0.875)], "lr": [(0, 0.1), (50, 0.1)],
+        "train_loss": [(50, 0.625)], "teacher_checkpoint": [(50, 50.0)]}
     assert runs["ce-seed0"]["tags"]["progdistill.run_dir"] == str(tmp_path.resolve())
     assert runs["ce-seed0"]["status"] == 3  # FINISHED
 
