@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,9 +64,12 @@ class MetricsWriter:
         self._fh.flush()
 
     def close(self) -> None:
+        """Close the file and finish the trackers; called while an exception propagates (a ``finally`` after
+        a failed or interrupted training), the trackers record the run as failed."""
+        failed = sys.exc_info()[0] is not None
         self._fh.close()
         for tracker in self._trackers:
-            tracker.finish()
+            tracker.finish(failed=failed)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

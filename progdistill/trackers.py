@@ -17,7 +17,8 @@ offline:
   (default: the run directory's name). Extra ``mlflow`` (the tracking client, ``mlflow-skinny``).
 
 A model resumed from its saved state starts a new tracked run that first gets the records kept from before
-(the interrupted one stays: in MLflow marked KILLED, in W&B an offline run never finished); TensorBoard merges
+(the interrupted one stays: in MLflow marked KILLED, in W&B an offline run never finished); a training that fails
+or is interrupted ends its tracked runs as failed (MLflow FAILED, W&B exit code 1). TensorBoard merges
 both in one directory. W&B writes its run files from a background service: they are complete once the
 process has exited.
 """
@@ -38,7 +39,7 @@ from .rundir import RunDir
 
 class Tracker:
     """One model's tracked run: :meth:`start` with the hyperparameters, :meth:`log` every record, then
-    :meth:`finish`. ``run_dir``: the run directory; ``model``: "teacher" or a student's name; ``role``: "teacher"
+    :meth:`finish` (``failed``: training raised or was interrupted). ``run_dir``: the run directory; ``model``: "teacher" or a student's name; ``role``: "teacher"
     or "student"."""
 
     name: ClassVar[str]  # the --report-to name
@@ -58,7 +59,7 @@ class Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         raise NotImplementedError
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         raise NotImplementedError
 
 
@@ -90,8 +91,9 @@ class TensorBoard(Tracker):
         for key, value in metrics.items():
             self.writer.add_scalar(f"{self.prefix}{key}", value, step)
 
-    def finish(self) -> None:
-        self.writer.file_writer.add_summary(self._end)
+    def finish(self, failed: bool = False) -> None:
+        if not failed:  # the HParams dashboard's status: success
+            self.writer.file_writer.add_summary(self._end)
         self.writer.close()
 
 
@@ -114,8 +116,8 @@ class WandB(Tracker):
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
 
-    def finish(self) -> None:
-        self.run.finish()
+    def finish(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class MLflow(Tracker):
@@ -162,8 +164,8 @@ class MLflow(Tracker):
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def finish(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def finish(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 TRACKERS: dict[str, type[Tracker]] = {t.name: t for t in (TensorBoard, WandB, MLflow)}

@@ -101,8 +101,8 @@ class Recorder:
     def log(self, metrics, step):
         self.calls.append(("log", step, metrics))
 
-    def finish(self):
-        self.calls.append(("finish",))
+    def finish(self, failed=False):
+        self.calls.append(("finish", failed))
 
 
 def test_metrics_writer_sends_numeric_fields_and_replays_on_resume(tmp_path):
@@ -111,8 +111,18 @@ def test_metrics_writer_sends_numeric_fields_and_replays_on_resume(tmp_path):
     writer.write(RECORDS[0])
     writer.rewrite(RECORDS)  # a resume: the new tracked run gets the kept history
     writer.close()
-    assert tracker.calls == [("log", 0, LOGGED[0]), ("log", 0, LOGGED[0]), ("log", 50, LOGGED[1]), ("finish",)]
+    assert tracker.calls == [("log", 0, LOGGED[0]), ("log", 0, LOGGED[0]), ("log", 50, LOGGED[1]),
+                             ("finish", False)]
     assert read_metrics(tmp_path / "m.jsonl") == RECORDS
+
+    failing = Recorder()
+    writer = MetricsWriter(tmp_path / "f.jsonl", [failing])
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt  # training interrupted
+        finally:
+            writer.close()
+    assert failing.calls == [("finish", True)]
 
 
 def test_report_to_names():
@@ -203,10 +213,14 @@ def test_mlflow_file_store_run_files(tmp_path, monkeypatch):
     resumed = MLflow(tmp_path, "teacher", "teacher")
     resumed.start({"role": "teacher"})
     resumed.finish()
+    crashed = MLflow(tmp_path, "ce-seed1", "student")
+    crashed.start({"role": "student"})
+    crashed.finish(failed=True)
     statuses = {folder.name: int(dict(line.split(": ", 1) for line in (folder / "meta.yaml").read_text().splitlines()
                                       if ": " in line)["status"]) for folder in (tmp_path / "mlruns").glob("*/*")
                 if folder.is_dir() and (folder / "meta.yaml").exists()}
-    assert statuses == {tracker.run_id: 3, interrupted.run_id: 5, resumed.run_id: 3}  # 3: FINISHED, 5: KILLED
+    assert statuses == {tracker.run_id: 3, interrupted.run_id: 5, resumed.run_id: 3,  # 3: FINISHED, 5: KILLED
+                        crashed.run_id: 4}  # FAILED
 
 
 @pytest.mark.e2e
