@@ -16,11 +16,10 @@ offline:
   in maintenance mode), unless ``MLFLOW_TRACKING_URI`` names another; experiment ``MLFLOW_EXPERIMENT_NAME``
   (default: the run directory's name). Extra ``mlflow`` (the tracking client, ``mlflow-skinny``).
 
-A model resumed from its saved state starts a new tracked run that first gets the records kept from before
-(the interrupted one stays: in MLflow marked KILLED, in W&B an offline run never finished); a training that fails
-or is interrupted ends its tracked runs as failed (MLflow FAILED, W&B exit code 1). TensorBoard merges
-both in one directory. W&B writes its run files from a background service: they are complete once the
-process has exited.
+A model resumed from its saved state starts a new tracked run that first gets the records kept from before; the
+interrupted one stays (MLflow: marked KILLED; W&B: an offline run never finished; TensorBoard merges both in one
+directory). A training that raises or is interrupted ends its tracked runs as failed (MLflow FAILED, W&B exit
+code 1). W&B writes its run files from a background service: they are complete once the process has exited.
 """
 
 from __future__ import annotations
