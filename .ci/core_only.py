@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "wandb", "mlflow")
+OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "submitit", "wandb",
+            "mlflow")
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 # parity-mlp shrunk to seconds: n=10, k=3, a width-256 teacher that learns by step ~500, students of 1000 steps.
 TINY_PARITY = ["--seeds", "1", "--set", "task.n=10", "--set", "task.k=3", "--set", "teacher.model.width=256",
@@ -84,6 +85,12 @@ def main() -> int:
             check(f"progdistill run {preset} fails naming {extra}",
                   result.returncode != 0 and extra in last[0] and last[0].startswith("progdistill: error:"),
                   f"exit {result.returncode}; stderr ends:\n{result.stderr[-2000:]}")
+        launched = Path(tmp) / "launched"
+        result = cli("run", "parity-mlp", "--out", str(launched), "--launcher", "submitit-local", timeout=300)
+        last = result.stderr.strip().splitlines()[-1:] or [""]
+        check("progdistill run --launcher submitit-local fails naming progdistill[launch], writing nothing",
+              result.returncode != 0 and "progdistill[launch]" in last[0] and not launched.exists(),
+              f"exit {result.returncode}; stderr ends:\n{result.stderr[-2000:]}")
 
     print(f"core-only: {len(failures)} failed" + (f": {'; '.join(failures)}" if failures else ""))
     return 1 if failures else 0

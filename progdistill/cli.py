@@ -16,6 +16,7 @@ from .robustness import LR_SCHEDULES, TEMPERATURES, ablate_robustness
 from .config import ConfigError, override, to_dict
 from .distributed import init_from_env, is_main, local_slice, rank_world, shutdown
 from .experiment import ExperimentConfig, load_config, student_names
+from .launcher import JOB_PER, LAUNCHERS, JobsFailedError, LauncherConfig, launch, report
 from .lock import RunLock, RunLockedError
 from .models.language import MaskedLM
 from .optional import MissingExtraError
@@ -25,6 +26,7 @@ from .probes.ngram import DISTANCE, WINDOWS, probe_ngram
 from .probes.oracle import probe_oracle
 from .rundir import RunDir
 from .runner import run
+from .status import format_status, status
 from .tasks.pcfg import SPECIALS, GrammarTask
 from .trackers import TRACKERS, resolve_report_to
 from .train import NonFiniteError
@@ -36,6 +38,8 @@ EPILOG = """examples:
   progdistill run parity-mlp --set distillation.temperature=1.0 --set student.steps=40000 --out runs/t1
   progdistill run runs/parity-mlp/config.json --out runs/again
   progdistill run parity-mlp --report-to tensorboard,wandb,mlflow --out runs/tracked
+  progdistill run parity-mlp --seeds 3 --out /shared/runs/p --launcher slurm --partition gpu --gpus-per-job 1
+  progdistill status /shared/runs/p
   progdistill run pcfg-mlm --seeds 3 --out runs/pcfg-mlm
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
   progdistill probe oracle runs/pcfg-mlm
@@ -62,6 +66,19 @@ def cmd_run(args) -> int:
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
         local_slice(config.student.batch_size, "student.batch_size")
+    launcher = LauncherConfig(kind=args.launcher, partition=args.partition, account=args.account,
+                              gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job, time_min=args.time,
+                              sbatch=tuple(args.sbatch or ()), job_per=args.job_per, node_local_ok=args.node_local_ok)
+    if launcher.kind != "local":
+        record = launch(config, out, launcher, overwrite=args.overwrite, device=args.device,
+                        retrain_teacher=args.retrain_teacher, wait=args.wait or launcher.kind == "submitit-local",
+                        report_to=report_to)
+        if not (out / "summary.md").exists() or not (args.wait or launcher.kind == "submitit-local"):
+            print(f"submitted; follow it with `progdistill status {out}` (jobs: {out / 'jobs'}; the last student's job "
+                  f"writes the report, or `progdistill report {out}`)")
+            return 0
+        print((out / "summary.md").read_text(encoding="utf-8"))
+        return 0
     main_process = is_main()  # asked before shutdown() leaves the process group
     try:
         run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher,
@@ -71,6 +88,20 @@ def cmd_run(args) -> int:
     if main_process:
         print((out / "summary.md").read_text(encoding="utf-8"))
         print(f"results: {out / 'results.json'}  figure: {out / 'accuracy.png'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    out = Path(args.run_dir)
+    with RunLock(out):
+        report(out, device=args.device)
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    print(f"results: {out / 'results.json'}  figure: {out / 'accuracy.png'}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    print(format_status(status(args.run_dir)))
     return 0
 
 
@@ -206,7 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "unless WANDB_MODE says otherwise), RUN/mlruns (MLflow file store unless "
                         "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
                         "\"progdistill[wandb,mlflow]\"")
+    g = p.add_argument_group("launcher", "run the teacher and students as scheduler jobs (pip install "
+                                         "\"progdistill[launch]\"; see docs/running.md)")
+    g.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                   help="local: one process, here (default); slurm: Slurm jobs through submitit (the teacher, then "
+                        "the students in jobs that depend on it); submitit-local: the same jobs as processes on "
+                        "this machine (waits for them)")
+    g.add_argument("--partition", help="Slurm partition")
+    g.add_argument("--account", help="Slurm account")
+    g.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per job (default 0)")
+    g.add_argument("--cpus-per-job", type=int, help="CPUs per job, also its torch threads (default: Slurm's)")
+    g.add_argument("--time", type=int, default=24 * 60, help="time limit per job, minutes (default 1440)")
+    g.add_argument("--sbatch", action="append", metavar="--NAME[=VALUE]",
+                   help="an extra sbatch option, e.g. --sbatch=--qos=high; repeatable")
+    g.add_argument("--job-per", choices=JOB_PER, default="stack",
+                   help="stack: a stack of MLP students is one job, other students one job each (default); "
+                        "seed: one job per seed; student: one job per student")
+    g.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
+    g.add_argument("--node-local-ok", action="store_true",
+                   help="slurm: allow --out on a node-local filesystem (/tmp, tmpfs): the cluster is this machine")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="where a run stands: the teacher and each student done, running (process, "
+                                      "job), failed (its error), interrupted or not started")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run`")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write results.json, summary.md and accuracy.png of a run whose students have "
+                                      "all finished (after `run --launcher`, the last student's job does this)")
+    p.add_argument("run_dir", help="a run directory written by `progdistill run`")
+    p.add_argument("--device", default="auto", help="device of the end-of-run probes: auto, cpu, cuda, ...")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list the presets, one line each",
                        description="List the named experiments (presets), one line each.")
@@ -326,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, MissingExtraError, OSError,
-            ValueError) as exc:
+            ValueError, JobsFailedError) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

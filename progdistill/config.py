@@ -268,29 +268,92 @@ class OptimizerConfig:
               "must lie in [0, 1)")
 
 
+def _added(default):
+    """A field added after configs were hashed: left out of the JSON form at its default (hashes unchanged)."""
+    return field(default=default, metadata={"omit_if_default": True})
+
+
 @dataclass(frozen=True)
 class DistillationConfig:
     """How a student matches its teacher checkpoint (paper §1-§2: KL between teacher and student softmax outputs).
 
-    ``loss``: "forward_kl" (KL(teacher || student), same gradients as the distillation cross-entropy) or
-    "reverse_kl" (KL(student || teacher); needs ``temperature > 0``). ``temperature``: the teacher's softmax
-    temperature T, any T >= 0; 0 means the teacher's argmax as a hard label, and a T too small for logits / T to be
-    finite in float32 (e.g. 1e-40) its limit (:mod:`progdistill.losses`). ``alpha``: weight of the cross-entropy on
-    true labels, mixed as ``alpha * CE + (1 - alpha) * distillation``.
+    ``loss``: "forward_kl" (KL(teacher || student), same gradients as the distillation cross-entropy),
+    "reverse_kl" (KL(student || teacher); needs ``temperature > 0``), "generalized_jsd" (TRL's GKD divergence
+    with ``beta``: 0 = forward KL, 1 = reverse KL, 0.5 = symmetric JSD; :func:`progdistill.losses.generalized_jsd`)
+    or "total_variation". ``temperature``: the teacher's softmax temperature T, any T >= 0; 0 means the teacher's
+    argmax as a hard label, and a T too small for logits / T to be finite in float32 (e.g. 1e-40) its limit
+    (:mod:`progdistill.losses`). ``temperature_scaling``: "teacher" (only the teacher's logits are divided by T)
+    or "hinton" (the student's too, and the loss times T^2; T > 0). ``top_k``: keep the teacher's k most
+    probable classes only (None: all), as ``top_k_mode`` "tail_bucket" (the rest as one class) or
+    "renormalized". ``alpha``: weight of the cross-entropy on true labels, mixed as
+    ``alpha * CE + (1 - alpha) * distillation``.
+
+    Generated data (generative tasks such as pcfg-lm only; :mod:`progdistill.generation`): ``seq_kd`` trains on
+    sequences sampled from the scheduled checkpoint instead of the task's data (sequence-level KD; with
+    ``alpha = 1`` the loss is the cross-entropy on them, Kim & Rush 2016); ``lmbda`` is the probability that a
+    step's batch is instead the student's own samples, scored token by token against the checkpoint with the
+    divergence alone (on-policy distillation, TRL's GKD). Sampling: ``sampling_temperature`` (0 = greedy),
+    at most ``max_new_tokens`` tokens (None: the task's longest sentence).
     """
 
     loss: str = "forward_kl"
     temperature: float = 1.0
     alpha: float = 0.0
+    beta: float = _added(0.5)
+    temperature_scaling: str = _added("teacher")
+    top_k: int | None = _added(None)
+    top_k_mode: str = _added("tail_bucket")
+    seq_kd: bool = _added(False)
+    lmbda: float = _added(0.0)
+    sampling_temperature: float = _added(1.0)
+    max_new_tokens: int | None = _added(None)
 
     def __post_init__(self):
-        check(self.loss in ("forward_kl", "reverse_kl"), "distillation.loss", self.loss,
-              "one of forward_kl, reverse_kl")
+        check(self.loss in ("forward_kl", "reverse_kl", "generalized_jsd", "total_variation"), "distillation.loss",
+              self.loss, "one of forward_kl, reverse_kl, generalized_jsd, total_variation")
         check(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
               "distillation.temperature", self.temperature, "must be >= 0 (0 = teacher argmax)")
-        check(not (self.loss == "reverse_kl" and self.temperature == 0), "distillation.temperature",
-              self.temperature, "reverse_kl needs temperature > 0 (a one-hot teacher has infinite reverse KL)")
+        check(isinstance(self.beta, (int, float)) and 0 <= self.beta <= 1, "distillation.beta", self.beta,
+              "must lie in [0, 1] (0 = forward KL, 1 = reverse KL)")
+        reverse = self.loss == "reverse_kl" or (self.loss == "generalized_jsd" and self.beta == 1)
+        check(not (reverse and self.temperature == 0), "distillation.temperature",
+              self.temperature, f"{'reverse_kl' if self.loss == 'reverse_kl' else 'generalized_jsd with beta=1 (reverse KL)'} "
+              "needs temperature > 0 (a one-hot teacher has infinite reverse KL)")
+        check(self.temperature_scaling in ("teacher", "hinton"), "distillation.temperature_scaling",
+              self.temperature_scaling, "one of teacher, hinton")
+        check(not (self.temperature_scaling == "hinton" and self.temperature == 0), "distillation.temperature",
+              self.temperature, "temperature_scaling='hinton' divides the student's logits by it: must be > 0")
+        check(self.top_k is None or (isinstance(self.top_k, int) and not isinstance(self.top_k, bool)
+                                     and self.top_k >= 1), "distillation.top_k", self.top_k,
+              "None (the whole vocabulary) or an integer >= 1")
+        check(self.top_k_mode in ("renormalized", "tail_bucket"), "distillation.top_k_mode", self.top_k_mode,
+              "one of renormalized, tail_bucket")
+        check(not (reverse and self.top_k is not None and self.top_k_mode == "renormalized"),
+              "distillation.top_k_mode", self.top_k_mode, "reverse KL against renormalized top-k targets is "
+              "infinite (the teacher's tail has probability 0): use tail_bucket")
         check(0 <= self.alpha <= 1, "distillation.alpha", self.alpha, "must lie in [0, 1]")
+        check(isinstance(self.seq_kd, bool), "distillation.seq_kd", self.seq_kd, "true or false")
+        check(isinstance(self.lmbda, (int, float)) and 0 <= self.lmbda <= 1, "distillation.lmbda", self.lmbda,
+              "must lie in [0, 1] (the probability of an on-policy batch)")
+        check(isinstance(self.sampling_temperature, (int, float)) and self.sampling_temperature >= 0,
+              "distillation.sampling_temperature", self.sampling_temperature, "must be >= 0 (0 = greedy)")
+        check(self.max_new_tokens is None or (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1),
+              "distillation.max_new_tokens", self.max_new_tokens, "None (the task's longest) or an integer >= 1")
+
+    @property
+    def generates(self) -> bool:
+        """Whether students train on generated sequences (``seq_kd`` or ``lmbda > 0``)."""
+        return self.seq_kd or self.lmbda > 0
+
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword options of :func:`progdistill.losses.divergence` set here."""
+        return {"beta": self.beta, "temperature_scaling": self.temperature_scaling, "top_k": self.top_k,
+                "top_k_mode": self.top_k_mode}
+
+    @property
+    def plain_forward_kl(self) -> bool:
+        """Forward KL at teacher-only temperature on the whole vocabulary: the loop's fused fast paths apply."""
+        return self.loss == "forward_kl" and self.temperature_scaling == "teacher" and self.top_k is None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,10 @@ class ExperimentConfig:
               "the students; give k-shot schedules with the same number of points a \"name\")")
         check_positive_int("seeds", self.seeds)
         check(0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
+        for name, used in (("seq_kd", self.distillation.seq_kd), ("lmbda", self.distillation.lmbda > 0)):
+            check(not used or self.task.generative, f"distillation.{name}", getattr(self.distillation, name),
+                  f"trains on generated sequences, which task {self.task.kind!r} cannot give (not a generative "
+                  "task; e.g. pcfg-lm is): use false / 0 here")
         for i, sched in enumerate(self.schedules):
             if isinstance(sched, TwoShotAuto):
                 check(sched.first_steps < self.student.steps, f"schedules.{i}.first_steps", sched.first_steps,
@@ -103,6 +107,10 @@ def check_task_data(config: ExperimentConfig) -> str | None:
     teacher has trained. Returns ``task.data_digest()`` (None for tasks without data), which the run directory
     records so that a grammar or corpus edited in place is never mixed with results trained on the old one."""
     digest = config.task.data_digest()
+    top_k = config.distillation.top_k
+    if top_k is not None and top_k > config.task.num_classes:
+        raise ConfigError(f"distillation.top_k={top_k} is invalid: at most the task's {config.task.num_classes} "
+                          "classes (its vocabulary)")
     longest = config.task.positions_needed()
     for role, cfg in (("teacher", config.teacher), ("student", config.student)):
         positions = getattr(cfg.model, "max_positions", None)  # an optional field of sequence models' configs

@@ -31,15 +31,18 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import ConfigError, DistillationConfig
+from .hf_generation import generated_micro_batches
 from .losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from .optional import require
 from .schedules import CE
+from .seeding import generator
 from .teachers import TeacherPool
 from .trajectory import TrajectoryError
 
@@ -182,10 +185,22 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
     computes it; ``eval_distillation_loss`` the distillation loss of the checkpoint in use at the current step
     (``distillation.loss`` at ``distillation.temperature``, without the alpha mixing) per supervised position of
     the evaluation set. Training logs carry ``teacher_checkpoint``.
+
+    On-policy and sequence-level distillation, with TRL ``GKDConfig``'s names and meanings: with probability
+    ``lmbda`` (one seeded draw per optimizer step) the step trains on the student's own continuations of the
+    batch's prompts, scored token by token against the scheduled checkpoint with the divergence alone; otherwise,
+    with ``seq_kd``, on the scheduled checkpoint's continuations (with ``distillation.alpha``: its cross-entropy
+    is that of sequence-level KD); otherwise on the data. ``beta`` (not None) makes the loss the generalized JSD
+    (0 = forward KL, 1 = reverse KL; :func:`progdistill.losses.generalized_jsd`); ``max_new_tokens`` and
+    ``temperature`` are the sampling's (``distillation.temperature`` remains the loss's). Generation: Hugging
+    Face ``generate`` over all micro-batches of a step at once (:mod:`progdistill.hf_generation`), so the
+    normalization above holds for generated batches too. ``generated_steps`` counts the steps of each kind.
     """
 
     def __init__(self, *args, teacher_trajectory, schedule, distillation: DistillationConfig | None = None,
-                 shift_labels: bool | None = None, **kwargs):
+                 shift_labels: bool | None = None, lmbda: float = 0.0, beta: float | None = None,
+                 seq_kd: bool = False, max_new_tokens: int = 128, temperature: float = 1.0, **kwargs):
+        distillation = _gkd_distillation(distillation, lmbda, beta, seq_kd, max_new_tokens, temperature)
         super().__init__(*args, **kwargs)
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
         self.trajectory = teacher_trajectory
@@ -202,6 +217,10 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
             # take) and let evaluation compute a loss.
             self.label_names = ["labels"]
         self._eval_totals: torch.Tensor | None = None  # (distillation loss sum, positions) during evaluation
+        self._coin = generator(self.args.seed, "on-policy-coin")  # one draw per optimizer step
+        self._sampling = generator(self.args.seed, "generation")
+        self._on_policy_step = False  # the current step trains on the student's own samples
+        self.generated_steps = {"teacher": 0, "student": 0}
 
     @property
     def teacher_loads(self) -> int:
@@ -236,11 +255,28 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
                 break
         if not batches:
             return batches, None
+        batches = self._generated(batches)
         count = sum(int((self._targets(self.model, b)[0] != IGNORE_INDEX).sum()) for b in batches)
         count = torch.tensor(count, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return batches, count
+
+    def _generated(self, batches: list[dict]) -> list[dict]:
+        """The step's micro-batches, or (``lmbda``, ``seq_kd``) sequences generated from their prompts by the
+        student or the scheduled checkpoint (:mod:`progdistill.hf_generation`)."""
+        d = self.distillation
+        on_policy = d.lmbda > 0 and float(torch.rand((), generator=self._coin)) < d.lmbda
+        step = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
+        self._on_policy_step = False
+        if not d.generates or step is None or isinstance(self.schedule, CE) or not (on_policy or d.seq_kd):
+            return batches
+        model = self.accelerator.unwrap_model(self.model) if on_policy else self.teachers.get(step)
+        self._on_policy_step = on_policy
+        self.generated_steps["student" if on_policy else "teacher"] += 1
+        device = self.args.device
+        batches = [{k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches]
+        return generated_micro_batches(model, batches, self._sampling, d.max_new_tokens, d.sampling_temperature)
 
     def _teacher_logits(self, model, inputs, logits) -> torch.Tensor | None:
         step = self.checkpoint_in_use = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
@@ -278,14 +314,15 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         if teacher_logits is None and not labelled:
             raise ConfigError(f"the batch has no labels and the schedule names no teacher checkpoint at step "
                               f"{self.state.global_step} ({self.schedule.label}): nothing to learn from")
-        if not labelled and self.distillation.alpha > 0:
+        distillation = replace(self.distillation, alpha=0.0) if self._on_policy_step else self.distillation
+        if not labelled and distillation.alpha > 0:
             raise ConfigError(f"distillation.alpha={self.distillation.alpha} mixes in the labels' cross-entropy, "
                               "but the batch has no labels: pass labels or set alpha=0")
         if teacher_logits is None:
             loss = cross_entropy(logits, targets, "none")
         else:
-            loss = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
-                                     self.distillation.temperature, self.distillation.alpha, "none")
+            loss = distillation_loss(logits, teacher_logits, targets, distillation.loss, distillation.temperature,
+                                     distillation.alpha, "none", **distillation.loss_options())
         # Trainer's gradient-accumulation contract, for model_accepts_loss_kwargs: it hands the count of
         # get_batch_samples (the whole optimizer step's supervised positions, summed over processes when
         # average_tokens_across_devices) and does not divide the loss by the accumulation steps itself. Without a
@@ -304,7 +341,8 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         adds the distillation loss sum and the positions to the evaluation's totals."""
         if teacher_logits is not None:
             kd = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
-                                   self.distillation.temperature, 0.0, "none")
+                                   self.distillation.temperature, 0.0, "none",
+                                   **self.distillation.loss_options())
             self._eval_totals += torch.stack([kd.sum().double(), positions.double()]).to(self._eval_totals.device)
         if not labelled:
             return torch.zeros((), device=logits.device)
@@ -331,3 +369,19 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         if "loss" in logs and self.checkpoint_in_use is not None:
             logs = {**logs, "teacher_checkpoint": self.checkpoint_in_use}
         super().log(logs, *args, **kwargs)
+
+
+def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float, beta: float | None, seq_kd: bool,
+                      max_new_tokens: int, temperature: float) -> DistillationConfig:
+    """``distillation`` with TRL GKD's arguments: ``beta`` selects the generalized JSD (an explicit
+    ``distillation`` must then name it); ``temperature`` is the *sampling* temperature, as in TRL
+    (``distillation.temperature`` stays the loss's). Bad values raise ``ConfigError`` naming the field."""
+    distillation = distillation or DistillationConfig()
+    if beta is not None:
+        if distillation.loss not in ("forward_kl", "generalized_jsd"):  # forward_kl: the default, replaced
+            raise ConfigError(f"beta={beta!r} selects the generalized JSD, but distillation.loss="
+                              f"{distillation.loss!r}: pass one of them")
+        distillation = replace(distillation, loss="generalized_jsd", beta=beta)
+    return replace(distillation, lmbda=lmbda, seq_kd=seq_kd, max_new_tokens=max_new_tokens,
+                   sampling_temperature=temperature)
+

@@ -55,6 +55,25 @@ def _age(path: Path) -> float:
         return 0.0
 
 
+def job_id() -> str | None:
+    """The scheduler's id of the job this process runs in (Slurm's ``SLURM_JOB_ID``, submitit's local
+    executor's ``SUBMITIT_LOCAL_JOB_ID``), or None outside a job; recorded in locks for `progdistill status`."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+
+
+def lock_holder(directory: str | os.PathLike) -> dict | None:
+    """The live holder of ``directory``'s lock ({pid, host, job?}), or None when unlocked or left by a process
+    that is gone (a holder on another host is taken to be alive)."""
+    try:
+        data = json.loads((Path(directory) / LOCK).read_text(encoding="utf-8"))
+        pid = int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data.get("host") not in (None, socket.gethostname()) or _alive(pid):
+        return data
+    return None
+
+
 class RunLock:
     """``with RunLock(directory): ...`` holds ``directory/.lock`` for the block (re-entrant per process)."""
 
@@ -71,6 +90,8 @@ class RunLock:
             raise NotADirectoryError(f"{self.path.parent} cannot be created: a part of that path is a file, not a "
                                      "directory; choose another directory") from None
         me = {"pid": os.getpid(), "host": socket.gethostname()}
+        if job_id() is not None:
+            me["job"] = job_id()
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -87,7 +108,8 @@ class RunLock:
                     continue
                 same_host = holder.get("host") in (None, me["host"])
                 if pid is not None and (not same_host or _alive(pid)):
-                    raise RunLockedError(f"{self.path.parent} is in use by process {pid} on "
+                    job = f" (job {holder['job']})" if holder.get("job") else ""
+                    raise RunLockedError(f"{self.path.parent} is in use by process {pid}{job} on "
                                          f"{holder.get('host', 'this host')} (lock file {self.path}); wait for it "
                                          "to finish or choose another directory") from None
                 warnings.warn(f"taking over the lock {self.path} left by process {pid}, which is gone")

@@ -143,9 +143,13 @@ def summary_markdown(results: dict[str, Any]) -> str:
     if generation:
         lines += ["## Generations the grammar accepts", "",
                   f"{generation['samples']} sentences sampled per model at temperature 1 from BOS. Teacher: "
-                  f"{generation['teacher']['acceptance']:.3f}.", "", "| schedule | acceptance (mean +/- std) |",
-                  "|---|---|"]
-        lines += [f"| {label} | {v['acceptance mean']:.3f} +/- {v['acceptance std']:.3f} |"
+                  f"{generation['teacher']['acceptance']:.3f}" + (
+                      f" (grammatical prefix {generation['teacher']['grammatical_prefix']:.3f})"
+                      if "grammatical_prefix" in generation["teacher"] else "") + ".", "",
+                  "| schedule | acceptance (mean +/- std) | grammatical prefix (mean +/- std) |", "|---|---|---|"]
+        prefix = lambda v: (f"{v['grammatical_prefix mean']:.3f} +/- {v['grammatical_prefix std']:.3f}"
+                            if "grammatical_prefix mean" in v else "-")  # runs written before the measure: -
+        lines += [f"| {label} | {v['acceptance mean']:.3f} +/- {v['acceptance std']:.3f} | {prefix(v)} |"
                   for label, v in generation["students"].items()]
         lines.append("")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ Layout::
     teacher/checkpoints/...
     teacher/metrics.jsonl
     students/<schedule>-seed<k>/metrics.jsonl, final.safetensors
+    students/<schedule>-seed<k>/.lock, error.txt   its trainer's lock; the error that stopped it
+    jobs/                             `run --launcher`: launch.json (the job ids) and submitit's job files
     tokenizer/                        a text task's tokenizer
     probes/                           the probes' JSONL, summaries and figures
     ablations/                        `progdistill ablate`
@@ -16,15 +18,19 @@ Layout::
     results.json, summary.md, accuracy.png
 
 A run directory belongs to one config: rerunning the same config reuses the finished teacher and finished
-students; a different config is refused (with the differing fields) unless ``overwrite=True``. Every module
+students; a config that only adds seeds or schedules (:func:`grows`) keeps them too and trains the new
+students; any other config is refused (with the differing fields) unless ``overwrite=True``. Every module
 that reads or writes a run directory goes through :class:`RunDir` instead of re-deriving these paths.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +41,14 @@ from .distributed import is_main
 from .experiment import (ExperimentConfig, build_model, check_task_data, config_hash, load_config,
                          teacher_header)
 from .files import atomic_write_json, atomic_write_text, read_metrics
+from .lock import job_id, lock_holder
 from .tasks.base import Task
 from .trajectory import Trajectory, TrajectoryError
 
 STUDENT_WEIGHTS = "final.safetensors"
+# The error that stopped a student's (or the teacher's) training, in its directory; `progdistill status` shows
+# its last line. Removed when training starts again.
+FAILURE = "error.txt"
 RESUME_STATE = "resume.pt"
 # Seconds spent by earlier invocations of `run` that did not finish (added to the run's wall time); updated at
 # every evaluation record, so a SIGKILL loses only the seconds since the last one.
@@ -47,8 +57,9 @@ EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
 TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
 # What a run (and `ablate`) writes into its directory; --overwrite deletes these, the config files last, so that
 # an interrupted deletion leaves a directory the next --overwrite still recognizes as a run.
-OUTPUTS = ("teacher", "students", "ablations", "tensorboard", "wandb", "mlruns", "probes", "tokenizer", "results.json",
-           "summary.md", "accuracy.png", EARLIER_WALL_TIME, "data.sha256", "config.sha256", "config.json")
+OUTPUTS = ("teacher", "students", "jobs", "ablations", "tensorboard", "wandb", "mlruns", "probes", "tokenizer",
+           "results.json", "summary.md", "accuracy.png", EARLIER_WALL_TIME, "data.sha256", "config.sha256",
+           "config.json")
 # The fields summary.md reads of a probe summary, by summary name prefix: a summary without them is refused.
 SUMMARY_KEYS = {"ngram-oracle": {"scores", "masked_lm_loss", "metric", "median"}}
 
@@ -145,8 +156,10 @@ class RunDir:
             if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
                 raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
                                   "config); choose another --out (--overwrite replaces only progdistill runs)")
-            if old != new or recorded not in (None, config_hash(config)):
-                edited = recorded not in (None, config_hash(old))
+            edited = recorded not in (None, config_hash(old))
+            if not edited and not retrain_teacher and grows(old, new):
+                pass  # a sweep grown by seeds or schedules: the finished students stay, run trains the new ones
+            elif old != new or recorded not in (None, config_hash(config)):
                 same_teacher = not edited and all(old.get(k) == new[k] for k in ("task", "teacher"))
                 if not overwrite:
                     changes = diff(old, new)
@@ -207,8 +220,12 @@ class RunDir:
     def _remove_stale_temporaries(self) -> None:
         """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.trajectory`; figures as
         ``.STEM.tmpPID.png``) leave behind when a process is killed mid-write; called under the run's lock, so
-        no live writer owns one."""
+        no live writer owns one -- except student jobs of a launcher (:mod:`progdistill.launcher`), which hold
+        their students' locks only: nothing under students/ is touched while one of them runs."""
+        busy = self.students.is_dir() and any(lock_holder(d) for d in self.students.iterdir() if d.is_dir())
         for path in self.path.rglob(".*.tmp*"):
+            if busy and self.students in path.parents:
+                continue
             if re.fullmatch(r"\..+\.tmp\d+(\.\w+)?", path.name) and path.is_file():  # also .accuracy.tmpPID.png
                 path.unlink()
 
@@ -227,6 +244,27 @@ class RunDir:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
+
+    # -- failures ----------------------------------------------------------------------------------------------
+    def record_failure(self, directory: Path, exc: BaseException) -> None:
+        """Write the traceback of ``exc``, which stopped the training in ``directory`` (the teacher's or a
+        student's), to ``directory/error.txt``, headed by the host, process and job."""
+        where = f"host {socket.gethostname()}, process {os.getpid()}" + (f", job {job_id()}" if job_id() else "")
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / FAILURE, f"# {where}\n{text}")
+
+    def clear_failure(self, directory: Path) -> None:
+        (directory / FAILURE).unlink(missing_ok=True)
+
+    @staticmethod
+    def failure(directory: Path) -> str | None:
+        """The last line of the error recorded in ``directory`` (e.g. "NonFiniteError: ..."), or None."""
+        try:
+            lines = [line for line in (directory / FAILURE).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError:
+            return None
+        return lines[-1].strip() if lines else None
 
     # -- reading -----------------------------------------------------------------------------------------------
     def finished_results(self) -> dict[str, Any] | None:
@@ -334,6 +372,24 @@ class RunDir:
 
     def clear_interrupted_wall_time(self) -> None:
         (self.path / EARLIER_WALL_TIME).unlink(missing_ok=True)
+
+
+def grows(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether config ``new`` (a config.json's content) only adds students to ``old``: every field equal except
+    ``seeds`` (not fewer) and ``schedules`` (each old schedule still there, unchanged), and at least one added.
+    Every student of ``old`` is then a student of ``new`` trained exactly as ``new`` would train it (a
+    student's numbers do not depend on the others it trains beside: :func:`progdistill.train.fit`), so a
+    rerun trains the missing ones only (an incremental sweep)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or old.keys() != new.keys():
+        return False
+    rest = [k for k in new if k not in ("seeds", "schedules")]
+    try:
+        seeds_grow = int(new["seeds"]) >= int(old["seeds"])
+        schedules_kept = all(s in new["schedules"] for s in old["schedules"])
+    except (TypeError, ValueError, KeyError):
+        return False
+    return (all(old[k] == new[k] for k in rest) and seeds_grow and schedules_kept and
+            (new["seeds"] > old["seeds"] or len(new["schedules"]) > len(old["schedules"])))
 
 
 def _is_run_config(data: Any) -> bool:

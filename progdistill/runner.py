@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,9 +80,15 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
     dev = resolve_device(device)
     cfg = config.teacher
     model = build_model(task, cfg.model, [cfg.seed], "teacher-init")
+    if is_main():
+        rundir.clear_failure(directory)
     try:
         fit(task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
             checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path, on_record=on_record)
+    except Exception as exc:  # for `progdistill status`
+        if is_main():
+            rundir.record_failure(directory, exc)
+        raise
     finally:
         if metrics is not None:
             metrics.close()
@@ -136,17 +143,26 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     groups = [members] if cfg.model.stackable else [[m] for m in members]
     try:
         for group in groups:
-            log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")
-            model = build_model(task, cfg.model, [m.seed for m in group], "student-init")
-            state_path = directory / f".resume-{group[0].name}.pt"
-            if state_path.exists():
-                log(f"resuming from the saved state {state_path}")
-            fit(task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
-                teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
-                state_path=state_path, on_record=on_record)
-            for m, mem in enumerate(group):
-                if is_main():
-                    _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
+            with ExitStack() as held:  # each student's lock: jobs of a launcher train a run's students side by side
+                for mem in group if is_main() else ():
+                    held.enter_context(RunLock(directory / mem.name))
+                    rundir.clear_failure(directory / mem.name)
+                log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")
+                model = build_model(task, cfg.model, [m.seed for m in group], "student-init")
+                state_path = directory / f".resume-{group[0].name}.pt"
+                if state_path.exists():
+                    log(f"resuming from the saved state {state_path}")
+                try:
+                    fit(task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
+                        teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
+                        state_path=state_path, on_record=on_record)
+                except Exception as exc:  # for `progdistill status`; Ctrl-C is no failure
+                    for mem in group if is_main() else ():
+                        rundir.record_failure(directory / mem.name, exc)
+                    raise
+                for m, mem in enumerate(group):
+                    if is_main():
+                        _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
     finally:
         for mem in members:
             if mem.writer is not None:
@@ -172,6 +188,22 @@ def _member_state(model, m: int, size: int) -> dict:
     return cpu_state(state)
 
 
+def check_run(config: ExperimentConfig, device: str = "auto", log=print):
+    """Everything :func:`run` checks from the config alone before writing anything (see there); returns the
+    task data's digest and the end-of-run probes. Raises ``ConfigError``."""
+    resolve_device(device)  # a bad --device is refused before anything is written
+    check_planned_checkpoints(config)
+    data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
+    probes = end_of_run_probes(config.task)
+    for probe in probes:
+        probe.check(config)
+    for role, cfg in (("teacher", config.teacher), ("student", config.student)):
+        if cfg.eval_every > cfg.steps and is_main():
+            log(f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
+                f"only at steps 0 and {cfg.steps}, so its steps-to-threshold can only read {cfg.steps}")
+    return data_digest, probes
+
+
 def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
         log=print, retrain_teacher: bool = False, report_to: str | Sequence[str] | None = None) -> dict[str, Any]:
     """Run the whole experiment into run directory ``out`` and return ``results.json``'s content.
@@ -187,17 +219,8 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     process runs in ``out``."""
     rundir = RunDir(out)
     started = time.perf_counter()
-    resolve_device(device)  # a bad --device is refused before anything is written
+    data_digest, probes = check_run(config, device, log)
     report_to = resolve_report_to(report_to)  # so is an unknown or uninstalled tracker
-    check_planned_checkpoints(config)
-    data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
-    probes = end_of_run_probes(config.task)
-    for probe in probes:
-        probe.check(config)
-    for role, cfg in (("teacher", config.teacher), ("student", config.student)):
-        if cfg.eval_every > cfg.steps and is_main():
-            log(f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
-                f"only at steps 0 and {cfg.steps}, so its steps-to-threshold can only read {cfg.steps}")
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
         barrier()
         task = rundir.task(config)

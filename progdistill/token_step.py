@@ -39,7 +39,8 @@ def train_token_step(net: torch.nn.Module, batch: Batch, teacher: torch.nn.Modul
             with torch.no_grad():
                 teacher_logits = teacher(*part.model_inputs)[mask]
             per_token = distillation_loss(logits, teacher_logits, target, distillation.loss,
-                                          distillation.temperature, distillation.alpha, reduction="none")
+                                          distillation.temperature, distillation.alpha, reduction="none",
+                                          **distillation.loss_options())
         loss = per_token.sum() / total
         if all_true(bool(torch.isfinite(loss)), loss.device):  # one process's inf skips it on all of them
             loss.backward()

@@ -28,6 +28,7 @@ from .config import ConfigError, DistillationConfig, TrainConfig
 from .distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
 from .evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from .files import MetricsWriter
+from .generation import GeneratedData
 from .losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from .optim import make_optimizer
 from .resume import load_state, save_state
@@ -167,6 +168,9 @@ class _Training:
         self.gens = {s: generator(s, data_stream) for s in self.seeds}
         if task.per_position_targets and M != 1:
             raise ValueError(f"token tasks train one model at a time, got a stack of {M}")
+        # Sequence-level / on-policy distillation (token tasks: one model per fit).
+        self.generated = GeneratedData(task, distillation, members[0].seed) \
+            if distillation.generates and task.per_position_targets else None
         self.eval_batches = [b.to(device) for b in task.eval_batches()]
         self.evaluate = evaluate_tokens if task.per_position_targets else evaluate_stack
         self.opt, self.lr_sched = make_optimizer(model.parameters(), train.optimizer, train.steps)
@@ -182,7 +186,7 @@ class _Training:
         opt = train.optimizer
         self.hand_sgd = (getattr(model, "hand_written_sgd", False) and self.net is model and opt.name == "sgd"
                          and opt.momentum == 0 and opt.weight_decay == 0 and train.precision == "float32"
-                         and train.on_non_finite == "stop" and distillation.loss == "forward_kl")
+                         and train.on_non_finite == "stop" and distillation.plain_forward_kl)
         self.names = [mem.name for mem in members]
         self.params = list(model.parameters())
         self.histories: list[list[dict]] = [[] for _ in members]
@@ -202,6 +206,8 @@ class _Training:
         self.lr_sched.load_state_dict(state["lr_schedule"])
         for s, g in self.gens.items():
             g.set_state(state["generators"][s])
+        if self.generated is not None:
+            self.generated.load_state(state["generation"])
         for mem, hist in zip(self.members, self.histories):
             if mem.writer is not None:
                 mem.writer.rewrite(hist)
@@ -227,10 +233,14 @@ class _Training:
         plan = [self.checkpoints(t) for t in range(start, stop)]
         for i in range(stop - start):
             gen = self.gens[self.members[0].seed]
-            batch = self.task.sample_batch(self.train.batch_size, gen).rows(self.rows).to(self.device)
+            batch = self.task.sample_batch(self.train.batch_size, gen)  # drawn whatever the step trains on
             teacher = None if plan[i][0] is None else self.teachers.get(plan[i][0])
+            distillation = self.distillation
+            if self.generated is not None:  # the whole step's batch is sampled (same on every process)
+                batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model)
+            batch = batch.rows(self.rows).to(self.device)
             self.opt.zero_grad(set_to_none=True)
-            value = train_token_step(self.net, batch, teacher, self.train, self.distillation, self.autocast)
+            value = train_token_step(self.net, batch, teacher, self.train, distillation, self.autocast)
             bad = None if all_true(bool(math.isfinite(value)), self.device) else "training loss"
             if bad is None and self.train.on_non_finite == "skip" and not _grads_finite(self.params, self.device):
                 bad = "gradient"
@@ -256,13 +266,13 @@ class _Training:
         # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
         x_steps = x_block[0] if len(self.seeds) == 1 else _PerStepGather(x_block, self.seed_index)
         y_steps = y_block[self.seed_index].transpose(0, 1)
-        fused = teacher_logits is None or self.distillation.loss == "forward_kl"
+        fused = teacher_logits is None or self.distillation.plain_forward_kl
         targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
         if teacher_logits is not None and fused:
             targets, correction = soft_targets(teacher_logits, y_steps, self.distillation.temperature,
                                                ce_weight, kd_weight)
             corrections = correction.mean(dim=2)
-            self.loss_sum -= corrections.sum(dim=0)  # report the objective, not the fused CE
+            self.loss_sum -= _per_model_sum(corrections)  # report the objective, not the fused CE
         if self.hand_sgd:
             self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
             return
@@ -274,7 +284,8 @@ class _Training:
             else:
                 per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
                                                          self.distillation.loss, self.distillation.temperature,
-                                                         ce_weight[i], kd_weight[i])
+                                                         ce_weight[i], kd_weight[i],
+                                                         **self.distillation.loss_options())
             if not self._autograd_step(start + i, per_example) and corrections is not None:
                 self.loss_sum += corrections[i]  # a skipped step adds no cross-entropy: take back its correction
 
@@ -326,7 +337,7 @@ class _Training:
             i = int((~finite).nonzero()[0])
             culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
             raise _non_finite(culprits, "training loss", start + i)
-        self.loss_sum += step_losses.sum(dim=0)
+        self.loss_sum += _per_model_sum(step_losses)
         self.loss_count += L
 
     def record(self, step: int) -> None:
@@ -349,6 +360,9 @@ class _Training:
                    "lr": self.opt.param_groups[0]["lr"]}
             if self.skipped:
                 rec["skipped_steps"] = self.skipped
+            if self.generated is not None:  # steps so far that trained on the teacher's / the student's samples
+                rec["seq_kd_steps"] = self.generated.counts["teacher"]
+                rec["on_policy_steps"] = self.generated.counts["student"]
             self.histories[m].append(rec)
             if mem.writer is not None:
                 mem.writer.write(rec)
@@ -369,12 +383,20 @@ class _Training:
                 "names": self.names, "step": step, "skipped": self.skipped, "histories": self.histories,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "lr_schedule": self.lr_sched.state_dict(),
-                "generators": {s: g.get_state() for s, g in self.gens.items()}})
+                "generators": {s: g.get_state() for s, g in self.gens.items()},
+                **({"generation": self.generated.state()} if self.generated is not None else {})})
 
     def release_teachers(self, step: int) -> None:
         """Drop the teacher checkpoints no member uses from ``step`` on."""
         if self.teachers is not None:
             self.teachers.retain({c for c in self.checkpoints(step) if c is not None})
+
+
+def _per_model_sum(values: torch.Tensor) -> torch.Tensor:
+    """(L, M) -> (M,): each model's sum over the block's L steps, added up in the same order whatever M is (a
+    sum over dim 0 vectorizes across models and rounds differently for different stack sizes), so a student
+    trained in any stack -- one job per seed, a sweep grown by a seed -- reports the same training loss."""
+    return values.t().contiguous().sum(dim=1)
 
 
 def _grads_finite(params, device) -> bool:

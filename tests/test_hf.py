@@ -473,3 +473,58 @@ def test_two_processes_give_the_update_of_one(teacher_run, tmp_path):
     assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3  # the step moved the weights
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def gkd_update(student, teacher_dir, tmp_path, batch, accumulation, steps, **gkd):
+    a = TrainingArguments(str(tmp_path / f"gkd{batch}x{accumulation}"), max_steps=steps,
+                          per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                          learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0,
+                          save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = ProgressiveDistillationTrainer(model=student, args=a, train_dataset=Padded(),
+                                             teacher_trajectory=HFTrajectory(teacher_dir, GPT2LMHeadModel),
+                                             schedule=OneShot(), max_new_tokens=6, **gkd)
+    trainer.train()
+    return {n: p.detach().clone() for n, p in student.named_parameters()}, trainer
+
+
+@pytest.mark.e2e  # three trainings with generation
+def test_on_policy_and_seq_kd_give_the_update_of_one_big_batch(teacher16, tmp_path):
+    """lmbda = 0.5, beta = 0.5, seq_kd: three steps whose batches are generated (by the student or the teacher
+    checkpoint) give the same weights whether a step's 8 rows come as 1 x 8, 2 x 4 or 4 x 2."""
+    gkd = dict(lmbda=0.5, beta=0.5, seq_kd=True)
+    expected, trainer = gkd_update(gpt2_16(seed=3), teacher16, tmp_path, 8, 1, 3, **gkd)
+    assert trainer.distillation.loss == "generalized_jsd" and trainer.distillation.beta == 0.5
+    assert trainer.generated_steps["student"] > 0 and trainer.generated_steps["teacher"] > 0  # both kinds ran
+    moved = max((expected[n] - p).abs().max().item() for n, p in gpt2_16(seed=3).named_parameters())
+    assert moved > 1e-3  # (the JSD is at most log 2: small steps, well above the tolerance below)
+    for batch, accumulation in ((4, 2), (2, 4)):
+        weights, _ = gkd_update(gpt2_16(seed=3), teacher16, tmp_path, batch, accumulation, 3, **gkd)
+        for name, w in weights.items():
+            assert torch.allclose(w, expected[name], atol=1e-6, rtol=0), (batch, accumulation, name)
+
+
+def test_seq_kd_trains_on_the_checkpoints_continuations(teacher16, tmp_path):
+    """seq_kd alone: the step's batch is the prompts (one token here) continued by the scheduled checkpoint,
+    labels -100 on the prompt; the same seed gives the same sequences."""
+    from progdistill.hf_generation import generated_micro_batches
+    teacher = GPT2LMHeadModel.from_pretrained(teacher16 / "checkpoint-1").eval()
+    rows = [collate(Padded().rows[:4]), collate(Padded().rows[4:])]
+    out = generated_micro_batches(teacher, rows, torch.Generator().manual_seed(0), 6, 1.0)
+    again = generated_micro_batches(teacher, rows, torch.Generator().manual_seed(0), 6, 1.0)
+    assert [len(b["input_ids"]) for b in out] == [4, 4]
+    for b, b2, r in zip(out, again, rows):
+        assert torch.equal(b["input_ids"], b2["input_ids"])
+        assert b["input_ids"].shape[1] == 7 and torch.equal(b["input_ids"][:, 0], r["input_ids"][:, 0])
+        assert (b["labels"][:, 0] == -100).all() and torch.equal(b["labels"][:, 1:], b["input_ids"][:, 1:])
+    greedy = generated_micro_batches(teacher, rows[:1], torch.Generator(), 6, 0.0)[0]["input_ids"]
+    with torch.no_grad():  # greedy continuation = the teacher's argmax at every position
+        assert torch.equal(teacher(greedy).logits[:, :-1].argmax(-1)[:, 0:], greedy[:, 1:])
+
+
+@pytest.mark.parametrize("gkd,match", [({"lmbda": 1.5}, "distillation.lmbda=1.5"),
+                                       ({"beta": -0.5}, "distillation.beta=-0.5"),
+                                       ({"beta": 0.5, "distillation": DistillationConfig(loss="reverse_kl")},
+                                        "beta=0.5 selects the generalized JSD")])
+def test_bad_gkd_arguments_are_refused_before_training(teacher16, tmp_path, gkd, match):
+    with pytest.raises(ConfigError, match=match):
+        gkd_update(gpt2_16(seed=3), teacher16, tmp_path, 8, 1, 1, **gkd)

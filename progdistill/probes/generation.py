@@ -12,6 +12,7 @@ from ..experiment import ExperimentConfig, student_names
 from ..rundir import RunDir
 from ..tasks.base import Task
 from ..tasks.pcfg_parser import inside_log_probability
+from ..tasks.prefix import grammatical_prefix_fraction, next_token_distributions
 from ..files import atomic_write_json
 from .jobs import PROBE_SEED, schedule_of
 
@@ -23,7 +24,9 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     temperature 1 over the terminals and EOS, up to twice the longest held-out sentence (at most
     ``task.max_length``) tokens; a sentence is *accepted* when it ends with EOS within that length and the
     grammar's inside algorithm gives it a positive probability. Returns
-    ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens}``."""
+    ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens,
+    "grammatical_prefix": mean over samples of the longest prefix the grammar can still complete, as a fraction
+    of the sample with its EOS (1 exactly for accepted samples; :mod:`progdistill.tasks.prefix`)}``."""
     vocab, grammar = task.vocabulary, task.load_grammar()
     allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
     device = next(model.parameters()).device
@@ -32,8 +35,34 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     outputs = model.sample(prompt, allowed, vocab.eos, limit + 1, torch.Generator().manual_seed(seed))
     finished = [o[:-1] for o in outputs if o and o[-1] == vocab.eos]
     accepted = sum(1 for tokens in finished if tokens and inside_log_probability(grammar, tokens) > float("-inf"))
+    prefix = float(np.mean([grammatical_prefix_fraction(grammar, o, vocab.eos) for o in outputs]))
     return {"acceptance": accepted / count, "finished": len(finished) / count,
-            "mean_length": float(np.mean([len(o) for o in outputs]))}
+            "mean_length": float(np.mean([len(o) for o in outputs])), "grammatical_prefix": prefix}
+
+
+@torch.no_grad()
+def grammar_kl(model, task, count: int = 64) -> float:
+    """Mean KL(grammar || model) in nats per position over the first ``count`` held-out sentences: at every
+    position of ``BOS s EOS`` that predicts a next token, the grammar's exact next-token distribution given the
+    prefix (over the terminals and EOS; :func:`progdistill.tasks.prefix.next_token_distributions`) against the
+    model's softmax over its whole vocabulary. 0 only for a model that has learned the grammar's distribution."""
+    grammar, vocab = task.load_grammar(), task.vocabulary
+    sentences = task.eval_sentences()
+    picked = [sentences[i] for i in range(min(count, len(sentences)))]
+    batch = task.batch_from_sentences(picked)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logp = torch.log_softmax(model(*batch.to(device).model_inputs).float(), -1).cpu().double()  # (B, L, V)
+    model.train(was_training)
+    columns = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
+    total, positions = 0.0, 0
+    for i, s in enumerate(picked):
+        g = torch.from_numpy(next_token_distributions(grammar, s.tokens.tolist()))  # (n + 1, T + 1)
+        p = logp[i, : len(g)][:, columns]  # position t predicts token t + 1
+        total += float(torch.where(g > 0, g * (g.clamp(min=1e-300).log() - p), torch.zeros_like(g)).sum())
+        positions += len(g)
+    return total / positions
 
 
 def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=print) -> dict[str, Any]:
@@ -44,14 +73,16 @@ def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=pri
     out.mkdir(exist_ok=True)
     runs = {name: generation_acceptance(rundir.load_model(config, name, task=task), task)
             for name in ["teacher", *student_names(config)]}
-    by_schedule: dict[str, list[float]] = {}
+    by_schedule: dict[str, list[dict]] = {}
     for name, r in runs.items():
         if name != "teacher":
-            by_schedule.setdefault(schedule_of(name), []).append(r["acceptance"])
+            by_schedule.setdefault(schedule_of(name), []).append(r)
+    spread = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
     summary = {"samples": GENERATION_SAMPLES, "teacher": runs["teacher"],
-               "students": {label: {"acceptance mean": float(np.mean(v)),
-                                    "acceptance std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-                            for label, v in by_schedule.items()},
+               "students": {label: {f"{key} {stat}": f([r[key] for r in rs])
+                                    for key in ("acceptance", "grammatical_prefix")
+                                    for stat, f in (("mean", lambda v: float(np.mean(v))), ("std", spread))}
+                            for label, rs in by_schedule.items()},
                "runs": runs}
     atomic_write_json(out / "generation-summary.json", summary)
     log(f"wrote {out / 'generation-summary.json'}")

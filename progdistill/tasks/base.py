@@ -78,7 +78,11 @@ class Task(Protocol):
       - ``positions_needed() -> int | None``: the longest sequence (in positions) a model must fit, checked
         against a model config's ``max_positions``; None for inputs that are not sequences;
       - ``probes``: names of the probes that apply to this task; ``end_of_run_probes``: those ``run`` performs;
-      - ``accuracy_label``: the y-axis label of accuracy figures.
+      - ``accuracy_label``: the y-axis label of accuracy figures;
+      - ``generative``: whether students may train on generated sequences (``distillation.seq_kd``,
+        ``distillation.lmbda``); such a task provides ``generate_batch(model, count, generator, temperature,
+        max_new_tokens) -> Batch``: ``count`` sequences sampled from ``model`` (a teacher checkpoint or the
+        student), with next-token targets (:mod:`progdistill.generation`).
     :class:`TaskBase` gives the defaults of the run-level fields.
     """
 
@@ -87,6 +91,7 @@ class Task(Protocol):
     probes: ClassVar[tuple[str, ...]]
     end_of_run_probes: ClassVar[tuple[str, ...]]
     accuracy_label: ClassVar[str]
+    generative: ClassVar[bool]
 
     @property
     def num_classes(self) -> int: ...
@@ -112,6 +117,7 @@ class TaskBase:
     probes: ClassVar[tuple[str, ...]] = ()
     end_of_run_probes: ClassVar[tuple[str, ...]] = ()
     accuracy_label: ClassVar[str] = "eval accuracy"
+    generative: ClassVar[bool] = False
 
     def prepare(self, run_dir: str | Path) -> "TaskBase":
         return self

@@ -268,6 +268,7 @@ class PCFGNextTokenTask(GrammarTask):
 
     kind: ClassVar[str] = "pcfg-lm"
     per_position_targets: ClassVar[bool] = True
+    generative: ClassVar[bool] = True
     probes: ClassVar[tuple[str, ...]] = ("generation",)
     end_of_run_probes: ClassVar[tuple[str, ...]] = ("generation",)
     accuracy_label: ClassVar[str] = "next-token accuracy (validation)"
@@ -299,3 +300,35 @@ class PCFGNextTokenTask(GrammarTask):
 
     def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
         return self.batch_from_sentences(self.sample_sentences(count, generator))
+
+    def generation_limit(self) -> int:
+        """Tokens a sampled sentence may have, EOS included: twice the longest held-out sentence (at most
+        ``max_length``), plus one -- the generation probe's limit."""
+        return min(self.max_length, 2 * int(self.eval_sentences().lengths.max())) + 1
+
+    def generate_batch(self, model, count: int, generator: torch.Generator, temperature: float = 1.0,
+                       max_new_tokens: int | None = None) -> Batch:
+        """``count`` sentences sampled from ``model`` (a :class:`~progdistill.models.language.CausalLM`) after BOS,
+        over the terminals and EOS, at ``temperature`` (0 = greedy), each up to EOS or ``max_new_tokens`` tokens
+        (None: :meth:`generation_limit`), draws from ``generator``; as a batch (:meth:`batch_from_tokens`)."""
+        vocab = self.vocabulary
+        allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
+        device = next(model.parameters()).device
+        prompt = torch.full((count, 1), vocab.bos, dtype=torch.long, device=device)
+        limit = self.generation_limit() if max_new_tokens is None else max_new_tokens
+        return self.batch_from_tokens(model.sample(prompt, allowed, vocab.eos, limit, generator, temperature))
+
+    def batch_from_tokens(self, generated: Sequence[Sequence[int]]) -> Batch:
+        """Generated continuations of BOS (terminal ids, EOS last when produced) as a batch: inputs ``BOS tokens``
+        padded (B, L), L = 1 + the longest, and every next token as target (B, L), -100 at padding. No tree is
+        known for a generated sentence, so every position is supervised whatever ``level``."""
+        vocab = self.vocabulary
+        longest = 1 + max((len(g) for g in generated), default=0)
+        ids = torch.full((len(generated), longest), vocab.pad, dtype=torch.long)
+        targets = torch.full_like(ids, -100)
+        ids[:, 0] = vocab.bos
+        for i, tokens in enumerate(generated):
+            row = torch.as_tensor(list(tokens), dtype=torch.long)
+            ids[i, 1:len(row) + 1] = row
+            targets[i, :len(row)] = row
+        return Batch(ids, targets, ids != vocab.pad)
