@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "submitit")
+OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "submitit", "wandb",
+            "mlflow")
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 # parity-mlp shrunk to seconds: n=10, k=3, a width-256 teacher that learns by step ~500, students of 1000 steps.
 TINY_PARITY = ["--seeds", "1", "--set", "task.n=10", "--set", "task.k=3", "--set", "teacher.model.width=256",
@@ -71,6 +72,13 @@ def main() -> int:
         result = cli("probe", "monomials", str(out), "--samples", "2000")
         check("progdistill probe monomials", result.returncode == 0 and (out / "probes" / "monomials.jsonl").is_file(),
               (result.stdout + result.stderr)[-3000:])
+        check("no TensorBoard installed: the default tracker is left out", not (out / "tensorboard").exists())
+        for tracker in ("tensorboard", "wandb", "mlflow"):
+            result = cli("run", "parity-mlp", "--report-to", tracker, "--out", str(Path(tmp) / tracker))
+            last = result.stderr.strip().splitlines()[-1:] or [""]
+            check(f"progdistill run --report-to {tracker} fails naming progdistill[{tracker}], before any work",
+                  result.returncode != 0 and f"progdistill[{tracker}]" in last[0]
+                  and not (Path(tmp) / tracker).exists(), f"exit {result.returncode}; stderr:\n{result.stderr[-2000:]}")
         for preset, extra in NEEDS_EXTRA.items():
             result = cli("run", preset, "--seeds", "1", "--out", str(Path(tmp) / preset), timeout=300)
             last = result.stderr.strip().splitlines()[-1:] or [""]

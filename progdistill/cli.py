@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .ablation import ablate_two_shot
+from .compare import CSV, FIGURE, JSON, TABLE, compare
 from .robustness import LR_SCHEDULES, TEMPERATURES, ablate_robustness
 from .config import ConfigError, override, to_dict
 from .distributed import init_from_env, is_main, local_slice, rank_world, shutdown
@@ -28,6 +29,7 @@ from .rundir import RunDir
 from .runner import run
 from .status import format_status, status
 from .tasks.pcfg import SPECIALS, GrammarTask
+from .trackers import TRACKERS, resolve_report_to
 from .train import NonFiniteError
 from .trajectory import TrajectoryError
 
@@ -36,11 +38,13 @@ EPILOG = """examples:
   progdistill run parity-mlp --seeds 3 --out runs/parity-mlp
   progdistill run parity-mlp --set distillation.temperature=1.0 --set student.steps=40000 --out runs/t1
   progdistill run runs/parity-mlp/config.json --out runs/again
+  progdistill run parity-mlp --report-to tensorboard,wandb,mlflow --out runs/tracked
   progdistill run parity-mlp --seeds 3 --out /shared/runs/p --launcher slurm --partition gpu --gpus-per-job 1
   progdistill status /shared/runs/p
   progdistill run pcfg-mlm --seeds 3 --out runs/pcfg-mlm
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
   progdistill probe oracle runs/pcfg-mlm
+  progdistill compare runs/t0.5 runs/t1 runs/t2 --out runs/temperature
 """
 
 
@@ -58,6 +62,7 @@ def resolve_config(spec: str, seeds: int | None, sets: list[str]) -> ExperimentC
 def cmd_run(args) -> int:
     config = resolve_config(args.preset, args.seeds, args.set or [])
     out = Path(args.out or f"runs/{config.preset}")
+    report_to = resolve_report_to(args.report_to)  # an unknown or uninstalled tracker: refused before any work
     device = init_from_env(args.device)  # joins the process group under torchrun
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
@@ -66,8 +71,9 @@ def cmd_run(args) -> int:
                               gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job, time_min=args.time,
                               sbatch=tuple(args.sbatch or ()), job_per=args.job_per, node_local_ok=args.node_local_ok)
     if launcher.kind != "local":
-        record = launch(config, out, launcher, overwrite=args.overwrite, device=args.device,
-                        retrain_teacher=args.retrain_teacher, wait=args.wait or launcher.kind == "submitit-local")
+        launch(config, out, launcher, overwrite=args.overwrite, device=args.device,
+               retrain_teacher=args.retrain_teacher, wait=args.wait or launcher.kind == "submitit-local",
+               report_to=report_to)
         if not (out / "summary.md").exists() or not (args.wait or launcher.kind == "submitit-local"):
             print(f"submitted; follow it with `progdistill status {out}` (jobs: {out / 'jobs'}; the last student's job "
                   f"writes the report, or `progdistill report {out}`)")
@@ -76,7 +82,8 @@ def cmd_run(args) -> int:
         return 0
     main_process = is_main()  # asked before shutdown() leaves the process group
     try:
-        run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher)
+        run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher,
+            report_to=report_to)
     finally:
         shutdown()
     if main_process:
@@ -175,6 +182,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    comparison = compare(args.runs, args.out, field=args.field)
+    out = Path(args.out)
+    print((out / TABLE).read_text(encoding="utf-8"))
+    print(f"table: {out / TABLE} ({CSV}, {JSON})  figure: {out / FIGURE}  (x axis: {comparison['field']})")
+    return 0
+
+
 def cmd_ablate(args) -> int:
     ablate_two_shot(args.run_dir, first_steps=args.first_steps, device=args.device, overwrite=args.overwrite)
     print(f"results: {Path(args.run_dir) / 'ablations' / 'two-shot'}/summary.json and accuracy.png")
@@ -222,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "command refuses with an error naming the file (with a different config, also pass "
                         "--overwrite)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--report-to", metavar="TRACKERS",
+                   help=f"experiment trackers, comma-separated, from {', '.join(TRACKERS)}; or none (default: "
+                        "tensorboard when installed). Each model's metrics (the names of metrics.jsonl) and the "
+                        "config as hyperparameters, inside the run directory: RUN/tensorboard, RUN/wandb (offline "
+                        "unless WANDB_MODE says otherwise), RUN/mlruns (MLflow file store unless "
+                        "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
+                        "\"progdistill[wandb,mlflow]\"")
     g = p.add_argument_group("launcher", "run the teacher and students as scheduler jobs (pip install "
                                          "\"progdistill[launch]\"; see docs/running.md)")
     g.add_argument("--launcher", default="local", choices=LAUNCHERS,
@@ -334,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete a map stored with other settings and train it "
                                                             "again")
     p.set_defaults(func=cmd_ablate_robustness)
+
+    p = sub.add_parser("compare", help="one table and one figure across finished runs of a sweep (steps to "
+                                       "threshold and final accuracy per schedule against the config field that "
+                                       "varies between the runs); writes OUT/comparison.{md,csv,json,png}")
+    p.add_argument("runs", nargs="+", help="two or more run directories written by `progdistill run`, of one task")
+    p.add_argument("--out", default="comparison", help="directory for the table and figure (default: comparison)")
+    p.add_argument("--field", help="the config field of the figure's x axis, as --set names it (e.g. "
+                                   "distillation.temperature); needed when several fields vary between the runs")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write a teacher checkpoint or final student as a Hugging Face model "
                                       "directory (save_pretrained), loadable with from_pretrained")

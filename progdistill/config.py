@@ -191,6 +191,21 @@ def diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
+def flatten(data: Any, path: str = "") -> dict[str, Any]:
+    """A JSON-form config as {dotted path: leaf value}, list items by index, e.g. ``distillation.temperature``,
+    ``schedules.2.speed`` (the paths ``--set`` takes). An empty list or object is a leaf."""
+    if isinstance(data, dict) and data:
+        items = data.items()
+    elif isinstance(data, (list, tuple)) and data:
+        items = ((str(i), v) for i, v in enumerate(data))
+    else:
+        return {path: data}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{path}.{key}" if path else key))
+    return out
+
+
 def override(data: dict, assignment: str) -> dict:
     """Apply one ``dotted.path=value`` override to a JSON-form config (value parsed as JSON, else string)."""
 

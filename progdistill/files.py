@@ -1,13 +1,15 @@
 """Files a run writes: atomic writes (a temporary file and a rename, so a killed process never leaves a half-written
-file) and metrics files, one JSON object per line (``metrics.jsonl``), mirrored to TensorBoard when installed."""
+file) and metrics files, one JSON object per line (``metrics.jsonl``), mirrored to experiment trackers
+(:mod:`progdistill.trackers`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,48 +31,45 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 class MetricsWriter:
     """Append-only JSONL writer; each record is flushed as one complete line.
 
-    When ``tensorboard`` is importable and ``tensorboard_dir`` is given, numeric fields are also written as
-    TensorBoard scalars under ``tag_prefix`` at ``record["step"]``.
+    ``trackers`` (:mod:`progdistill.trackers`: TensorBoard, W&B, MLflow, already started) get every record's
+    numeric fields under the same names, at ``record["step"]``, and are finished by :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike, tensorboard_dir: str | os.PathLike | None = None,
-                 tag_prefix: str = ""):
+    def __init__(self, path: str | os.PathLike, trackers: Sequence[Any] = ()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "w", encoding="utf-8")
-        self._tb = None
-        self._prefix = tag_prefix
-        if tensorboard_dir is not None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # TensorBoard is optional
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
+        self._trackers = list(trackers)
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(f"{self._prefix}{key}", value, record["step"])
+        self._track(record)
+
+    def _track(self, record: dict[str, Any]) -> None:
+        metrics = {key: value for key, value in record.items()
+                   if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        for tracker in self._trackers:
+            tracker.log(metrics, record["step"])
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the file's content with ``records`` (used when a run resumes from a saved state, so that
-        a line written after that state, or cut short by a crash, does not survive)."""
+        a line written after that state, or cut short by a crash, does not survive); the trackers get them too
+        (a tracked run started by this process has the whole history)."""
         self._fh.seek(0)
         self._fh.truncate()
         for record in records:
             self._fh.write(json.dumps(record) + "\n")
+            self._track(record)
         self._fh.flush()
 
     def close(self) -> None:
+        """Close the file and finish the trackers; called while an exception propagates (a ``finally`` after
+        a failed or interrupted training), the trackers record the run as failed."""
+        failed = sys.exc_info()[0] is not None
         self._fh.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.finish(failed=failed)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -17,13 +17,12 @@ launched here ends with the same metrics and weights as ``progdistill run`` in o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -38,6 +37,7 @@ from .report import write_report
 from .rundir import STUDENT_WEIGHTS, RunDir
 from .runner import check_run, train_students, train_teacher
 from .distributed import resolve_device
+from .trackers import resolve_report_to
 from .trajectory import Trajectory, TrajectoryError
 
 class JobsFailedError(RuntimeError):
@@ -169,18 +169,21 @@ def job_groups(config: ExperimentConfig, names: list[str], job_per: str) -> list
 
 
 # -- the jobs (module-level functions: submitit pickles them by name) ---------------------------------------------
-def teacher_job(out: str, device: str = "auto", threads: int | None = None) -> int:
-    """Train (or resume, or reuse) the teacher of the run directory ``out``; returns its checkpoint count."""
+def teacher_job(out: str, device: str = "auto", threads: int | None = None,
+                report_to: tuple[str, ...] | None = None) -> int:
+    """Train (or resume, or reuse) the teacher of the run directory ``out``; returns its checkpoint count.
+    ``report_to``: experiment trackers (:mod:`progdistill.trackers`; default TensorBoard when installed)."""
     if threads:
         torch.set_num_threads(threads)
     rundir = RunDir(out)
     config = rundir.config()
     with RunLock(rundir.path):
-        trajectory = train_teacher(config, out, device, task=rundir.task(config))
+        trajectory = train_teacher(config, out, device, task=rundir.task(config), report_to=report_to)
     return len(trajectory.steps)
 
 
-def student_job(out: str, names: list[str], device: str = "auto", threads: int | None = None) -> list[str]:
+def student_job(out: str, names: list[str], device: str = "auto", threads: int | None = None,
+                report_to: tuple[str, ...] | None = None) -> list[str]:
     """Train (or resume) the students ``names`` of the run directory ``out`` (one stack when the model stacks),
     then write the report if every student of the run has finished. Returns the names trained. Raises
     ``TrajectoryError`` when the teacher has not finished."""
@@ -194,7 +197,7 @@ def student_job(out: str, names: list[str], device: str = "auto", threads: int |
                               f"`progdistill status {out}`)")
     runs = [(student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules
             if student_name(s, k) in names]
-    train_students(config, out, trajectory, device, runs=runs, task=rundir.task(config))
+    train_students(config, out, trajectory, device, runs=runs, task=rundir.task(config), report_to=report_to)
     finish(out, device)
     return names
 
@@ -266,17 +269,20 @@ def _executor(launcher: LauncherConfig, folder: Path, name: str):
 
 
 def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, overwrite: bool = False,
-           device: str = "auto", retrain_teacher: bool = False, wait: bool = False, log=print) -> dict[str, Any]:
+           device: str = "auto", retrain_teacher: bool = False, wait: bool = False, log=print,
+           report_to: str | Sequence[str] | None = None) -> dict[str, Any]:
     """Submit the run of ``config`` into ``out`` as jobs (see the module docstring); returns the launch record
     (the job ids). Everything :func:`progdistill.runner.run` refuses is refused here too, before anything is
     written or submitted, and so are a run directory the jobs cannot see (:func:`check_shared`) and options
     Slurm rejects (:func:`check_slurm`). Students that have finished are not submitted again, nor ones whose
     lock a live job holds or whose job Slurm still has queued. submitit-local waits for the teacher's job
     before it submits the students (it has no job dependencies). ``wait``: return when every job has ended; raises
-    ``JobsFailedError`` naming the jobs that failed."""
+    ``JobsFailedError`` naming the jobs that failed. ``report_to``: the jobs' experiment trackers
+    (:func:`progdistill.trackers.resolve_report_to`, checked here; the jobs need the same packages)."""
     if launcher.kind == "local":
         raise ConfigError("launch() submits jobs; --launcher local runs in this process (progdistill.runner.run)")
     require("submitit", "launch", f"--launcher {launcher.kind}")  # before anything is written
+    report_to = resolve_report_to(report_to)
     out = Path(out)
     data_digest, _ = check_run(config, device, log)
     check_shared(out, launcher)
@@ -300,7 +306,7 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     jobs = {}
     teacher = None
     if not teacher_done:
-        teacher = executor.submit(teacher_job, str(out), device, threads)
+        teacher = executor.submit(teacher_job, str(out), device, threads, report_to)
         record["teacher"] = teacher.job_id
         jobs["teacher"] = teacher
         log(f"submitted the teacher as job {teacher.job_id}")
@@ -318,7 +324,7 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
             _write_launch(out, record)
             _wait(jobs, launcher)
     for names in job_groups(config, todo, launcher.job_per):
-        job = executor.submit(student_job, str(out), names, device, threads)
+        job = executor.submit(student_job, str(out), names, device, threads, report_to)
         jobs[" ".join(names)] = job
         record["students"].update({n: job.job_id for n in names})
         log(f"submitted {len(names)} student(s) as job {job.job_id}: {', '.join(names)}")

@@ -13,7 +13,8 @@ Layout::
     tokenizer/                        a text task's tokenizer
     probes/                           the probes' JSONL, summaries and figures
     ablations/                        `progdistill ablate`
-    tensorboard/                      when TensorBoard is installed
+    tensorboard/                      when TensorBoard is installed (progdistill.trackers)
+    wandb/, mlruns/                   with --report-to wandb, mlflow
     results.json, summary.md, accuracy.png
 
 A run directory belongs to one config: rerunning the same config reuses the finished teacher and finished
@@ -56,8 +57,9 @@ EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
 TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
 # What a run (and `ablate`) writes into its directory; --overwrite deletes these, the config files last, so that
 # an interrupted deletion leaves a directory the next --overwrite still recognizes as a run.
-OUTPUTS = ("teacher", "students", "jobs", "ablations", "tensorboard", "probes", "tokenizer", "results.json", "summary.md",
-           "accuracy.png", EARLIER_WALL_TIME, "data.sha256", "config.sha256", "config.json")
+OUTPUTS = ("teacher", "students", "jobs", "ablations", "tensorboard", "wandb", "mlruns", "probes", "tokenizer",
+           "results.json", "summary.md", "accuracy.png", EARLIER_WALL_TIME, "data.sha256", "config.sha256",
+           "config.json")
 # The fields summary.md reads of a probe summary, by summary name prefix: a summary without them is refused.
 SUMMARY_KEYS = {"ngram-oracle": {"scores", "masked_lm_loss", "metric", "median"}}
 

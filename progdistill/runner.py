@@ -12,7 +12,7 @@ import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from safetensors.torch import save_file
 
@@ -29,14 +29,17 @@ from .rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from .schedules import CE
 from .tasks.base import Task
 from .cotraining import cotrain
+from .trackers import hyperparameters, resolve_report_to, start_trackers
 from .train import Member, fit
 from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 
 
 def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,
-                  task: Task | None = None, on_record=None) -> Trajectory:
+                  task: Task | None = None, on_record=None, report_to: Sequence[str] | None = None) -> Trajectory:
     """Train the teacher into ``out/teacher`` or reuse a finished trajectory of the same config; returns it.
-    ``task``: the prepared task (default ``config.task``); ``on_record``: passed to :func:`~progdistill.train.fit`.
+    ``task``: the prepared task (default ``config.task``); ``on_record``: passed to :func:`~progdistill.train.fit`;
+    ``report_to``: experiment trackers (:func:`progdistill.trackers.resolve_report_to`; default TensorBoard when
+    installed).
     Raises ``TrajectoryError`` for a finished trajectory whose checkpoint files are missing."""
     rundir = RunDir(out)
     task = config.task if task is None else task
@@ -72,7 +75,8 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
         else:
             state_path.unlink(missing_ok=True)
             writer.truncate(after_step=-1)
-        metrics = MetricsWriter(directory / "metrics.jsonl", rundir.tensorboard("teacher"), "teacher/")
+        metrics = MetricsWriter(directory / "metrics.jsonl", start_trackers(
+            report_to, rundir.path, "teacher", hyperparameters(config, "teacher")))
     dev = resolve_device(device)
     cfg = config.teacher
     model = build_model(task, cfg.model, [cfg.seed], "teacher-init")
@@ -96,14 +100,15 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
 
 def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajectory, device: str = "auto",
                    log=print, runs: list[tuple[str, Any, int]] | None = None,
-                   directory: Path | None = None, task: Task | None = None, on_record=None) -> int:
+                   directory: Path | None = None, task: Task | None = None, on_record=None,
+                   report_to: Sequence[str] | None = None) -> int:
     """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``); returns
     how many were trained (0 when all had finished).
 
     ``runs``: (name, schedule, seed) triples, default one per (schedule, seed) of the config. Schedules are
     resolved against ``trajectory`` first (2-shot-auto picks its checkpoint); stackable students (MLPs) all
     train in one stack. ``task``: the prepared task (default ``config.task``); ``on_record``: passed to
-    :func:`~progdistill.train.fit`.
+    :func:`~progdistill.train.fit`; ``report_to``: as for :func:`train_teacher`.
     """
     rundir = RunDir(out)
     task = config.task if task is None else task
@@ -130,7 +135,8 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     for name, sched, seed in todo:
         writer = None
         if is_main():
-            writer = MetricsWriter(directory / name / "metrics.jsonl", rundir.tensorboard(name), "student/")
+            writer = MetricsWriter(directory / name / "metrics.jsonl", start_trackers(
+                report_to, rundir.path, name, hyperparameters(config, name, sched, seed)))
         members.append(Member(name, seed, resolved[sched], writer))
     # Stackable models (MLPs) train all students in one stack; others one student at a time. Students of a
     # teacher that trains alongside them (co-training), and of schedules that do not stack with others, form
@@ -225,7 +231,7 @@ def check_run(config: ExperimentConfig, device: str = "auto", log=print):
 
 
 def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
-        log=print, retrain_teacher: bool = False) -> dict[str, Any]:
+        log=print, retrain_teacher: bool = False, report_to: str | Sequence[str] | None = None) -> dict[str, Any]:
     """Run the whole experiment into run directory ``out`` and return ``results.json``'s content.
 
     Everything the config alone can refuse (a bad device, k-shot points the teacher will not save, task data
@@ -233,11 +239,14 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
     ``ConfigError`` before anything is written; so does a directory holding another config's run unless
     ``overwrite`` (:meth:`progdistill.rundir.RunDir.claim`). A teacher that ``overwrite`` would keep is verified
     before anything is deleted; a damaged one raises ``TrajectoryError`` naming the way out,
-    ``retrain_teacher``: delete the teacher and everything trained from it, and train them again. Raises
-    ``RunLockedError`` while another process runs in ``out``."""
+    ``retrain_teacher``: delete the teacher and everything trained from it, and train them again. ``report_to``:
+    experiment trackers of every model (:mod:`progdistill.trackers`; default TensorBoard when installed), an
+    unknown or uninstalled one refused before anything is written. Raises ``RunLockedError`` while another
+    process runs in ``out``."""
     rundir = RunDir(out)
     started = time.perf_counter()
     data_digest, probes = check_run(config, device, log)
+    report_to = resolve_report_to(report_to)  # so is an unknown or uninstalled tracker
     if not is_main():  # data-parallel workers: train alongside rank 0, which alone writes
         barrier()
         task = rundir.task(config)
@@ -259,7 +268,8 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
                 previous = None
         earlier = rundir.earlier_wall_time()
         try:
-            results = _train_probe_report(config, rundir, task, probes, device, log, previous, earlier, started)
+            results = _train_probe_report(config, rundir, task, probes, device, log, previous, earlier, started,
+                                          report_to)
         except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
             rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: see below)
             raise
@@ -269,7 +279,8 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
 
 
 def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, probes, device: str, log,
-                        previous: dict[str, Any] | None, earlier: float, started: float) -> dict[str, Any]:
+                        previous: dict[str, Any] | None, earlier: float, started: float,
+                        report_to: Sequence[str] = ()) -> dict[str, Any]:
     """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0). The run's
     wall time is that of every invocation that worked on it: a finished run's recorded one (when a rerun
     trains what is missing), earlier interrupted ones (``earlier``), and this one."""
@@ -277,8 +288,10 @@ def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, pr
     def persist_wall_time(step: int) -> None:  # at every record: a SIGKILL loses only the time since the last
         rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
 
-    trajectory = train_teacher(config, rundir.path, device, log, task=task, on_record=persist_wall_time)
-    trained = train_students(config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time)
+    trajectory = train_teacher(config, rundir.path, device, log, task=task, on_record=persist_wall_time,
+                               report_to=report_to)
+    trained = train_students(config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time,
+                             report_to=report_to)
     # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
     # recomputing the one and replacing the other with the seconds this no-op took.
     unchanged = previous is not None and trained == 0

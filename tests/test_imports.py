@@ -39,7 +39,7 @@ PACKAGE = ROOT / "progdistill"
 # Where an optional package's only bridge lives inside a core one.
 OPTIONAL_SUBMODULES = ("torch.utils.tensorboard",)
 # Distribution name -> import name, where they differ.
-IMPORT_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn"}
+IMPORT_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn", "mlflow-skinny": "mlflow"}
 
 
 @dataclass(frozen=True)
@@ -380,7 +380,8 @@ def test_registering_modules_planted(planted):
 
 def test_optional_modules_read_from_pyproject():
     optional = optional_modules(ROOT / "pyproject.toml")
-    assert {"transformers", "tokenizers", "gensim", "tensorboard", "accelerate", "datasets"} <= set(optional)
+    assert {"transformers", "tokenizers", "gensim", "tensorboard", "accelerate", "datasets", "wandb",
+            "mlflow"} <= set(optional)
     assert not {"torch", "numpy", "safetensors", "tqdm", "matplotlib", "pytest"} & set(optional)
 
 

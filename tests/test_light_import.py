@@ -18,7 +18,8 @@ import pytest
 from progdistill.optional import MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "submitit")
+OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "submitit", "wandb",
+            "mlflow")
 
 BLOCK = textwrap.dedent(f"""
     import importlib.abc, sys
