@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .ablation import ablate_two_shot
 from .compare import CSV, FIGURE, JSON, TABLE, compare
-from .robustness import LR_SCHEDULES, TEMPERATURES, ablate_robustness
+from .robustness import COLUMNS, LR_SCHEDULES, TEMPERATURES, ablate_robustness
 from .config import ConfigError, override, to_dict
 from .distributed import init_from_env, is_main, local_slice, rank_world, shutdown
 from .experiment import ExperimentConfig, load_config, student_names
@@ -198,7 +198,7 @@ def cmd_ablate(args) -> int:
 
 def cmd_ablate_robustness(args) -> int:
     ablate_robustness(args.run_dir, seeds=args.seeds, temperatures=args.temperatures, lr_schedules=args.lr_schedules,
-                      device=args.device, overwrite=args.overwrite)
+                      schedules=args.schedules, device=args.device, overwrite=args.overwrite)
     print(f"results: {Path(args.run_dir) / 'ablations' / 'robustness'}/summary.md, summary.json and heatmap.png")
     return 0
 
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedules", nargs="+", default=list(LR_SCHEDULES),
                    help=f"student learning-rate schedules, space-separated, from {', '.join(LR_SCHEDULES)} (cosine: "
                         "6%% linear warmup then cosine decay, as the authors' student scripts; default both)")
+    p.add_argument("--schedules", nargs="+", default=list(COLUMNS),
+                   help=f"student schedules, space-separated, from {', '.join(COLUMNS)} (default all; a subset "
+                        "saves CPU on a slow model, and its students are reused by a later map of more)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--overwrite", action="store_true", help="delete a map stored with other settings and train it "
                                                             "again")

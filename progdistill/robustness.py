@@ -2,13 +2,16 @@
 the teacher does, where CE and one-shot distillation do not): the run's student settings varied over the
 student learning-rate schedule (constant; linear warmup over 6% of the steps then cosine decay, as the
 authors' student scripts) x the distillation temperature T (0 = the teacher's argmax), for CE, one-shot,
-progressive (speed 1) and 2-shot-auto, each over the seeds.
+progressive (speed 1) and 2-shot-auto (or a subset of them, to spend less CPU on a slow model), each over the
+seeds.
 
 Writes under ``RUN_DIR/ablations/robustness/``: ``<lr schedule>-T<T>-<schedule>-seed<k>/metrics.jsonl`` (CE does
 not depend on T and is trained once per learning-rate schedule, as ``<lr schedule>-ce-seed<k>``),
 ``settings.json`` (a rerun with other settings is refused rather than relabelled), ``summary.json`` (per cell:
 steps to the run's threshold per seed, seeds reaching it, mean ratio of those steps to the teacher's, mean
-final accuracy), ``summary.md`` (the table) and ``heatmap.png``.
+final accuracy), ``summary.md`` (the table) and ``heatmap.png``. The schedules trained are not part of
+``settings.json``: a student's name says its schedule, so a map of a subset reuses its students in a later map
+of more schedules.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ COLUMNS = ("ce", "one-shot", "progressive", "2-shot-auto")
 
 
 def ablate_robustness(run_dir: str | Path, seeds: int | None = None, temperatures=TEMPERATURES,
-                      lr_schedules=LR_SCHEDULES, device: str = "auto", log=print,
+                      lr_schedules=LR_SCHEDULES, schedules=COLUMNS, device: str = "auto", log=print,
                       overwrite: bool = False) -> dict[str, Any]:
     """Train the grid lr schedule x temperature x {CE, one-shot, progressive, 2-shot-auto} x seeds on the
     finished teacher of ``run_dir`` with the run's student budget; return the content of ``summary.json``
@@ -47,20 +50,27 @@ def ablate_robustness(run_dir: str | Path, seeds: int | None = None, temperature
     authors' student schedule (6% warmup + cosine) and temperatures?
 
     ``seeds``: students per cell (default: the run's seeds). ``temperatures``: distillation temperatures, each
-    >= 0. ``lr_schedules``: a subset of ``LR_SCHEDULES``. 2-shot-auto keeps the run's ``first_steps`` when the
+    >= 0. ``lr_schedules``: a subset of ``LR_SCHEDULES``. ``schedules``: a subset of ``COLUMNS`` (the table keeps
+    the order of ``COLUMNS``). 2-shot-auto keeps the run's ``first_steps`` when the
     run has one, else a third of the student steps. Bad options raise ``ConfigError`` before anything is
     written; students already trained with the same settings are reused; an ablation stored with other
     settings is refused unless ``overwrite`` (which deletes it first).
     """
     temperatures = [_temperature(t) for t in temperatures]
     lr_schedules = list(lr_schedules)
-    for name, values in (("--temperatures", temperatures), ("--lr-schedules", lr_schedules)):
+    columns = list(schedules)
+    for name, values in (("--temperatures", temperatures), ("--lr-schedules", lr_schedules),
+                         ("--schedules", columns)):
         if not values or len(set(values)) != len(values):
             raise ConfigError(f"{name} {values} is invalid: give one or more values, each once")
     for lr in lr_schedules:
         if lr not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedules: unknown learning-rate schedule {lr!r}; valid: "
                               f"{', '.join(LR_SCHEDULES)}")
+    for column in columns:
+        if column not in COLUMNS:
+            raise ConfigError(f"--schedules: unknown schedule {column!r}; valid: {', '.join(COLUMNS)}")
+    columns = [c for c in COLUMNS if c in columns]
     rundir = RunDir(run_dir)
     resolve_device(device)  # a bad --device is refused even when every student is already trained
     config = rundir.config()
@@ -69,7 +79,8 @@ def ablate_robustness(run_dir: str | Path, seeds: int | None = None, temperature
     trajectory = rundir.verify_teacher()  # a damaged teacher is refused before anything is written
     auto = [s for s in config.schedules if isinstance(s, TwoShotAuto)]
     two_shot = auto[0] if auto else TwoShotAuto(first_steps=max(1, config.student.steps // 3))
-    schedules = {"one-shot": OneShot(), "progressive": Progressive(speed=1.0), "2-shot-auto": two_shot}
+    distilled = {"one-shot": OneShot(), "progressive": Progressive(speed=1.0), "2-shot-auto": two_shot}
+    distilled = {col: s for col, s in distilled.items() if col in columns}
     directory = rundir.ablations / "robustness"
     settings = {"seeds": seeds, "temperatures": temperatures, "lr_schedules": lr_schedules,
                 "warmup_fraction": WARMUP_FRACTION, "two_shot_auto": to_dict(two_shot)}
@@ -82,9 +93,9 @@ def ablate_robustness(run_dir: str | Path, seeds: int | None = None, temperature
             for i, t in enumerate(temperatures):
                 cell_config = replace(config, student=replace(config.student, optimizer=optimizer),
                                       distillation=replace(config.distillation, temperature=t))
-                runs = [(f"{lr}-T{t:g}-{col}-seed{k}", s, k) for col, s in schedules.items() for k in range(seeds)]
-                cells += [(lr, t, col, [f"{lr}-T{t:g}-{col}-seed{k}" for k in range(seeds)]) for col in schedules]
-                if i == 0:  # CE ignores the teacher: trained once per lr schedule, in the first stack
+                runs = [(f"{lr}-T{t:g}-{col}-seed{k}", s, k) for col, s in distilled.items() for k in range(seeds)]
+                cells += [(lr, t, col, [f"{lr}-T{t:g}-{col}-seed{k}" for k in range(seeds)]) for col in distilled]
+                if i == 0 and "ce" in columns:  # CE ignores the teacher: trained once per lr schedule, in the first stack
                     runs += [(f"{lr}-ce-seed{k}", CE(), k) for k in range(seeds)]
                     cells.append((lr, None, "ce", [f"{lr}-ce-seed{k}" for k in range(seeds)]))
                 log(f"robustness map: student lr {lr}, temperature {t:g}")
@@ -93,7 +104,7 @@ def ablate_robustness(run_dir: str | Path, seeds: int | None = None, temperature
 
     teacher_steps = steps_to_threshold(rundir.teacher_metrics(), config.threshold)
     summary = {"preset": config.preset, "threshold": config.threshold, "budget": config.student.steps,
-               **settings, "teacher_steps_to_threshold": teacher_steps,
+               **settings, "schedules": columns, "teacher_steps_to_threshold": teacher_steps,
                "cells": [_cell(directory, lr, t, col, names, config.threshold, teacher_steps)
                          for lr, t, col, names in cells]}
     atomic_write_json(directory / "summary.json", summary)
@@ -140,7 +151,12 @@ def _grid(summary: dict[str, Any]) -> tuple[list[tuple[str, float]], dict[tuple[
     stands in every temperature's row."""
     rows = [(lr, t) for lr in summary["lr_schedules"] for t in summary["temperatures"]]
     by = {(c["lr_schedule"], c["temperature"], c["schedule"]): c for c in summary["cells"]}
-    return rows, {(lr, t, col): by[(lr, None if col == "ce" else t, col)] for lr, t in rows for col in COLUMNS}
+    return rows, {(lr, t, col): by[(lr, None if col == "ce" else t, col)] for lr, t in rows
+                  for col in _columns(summary)}
+
+
+def _columns(summary: dict[str, Any]) -> list[str]:
+    return summary.get("schedules", list(COLUMNS))  # a summary written before --schedules has every column
 
 
 def _header(column: str) -> str:
@@ -151,6 +167,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     """The map as a table: rows student lr schedule x temperature, columns the schedules."""
     thr, t_steps = summary["threshold"], summary["teacher_steps_to_threshold"]
     rows, cells = _grid(summary)
+    columns = _columns(summary)
     teacher = "never reached it" if t_steps is None else f"reached it at step {t_steps}"
     lines = [f"# {summary['preset']}: robustness of the headline", "",
              f"Steps to {thr:.0%} eval accuracy (mean over the seeds that reach it), seeds reaching it, and the "
@@ -158,23 +175,24 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              f"{summary['seeds']} seed(s) per cell, {summary['budget']} student steps; the teacher {teacher}. "
              f"CE does not use the teacher: one cell per lr schedule, repeated in each temperature's row. "
              f"Cosine: {summary['warmup_fraction']:.0%} linear warmup, then cosine decay to 0.", "",
-             "| student lr schedule | temperature | " + " | ".join(_header(c) for c in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+             "| student lr schedule | temperature | " + " | ".join(_header(c) for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for lr, t in rows:
-        lines.append(f"| {lr} | {t:g} | " + " | ".join(cells[(lr, t, col)]["text"] for col in COLUMNS) + " |")
+        lines.append(f"| {lr} | {t:g} | " + " | ".join(cells[(lr, t, col)]["text"] for col in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
     rows, cells = _grid(summary)
-    frac = np.array([[cells[(lr, t, col)]["seeds_reaching"] / summary["seeds"] for col in COLUMNS]
+    columns = _columns(summary)
+    frac = np.array([[cells[(lr, t, col)]["seeds_reaching"] / summary["seeds"] for col in columns]
                      for lr, t in rows])  # (rows, columns)
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.55 * len(rows)))
     image = ax.imshow(frac, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", alpha=0.7)  # light: text stays legible
     for i, (lr, t) in enumerate(rows):
-        for j, col in enumerate(COLUMNS):
+        for j, col in enumerate(columns):
             ax.text(j, i, cells[(lr, t, col)]["text"], ha="center", va="center", fontsize=9)
-    ax.set_xticks(range(len(COLUMNS)), [_header(c) for c in COLUMNS])
+    ax.set_xticks(range(len(columns)), [_header(c) for c in columns])
     ax.set_yticks(range(len(rows)), [f"{lr}, T = {t:g}" for lr, t in rows])
     ax.set_xlabel("student schedule")
     ax.set_ylabel("student learning-rate schedule,\ndistillation temperature T")
