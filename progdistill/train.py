@@ -32,7 +32,7 @@ from .files import MetricsWriter
 from .generation import GeneratedData
 from .hints import Hints
 from .nonfinite import NonFiniteError, grads_finite, non_finite_error
-from .losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
+from .fused import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from .optim import make_optimizer
 from .resume import load_state, save_state
 from .schedules import CE, TeacherSpec
@@ -245,7 +245,7 @@ class Training:
 
     def train_stack_block(self, start: int, stop: int) -> None:
         """Steps ``start`` to ``stop`` of the whole stack on a one-label task, with the objective's fused
-        forward-KL form (:func:`progdistill.losses.soft_targets`) where it applies."""
+        forward-KL form (:func:`progdistill.fused.soft_targets`) where it applies."""
         L, B, C = stop - start, self.train.batch_size, self.task.num_classes
         # The block's examples, one stream per seed: inputs (S, L, B_local, n), labels (S, L, B_local).
         batches = [self.task.sample_batch(L * B, self.gens[s]) for s in self.seeds]

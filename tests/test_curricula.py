@@ -10,7 +10,7 @@ from progdistill.config import ConfigError, DistillationConfig
 from progdistill.curricula import (HintDistillation, NoisedTeacher, PathPoint, TemperatureCurriculum,
                                    WeightPathCurriculum, stage_value)
 from progdistill.experiment import ExperimentConfig
-from progdistill.losses import soft_targets
+from progdistill.fused import soft_targets
 from progdistill.models.mlp import MLPConfig
 from progdistill.runner import train_teacher
 from progdistill.schedules import TeacherSpec

@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from progdistill.config import DistillationConfig
+from progdistill.fused import mixture_weights, weighted_distillation_loss
 from progdistill.losses import (IGNORE_INDEX, distillation_cross_entropy, distillation_loss, forward_kl,
-                                mixture_weights, reverse_kl, teacher_probabilities, weighted_distillation_loss)
+                                reverse_kl, teacher_probabilities)
 
 DIVERGENCES = (forward_kl, reverse_kl)
 
