@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
                      check_positive_int, from_dict, to_dict)
-from .curricula import HintDistillation
+from .curricula import CoTraining, HintDistillation, TemperatureCurriculum
 from .schedules import CE, KShot, TwoShotAuto
 from .tasks.base import Task
 from .seeding import generator
@@ -61,6 +61,27 @@ class ExperimentConfig:
                 check(sched.hint_steps < self.student.steps, f"schedules.{i}.hint_steps", sched.hint_steps,
                       f"must be smaller than student.steps={self.student.steps} (output distillation follows the "
                       "hint phase)")
+                for name, role in (("layer", "teacher"), ("student_layer", "student")):
+                    model = getattr(self, role).model
+                    check(model.kind == "mlp", f"{role}.model", model.kind, f"an mlp: schedules.{i} (hint) "
+                          "regresses hidden layers, which only the MLP returns")
+                    layer = getattr(sched, name)
+                    check(layer < model.depth, f"schedules.{i}.{name}", layer, f"a hidden layer of the {role} "
+                          f"(0..{model.depth - 1}, or -1 for the last): it has {model.depth}")
+            if isinstance(sched, CoTraining):
+                check(not type(self.task).per_position_targets, f"schedules.{i}", sched.kind,
+                      f"a schedule for one-label tasks: co-training steps the teacher as a stack, which task "
+                      f"{self.task.kind!r} (targets per position) does not train")
+            if isinstance(sched, TemperatureCurriculum):
+                check(self.distillation.temperature_scaling == "teacher", "distillation.temperature_scaling",
+                      self.distillation.temperature_scaling, f"'teacher' with schedules.{i} (a temperature "
+                      "curriculum): its per-student temperatures scale the teacher's logits only")
+                reaches_zero = min(sched.start, sched.end) == 0
+                one_hot_bad = self.distillation.loss == "reverse_kl" or (
+                    self.distillation.loss == "generalized_jsd" and self.distillation.beta == 1)
+                check(not (reaches_zero and one_hot_bad), f"schedules.{i}", to_dict(sched),
+                      f"a temperature range above 0 with distillation.loss={self.distillation.loss!r} (a one-hot "
+                      "teacher at T = 0 has infinite reverse KL)")
             if isinstance(sched, KShot) and len(sched.points) > 1:
                 before_last = sum(count for _, count in sched.points[:-1])
                 check(before_last < self.student.steps, f"schedules.{i}.points", [list(p) for p in sched.points],

@@ -43,19 +43,22 @@ class GeneratedData:
         self.sampling = generator(seed, "generation")  # every sampled token
         self.counts = {DATA: 0, TEACHER: 0, STUDENT: 0}
 
-    def batch(self, data: Batch, count: int, teacher: torch.nn.Module | None,
-              student: torch.nn.Module) -> tuple[Batch, str, DistillationConfig]:
+    def batch(self, data: Batch, count: int, teacher: torch.nn.Module | None, student: torch.nn.Module,
+              step: DistillationConfig | None = None) -> tuple[Batch, str, DistillationConfig]:
         """``data`` (the task's batch of this step) or ``count`` sequences sampled from ``teacher`` (the scheduled
-        checkpoint; None: no checkpoint at this step) or from ``student``."""
+        checkpoint; None: no checkpoint at this step) or from ``student``. ``step``: the step's objective (e.g.
+        with a curriculum's temperature; default the one given at construction), returned as it is, or with
+        ``alpha`` 0 on the student's own samples."""
         d = self.distillation
+        step = d if step is None else step
         on_policy = d.lmbda > 0 and float(torch.rand((), generator=self.coin)) < d.lmbda
         source = DATA if teacher is None else STUDENT if on_policy else TEACHER if d.seq_kd else DATA
         self.counts[source] += 1
         if source == STUDENT:
-            return self._sample(student, count), source, replace(d, alpha=0.0)
+            return self._sample(student, count), source, replace(step, alpha=0.0)
         if source == TEACHER:
-            return self._sample(teacher, count), source, d
-        return data, source, d
+            return self._sample(teacher, count), source, step
+        return data, source, step
 
     def _sample(self, model: torch.nn.Module, count: int) -> Batch:
         d = self.distillation

@@ -194,14 +194,17 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
     with ``seq_kd``, on the scheduled checkpoint's continuations (with ``distillation.alpha``: its cross-entropy
     is that of sequence-level KD); otherwise on the data. ``beta`` (not None) makes the loss the generalized JSD
     (0 = forward KL, 1 = reverse KL; :func:`progdistill.losses.generalized_jsd`); ``max_new_tokens`` and
-    ``temperature`` are the sampling's (``distillation.temperature`` remains the loss's). Generation: Hugging
+    ``temperature`` are the sampling's (``distillation.temperature`` remains the loss's). Each of these five,
+    when given (not None), replaces the field of ``distillation`` it names; otherwise ``distillation``'s value
+    holds (``max_new_tokens`` None there: 128). Generation: Hugging
     Face ``generate`` over all micro-batches of a step at once (:mod:`progdistill.hf_generation`), so the
     normalization above holds for generated batches too. ``generated_steps`` counts the steps of each kind.
     """
 
     def __init__(self, *args, teacher_trajectory, schedule, distillation: DistillationConfig | None = None,
-                 shift_labels: bool | None = None, lmbda: float = 0.0, beta: float | None = None,
-                 seq_kd: bool = False, max_new_tokens: int = 128, temperature: float = 1.0, **kwargs):
+                 shift_labels: bool | None = None, lmbda: float | None = None, beta: float | None = None,
+                 seq_kd: bool | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
+                 **kwargs):
         distillation = _gkd_distillation(distillation, lmbda, beta, seq_kd, max_new_tokens, temperature)
         super().__init__(*args, **kwargs)
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
@@ -377,17 +380,20 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float, beta: float | None, seq_kd: bool,
-                      max_new_tokens: int, temperature: float) -> DistillationConfig:
-    """``distillation`` with TRL GKD's arguments: ``beta`` selects the generalized JSD (an explicit
-    ``distillation`` must then name it); ``temperature`` is the *sampling* temperature, as in TRL
-    (``distillation.temperature`` stays the loss's). Bad values raise ``ConfigError`` naming the field."""
+def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float | None, beta: float | None,
+                      seq_kd: bool | None, max_new_tokens: int | None,
+                      temperature: float | None) -> DistillationConfig:
+    """``distillation`` with those of TRL GKD's arguments that are given (not None): ``beta`` selects the
+    generalized JSD (an explicit ``distillation`` must then name it); ``temperature`` is the *sampling*
+    temperature, as in TRL (``distillation.temperature`` stays the loss's). A ``max_new_tokens`` given nowhere is
+    128 (a Trainer has no task to bound it). Bad values raise ``ConfigError`` naming the field."""
     distillation = distillation or DistillationConfig()
     if beta is not None:
         if distillation.loss not in ("forward_kl", "generalized_jsd"):  # forward_kl: the default, replaced
             raise ConfigError(f"beta={beta!r} selects the generalized JSD, but distillation.loss="
                               f"{distillation.loss!r}: pass one of them")
         distillation = replace(distillation, loss="generalized_jsd", beta=beta)
-    return replace(distillation, lmbda=lmbda, seq_kd=seq_kd, max_new_tokens=max_new_tokens,
-                   sampling_temperature=temperature)
+    given = {"lmbda": lmbda, "seq_kd": seq_kd, "max_new_tokens": max_new_tokens, "sampling_temperature": temperature}
+    distillation = replace(distillation, **{k: v for k, v in given.items() if v is not None})
+    return distillation if distillation.max_new_tokens is not None else replace(distillation, max_new_tokens=128)
 

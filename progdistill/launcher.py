@@ -319,7 +319,10 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     if teacher is not None:
         if launcher.kind == "slurm":
             executor.update_parameters(slurm_additional_parameters={**launcher.extra_parameters(),
-                                                                    "dependency": f"afterok:{teacher.job_id}"})
+                                                                    "dependency": f"afterok:{teacher.job_id}",
+                                                                    # a failed teacher cancels its students
+                                                                    # (else they pend forever and --wait hangs)
+                                                                    "kill_on_invalid_dep": "yes"})
         else:  # submitit's local executor has no dependencies: the students start when the teacher has returned
             _write_launch(out, record)
             _wait(jobs, launcher)

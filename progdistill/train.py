@@ -234,7 +234,8 @@ class Training:
             distillation = self.distillation if spec is None or spec.temperature is None else \
                 dataclasses.replace(self.distillation, temperature=spec.temperature)
             if self.generated is not None:  # the whole step's batch is sampled (same on every process)
-                batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model)
+                batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model,
+                                                              distillation)
             batch = batch.rows(self.rows).to(self.device)
             self.opt.zero_grad(set_to_none=True)
             value = train_token_step(self.net, batch, teacher, self.train, distillation, self.autocast)
@@ -290,15 +291,17 @@ class Training:
                                                          self.distillation.loss, step_temperature,
                                                          ce_weight[i], kd_weight[i],
                                                          **self.distillation.loss_options())
+            step_corrections = None if corrections is None else corrections[i]  # (M,)
             if hidden is not None:  # the hint phase: these models regress the teacher's hidden layer instead
-                if corrections is not None:
+                if corrections is not None:  # their loss is no fused CE: take back its correction now
                     hinted = torch.tensor([s is not None and s.hint_layer is not None for s in plan[i]],
                                           device=self.device)
-                    self.loss_sum += torch.where(hinted, corrections[i], torch.zeros_like(corrections[i]))
+                    self.loss_sum += torch.where(hinted, step_corrections, torch.zeros_like(step_corrections))
+                    step_corrections = torch.where(hinted, torch.zeros_like(step_corrections), step_corrections)
                 per_example = self.hints.replace(per_example, hidden, plan[i],
                                                  lambda m: x_block[self.seed_index[m], i], self.teachers)
-            if not self._autograd_step(start + i, per_example) and corrections is not None:
-                self.loss_sum += corrections[i]  # a skipped step adds no cross-entropy: take back its correction
+            if not self._autograd_step(start + i, per_example) and step_corrections is not None:
+                self.loss_sum += step_corrections  # a skipped step adds no cross-entropy: take back its correction
 
     def _autograd_step(self, step: int, per_example: torch.Tensor) -> bool:
         """Backward pass and update of a stack from its per-example losses (M, B_local); False when the step was

@@ -170,3 +170,34 @@ def test_weight_path_between_models_of_different_shapes_is_refused_before_traini
     with pytest.raises(ConfigError, match=r"tensor 'biases.0' has shape \(1, 1, 32\) in the weight path's "
                                           r"initialization .* and \(1, 1, 64\) in the teacher checkpoint"):
         _stack_fit(tiny, traj, [WeightPathCurriculum(init=str(other))])
+
+
+def test_curricula_configs_that_would_fail_mid_run_are_refused_at_construction(tiny):
+    """Caught when the config is built, before any teacher trains: a hint layer the models lack, co-training on
+    a task with targets per position, a temperature curriculum under Hinton scaling or reaching T = 0 with
+    reverse KL."""
+    with pytest.raises(ConfigError, match=r"schedules\.0\.layer=1 is invalid: a hidden layer of the teacher "
+                                          r"\(0\.\.0, or -1 for the last\): it has 1"):
+        replace(tiny, schedules=(HintDistillation(hint_steps=5, layer=1),))
+    with pytest.raises(ConfigError, match=r"schedules\.0\.student_layer=2 is invalid: .* of the student"):
+        replace(tiny, schedules=(HintDistillation(hint_steps=5, student_layer=2),))
+    deeper = replace(tiny, student=replace(tiny.student, model=MLPConfig(width=16, depth=3)))
+    assert replace(deeper, schedules=(HintDistillation(hint_steps=5, student_layer=2),)).schedules
+    hinton = replace(tiny.distillation, temperature_scaling="hinton")
+    with pytest.raises(ConfigError, match=r"distillation\.temperature_scaling='hinton' is invalid: 'teacher' "
+                                          r"with schedules\.0"):
+        replace(tiny, distillation=hinton, schedules=(TemperatureCurriculum(start=4.0, end=1.0),))
+    reverse = DistillationConfig(loss="reverse_kl", temperature=1.0)
+    with pytest.raises(ConfigError, match=r"schedules\.0=.* is invalid: a temperature range above 0"):
+        replace(tiny, distillation=reverse,
+                schedules=(TemperatureCurriculum(start=2.0, end=0.0, shape="linear"),))
+    assert replace(tiny, distillation=reverse, schedules=(TemperatureCurriculum(start=2.0, end=0.5),)).schedules
+
+
+def test_co_training_on_a_task_with_targets_per_position_is_refused():
+    from progdistill.curricula import CoTraining
+    from progdistill.presets import get_preset
+    config = get_preset("pcfg-mlm")
+    with pytest.raises(ConfigError, match=r"schedules\.0='co-training' is invalid: a schedule for one-label "
+                                          r"tasks"):
+        replace(config, schedules=(CoTraining(),))

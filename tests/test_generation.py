@@ -155,3 +155,35 @@ def test_top_k_above_the_vocabulary_is_refused_before_training():
                                           f"task's {TASK.num_classes} classes"):
         check_task_data(config)
     check_task_data(_experiment(TASK, top_k=TASK.num_classes))  # k = the vocabulary is allowed
+
+
+def test_a_generated_step_keeps_the_step_objective():
+    """The step's objective (a curriculum's temperature, say) survives generation: returned as given, with alpha
+    0 on the student's own samples."""
+    from dataclasses import replace as _replace
+
+    from progdistill.generation import DATA, STUDENT, TEACHER, GeneratedData
+
+    class Sampler:  # the task side of generation: a batch named after the model it sampled
+        def generate_batch(self, model, count, gen, temperature, max_new_tokens):
+            return f"{model} x{count}"
+
+    base = DistillationConfig(lmbda=1.0, alpha=0.5)
+    step = _replace(base, temperature=3.0)
+    batch, source, objective = GeneratedData(Sampler(), base, seed=0).batch("data", 4, "teacher", "student", step)
+    assert (batch, source, objective.temperature, objective.alpha) == ("student x4", STUDENT, 3.0, 0.0)
+    seq = _replace(base, lmbda=0.0, seq_kd=True)
+    batch, source, objective = GeneratedData(Sampler(), seq, seed=0).batch("data", 4, "teacher", "student", step)
+    assert (batch, source, objective) == ("teacher x4", TEACHER, step)
+    batch, source, objective = GeneratedData(Sampler(), seq, seed=0).batch("data", 4, None, "student", step)
+    assert (batch, source, objective) == ("data", DATA, step)
+
+
+def test_trainer_gkd_arguments_replace_only_the_fields_given():
+    from progdistill.hf import _gkd_distillation
+
+    given = DistillationConfig(seq_kd=True, lmbda=0.5, max_new_tokens=7, sampling_temperature=0.7)
+    assert _gkd_distillation(given, None, None, None, None, None) == given
+    changed = _gkd_distillation(given, 0.0, None, None, 16, None)
+    assert (changed.lmbda, changed.seq_kd, changed.max_new_tokens, changed.sampling_temperature) == (0.0, True, 16, 0.7)
+    assert _gkd_distillation(None, None, None, None, None, None).max_new_tokens == 128
