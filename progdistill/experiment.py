@@ -106,8 +106,20 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return ExperimentConfig.from_dict(data)
 
 
+def co_training_only(config: ExperimentConfig) -> bool:
+    """Whether every schedule of ``config`` that learns from a teacher is co-training (paper §5's question of
+    curricula without stored checkpoints): then the teacher trains once, alongside its students, and only its
+    final checkpoint is stored (:func:`progdistill.runner.run`)."""
+    taught = [s for s in config.schedules if not isinstance(s, CE)]
+    return bool(taught) and all(s.teacher_source == "live" for s in taught)
+
+
 def teacher_header(config: ExperimentConfig) -> dict[str, Any]:
-    return {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
+    """What a teacher trajectory was trained for: task, model and training config, and ``co_training`` when it
+    holds only the final checkpoint of a co-training-only run (so that a run grown by a schedule that needs
+    the intermediate checkpoints trains a full trajectory instead of reusing it)."""
+    header = {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
+    return {**header, "co_training": True} if co_training_only(config) else header
 
 
 def config_hash(config: ExperimentConfig | dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ import torch
 
 from .config import ConfigError
 from .environment import environment
-from .experiment import ExperimentConfig, student_name, student_names, teacher_header
+from .experiment import ExperimentConfig, co_training_only, student_name, student_names, teacher_header
 from .files import atomic_write_json
 from .lock import RunLock, RunLockedError, lock_holder
 from .optional import require
@@ -282,6 +282,9 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     if launcher.kind == "local":
         raise ConfigError("launch() submits jobs; --launcher local runs in this process (progdistill.runner.run)")
     require("submitit", "launch", f"--launcher {launcher.kind}")  # before anything is written
+    if co_training_only(config):
+        raise ConfigError(f"--launcher {launcher.kind}: a co-training-only run trains its teacher alongside the "
+                          "students in one process, which one job cannot split; use --launcher local")
     report_to = resolve_report_to(report_to)
     out = Path(out)
     data_digest, _ = check_run(config, device, log)

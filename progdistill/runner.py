@@ -14,13 +14,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from .distributed import barrier, is_main, resolve_device
+from .config import ConfigError
+from .distributed import barrier, is_main, rank_world, resolve_device
 from .environment import environment
-from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, student_name,
-                         teacher_header, teacher_pool)
-from .files import MetricsWriter
+from .experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, co_training_only,
+                         student_name, teacher_header, teacher_pool)
+from .files import MetricsWriter, read_metrics
 from .lock import RunLock
 from .probes.registry import end_of_run_probes
 from .report import write_report
@@ -120,9 +121,14 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     if not todo:
         log("all students already finished")
         return 0
-    rundir.verify_teacher(trajectory)  # a missing or corrupted checkpoint stops here, before any student file
     resolved = {}
-    for _, sched, _ in todo:
+    if trajectory is None:  # co-training students only: their teacher trains alongside them
+        if any(s.teacher_source != "live" for _, s, _ in todo):
+            raise ValueError("train_students needs the teacher trajectory for students other than co-training ones")
+        resolved = {s: s for _, s, _ in todo}
+    else:
+        rundir.verify_teacher(trajectory)  # a missing or corrupted checkpoint stops here, before any student file
+    for _, sched, _ in todo if trajectory is not None else ():
         if sched in resolved:  # the same schedule for another seed
             continue
         resolved[sched] = sched.resolve(trajectory)
@@ -130,7 +136,7 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
         if resolved[sched] is not sched:
             log(f"{sched.label}: {resolved[sched]}")
     dev = resolve_device(device)
-    teachers = teacher_pool(config, task, trajectory, dev)
+    teachers = None if trajectory is None else teacher_pool(config, task, trajectory, dev)
     members = []
     for name, sched, seed in todo:
         writer = None
@@ -185,16 +191,51 @@ def _cotrain(config: ExperimentConfig, task: Task, trajectory: Trajectory, model
     from its own initialization and data (the same teacher, bit for bit on CPU with the same thread count;
     cotraining.json says how far its final weights are from the trajectory's). Such a group is not resumed."""
     teacher = config.teacher
+    # Beside a stored trajectory the live teacher replays its training (compared with it); without one
+    # (a co-training-only run) it is the run's teacher and writes into the teacher's directory.
+    teacher_dir = RunDir(directory.parent).teacher if trajectory is None else directory / f"{group[0].name}-teacher"
     summary = cotrain(task, build_model(task, teacher.model, [teacher.seed], "teacher-init"), teacher, teacher.seed,
                       model, config.student, group,
                       dict(data_stream="student-data", distillation=config.distillation,
                            desc="co-training students", on_record=on_record),
-                      directory / f"{group[0].name}-teacher", device, trajectory.load(trajectory.final_step))
-    log(f"co-training: {summary['wall_time_s']:.1f} s for the teacher and {len(group)} student(s); final teacher "
-        f"weights differ from the trajectory's by at most {summary['final_max_abs_diff_vs_trajectory']:.3g}")
+                      teacher_dir, device, None if trajectory is None else trajectory.load(trajectory.final_step))
+    log(f"co-training: {summary['wall_time_s']:.1f} s for the teacher and {len(group)} student(s)"
+        + ("" if trajectory is None else "; final teacher weights differ from the trajectory's by at most "
+           f"{summary['final_max_abs_diff_vs_trajectory']:.3g}"))
     for m, mem in enumerate(group):
         if is_main():
             _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
+
+
+def _co_train_teacher(config: ExperimentConfig, rundir: RunDir, task: Task, device: str, log, on_record,
+                      report_to) -> int:
+    """A co-training-only run's teacher and co-training students, trained together in one pass
+    (:func:`progdistill.cotraining.cotrain`): the teacher's metrics go to ``teacher/metrics.jsonl`` and its
+    final weights become the run's trajectory, one checkpoint, which :func:`train_teacher` then reuses. Returns
+    how many students it trained (0 when that trajectory is already complete)."""
+    header = teacher_header(config)
+    try:
+        if Trajectory(rundir.teacher).complete and Trajectory(rundir.teacher).header == header:
+            return 0
+    except TrajectoryError:
+        pass
+    if rundir.teacher.exists():  # an interrupted co-training run: co-training starts over (it is not resumed)
+        log(f"co-training starts over: discarding the unfinished teacher directory {rundir.teacher}")
+        shutil.rmtree(rundir.teacher)
+    runs = [(student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules
+            if s.teacher_source == "live"]
+    for name, _, _ in runs:  # their students depended on the discarded teacher
+        shutil.rmtree(rundir.students / name, ignore_errors=True)
+    trained = train_students(config, rundir.path, None, device, log, runs=runs, task=task, on_record=on_record,
+                             report_to=report_to)
+    final = rundir.teacher / "final.safetensors"
+    last = read_metrics(rundir.teacher / "metrics.jsonl")[-1]
+    writer = TrajectoryWriter(rundir.teacher, header)
+    writer.save(config.teacher.steps, load_file(str(final)),
+                {k: v for k, v in last.items() if k.startswith("eval_") and v is not None})
+    writer.finish()
+    final.unlink()
+    return trained
 
 
 def _save_weights(state: dict, path: Path) -> None:
@@ -218,6 +259,9 @@ def check_run(config: ExperimentConfig, device: str = "auto", log=print):
     """Everything :func:`run` checks from the config alone before writing anything (see there); returns the
     task data's digest and the end-of-run probes. Raises ``ConfigError``."""
     resolve_device(device)  # a bad --device is refused before anything is written
+    if co_training_only(config) and rank_world()[1] > 1:
+        raise ConfigError("schedules: a co-training-only run trains its teacher alongside the students in one "
+                          "process; run it without torchrun")
     check_planned_checkpoints(config)
     data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
     probes = end_of_run_probes(config.task)
@@ -288,10 +332,13 @@ def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, pr
     def persist_wall_time(step: int) -> None:  # at every record: a SIGKILL loses only the time since the last
         rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
 
+    trained = 0
+    if co_training_only(config):  # the teacher trains once, alongside its students: its final checkpoint only
+        trained = _co_train_teacher(config, rundir, task, device, log, persist_wall_time, report_to)
     trajectory = train_teacher(config, rundir.path, device, log, task=task, on_record=persist_wall_time,
                                report_to=report_to)
-    trained = train_students(config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time,
-                             report_to=report_to)
+    trained += train_students(config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time,
+                              report_to=report_to)
     # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
     # recomputing the one and replacing the other with the seconds this no-op took.
     unchanged = previous is not None and trained == 0

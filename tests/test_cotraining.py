@@ -74,3 +74,43 @@ def test_a_run_with_curricula_and_co_training_reports_every_schedule(tmp_path, t
                                                             "co-training-lag3"]
     summary = (tmp_path / "run" / "students" / "co-training-lag3-seed0-teacher" / "cotraining.json").read_text()
     assert '"final_max_abs_diff_vs_trajectory": 0.0' in summary and '"stored_checkpoints": 1' in summary
+
+
+@pytest.mark.e2e
+def test_a_co_training_only_run_trains_its_teacher_once_and_stores_only_its_final_checkpoint(tmp_path, tiny):
+    """`run` with only co-training (and CE) students: one teacher pass, alongside the students; the run's
+    trajectory is that teacher's final checkpoint alone, equal bit for bit to a normal run's final checkpoint,
+    and the report reads the teacher's curve from it. A rerun trains nothing."""
+    from progdistill.files import read_metrics
+    from progdistill.runner import run
+    from progdistill.trajectory import Trajectory
+
+    config = replace(tiny, schedules=(CoTraining(), CoTraining(lag=10)), seeds=1)
+    logs = []
+    results = run(config, tmp_path / "co", log=logs.append)
+    traj = Trajectory(tmp_path / "co" / "teacher")
+    assert traj.steps == [config.teacher.steps] and traj.header["co_training"] is True
+    assert not any("training 1 student" in line and "teacher" in line for line in logs)
+    reference = train_teacher(replace(tiny, schedules=(Progressive(),)), tmp_path / "ref", log=lambda *a: None)
+    final = reference.load(reference.final_step)
+    assert all(torch.equal(v, final[k]) for k, v in traj.load(traj.final_step).items())
+    assert results["teacher"]["steps_to_threshold"] is not None
+    assert sorted(s["schedule"] for s in results["students"]) == ["co-training", "co-training-lag10"]
+    evals = [[{k: v for k, v in r.items() if k.startswith("eval_") or k == "step"} for r in read_metrics(path)]
+             for path in (tmp_path / "co" / "teacher" / "metrics.jsonl", tmp_path / "ref" / "teacher" / "metrics.jsonl")]
+    assert evals[0] == evals[1]  # (train_loss differs in its last bits: one step per block, summed otherwise)
+    again = []
+    run(config, tmp_path / "co", log=again.append)
+    assert any("nothing retrained" in line for line in again)
+
+
+def test_a_co_training_only_run_is_refused_by_the_job_launcher(tmp_path, tiny):
+    pytest.importorskip("submitit")
+    from progdistill.config import ConfigError
+    from progdistill.launcher import LauncherConfig, launch
+
+    config = replace(tiny, schedules=(CoTraining(),))
+    with pytest.raises(ConfigError, match=r"--launcher submitit-local: a co-training-only run trains its teacher "
+                                          r"alongside the students in one process"):
+        launch(config, tmp_path / "run", LauncherConfig(kind="submitit-local"))
+    assert not (tmp_path / "run").exists()
