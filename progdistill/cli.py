@@ -403,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:  # e.g. `progdistill show ... | head`: the reader stopped early
         sys.stdout = open(os.devnull, "w")
-        return 0
+        # A command that only prints has done its job; one that works (run, probe, ...) stopped part-way:
+        # fail, as a process killed by SIGPIPE does (128 + 13), so that `run ... | head && next` stops.
+        return 0 if args.command in ("list", "show") else 141
     except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, MissingExtraError, OSError,
             ValueError, JobsFailedError) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)

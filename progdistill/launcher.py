@@ -80,6 +80,13 @@ class LauncherConfig:
                                    ("--cpus-per-job", 1 if self.cpus_per_job is None else self.cpus_per_job, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ConfigError(f"{name} {value!r} is invalid: an integer >= {least}")
+        if self.kind != "slurm":  # a Slurm option given without Slurm would be silently ignored
+            given = [name for name, value in (("--partition", self.partition), ("--account", self.account),
+                                              ("--gpus-per-job", self.gpus_per_job or None),
+                                              ("--sbatch", self.sbatch or None)) if value is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: Slurm option(s), valid only with --launcher slurm (this is "
+                                  f"--launcher {self.kind})")
         for flag in self.sbatch:
             if not flag.startswith("--") or len(flag) < 3 or " " in flag.split("=", 1)[0]:
                 raise ConfigError(f"--sbatch {flag!r} is invalid: give one sbatch option as --name=value or --name, "

@@ -204,7 +204,8 @@ def detect_transition(steps: Sequence[int], values: Sequence[float], direction: 
     change = sign * (after - before)
     if change <= 0 or change < min_change or change < min_snr * noise:
         other = "drop" if direction == "rise" else "rise"
-        hint = f"; the curve moves the other way, did you mean direction={other!r}?" if change < 0 else ""
+        opposite = -change >= min_change and -change >= min_snr * noise  # a real transition the other way
+        hint = f"; the curve moves the other way, did you mean direction={other!r}?" if opposite else ""
         rule = (f"below min_change={min_change:g}" if change <= 0 or change < min_change
                 else f"below min_snr={min_snr:g} x the estimated noise {noise:.3g}")
         raise NoTransitionError(f"no {direction} in the curve: from the early level {before:.4g} to the final "

@@ -253,8 +253,9 @@ class TwoShotAuto:
         try:
             return self.window(steps, values).middle
         except NoTransitionError as exc:
-            raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: {exc}")\
-                from None
+            raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: "
+                              f"{str(exc).split('; the curve moves')[0]}. Train the teacher longer (teacher.steps) "
+                              "or leave 2-shot-auto out of the schedules") from None
 
     def resolve(self, trajectory) -> KShot:
         """The KShot ((middle of the transition, first_steps), (final, rest)) for ``trajectory``."""

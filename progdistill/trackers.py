@@ -186,6 +186,9 @@ def resolve_report_to(report_to: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [n.strip() for n in report_to.split(",")] if isinstance(report_to, str) else list(report_to)
     if names == ["none"]:
         return ()
+    if "none" in names:
+        raise ConfigError(f"--report-to {','.join(names)}: 'none' turns every tracker off, so it stands alone; "
+                          f"give none, or tracker names from {', '.join(TRACKERS)}")
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
         raise ConfigError(f"--report-to {','.join(names)}: unknown tracker(s) {', '.join(map(repr, unknown))}; "

@@ -101,3 +101,20 @@ def test_probe_distance_option_reaches_the_probes():
     assert (args.distance, args.func) == ("l1", cmd_probe_ngram)
     args = parser.parse_args(["probe", "oracle", "runs/x"])
     assert (args.distance, args.func) == ("tv", cmd_probe_oracle)
+
+
+def test_a_closed_pipe_fails_a_working_command_but_not_a_printing_one(monkeypatch):
+    """`run ... | head` stops the run part-way: exit 141 (as a process killed by SIGPIPE), so that a script's
+    `&&` does not go on; `show | head` or `list | head` have printed what was read: exit 0."""
+    import sys
+
+    import progdistill.cli as cli
+
+    def cut_off(args):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() points stdout at /dev/null; restored after the test
+    monkeypatch.setattr(cli, "cmd_run", cut_off)
+    monkeypatch.setattr(cli, "cmd_list", cut_off)
+    assert cli.main(["run", "parity-mlp"]) == 141
+    assert cli.main(["list"]) == 0

@@ -86,6 +86,9 @@ def test_bad_launcher_options_are_one_clear_error():
         LauncherConfig(kind="slurm", sbatch=("qos=high",))
     assert LauncherConfig(kind="slurm", sbatch=("--qos=high", "--exclusive")).extra_parameters() == \
         {"qos": "high", "exclusive": True}
+    with pytest.raises(ConfigError, match=r"--partition, --gpus-per-job: Slurm option\(s\), valid only with "
+                                          r"--launcher slurm \(this is --launcher local\)"):
+        LauncherConfig(kind="local", partition="gpu", gpus_per_job=1)
 
 
 def test_a_run_directory_other_nodes_cannot_see_is_refused(tmp_path):

@@ -189,3 +189,16 @@ def test_random_sigmoids(centre, width, seed, direction):
 def test_flat_curve_with_min_change_zero_is_still_no_transition():
     with pytest.raises(NoTransitionError, match="change is \\+0"):
         detect_transition(STEPS, np.full(len(STEPS), 0.7), min_change=0.0, min_snr=0.0)
+
+
+def test_a_flat_curve_gets_no_hint_to_look_the_other_way():
+    """The "did you mean" hint names the other direction only when the curve really moves that way."""
+    steps = list(range(0, 2000, 100))
+    flat = [0.5 + 0.001 * ((i * 7) % 3 - 1) for i in range(20)]
+    flat[-3:] = [0.499, 0.498, 0.499]  # a hair lower at the end: no drop to speak of
+    with pytest.raises(NoTransitionError) as info:
+        detect_transition(steps, flat, "rise")
+    assert "did you mean" not in str(info.value)
+    falling = [0.9] * 10 + [0.5] * 10
+    with pytest.raises(NoTransitionError, match=r"did you mean direction='drop'\?"):
+        detect_transition(steps, falling, "rise")

@@ -131,6 +131,8 @@ def test_report_to_names():
     assert resolve_report_to("tensorboard, tensorboard") == ("tensorboard",)
     with pytest.raises(ConfigError, match="unknown tracker\\(s\\) 'comet'; valid: tensorboard, wandb, mlflow"):
         resolve_report_to("tensorboard,comet")
+    with pytest.raises(ConfigError, match="'none' turns every tracker off, so it stands alone"):
+        resolve_report_to("tensorboard,none")
 
 
 def test_default_is_tensorboard_when_installed_else_nothing(monkeypatch):

@@ -51,7 +51,9 @@ def test_two_shot_auto_on_a_flat_teacher_is_a_clear_error():
         def curve(self, metric):
             return [0, 100, 200, 300, 400], [0.5, 0.5, 0.5, 0.5, 0.5]
 
-    with pytest.raises(ConfigError, match="2-shot-auto needs a teacher whose eval_accuracy has a phase transition"):
+    with pytest.raises(ConfigError, match=r"2-shot-auto needs a teacher whose eval_accuracy has a phase transition: "
+                                          r"no rise .*\. Train the teacher longer \(teacher\.steps\) or leave "
+                                          r"2-shot-auto out of the schedules$"):
         TwoShotAuto(first_steps=10).resolve(Flat())
     with pytest.raises(ConfigError, match="schedule.metric"):
         TwoShotAuto(metric="accuracy")
