@@ -37,6 +37,7 @@ from .optim import make_optimizer
 from .resume import load_state, save_state
 from .schedules import CE, TeacherSpec
 from .seeding import generator
+from .stacks import PerStepGather, per_model_sum
 from .teachers import TeacherPool, block_teacher_logits, plan_temperatures
 from .token_step import train_token_step
 from .trajectory import TrajectoryWriter
@@ -264,7 +265,7 @@ class Training:
         ce_weight, kd_weight = mixture_weights(self.distillation.alpha, has_teacher[..., None])  # (L, M, 1)
         # Step i's inputs for every model: (B, n) shared by one seed's models, else (M, B, n) gathered per
         # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
-        x_steps = x_block[0] if len(self.seeds) == 1 else _PerStepGather(x_block, self.seed_index)
+        x_steps = x_block[0] if len(self.seeds) == 1 else PerStepGather(x_block, self.seed_index)
         y_steps = y_block[self.seed_index].transpose(0, 1)
         fused = teacher_logits is None or self.distillation.plain_forward_kl
         targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
@@ -272,7 +273,7 @@ class Training:
             per_position = temperature[..., None] if torch.is_tensor(temperature) else temperature  # (L, M, 1)
             targets, correction = soft_targets(teacher_logits, y_steps, per_position, ce_weight, kd_weight)
             corrections = correction.mean(dim=2)
-            self.loss_sum -= _per_model_sum(corrections)  # report the objective, not the fused CE
+            self.loss_sum -= per_model_sum(corrections)  # report the objective, not the fused CE
         if self.hand_sgd and not any(hint_steps):
             self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
             return
@@ -351,7 +352,7 @@ class Training:
             i = int((~finite).nonzero()[0])
             culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
             raise non_finite_error(culprits, "training loss", start + i)
-        self.loss_sum += _per_model_sum(step_losses)
+        self.loss_sum += per_model_sum(step_losses)
         self.loss_count += L
 
     def record(self, step: int) -> None:
@@ -406,20 +407,3 @@ class Training:
         """Drop the teacher checkpoints no member uses from ``step`` on."""
         if self.teachers is not None:
             self.teachers.retain({spec for spec in self.checkpoints(step) if spec is not None})
-
-
-class _PerStepGather:
-    """``x[i]`` of a block (S, L, B, n) as each model's inputs (M, B, n), indexed by step i."""
-
-    def __init__(self, block: torch.Tensor, seed_index: torch.Tensor):
-        self.block, self.seed_index = block, seed_index.to(block.device)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.block[:, i].index_select(0, self.seed_index)
-
-
-def _per_model_sum(values: torch.Tensor) -> torch.Tensor:
-    """(L, M) -> (M,): each model's sum over the block's L steps, added up in the same order whatever M is (a
-    sum over dim 0 vectorizes across models and rounds differently for different stack sizes), so a student
-    trained in any stack -- one job per seed, a sweep grown by a seed -- reports the same training loss."""
-    return values.t().contiguous().sum(dim=1)
