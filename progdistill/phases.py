@@ -36,7 +36,13 @@ MAD_TO_STD = 1.4826  # std of a Gaussian = 1.4826 * its median absolute deviatio
 
 
 class NoTransitionError(ValueError):
-    """The curve has no transition: its total change is below ``min_change`` or below the noise rule."""
+    """The curve has no transition: its total change is below ``min_change`` or below the noise rule.
+    ``reason``: why, without ``hint`` (a suggestion for callers of :func:`detect_transition`, such as the other
+    ``direction``); the message is both."""
+
+    def __init__(self, reason: str, hint: str = ""):
+        super().__init__(reason + hint)
+        self.reason, self.hint = reason, hint
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,7 @@ def detect_transition(steps: Sequence[int], values: Sequence[float], direction: 
                 else f"below min_snr={min_snr:g} x the estimated noise {noise:.3g}")
         raise NoTransitionError(f"no {direction} in the curve: from the early level {before:.4g} to the final "
                                 f"level {after:.4g} the change is {change:+.4g} in the {direction} direction, "
-                                f"{rule}{hint}")
+                                f"{rule}", hint)
 
     u = (smooth - before) / (after - before)  # (N,) 0 at the early plateau, 1 at the final level
     low, mid, high = fractions

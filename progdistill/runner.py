@@ -215,7 +215,8 @@ def _co_train_teacher(config: ExperimentConfig, rundir: RunDir, task: Task, devi
     how many students it trained (0 when that trajectory is already complete)."""
     header = teacher_header(config)
     try:
-        if Trajectory(rundir.teacher).complete and Trajectory(rundir.teacher).header == header:
+        existing = Trajectory(rundir.teacher)
+        if existing.complete and existing.header == header:
             return 0
     except TrajectoryError:
         pass

@@ -254,7 +254,7 @@ class TwoShotAuto:
             return self.window(steps, values).middle
         except NoTransitionError as exc:
             raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: "
-                              f"{str(exc).split('; the curve moves')[0]}. Train the teacher longer (teacher.steps) "
+                              f"{exc.reason}. Train the teacher longer (teacher.steps) "
                               "or leave 2-shot-auto out of the schedules") from None
 
     def resolve(self, trajectory) -> KShot:
