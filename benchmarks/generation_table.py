@@ -17,10 +17,10 @@ from collections import defaultdict
 import numpy as np
 
 from progdistill.experiment import student_names
-from progdistill.files import read_metrics
+from progdistill.core.files import read_metrics
 from progdistill.probes.generation import generation_acceptance, grammar_kl
 from progdistill.probes.jobs import schedule_of
-from progdistill.rundir import RunDir
+from progdistill.store.rundir import RunDir
 
 
 def measure(label: str, path: str) -> dict:

@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from progdistill.cli import resolve_config
-from progdistill.config import ConfigError
-from progdistill.runner import run
-from progdistill.presets import PRESETS
-from progdistill.train import resolve_device
+from progdistill.core.config import ConfigError
+from progdistill.recipes.runner import run
+from progdistill.recipes.presets import PRESETS
+from progdistill.train.loop import resolve_device
 
 SCHEDULES = '[{"type": "ce"}, {"type": "one-shot"}, {"type": "progressive", "speed": 1.0}]'
 

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from progdistill.config import OptimizerConfig, TrainConfig
-from progdistill.rundir import RunDir
-from progdistill.runner import run, train_teacher
+from progdistill.core.config import OptimizerConfig, TrainConfig
+from progdistill.store.rundir import RunDir
+from progdistill.recipes.runner import run, train_teacher
 from progdistill.models.mlp import MLPConfig
 from progdistill.tasks.parity import ParityTask
-from progdistill.presets import get_preset
-from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
-from progdistill.teachers import TeacherPool
-from progdistill.train import Member, fit, generator
+from progdistill.recipes.presets import get_preset
+from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
+from progdistill.distill.teachers import TeacherPool
+from progdistill.train.loop import Member, fit, generator
 
 N, K, WIDTH = 50, 5, 2000
 TASK = ParityTask(n=N, k=K)
@@ -60,7 +60,7 @@ def _timed(fn) -> float:
 
 
 def teacher_steps_per_s(steps: int, batch: int) -> float:
-    """Steps/s of progdistill's own loop (progdistill.train.fit) training the width-2000 teacher."""
+    """Steps/s of progdistill's own loop (progdistill.train.loop.fit) training the width-2000 teacher."""
     cfg = TrainConfig(model=MLPConfig(width=WIDTH), optimizer=OptimizerConfig(name="sgd", lr=0.05), steps=steps,
                       batch_size=batch, eval_every=steps, checkpoint_every=steps)
     model = cfg.model.build(N, 2, [generator(0, "bench")])

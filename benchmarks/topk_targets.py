@@ -4,7 +4,7 @@
     python benchmarks/topk_targets.py --positions 256 --vocab 32000 --k 16 64
 
 For each variant a fresh subprocess builds student logits (N, V) and the teacher targets -- full logits (N, V)
-float32, or :func:`progdistill.losses.top_k_targets` (indices int64 + log-probabilities float32, (N, k), and one
+float32, or :func:`progdistill.distill.losses.top_k_targets` (indices int64 + log-probabilities float32, (N, k), and one
 tail mass per position) -- then times the forward KL and its backward pass (median of ``--repeats``). Reported:
 the bytes the teacher targets occupy (exact: ``Tensor.nbytes``), the peak resident memory added by one
 loss + backward on top of the inputs (VmHWM after resetting it
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from progdistill.losses import forward_kl, top_k_divergence, top_k_targets
+from progdistill.distill.losses import forward_kl, top_k_divergence, top_k_targets
 
 
 def _status_mb(field: str) -> float:

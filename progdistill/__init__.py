@@ -6,20 +6,20 @@ curriculum" (ICLR 2025). See the README for the command line and the module map.
 Importing the package imports every module that registers a task, model or schedule variant (through the
 presets and the names below), so ``ExperimentConfig.from_dict`` of any config.json finds every kind;
 tests/test_imports.py checks it. Each of those modules imports with the core dependencies alone: an optional
-package is imported where a feature needs it (:func:`progdistill.optional.require`).
+package is imported where a feature needs it (:func:`progdistill.core.optional.require`).
 """
 
-from .config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
-from .experiment import ExperimentConfig
-from .models.language import BertMLMConfig, GPT2LMConfig
-from .models.mlp import MLP, MLPConfig
-from .tasks.parity import ParityTask
-from .tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
-from .presets import PRESETS, get_preset
-from .runner import run
-from .schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
-from .tasks.text import TextMaskedLMTask
-from .trajectory import Trajectory, TrajectoryError, TrajectoryWriter
+from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
+from progdistill.experiment import ExperimentConfig
+from progdistill.models.language import BertMLMConfig, GPT2LMConfig
+from progdistill.models.mlp import MLP, MLPConfig
+from progdistill.tasks.parity import ParityTask
+from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
+from progdistill.recipes.presets import PRESETS, get_preset
+from progdistill.recipes.runner import run
+from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
+from progdistill.tasks.text.task import TextMaskedLMTask
+from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter
 
 __version__ = "0.1.0"
 

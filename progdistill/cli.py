@@ -9,29 +9,29 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .ablation import ablate_two_shot
-from .compare import CSV, FIGURE, JSON, TABLE, compare
-from .robustness import COLUMNS, LR_SCHEDULES, TEMPERATURES, ablate_robustness
-from .config import ConfigError, override, to_dict
-from .distributed import init_from_env, is_main, local_slice, rank_world, shutdown
-from .experiment import ExperimentConfig, load_config, student_names
-from .launcher import JOB_PER, LAUNCHERS, JobsFailedError, LauncherConfig, launch, report
-from .lock import RunLock, RunLockedError
-from .models.language import MaskedLM
-from .optional import MissingExtraError
-from .presets import PRESETS, get_preset
-from .probes.curriculum_targets import POINTS, probe_curriculum_targets
-from .probes.monomials import probe_monomials
-from .probes.ngram import DISTANCE, WINDOWS, probe_ngram
-from .probes.oracle import probe_oracle
-from .rundir import RunDir
-from .runner import run
-from .status import format_status, status
-from .tasks.pcfg import SPECIALS, GrammarTask
-from .trackers import TRACKERS, resolve_report_to
-from .train import NonFiniteError
-from .trajectory import TrajectoryError
+from progdistill import __version__
+from progdistill.recipes.ablation import ablate_two_shot
+from progdistill.recipes.compare import CSV, FIGURE, JSON, TABLE, compare
+from progdistill.recipes.robustness import COLUMNS, LR_SCHEDULES, TEMPERATURES, ablate_robustness
+from progdistill.core.config import ConfigError, override, to_dict
+from progdistill.core.distributed import init_from_env, is_main, local_slice, rank_world, shutdown
+from progdistill.experiment import ExperimentConfig, load_config, student_names
+from progdistill.recipes.launcher import JOB_PER, LAUNCHERS, JobsFailedError, LauncherConfig, launch, report
+from progdistill.store.lock import RunLock, RunLockedError
+from progdistill.models.language import MaskedLM
+from progdistill.core.optional import MissingExtraError
+from progdistill.recipes.presets import PRESETS, get_preset
+from progdistill.probes.curriculum_targets import POINTS, probe_curriculum_targets
+from progdistill.probes.monomials import probe_monomials
+from progdistill.probes.ngram import DISTANCE, WINDOWS, probe_ngram
+from progdistill.probes.oracle import probe_oracle
+from progdistill.store.rundir import RunDir
+from progdistill.recipes.runner import run
+from progdistill.recipes.status import format_status, status
+from progdistill.tasks.pcfg.task import SPECIALS, GrammarTask
+from progdistill.store.trackers import TRACKERS, resolve_report_to
+from progdistill.train.loop import NonFiniteError
+from progdistill.store.trajectory import TrajectoryError
 
 EPILOG = """examples:
   progdistill list

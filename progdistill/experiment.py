@@ -1,9 +1,9 @@
 """An experiment's configuration: task, teacher and student training, distillation loss and schedules.
 
 Everything here is decided from the config alone, before any file is written: its hash (the identity of a run
-directory, :mod:`progdistill.rundir`), the teacher trajectory's header, the checkpoints the teacher will save,
+directory, :mod:`progdistill.store.rundir`), the teacher trajectory's header, the checkpoints the teacher will save,
 whether the task's data loads and fits the models, and the models themselves
-(:func:`build_model`). Running an experiment is :func:`progdistill.runner.run`.
+(:func:`build_model`). Running an experiment is :func:`progdistill.recipes.runner.run`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
+from progdistill.core.config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
                      check_positive_int, from_dict, to_dict)
-from .curricula import CoTraining, HintDistillation, TemperatureCurriculum
-from .schedules import CE, KShot, TwoShotAuto
-from .tasks.base import Task
-from .seeding import generator
-from .teachers import TeacherPool
+from progdistill.distill.curricula import CoTraining, HintDistillation, TemperatureCurriculum
+from progdistill.distill.schedules import CE, KShot, TwoShotAuto
+from progdistill.tasks.base import Task
+from progdistill.core.seeding import generator
+from progdistill.distill.teachers import TeacherPool
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
 def co_training_only(config: ExperimentConfig) -> bool:
     """Whether every schedule of ``config`` that learns from a teacher is co-training (paper §5's question of
     curricula without stored checkpoints): then the teacher trains once, alongside its students, and only its
-    final checkpoint is stored (:func:`progdistill.runner.run`)."""
+    final checkpoint is stored (:func:`progdistill.recipes.runner.run`)."""
     taught = [s for s in config.schedules if not isinstance(s, CE)]
     return bool(taught) and all(s.teacher_source == "live" for s in taught)
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from progdistill.config import OptimizerConfig, TrainConfig
+from progdistill.core.config import OptimizerConfig, TrainConfig
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.tasks.parity import ParityTask
-from progdistill.schedules import CE, FINAL, KShot, OneShot, Progressive
+from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 
 
 @pytest.fixture(autouse=True)

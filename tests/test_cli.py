@@ -86,9 +86,9 @@ def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
 def test_own_warnings_print_as_one_line_and_others_as_python_does():
     import warnings
 
-    import progdistill.lock
+    import progdistill.store.lock
     from progdistill.cli import _format_warning
-    assert _format_warning("lock taken over", UserWarning, progdistill.lock.__file__, 64) == \
+    assert _format_warning("lock taken over", UserWarning, progdistill.store.lock.__file__, 64) == \
         "progdistill: warning: lock taken over\n"
     other = _format_warning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")
     assert other == warnings.formatwarning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from progdistill.config import ConfigError
+from progdistill.core.config import ConfigError
 from progdistill.experiment import ExperimentConfig, config_hash
-from progdistill.runner import run, train_teacher
-from progdistill.files import read_metrics
-from progdistill.schedules import KShot, Progressive
-from progdistill.teachers import TeacherPool
-from progdistill.train import Member, fit, generator
-from progdistill.trajectory import Trajectory
+from progdistill.recipes.runner import run, train_teacher
+from progdistill.core.files import read_metrics
+from progdistill.distill.schedules import KShot, Progressive
+from progdistill.distill.teachers import TeacherPool
+from progdistill.train.loop import Member, fit, generator
+from progdistill.store.trajectory import Trajectory
 
 
 def quiet(*args):
@@ -55,7 +55,7 @@ def test_same_seed_same_numbers(tmp_path, tiny):
 
 
 def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
-    from progdistill.trajectory import TrajectoryError
+    from progdistill.store.trajectory import TrajectoryError
     out = tmp_path / "run"
     first = run(tiny, out, log=quiet)
     before = (out / "teacher" / "manifest.json").read_text()
@@ -176,7 +176,7 @@ def test_teacher_loaded_once_per_change_and_frozen(tmp_path, tiny):
 
 def test_corrupted_teacher_checkpoint_stops_students(tmp_path, tiny):
     import shutil
-    from progdistill.trajectory import TrajectoryError
+    from progdistill.store.trajectory import TrajectoryError
 
     out = tmp_path / "run"
     run(tiny, out, log=quiet)
@@ -213,8 +213,8 @@ def test_metrics_mirrored_to_tensorboard(tmp_path, tiny):
 def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monkeypatch):
     import time
 
-    import progdistill.runner as runner
-    from progdistill.rundir import EARLIER_WALL_TIME
+    import progdistill.recipes.runner as runner
+    from progdistill.store.rundir import EARLIER_WALL_TIME
     real = runner.train_students
 
     def interrupted(*args, **kwargs):
@@ -236,7 +236,7 @@ def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monk
 
 def test_an_interrupted_overwrite_leaves_a_run_directory_the_next_overwrite_reclaims(tmp_path, tiny, monkeypatch):
     import shutil
-    import progdistill.rundir as rundir
+    import progdistill.store.rundir as rundir
 
     out = tmp_path / "run"
     run(tiny, out, log=quiet)
@@ -262,7 +262,7 @@ def _files(out: Path) -> dict[str, bytes]:
 
 def test_overwrite_on_a_damaged_teacher_fails_before_deleting_anything(tmp_path, tiny):
     from progdistill.cli import main
-    from progdistill.trajectory import TrajectoryError
+    from progdistill.store.trajectory import TrajectoryError
 
     out = tmp_path / "run"
     run(tiny, out, log=quiet)
@@ -309,7 +309,7 @@ def test_retraining_a_missing_student_adds_to_the_run_s_wall_time(tmp_path, tiny
 
 
 def test_wall_time_is_persisted_at_every_record(tmp_path, tiny, monkeypatch):
-    from progdistill.rundir import EARLIER_WALL_TIME, RunDir
+    from progdistill.store.rundir import EARLIER_WALL_TIME, RunDir
     seen = []
     real = RunDir.record_interrupted_wall_time
 

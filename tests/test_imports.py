@@ -269,7 +269,7 @@ def find_function_imports(modules: dict[str, Path], optional: tuple[str, ...]) -
 
 
 def _rel(path: Path) -> str:
-    """``path`` from the folder holding its top-level package, e.g. progdistill/tasks/text.py."""
+    """``path`` from the folder holding its top-level package, e.g. progdistill/tasks/text/task.py."""
     top = path.parent
     while (top.parent / "__init__.py").exists():
         top = top.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from progdistill.optional import MissingExtraError, require
+from progdistill.core.optional import MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "submitit", "wandb",
@@ -44,8 +44,8 @@ def test_core_only_import_and_configs():
         import sys
         import progdistill
         from progdistill.experiment import ExperimentConfig
-        from progdistill.optional import MissingExtraError, require
-        from progdistill.tasks.tokenizer import train_tokenizer
+        from progdistill.core.optional import MissingExtraError, require
+        from progdistill.tasks.text.tokenizer import train_tokenizer
 
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL)
         assert not loaded, loaded

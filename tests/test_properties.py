@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from progdistill.cli import main
-from progdistill.config import ConfigError, override
+from progdistill.core.config import ConfigError, override
 from progdistill.experiment import ExperimentConfig
-from progdistill.presets import get_preset
+from progdistill.recipes.presets import get_preset
 
 BASE = get_preset("parity-mlp").to_dict()
 

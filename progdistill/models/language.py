@@ -4,7 +4,7 @@
 from a :class:`~transformers.BertConfig` -- never downloaded -- with ``n_layer`` layers of ``n_head`` heads of
 dimension ``head_dim`` (the paper: teacher 4 x 32 x 8, hidden 256; student 4 x 8 x 8, hidden 64). Dropout is
 0, so training draws no random numbers besides the data. Token models are not stacked: a "stack" holds one
-model and :func:`progdistill.train.fit` trains students one after another.
+model and :func:`progdistill.train.loop.fit` trains students one after another.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..config import check, check_positive_int, register
-from ..optional import require
+from progdistill.core.config import check, check_positive_int, register
+from progdistill.core.optional import require
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class BertMLMConfig(_LMConfig):
 
 
 class MaskedLM(nn.Module):
-    """``BertForMaskedLM`` with the calling convention of :func:`progdistill.train.fit`'s token tasks.
+    """``BertForMaskedLM`` with the calling convention of :func:`progdistill.train.loop.fit`'s token tasks.
 
     ``forward(input_ids, attention_mask)``: (B, L) int64 ids and (B, L) bool -> logits (B, L, vocab_size).
     ``hidden_states(...)``: the last layer's hidden states (B, L, hidden), for probes. The Hugging Face model

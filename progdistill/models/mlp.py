@@ -16,8 +16,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..config import check, check_positive_int, register
-from ..fused import soft_cross_entropy_and_grad
+from progdistill.core.config import check, check_positive_int, register
+from progdistill.distill.fused import soft_cross_entropy_and_grad
 
 NARROW_OUTPUT, NARROW_ROWS = 8, 256  # when forward() computes the last layer as a transposed product
 
@@ -28,7 +28,7 @@ class MLPConfig:
     """``depth`` hidden ReLU layers of ``width`` units each."""
 
     kind: ClassVar[str] = "mlp"
-    stackable: ClassVar[bool] = True  # many models train together as one stack (progdistill.train.fit)
+    stackable: ClassVar[bool] = True  # many models train together as one stack (progdistill.train.loop.fit)
 
     width: int = 100
     depth: int = 1

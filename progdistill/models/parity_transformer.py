@@ -7,7 +7,7 @@ the hidden state at the *last* position, which attends to every bit, through one
 
 The network is Hugging Face ``transformers``' :class:`~transformers.GPT2Model` built from a
 :class:`~transformers.GPT2Config` (never downloaded). Transformers are not stacked: a "stack" holds exactly
-one model, and :func:`progdistill.train.fit` trains the students one after another.
+one model, and :func:`progdistill.train.loop.fit` trains the students one after another.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..config import check, check_positive_int, register
-from ..optional import require
+from progdistill.core.config import check, check_positive_int, register
+from progdistill.core.optional import require
 
 
 @register("model")
@@ -55,14 +55,14 @@ class ParityTransformer(nn.Module):
     """A GPT-2 encoder over the bits plus a linear head on the last position.
 
     ``forward(x)``: x (B, n) float in {-1, +1} -> logits (1, B, num_classes); the leading 1 is the stack
-    dimension that :func:`progdistill.train.fit` expects (see :class:`progdistill.models.mlp.MLP`).
+    dimension that :func:`progdistill.train.loop.fit` expects (see :class:`progdistill.models.mlp.MLP`).
 
     Initialization is GPT-2's (normal, std 0.02; the head like ``nn.Linear``), drawn from the global RNG
     *inside* :func:`torch.random.fork_rng` seeded with ``generators[0].initial_seed()``: the weights are a
     function of that generator's seed, and the caller's global RNG state is left untouched. All dropout
     probabilities are 0, so training draws no random numbers either.
 
-    Raises :class:`~progdistill.config.ConfigError` unless exactly one generator is given.
+    Raises :class:`~progdistill.core.config.ConfigError` unless exactly one generator is given.
     """
 
     def __init__(self, in_features: int, num_classes: int, config: TransformerConfig,

@@ -18,15 +18,15 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import ConfigError
-from ..experiment import teacher_pool
-from ..files import atomic_write_json
-from ..losses import teacher_probabilities
-from ..rundir import RunDir
-from ..schedules import CE
-from ..trajectory import Trajectory
-from .jobs import PROBE_SEED
-from .monomials import monomial_correlations
+from progdistill.core.config import ConfigError
+from progdistill.experiment import teacher_pool
+from progdistill.core.files import atomic_write_json
+from progdistill.distill.losses import teacher_probabilities
+from progdistill.store.rundir import RunDir
+from progdistill.distill.schedules import CE
+from progdistill.store.trajectory import Trajectory
+from progdistill.probes.jobs import PROBE_SEED
+from progdistill.probes.monomials import monomial_correlations
 
 POINTS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..experiment import ExperimentConfig, student_names
-from ..rundir import RunDir
-from ..tasks.base import Task
-from ..tasks.pcfg_parser import inside_log_probability
-from ..tasks.prefix import grammatical_prefix_fraction, next_token_distributions
-from ..files import atomic_write_json
-from .jobs import PROBE_SEED, schedule_of
+from progdistill.experiment import ExperimentConfig, student_names
+from progdistill.store.rundir import RunDir
+from progdistill.tasks.base import Task
+from progdistill.tasks.pcfg.parser import inside_log_probability
+from progdistill.tasks.pcfg.prefix import grammatical_prefix_fraction, next_token_distributions
+from progdistill.core.files import atomic_write_json
+from progdistill.probes.jobs import PROBE_SEED, schedule_of
 
 GENERATION_SAMPLES = 200
 
@@ -26,7 +26,7 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     grammar's inside algorithm gives it a positive probability. Returns
     ``{"acceptance": fraction accepted, "finished": fraction that produced EOS, "mean_length": tokens,
     "grammatical_prefix": mean over samples of the longest prefix the grammar can still complete, as a fraction
-    of the sample with its EOS (1 exactly for accepted samples; :mod:`progdistill.tasks.prefix`)}``."""
+    of the sample with its EOS (1 exactly for accepted samples; :mod:`progdistill.tasks.pcfg.prefix`)}``."""
     vocab, grammar = task.vocabulary, task.load_grammar()
     allowed = torch.tensor(list(range(len(vocab.terminals))) + [vocab.eos])
     device = next(model.parameters()).device
@@ -44,7 +44,7 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
 def grammar_kl(model, task, count: int = 64) -> float:
     """Mean KL(grammar || model) in nats per position over the first ``count`` held-out sentences: at every
     position of ``BOS s EOS`` that predicts a next token, the grammar's exact next-token distribution given the
-    prefix (over the terminals and EOS; :func:`progdistill.tasks.prefix.next_token_distributions`) against the
+    prefix (over the terminals and EOS; :func:`progdistill.tasks.pcfg.prefix.next_token_distributions`) against the
     model's softmax over its whole vocabulary. 0 only for a model that has learned the grammar's distribution."""
     grammar, vocab = task.load_grammar(), task.vocabulary
     sentences = task.eval_sentences()

@@ -13,10 +13,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..experiment import ExperimentConfig, student_names
-from ..files import read_metrics
-from ..report import write_report
-from ..rundir import RunDir
+from progdistill.experiment import ExperimentConfig, student_names
+from progdistill.core.files import read_metrics
+from progdistill.store.report import write_report
+from progdistill.store.rundir import RunDir
 
 PROBE_SEED = 2024  # every checkpoint is probed on the same subsets, inputs and sentences
 FORWARD_BATCH = 256  # sequences per forward pass

@@ -26,17 +26,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..config import ConfigError
-from ..experiment import ExperimentConfig
-from ..lock import RunLock
-from ..phases import detect_transition
-from ..report import save_figure
-from ..rundir import RunDir
-from ..tasks.parity import ParityTask
-from ..trajectory import Trajectory
-from ..files import atomic_write_json, atomic_write_text
-from .jobs import PROBE_SEED, model_jobs, refresh_report, run_jobs
-from .monomials_figure import monomial_figure
+from progdistill.core.config import ConfigError
+from progdistill.experiment import ExperimentConfig
+from progdistill.store.lock import RunLock
+from progdistill.distill.phases import detect_transition
+from progdistill.store.report import save_figure
+from progdistill.store.rundir import RunDir
+from progdistill.tasks.parity import ParityTask
+from progdistill.store.trajectory import Trajectory
+from progdistill.core.files import atomic_write_json, atomic_write_text
+from progdistill.probes.jobs import PROBE_SEED, model_jobs, refresh_report, run_jobs
+from progdistill.probes.monomials_figure import monomial_figure
 
 Subset = tuple[int, ...]
 ENUMERATE_LIMIT = 50_000  # enumerate all C(n, d) subsets below this many; rejection-sample above
@@ -308,7 +308,7 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
     degree-1 in-support correlation peaks, its value, the off-support mean there, their ratio and whether the
     peak lies inside the transition window. ``degrees`` defaults to 1..k-1 and must include 1. Raises
     ``ConfigError`` for a run that is not sparse parity, ``ValueError`` for a degree outside 1..k and
-    :class:`~progdistill.trajectory.TrajectoryError` for a run without teacher checkpoints.
+    :class:`~progdistill.store.trajectory.TrajectoryError` for a run without teacher checkpoints.
     """
     rundir = RunDir(run_dir)
     config = rundir.config()

@@ -32,18 +32,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..config import ConfigError
-from ..experiment import ExperimentConfig
-from ..lock import RunLock
-from ..phases import detect_phases
-from ..rundir import RunDir
-from ..tasks.base import Task
-from ..tasks.pcfg import Vocabulary, pad_sentences
-from ..trajectory import Trajectory
-from ..files import atomic_write_json, atomic_write_text
-from .jobs import FORWARD_BATCH, PROBE_SEED, model_jobs, read_records, refresh_report, run_jobs, schedule_of
-from .ngram_figure import plot_ngram
-from .nonterminal import NONTERMINAL_TEST, NONTERMINAL_TRAIN, nonterminal_probe, plot_nonterminals
+from progdistill.core.config import ConfigError
+from progdistill.experiment import ExperimentConfig
+from progdistill.store.lock import RunLock
+from progdistill.distill.phases import detect_phases
+from progdistill.store.rundir import RunDir
+from progdistill.tasks.base import Task
+from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
+from progdistill.store.trajectory import Trajectory
+from progdistill.core.files import atomic_write_json, atomic_write_text
+from progdistill.probes.jobs import FORWARD_BATCH, PROBE_SEED, model_jobs, read_records, refresh_report, run_jobs, schedule_of
+from progdistill.probes.ngram_figure import plot_ngram
+from progdistill.probes.nonterminal import NONTERMINAL_TEST, NONTERMINAL_TRAIN, nonterminal_probe, plot_nonterminals
 
 WINDOWS = (3, 5, 7)
 HIDING = ("token", "attention")

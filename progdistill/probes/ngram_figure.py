@@ -8,7 +8,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from ..report import save_figure
+from progdistill.store.report import save_figure
 
 
 def plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset: str,

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..report import save_figure
-from ..tasks.pcfg import Vocabulary, pad_sentences
-from .jobs import FORWARD_BATCH, schedule_of
+from progdistill.store.report import save_figure
+from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
+from progdistill.probes.jobs import FORWARD_BATCH, schedule_of
 
 NONTERMINAL_TRAIN = 256     # grammar sentences to fit the non-terminal probe on
 NONTERMINAL_TEST = 128      # sentences to score it on
@@ -36,7 +36,7 @@ def nonterminal_probe(model, train_sentences, test_sentences, vocab: Vocabulary,
                       device: str | torch.device = "cpu") -> dict[int, float]:
     """Linear probe on the frozen last hidden layer predicting each token's ancestor nonterminal at each level.
 
-    ``train_sentences`` / ``test_sentences``: :class:`~progdistill.tasks.pcfg_sampler.SentenceBatch` (tokens and
+    ``train_sentences`` / ``test_sentences``: :class:`~progdistill.tasks.pcfg.sampler.SentenceBatch` (tokens and
     ancestors); ``levels``: tree levels to probe (1 .. num_levels - 2 are informative; 0 is the root).
     A softmax-regression head per level is fitted with full-batch Adam for ``steps`` steps on standardized
     features (initial weights 0, so the result is deterministic). Returns {level: test accuracy in [0, 1]}.

@@ -12,22 +12,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
-from ..lock import RunLock
-from ..rundir import RunDir
-from ..tasks.pcfg_parser import masked_posterior
-from ..files import atomic_write_json
-from .jobs import PROBE_SEED, read_records, refresh_report
-from .ngram import (NGRAM_SEQUENCES, WINDOWS, NgramPositions, check_distance, check_windows, distance_scores,
+from progdistill.core.config import ConfigError
+from progdistill.store.lock import RunLock
+from progdistill.store.rundir import RunDir
+from progdistill.tasks.pcfg.parser import masked_posterior
+from progdistill.core.files import atomic_write_json
+from progdistill.probes.jobs import PROBE_SEED, read_records, refresh_report
+from progdistill.probes.ngram import (NGRAM_SEQUENCES, WINDOWS, NgramPositions, check_distance, check_windows, distance_scores,
                     hidden_variants, ngram_inputs, ngram_name, ngram_stem)
-from .ngram_figure import plot_ngram
+from progdistill.probes.ngram_figure import plot_ngram
 
 
 def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
                                windows: Sequence[int] = WINDOWS, progress: bool = False,
                                distance: str = "tv") -> dict[str, dict[str, float]]:
     """M_robust and M_close (paper §2) of the Bayes-optimal masked LM of ``grammar`` -- the exact
-    posterior of the token at p given the visible tokens (:func:`progdistill.tasks.pcfg_parser.masked_posterior`) --
+    posterior of the token at p given the visible tokens (:func:`progdistill.tasks.pcfg.parser.masked_posterior`) --
     at the same inputs and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss
     reaches the grammar's entropy.
 

@@ -1,4 +1,4 @@
-"""The probes that :func:`progdistill.runner.run` performs at the end of a run, by the names tasks declare in
+"""The probes that :func:`progdistill.recipes.runner.run` performs at the end of a run, by the names tasks declare in
 ``end_of_run_probes``. A new end-of-run probe is a module with a ``run`` and a ``check`` function, added here."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import generation, ngram
-from ..tasks.base import Task
+from progdistill.probes import generation, ngram
+from progdistill.tasks.base import Task
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from ..losses import IGNORE_INDEX  # -100, PyTorch's default: a target position without supervision
+from progdistill.distill.losses import IGNORE_INDEX  # -100, PyTorch's default: a target position without supervision
 
 
 
@@ -82,7 +82,7 @@ class Task(Protocol):
       - ``generative``: whether students may train on generated sequences (``distillation.seq_kd``,
         ``distillation.lmbda``); such a task provides ``generate_batch(model, count, generator, temperature,
         max_new_tokens) -> Batch``: ``count`` sequences sampled from ``model`` (a teacher checkpoint or the
-        student), with next-token targets (:mod:`progdistill.generation`).
+        student), with next-token targets (:mod:`progdistill.train.generation`).
     :class:`TaskBase` gives the defaults of the run-level fields.
     """
 

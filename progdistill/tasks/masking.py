@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import IGNORE_INDEX
+from progdistill.tasks.base import IGNORE_INDEX
 
 
 def bert_mask(ids: torch.Tensor, selectable: torch.Tensor, mask_id: int, random_ids: tuple[int, int],

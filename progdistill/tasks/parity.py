@@ -12,8 +12,8 @@ from typing import ClassVar
 
 import torch
 
-from ..config import check, check_positive_int, register
-from .base import Batch, TaskBase
+from progdistill.core.config import check, check_positive_int, register
+from progdistill.tasks.base import Batch, TaskBase
 
 
 @register("task")

@@ -1,9 +1,9 @@
 import torch
 
 from progdistill.models.mlp import MLPConfig
-from progdistill.config import OptimizerConfig
-from progdistill.optim import make_optimizer
-from progdistill.seeding import generator
+from progdistill.core.config import OptimizerConfig
+from progdistill.train.optim import make_optimizer
+from progdistill.core.seeding import generator
 
 
 def test_shapes_and_default_one_hidden_layer():

@@ -3,14 +3,14 @@ from dataclasses import replace
 
 import pytest
 
-from progdistill.ablation import ablate_two_shot, ablation_checkpoints
-from progdistill.config import ConfigError, OptimizerConfig
-from progdistill.runner import run
-from progdistill.files import read_metrics
+from progdistill.recipes.ablation import ablate_two_shot, ablation_checkpoints
+from progdistill.core.config import ConfigError, OptimizerConfig
+from progdistill.recipes.runner import run
+from progdistill.core.files import read_metrics
 from progdistill.probes.monomials import probe_monomials
 from progdistill.probes.monomials_figure import monomial_figure
-from progdistill.schedules import TwoShotAuto
-from progdistill.trajectory import Trajectory
+from progdistill.distill.schedules import TwoShotAuto
+from progdistill.store.trajectory import Trajectory
 
 
 def quiet(*args):
@@ -90,7 +90,7 @@ def test_monomial_probe_over_a_run(slow_teacher_run):
 
 
 def test_probe_on_a_run_without_teacher_is_an_error(tmp_path):
-    from progdistill.trajectory import TrajectoryError
+    from progdistill.store.trajectory import TrajectoryError
     from conftest import tiny_config
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(tiny_config().to_dict()))
@@ -196,7 +196,7 @@ def test_a_probe_on_a_run_without_results_says_that_run_will_report_it(finished_
 
 def test_probe_and_ablation_on_a_damaged_teacher_write_nothing_and_say_how_to_recover(finished_tiny_run, tmp_path):
     import shutil
-    from progdistill.trajectory import TrajectoryError
+    from progdistill.store.trajectory import TrajectoryError
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
     ckpt = run_dir / "teacher" / "checkpoints" / "step_00000100.safetensors"
@@ -212,7 +212,7 @@ def test_probe_and_ablation_on_a_damaged_teacher_write_nothing_and_say_how_to_re
 
 def test_a_probe_that_fails_on_its_first_model_leaves_no_partial_file(finished_tiny_run, tmp_path, monkeypatch):
     import shutil
-    from progdistill.rundir import RunDir
+    from progdistill.store.rundir import RunDir
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
 

@@ -1,7 +1,7 @@
 """The n-gram probes' distance (paper §2): the default total variation and the paper's L1 norm ||p - q||_1,
 which the authors' released probe scores -- exactly twice the TV -- checked against a float64 numpy reference
 on a planted model and on the grammar's optimal predictor (through a run directory:
-tests/test_pcfg_mlm.py, test_export_and_probe_cli_on_a_finished_run)."""
+tests/tasks/pcfg/test_task_mlm.py, test_export_and_probe_cli_on_a_finished_run)."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,8 @@ import torch
 
 from progdistill.probes.ngram import ngram_dependence, probe_positions
 from progdistill.probes.oracle import oracle_ngram_dependence_at
-from progdistill.tasks.pcfg import GrammarSpec, PCFGMaskedLMTask, Vocabulary, pad_sentences
-from progdistill.seeding import generator
+from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, Vocabulary, pad_sentences
+from progdistill.core.seeding import generator
 
 TASK = PCFGMaskedLMTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
 VOCAB = Vocabulary(("a", "b", "c"))

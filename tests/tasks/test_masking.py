@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from progdistill.losses import IGNORE_INDEX
-from progdistill.tasks.pcfg import Vocabulary, mask_tokens, pad_sentences
+from progdistill.distill.losses import IGNORE_INDEX
+from progdistill.tasks.pcfg.task import Vocabulary, mask_tokens, pad_sentences
 
 VOCAB = Vocabulary(("a", "b", "c"))
 

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from progdistill.config import ConfigError
+from progdistill.core.config import ConfigError
 from progdistill.tasks.parity import ParityTask
 
 

@@ -1,0 +1,276 @@
+"""Distillation schedules: which teacher checkpoint a student learns from at each of its steps.
+
+Each schedule is its own type and a pure mapping ``student step -> checkpoint step`` (or ``None`` for no
+teacher), given the steps at which the teacher trajectory has checkpoints. Every schedule has
+``resolve(trajectory)``: the schedule to train with on that teacher (itself, except :class:`TwoShotAuto`).
+
+- :class:`CE`: no teacher; the student trains on true labels.
+- :class:`OneShot`: the final checkpoint for the whole run.
+- :class:`Progressive`: the student follows the teacher's timeline at ``speed`` (1 = the teacher's own pace).
+- :class:`KShot`: an explicit list of (checkpoint step, number of student steps); 2-shot is a list of two.
+
+What the training loop asks of a schedule is :meth:`teacher_at`: a :class:`TeacherSpec` (a checkpoint, and
+optionally a temperature, a weight transform or a hint layer) per student step. The schedules here name a
+checkpoint only; the curricula built from the final checkpoint alone are in :mod:`progdistill.distill.curricula`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from progdistill.core.config import ConfigError, check, check_positive_int, register, variants
+from progdistill.distill.phases import NoTransitionError, detect_phases, detect_transition
+
+FINAL = -1  # in a k-shot list: the teacher's final checkpoint
+LOSS_MIN_RELATIVE_DROP = 0.1  # 2-shot-auto on eval_loss: the sharp drop is at least this share of the plateau
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The teacher a student learns from at one step: checkpoint ``checkpoint`` of the trajectory, with
+
+    - ``temperature``: the softmax temperature of its targets, instead of ``distillation.temperature`` (None: that);
+    - ``transform``: a hashable weight transform applied to the checkpoint's weights before use (e.g. a point on a
+      weight path, Gaussian noise; :mod:`progdistill.distill.curricula`), with ``apply(state_dict, pool)`` and
+      ``describe()``; None for the checkpoint as saved;
+    - ``hint_layer``: (student layer, teacher layer), hidden-layer indices (-1: the last): the student's layer
+      regresses the teacher's through a learned projection instead of matching its outputs (FitNets); None for
+      output distillation;
+    - ``now``: for a teacher that trains alongside the student (co-training), the teacher step reached when the
+      student takes this step; ``checkpoint`` is then the step whose weights are used (``now`` minus the lag).
+
+    Specs are hashable: one block of steps computes the teacher's outputs once per distinct spec."""
+
+    checkpoint: int
+    temperature: float | None = None
+    transform: Any = None
+    hint_layer: tuple[int, int] | None = None
+    now: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What a metrics record says about this teacher besides ``teacher_checkpoint``."""
+        out = {} if self.temperature is None else {"teacher_temperature": self.temperature}
+        if self.transform is not None:
+            out.update(self.transform.describe())
+        if self.hint_layer is not None:
+            out["teacher_hint_layer"] = self.hint_layer[1]
+        return out
+
+
+class FixedSchedule:
+    """A schedule that does not depend on the teacher's curve: resolving it against a trajectory is itself.
+    ``teacher_source``: "trajectory" (stored checkpoints) or "live" (a teacher trained alongside the student);
+    ``stacks_with_others``: whether its students may share a stack with other schedules' students."""
+
+    teacher_source: ClassVar[str] = "trajectory"
+    stacks_with_others: ClassVar[bool] = True  # False: its students train in a stack of their own
+
+    def resolve(self, trajectory) -> "FixedSchedule":
+        return self
+
+    def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec | None:
+        """The teacher at ``student_step`` of a run of ``total_steps``: the checkpoint :meth:`checkpoint_at`
+        names, as saved (None: no teacher)."""
+        step = self.checkpoint_at(student_step, checkpoint_steps)
+        return None if step is None else TeacherSpec(step)
+
+
+def final_checkpoint(checkpoint_steps: Sequence[int]) -> int:
+    if not checkpoint_steps:
+        raise ConfigError("the teacher trajectory has no checkpoints, so no schedule can use it")
+    return max(checkpoint_steps)
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class CE(FixedSchedule):
+    """Cross-entropy on true labels only; no teacher."""
+
+    kind: ClassVar[str] = "ce"
+
+    @property
+    def label(self) -> str:
+        return "ce"
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        pass
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        return None
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class OneShot(FixedSchedule):
+    """The teacher's final checkpoint at every student step."""
+
+    kind: ClassVar[str] = "one-shot"
+
+    @property
+    def label(self) -> str:
+        return "one-shot"
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        final_checkpoint(checkpoint_steps)
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        return final_checkpoint(checkpoint_steps)
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class Progressive(FixedSchedule):
+    """Follow the teacher trajectory: at student step t, the first checkpoint saved after teacher step
+    ``t * speed`` (the final one once the trajectory is exhausted).
+
+    With checkpoints every c teacher steps, the student spends c / ``speed`` of its steps on each checkpoint
+    (paper §1: interval = checkpoint spacing / speed factor). The checkpoint *ahead* of the student's point on
+    the timeline is used, so the first interval learns from a trained teacher rather than its random init.
+    """
+
+    kind: ClassVar[str] = "progressive"
+
+    speed: float = 1.0
+
+    def __post_init__(self):
+        check(isinstance(self.speed, (int, float)) and self.speed > 0, "schedule.speed", self.speed,
+              "must be a positive number (1 = the teacher's own pace)")
+
+    @property
+    def label(self) -> str:
+        return "progressive" if self.speed == 1 else f"progressive-x{self.speed:g}"
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        final_checkpoint(checkpoint_steps)
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        steps = sorted(checkpoint_steps)
+        i = bisect.bisect_right(steps, student_step * self.speed)
+        return steps[i] if i < len(steps) else final_checkpoint(steps)
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class KShot(FixedSchedule):
+    """An explicit list of ``(checkpoint step, number of student steps)``, used in order; the last
+    checkpoint stays in use after the list is exhausted. Checkpoint step -1 means the final checkpoint.
+    2-shot (paper §1) is a list of two: a checkpoint inside the teacher's phase transition, then
+    the final one."""
+
+    kind: ClassVar[str] = "k-shot"
+
+    points: tuple[tuple[int, int], ...] = ()
+    name: str | None = field(default=None, metadata={"omit_if_default": True})
+
+    def __post_init__(self):
+        check(len(self.points) >= 1, "schedule.points", self.points,
+              "needs at least one (checkpoint step, student steps) pair")
+        check(self.name is None or (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}",
+                                                                                  self.name) is not None),
+              "schedule.name", self.name, "1 to 100 letters, digits, '.', '_' and '-' (it names the students' "
+              "directories)")
+        shots = re.fullmatch(r"(\d+)-shot", self.name or "")
+        check(self.name != "teacher" and (shots is None or int(shots.group(1)) == len(self.points)), "schedule.name",
+              self.name, f"must not be 'teacher', nor 'k-shot' with k other than this schedule's {len(self.points)} "
+              "points (labels that would mislead)")
+        for i, (ckpt, count) in enumerate(self.points):
+            check(isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL), f"schedule.points.{i}.0", ckpt,
+                  "a checkpoint step >= 0, or -1 for the final checkpoint")
+            check_positive_int(f"schedule.points.{i}.1", count)
+
+    @property
+    def label(self) -> str:
+        """``name`` when given (to tell apart two k-shot schedules of one run), else "k-shot" for k points."""
+        return self.name or f"{len(self.points)}-shot"
+
+    def __str__(self) -> str:
+        name = lambda c: "the final checkpoint" if c == FINAL else f"checkpoint {c}"
+        first = [f"{name(c)} for {n} student steps" for c, n in self.points[:-1]]
+        return ", then ".join(first + [f"{name(self.points[-1][0])} for the rest of the run"])
+
+    def validate(self, checkpoint_steps: Sequence[int], field: str = "schedule.points") -> None:
+        """Raise ``ConfigError`` naming ``field``.I.0 for a point whose checkpoint is not in ``checkpoint_steps``."""
+        available = set(checkpoint_steps)
+        final_checkpoint(checkpoint_steps)
+        for i, (ckpt, _) in enumerate(self.points):
+            if ckpt != FINAL and ckpt not in available:
+                raise ConfigError(f"{field}.{i}.0={ckpt} names a checkpoint that the teacher "
+                                  f"trajectory does not have; available steps: {sorted(available)}")
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        end = 0
+        for ckpt, count in self.points:
+            end += count
+            if student_step < end:
+                break
+        return final_checkpoint(checkpoint_steps) if ckpt == FINAL else ckpt
+
+
+@register("schedule")
+@dataclass(frozen=True)
+class TwoShotAuto:
+    """2-shot whose first checkpoint is picked from the teacher's curve (paper §1, 2-shot): the
+    checkpoint in the middle of the phase transition detected on ``metric`` (a rise for accuracies, a drop
+    for losses; :func:`progdistill.distill.phases.detect_transition`), for ``first_steps`` student steps, then the
+    final checkpoint. :meth:`resolve` turns it into the equivalent :class:`KShot` for a given trajectory."""
+
+    kind: ClassVar[str] = "2-shot-auto"
+    teacher_source: ClassVar[str] = "trajectory"
+    stacks_with_others: ClassVar[bool] = True
+
+    first_steps: int = 1000
+    metric: str = "eval_accuracy"
+
+    def __post_init__(self):
+        check_positive_int("schedule.first_steps", self.first_steps)
+        check(self.metric in ("eval_accuracy", "eval_loss"), "schedule.metric", self.metric,
+              "one of eval_accuracy (a rise), eval_loss (a drop)")
+
+    @property
+    def label(self) -> str:
+        return "2-shot-auto"
+
+    def window(self, steps: Sequence[int], values: Sequence[float]):
+        """The phase transition (:class:`progdistill.distill.phases.Transition`) of the curve (steps, values) of
+        ``metric``; raises :class:`progdistill.distill.phases.NoTransitionError` when there is none."""
+        if self.metric == "eval_loss":  # the sharp drop of a loss curve, the untrained model left out
+            transition = detect_phases(steps, values).transition
+            # A loss has no fixed scale (an accuracy's min_change of 0.1 is a tenth of its range): the drop must
+            # also be a tenth of the plateau's level, or a slow creep such as 3.57 -> 3.45 would pass.
+            if transition.size < LOSS_MIN_RELATIVE_DROP * transition.before:
+                raise NoTransitionError(f"no sharp drop in the curve: from the early level {transition.before:.4g} "
+                                        f"to the final level {transition.after:.4g} the loss falls by "
+                                        f"{transition.size / transition.before:.1%} of its level, below "
+                                        f"{LOSS_MIN_RELATIVE_DROP:.0%}")
+            return transition
+        return detect_transition(steps, values, "rise")
+
+    def pick(self, steps: Sequence[int], values: Sequence[float]) -> int:
+        """The checkpoint step in the middle of the transition of the curve (steps, values)."""
+        try:
+            return self.window(steps, values).middle
+        except NoTransitionError as exc:
+            raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: "
+                              f"{exc.reason}. Train the teacher longer (teacher.steps) "
+                              "or leave 2-shot-auto out of the schedules") from None
+
+    def resolve(self, trajectory) -> KShot:
+        """The KShot ((middle of the transition, first_steps), (final, rest)) for ``trajectory``."""
+        steps, values = trajectory.curve(self.metric)
+        return KShot(points=((self.pick(steps, values), self.first_steps), (FINAL, 1)))
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
+
+    def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec | None:
+        raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")
+
+
+def schedule_kinds() -> list[str]:
+    return sorted(variants("schedule"))

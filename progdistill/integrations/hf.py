@@ -1,0 +1,399 @@
+"""Hugging Face Trainer integration: progressively distill any HF student from any HF teacher run.
+
+A teacher trained with ``transformers.Trainer`` leaves ``checkpoint-<step>/`` directories in its output
+directory; :class:`HFTrajectory` reads them as a trajectory (steps, eval metrics from ``trainer_state.json``,
+models loaded with ``from_pretrained`` from the local directory, never downloaded).
+:class:`ProgressiveDistillationTrainer` is a ``Trainer`` whose loss is progdistill's distillation loss against
+the teacher checkpoint that a schedule names at the current global step::
+
+    from progdistill.integrations.hf import HFTrajectory, ProgressiveDistillationTrainer
+    from progdistill import Progressive, DistillationConfig
+
+    trainer = ProgressiveDistillationTrainer(
+        model=student, args=TrainingArguments("out/student", max_steps=2000),
+        train_dataset=train_data,
+        teacher_trajectory=HFTrajectory("out/teacher", AutoModelForMaskedLM),
+        schedule=Progressive(speed=1.0), distillation=DistillationConfig(temperature=0.0))
+    trainer.train()
+
+Losses are computed on the positions the labels supervise (-100 ignored), or without labels on the positions
+of the attention mask; causal LMs are shifted by one position as in their own loss (paper §2-§3: distillation
+on the masked / supervised positions). The training loss is the mean per supervised position of the whole
+optimizer step, counted here for every model, so any split into micro-batches, accumulation steps and
+processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch. Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer``
+(so ``metric_for_best_model`` and early stopping compare with a cross-entropy baseline);
+``eval_distillation_loss`` is the distillation loss against the checkpoint in use, per supervised position;
+training logs carry ``teacher_checkpoint``, the checkpoint step of the last step logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from progdistill.core.config import ConfigError, DistillationConfig
+from progdistill.integrations.hf_generation import generated_micro_batches
+from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
+from progdistill.core.optional import require
+from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
+from progdistill.core.seeding import generator
+from progdistill.distill.teachers import TeacherPool
+from progdistill.store.trajectory import TrajectoryError
+
+CHECKPOINT_SCHEDULES = (CE, OneShot, Progressive, KShot)  # what resolve() gives for the schedules a trainer takes
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# The weight files from_pretrained reads (single file or sharded, safetensors or PyTorch pickle).
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+            "adapter_model.safetensors", "adapter_model.bin")  # the last two: PEFT adapters
+
+
+def _transformers():
+    return require("transformers", "hf", "progdistill.integrations.hf (the Hugging Face Trainer integration)")
+
+
+class HFTrajectory:
+    """The ``checkpoint-<step>`` directories of an HF Trainer output directory, as a trajectory.
+
+    ``model_class`` (e.g. ``AutoModelForCausalLM``) loads a checkpoint with ``from_pretrained`` (its weight-loading
+    progress bars silenced). Metrics of a step are the entries of the newest checkpoint's ``trainer_state.json``
+    log history at that step, under the names Trainer logged them (``eval_loss``, ``eval_accuracy`` when
+    ``compute_metrics`` returns ``accuracy``, ``loss``...). HF checkpoints carry no hashes, so unlike
+    :class:`progdistill.store.trajectory.Trajectory` files are not verified.
+    Raises :class:`TrajectoryError` for a missing directory, one without checkpoints, or a checkpoint without
+    weights (``_WEIGHTS``); warns about ``checkpoint-*`` directories whose suffix is not a step.
+    """
+
+    def __init__(self, directory: str | Path, model_class: Any):
+        self.directory = Path(directory)
+        self.model_class = model_class
+        if not self.directory.is_dir():
+            raise TrajectoryError(f"HF output directory {self.directory} does not exist")
+        self._dirs = {int(m.group(1)): p for p in self.directory.iterdir()
+                      if p.is_dir() and (m := _CHECKPOINT.match(p.name))}
+        if not self._dirs:
+            raise TrajectoryError(f"HF output directory {self.directory} has no checkpoint-<step> directories; "
+                                  "train the teacher with save_strategy='steps'")
+        odd = sorted(p.name for p in self.directory.iterdir()
+                     if p.is_dir() and p.name.startswith("checkpoint-") and not _CHECKPOINT.match(p.name))
+        if odd:  # e.g. a renamed "checkpoint-final": not a step, so not part of the trajectory
+            warnings.warn(f"{self.directory}: ignoring {', '.join(odd)} (not checkpoint-<step>); the trajectory is "
+                          f"steps {sorted(self._dirs)}, the last of which is the final teacher")
+        for step, path in sorted(self._dirs.items()):
+            if not any((path / name).exists() for name in _WEIGHTS):
+                raise TrajectoryError(f"checkpoint {path} for step {step} has no weights (none of "
+                                      f"{', '.join(_WEIGHTS)}); the teacher's save was interrupted?")
+        self._metrics: dict[int, dict[str, Any]] = {}
+        state = self._dirs[max(self._dirs)] / "trainer_state.json"
+        if state.exists():
+            for entry in json.loads(state.read_text(encoding="utf-8")).get("log_history", []):
+                if "step" in entry:
+                    self._metrics.setdefault(entry["step"], {}).update(
+                        {k: v for k, v in entry.items() if k not in ("step", "epoch")})
+
+    def __repr__(self) -> str:
+        name = getattr(self.model_class, "__name__", repr(self.model_class))
+        return f"HFTrajectory({str(self.directory)!r}, {name}, steps={self.steps})"
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self._dirs)
+
+    @property
+    def final_step(self) -> int:
+        return self.steps[-1]
+
+    def metrics(self, step: int) -> dict[str, Any]:
+        self._check(step)
+        return dict(self._metrics.get(step, {}))
+
+    def curve(self, metric: str) -> tuple[list[int], list[float]]:
+        steps = [s for s in self.steps if metric in self._metrics.get(s, {})]
+        if not steps:
+            logged = sorted({k for m in self._metrics.values() for k in m if k.startswith("eval_")})
+            hint = (f"logged eval metrics: {', '.join(logged)} (e.g. TwoShotAuto(metric='eval_loss'); an "
+                    "eval_accuracy needs a compute_metrics returning 'accuracy')" if logged else
+                    "evaluate the teacher at its save steps (eval_strategy='steps')")
+            raise TrajectoryError(f"no checkpoint of {self.directory} has {metric!r} in trainer_state.json; {hint}")
+        return steps, [self._metrics[s][metric] for s in steps]
+
+    def _check(self, step: int) -> None:
+        if step not in self._dirs:
+            raise TrajectoryError(f"{self.directory} has no checkpoint-{step}; steps: {self.steps}")
+
+    def load_model(self, step: int, build: Any = None) -> torch.nn.Module:
+        """The teacher at ``step``, loaded from its local checkpoint directory. ``build`` is unused (the
+        checkpoint names its architecture); it matches :meth:`progdistill.store.trajectory.Trajectory.load_model`."""
+        self._check(step)
+        bars = _transformers().utils.logging
+        shown = bars.is_progress_bar_enabled()
+        bars.disable_progress_bar()  # a switch of checkpoint mid-training should not print loading bars
+        try:
+            return self.model_class.from_pretrained(str(self._dirs[step]), local_files_only=True)
+        except Exception as exc:  # transformers raises OSError / ValueError subclasses
+            raise TrajectoryError(f"checkpoint {self._dirs[step]} for step {step} cannot be loaded: {exc}") \
+                from None
+        finally:
+            if shown:
+                bars.enable_progress_bar()
+
+
+def _vocabulary_size(model: torch.nn.Module) -> int | None:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return embeddings.num_embeddings if isinstance(embeddings, torch.nn.Embedding) else None
+
+
+def _is_a(model: torch.nn.Module, mapping: dict) -> bool:
+    """Whether ``model``'s class, or one it derives from, is named in one of transformers' auto mappings."""
+    names = {n for v in mapping.values() for n in ((v,) if isinstance(v, str) else v)}
+    return any(c.__name__ in names for c in type(model).__mro__)
+
+
+def _is_causal_lm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is one of transformers' causal language models (GPT2LMHeadModel, LlamaForCausalLM...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return _is_a(model, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def _is_sequence_classifier(model: torch.nn.Module) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    return _is_a(model, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+
+
+class ProgressiveDistillationTrainer(_transformers().Trainer):
+    """``transformers.Trainer`` that distills from the teacher checkpoint named by ``schedule`` at each step.
+
+    ``teacher_trajectory``: an :class:`HFTrajectory` (or any trajectory with ``steps``, ``curve`` and
+    ``load_model``). ``schedule``: any progdistill schedule (auto schedules are resolved against the
+    trajectory). ``distillation``: loss, temperature (0 = teacher argmax) and alpha (weight of the labels'
+    cross-entropy). Teacher and student must have the same output size (vocabulary or number of labels);
+    a mismatch raises ``ConfigError`` naming both values. ``teacher_loads`` counts checkpoint loads.
+    ``shift_labels``: compare position t's logits with token t+1 (None: when the student is a causal LM).
+
+    Supervised positions: labels other than -100; without ``labels`` in a batch, the positions of its
+    ``attention_mask`` (all positions without one; one per example for a sequence classifier) -- distillation
+    only, so alpha must be 0 and the schedule must name a checkpoint. Both are shifted with the logits.
+    Normalization: :meth:`get_batch_samples` counts the supervised positions of each optimizer step (across
+    processes when ``average_tokens_across_devices``), and the loss of a micro-batch is its sum over them divided
+    by that count -- for every model, with or without ``**kwargs`` in its ``forward`` (Trainer counts only for
+    those with, and counts a GPT-2's labels unshifted). A step without any supervised position has loss 0.
+    Evaluation: ``eval_loss`` is the labels' cross-entropy per supervised position of each batch, as Trainer
+    computes it; ``eval_distillation_loss`` the distillation loss of the checkpoint in use at the current step
+    (``distillation.loss`` at ``distillation.temperature``, without the alpha mixing) per supervised position of
+    the evaluation set. Training logs carry ``teacher_checkpoint``.
+
+    On-policy and sequence-level distillation, with TRL ``GKDConfig``'s names and meanings: with probability
+    ``lmbda`` (one seeded draw per optimizer step) the step trains on the student's own continuations of the
+    batch's prompts, scored token by token against the scheduled checkpoint with the divergence alone; otherwise,
+    with ``seq_kd``, on the scheduled checkpoint's continuations (with ``distillation.alpha``: its cross-entropy
+    is that of sequence-level KD); otherwise on the data. ``beta`` (not None) makes the loss the generalized JSD
+    (0 = forward KL, 1 = reverse KL; :func:`progdistill.distill.losses.generalized_jsd`); ``max_new_tokens`` and
+    ``temperature`` are the sampling's (``distillation.temperature`` remains the loss's). Each of these five,
+    when given (not None), replaces the field of ``distillation`` it names; otherwise ``distillation``'s value
+    holds (``max_new_tokens`` None there: 128). Generation: Hugging
+    Face ``generate`` over all micro-batches of a step at once (:mod:`progdistill.integrations.hf_generation`), so the
+    normalization above holds for generated batches too. ``generated_steps`` counts the steps of each kind.
+    """
+
+    def __init__(self, *args, teacher_trajectory, schedule, distillation: DistillationConfig | None = None,
+                 shift_labels: bool | None = None, lmbda: float | None = None, beta: float | None = None,
+                 seq_kd: bool | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
+                 **kwargs):
+        distillation = _gkd_distillation(distillation, lmbda, beta, seq_kd, max_new_tokens, temperature)
+        super().__init__(*args, **kwargs)
+        self.shift_labels = shift_labels  # None: shift when the student is a causal LM
+        self.trajectory = teacher_trajectory
+        self.schedule = schedule.resolve(teacher_trajectory)
+        if not isinstance(self.schedule, CHECKPOINT_SCHEDULES):
+            raise ConfigError(f"schedule {self.schedule.label!r} is not supported by the Hugging Face trainer: it "
+                              "takes the checkpoint schedules (ce, one-shot, progressive, k-shot, 2-shot-auto); the "
+                              "curricula without checkpoints train with `progdistill run`")
+        self.schedule.validate(teacher_trajectory.steps)
+        self.distillation = distillation or DistillationConfig()
+        self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)
+        self.checkpoint_in_use: int | None = None
+        # Trainer reads this flag as "compute_loss divides by num_items_in_batch, which Trainer must not divide by
+        # the accumulation steps again"; ours does for every model, with the count of get_batch_samples.
+        self.model_accepts_loss_kwargs = True
+        if self.args.label_names is None and not self.label_names:
+            # A forward without a `labels` argument: keep the labels (Trainer drops the columns forward does not
+            # take) and let evaluation compute a loss.
+            self.label_names = ["labels"]
+        self._eval_totals: torch.Tensor | None = None  # (distillation loss sum, positions) during evaluation
+        self._coin = generator(self.args.seed, "on-policy-coin")  # one draw per optimizer step
+        self._sampling = generator(self.args.seed, "generation")
+        self._on_policy_step = False  # the current step trains on the student's own samples
+        self.generated_steps = {"teacher": 0, "student": 0}
+
+    @property
+    def teacher_loads(self) -> int:
+        return self.teachers.loads
+
+    def _shifts(self, model) -> bool:
+        if self.shift_labels is None:
+            self.shift_labels = _is_causal_lm(self.accelerator.unwrap_model(model))
+        return self.shift_labels
+
+    def _targets(self, model, inputs) -> tuple[torch.Tensor, bool]:
+        """(targets, labelled): the labels, or without them 0 where the attention mask is 1 and -100 elsewhere
+        (``labelled`` False), shifted by one for a causal LM. Shape (B, T') per token, (B,) per example."""
+        labels = inputs.get("labels")
+        if labels is not None:
+            return (labels[..., 1:] if self._shifts(model) else labels), True
+        if _is_sequence_classifier(self.accelerator.unwrap_model(model)):
+            return torch.zeros(len(inputs["input_ids"]), dtype=torch.long, device=inputs["input_ids"].device), False
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(inputs["input_ids"]) if mask is None else mask
+        targets = torch.where(mask.bool(), 0, IGNORE_INDEX)  # (B, T)
+        return (targets[..., 1:] if self._shifts(model) else targets), False
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The next ``num_batches`` micro-batches and the number of supervised positions in all of them (summed
+        over processes when ``average_tokens_across_devices``), which :meth:`compute_loss` divides by."""
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batches:
+            return batches, None
+        batches = self._generated(batches)
+        count = sum(int((self._targets(self.model, b)[0] != IGNORE_INDEX).sum()) for b in batches)
+        count = torch.tensor(count, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return batches, count
+
+    def _generated(self, batches: list[dict]) -> list[dict]:
+        """The step's micro-batches, or (``lmbda``, ``seq_kd``) sequences generated from their prompts by the
+        student or the scheduled checkpoint (:mod:`progdistill.integrations.hf_generation`)."""
+        d = self.distillation
+        on_policy = d.lmbda > 0 and float(torch.rand((), generator=self._coin)) < d.lmbda
+        step = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
+        self._on_policy_step = False
+        if not d.generates or step is None or isinstance(self.schedule, CE) or not (on_policy or d.seq_kd):
+            return batches
+        model = self.accelerator.unwrap_model(self.model) if on_policy else self.teachers.get(step)
+        self._on_policy_step = on_policy
+        self.generated_steps["student" if on_policy else "teacher"] += 1
+        device = self.args.device
+        batches = [{k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches]
+        return generated_micro_batches(model, batches, self._sampling, d.max_new_tokens, d.sampling_temperature)
+
+    def _teacher_logits(self, model, inputs, logits) -> torch.Tensor | None:
+        step = self.checkpoint_in_use = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
+        if step is None or isinstance(self.schedule, CE):
+            return None
+        teacher = self.teachers.get(step)
+        self.teachers.retain({step})
+        vocabulary, ids = _vocabulary_size(teacher), inputs.get("input_ids")
+        if vocabulary is not None and ids is not None and ids.numel() and int(ids.max()) >= vocabulary:
+            student = _vocabulary_size(self.accelerator.unwrap_model(model))  # before the forward's index error
+            raise ConfigError(f"input id {int(ids.max())} is outside the teacher's vocabulary of {vocabulary} "
+                              f"tokens (checkpoint {step}; the student's has {student}); they must share a "
+                              "vocabulary")
+        with torch.no_grad():
+            teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        if teacher_logits.shape != logits.shape:  # the logits themselves: vocabulary or label set
+            raise ConfigError(f"teacher logits of shape {tuple(teacher_logits.shape)} (checkpoint {step}) "
+                              f"differ from the student's {tuple(logits.shape)}: the last dimension is the "
+                              f"output size (teacher {teacher_logits.shape[-1]}, student {logits.shape[-1]}); "
+                              "they must share a vocabulary / label set")
+        return teacher_logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs.logits  # (B, T, C) per token, (B, C) per example
+        teacher_logits = self._teacher_logits(model, inputs, logits)
+        targets, labelled = self._targets(model, inputs)
+        if self._shifts(model) and logits.dim() > 2:  # a causal LM predicts token t+1 at position t
+            logits = logits[..., :-1, :]
+            teacher_logits = None if teacher_logits is None else teacher_logits[..., :-1, :]
+        positions = (targets != IGNORE_INDEX).sum()
+        if self._eval_totals is not None:
+            loss = self._evaluation_loss(logits, teacher_logits, targets, labelled, positions)
+            return (loss, outputs) if return_outputs else loss
+        if teacher_logits is None and not labelled:
+            raise ConfigError(f"the batch has no labels and the schedule names no teacher checkpoint at step "
+                              f"{self.state.global_step} ({self.schedule.label}): nothing to learn from")
+        distillation = replace(self.distillation, alpha=0.0) if self._on_policy_step else self.distillation
+        if not labelled and distillation.alpha > 0:
+            raise ConfigError(f"distillation.alpha={self.distillation.alpha} mixes in the labels' cross-entropy, "
+                              "but the batch has no labels: pass labels or set alpha=0")
+        if teacher_logits is None:
+            loss = cross_entropy(logits, targets, "none")
+        else:
+            loss = distillation_loss(logits, teacher_logits, targets, distillation.loss, distillation.temperature,
+                                     distillation.alpha, "none", **distillation.loss_options())
+        # Trainer's gradient-accumulation contract, for model_accepts_loss_kwargs: it hands the count of
+        # get_batch_samples (the whole optimizer step's supervised positions, summed over processes when
+        # average_tokens_across_devices) and does not divide the loss by the accumulation steps itself. Without a
+        # count (compute_loss called directly): this batch's mean, which Trainer divides by the steps.
+        count = positions if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, device=loss.device)
+        loss = loss.sum() / count.clamp(min=1)  # a step without supervised positions: 0, not 0 / 0
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.n_gpu <= 1:
+            # The count spans every process, and DDP averages the processes' gradients: scale back up by the
+            # process count, as Trainer.compute_loss does for a model's own loss. (nn.DataParallel, n_gpu > 1:
+            # the outputs here are gathered from every GPU and the count is the whole batch's, nothing to scale.)
+            loss = loss * (self.accelerator.num_processes // getattr(self, "get_tp_size", lambda: 1)())
+        return (loss, outputs) if return_outputs else loss
+
+    def _evaluation_loss(self, logits, teacher_logits, targets, labelled, positions) -> torch.Tensor:
+        """eval_loss of one batch (its labels' cross-entropy per supervised position, as Trainer's model loss);
+        adds the distillation loss sum and the positions to the evaluation's totals."""
+        if teacher_logits is not None:
+            kd = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
+                                   self.distillation.temperature, 0.0, "none",
+                                   **self.distillation.loss_options())
+            self._eval_totals += torch.stack([kd.sum().double(), positions.double()]).to(self._eval_totals.device)
+        if not labelled:
+            return torch.zeros((), device=logits.device)
+        return cross_entropy(logits, targets, "none").sum() / positions.clamp(min=1)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """Trainer's evaluation loop, plus ``<prefix>_distillation_loss`` when a teacher checkpoint is in use."""
+        self._eval_totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            totals = self._eval_totals
+            if self.args.world_size > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+        finally:
+            self._eval_totals = None
+        if totals[1] > 0:
+            output.metrics[f"{metric_key_prefix}_distillation_loss"] = float(totals[0] / totals[1])
+        return output
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Trainer's log, with ``teacher_checkpoint`` (the checkpoint of the last step) in training logs."""
+        if "loss" in logs and self.checkpoint_in_use is not None:
+            logs = {**logs, "teacher_checkpoint": self.checkpoint_in_use}
+        super().log(logs, *args, **kwargs)
+
+
+def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float | None, beta: float | None,
+                      seq_kd: bool | None, max_new_tokens: int | None,
+                      temperature: float | None) -> DistillationConfig:
+    """``distillation`` with those of TRL GKD's arguments that are given (not None): ``beta`` selects the
+    generalized JSD (an explicit ``distillation`` must then name it); ``temperature`` is the *sampling*
+    temperature, as in TRL (``distillation.temperature`` stays the loss's). A ``max_new_tokens`` given nowhere is
+    128 (a Trainer has no task to bound it). Bad values raise ``ConfigError`` naming the field."""
+    distillation = distillation or DistillationConfig()
+    if beta is not None:
+        if distillation.loss not in ("forward_kl", "generalized_jsd"):  # forward_kl: the default, replaced
+            raise ConfigError(f"beta={beta!r} selects the generalized JSD, but distillation.loss="
+                              f"{distillation.loss!r}: pass one of them")
+        distillation = replace(distillation, loss="generalized_jsd", beta=beta)
+    given = {"lmbda": lmbda, "seq_kd": seq_kd, "max_new_tokens": max_new_tokens, "sampling_temperature": temperature}
+    distillation = replace(distillation, **{k: v for k, v in given.items() if v is not None})
+    return distillation if distillation.max_new_tokens is not None else replace(distillation, max_new_tokens=128)
+

@@ -1,0 +1,398 @@
+"""The run directory: where an experiment's files live, and the rules for claiming, reusing and reading one.
+
+Layout::
+
+    config.json, config.sha256        the full resolved ExperimentConfig and its hash
+    data.sha256                       the task data's hash (grammar, corpus), for tasks with data
+    teacher/manifest.json             the teacher trajectory (see progdistill.store.trajectory)
+    teacher/checkpoints/...
+    teacher/metrics.jsonl
+    students/<schedule>-seed<k>/metrics.jsonl, final.safetensors
+    students/<schedule>-seed<k>/.lock, error.txt   its trainer's lock; the error that stopped it
+    jobs/                             `run --launcher`: launch.json (the job ids) and submitit's job files
+    tokenizer/                        a text task's tokenizer
+    probes/                           the probes' JSONL, summaries and figures
+    ablations/                        `progdistill ablate`
+    tensorboard/                      when TensorBoard is installed (progdistill.store.trackers)
+    wandb/, mlruns/                   with --report-to wandb, mlflow
+    results.json, summary.md, accuracy.png
+
+A run directory belongs to one config: rerunning the same config reuses the finished teacher and finished
+students; a config that only adds seeds or schedules (:func:`grows`) keeps them too and trains the new
+students; any other config is refused (with the differing fields) unless ``overwrite=True``. Every module
+that reads or writes a run directory goes through :class:`RunDir` instead of re-deriving these paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from progdistill.core.config import ConfigError, diff
+from progdistill.core.distributed import is_main
+from progdistill.experiment import (ExperimentConfig, build_model, check_task_data, config_hash, load_config,
+                         teacher_header)
+from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
+from progdistill.store.lock import job_id, lock_holder
+from progdistill.tasks.base import Task
+from progdistill.store.trajectory import Trajectory, TrajectoryError
+
+STUDENT_WEIGHTS = "final.safetensors"
+# The error that stopped a student's (or the teacher's) training, in its directory; `progdistill status` shows
+# its last line. Removed when training starts again.
+FAILURE = "error.txt"
+RESUME_STATE = "resume.pt"
+# Seconds spent by earlier invocations of `run` that did not finish (added to the run's wall time); updated at
+# every evaluation record, so a SIGKILL loses only the seconds since the last one.
+EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
+# What a run whose task and teacher are unchanged keeps when --overwrite replaces the rest.
+TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
+# What a run (and `ablate`) writes into its directory; --overwrite deletes these, the config files last, so that
+# an interrupted deletion leaves a directory the next --overwrite still recognizes as a run.
+OUTPUTS = ("teacher", "students", "jobs", "ablations", "tensorboard", "wandb", "mlruns", "probes", "tokenizer",
+           "results.json", "summary.md", "accuracy.png", EARLIER_WALL_TIME, "data.sha256", "config.sha256",
+           "config.json")
+# The fields summary.md reads of a probe summary, by summary name prefix: a summary without them is refused.
+SUMMARY_KEYS = {"ngram-oracle": {"scores", "masked_lm_loss", "metric", "median"}}
+
+
+class RunDir:
+    """The run directory at ``path`` (which need not exist yet)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- layout ----------------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def teacher(self) -> Path:
+        return self.path / "teacher"
+
+    @property
+    def students(self) -> Path:
+        return self.path / "students"
+
+    @property
+    def probes(self) -> Path:
+        return self.path / "probes"
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.md"
+
+    @property
+    def accuracy_figure(self) -> Path:
+        return self.path / "accuracy.png"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer" / "tokenizer.json"
+
+    @property
+    def ablations(self) -> Path:
+        return self.path / "ablations"
+
+    def tensorboard(self, name: str) -> Path:
+        return self.path / "tensorboard" / name
+
+    def student_metrics(self, name: str) -> Path:
+        return self.students / name / "metrics.jsonl"
+
+    def teacher_metrics(self) -> list[dict]:
+        return read_metrics(self.teacher / "metrics.jsonl")
+
+    def config(self) -> ExperimentConfig:
+        """The run's config.json. Raises ``ConfigError`` when it is missing or invalid."""
+        return load_config(self.config_file)
+
+    # -- claiming ----------------------------------------------------------------------------------------------
+    def claim(self, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None,
+              retrain_teacher: bool = False) -> None:
+        """Make this the run directory of ``config`` (``config.json`` plus its hash in ``config.sha256``, and
+        the task data's hash in ``data.sha256``); refuse a directory that holds another run's results, listing
+        the differing fields, or results trained on a grammar / corpus whose content has changed since.
+        Raises ``ConfigError`` saying what to do.
+
+        ``overwrite`` of a run whose task and teacher are unchanged keeps the teacher (:data:`TEACHER_OUTPUTS`);
+        its checkpoints are verified first, so a damaged teacher raises ``TrajectoryError`` before anything is
+        deleted (:meth:`verify_teacher`). ``retrain_teacher`` deletes the teacher too, and with it everything
+        trained from it, even when the config is unchanged."""
+        out = self.path
+        saved, digest, data = out / "config.json", out / "config.sha256", out / "data.sha256"
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
+        recorded_data = data.read_text(encoding="utf-8").strip() if data.exists() else None
+        if saved.exists() and recorded_data not in (None, data_digest) and not overwrite:
+            raise ConfigError(f"{out} holds results trained on other task data: the content of the grammar or "
+                              "corpus file named in the config has changed since (its sha256 differs from "
+                              "data.sha256); choose another --out or pass --overwrite to replace them")
+        new = config.to_dict()
+        if saved.exists() and recorded_data not in (None, data_digest):
+            self.remove_outputs()  # --overwrite on a run whose data changed: drop its results (config files last)
+        elif saved.exists():
+            try:
+                old = json.loads(saved.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                old = None
+            recorded = digest.read_text(encoding="utf-8").strip() if digest.exists() else None
+            if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
+                raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
+                                  "config); choose another --out (--overwrite replaces only progdistill runs)")
+            edited = recorded not in (None, config_hash(old))
+            if not edited and not retrain_teacher and grows(old, new):
+                pass  # a sweep grown by seeds or schedules: the finished students stay, run trains the new ones
+            elif old != new or recorded not in (None, config_hash(config)):
+                same_teacher = not edited and all(old.get(k) == new[k] for k in ("task", "teacher"))
+                if not overwrite:
+                    changes = diff(old, new)
+                    if edited:
+                        changes.insert(0, f"config.json no longer matches the hash in {digest.name}; it was edited")
+                    raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
+                                      "choose another --out or pass --overwrite to replace them" +
+                                      (" (the task and teacher are unchanged: --overwrite keeps the finished "
+                                       "teacher and trains only the students again)" if same_teacher else ""))
+                # The teacher depends on the task and teacher config only (train_teacher checks its trajectory's
+                # header again before reusing it); everything else is replaced -- once what is kept is known
+                # to be usable, so that a failure deletes nothing.
+                keep = TEACHER_OUTPUTS if same_teacher and not retrain_teacher else ()
+                if keep:
+                    self._check_kept_teacher(config, "rerun with --retrain-teacher")
+                self.remove_outputs(keep=keep)
+            elif retrain_teacher:
+                self.remove_outputs()
+        elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+            # never delete in a directory that is not ours, even with --overwrite
+            raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
+                              "choose another --out (--overwrite replaces only progdistill runs)")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(saved, new)
+        atomic_write_text(digest, config_hash(config) + "\n")
+        if data_digest is not None:
+            atomic_write_text(data, data_digest + "\n")
+        self._remove_stale_temporaries()
+
+    def _check_kept_teacher(self, config: ExperimentConfig, again: str) -> None:
+        """Verify the teacher files that a run of ``config`` would reuse (the trajectory of the same header,
+        the tokenizer); an unusable trajectory (another header, no manifest) is replaced, so not checked."""
+        try:
+            trajectory = Trajectory(self.teacher)
+        except TrajectoryError:
+            return
+        if trajectory.header == teacher_header(config):
+            self.verify_teacher(trajectory, again)
+        if self.tokenizer_file.exists():
+            self.task(config)  # loads the saved tokenizer (a damaged one raises here, before any deletion)
+
+    def verify_teacher(self, trajectory: Trajectory | None = None, again: str | None = None) -> Trajectory:
+        """The teacher trajectory (default: read now) with every checkpoint file checked against its sha256.
+        Raises ``TrajectoryError`` naming the missing or corrupted file, saying that nothing was deleted or
+        written and how to train the teacher again: ``again`` (default: the ``progdistill run ...
+        --retrain-teacher`` command of this directory)."""
+        trajectory = Trajectory(self.teacher) if trajectory is None else trajectory
+        try:
+            trajectory.verify()
+        except TrajectoryError as exc:
+            again = again or f"train it again with `progdistill run {self.config_file} --out {self.path} " \
+                             "--retrain-teacher`"
+            raise TrajectoryError(f"{exc}; nothing was deleted or written. Restore the file, or {again} (this "
+                                  "deletes the teacher and everything trained from it: students, probes, "
+                                  "ablations, results)") from None
+        return trajectory
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.store.trajectory`; figures as
+        ``.STEM.tmpPID.png``) leave behind when a process is killed mid-write; called under the run's lock, so
+        no live writer owns one -- except student jobs of a launcher (:mod:`progdistill.recipes.launcher`), which hold
+        their students' locks only: nothing under students/ is touched while one of them runs."""
+        busy = self.students.is_dir() and any(lock_holder(d) for d in self.students.iterdir() if d.is_dir())
+        for path in self.path.rglob(".*.tmp*"):
+            if busy and self.students in path.parents:
+                continue
+            if re.fullmatch(r"\..+\.tmp\d+(\.\w+)?", path.name) and path.is_file():  # also .accuracy.tmpPID.png
+                path.unlink()
+
+    def remove_outputs(self, keep: tuple[str, ...] = ()) -> None:
+        """Delete what a run wrote (:data:`OUTPUTS`) except the paths in ``keep`` (relative, such as
+        "tensorboard/teacher"), the config files last."""
+        for name in OUTPUTS:
+            path = self.path / name
+            if name in keep:
+                continue
+            kept_children = {k.split("/", 1)[1] for k in keep if k.startswith(name + "/")}
+            targets = [c for c in path.iterdir() if c.name not in kept_children] if kept_children and path.is_dir() \
+                else [path]
+            for target in targets:
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+
+    # -- failures ----------------------------------------------------------------------------------------------
+    def record_failure(self, directory: Path, exc: BaseException) -> None:
+        """Write the traceback of ``exc``, which stopped the training in ``directory`` (the teacher's or a
+        student's), to ``directory/error.txt``, headed by the host, process and job."""
+        where = f"host {socket.gethostname()}, process {os.getpid()}" + (f", job {job_id()}" if job_id() else "")
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / FAILURE, f"# {where}\n{text}")
+
+    def clear_failure(self, directory: Path) -> None:
+        (directory / FAILURE).unlink(missing_ok=True)
+
+    @staticmethod
+    def failure(directory: Path) -> str | None:
+        """The last line of the error recorded in ``directory`` (e.g. "NonFiniteError: ..."), or None."""
+        try:
+            lines = [line for line in (directory / FAILURE).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError:
+            return None
+        return lines[-1].strip() if lines else None
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def finished_results(self) -> dict[str, Any] | None:
+        """The results.json of a run that finished before, or None (absent or unreadable)."""
+        try:
+            return json.loads(self.results_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def student_finished(self, name: str, steps: int, students: Path | None = None) -> bool:
+        """Whether student ``name`` (under ``students``, default ``students/``) wrote its final weights and
+        the metrics of its last step ``steps``."""
+        directory = (students or self.students) / name
+        if not (directory / "metrics.jsonl").exists() or not (directory / STUDENT_WEIGHTS).exists():
+            return False
+        records = read_metrics(directory / "metrics.jsonl")
+        return bool(records) and records[-1]["step"] == steps
+
+    def task(self, config: ExperimentConfig) -> Task:
+        """``config.task`` prepared for this run (:meth:`~progdistill.tasks.base.Task.prepare`: e.g. a text
+        task with the run's tokenizer, loaded from the directory or trained and saved into it)."""
+        return config.task.prepare(self.path)
+
+    def load_model(self, config: ExperimentConfig, which: str, step: int | None = None, task: Task | None = None):
+        """A trained model of this run, frozen in eval mode: ``which`` = "teacher" (at checkpoint ``step``,
+        default the final one) or a student name such as "progressive-seed0" (its final weights). ``task``:
+        the prepared task (default: prepared now). Raises ``TrajectoryError`` when the weights are missing."""
+        if task is None:
+            task = self.task(config) if is_main() else config.task
+        if which == "teacher":
+            trajectory = Trajectory(self.teacher)
+            state = trajectory.load(trajectory.final_step if step is None else step)
+            model_cfg = config.teacher.model
+        else:
+            path = self.students / which / STUDENT_WEIGHTS
+            if not path.exists():
+                raise TrajectoryError(f"student weights {path} are missing (has the student finished?)")
+            state = load_file(str(path))
+            model_cfg = config.student.model
+        model = build_model(task, model_cfg, [0], "unused")
+        model.load_state_dict(state)
+        return model.eval().requires_grad_(False)
+
+    def probe_summaries(self) -> dict[str, dict[str, Any]]:
+        """Every ``probes/<name>-summary.json``, by name. Raises ``ConfigError`` naming the file when one is not
+        valid JSON, or lacks the fields the report reads (:data:`SUMMARY_KEYS`)."""
+        summaries = {}
+        for path in sorted(self.probes.glob("*-summary.json")):
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+                for prefix, keys in SUMMARY_KEYS.items():
+                    if path.name.startswith(prefix) and not keys <= set(summary):
+                        raise ValueError(f"it lacks {sorted(keys - set(summary))}")
+            except ValueError as exc:
+                raise ConfigError(f"{path} is unreadable ({exc}); delete it and rerun the probe that writes it") \
+                    from None
+            summaries[path.name[:-len("-summary.json")]] = summary
+        return summaries
+
+    def check_inputs(self, config: ExperimentConfig, teacher: bool = True) -> None:
+        """Refuse, before a probe does any work, a run directory whose config.json or task data (grammar,
+        corpus) changed after the run (the probe would describe another config than the one trained), a
+        damaged or unreadable results.json, a probe summary the report cannot read, and -- when the probe reads
+        the teacher (``teacher``) -- a teacher trajectory that is unfinished (still training, or interrupted:
+        the probe would describe part of it), has a missing or corrupted checkpoint, or has lost its metrics.
+        Raises ``ConfigError`` (or ``TrajectoryError`` for a missing or damaged teacher) saying that nothing
+        was written."""
+        run_dir = self.path
+        if self.results_file.exists() and self.finished_results() is None:
+            raise ConfigError(f"{self.results_file} is unreadable (empty or not JSON); rerun `progdistill run "
+                              f"{self.config_file} --out {run_dir}` to rewrite it (nothing was written)")
+        if teacher:
+            trajectory = Trajectory(self.teacher)  # TrajectoryError: no teacher directory or manifest
+            if not trajectory.complete:
+                raise ConfigError(f"the teacher trajectory {self.teacher} is unfinished (still training, or "
+                                  f"interrupted at step {max(trajectory.steps, default=0)} of "
+                                  f"{config.teacher.steps}); finish it with `progdistill run "
+                                  f"{self.config_file} --out {run_dir}` first (nothing was written)")
+            self.verify_teacher(trajectory)
+        if (teacher or self.results_file.exists()) and not (self.teacher / "metrics.jsonl").exists():
+            raise ConfigError(f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment "
+                              "(nothing was written)")
+        digest = run_dir / "config.sha256"
+        if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(config):
+            raise ConfigError(f"{self.config_file} was edited after the run (it no longer matches "
+                              f"{digest.name}); restore it or rerun the experiment (nothing was written)")
+        data = run_dir / "data.sha256"
+        if data.exists() and data.read_text(encoding="utf-8").strip() != check_task_data(config):
+            raise ConfigError(f"the task data (grammar or corpus) of {run_dir} changed after the run (it no longer "
+                              f"matches {data.name}); restore it or rerun the experiment (nothing was written)")
+        self.probe_summaries()
+
+    # -- wall time -------------------------------------------------------------------------------------------
+    def earlier_wall_time(self) -> float:
+        """Seconds spent by earlier invocations that did not finish (0 when none, or unreadable): recorded at
+        every evaluation record while training and when an invocation stops on an exception, so one killed
+        outright (SIGKILL) loses only the seconds since its last record."""
+        try:
+            return float(json.loads((self.path / EARLIER_WALL_TIME).read_text(encoding="utf-8"))["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    def record_interrupted_wall_time(self, seconds: float) -> None:
+        atomic_write_json(self.path / EARLIER_WALL_TIME, {"seconds": seconds})
+
+    def clear_interrupted_wall_time(self) -> None:
+        (self.path / EARLIER_WALL_TIME).unlink(missing_ok=True)
+
+
+def grows(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether config ``new`` (a config.json's content) only adds students to ``old``: every field equal except
+    ``seeds`` (not fewer) and ``schedules`` (each old schedule still there, unchanged), and at least one added.
+    Every student of ``old`` is then a student of ``new`` trained exactly as ``new`` would train it (a
+    student's numbers do not depend on the others it trains beside: :func:`progdistill.train.loop.fit`), so a
+    rerun trains the missing ones only (an incremental sweep)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or old.keys() != new.keys():
+        return False
+    rest = [k for k in new if k not in ("seeds", "schedules")]
+    try:
+        seeds_grow = int(new["seeds"]) >= int(old["seeds"])
+        schedules_kept = all(s in new["schedules"] for s in old["schedules"])
+    except (TypeError, ValueError, KeyError):
+        return False
+    return (all(old[k] == new[k] for k in rest) and seeds_grow and schedules_kept and
+            (new["seeds"] > old["seeds"] or len(new["schedules"]) > len(old["schedules"])))
+
+
+def _is_run_config(data: Any) -> bool:
+    """Whether a parsed config.json has the shape of an ExperimentConfig (a run directory's, maybe another
+    version's or hand-edited), as opposed to some other tool's config.json."""
+    return isinstance(data, dict) and {"preset", "task", "teacher", "student", "schedules"} <= set(data)

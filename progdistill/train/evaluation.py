@@ -1,0 +1,78 @@
+"""Evaluation on a task's held-out batches during training, and the progress line that reports it.
+
+Both evaluators take a model and the task's ``eval_batches()`` (:class:`progdistill.tasks.base.Batch`) and
+return ``(eval_loss, eval_accuracy)``, tensors of shape (M,) over the M models of a stack (M = 1 for token
+tasks): mean cross-entropy in nats and accuracy, per example (:func:`evaluate_stack`) or per supervised
+position (:func:`evaluate_tokens`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+from progdistill.distill.losses import IGNORE_INDEX, cross_entropy
+from progdistill.tasks.base import Batch
+
+EVAL_CHUNK = 8192
+PROGRESS_LOG_SECONDS = 60.0
+
+
+@torch.no_grad()
+def evaluate_stack(model: torch.nn.Module, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy (nats) and accuracy of every model of a stack on one-label batches (inputs (N, n),
+    targets (N,)), in chunks of ``EVAL_CHUNK`` rows: two tensors of shape (M,)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0.0, 0
+    for batch in batches:
+        x, y = batch.inputs, batch.targets
+        for i in range(0, len(x), EVAL_CHUNK):
+            logits = model(x[i:i + EVAL_CHUNK])  # (M, b, C)
+            target = y[i:i + EVAL_CHUNK].expand(logits.shape[0], -1)
+            loss_sum = loss_sum + cross_entropy(logits, target, reduction="none").sum(dim=1)
+            correct = correct + (logits.argmax(-1) == target).float().sum(dim=1)
+        count += len(x)
+    model.train(was_training)
+    return loss_sum / count, correct / count
+
+
+@torch.no_grad()
+def evaluate_tokens(model: torch.nn.Module, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy (nats per supervised token) and accuracy at the supervised positions of
+    ``batches``, each as a tensor of shape (1,) like :func:`evaluate_stack`."""
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = count = 0.0
+    for batch in batches:
+        selected = batch.targets != IGNORE_INDEX
+        logits = model(*batch.model_inputs)[selected]  # (N, V)
+        target = batch.targets[selected]
+        loss_sum += float(cross_entropy(logits, target, reduction="none").sum())
+        correct += float((logits.argmax(-1) == target).sum())
+        count += int(selected.sum())
+    model.train(was_training)
+    count = max(count, 1)
+    return torch.tensor([loss_sum / count]), torch.tensor([correct / count])
+
+
+class ProgressLog:
+    """Where no progress bar shows (stderr is not a terminal: a log file, a batch job), a line on stderr per
+    evaluation, at most every ``PROGRESS_LOG_SECONDS`` and always at the last step: the step and the
+    evaluation (its range over the models of a stack)."""
+
+    def __init__(self, desc: str, steps: int, enabled: bool):
+        self.desc, self.steps, self.enabled, self.last = desc, steps, enabled, None
+
+    def __call__(self, step: int, eval_loss: torch.Tensor, eval_acc: torch.Tensor) -> None:
+        now = time.monotonic()
+        if not self.enabled or (step < self.steps and self.last is not None
+                                and now - self.last < PROGRESS_LOG_SECONDS):
+            return
+        self.last = now
+        span = lambda t: f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
+        print(f"{self.desc}: step {step}/{self.steps}, eval_loss {span(eval_loss)}, eval_accuracy {span(eval_acc)}",
+              file=sys.stderr, flush=True)

@@ -1,0 +1,409 @@
+"""The training loop shared by teachers and students (one loop, no per-task copies).
+
+:func:`fit` trains a stack of M models (see :class:`progdistill.models.mlp.MLP`; a stack of one for any other
+model) for the same number of steps. Model m has its own data seed and its own schedule: a teacher is a
+stack of one trained with :class:`~progdistill.distill.schedules.CE` that also writes a trajectory; a sweep of
+students is a stack whose members follow different schedules. Models that share a seed share their data
+stream and their initialization, so schedules are compared on identical data (a paired comparison).
+
+Work is done in *blocks* of steps: for one-label tasks the inputs of a block are sampled at once, and the
+teacher logits a block needs are computed in one large batch per (data stream, checkpoint) instead of once
+per step (:func:`progdistill.distill.teachers.block_teacher_logits`); token tasks train one model in micro-batches.
+The objective is :mod:`progdistill.distill.losses`'; this module only decides which form of it a step uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from progdistill.core.config import DistillationConfig, TrainConfig
+from progdistill.core.distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
+from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
+from progdistill.core.files import MetricsWriter
+from progdistill.train.generation import GeneratedData
+from progdistill.distill.hints import Hints
+from progdistill.train.nonfinite import NonFiniteError, grads_finite, non_finite_error
+from progdistill.distill.fused import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
+from progdistill.train.optim import make_optimizer
+from progdistill.train.resume import load_state, save_state
+from progdistill.distill.schedules import CE, TeacherSpec
+from progdistill.core.seeding import generator
+from progdistill.train.stacks import PerStepGather, per_model_sum
+from progdistill.distill.teachers import TeacherPool, block_teacher_logits, plan_temperatures
+from progdistill.train.token_step import train_token_step
+from progdistill.store.trajectory import TrajectoryWriter
+
+BLOCK_STEPS = 1000
+
+
+@dataclass
+class Member:
+    """One model of a stack: its name (for messages), data seed, schedule and metrics writer."""
+
+    name: str
+    seed: int
+    schedule: Any
+    writer: MetricsWriter | None = None
+
+
+def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member], *,
+        data_stream: str, distillation: DistillationConfig | None = None,
+        teachers: TeacherPool | None = None, checkpoint_writer: TrajectoryWriter | None = None,
+        device: torch.device = torch.device("cpu"), desc: str = "train",
+        state_path: Path | None = None, on_record: Callable[[int], None] | None = None) -> list[list[dict]]:
+    """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
+
+    Member m draws ``train.batch_size`` fresh examples per step (``task.sample_batch``) from the generator
+    ``(seed, data_stream)`` and minimizes, at student step t with the teacher spec
+    s = ``schedule.teacher_at(t, checkpoint steps, train.steps)`` (:class:`~progdistill.distill.schedules.TeacherSpec`):
+    CE on true labels when s is None, else ``alpha * CE + (1 - alpha) * D(teacher_s || student)``
+    (:mod:`progdistill.distill.losses`) at the spec's temperature (default ``distillation.temperature``), or for a spec
+    with a hint layer the hint loss (:mod:`progdistill.distill.hints`). ``teachers``: a :class:`TeacherPool`, or a
+    :class:`progdistill.train.cotraining.LiveTeacher` for co-training. Every ``train.eval_every`` steps (and at steps 0
+    and the last) each member writes a record {step, train_loss, eval_loss, eval_accuracy, teacher_checkpoint,
+    lr} (and what the spec adds: teacher_temperature, teacher_weight_path, teacher_noise, ...). When
+    ``checkpoint_writer`` is given (a teacher: M must be 1) weights are saved every
+    ``train.checkpoint_every`` steps, at step 0 and at the last step.
+
+    Non-finite values: a NaN or inf training loss or teacher output stops the run with
+    :class:`NonFiniteError` naming the member, the step and the quantity (everything saved so far is kept; a
+    non-finite gradient shows up as a non-finite loss at the next step); with
+    ``train.on_non_finite == "skip"`` a step with a non-finite loss or gradient is skipped instead (no
+    update) and counted in the records' ``skipped_steps``.
+
+    Teacher checkpoints: when a member's schedule needs the teacher, every checkpoint file of ``teachers`` is
+    checked (:meth:`TeacherPool.verify`) before the first step; a missing or corrupted one raises
+    :class:`progdistill.store.trajectory.TrajectoryError`.
+
+    Resume: with ``state_path``, the complete training state (weights, optimizer, learning-rate schedule,
+    data generators, records) is saved atomically at every record; a later call with the same members resumes
+    from it, rewrites the metrics files to the saved records and drops trajectory checkpoints saved after it,
+    and so ends with the same numbers as an uninterrupted run (bit for bit on CPU with the same thread count).
+    The state file is deleted when training finishes. ``on_record(step)`` is called after every record (main
+    process), e.g. to persist the run's elapsed time.
+    """
+    run = Training(task, model, train, members, data_stream, distillation or DistillationConfig(), teachers,
+                    checkpoint_writer, device, desc, state_path)
+    run.on_record = on_record
+    state = load_state(state_path, run.names)
+    barrier()  # every process has read the state before rank 0 may replace it
+    start = 0 if state is None else state["step"]
+    bar = tqdm(total=train.steps, initial=start, desc=desc, unit="step", leave=False, mininterval=1.0,
+               disable=None if run.main_process else True)  # disabled when stderr is not a terminal
+    run.progress_log = ProgressLog(desc, train.steps, enabled=run.main_process and bar.disable)
+    if state is None:
+        run.record(0)
+        run.checkpoint(0)
+    else:
+        run.resume(state)
+    while start < train.steps:
+        stop = run.block_end(start)
+        if task.per_position_targets:
+            run.train_token_steps(start, stop)
+        else:
+            run.train_stack_block(start, stop)
+        bar.update(stop - start)
+        start = stop
+        if run.records_at(stop):
+            run.record(stop)
+            run.checkpoint(stop)
+        run.release_teachers(stop)
+    bar.close()
+    barrier()
+    if state_path is not None and run.main_process:
+        Path(state_path).unlink(missing_ok=True)
+    return run.histories
+
+
+class Training:
+    """The state of one :func:`fit` call -- models, optimizer, data generators, running losses, records --
+    and the named steps of its loop."""
+
+    on_record: Callable[[int], None] | None = None
+
+    def __init__(self, task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member],
+                 data_stream: str, distillation: DistillationConfig, teachers: TeacherPool | None,
+                 checkpoint_writer: TrajectoryWriter | None, device: torch.device, desc: str,
+                 state_path: Path | None):
+        M = len(members)
+        self.task, self.model, self.train, self.members = task, model, train, members
+        self.distillation, self.teachers, self.checkpoint_writer = distillation, teachers, checkpoint_writer
+        self.device, self.state_path = device, state_path
+        self.rows = local_slice(train.batch_size, f"batch_size ({desc})")  # this process's share of each batch
+        self.main_process = is_main()
+        self.ckpt_steps = teachers.steps if teachers is not None else []
+        for mem in members:
+            if not isinstance(mem.schedule, CE):
+                if teachers is None:
+                    raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
+                mem.schedule.validate(self.ckpt_steps)
+        if teachers is not None and any(not isinstance(mem.schedule, CE) for mem in members):
+            teachers.verify()  # a missing or corrupted checkpoint stops here, not when a schedule reaches it
+            # The first teachers are built now: a transform that cannot apply (a weight path between models of
+            # different shapes) or a hint layer that does not exist stops here, before the first step.
+            teachers.prepare([spec for spec in self.checkpoints(0) if spec is not None])
+        self.hints = Hints.for_stack(model, teachers, self.checkpoints(0), [mem.seed for mem in members])
+        if checkpoint_writer is not None and M != 1:
+            raise ValueError("only a stack of one model (a teacher) writes a trajectory")
+        self.seeds = sorted({mem.seed for mem in members})
+        self.seed_index = torch.tensor([self.seeds.index(mem.seed) for mem in members])
+        self.gens = {s: generator(s, data_stream) for s in self.seeds}
+        if task.per_position_targets and M != 1:
+            raise ValueError(f"token tasks train one model at a time, got a stack of {M}")
+        # Sequence-level / on-policy distillation (token tasks: one model per fit).
+        self.generated = GeneratedData(task, distillation, members[0].seed) \
+            if distillation.generates and task.per_position_targets else None
+        self.eval_batches = [b.to(device) for b in task.eval_batches()]
+        self.evaluate = evaluate_tokens if task.per_position_targets else evaluate_stack
+        params = list(model.parameters()) + ([] if self.hints is None else list(self.hints.parameters()))
+        self.opt, self.lr_sched = make_optimizer(params, train.optimizer, train.steps)
+        model.to(device).train()
+        if self.hints is not None:
+            self.hints.to(device)
+        self.net = model
+        if rank_world()[1] > 1:
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if train.compile:
+            self.net = torch.compile(self.net)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
+        # Plain SGD on a model that declares hand-written gradients (MLP.sgd_step) skips autograd; anything else
+        # (momentum, Adam, reverse KL, skipping steps, DDP, compile, bf16) goes through autograd.
+        opt = train.optimizer
+        self.hand_sgd = (getattr(model, "hand_written_sgd", False) and self.net is model and opt.name == "sgd"
+                         and opt.momentum == 0 and opt.weight_decay == 0 and train.precision == "float32"
+                         and train.on_non_finite == "stop" and distillation.plain_forward_kl)
+        self.names = [mem.name for mem in members]
+        self.params = list(model.parameters())
+        self.histories: list[list[dict]] = [[] for _ in members]
+        self.loss_sum, self.loss_count, self.skipped = torch.zeros(M, device=device), 0, 0
+        self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.progress_log: ProgressLog | None = None
+
+    def checkpoints(self, t: int) -> list[TeacherSpec | None]:
+        """The teacher of every member at student step t (None: labels only)."""
+        return [mem.schedule.teacher_at(t, self.ckpt_steps, self.train.steps) for mem in self.members]
+
+    def resume(self, state: dict) -> None:
+        """Continue from a saved training state (:func:`_load_state`)."""
+        self.skipped, self.histories = state["skipped"], state["histories"]
+        self.model.load_state_dict(state["model"])
+        if self.hints is not None:
+            self.hints.projections.load_state_dict(state["hints"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.lr_sched.load_state_dict(state["lr_schedule"])
+        for s, g in self.gens.items():
+            g.set_state(state["generators"][s])
+        if self.generated is not None:
+            self.generated.load_state(state["generation"])
+        for mem, hist in zip(self.members, self.histories):
+            if mem.writer is not None:
+                mem.writer.rewrite(hist)
+        if self.checkpoint_writer is not None:
+            self.checkpoint_writer.truncate(after_step=state["step"])
+
+    def block_end(self, start: int) -> int:
+        """The end of the block of steps from ``start``: at most BLOCK_STEPS, never past a record."""
+        train = self.train
+        stop = min(start + BLOCK_STEPS, (start // train.eval_every + 1) * train.eval_every, train.steps)
+        if self.checkpoint_writer is not None:
+            stop = min(stop, (start // train.checkpoint_every + 1) * train.checkpoint_every)
+        return stop
+
+    def records_at(self, step: int) -> bool:
+        train = self.train
+        return step % train.eval_every == 0 or step == train.steps or (
+            self.checkpoint_writer is not None and step % train.checkpoint_every == 0)
+
+    def train_token_steps(self, start: int, stop: int) -> None:
+        """Steps ``start`` to ``stop`` of one model on a token task, each in micro-batches
+        (:func:`train_token_step`)."""
+        plan = [self.checkpoints(t) for t in range(start, stop)]
+        for i in range(stop - start):
+            gen = self.gens[self.members[0].seed]
+            batch = self.task.sample_batch(self.train.batch_size, gen)  # drawn whatever the step trains on
+            spec = plan[i][0]
+            teacher = None if spec is None else self.teachers.get(spec)
+            distillation = self.distillation if spec is None or spec.temperature is None else \
+                dataclasses.replace(self.distillation, temperature=spec.temperature)
+            if self.generated is not None:  # the whole step's batch is sampled (same on every process)
+                batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model,
+                                                              distillation)
+            batch = batch.rows(self.rows).to(self.device)
+            self.opt.zero_grad(set_to_none=True)
+            value = train_token_step(self.net, batch, teacher, self.train, distillation, self.autocast)
+            bad = None if all_true(bool(math.isfinite(value)), self.device) else "training loss"
+            if bad is None and self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
+                bad = "gradient"
+            self._finish_step(bad, self.names, start + i, value)
+
+    def train_stack_block(self, start: int, stop: int) -> None:
+        """Steps ``start`` to ``stop`` of the whole stack on a one-label task, with the objective's fused
+        forward-KL form (:func:`progdistill.distill.fused.soft_targets`) where it applies."""
+        L, B, C = stop - start, self.train.batch_size, self.task.num_classes
+        # The block's examples, one stream per seed: inputs (S, L, B_local, n), labels (S, L, B_local).
+        batches = [self.task.sample_batch(L * B, self.gens[s]) for s in self.seeds]
+        x_block = torch.stack([b.inputs.view(L, B, -1) for b in batches])[:, :, self.rows].to(self.device)
+        y_block = torch.stack([b.targets.view(L, B) for b in batches])[:, :, self.rows].to(self.device)
+        plan = [self.checkpoints(t) for t in range(start, stop)]  # (L, M)
+        teacher_logits = block_teacher_logits(plan, x_block, self.seed_index, self.teachers, C)  # (L, M, B, C)
+        if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
+            i, m = (~torch.isfinite(teacher_logits)).flatten(2).any(-1).nonzero()[0].tolist()
+            raise NonFiniteError(f"teacher checkpoint {plan[i][m].checkpoint} produced non-finite outputs; the "
+                                 "students stop here")
+        temperature = plan_temperatures(plan, self.distillation.temperature, self.device)  # a number, or (L, M)
+        hint_steps = [any(spec is not None and spec.hint_layer is not None for spec in row) for row in plan]
+        has_teacher = torch.tensor([[c is not None for c in row] for row in plan], device=self.device)
+        ce_weight, kd_weight = mixture_weights(self.distillation.alpha, has_teacher[..., None])  # (L, M, 1)
+        # Step i's inputs for every model: (B, n) shared by one seed's models, else (M, B, n) gathered per
+        # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
+        x_steps = x_block[0] if len(self.seeds) == 1 else PerStepGather(x_block, self.seed_index)
+        y_steps = y_block[self.seed_index].transpose(0, 1)
+        fused = teacher_logits is None or self.distillation.plain_forward_kl
+        targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
+        if teacher_logits is not None and fused:
+            per_position = temperature[..., None] if torch.is_tensor(temperature) else temperature  # (L, M, 1)
+            targets, correction = soft_targets(teacher_logits, y_steps, per_position, ce_weight, kd_weight)
+            corrections = correction.mean(dim=2)
+            self.loss_sum -= per_model_sum(corrections)  # report the objective, not the fused CE
+        if self.hand_sgd and not any(hint_steps):
+            self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
+            return
+        for i in range(L):
+            hidden = None
+            with self.autocast:
+                if hint_steps[i]:
+                    logits, hidden = self.net(x_steps[i], hidden=True)  # (M, B_local, C), [(M, B_local, width)]
+                else:
+                    logits = self.net(x_steps[i])  # (M, B_local, C)
+            if fused:
+                per_example = soft_cross_entropy(logits, y_steps[i] if targets is None else targets[i])
+            else:
+                step_temperature = temperature[i][:, None] if torch.is_tensor(temperature) else temperature
+                per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
+                                                         self.distillation.loss, step_temperature,
+                                                         ce_weight[i], kd_weight[i],
+                                                         **self.distillation.loss_options())
+            step_corrections = None if corrections is None else corrections[i]  # (M,)
+            if hidden is not None:  # the hint phase: these models regress the teacher's hidden layer instead
+                if corrections is not None:  # their loss is no fused CE: take back its correction now
+                    hinted = torch.tensor([s is not None and s.hint_layer is not None for s in plan[i]],
+                                          device=self.device)
+                    self.loss_sum += torch.where(hinted, step_corrections, torch.zeros_like(step_corrections))
+                    step_corrections = torch.where(hinted, torch.zeros_like(step_corrections), step_corrections)
+                per_example = self.hints.replace(per_example, hidden, plan[i],
+                                                 lambda m: x_block[self.seed_index[m], i], self.teachers)
+            if not self._autograd_step(start + i, per_example) and step_corrections is not None:
+                self.loss_sum += step_corrections  # a skipped step adds no cross-entropy: take back its correction
+
+    def _autograd_step(self, step: int, per_example: torch.Tensor) -> bool:
+        """Backward pass and update of a stack from its per-example losses (M, B_local); False when the step was
+        skipped (``on_non_finite="skip"``)."""
+        loss = per_example.sum() / per_example.shape[1]  # sum over models of each model's mean loss
+        self.opt.zero_grad(set_to_none=True)
+        bad = None if all_true(bool(torch.isfinite(loss)), self.device) else "training loss"
+        if bad is None:
+            loss.backward()
+            # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the per-step
+            # gradient check (a sync and a few ops) is paid only where a step may be skipped.
+            if self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
+                bad = "gradient"
+        culprits = self.names if bad is None else [
+            name for name, losses in zip(self.names, per_example) if not torch.isfinite(losses).all()] or self.names
+        self._finish_step(bad, culprits, step, per_example.detach().mean(dim=1))
+        return bad is None
+
+    def _finish_step(self, bad: str | None, culprits: Sequence[str], step: int, loss) -> None:
+        """Update and tally ``loss`` (M,), or stop or skip on the non-finite quantity ``bad``."""
+        if bad is not None:
+            if self.train.on_non_finite == "stop":
+                raise non_finite_error(culprits, bad, step)
+            self.skipped += 1
+        else:
+            self.opt.step()
+            self.loss_sum += loss
+            self.loss_count += 1
+        self.lr_sched.step()
+
+    def _hand_sgd_steps(self, start: int, x_steps, targets: torch.Tensor) -> None:
+        """The block's plain SGD updates with the model's hand-written gradients (``sgd_step``), ~2x faster per
+        step than autograd. targets: (L, M, B_local, C) class distributions."""
+        L, M = targets.shape[:2]
+        step_losses = torch.empty(L, M, device=self.device)
+        constant = self.train.optimizer.lr_schedule == "constant"
+        with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            for i in range(L):
+                step_losses[i] = self.model.sgd_step(x_steps[i], targets[i], self.opt.param_groups[0]["lr"]).mean(dim=1)
+                if not constant:
+                    self.lr_sched.step()
+            if constant:  # same state as stepping it every step, without the per-step Python call
+                self.lr_sched.last_epoch += L
+        finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
+        if not finite.all():
+            i = int((~finite).nonzero()[0])
+            culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
+            raise non_finite_error(culprits, "training loss", start + i)
+        self.loss_sum += per_model_sum(step_losses)
+        self.loss_count += L
+
+    def record(self, step: int) -> None:
+        """Evaluate, and write every member's record at ``step`` (training loss: the mean since the last one)."""
+        M = len(self.members)
+        train_loss = all_reduce_mean(self.loss_sum / max(self.loss_count, 1)).tolist() if self.loss_count \
+            else [None] * M
+        self.loss_sum, self.loss_count = torch.zeros(M, device=self.device), 0
+        if not self.main_process:
+            return
+        eval_loss, eval_acc = self.last_evaluation = self.evaluate(self.model, self.eval_batches)
+        self.progress_log(step, eval_loss, eval_acc)
+        in_use = self.checkpoints(max(step - 1, 0))
+        for m, mem in enumerate(self.members):
+            if train_loss[m] is not None and not math.isfinite(train_loss[m]):
+                raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in the steps before "
+                                     f"{step}; metrics saved so far are kept")
+            spec = in_use[m]
+            rec = {"step": step, "train_loss": train_loss[m], "eval_loss": float(eval_loss[m]),
+                   "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": None if spec is None else spec.checkpoint,
+                   "lr": self.opt.param_groups[0]["lr"], **({} if spec is None else spec.describe())}
+            if self.skipped:
+                rec["skipped_steps"] = self.skipped
+            if self.generated is not None:  # steps so far that trained on the teacher's / the student's samples
+                rec["seq_kd_steps"] = self.generated.counts["teacher"]
+                rec["on_policy_steps"] = self.generated.counts["student"]
+            self.histories[m].append(rec)
+            if mem.writer is not None:
+                mem.writer.write(rec)
+        if self.on_record is not None:
+            self.on_record(step)
+
+    def checkpoint(self, step: int) -> None:
+        """Save the teacher's weights when ``step`` is a checkpoint step, and the resume state (main process)."""
+        if not self.main_process:
+            return
+        eval_loss, eval_acc = self.last_evaluation
+        writer, train = self.checkpoint_writer, self.train
+        if writer is not None and (step % train.checkpoint_every == 0 or step == train.steps):
+            writer.save(step, self.model.state_dict(), {"eval_accuracy": float(eval_acc[0]),
+                                                        "eval_loss": float(eval_loss[0])})
+        if self.state_path is not None and step < train.steps:
+            save_state(self.state_path, {
+                "names": self.names, "step": step, "skipped": self.skipped, "histories": self.histories,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                **({} if self.hints is None else {"hints": self.hints.projections.state_dict()}),
+                "lr_schedule": self.lr_sched.state_dict(),
+                "generators": {s: g.get_state() for s, g in self.gens.items()},
+                **({"generation": self.generated.state()} if self.generated is not None else {})})
+
+    def release_teachers(self, step: int) -> None:
+        """Drop the teacher checkpoints no member uses from ``step`` on."""
+        if self.teachers is not None:
+            self.teachers.retain({spec for spec in self.checkpoints(step) if spec is not None})

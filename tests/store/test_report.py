@@ -1,0 +1,59 @@
+"""The report of a run directory: results.json, summary.md and the accuracy figure, from the files alone."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from progdistill.core.files import read_metrics
+from progdistill.store.report import accuracy_figure
+from progdistill.recipes.runner import run
+from progdistill.distill.schedules import CE, FINAL, KShot, TwoShotAuto
+from progdistill.store.trajectory import Trajectory
+
+from conftest import tiny_config
+
+
+def quiet(*args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory):
+    """2-shot-auto beside a 2-shot on step 100 and CE, two seeds each."""
+    base = tiny_config()
+    out = tmp_path_factory.mktemp("runs") / "run"
+    schedules = (CE(), KShot(points=((100, 100), (FINAL, 200))), TwoShotAuto(first_steps=100))
+    run(replace(base, schedules=schedules, seeds=2), out, log=quiet)
+    return out
+
+
+def test_the_checkpoint_2_shot_auto_picks_is_recorded(auto_run):
+    results = json.loads((auto_run / "results.json").read_text())
+    pick = results["picked_checkpoints"]["2-shot-auto"]
+    trajectory = Trajectory(auto_run / "teacher")
+    steps, values = trajectory.curve("eval_accuracy")
+    window = TwoShotAuto().window(steps, values)
+    used = read_metrics(auto_run / "students" / "2-shot-auto-seed1" / "metrics.jsonl")[1]["teacher_checkpoint"]
+    assert pick == {"checkpoint": used, "metric": "eval_accuracy", "value": trajectory.metrics(used)["eval_accuracy"],
+                    "first_steps": 100, "transition": window.to_dict()}
+    assert used == window.middle
+    summary = (auto_run / "summary.md").read_text()
+    assert (f"2-shot-auto: the first checkpoint is step {used} (teacher eval_accuracy "
+            f"{pick['value']:.4f}), the middle of the transition detected at steps {window.start}-{window.end}"
+            in summary)
+
+
+def test_accuracy_figure_keeps_every_curve_and_the_data_visible(auto_run):
+    fig = accuracy_figure(auto_run)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = ax.get_legend() or fig.legends[0]
+    assert not legends.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))  # outside the data
+    students = [line for line in ax.get_lines() if line.get_label().split(" ")[0] in ("ce", "2-shot", "2-shot-auto")]
+    assert len(students) == 3
+    styles = {(line.get_linestyle(), line.get_marker()) for line in students}
+    assert len(styles) == 3 and all(marker not in ("None", "") for _, marker in styles)  # identical curves stay visible
+    caption = " ".join(t.get_text() for t in fig.texts)
+    assert "min-max over the 2 seeds" in caption and "mean" in caption

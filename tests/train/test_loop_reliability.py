@@ -1,0 +1,156 @@
+"""Interruptions: SIGKILL at several points and rerun gives the uninterrupted numbers; locks; crashes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from progdistill.store.lock import RunLock, RunLockedError
+from progdistill.core.files import MetricsWriter, read_metrics
+
+from conftest import tiny_config
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+
+def _config(tmp_path: Path) -> Path:
+    from dataclasses import replace
+    base = tiny_config(steps=3000)
+    config = replace(base, teacher=replace(base.teacher, eval_every=100, checkpoint_every=100,
+                                          model=replace(base.teacher.model, width=512)),
+                     student=replace(base.student, eval_every=100),
+                     seeds=2)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
+def _cmd(config: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "progdistill.cli", "run", str(config), "--out", str(out), "--device", "cpu"]
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _outputs(out: Path) -> dict[str, str]:
+    files = sorted(p for p in out.rglob("*") if p.is_file() and (p.suffix in (".jsonl", ".safetensors")
+                                                                 or p.name == "manifest.json"))
+    return {str(p.relative_to(out)): p.read_bytes().hex() if p.suffix == ".safetensors" else p.read_text()
+            for p in files}
+
+
+@pytest.mark.e2e
+def test_sigkill_and_rerun_equals_uninterrupted(tmp_path):
+    config = _config(tmp_path)
+    reference = tmp_path / "reference"
+    subprocess.run(_cmd(config, reference), check=True, capture_output=True, env=ENV, timeout=600)
+    expected = _outputs(reference)
+    results = json.loads((reference / "results.json").read_text())
+
+    out = tmp_path / "killed"
+    teacher_metrics = out / "teacher" / "metrics.jsonl"
+    student_metrics = out / "students" / "progressive-seed1" / "metrics.jsonl"
+    kill_points = [lambda: _lines(teacher_metrics) >= 8,      # mid teacher
+                   lambda: _lines(teacher_metrics) >= 25,     # later in the teacher
+                   lambda: _lines(student_metrics) >= 10]     # mid students
+    kills = 0
+    for ready in kill_points:
+        proc = subprocess.Popen(_cmd(config, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        deadline = time.time() + 300
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, "the run finished before it could be interrupted; make the test config longer"
+    assert (out / ".lock").exists()  # a killed process leaves its lock behind ...
+    subprocess.run(_cmd(config, out), check=True, capture_output=True, env=ENV, timeout=600)  # ... taken over
+    assert _outputs(out) == expected
+    got = json.loads((out / "results.json").read_text())
+    assert {k: v for k, v in got.items() if k != "wall_time_s"} == \
+        {k: v for k, v in results.items() if k != "wall_time_s"}
+    assert not list(out.rglob("*resume*.pt"))  # resume states are removed once training finishes
+
+
+def test_second_process_on_same_directory_is_refused(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
+            with RunLock(tmp_path):
+                pass
+        from progdistill.cli import main
+        assert main(["run", "parity-mlp", "--out", str(tmp_path)]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.warns(UserWarning, match="which is gone"):
+        with RunLock(tmp_path):
+            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_metrics_reader_tolerates_a_truncated_final_line(tmp_path):
+    writer = MetricsWriter(tmp_path / "m.jsonl")
+    writer.write({"step": 0, "eval_accuracy": 0.5})
+    writer.write({"step": 10, "eval_accuracy": 0.6})
+    writer.close()
+    with open(tmp_path / "m.jsonl", "a") as fh:
+        fh.write('{"step": 20, "eval_acc')
+    with pytest.warns(UserWarning, match="truncated final line 3"):
+        assert [r["step"] for r in read_metrics(tmp_path / "m.jsonl")] == [0, 10]
+    (tmp_path / "bad.jsonl").write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        read_metrics(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_a_killed_but_unreaped_holder_does_not_hold_the_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        os.kill(holder.pid, signal.SIGKILL)  # killed, and not reaped: its parent (this test) has not waited
+        stat = Path(f"/proc/{holder.pid}/stat")
+        deadline = time.time() + 10
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+            time.sleep(0.01)
+        assert stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie
+        with pytest.warns(UserWarning, match="which is gone"):
+            with RunLock(tmp_path):
+                assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_wall_time_keeps_the_work_of_a_sigkilled_invocation(tmp_path):
+    from dataclasses import replace
+    base = tiny_config(steps=3000)
+    config = replace(base, teacher=replace(base.teacher, eval_every=100, checkpoint_every=100,
+                                           model=replace(base.teacher.model, width=512)),
+                     student=replace(base.student, steps=300), seeds=1)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    out = tmp_path / "run"
+    teacher_metrics = out / "teacher" / "metrics.jsonl"
+    proc = subprocess.Popen(_cmd(path, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    while _lines(teacher_metrics) < 12 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; make the test config longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from progdistill.store.rundir import RunDir
+    killed = RunDir(out).earlier_wall_time()  # persisted as the run went: at least the first 11 records
+    assert killed > 0
+    subprocess.run(_cmd(path, out), check=True, capture_output=True, env=ENV, timeout=600)
+    assert json.loads((out / "results.json").read_text())["wall_time_s"] > killed
+    assert f"Wall time: {json.loads((out / 'results.json').read_text())['wall_time_s']:.1f} s" in \
+        (out / "summary.md").read_text()
