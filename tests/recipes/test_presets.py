@@ -1,0 +1,42 @@
+"""Every preset builds, round-trips through JSON to an equal config and hash, and keeps the relations its
+comments promise (the curricula presets share their base preset's teacher)."""
+
+import json
+
+import pytest
+
+from progdistill.core.config import ConfigError
+from progdistill.experiment import ExperimentConfig, config_hash, teacher_header
+# The names under test, imported in one place.
+from progdistill.recipes.presets import PRESETS, get_preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_round_trips_through_json(name):
+    config = get_preset(name)
+    assert isinstance(config, ExperimentConfig) and config.preset == name
+    text = json.dumps(config.to_dict())
+    again = ExperimentConfig.from_dict(json.loads(text))
+    assert again == config and config_hash(again) == config_hash(config)
+    assert get_preset(name) == config  # a preset is a pure function: the same config every time
+    assert PRESETS[name][0].strip()  # `progdistill list` shows a description
+
+
+def test_preset_names_are_distinct_configs():
+    hashes = {config_hash(get_preset(name)) for name in PRESETS}
+    assert len(hashes) == len(PRESETS)
+
+
+@pytest.mark.parametrize("curricula, base", [("parity-mlp-curricula", "parity-mlp"),
+                                             ("pcfg-mlm-curricula", "pcfg-mlm")])
+def test_curricula_presets_share_their_base_presets_teacher(curricula, base):
+    # Same task and teacher config: a run directory of either reuses the other's finished teacher.
+    assert teacher_header(get_preset(curricula)) == teacher_header(get_preset(base))
+
+
+def test_an_unknown_preset_is_an_error_listing_the_valid_ones():
+    with pytest.raises(ConfigError) as info:
+        get_preset("parity-mpl")
+    message = str(info.value)
+    assert "unknown preset 'parity-mpl'" in message and "progdistill list" in message
+    assert all(name in message for name in PRESETS)
