@@ -84,7 +84,7 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     assert (out / "results.json").exists() and (out / "teacher" / "manifest.json").read_text() == before
     (out / "tensorboard" / "teacher").mkdir(parents=True, exist_ok=True)
     (out / "tensorboard" / "stale-student").mkdir(parents=True, exist_ok=True)
-    (out / "ablations" / "two-shot").mkdir(parents=True)  # trained with the old students' config
+    (out / "ablations" / "two-shot").mkdir(parents=True)  # trained with the replaced students' config
     messages = []
     results = run(other, out, overwrite=True, log=messages.append)
     assert results["students"][0]["steps"] == 150

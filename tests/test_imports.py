@@ -1,4 +1,4 @@
-"""The import graph of progdistill/ (STYLE.md habit 14: imports tell the architecture).
+"""The import graph of progdistill/: imports tell the architecture (lower layers never import upper ones).
 
 Every module under progdistill/ is parsed with ``ast`` (nothing is imported) and its imports resolved,
 relative ones included, to build the package's import graph. The tests fail on:

@@ -63,7 +63,7 @@ class MaskedLM(nn.Module):
 
     ``forward(input_ids, attention_mask)``: (B, L) int64 ids and (B, L) bool -> logits (B, L, vocab_size).
     ``hidden_states(...)``: the last layer's hidden states (B, L, hidden), for probes. The Hugging Face model
-    is ``.backbone``; checkpoints that name it ``bert.`` (saved before the rename) still load.
+    is ``.backbone``; checkpoints that name it ``bert.`` (the attribute's name in early trajectories) load too.
     Initialization is BERT's (normal, std 0.02), drawn inside :func:`torch.random.fork_rng` seeded with
     ``generators[0].initial_seed()``: a function of the seed that leaves the global RNG untouched.
     Raises ``ValueError`` naming the length when a sequence is longer than the position embeddings.
@@ -92,7 +92,7 @@ class MaskedLM(nn.Module):
             attention_probs_dropout_prob=0.0, pad_token_id=0))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints saved before the Hugging Face model was named .backbone hold it under "bert." (GPT-2's too).
+        # Early trajectories hold the Hugging Face model under "bert." (GPT-2's too): those keys load into .backbone.
         old = prefix + "bert."
         for key in [k for k in state_dict if k.startswith(old)]:
             state_dict[prefix + "backbone." + key[len(old):]] = state_dict.pop(key)

@@ -63,8 +63,8 @@ def parity_mlp_curricula() -> ExperimentConfig:
     # The question of paper §5: can a curriculum be built without the intermediate checkpoints? Record:
     # docs/reproduction.md, "Curricula without stored checkpoints". The teacher is parity-mlp's (same task and
     # teacher config), so a run directory of either reuses the other's teacher (--overwrite).
-    # The students keep parity-mlp's former settings, under which the record was measured: a constant SGD rate
-    # and T = 0.5 (parity-mlp's students now use warmup + cosine and T = 0).
+    # The students train at a constant SGD rate with T = 0.5, the settings the record was measured with (unlike
+    # parity-mlp's own students: warmup + cosine, T = 0), so that the record stays reproducible.
     schedules = (CE(), OneShot(), Progressive(speed=1.0),
                  TemperatureCurriculum(start=8.0, end=0.5, fraction=0.5),  # hot to T = 0.5, first half
                  TemperatureCurriculum(start=0.5, end=8.0, fraction=0.5),  # the reverse: a control

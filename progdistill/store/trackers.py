@@ -4,7 +4,7 @@ TensorBoard, Weights & Biases or MLflow (``progdistill run --report-to tensorboa
 Each model of a run (the teacher, each student) is one tracked run, named after it ("teacher", "ce-seed0"),
 with the run's whole config as its hyperparameters (plus its name, role, schedule and seed) and the metric names
 of ``metrics.jsonl`` (``eval_accuracy``, ``eval_loss``, ``train_loss``, ``lr``, ``teacher_checkpoint``, ...; in
-TensorBoard under ``teacher/`` or ``student/``, as before). Everything stays in the run directory and works
+TensorBoard under ``teacher/`` or ``student/``). Everything stays in the run directory and works
 offline:
 
 - ``tensorboard``: ``RUN/tensorboard/<model>/`` event files, the config in the HParams dashboard. The default:

@@ -1,5 +1,6 @@
-"""Edge cases of the loss core (issue "Right at every edge", items 3-6) and its properties over random shapes,
-masks, dtypes and temperatures, against float64 references written from first principles with numpy."""
+"""Edge cases of the loss core (equal inputs, rounding near 0, shape mismatches, tiny and zero temperatures, masked
+vocabulary columns) and its properties over random shapes, masks, dtypes and temperatures, against float64
+references written from first principles with numpy."""
 
 import math
 

@@ -170,10 +170,10 @@ def test_checkpoints_without_weights_or_with_odd_names_are_reported(teacher_run,
         assert HFTrajectory(out, GPT2LMHeadModel).steps == [5, 10, 15]
 
 
-# ---- Normalization: the update of one big batch for every model (issue "Right at every edge", items 8-11) ----
+# ---- Normalization: the update of one big batch for every model, however its tokens are split ----
 
 V, T = 16, 10
-LENGTHS = (1, 9, 4, 10, 2, 7, 5, 3)  # tokens per sequence: the first two are the issue's 1 and 9
+LENGTHS = (1, 9, 4, 10, 2, 7, 5, 3)  # tokens per sequence: uneven, so per-batch means would weight tokens unequally
 
 
 class Padded(torch.utils.data.Dataset):

@@ -137,7 +137,7 @@ def test_generation_on_a_non_generative_task_is_refused(task, fields, name):
 
 def test_set_reaches_the_new_fields_and_default_configs_keep_their_hash():
     config = get_preset("pcfg-lm")
-    assert "beta" not in to_dict(config)["distillation"]  # unset new fields leave the JSON form (and hash) as before
+    assert "beta" not in to_dict(config)["distillation"]  # optional fields at their default stay out of the hash
     data = to_dict(config, complete=True)
     for assignment in ("distillation.lmbda=0.5", "distillation.seq_kd=true", "distillation.loss=generalized_jsd",
                        "distillation.beta=0.9", "distillation.top_k=5", "distillation.max_new_tokens=20"):
