@@ -26,8 +26,9 @@ The early plateau must cover more than half of the first m checkpoints for its l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -108,10 +109,10 @@ def _check_curve(steps: Sequence[int], values: Sequence[float]) -> tuple[np.ndar
                          f"{len(values_arr)}")
     if len(steps_arr) < 3:
         raise _invalid("len(steps)", len(steps_arr), "need at least 3 checkpoints to locate a transition")
-    if not np.issubdtype(steps_arr.dtype, np.integer):
-        if not (np.issubdtype(steps_arr.dtype, np.floating) and np.all(np.isfinite(steps_arr))
-                and np.all(steps_arr == np.round(steps_arr))):
-            raise _invalid("steps", steps, "must be integers")
+    if not np.issubdtype(steps_arr.dtype, np.integer) and not (
+            np.issubdtype(steps_arr.dtype, np.floating) and np.all(np.isfinite(steps_arr))
+            and np.all(steps_arr == np.round(steps_arr))):
+        raise _invalid("steps", steps, "must be integers")
     steps_arr = steps_arr.astype(np.int64)
     bad = np.flatnonzero(np.diff(steps_arr) <= 0)
     if len(bad):

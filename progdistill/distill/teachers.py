@@ -11,8 +11,8 @@ of once per step. A teacher that trains alongside its students (co-training) is
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -26,10 +26,11 @@ TEACHER_CHUNK = 512
 class TeacherPool:
     """Frozen teacher checkpoints loaded on demand from a trajectory.
 
-    ``trajectory``: a :class:`progdistill.store.trajectory.Trajectory` or :class:`progdistill.integrations.hf.HFTrajectory` (anything
-    with ``steps`` and ``load_model(step, build)``; ``load(step)`` for transformed teachers, ``verify()`` for
-    :meth:`verify`); ``build`` makes an untrained teacher to load weights into; ``init(seed)`` a freshly
-    initialized teacher (the start of a "fresh" weight path). A teacher is loaded once when a schedule first
+    ``trajectory``: a :class:`progdistill.store.trajectory.Trajectory` or
+    :class:`progdistill.integrations.hf.HFTrajectory` (anything with ``steps`` and ``load_model(step, build)``;
+    ``load(step)`` for transformed teachers, ``verify()`` for :meth:`verify`); ``build`` makes an untrained teacher to
+    load weights into; ``init(seed)`` a freshly initialized teacher (the start of a "fresh" weight path). A teacher is
+    loaded once when a schedule first
     switches to it and kept while a schedule uses it; its model is in eval mode, with ``requires_grad`` off, and
     never in an optimizer. ``loads`` counts teacher loads.
     """
@@ -110,10 +111,10 @@ def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Te
                          teachers, num_classes: int) -> torch.Tensor | None:
     """Teacher logits for one block of steps of a stack, computed in one batch per (data stream, teacher).
 
-    plan: (L, M) teacher per step and model (a TeacherSpec or a checkpoint step; None = no teacher); teachers: a :class:`TeacherPool` or anything
-    with its ``get(spec)``, asked for the teachers in the order of the steps; x_block: (S, L, B, n) inputs of the S data
-    streams; seed_index: (M,) the stream of each model. Returns float32 logits (L, M, B, C), zero where the plan
-    has no teacher, or None when no model uses a teacher in the block.
+    plan: (L, M) teacher per step and model (a TeacherSpec or a checkpoint step; None = no teacher); teachers: a
+    :class:`TeacherPool` or anything with its ``get(spec)``, asked for the teachers in the order of the steps; x_block:
+    (S, L, B, n) inputs of the S data streams; seed_index: (M,) the stream of each model. Returns float32 logits (L, M,
+    B, C), zero where the plan has no teacher, or None when no model uses a teacher in the block.
     """
     if teachers is None or all(c is None for row in plan for c in row):
         return None

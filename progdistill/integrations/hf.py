@@ -20,10 +20,10 @@ Losses are computed on the positions the labels supervise (-100 ignored), or wit
 of the attention mask; causal LMs are shifted by one position as in their own loss (paper §2-§3: distillation
 on the masked / supervised positions). The training loss is the mean per supervised position of the whole
 optimizer step, counted here for every model, so any split into micro-batches, accumulation steps and
-processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch. Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer``
-(so ``metric_for_best_model`` and early stopping compare with a cross-entropy baseline);
-``eval_distillation_loss`` is the distillation loss against the checkpoint in use, per supervised position;
-training logs carry ``teacher_checkpoint``, the checkpoint step of the last step logged.
+processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch.
+Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer`` (so ``metric_for_best_model`` and early stopping
+compare with a cross-entropy baseline); ``eval_distillation_loss`` is the distillation loss against the checkpoint in
+use, per supervised position; training logs carry ``teacher_checkpoint``, the checkpoint step of the last step logged.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from typing import Any
 import torch
 
 from progdistill.core.config import ConfigError, DistillationConfig
-from progdistill.integrations.hf_generation import generated_micro_batches
-from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from progdistill.core.optional import require
-from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
 from progdistill.core.seeding import generator
+from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
+from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
 from progdistill.distill.teachers import TeacherPool
+from progdistill.integrations.hf_generation import generated_micro_batches
 from progdistill.store.trajectory import TrajectoryError
 
 CHECKPOINT_SCHEDULES = (CE, OneShot, Progressive, KShot)  # what resolve() gives for the schedules a trainer takes
@@ -84,7 +84,7 @@ class HFTrajectory:
                      if p.is_dir() and p.name.startswith("checkpoint-") and not _CHECKPOINT.match(p.name))
         if odd:  # e.g. a renamed "checkpoint-final": not a step, so not part of the trajectory
             warnings.warn(f"{self.directory}: ignoring {', '.join(odd)} (not checkpoint-<step>); the trajectory is "
-                          f"steps {sorted(self._dirs)}, the last of which is the final teacher")
+                          f"steps {sorted(self._dirs)}, the last of which is the final teacher", stacklevel=2)
         for step, path in sorted(self._dirs.items()):
             if not any((path / name).exists() for name in _WEIGHTS):
                 raise TrajectoryError(f"checkpoint {path} for step {step} has no weights (none of "

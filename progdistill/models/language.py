@@ -9,8 +9,9 @@ model and :func:`progdistill.train.loop.fit` trains students one after another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ class BertMLMConfig(_LMConfig):
     kind: ClassVar[str] = "bert"
     stackable: ClassVar[bool] = False
 
-    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "MaskedLM":
+    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> MaskedLM:
         """A :class:`MaskedLM` for sequences of up to ``positions`` tokens over ``vocab_size`` ids."""
         return MaskedLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
                         generators)
@@ -127,7 +128,7 @@ class GPT2LMConfig(_LMConfig):
     kind: ClassVar[str] = "gpt2-lm"
     stackable: ClassVar[bool] = False
 
-    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "CausalLM":
+    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> CausalLM:
         return CausalLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
                         generators)
 

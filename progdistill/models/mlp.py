@@ -9,9 +9,11 @@ that generator would be, so stacking changes nothing but speed.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -37,7 +39,7 @@ class MLPConfig:
         check_positive_int("model.width", self.width)
         check_positive_int("model.depth", self.depth)
 
-    def build(self, in_features: int, num_classes: int, generators: Sequence[torch.Generator]) -> "MLP":
+    def build(self, in_features: int, num_classes: int, generators: Sequence[torch.Generator]) -> MLP:
         return MLP(in_features, num_classes, self, generators)
 
 
@@ -61,7 +63,7 @@ class MLP(nn.Module):
         dims = [in_features] + [config.width] * config.depth + [num_classes]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in itertools.pairwise(dims):
             self.weights.append(nn.Parameter(torch.empty(self.num_models, d_in, d_out)))
             self.biases.append(nn.Parameter(torch.empty(self.num_models, 1, d_out)))
         with torch.no_grad():

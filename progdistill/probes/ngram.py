@@ -25,25 +25,34 @@ are not the 7- and 9-grams their labels say but windows of 4 and 2 tokens (docs/
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from progdistill.core.config import ConfigError
-from progdistill.experiment import ExperimentConfig
-from progdistill.store.lock import RunLock
-from progdistill.distill.phases import detect_phases
-from progdistill.store.rundir import RunDir
-from progdistill.tasks.base import Task
-from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
-from progdistill.store.trajectory import Trajectory
 from progdistill.core.files import atomic_write_json, atomic_write_text
-from progdistill.probes.jobs import FORWARD_BATCH, PROBE_SEED, model_jobs, read_records, refresh_report, run_jobs, schedule_of
+from progdistill.distill.phases import detect_phases
+from progdistill.experiment import ExperimentConfig
+from progdistill.probes.jobs import (
+    FORWARD_BATCH,
+    PROBE_SEED,
+    model_jobs,
+    read_records,
+    refresh_report,
+    run_jobs,
+    schedule_of,
+)
 from progdistill.probes.ngram_figure import plot_ngram
 from progdistill.probes.nonterminal import NONTERMINAL_TEST, NONTERMINAL_TRAIN, nonterminal_probe, plot_nonterminals
+from progdistill.store.lock import RunLock
+from progdistill.store.rundir import RunDir
+from progdistill.store.trajectory import Trajectory
+from progdistill.tasks.base import Task
+from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
 
 WINDOWS = (3, 5, 7)
 HIDING = ("token", "attention")

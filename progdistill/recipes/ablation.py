@@ -21,14 +21,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from progdistill.core.config import ConfigError, check_positive_int
+from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json, read_metrics
-from progdistill.store.lock import RunLock
 from progdistill.distill.phases import NoTransitionError
+from progdistill.distill.schedules import FINAL, KShot, TwoShotAuto
+from progdistill.recipes.runner import train_students
+from progdistill.store.lock import RunLock
 from progdistill.store.report import caption, curve_style, save_figure, steps_to_threshold
 from progdistill.store.rundir import RunDir
-from progdistill.recipes.runner import train_students
-from progdistill.distill.schedules import FINAL, KShot, TwoShotAuto
-from progdistill.core.distributed import resolve_device
 from progdistill.store.trajectory import Trajectory
 
 VARIANTS = ("before", "during", "after")

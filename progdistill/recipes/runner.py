@@ -10,29 +10,38 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 from progdistill.core.config import ConfigError
 from progdistill.core.distributed import barrier, is_main, rank_world, resolve_device
-from progdistill.store.environment import environment
-from progdistill.experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, co_training_only,
-                         student_name, teacher_header, teacher_pool)
 from progdistill.core.files import MetricsWriter, read_metrics
-from progdistill.store.lock import RunLock
-from progdistill.probes.registry import end_of_run_probes
-from progdistill.store.report import write_report
-from progdistill.train.resume import load_state
-from progdistill.store.rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from progdistill.distill.schedules import CE
+from progdistill.experiment import (
+    ExperimentConfig,
+    build_model,
+    check_planned_checkpoints,
+    check_task_data,
+    co_training_only,
+    student_name,
+    teacher_header,
+    teacher_pool,
+)
+from progdistill.probes.registry import end_of_run_probes
+from progdistill.store.environment import environment
+from progdistill.store.lock import RunLock
+from progdistill.store.report import write_report
+from progdistill.store.rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
+from progdistill.store.trackers import hyperparameters, resolve_report_to, start_trackers
+from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 from progdistill.tasks.base import Task
 from progdistill.train.cotraining import cotrain
-from progdistill.store.trackers import hyperparameters, resolve_report_to, start_trackers
 from progdistill.train.loop import Member, fit
-from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
+from progdistill.train.resume import load_state
 
 
 def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,

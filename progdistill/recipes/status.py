@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from progdistill.experiment import student_names, teacher_header
 from progdistill.core.files import read_metrics
+from progdistill.experiment import student_names, teacher_header
 from progdistill.recipes.launcher import read_launch, scheduler_states
 from progdistill.store.lock import lock_holder
 from progdistill.store.rundir import RESUME_STATE, RunDir

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -73,6 +73,7 @@ class ProgressLog:
                                 and now - self.last < PROGRESS_LOG_SECONDS):
             return
         self.last = now
-        span = lambda t: f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
+        def span(t):
+            return f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
         print(f"{self.desc}: step {step}/{self.steps}, eval_loss {span(eval_loss)}, eval_accuracy {span(eval_acc)}",
               file=sys.stderr, flush=True)

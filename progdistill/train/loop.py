@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,20 +28,26 @@ from tqdm.auto import tqdm
 
 from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.core.distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
-from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from progdistill.core.files import MetricsWriter
-from progdistill.train.generation import GeneratedData
+from progdistill.core.seeding import generator
+from progdistill.distill.fused import (
+    hard_targets,
+    mixture_weights,
+    soft_cross_entropy,
+    soft_targets,
+    weighted_distillation_loss,
+)
 from progdistill.distill.hints import Hints
+from progdistill.distill.schedules import CE, TeacherSpec
+from progdistill.distill.teachers import TeacherPool, block_teacher_logits, plan_temperatures
+from progdistill.store.trajectory import TrajectoryWriter
+from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
+from progdistill.train.generation import GeneratedData
 from progdistill.train.nonfinite import NonFiniteError, grads_finite, non_finite_error
-from progdistill.distill.fused import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from progdistill.train.optim import make_optimizer
 from progdistill.train.resume import load_state, save_state
-from progdistill.distill.schedules import CE, TeacherSpec
-from progdistill.core.seeding import generator
 from progdistill.train.stacks import PerStepGather, per_model_sum
-from progdistill.distill.teachers import TeacherPool, block_teacher_logits, plan_temperatures
 from progdistill.train.token_step import train_token_step
-from progdistill.store.trajectory import TrajectoryWriter
 
 BLOCK_STEPS = 1000
 
@@ -300,7 +307,7 @@ class Training:
                     self.loss_sum += torch.where(hinted, step_corrections, torch.zeros_like(step_corrections))
                     step_corrections = torch.where(hinted, torch.zeros_like(step_corrections), step_corrections)
                 per_example = self.hints.replace(per_example, hidden, plan[i],
-                                                 lambda m: x_block[self.seed_index[m], i], self.teachers)
+                                                 lambda m, i=i: x_block[self.seed_index[m], i], self.teachers)
             if not self._autograd_step(start + i, per_example) and step_corrections is not None:
                 self.loss_sum += step_corrections  # a skipped step adds no cross-entropy: take back its correction
 

@@ -18,6 +18,7 @@ about 0.1 s for each function (0.2-0.3 s for cfg3f/cfg3g, which have more produc
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -324,7 +325,7 @@ def tree_log_probability(grammar: Grammar, tokens, spans) -> float:
         lhs = grammar.nonterminals[x]
         if children[i]:
             kids = [nodes[j] for j in children[i]]
-            if kids[0][0] != a or kids[-1][1] != b or any(p[1] != q[0] for p, q in zip(kids, kids[1:])):
+            if kids[0][0] != a or kids[-1][1] != b or any(p[1] != q[0] for p, q in itertools.pairwise(kids)):
                 raise ValueError(f"children of {lhs!r} over ({a}, {b}) do not tile its span")
             rhs = tuple(grammar.nonterminals[k[2]] for k in kids)
         elif b - a == 1:

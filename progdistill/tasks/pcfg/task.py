@@ -16,18 +16,19 @@ draw of it, the masking from the generator itself, so a data stream is a functio
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from progdistill.core.config import check, check_positive_int, register
 from progdistill.tasks.base import Batch, TaskBase
-from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
 from progdistill.tasks.masking import bert_mask
+from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
 from progdistill.tasks.pcfg.sampler import Sentence, SentenceBatch, sample_sentences
 
 EVAL_BATCH = 64  # sentences per forward pass when evaluating
