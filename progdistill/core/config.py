@@ -16,6 +16,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
 
@@ -95,7 +96,7 @@ def to_dict(obj: Any, complete: bool = False) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         if getattr(type(obj), "union", None):
-            out["type"] = obj.kind
+            out["type"] = getattr(obj, "kind", None)  # every registered variant has one
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if not complete and f.metadata.get("omit_if_default") and value == f.default:
@@ -112,11 +113,11 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        if len(args) == 1:
-            return _convert(args[0], value, path)
+        if len(members) == 1:
+            return _convert(members[0], value, path)
         return value
     if origin is Annotated:
         tags = [m for m in tp.__metadata__ if isinstance(m, Tagged)]
@@ -136,7 +137,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"{path}={value!r} is invalid: must have {len(args)} items")
         return tuple(_convert(a, v, f"{path}.{i}") for i, (a, v) in enumerate(zip(args, value)))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}={value!r} is invalid: must be an object")
         return from_dict(tp, value, path)
@@ -195,6 +196,7 @@ def diff(a: Any, b: Any, path: str = "") -> list[str]:
 def flatten(data: Any, path: str = "") -> dict[str, Any]:
     """A JSON-form config as {dotted path: leaf value}, list items by index, e.g. ``distillation.temperature``,
     ``schedules.2.speed`` (the paths ``--set`` takes). An empty list or object is a leaf."""
+    items: Iterable[tuple[str, Any]]
     if isinstance(data, dict) and data:
         items = data.items()
     elif isinstance(data, (list, tuple)) and data:

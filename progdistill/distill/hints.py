@@ -103,7 +103,9 @@ class Hints:
         for m, spec in enumerate(specs):
             if spec is None or spec.hint_layer is None:
                 continue
-            s, t = self.layers[m]
+            layers = self.layers[m]
+            assert layers is not None, "a spec with a hint layer has its projection (for_stack)"
+            s, t = layers
             with torch.no_grad():
                 teacher_hidden = teachers.get(spec)(teacher_inputs(m), hidden=True)[1][t][0]  # (B, d_t)
             rows[m] = self.projections.loss(m, student_hidden[s][m], teacher_hidden)

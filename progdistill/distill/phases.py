@@ -98,7 +98,8 @@ def _invalid(name: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"{name}={value!r} is invalid: {allowed}")
 
 
-def _check_curve(steps: Sequence[int], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _check_curve(steps: Sequence[int] | np.ndarray,
+                 values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     steps_arr = np.asarray(steps)
     values_arr = np.asarray(values, dtype=np.float64)
     if steps_arr.ndim != 1 or values_arr.ndim != 1:
@@ -185,7 +186,8 @@ def _nearest(steps: np.ndarray, step: float) -> int:
 # Public
 
 
-def detect_transition(steps: Sequence[int], values: Sequence[float], direction: str = "rise", *,
+def detect_transition(steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray,
+                      direction: str = "rise", *,
                       window: int = 5, min_change: float = 0.1, min_snr: float = 4.0,
                       fractions: tuple[float, float, float] = (0.1, 0.5, 0.9)) -> Transition:
     """Locate the sharpest rise (or drop) of a curve sampled at checkpoint ``steps``.

@@ -72,6 +72,10 @@ class FixedSchedule:
     def resolve(self, trajectory) -> FixedSchedule:
         return self
 
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        """The checkpoint step of the teacher at ``student_step`` (None: no teacher); each schedule says."""
+        raise NotImplementedError
+
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec | None:
         """The teacher at ``student_step`` of a run of ``total_steps``: the checkpoint :meth:`checkpoint_at`
         names, as saved (None: no teacher)."""

@@ -37,7 +37,7 @@ def prompt_length(batches: list[dict[str, Any]]) -> int:
 
 @torch.no_grad()
 def generated_micro_batches(model, batches: list[dict[str, Any]], generator: torch.Generator,
-                            max_new_tokens: int, temperature: float) -> list[dict[str, Any]]:
+                            max_new_tokens: int | None, temperature: float) -> list[dict[str, Any]]:
     """``batches`` (micro-batches of one step: dicts with ``input_ids`` (B_i, T_i), optional ``labels``) with
     their prompts continued by ``model.generate`` (``temperature`` 0 = greedy), as micro-batches of the same
     sizes with ``input_ids``, ``attention_mask`` and ``labels`` (B_i, P + new tokens)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -81,7 +81,8 @@ class MaskedLM(nn.Module):
         self.positions = positions
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generators[0].initial_seed())
-            self.backbone = self._hf_model(positions, vocab_size, config)
+            # A Hugging Face model (transformers is optional here: typed as what it is used for).
+            self.backbone: Any = self._hf_model(positions, vocab_size, config)
 
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:

@@ -140,6 +140,7 @@ class MLP(nn.Module):
             update = w.addmm_ if w.dim() == 2 else w.baddbmm_
             update(acts[i].transpose(-1, -2), grad, alpha=step)  # w -= lr/B * acts^T grad, in place
             b.add_(grad.sum(dim=-2, keepdim=True), alpha=step)
-            grad = below
+            if below is not None:  # None after the first layer: the pass is over
+                grad = below
         return loss.unsqueeze(0) if loss.dim() == 1 else loss
 

@@ -25,7 +25,7 @@ from progdistill.distill.losses import teacher_probabilities
 from progdistill.distill.schedules import CE
 from progdistill.experiment import teacher_pool
 from progdistill.probes.jobs import PROBE_SEED
-from progdistill.probes.monomials import monomial_correlations
+from progdistill.probes.monomials import MonomialCorrelations, monomial_correlations
 from progdistill.store.rundir import RunDir
 from progdistill.store.trajectory import Trajectory
 
@@ -57,7 +57,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
     bad = [p for p in points if not 0 <= p <= 1]
     if bad:
         raise ConfigError(f"points={bad} are invalid: shares of the student's run in [0, 1]")
-    task = rundir.task(config)
+    task: Any = rundir.task(config)  # a parity task (the probe's kind registers it): support, n, sample_inputs
     trajectory = Trajectory(rundir.teacher)
     pool = teacher_pool(config, task, trajectory, torch.device("cpu"))
     total = config.student.steps
@@ -78,6 +78,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
             result = monomial_correlations(_class1_probability(pool.get(spec), temperature), task,
                                            num_samples=num_samples, degrees=degrees,
                                            generator=torch.Generator().manual_seed(PROBE_SEED))
+            assert isinstance(result, MonomialCorrelations)  # one teacher's (B,) probabilities: one result
             rows.append({"point": p, "student_step": step, "teacher_checkpoint": spec.checkpoint,
                          "temperature": temperature, **spec.describe(), **result.summary()})
         out[sched.label] = rows

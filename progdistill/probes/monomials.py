@@ -259,6 +259,7 @@ def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor],
         # sum_x chi_T(x) p(x) = sum_x p(x) - 2 sum_x parity_T(x) p(x): one elementwise pass fewer than chi
         batch = p.sum(dim=1, keepdim=True) - 2.0 * (p @ monomial_parities(x, membership))  # (M, S)
         sums = batch.double() if sums is None else sums + batch.double()
+    assert sums is not None  # num_samples >= 1: one batch at least
     corr = (sums / num_samples).abs().tolist()  # (M, S)
 
     bounds = list(itertools.accumulate((len(g) for g in inside + outside), initial=0))
@@ -299,6 +300,7 @@ def mlp_class1_probability(model: torch.nn.Module,
 def _record(model, task, num_samples: int, degrees) -> dict[str, Any]:
     result = monomial_correlations(mlp_class1_probability(model, 0), task, num_samples=num_samples,
                                    degrees=degrees, generator=torch.Generator().manual_seed(PROBE_SEED))
+    assert isinstance(result, MonomialCorrelations)  # one model's (B,) probabilities: one result
     return result.to_dict() | {"summary": result.summary()}
 
 

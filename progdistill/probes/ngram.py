@@ -276,7 +276,7 @@ def check_fits(config: ExperimentConfig) -> None:
                           "with longer sequences (nothing was written)") from None
 
 
-def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students: bool, windows: tuple[int, ...],
+def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Any, students: bool, windows: tuple[int, ...],
                  log, hiding: str = "token", distance: str = "tv") -> dict[str, Any]:
     trajectory = Trajectory(rundir.teacher)
     if not trajectory.steps:
@@ -301,7 +301,7 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students:
     def compute(name: str, step: int) -> dict[str, Any]:
         model = rundir.load_model(config, name, step if name == "teacher" else None, task=task)
         extra = trajectory.metrics(step) if name == "teacher" else {}
-        record = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
+        record: dict[str, Any] = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
                   "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows,
                                                hiding=hiding, distance=distance)}
         if grammar:
@@ -327,7 +327,7 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students:
     return summary
 
 
-def ngram_inputs(task: Task, windows: tuple[int, ...]):
+def ngram_inputs(task: Any, windows: tuple[int, ...]):
     """The probe's sequences and positions, the same for every model and for the oracle: (generator, ids,
     attention, maskable, mask id, positions) from ``task.ngram_inputs``; the generator continues to the
     non-terminal probe's sentences. Raises ``ValueError`` for a window longer than every sequence."""

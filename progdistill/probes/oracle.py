@@ -69,7 +69,7 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
 
 
 def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator,
-                          per_sentence: int = 8) -> dict[str, float]:
+                          per_sentence: int = 8) -> dict[str, float | None]:
     """Cross-entropy (nats) of the grammar's Bayes-optimal masked LM when each token is hidden with probability
     ``mask_rate``: the floor of a masked LM's loss on the grammar (paper §2's teacher loss; for BERT's
     80/10/10 rule, approximately:
@@ -92,10 +92,10 @@ def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate
         for p in rng.choice(hidden, size=min(per_sentence, len(hidden)), replace=False):
             posterior = masked_posterior(grammar, tokens, hidden.tolist(), int(p))
             nll.append(0.0 - np.log(max(posterior[tokens[p]], 1e-300)))
-    nll = np.array(nll)
-    return {"mean": float(nll.mean()) if len(nll) else None,  # None (JSON null): no token was hidden
-            "std_error": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else None,
-            "positions": len(nll), "mask_rate": float(mask_rate)}
+    losses = np.array(nll)
+    return {"mean": float(losses.mean()) if len(losses) else None,  # None (JSON null): no token was hidden
+            "std_error": float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None,
+            "positions": len(losses), "mask_rate": float(mask_rate)}
 
 
 def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=print,
@@ -125,7 +125,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=pr
     windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(rundir.path):
         rundir.check_inputs(config, teacher=False)
-        task = rundir.task(config)
+        task: Any = rundir.task(config)  # a grammar's masked LM (the probe's kind registers it)
         out = rundir.probes
         _, ids, _, maskable, _, where = ngram_inputs(task, windows)
         out.mkdir(exist_ok=True)

@@ -91,8 +91,8 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
                        task=rundir.task(config))
 
     curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
-    summary = {"first_steps": first_steps, "budget": config.student.steps, "threshold": config.threshold,
-               "metric": metric,
+    summary: dict[str, Any] = {"first_steps": first_steps, "budget": config.student.steps,
+                               "threshold": config.threshold, "metric": metric,
                "checkpoints": {v: {"step": s, "teacher_eval_accuracy": trajectory.metrics(s)["eval_accuracy"],
                                    "teacher_eval_loss": trajectory.metrics(s)["eval_loss"]}
                                for v, s in picks.items()},

@@ -27,16 +27,22 @@ def evaluate_stack(model: torch.nn.Module, batches: Sequence[Batch]) -> tuple[to
     targets (N,)), in chunks of ``EVAL_CHUNK`` rows: two tensors of shape (M,)."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0.0, 0
+    loss_sum: torch.Tensor | None = None  # (M,)
+    correct: torch.Tensor | None = None  # (M,)
+    count = 0
     for batch in batches:
         x, y = batch.inputs, batch.targets
         for i in range(0, len(x), EVAL_CHUNK):
             logits = model(x[i:i + EVAL_CHUNK])  # (M, b, C)
             target = y[i:i + EVAL_CHUNK].expand(logits.shape[0], -1)
-            loss_sum = loss_sum + cross_entropy(logits, target, reduction="none").sum(dim=1)
-            correct = correct + (logits.argmax(-1) == target).float().sum(dim=1)
+            losses = cross_entropy(logits, target, reduction="none").sum(dim=1)
+            hits = (logits.argmax(-1) == target).float().sum(dim=1)
+            loss_sum = losses if loss_sum is None else loss_sum + losses
+            correct = hits if correct is None else correct + hits
         count += len(x)
     model.train(was_training)
+    if loss_sum is None or correct is None:
+        raise ValueError("evaluate_stack: the evaluation batches hold no rows")
     return loss_sum / count, correct / count
 
 
@@ -65,7 +71,8 @@ class ProgressLog:
     evaluation (its range over the models of a stack)."""
 
     def __init__(self, desc: str, steps: int, enabled: bool):
-        self.desc, self.steps, self.enabled, self.last = desc, steps, enabled, None
+        self.desc, self.steps, self.enabled = desc, steps, enabled
+        self.last: float | None = None  # when the last line was written (time.monotonic)
 
     def __call__(self, step: int, eval_loss: torch.Tensor, eval_acc: torch.Tensor) -> None:
         now = time.monotonic()

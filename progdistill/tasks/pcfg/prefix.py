@@ -91,7 +91,8 @@ def _left_corner_order(grammar: Grammar, rules) -> list[str]:
     for lhs, rhs, terminal in rules:
         if not terminal[0]:
             edges[lhs].add(rhs[0])
-    order, state = [], {}
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: done
 
     def visit(node: str) -> None:
         if state.get(node) == 1:

@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -39,6 +39,9 @@ from progdistill.tasks.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 EVAL_BATCH = 64
 TOKENIZER_DIR = "tokenizer"
@@ -166,6 +169,7 @@ class PreparedTextTask(TextMaskedLMTask):
 
     def __init__(self, task: TextMaskedLMTask, tokenizer):
         super().__init__(**{f.name: getattr(task, f.name) for f in fields(task)})
+        self._tokenizer: Tokenizer
         object.__setattr__(self, "_tokenizer", tokenizer)
 
     def tokenizer(self):
