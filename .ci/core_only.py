@@ -39,12 +39,12 @@ def check(name: str, ok: bool, detail: str = "") -> None:
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "progdistill.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "progdistill.cli", *args], check=False, capture_output=True, text=True,
                           env=ENV, cwd=ROOT, timeout=timeout)
 
 
 def python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=ENV, cwd=ROOT,
                           timeout=300)
 
 

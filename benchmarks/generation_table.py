@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from progdistill.experiment import student_names
 from progdistill.core.files import read_metrics
+from progdistill.experiment import student_names
 from progdistill.probes.generation import generation_acceptance, grammar_kl
 from progdistill.probes.jobs import schedule_of
 from progdistill.store.rundir import RunDir
@@ -35,7 +35,8 @@ def measure(label: str, path: str) -> dict:
         student = rundir.load_model(config, name, task=task)
         out["students"][name] = {**generation_acceptance(student, task), "grammar_kl": grammar_kl(student, task),
                                  "eval_loss": last["eval_loss"], "eval_accuracy": last["eval_accuracy"],
-                                 "seq_kd_steps": last.get("seq_kd_steps"), "on_policy_steps": last.get("on_policy_steps")}
+                                 "seq_kd_steps": last.get("seq_kd_steps"),
+                                 "on_policy_steps": last.get("on_policy_steps")}
     return out
 
 

@@ -33,8 +33,8 @@ import torch
 
 from progdistill.cli import resolve_config
 from progdistill.core.config import ConfigError
-from progdistill.recipes.runner import run
 from progdistill.recipes.presets import PRESETS
+from progdistill.recipes.runner import run
 from progdistill.train.loop import resolve_device
 
 SCHEDULES = '[{"type": "ce"}, {"type": "one-shot"}, {"type": "progressive", "speed": 1.0}]'

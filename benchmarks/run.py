@@ -26,13 +26,13 @@ import torch
 from tqdm import tqdm
 
 from progdistill.core.config import OptimizerConfig, TrainConfig
-from progdistill.store.rundir import RunDir
-from progdistill.recipes.runner import run, train_teacher
-from progdistill.models.mlp import MLPConfig
-from progdistill.tasks.parity import ParityTask
-from progdistill.recipes.presets import get_preset
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.distill.teachers import TeacherPool
+from progdistill.models.mlp import MLPConfig
+from progdistill.recipes.presets import get_preset
+from progdistill.recipes.runner import run, train_teacher
+from progdistill.store.rundir import RunDir
+from progdistill.tasks.parity import ParityTask
 from progdistill.train.loop import Member, fit, generator
 
 N, K, WIDTH = 50, 5, 2000
@@ -83,7 +83,7 @@ def reference_loop_steps_per_s(steps: int, batch: int = 32) -> float:
 
     def train():
         bar = tqdm(total=steps, leave=False, mininterval=0)
-        for step, (xb, yb) in enumerate(loader):
+        for _step, (xb, yb) in enumerate(loader):
             for group in opt.param_groups:
                 group["lr"] = 0.05
             loss = loss_fn(model(xb), yb)
@@ -108,8 +108,9 @@ def sweep_seconds(steps: int, workdir: Path) -> tuple[float, float]:
                                                                               (FINAL, steps)))))
     RunDir(workdir).claim(config, overwrite=True)
     trajectory = train_teacher(config, workdir, device="cpu", log=lambda *a: None)
-    pool = lambda: TeacherPool(trajectory, lambda: config.teacher.model.build(N, 2, [torch.Generator()]),
-                               torch.device("cpu"))
+    def pool():
+        return TeacherPool(trajectory, lambda: config.teacher.model.build(N, 2, [torch.Generator()]),
+                                   torch.device("cpu"))
     runs = [(s, k) for k in range(3) for s in config.schedules]
 
     def batched():

@@ -28,9 +28,10 @@ from progdistill.distill.losses import forward_kl, top_k_divergence, top_k_targe
 
 def _status_mb(field: str) -> float:
     """VmRSS (resident now) or VmHWM (peak since the last reset) of this process, MiB (Linux /proc)."""
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
@@ -46,12 +47,14 @@ def measure(positions: int, vocab: int, k: int | None, mode: str, repeats: int) 
     teacher_logits = torch.randn(positions, vocab, generator=g) * 3
     if k is None:
         targets, target_bytes = teacher_logits, teacher_logits.nbytes
-        loss_fn = lambda: forward_kl(student, targets)
+        def loss_fn():
+            return forward_kl(student, targets)
     else:
         targets = top_k_targets(teacher_logits, k, mode=mode)
         del teacher_logits  # what a stored / transferred target keeps: O(k) per position
         target_bytes = targets.indices.nbytes + targets.log_probs.nbytes + targets.tail_log_mass.nbytes
-        loss_fn = lambda: top_k_divergence(student, targets, "forward_kl")
+        def loss_fn():
+            return top_k_divergence(student, targets, "forward_kl")
     _reset_peak()
     before = _status_mb("VmRSS")
     times = []

@@ -10,20 +10,20 @@ package is imported where a feature needs it (:func:`progdistill.core.optional.r
 """
 
 from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
+from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig
 from progdistill.models.mlp import MLP, MLPConfig
-from progdistill.tasks.parity import ParityTask
-from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.recipes.presets import PRESETS, get_preset
 from progdistill.recipes.runner import run
-from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
-from progdistill.tasks.text.task import TextMaskedLMTask
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter
+from progdistill.tasks.parity import ParityTask
+from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
+from progdistill.tasks.text.task import TextMaskedLMTask
 
 __version__ = "0.1.0"
 
-__all__ = ["CE", "FINAL", "KShot", "OneShot", "Progressive", "TwoShotAuto", "ConfigError", "DistillationConfig",
-           "OptimizerConfig", "TrainConfig", "ExperimentConfig", "run", "MLP", "MLPConfig", "ParityTask",
-           "PRESETS", "get_preset", "Trajectory", "TrajectoryError", "TrajectoryWriter", "BertMLMConfig",
-           "GPT2LMConfig", "GrammarSpec", "PCFGMaskedLMTask", "PCFGNextTokenTask", "TextMaskedLMTask"]
+__all__ = ["CE", "FINAL", "MLP", "PRESETS", "BertMLMConfig", "ConfigError", "DistillationConfig", "ExperimentConfig",
+           "GPT2LMConfig", "GrammarSpec", "KShot", "MLPConfig", "OneShot", "OptimizerConfig", "PCFGMaskedLMTask",
+           "PCFGNextTokenTask", "ParityTask", "Progressive", "TextMaskedLMTask", "TrainConfig", "Trajectory",
+           "TrajectoryError", "TrajectoryWriter", "TwoShotAuto", "get_preset", "run"]

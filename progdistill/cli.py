@@ -10,28 +10,28 @@ import warnings
 from pathlib import Path
 
 from progdistill import __version__
-from progdistill.recipes.ablation import ablate_two_shot
-from progdistill.recipes.compare import CSV, FIGURE, JSON, TABLE, compare
-from progdistill.recipes.robustness import COLUMNS, LR_SCHEDULES, TEMPERATURES, ablate_robustness
 from progdistill.core.config import ConfigError, override, to_dict
 from progdistill.core.distributed import init_from_env, is_main, local_slice, rank_world, shutdown
-from progdistill.experiment import ExperimentConfig, load_config, student_names
-from progdistill.recipes.launcher import JOB_PER, LAUNCHERS, JobsFailedError, LauncherConfig, launch, report
-from progdistill.store.lock import RunLock, RunLockedError
-from progdistill.models.language import MaskedLM
 from progdistill.core.optional import MissingExtraError
-from progdistill.recipes.presets import PRESETS, get_preset
+from progdistill.experiment import ExperimentConfig, load_config, student_names
+from progdistill.models.language import MaskedLM
 from progdistill.probes.curriculum_targets import POINTS, probe_curriculum_targets
 from progdistill.probes.monomials import probe_monomials
 from progdistill.probes.ngram import DISTANCE, WINDOWS, probe_ngram
 from progdistill.probes.oracle import probe_oracle
-from progdistill.store.rundir import RunDir
+from progdistill.recipes.ablation import ablate_two_shot
+from progdistill.recipes.compare import CSV, FIGURE, JSON, TABLE, compare
+from progdistill.recipes.launcher import JOB_PER, LAUNCHERS, JobsFailedError, LauncherConfig, launch, report
+from progdistill.recipes.presets import PRESETS, get_preset
+from progdistill.recipes.robustness import COLUMNS, LR_SCHEDULES, TEMPERATURES, ablate_robustness
 from progdistill.recipes.runner import run
 from progdistill.recipes.status import format_status, status
-from progdistill.tasks.pcfg.task import SPECIALS, GrammarTask
+from progdistill.store.lock import RunLock, RunLockedError
+from progdistill.store.rundir import RunDir
 from progdistill.store.trackers import TRACKERS, resolve_report_to
-from progdistill.train.loop import NonFiniteError
 from progdistill.store.trajectory import TrajectoryError
+from progdistill.tasks.pcfg.task import SPECIALS, GrammarTask
+from progdistill.train.loop import NonFiniteError
 
 EPILOG = """examples:
   progdistill list
@@ -176,9 +176,8 @@ def cmd_export(args) -> int:
         names = list(task.vocabulary.terminals) + list(SPECIALS)
         (out / "vocab.json").write_text(json.dumps(names) + "\n", encoding="utf-8")
         extra = ", vocab.json"
-    print(f"wrote the Hugging Face model (config.json, model.safetensors{extra}) of {args.which}"
-          f"{'' if args.which != 'teacher' else f' at step {args.step}' if args.step is not None else ' (final checkpoint)'}"
-          f" to {out}")
+    at = "" if args.which != "teacher" else f" at step {args.step}" if args.step is not None else " (final checkpoint)"
+    print(f"wrote the Hugging Face model (config.json, model.safetensors{extra}) of {args.which}{at} to {out}")
     return 0
 
 
@@ -402,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `progdistill show ... | head`: the reader stopped early
-        sys.stdout = open(os.devnull, "w")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stays open: Python's exit flushes stdout into it)
         # A command that only prints has done its job; one that works (run, probe, ...) stopped part-way:
         # fail, as a process killed by SIGPIPE does (128 + 13), so that `run ... | head && next` stops.
         return 0 if args.command in ("list", "show") else 141

@@ -14,13 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from progdistill.core.config import (ConfigError, DistillationConfig, ScheduleSpec, TaskSpec, TrainConfig, check,
-                     check_positive_int, from_dict, to_dict)
+from progdistill.core.config import (
+    ConfigError,
+    DistillationConfig,
+    ScheduleSpec,
+    TaskSpec,
+    TrainConfig,
+    check,
+    check_positive_int,
+    from_dict,
+    to_dict,
+)
+from progdistill.core.seeding import generator
 from progdistill.distill.curricula import CoTraining, HintDistillation, TemperatureCurriculum
 from progdistill.distill.schedules import CE, KShot, TwoShotAuto
-from progdistill.tasks.base import Task
-from progdistill.core.seeding import generator
 from progdistill.distill.teachers import TeacherPool
+from progdistill.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class ExperimentConfig:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
         return from_dict(cls, data)
 
 

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from progdistill.core.config import OptimizerConfig, TrainConfig
+from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.tasks.parity import ParityTask
-from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 
 
 @pytest.fixture(autouse=True)

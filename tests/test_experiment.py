@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from progdistill.core.config import ConfigError
-from progdistill.experiment import ExperimentConfig, config_hash
-from progdistill.recipes.runner import run, train_teacher
 from progdistill.core.files import read_metrics
 from progdistill.distill.schedules import KShot, Progressive
 from progdistill.distill.teachers import TeacherPool
-from progdistill.train.loop import Member, fit, generator
+from progdistill.experiment import ExperimentConfig, config_hash
+from progdistill.recipes.runner import run, train_teacher
 from progdistill.store.trajectory import Trajectory
+from progdistill.train.loop import Member, fit, generator
 
 
 def quiet(*args):
@@ -48,7 +48,8 @@ def test_tiny_run_writes_every_output(tmp_path, tiny):
 def test_same_seed_same_numbers(tmp_path, tiny):
     a = run(tiny, tmp_path / "a", log=quiet)
     b = run(tiny, tmp_path / "b", log=quiet)
-    strip = lambda r: {k: v for k, v in r.items() if k != "wall_time_s"}
+    def strip(r):
+        return {k: v for k, v in r.items() if k != "wall_time_s"}
     assert strip(a) == strip(b)
     for name in ("teacher/metrics.jsonl", "students/one-shot-seed0/metrics.jsonl"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
@@ -176,6 +177,7 @@ def test_teacher_loaded_once_per_change_and_frozen(tmp_path, tiny):
 
 def test_corrupted_teacher_checkpoint_stops_students(tmp_path, tiny):
     import shutil
+
     from progdistill.store.trajectory import TrajectoryError
 
     out = tmp_path / "run"
@@ -236,6 +238,7 @@ def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monk
 
 def test_an_interrupted_overwrite_leaves_a_run_directory_the_next_overwrite_reclaims(tmp_path, tiny, monkeypatch):
     import shutil
+
     import progdistill.store.rundir as rundir
 
     out = tmp_path / "run"

@@ -1,18 +1,17 @@
-"""The import graph of progdistill/: imports tell the architecture (lower layers never import upper ones).
+"""The import rules of progdistill/ (imports tell the architecture) that import-linter's
+contracts in pyproject.toml cannot express. Those contracts (run by `lint-imports` in CI and pre-commit) check
+the layer order and that no package's modules or sub-packages import each other in a cycle.
 
 Every module under progdistill/ is parsed with ``ast`` (nothing is imported) and its imports resolved,
-relative ones included, to build the package's import graph. The tests fail on:
+relative ones included. The tests fail on:
 
-(a) an import cycle, named module by module with the line of each import. Imports inside functions count
-    (a function-level import that hides a cycle is still a cycle); imports under ``if TYPE_CHECKING:`` do not
-    (they never run).
-(b) an import of another module's private name: ``from .x import _y``, or ``x._y`` on a progdistill module
+(a) an import of another module's private name: ``from .x import _y``, or ``x._y`` on a progdistill module
     bound by an import (``from . import x``, ``import progdistill.x as x``). Dunders (``__version__``) are public.
-(c) a function-level import of anything but an optional dependency: progdistill's own modules, the core
+(b) a function-level import of anything but an optional dependency: progdistill's own modules, the core
     dependencies (torch, numpy, safetensors, tqdm, matplotlib) and the standard library belong at the top.
-    Optional means: a module of a package named in an extra of pyproject.toml (the ``test`` extra aside), and
-    ``torch.utils.tensorboard`` (torch's bridge to the ``tensorboard`` extra). ``torch.distributed`` and
-    ``torch.nn.parallel`` are not optional: every torch build imports them (``torch.distributed.is_available()``
+    Optional means: a module of a package named in an extra of pyproject.toml (the ``test`` and ``dev`` extras
+    aside), and ``torch.utils.tensorboard`` (torch's bridge to the ``tensorboard`` extra). ``torch.distributed``
+    and ``torch.nn.parallel`` are not optional: every torch build imports them (``torch.distributed.is_available()``
     may be False, the module still imports), so they go at the top like the rest of torch.
 
 Each check runs on a small planted package first (tests ending in ``_planted``), so none can pass by finding
@@ -23,7 +22,6 @@ variant, so ``ExperimentConfig.from_dict`` of any config.json finds every task, 
 from __future__ import annotations
 
 import ast
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,87 +113,6 @@ def edges(imp: Import, modules: dict[str, Path]) -> list[str]:
     return subs + ([imp.target] if plain else [])
 
 
-def graph(modules: dict[str, Path]) -> dict[str, dict[str, int]]:
-    """importer -> {imported module: line of the first import}, without TYPE_CHECKING imports or self-edges."""
-    out: dict[str, dict[str, int]] = {m: {} for m in modules}
-    for name, path in modules.items():
-        for imp in imports_of(name, path):
-            if imp.type_checking:
-                continue
-            for target in edges(imp, modules):
-                if target != name:
-                    out[name].setdefault(target, imp.line)
-    return out
-
-
-def _components(g: dict[str, dict[str, int]]) -> list[list[str]]:
-    """Strongly connected components (Tarjan), each sorted; only those with more than one module."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-
-    def strong(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in g[v]:
-            if w not in index:
-                strong(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                out.append(sorted(component))
-
-    for v in sorted(g):
-        if v not in index:
-            strong(v)
-    return sorted(out)
-
-
-def _shortest_cycle(g: dict[str, dict[str, int]], start: str, members: set[str]) -> list[str]:
-    parent: dict[str, str] = {}
-    queue = deque([start])
-    while queue:
-        v = queue.popleft()
-        for w in sorted(g[v]):
-            if w == start:
-                path = [v]
-                while path[-1] != start:
-                    path.append(parent[path[-1]])
-                return path[::-1]
-            if w in members and w not in parent:
-                parent[w] = v
-                queue.append(w)
-    raise AssertionError(f"{start} lies on no cycle")  # unreachable for a member of a component
-
-
-def find_cycles(modules: dict[str, Path]) -> list[str]:
-    """Import cycles as ``a:LINE -> b:LINE -> a`` (LINE: where the module imports the next one): per strongly
-    connected component, the shortest cycle through each member that no earlier cycle passed through."""
-    g = graph(modules)
-    messages = []
-    for component in _components(g):
-        covered: set[str] = set()
-        for start in component:
-            if start in covered:
-                continue
-            path = _shortest_cycle(g, start, set(component))
-            covered.update(path)
-            messages.append(" -> ".join([f"{a}:{g[a][b]}" for a, b in zip(path, path[1:] + [start])] + [start]))
-    return messages
-
-
 def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -237,12 +154,12 @@ def find_private_imports(modules: dict[str, Path]) -> list[str]:
 
 
 def optional_modules(pyproject: Path) -> tuple[str, ...]:
-    """Import names of the packages in pyproject's extras (the ``test`` extra aside), plus bridges like
+    """Import names of the packages in pyproject's extras (the ``test`` and ``dev`` extras aside), plus bridges like
     ``torch.utils.tensorboard``."""
     extras = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     names = set()
     for extra, requirements in extras.items():
-        if extra == "test":
+        if extra in ("test", "dev"):
             continue
         for requirement in requirements:
             dist = requirement.split(";")[0].split("[")[0]
@@ -315,14 +232,14 @@ PLANTED = {
     "__init__.py": "",
     "a.py": "from .b import f\n_hidden = 1\n",
     "b.py": "from . import c\n\ndef f():\n    pass\n",
-    "c.py": "from .a import _hidden\n",  # closes a -> b -> c -> a, and takes a private name
+    "c.py": "from .a import _hidden\n",  # takes a private name
     "d.py": "import pkg.a as alias\nfrom . import b\n\nprint(alias._hidden, b._x, alias.__doc__)\n",
     "e.py": ("def g():\n    import numpy\n    from .a import f\n    import transformers\n"
              "    from transformers import BertConfig\n    import torch.utils.tensorboard\n    import json\n"),
     "sub/__init__.py": "",
     "sub/h.py": "from ..d import alias\nfrom .. import e\n",  # two dots from a submodule: pkg.d, pkg.e
     "t.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .u import X\n",
-    "u.py": "from .t import TYPE_CHECKING\n",  # no cycle: t's import of u never runs
+    "u.py": "from .t import TYPE_CHECKING\n",
     "v.py": "from .config import register\n\n@register('task')\nclass V:\n    pass\n",
     "config.py": "def register(union):\n    return lambda cls: cls\n",
 }
@@ -345,14 +262,10 @@ def test_discover_and_resolve_planted(planted):
     assert resolve("pkg.sub", True, 2, None) == "pkg"
     with pytest.raises(ValueError, match="above the top-level package"):
         resolve("pkg.a", False, 3, "x")
-    g = graph(planted)
-    assert g["pkg.sub.h"] == {"pkg.d": 1, "pkg.e": 2}
-    assert g["pkg.b"] == {"pkg.c": 1}
-    assert "pkg.u" not in g["pkg.t"]
-
-
-def test_cycles_planted(planted):
-    assert find_cycles(planted) == ["pkg.a:1 -> pkg.b:1 -> pkg.c:1 -> pkg.a"]
+    h = imports_of("pkg.sub.h", planted["pkg.sub.h"])
+    assert [(imp.line, edges(imp, planted)) for imp in h] == [(1, ["pkg.d"]), (2, ["pkg.e"])]
+    assert [(imp.target, imp.type_checking) for imp in imports_of("pkg.t", planted["pkg.t"])] == [
+        ("typing", False), ("pkg.u", True)]
 
 
 def test_private_imports_planted(planted):
@@ -382,7 +295,7 @@ def test_optional_modules_read_from_pyproject():
     optional = optional_modules(ROOT / "pyproject.toml")
     assert {"transformers", "tokenizers", "gensim", "tensorboard", "accelerate", "datasets", "wandb",
             "mlflow"} <= set(optional)
-    assert not {"torch", "numpy", "safetensors", "tqdm", "matplotlib", "pytest"} & set(optional)
+    assert not {"torch", "numpy", "safetensors", "tqdm", "matplotlib", "pytest", "ruff", "mypy"} & set(optional)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -392,11 +305,6 @@ def test_optional_modules_read_from_pyproject():
 @pytest.fixture(scope="module")
 def package() -> dict[str, Path]:
     return discover(PACKAGE)
-
-
-def test_no_import_cycles(package):
-    cycles = find_cycles(package)
-    assert not cycles, "import cycles (module:line of the import -> ...):\n" + "\n".join(cycles)
 
 
 def test_no_private_imports(package):

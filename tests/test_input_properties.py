@@ -7,8 +7,8 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from progdistill.tasks.text.corpus import CorpusError, load_corpus
 from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, load_grammar, parse_grammar, random_grammar
+from progdistill.tasks.text.corpus import CorpusError, load_corpus
 
 SMALL = random_grammar(3, 2, 2, seed=1).to_text()
 CFG3B = load_grammar("cfg3b").to_text()

@@ -16,6 +16,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
 
@@ -95,7 +96,7 @@ def to_dict(obj: Any, complete: bool = False) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         if getattr(type(obj), "union", None):
-            out["type"] = obj.kind
+            out["type"] = getattr(obj, "kind", None)  # every registered variant has one
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if not complete and f.metadata.get("omit_if_default") and value == f.default:
@@ -112,11 +113,11 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        if len(args) == 1:
-            return _convert(args[0], value, path)
+        if len(members) == 1:
+            return _convert(members[0], value, path)
         return value
     if origin is Annotated:
         tags = [m for m in tp.__metadata__ if isinstance(m, Tagged)]
@@ -136,7 +137,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"{path}={value!r} is invalid: must have {len(args)} items")
         return tuple(_convert(a, v, f"{path}.{i}") for i, (a, v) in enumerate(zip(args, value)))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}={value!r} is invalid: must be an object")
         return from_dict(tp, value, path)
@@ -174,7 +175,8 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     except ConfigError as exc:
         if not path:
             raise
-        message = str(exc)  # name the field by its full path, e.g. student.batch_size, schedules.2.speed (the --set form)
+        # name the field by its full path, e.g. student.batch_size, schedules.2.speed (the --set form)
+        message = str(exc)
         first = message.split("=", 1)[0].split(".", 1)
         if len(first) == 2 and first[0] in ("model", "task", "optimizer", "distillation", "schedule"):
             message = message.split(".", 1)[1]
@@ -194,6 +196,7 @@ def diff(a: Any, b: Any, path: str = "") -> list[str]:
 def flatten(data: Any, path: str = "") -> dict[str, Any]:
     """A JSON-form config as {dotted path: leaf value}, list items by index, e.g. ``distillation.temperature``,
     ``schedules.2.speed`` (the paths ``--set`` takes). An empty list or object is a leaf."""
+    items: Iterable[tuple[str, Any]]
     if isinstance(data, dict) and data:
         items = data.items()
     elif isinstance(data, (list, tuple)) and data:
@@ -219,18 +222,19 @@ def override(data: dict, assignment: str) -> dict:
     node = data
     parts = key.strip().split(".")
     for i, part in enumerate(parts):
+        field: str | int = part  # a list's index or a dict's key
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a valid index; valid here: "
                                   + (f"0..{len(node) - 1}" if node else "none (the list is empty)"))
-            part = int(part)
+            field = int(part)
         elif not isinstance(node, dict) or part not in node:
             valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
             raise ConfigError(f"--set {key}: no field {'.'.join(parts[:i + 1])!r}; valid here: {valid}")
         if i == len(parts) - 1:
-            node[part] = value
+            node[field] = value
         else:
-            node = node[part]
+            node = node[field]
     return data
 
 
@@ -279,10 +283,11 @@ class DistillationConfig:
 
     ``loss``: "forward_kl" (KL(teacher || student), same gradients as the distillation cross-entropy),
     "reverse_kl" (KL(student || teacher); needs ``temperature > 0``), "generalized_jsd" (TRL's GKD divergence
-    with ``beta``: 0 = forward KL, 1 = reverse KL, 0.5 = symmetric JSD; :func:`progdistill.distill.losses.generalized_jsd`)
-    or "total_variation". ``temperature``: the teacher's softmax temperature T, any T >= 0; 0 means the teacher's
-    argmax as a hard label, and a T too small for logits / T to be finite in float32 (e.g. 1e-40) its limit
-    (:mod:`progdistill.distill.losses`). ``temperature_scaling``: "teacher" (only the teacher's logits are divided by T)
+    with ``beta``: 0 = forward KL, 1 = reverse KL, 0.5 = symmetric JSD;
+    :func:`progdistill.distill.losses.generalized_jsd`) or "total_variation". ``temperature``: the teacher's softmax
+    temperature T, any T >= 0; 0 means the teacher's argmax as a hard label, and a T too small for logits / T to be
+    finite in float32 (e.g. 1e-40) its limit (:mod:`progdistill.distill.losses`). ``temperature_scaling``: "teacher"
+    (only the teacher's logits are divided by T)
     or "hinton" (the student's too, and the loss times T^2; T > 0). ``top_k``: keep the teacher's k most
     probable classes only (None: all), as ``top_k_mode`` "tail_bucket" (the rest as one class) or
     "renormalized". ``alpha``: weight of the cross-entropy on true labels, mixed as
@@ -316,9 +321,9 @@ class DistillationConfig:
         check(isinstance(self.beta, (int, float)) and 0 <= self.beta <= 1, "distillation.beta", self.beta,
               "must lie in [0, 1] (0 = forward KL, 1 = reverse KL)")
         reverse = self.loss == "reverse_kl" or (self.loss == "generalized_jsd" and self.beta == 1)
+        which = "reverse_kl" if self.loss == "reverse_kl" else "generalized_jsd with beta=1 (reverse KL)"
         check(not (reverse and self.temperature == 0), "distillation.temperature",
-              self.temperature, f"{'reverse_kl' if self.loss == 'reverse_kl' else 'generalized_jsd with beta=1 (reverse KL)'} "
-              "needs temperature > 0 (a one-hot teacher has infinite reverse KL)")
+              self.temperature, f"{which} needs temperature > 0 (a one-hot teacher has infinite reverse KL)")
         check(self.temperature_scaling in ("teacher", "hinton"), "distillation.temperature_scaling",
               self.temperature_scaling, "one of teacher, hinton")
         check(not (self.temperature_scaling == "hinton" and self.temperature == 0), "distillation.temperature",

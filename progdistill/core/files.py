@@ -8,8 +8,9 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -38,7 +39,7 @@ class MetricsWriter:
     def __init__(self, path: str | os.PathLike, trackers: Sequence[Any] = ()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "w", encoding="utf-8")
+        self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (the writer owns it: close() closes it)
         self._trackers = list(trackers)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -85,7 +86,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                warnings.warn(f"{path}: ignoring truncated final line {i + 1}")
+                warnings.warn(f"{path}: ignoring truncated final line {i + 1}", stacklevel=2)
                 break
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
     return records

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 
 from progdistill.core.config import ConfigError, check, check_positive_int, register
-from progdistill.distill.schedules import TeacherSpec, FixedSchedule, final_checkpoint
 from progdistill.core.seeding import generator
+from progdistill.distill.schedules import FixedSchedule, TeacherSpec, final_checkpoint
 
 MAX_TEMPERATURE = 100.0  # a hotter teacher is uniform to float32 precision for any logits a model produces
 MAX_NOISE = 10.0  # weight noise beyond ten times a tensor's RMS leaves nothing of the teacher
@@ -237,8 +238,8 @@ class WeightPathCurriculum(_FromFinal):
         final_checkpoint(checkpoint_steps)
         if self.init == "trajectory" and 0 not in checkpoint_steps:
             raise ConfigError("schedule.init='trajectory' needs the trajectory's step-0 checkpoint (the real "
-                              f"initialization), which this trajectory does not have (steps {list(checkpoint_steps)[:5]}"
-                              "...); use init 'fresh'")
+                              "initialization), which this trajectory does not have (steps "
+                              f"{list(checkpoint_steps)[:5]}...); use init 'fresh'")
         if self.init not in INITS and not Path(self.init).is_file():
             raise ConfigError(f"schedule.init={self.init!r}: no such file")
 
@@ -314,7 +315,9 @@ class HintDistillation(_FromFinal):
 
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec:
         final = final_checkpoint(checkpoint_steps)
-        return TeacherSpec(final, hint_layer=(self.student_layer, self.layer)) if student_step < self.hint_steps else TeacherSpec(final)
+        if student_step < self.hint_steps:
+            return TeacherSpec(final, hint_layer=(self.student_layer, self.layer))
+        return TeacherSpec(final)
 
 
 @register("schedule")

@@ -27,7 +27,7 @@ def mixture_weights(alpha: float, has_teacher: torch.Tensor) -> tuple[torch.Tens
 
 
 def weighted_distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-                               loss: str, temperature: float, ce_weight: torch.Tensor,
+                               loss: str, temperature: float | torch.Tensor, ce_weight: torch.Tensor,
                                kd_weight: torch.Tensor, **options) -> torch.Tensor:
     """``ce_weight * CE(targets) + kd_weight * D(teacher || student)`` per position, shape (*), with
     per-position weights from :func:`mixture_weights` (broadcastable to (*)); D named by ``loss`` with the
@@ -42,7 +42,7 @@ def hard_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(targets, num_classes).float()
 
 
-def soft_targets(teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+def soft_targets(teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor,
                  ce_weight: torch.Tensor, kd_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused form of forward-KL distillation: the mixture target and the entropy correction (the paper's
     distillation loss "equal to forward KL up to the teacher's entropy"; the sparse-parity loop, paper §1).

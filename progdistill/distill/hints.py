@@ -8,7 +8,7 @@ hint phase and is not saved with the student's weights (it is in the resume stat
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ class Hints:
         self.projections = HintProjections(seeds, d_s, d_t)
 
     @classmethod
-    def for_stack(cls, student: nn.Module, teachers, first_specs: Sequence, seeds: Sequence[int]) -> "Hints | None":
+    def for_stack(cls, student: nn.Module, teachers, first_specs: Sequence, seeds: Sequence[int]) -> Hints | None:
         """The hints of a stack whose models start with the teacher specs ``first_specs`` (step 0; hint steps come
         first), or None when no model takes hint steps."""
         layers = [None if spec is None else spec.hint_layer for spec in first_specs]
@@ -87,7 +87,7 @@ class Hints:
         teacher = teachers.get(next(s for s in first_specs if s is not None and s.hint_layer is not None))
         return cls(student, teacher, layers, seeds)
 
-    def to(self, device) -> "Hints":
+    def to(self, device) -> Hints:
         self.projections.to(device)
         return self
 
@@ -103,7 +103,9 @@ class Hints:
         for m, spec in enumerate(specs):
             if spec is None or spec.hint_layer is None:
                 continue
-            s, t = self.layers[m]
+            layers = self.layers[m]
+            assert layers is not None, "a spec with a hint layer has its projection (for_stack)"
+            s, t = layers
             with torch.no_grad():
                 teacher_hidden = teachers.get(spec)(teacher_inputs(m), hidden=True)[1][t][0]  # (B, d_t)
             rows[m] = self.projections.loss(m, student_hidden[s][m], teacher_hidden)

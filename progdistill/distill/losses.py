@@ -70,7 +70,7 @@ def _check_temperature(temperature) -> None:
         raise ValueError(f"temperature={temperature!r} is invalid: must be >= 0")
 
 
-def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def _scaled(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """logits / T (float32, T > 0) for a softmax over the last dimension. Rows where that overflows (T too
     small to divide by) take (logits - max) / T instead, the same softmax without inf - inf: 0 at the maximum,
     at most 0 elsewhere, so those rows are the argmax limit (shared between ties). Other rows are untouched."""
@@ -124,8 +124,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
     return _reduce(per_position, mask, reduction)
 
 
-def distillation_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                               targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def distillation_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor,
+                               temperature: float | torch.Tensor = 1.0, targets: torch.Tensor | None = None,
+                               reduction: str = "mean") -> torch.Tensor:
     """-sum_c q_c log p_c with q = softmax(teacher_logits / T), p = softmax(student logits).
 
     Equals forward KL plus the teacher's entropy, so the two have the same gradients. ``targets`` is only
@@ -139,7 +140,7 @@ def distillation_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tenso
     return _reduce(per_position, mask, reduction)
 
 
-def forward_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+def forward_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 1.0,
                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """KL(q || p) = sum_c q_c (log q_c - log p_c), q = softmax(teacher_logits / T); >= 0, exactly 0 for equal
     logits at T = 1."""
@@ -153,7 +154,7 @@ def forward_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
     return _reduce(_non_negative(per_position), mask, reduction)
 
 
-def reverse_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+def reverse_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 1.0,
                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """KL(p || q) = sum_c p_c (log p_c - log q_c), q = softmax(teacher_logits / T); needs T > 0. >= 0, exactly 0
     for equal logits at T = 1.
@@ -219,14 +220,14 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta={beta!r} is invalid: must lie in [0, 1] (0 = forward KL, 1 = reverse KL)")
 
 
-def _teacher_log_probs(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def _teacher_log_probs(teacher_logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """log softmax(teacher_logits / T), float32 (*, C), -inf where the teacher's probability is 0 (T = 0)."""
     q, logq = _teacher(teacher_logits, temperature)
     return torch.where(q > 0, logq, torch.full_like(logq, float("-inf")))
 
 
 def generalized_jsd(logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
-                    temperature: float = 1.0, targets: torch.Tensor | None = None,
+                    temperature: float | torch.Tensor = 1.0, targets: torch.Tensor | None = None,
                     reduction: str = "mean") -> torch.Tensor:
     """The generalized Jensen-Shannon divergence of Agarwal et al. (GKD), with TRL's ``beta`` convention.
 
@@ -252,7 +253,7 @@ def generalized_jsd(logits: torch.Tensor, teacher_logits: torch.Tensor, beta: fl
     return _reduce(_non_negative(per_position), mask, reduction)
 
 
-def total_variation(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+def total_variation(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 1.0,
                     targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Total variation distance 1/2 sum_c |p_c - q_c| between the student p = softmax(logits) and the teacher
     q = softmax(teacher_logits / T): in [0, 1], symmetric, 0 for equal distributions. Shapes, mask and reduction
@@ -266,7 +267,7 @@ def total_variation(logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def divergence(logits: torch.Tensor, teacher_logits: torch.Tensor, loss: str = "forward_kl",
-               temperature: float = 1.0, targets: torch.Tensor | None = None, reduction: str = "mean",
+               temperature: float | torch.Tensor = 1.0, targets: torch.Tensor | None = None, reduction: str = "mean",
                beta: float = 0.5, temperature_scaling: str = "teacher", top_k: int | None = None,
                top_k_mode: str = "tail_bucket") -> torch.Tensor:
     """D(teacher || student) named by ``loss`` (one of :data:`DIVERGENCES`: :func:`forward_kl`,
@@ -282,7 +283,7 @@ def divergence(logits: torch.Tensor, teacher_logits: torch.Tensor, loss: str = "
                          f"{', '.join(TEMPERATURE_SCALINGS)}")
     if loss not in DIVERGENCES:
         raise ValueError(f"loss={loss!r} is invalid: one of {', '.join(DIVERGENCES)}")
-    scale = 1.0
+    scale: float | torch.Tensor = 1.0
     if temperature_scaling == "hinton":
         if not temperature > 0:
             raise ValueError(f"temperature={temperature!r} is invalid with temperature_scaling='hinton': must be "
@@ -304,7 +305,7 @@ def divergence(logits: torch.Tensor, teacher_logits: torch.Tensor, loss: str = "
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None,
-                      loss: str = "forward_kl", temperature: float = 1.0, alpha: float = 0.0,
+                      loss: str = "forward_kl", temperature: float | torch.Tensor = 1.0, alpha: float = 0.0,
                       reduction: str = "mean", **options) -> torch.Tensor:
     """``alpha * CE(targets) + (1 - alpha) * D(teacher || student)``, D named by ``loss`` (:func:`divergence`,
     whose keyword ``options`` -- beta, temperature_scaling, top_k, top_k_mode -- pass through). ``targets``
@@ -330,7 +331,7 @@ class TopKTargets:
     tail_log_mass: torch.Tensor
 
 
-def top_k_targets(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0,
+def top_k_targets(teacher_logits: torch.Tensor, k: int, temperature: float | torch.Tensor = 1.0,
                   mode: str = "tail_bucket") -> TopKTargets:
     """The teacher's k most probable classes of q = softmax(teacher_logits / T), teacher_logits (*, C).
 

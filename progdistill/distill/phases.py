@@ -26,8 +26,9 @@ The early plateau must cover more than half of the first m checkpoints for its l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,8 @@ def _invalid(name: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"{name}={value!r} is invalid: {allowed}")
 
 
-def _check_curve(steps: Sequence[int], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _check_curve(steps: Sequence[int] | np.ndarray,
+                 values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     steps_arr = np.asarray(steps)
     values_arr = np.asarray(values, dtype=np.float64)
     if steps_arr.ndim != 1 or values_arr.ndim != 1:
@@ -108,10 +110,10 @@ def _check_curve(steps: Sequence[int], values: Sequence[float]) -> tuple[np.ndar
                          f"{len(values_arr)}")
     if len(steps_arr) < 3:
         raise _invalid("len(steps)", len(steps_arr), "need at least 3 checkpoints to locate a transition")
-    if not np.issubdtype(steps_arr.dtype, np.integer):
-        if not (np.issubdtype(steps_arr.dtype, np.floating) and np.all(np.isfinite(steps_arr))
-                and np.all(steps_arr == np.round(steps_arr))):
-            raise _invalid("steps", steps, "must be integers")
+    if not np.issubdtype(steps_arr.dtype, np.integer) and not (
+            np.issubdtype(steps_arr.dtype, np.floating) and np.all(np.isfinite(steps_arr))
+            and np.all(steps_arr == np.round(steps_arr))):
+        raise _invalid("steps", steps, "must be integers")
     steps_arr = steps_arr.astype(np.int64)
     bad = np.flatnonzero(np.diff(steps_arr) <= 0)
     if len(bad):
@@ -184,7 +186,8 @@ def _nearest(steps: np.ndarray, step: float) -> int:
 # Public
 
 
-def detect_transition(steps: Sequence[int], values: Sequence[float], direction: str = "rise", *,
+def detect_transition(steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray,
+                      direction: str = "rise", *,
                       window: int = 5, min_change: float = 0.1, min_snr: float = 4.0,
                       fractions: tuple[float, float, float] = (0.1, 0.5, 0.9)) -> Transition:
     """Locate the sharpest rise (or drop) of a curve sampled at checkpoint ``steps``.

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from progdistill.core.config import ConfigError, check, check_positive_int, register, variants
 from progdistill.distill.phases import NoTransitionError, detect_phases, detect_transition
@@ -68,8 +69,12 @@ class FixedSchedule:
     teacher_source: ClassVar[str] = "trajectory"
     stacks_with_others: ClassVar[bool] = True  # False: its students train in a stack of their own
 
-    def resolve(self, trajectory) -> "FixedSchedule":
+    def resolve(self, trajectory) -> FixedSchedule:
         return self
+
+    def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
+        """The checkpoint step of the teacher at ``student_step`` (None: no teacher); each schedule says."""
+        raise NotImplementedError
 
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec | None:
         """The teacher at ``student_step`` of a run of ``total_steps``: the checkpoint :meth:`checkpoint_at`
@@ -187,7 +192,8 @@ class KShot(FixedSchedule):
         return self.name or f"{len(self.points)}-shot"
 
     def __str__(self) -> str:
-        name = lambda c: "the final checkpoint" if c == FINAL else f"checkpoint {c}"
+        def name(c):
+            return "the final checkpoint" if c == FINAL else f"checkpoint {c}"
         first = [f"{name(c)} for {n} student steps" for c, n in self.points[:-1]]
         return ", then ".join(first + [f"{name(self.points[-1][0])} for the rest of the run"])
 
@@ -201,10 +207,11 @@ class KShot(FixedSchedule):
                                   f"trajectory does not have; available steps: {sorted(available)}")
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
-        end = 0
-        for ckpt, count in self.points:
+        ckpt, end = self.points[-1][0], 0  # the last checkpoint also serves any step past the planned ones
+        for point, count in self.points:
             end += count
             if student_step < end:
+                ckpt = point
                 break
         return final_checkpoint(checkpoint_steps) if ckpt == FINAL else ckpt
 

@@ -11,8 +11,9 @@ of once per step. A teacher that trains alongside its students (co-training) is
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file
@@ -23,13 +24,30 @@ from progdistill.distill.schedules import TeacherSpec
 TEACHER_CHUNK = 512
 
 
+class Teachers(Protocol):
+    """What training asks of its teachers: a :class:`TeacherPool`, or co-training's live teacher
+    (:class:`progdistill.train.cotraining.LiveTeacher`)."""
+
+    @property
+    def steps(self) -> list[int]: ...
+
+    def verify(self) -> None: ...
+
+    def prepare(self, specs) -> None: ...
+
+    def retain(self, specs) -> None: ...
+
+    def get(self, spec: TeacherSpec) -> torch.nn.Module: ...
+
+
 class TeacherPool:
     """Frozen teacher checkpoints loaded on demand from a trajectory.
 
-    ``trajectory``: a :class:`progdistill.store.trajectory.Trajectory` or :class:`progdistill.integrations.hf.HFTrajectory` (anything
-    with ``steps`` and ``load_model(step, build)``; ``load(step)`` for transformed teachers, ``verify()`` for
-    :meth:`verify`); ``build`` makes an untrained teacher to load weights into; ``init(seed)`` a freshly
-    initialized teacher (the start of a "fresh" weight path). A teacher is loaded once when a schedule first
+    ``trajectory``: a :class:`progdistill.store.trajectory.Trajectory` or
+    :class:`progdistill.integrations.hf.HFTrajectory` (anything with ``steps`` and ``load_model(step, build)``;
+    ``load(step)`` for transformed teachers, ``verify()`` for :meth:`verify`); ``build`` makes an untrained teacher to
+    load weights into; ``init(seed)`` a freshly initialized teacher (the start of a "fresh" weight path). A teacher is
+    loaded once when a schedule first
     switches to it and kept while a schedule uses it; its model is in eval mode, with ``requires_grad`` off, and
     never in an optimizer. ``loads`` counts teacher loads.
     """
@@ -58,6 +76,8 @@ class TeacherPool:
             if spec.transform is None:
                 model = self.trajectory.load_model(spec.checkpoint, self.build)
             else:
+                if self.build is None:
+                    raise ValueError("a transformed teacher needs the pool's build")
                 model = self.build()
                 model.load_state_dict(spec.transform.apply(self.trajectory.load(spec.checkpoint), self))
             model.to(self.device).eval().requires_grad_(False)
@@ -110,16 +130,16 @@ def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Te
                          teachers, num_classes: int) -> torch.Tensor | None:
     """Teacher logits for one block of steps of a stack, computed in one batch per (data stream, teacher).
 
-    plan: (L, M) teacher per step and model (a TeacherSpec or a checkpoint step; None = no teacher); teachers: a :class:`TeacherPool` or anything
-    with its ``get(spec)``, asked for the teachers in the order of the steps; x_block: (S, L, B, n) inputs of the S data
-    streams; seed_index: (M,) the stream of each model. Returns float32 logits (L, M, B, C), zero where the plan
-    has no teacher, or None when no model uses a teacher in the block.
+    plan: (L, M) teacher per step and model (a TeacherSpec or a checkpoint step; None = no teacher); teachers: a
+    :class:`TeacherPool` or anything with its ``get(spec)``, asked for the teachers in the order of the steps; x_block:
+    (S, L, B, n) inputs of the S data streams; seed_index: (M,) the stream of each model. Returns float32 logits (L, M,
+    B, C), zero where the plan has no teacher, or None when no model uses a teacher in the block.
     """
     if teachers is None or all(c is None for row in plan for c in row):
         return None
     L, M, B = len(plan), len(plan[0]), x_block.shape[2]
     logits = torch.zeros(L, M, B, num_classes, device=x_block.device)
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    groups: dict[tuple[int, TeacherSpec], list[tuple[int, int]]] = {}
     for i, row in enumerate(plan):
         for m, c in enumerate(row):
             if c is not None:  # the temperature and hint layer do not change the teacher's logits
@@ -127,9 +147,9 @@ def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Te
                 model_spec = dataclasses.replace(spec, temperature=None, hint_layer=None)
                 groups.setdefault((int(seed_index[m]), model_spec), []).append((i, m))
     with torch.no_grad():
-        for (s, c), cells in groups.items():
+        for (s, model_spec), cells in groups.items():
             rows = sorted({i for i, _ in cells})
-            teacher, inputs = teachers.get(c), x_block[s, rows].reshape(len(rows) * B, -1)
+            teacher, inputs = teachers.get(model_spec), x_block[s, rows].reshape(len(rows) * B, -1)
             # Chunks of TEACHER_CHUNK rows keep a wide teacher's hidden activations in cache (~2x faster).
             out = torch.cat([teacher(inputs[j:j + TEACHER_CHUNK])[0] for j in range(0, len(inputs), TEACHER_CHUNK)])
             out = out.view(len(rows), B, num_classes).float()  # (rows, B, C)

@@ -20,10 +20,10 @@ Losses are computed on the positions the labels supervise (-100 ignored), or wit
 of the attention mask; causal LMs are shifted by one position as in their own loss (paper §2-§3: distillation
 on the masked / supervised positions). The training loss is the mean per supervised position of the whole
 optimizer step, counted here for every model, so any split into micro-batches, accumulation steps and
-processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch. Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer``
-(so ``metric_for_best_model`` and early stopping compare with a cross-entropy baseline);
-``eval_distillation_loss`` is the distillation loss against the checkpoint in use, per supervised position;
-training logs carry ``teacher_checkpoint``, the checkpoint step of the last step logged.
+processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch.
+Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer`` (so ``metric_for_best_model`` and early stopping
+compare with a cross-entropy baseline); ``eval_distillation_loss`` is the distillation loss against the checkpoint in
+use, per supervised position; training logs carry ``teacher_checkpoint``, the checkpoint step of the last step logged.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from typing import Any
 import torch
 
 from progdistill.core.config import ConfigError, DistillationConfig
-from progdistill.integrations.hf_generation import generated_micro_batches
-from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from progdistill.core.optional import require
-from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
 from progdistill.core.seeding import generator
+from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
+from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
 from progdistill.distill.teachers import TeacherPool
+from progdistill.integrations.hf_generation import generated_micro_batches
 from progdistill.store.trajectory import TrajectoryError
 
 CHECKPOINT_SCHEDULES = (CE, OneShot, Progressive, KShot)  # what resolve() gives for the schedules a trainer takes
@@ -84,7 +84,7 @@ class HFTrajectory:
                      if p.is_dir() and p.name.startswith("checkpoint-") and not _CHECKPOINT.match(p.name))
         if odd:  # e.g. a renamed "checkpoint-final": not a step, so not part of the trajectory
             warnings.warn(f"{self.directory}: ignoring {', '.join(odd)} (not checkpoint-<step>); the trajectory is "
-                          f"steps {sorted(self._dirs)}, the last of which is the final teacher")
+                          f"steps {sorted(self._dirs)}, the last of which is the final teacher", stacklevel=2)
         for step, path in sorted(self._dirs.items()):
             if not any((path / name).exists() for name in _WEIGHTS):
                 raise TrajectoryError(f"checkpoint {path} for step {step} has no weights (none of "
@@ -145,7 +145,8 @@ class HFTrajectory:
 
 
 def _vocabulary_size(model: torch.nn.Module) -> int | None:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_input_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_input_embeddings() if get_input_embeddings is not None else None
     return embeddings.num_embeddings if isinstance(embeddings, torch.nn.Embedding) else None
 
 
@@ -166,7 +167,7 @@ def _is_sequence_classifier(model: torch.nn.Module) -> bool:
     return _is_a(model, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 
 
-class ProgressiveDistillationTrainer(_transformers().Trainer):
+class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[misc]  # a base computed at import
     """``transformers.Trainer`` that distills from the teacher checkpoint named by ``schedule`` at each step.
 
     ``teacher_trajectory``: an :class:`HFTrajectory` (or any trajectory with ``steps``, ``curve`` and
@@ -200,6 +201,8 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
     Face ``generate`` over all micro-batches of a step at once (:mod:`progdistill.integrations.hf_generation`), so the
     normalization above holds for generated batches too. ``generated_steps`` counts the steps of each kind.
     """
+
+    label_names: list[str] | None  # Trainer's: the batch keys that hold labels
 
     def __init__(self, *args, teacher_trajectory, schedule, distillation: DistillationConfig | None = None,
                  shift_labels: bool | None = None, lmbda: float | None = None, beta: float | None = None,
@@ -265,8 +268,8 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         if not batches:
             return batches, None
         batches = self._generated(batches)
-        count = sum(int((self._targets(self.model, b)[0] != IGNORE_INDEX).sum()) for b in batches)
-        count = torch.tensor(count, device=device)
+        positions = sum(int((self._targets(self.model, b)[0] != IGNORE_INDEX).sum()) for b in batches)
+        count = torch.tensor(positions, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return batches, count
@@ -352,7 +355,9 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
             kd = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
                                    self.distillation.temperature, 0.0, "none",
                                    **self.distillation.loss_options())
-            self._eval_totals += torch.stack([kd.sum().double(), positions.double()]).to(self._eval_totals.device)
+            totals = self._eval_totals
+            assert totals is not None, "evaluation_loop sets the totals before the first batch"
+            totals += torch.stack([kd.sum().double(), positions.double()]).to(totals.device)
         if not labelled:
             return torch.zeros((), device=logits.device)
         return cross_entropy(logits, targets, "none").sum() / positions.clamp(min=1)
@@ -393,7 +398,8 @@ def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float | No
             raise ConfigError(f"beta={beta!r} selects the generalized JSD, but distillation.loss="
                               f"{distillation.loss!r}: pass one of them")
         distillation = replace(distillation, loss="generalized_jsd", beta=beta)
-    given = {"lmbda": lmbda, "seq_kd": seq_kd, "max_new_tokens": max_new_tokens, "sampling_temperature": temperature}
+    given: dict[str, Any] = {"lmbda": lmbda, "seq_kd": seq_kd, "max_new_tokens": max_new_tokens,
+                             "sampling_temperature": temperature}
     distillation = replace(distillation, **{k: v for k, v in given.items() if v is not None})
     return distillation if distillation.max_new_tokens is not None else replace(distillation, max_new_tokens=128)
 

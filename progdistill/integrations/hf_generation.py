@@ -1,5 +1,5 @@
-"""Generated batches for :class:`progdistill.integrations.hf.ProgressiveDistillationTrainer`: TRL-style on-policy (``lmbda``)
-and sequence-level (``seq_kd``) distillation from the scheduled teacher checkpoint, with Hugging Face
+"""Generated batches for :class:`progdistill.integrations.hf.ProgressiveDistillationTrainer`: TRL-style on-policy
+(``lmbda``) and sequence-level (``seq_kd``) distillation from the scheduled teacher checkpoint, with Hugging Face
 ``generate`` (its KV cache).
 
 A step's micro-batches are replaced together (:func:`generated_micro_batches`): their prompts are concatenated,
@@ -37,7 +37,7 @@ def prompt_length(batches: list[dict[str, Any]]) -> int:
 
 @torch.no_grad()
 def generated_micro_batches(model, batches: list[dict[str, Any]], generator: torch.Generator,
-                            max_new_tokens: int, temperature: float) -> list[dict[str, Any]]:
+                            max_new_tokens: int | None, temperature: float) -> list[dict[str, Any]]:
     """``batches`` (micro-batches of one step: dicts with ``input_ids`` (B_i, T_i), optional ``labels``) with
     their prompts continued by ``model.generate`` (``temperature`` 0 = greedy), as micro-batches of the same
     sizes with ``input_ids``, ``attention_mask`` and ``labels`` (B_i, P + new tokens)."""
@@ -71,4 +71,4 @@ def generated_micro_batches(model, batches: list[dict[str, Any]], generator: tor
     attention = torch.cat([torch.ones_like(prompts, dtype=torch.bool), keep], dim=1).long()
     labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), torch.where(keep, new, IGNORE_INDEX)], dim=1)
     parts = zip(out.split(sizes), attention.split(sizes), labels.split(sizes))
-    return [{"input_ids": i, "attention_mask": a, "labels": l} for i, a, l in parts]
+    return [{"input_ids": ids, "attention_mask": mask, "labels": lab} for ids, mask, lab in parts]

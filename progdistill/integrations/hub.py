@@ -5,7 +5,8 @@ named by training step (``step1000``, ``step2000``, ...). :class:`HubTrajectory`
 offline (``HF_HUB_OFFLINE=1``) from the Hugging Face cache's ``refs/`` -- takes each step from its name with a
 pattern the user can give, and loads a checkpoint with ``from_pretrained(repo_id, revision=...)``, which goes
 through the cache (downloading only when online and not cached). It is a trajectory for
-:class:`progdistill.integrations.hf.ProgressiveDistillationTrainer` and :class:`progdistill.distill.teachers.TeacherPool`.
+:class:`progdistill.integrations.hf.ProgressiveDistillationTrainer` and
+:class:`progdistill.distill.teachers.TeacherPool`.
 """
 
 from __future__ import annotations

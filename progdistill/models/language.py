@@ -9,8 +9,9 @@ model and :func:`progdistill.train.loop.fit` trains students one after another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ class BertMLMConfig(_LMConfig):
     kind: ClassVar[str] = "bert"
     stackable: ClassVar[bool] = False
 
-    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "MaskedLM":
+    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> MaskedLM:
         """A :class:`MaskedLM` for sequences of up to ``positions`` tokens over ``vocab_size`` ids."""
         return MaskedLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
                         generators)
@@ -80,7 +81,8 @@ class MaskedLM(nn.Module):
         self.positions = positions
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generators[0].initial_seed())
-            self.backbone = self._hf_model(positions, vocab_size, config)
+            # A Hugging Face model (transformers is optional here: typed as what it is used for).
+            self.backbone: Any = self._hf_model(positions, vocab_size, config)
 
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
@@ -127,7 +129,7 @@ class GPT2LMConfig(_LMConfig):
     kind: ClassVar[str] = "gpt2-lm"
     stackable: ClassVar[bool] = False
 
-    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> "CausalLM":
+    def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> CausalLM:
         return CausalLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
                         generators)
 

@@ -9,9 +9,11 @@ that generator would be, so stacking changes nothing but speed.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -37,7 +39,7 @@ class MLPConfig:
         check_positive_int("model.width", self.width)
         check_positive_int("model.depth", self.depth)
 
-    def build(self, in_features: int, num_classes: int, generators: Sequence[torch.Generator]) -> "MLP":
+    def build(self, in_features: int, num_classes: int, generators: Sequence[torch.Generator]) -> MLP:
         return MLP(in_features, num_classes, self, generators)
 
 
@@ -61,7 +63,7 @@ class MLP(nn.Module):
         dims = [in_features] + [config.width] * config.depth + [num_classes]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in itertools.pairwise(dims):
             self.weights.append(nn.Parameter(torch.empty(self.num_models, d_in, d_out)))
             self.biases.append(nn.Parameter(torch.empty(self.num_models, 1, d_out)))
         with torch.no_grad():
@@ -138,6 +140,7 @@ class MLP(nn.Module):
             update = w.addmm_ if w.dim() == 2 else w.baddbmm_
             update(acts[i].transpose(-1, -2), grad, alpha=step)  # w -= lr/B * acts^T grad, in place
             b.add_(grad.sum(dim=-2, keepdim=True), alpha=step)
-            grad = below
+            if below is not None:  # None after the first layer: the pass is over
+                grad = below
         return loss.unsqueeze(0) if loss.dim() == 1 else loss
 

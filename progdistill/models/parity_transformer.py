@@ -12,8 +12,9 @@ one model, and :func:`progdistill.train.loop.fit` trains the students one after 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ class TransformerConfig:
         return self.n_head * self.head_dim
 
     def build(self, in_features: int, num_classes: int,
-              generators: Sequence[torch.Generator]) -> "ParityTransformer":
+              generators: Sequence[torch.Generator]) -> ParityTransformer:
         return ParityTransformer(in_features, num_classes, self, generators)
 
 

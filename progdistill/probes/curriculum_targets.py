@@ -13,22 +13,33 @@ progressive at speed 1) are left out. Writes ``probes/curriculum-targets.json``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from progdistill.core.config import ConfigError
-from progdistill.experiment import teacher_pool
 from progdistill.core.files import atomic_write_json
 from progdistill.distill.losses import teacher_probabilities
-from progdistill.store.rundir import RunDir
 from progdistill.distill.schedules import CE
-from progdistill.store.trajectory import Trajectory
+from progdistill.experiment import teacher_pool
 from progdistill.probes.jobs import PROBE_SEED
-from progdistill.probes.monomials import monomial_correlations
+from progdistill.probes.monomials import MonomialCorrelations, monomial_correlations
+from progdistill.store.rundir import RunDir
+from progdistill.store.trajectory import Trajectory
 
 POINTS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
+
+
+def _class1_probability(teacher: torch.nn.Module, temperature: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The probe's target: inputs (B, n) -> the teacher's q(class 1 | x) at ``temperature``, (B,)."""
+
+    def target(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return teacher_probabilities(teacher(x)[0], temperature)[:, 1]
+
+    return target
 
 
 def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POINTS, num_samples: int = 100_000,
@@ -46,7 +57,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
     bad = [p for p in points if not 0 <= p <= 1]
     if bad:
         raise ConfigError(f"points={bad} are invalid: shares of the student's run in [0, 1]")
-    task = rundir.task(config)
+    task: Any = rundir.task(config)  # a parity task (the probe's kind registers it): support, n, sample_inputs
     trajectory = Trajectory(rundir.teacher)
     pool = teacher_pool(config, task, trajectory, torch.device("cpu"))
     total = config.student.steps
@@ -64,14 +75,10 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
             if spec is None or spec.hint_layer is not None:
                 continue
             temperature = config.distillation.temperature if spec.temperature is None else spec.temperature
-            teacher = pool.get(spec)
-
-            def target(x: torch.Tensor) -> torch.Tensor:  # (B, n) -> q(class 1 | x), (B,)
-                with torch.no_grad():
-                    return teacher_probabilities(teacher(x)[0], temperature)[:, 1]
-
-            result = monomial_correlations(target, task, num_samples=num_samples, degrees=degrees,
+            result = monomial_correlations(_class1_probability(pool.get(spec), temperature), task,
+                                           num_samples=num_samples, degrees=degrees,
                                            generator=torch.Generator().manual_seed(PROBE_SEED))
+            assert isinstance(result, MonomialCorrelations)  # one teacher's (B,) probabilities: one result
             rows.append({"point": p, "student_step": step, "teacher_checkpoint": spec.checkpoint,
                          "temperature": temperature, **spec.describe(), **result.summary()})
         out[sched.label] = rows

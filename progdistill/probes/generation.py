@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from progdistill.core.files import atomic_write_json
 from progdistill.experiment import ExperimentConfig, student_names
+from progdistill.probes.jobs import PROBE_SEED, schedule_of
 from progdistill.store.rundir import RunDir
 from progdistill.tasks.base import Task
 from progdistill.tasks.pcfg.parser import inside_log_probability
 from progdistill.tasks.pcfg.prefix import grammatical_prefix_fraction, next_token_distributions
-from progdistill.core.files import atomic_write_json
-from progdistill.probes.jobs import PROBE_SEED, schedule_of
 
 GENERATION_SAMPLES = 200
 
@@ -77,7 +77,8 @@ def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=pri
     for name, r in runs.items():
         if name != "teacher":
             by_schedule.setdefault(schedule_of(name), []).append(r)
-    spread = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    def spread(v):
+        return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
     summary = {"samples": GENERATION_SAMPLES, "teacher": runs["teacher"],
                "students": {label: {f"{key} {stat}": f([r[key] for r in rs])
                                     for key in ("acceptance", "grammatical_prefix")

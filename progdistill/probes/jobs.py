@@ -13,8 +13,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from progdistill.experiment import ExperimentConfig, student_names
 from progdistill.core.files import read_metrics
+from progdistill.experiment import ExperimentConfig, student_names
 from progdistill.store.report import write_report
 from progdistill.store.rundir import RunDir
 
@@ -61,7 +61,7 @@ def run_jobs(partial: Path, settings: dict, jobs: list[tuple[str, int]], compute
 
 def _start(partial: Path, lines: list[dict]):
     """``partial`` opened for writing, holding ``lines`` (JSONL)."""
-    fh = open(partial, "w", encoding="utf-8")
+    fh = open(partial, "w", encoding="utf-8")  # noqa: SIM115 (returned open: the caller appends and closes it)
     fh.write("".join(json.dumps(line) + "\n" for line in lines))
     fh.flush()
     return fh

@@ -11,7 +11,8 @@ at the sampling noise; a perfect parity predictor p = (1 + chi_S) / 2 has corr(S
 
 The estimate is vectorised over subsets: a (S_total, n) 0/1 membership matrix turns the parity of the
 number of -1 entries of x inside every T into one matrix product, chi = 1 - 2 * ((x < 0) @ M^T mod 2), and
-the correlations of a batch are one more product, p @ chi (computed as sum(p) - 2 p @ parity). No Python loop runs over subsets or samples.
+the correlations of a batch are one more product, p @ chi (computed as sum(p) - 2 p @ parity). No Python loop
+runs over subsets or samples.
 """
 
 from __future__ import annotations
@@ -20,23 +21,24 @@ import itertools
 import json
 import math
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from progdistill.core.config import ConfigError
-from progdistill.experiment import ExperimentConfig
-from progdistill.store.lock import RunLock
-from progdistill.distill.phases import detect_transition
-from progdistill.store.report import save_figure
-from progdistill.store.rundir import RunDir
-from progdistill.tasks.parity import ParityTask
-from progdistill.store.trajectory import Trajectory
 from progdistill.core.files import atomic_write_json, atomic_write_text
+from progdistill.distill.phases import detect_transition
+from progdistill.experiment import ExperimentConfig
 from progdistill.probes.jobs import PROBE_SEED, model_jobs, refresh_report, run_jobs
 from progdistill.probes.monomials_figure import monomial_figure
+from progdistill.store.lock import RunLock
+from progdistill.store.report import save_figure
+from progdistill.store.rundir import RunDir
+from progdistill.store.trajectory import Trajectory
+from progdistill.tasks.parity import ParityTask
 
 Subset = tuple[int, ...]
 ENUMERATE_LIMIT = 50_000  # enumerate all C(n, d) subsets below this many; rejection-sample above
@@ -97,7 +99,7 @@ class DegreeCorrelations:
                 **self.stats()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DegreeCorrelations":
+    def from_dict(cls, d: dict[str, Any]) -> DegreeCorrelations:
         return cls(degree=d["degree"],
                    in_support_subsets=tuple(tuple(e["subset"]) for e in d["in_support"]),
                    in_support=tuple(float(e["correlation"]) for e in d["in_support"]),
@@ -130,7 +132,7 @@ class MonomialCorrelations:
                 "degrees": [e.to_dict() for e in self.degrees]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MonomialCorrelations":
+    def from_dict(cls, d: dict[str, Any]) -> MonomialCorrelations:
         return cls(n=d["n"], support=tuple(d["support"]), num_samples=d["num_samples"],
                    degrees=tuple(DegreeCorrelations.from_dict(e) for e in d["degrees"]))
 
@@ -257,6 +259,7 @@ def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor],
         # sum_x chi_T(x) p(x) = sum_x p(x) - 2 sum_x parity_T(x) p(x): one elementwise pass fewer than chi
         batch = p.sum(dim=1, keepdim=True) - 2.0 * (p @ monomial_parities(x, membership))  # (M, S)
         sums = batch.double() if sums is None else sums + batch.double()
+    assert sums is not None  # num_samples >= 1: one batch at least
     corr = (sums / num_samples).abs().tolist()  # (M, S)
 
     bounds = list(itertools.accumulate((len(g) for g in inside + outside), initial=0))
@@ -297,6 +300,7 @@ def mlp_class1_probability(model: torch.nn.Module,
 def _record(model, task, num_samples: int, degrees) -> dict[str, Any]:
     result = monomial_correlations(mlp_class1_probability(model, 0), task, num_samples=num_samples,
                                    degrees=degrees, generator=torch.Generator().manual_seed(PROBE_SEED))
+    assert isinstance(result, MonomialCorrelations)  # one model's (B,) probabilities: one result
     return result.to_dict() | {"summary": result.summary()}
 
 

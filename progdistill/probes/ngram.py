@@ -25,25 +25,34 @@ are not the 7- and 9-grams their labels say but windows of 4 and 2 tokens (docs/
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from progdistill.core.config import ConfigError
-from progdistill.experiment import ExperimentConfig
-from progdistill.store.lock import RunLock
-from progdistill.distill.phases import detect_phases
-from progdistill.store.rundir import RunDir
-from progdistill.tasks.base import Task
-from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
-from progdistill.store.trajectory import Trajectory
 from progdistill.core.files import atomic_write_json, atomic_write_text
-from progdistill.probes.jobs import FORWARD_BATCH, PROBE_SEED, model_jobs, read_records, refresh_report, run_jobs, schedule_of
+from progdistill.distill.phases import detect_phases
+from progdistill.experiment import ExperimentConfig
+from progdistill.probes.jobs import (
+    FORWARD_BATCH,
+    PROBE_SEED,
+    model_jobs,
+    read_records,
+    refresh_report,
+    run_jobs,
+    schedule_of,
+)
 from progdistill.probes.ngram_figure import plot_ngram
 from progdistill.probes.nonterminal import NONTERMINAL_TEST, NONTERMINAL_TRAIN, nonterminal_probe, plot_nonterminals
+from progdistill.store.lock import RunLock
+from progdistill.store.rundir import RunDir
+from progdistill.store.trajectory import Trajectory
+from progdistill.tasks.base import Task
+from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
 
 WINDOWS = (3, 5, 7)
 HIDING = ("token", "attention")
@@ -267,7 +276,7 @@ def check_fits(config: ExperimentConfig) -> None:
                           "with longer sequences (nothing was written)") from None
 
 
-def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students: bool, windows: tuple[int, ...],
+def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Any, students: bool, windows: tuple[int, ...],
                  log, hiding: str = "token", distance: str = "tv") -> dict[str, Any]:
     trajectory = Trajectory(rundir.teacher)
     if not trajectory.steps:
@@ -292,7 +301,7 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students:
     def compute(name: str, step: int) -> dict[str, Any]:
         model = rundir.load_model(config, name, step if name == "teacher" else None, task=task)
         extra = trajectory.metrics(step) if name == "teacher" else {}
-        record = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
+        record: dict[str, Any] = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
                   "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows,
                                                hiding=hiding, distance=distance)}
         if grammar:
@@ -318,7 +327,7 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Task, students:
     return summary
 
 
-def ngram_inputs(task: Task, windows: tuple[int, ...]):
+def ngram_inputs(task: Any, windows: tuple[int, ...]):
     """The probe's sequences and positions, the same for every model and for the oracle: (generator, ids,
     attention, maskable, mask id, positions) from ``task.ngram_inputs``; the generator continues to the
     non-terminal probe's sentences. Raises ``ValueError`` for a window longer than every sequence."""

@@ -37,8 +37,8 @@ def plot_ngram(records: list[dict], summary: dict, windows, path: Path, preset: 
                            label=f"M_robust, {w}-gram")
         right.plot(steps, [max(r["ngram"][f"M_close/{w}"]["median"], 1e-6) for r in teacher], ls="--",
                    color=line.get_color(), label=f"M_close, {w}-gram")
-        for score in ("M_robust", "M_close") if oracle else ():
-            if oracle[f"{score}/{w}"]["median"] > 1e-6:
+        for score in ("M_robust", "M_close") if oracle is not None else ():
+            if oracle is not None and oracle[f"{score}/{w}"]["median"] > 1e-6:
                 right.axhline(oracle[f"{score}/{w}"]["median"], ls=":", lw=1, color=line.get_color())
     if oracle:
         note = "\n".join(f"{score}: " + " / ".join(f"{oracle[f'{score}/{w}']['median']:.3g}" for w in windows)

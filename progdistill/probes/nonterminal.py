@@ -4,16 +4,16 @@ linear probe on the frozen last hidden layer predicting each token's ancestor no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from progdistill.probes.jobs import FORWARD_BATCH, schedule_of
 from progdistill.store.report import save_figure
 from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
-from progdistill.probes.jobs import FORWARD_BATCH, schedule_of
 
 NONTERMINAL_TRAIN = 256     # grammar sentences to fit the non-terminal probe on
 NONTERMINAL_TEST = 128      # sentences to score it on

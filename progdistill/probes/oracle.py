@@ -5,22 +5,33 @@ and its masked-token loss, by the inside algorithm, on the sentences and positio
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from progdistill.core.config import ConfigError
+from progdistill.core.files import atomic_write_json
+from progdistill.probes.jobs import PROBE_SEED, read_records, refresh_report
+from progdistill.probes.ngram import (
+    NGRAM_SEQUENCES,
+    WINDOWS,
+    NgramPositions,
+    check_distance,
+    check_windows,
+    distance_scores,
+    hidden_variants,
+    ngram_inputs,
+    ngram_name,
+    ngram_stem,
+)
+from progdistill.probes.ngram_figure import plot_ngram
 from progdistill.store.lock import RunLock
 from progdistill.store.rundir import RunDir
 from progdistill.tasks.pcfg.parser import masked_posterior
-from progdistill.core.files import atomic_write_json
-from progdistill.probes.jobs import PROBE_SEED, read_records, refresh_report
-from progdistill.probes.ngram import (NGRAM_SEQUENCES, WINDOWS, NgramPositions, check_distance, check_windows, distance_scores,
-                    hidden_variants, ngram_inputs, ngram_name, ngram_stem)
-from progdistill.probes.ngram_figure import plot_ngram
 
 
 def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
@@ -31,9 +42,10 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
     at the same inputs and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss
     reaches the grammar's entropy.
 
-    ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...`` (:func:`~progdistill.tasks.masking.pad_sentences`);
-    ``maskable`` (B, L): their terminal positions; ``distance``: "tv" or "l1" (= 2 x TV, the paper's axis; see
-    :mod:`progdistill.probes.ngram`). Returns the dict of :func:`ngram_dependence` (its
+    ``ids`` (B, L): grammar sentences laid out as ``BOS s EOS PAD...``
+    (:func:`~progdistill.tasks.masking.pad_sentences`); ``maskable`` (B, L): their terminal positions; ``distance``:
+    "tv" or "l1" (= 2 x TV, the paper's axis; see :mod:`progdistill.probes.ngram`). Returns the dict of
+    :func:`ngram_dependence` (its
     ``"cross_entropy"`` is the grammar's own uncertainty about a token with it alone hidden). Cost:
     (1 + 2 * len(windows)) * T inside passes per position, ~10 ms each for a 130-token sentence, ~0.1 s for
     cfg3b's ~300 tokens. Raises ``ValueError`` for a bad window or distance, and when a sentence is not in the
@@ -57,7 +69,7 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
 
 
 def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator,
-                          per_sentence: int = 8) -> dict[str, float]:
+                          per_sentence: int = 8) -> dict[str, float | None]:
     """Cross-entropy (nats) of the grammar's Bayes-optimal masked LM when each token is hidden with probability
     ``mask_rate``: the floor of a masked LM's loss on the grammar (paper §2's teacher loss; for BERT's
     80/10/10 rule, approximately:
@@ -72,18 +84,18 @@ def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate
     if not 0 < mask_rate < 1:
         raise ValueError(f"mask_rate={mask_rate!r} is invalid: must lie in (0, 1)")
     nll = []
-    for tokens in sentences:
-        tokens = np.asarray(tokens)
+    for sentence in sentences:
+        tokens = np.asarray(sentence)
         hidden = np.flatnonzero(rng.random(len(tokens)) < mask_rate)
         if not len(hidden):
             continue
         for p in rng.choice(hidden, size=min(per_sentence, len(hidden)), replace=False):
             posterior = masked_posterior(grammar, tokens, hidden.tolist(), int(p))
             nll.append(0.0 - np.log(max(posterior[tokens[p]], 1e-300)))
-    nll = np.array(nll)
-    return {"mean": float(nll.mean()) if len(nll) else None,  # None (JSON null): no token was hidden
-            "std_error": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else None,
-            "positions": int(len(nll)), "mask_rate": float(mask_rate)}
+    losses = np.array(nll)
+    return {"mean": float(losses.mean()) if len(losses) else None,  # None (JSON null): no token was hidden
+            "std_error": float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None,
+            "positions": len(losses), "mask_rate": float(mask_rate)}
 
 
 def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=print,
@@ -113,7 +125,7 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=pr
     windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
     with RunLock(rundir.path):
         rundir.check_inputs(config, teacher=False)
-        task = rundir.task(config)
+        task: Any = rundir.task(config)  # a grammar's masked LM (the probe's kind registers it)
         out = rundir.probes
         _, ids, _, maskable, _, where = ngram_inputs(task, windows)
         out.mkdir(exist_ok=True)

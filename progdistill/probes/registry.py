@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from progdistill.probes import generation, ngram
 from progdistill.tasks.base import Task

@@ -21,14 +21,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from progdistill.core.config import ConfigError, check_positive_int
+from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json, read_metrics
-from progdistill.store.lock import RunLock
 from progdistill.distill.phases import NoTransitionError
+from progdistill.distill.schedules import FINAL, KShot, TwoShotAuto
+from progdistill.recipes.runner import train_students
+from progdistill.store.lock import RunLock
 from progdistill.store.report import caption, curve_style, save_figure, steps_to_threshold
 from progdistill.store.rundir import RunDir
-from progdistill.recipes.runner import train_students
-from progdistill.distill.schedules import FINAL, KShot, TwoShotAuto
-from progdistill.core.distributed import resolve_device
 from progdistill.store.trajectory import Trajectory
 
 VARIANTS = ("before", "during", "after")
@@ -91,8 +91,8 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
                        task=rundir.task(config))
 
     curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
-    summary = {"first_steps": first_steps, "budget": config.student.steps, "threshold": config.threshold,
-               "metric": metric,
+    summary: dict[str, Any] = {"first_steps": first_steps, "budget": config.student.steps,
+                               "threshold": config.threshold, "metric": metric,
                "checkpoints": {v: {"step": s, "teacher_eval_accuracy": trajectory.metrics(s)["eval_accuracy"],
                                    "teacher_eval_loss": trajectory.metrics(s)["eval_loss"]}
                                for v, s in picks.items()},

@@ -13,20 +13,21 @@ import csv
 import io
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files: no display needed, whatever the environment says
-import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
+import matplotlib.pyplot as plt
 
-from progdistill.core.config import ConfigError, flatten, to_dict  # noqa: E402
-from progdistill.experiment import ExperimentConfig, config_hash  # noqa: E402
-from progdistill.core.files import atomic_write_json, atomic_write_text  # noqa: E402
-from progdistill.store.report import caption, curve_style, save_figure  # noqa: E402
-from progdistill.store.rundir import RunDir  # noqa: E402
+from progdistill.core.config import ConfigError, flatten, to_dict
+from progdistill.core.files import atomic_write_json, atomic_write_text
+from progdistill.experiment import ExperimentConfig, config_hash
+from progdistill.store.report import caption, curve_style, save_figure
+from progdistill.store.rundir import RunDir
 
 TABLE, CSV, JSON, FIGURE = "comparison.md", "comparison.csv", "comparison.json", "comparison.png"
 

@@ -20,25 +20,27 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from progdistill.core.config import ConfigError
-from progdistill.store.environment import environment
-from progdistill.experiment import ExperimentConfig, co_training_only, student_name, student_names, teacher_header
+from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json
-from progdistill.store.lock import RunLock, RunLockedError, lock_holder
 from progdistill.core.optional import require
+from progdistill.experiment import ExperimentConfig, co_training_only, student_name, student_names, teacher_header
 from progdistill.probes.registry import end_of_run_probes
+from progdistill.recipes.runner import check_run, train_students, train_teacher
+from progdistill.store.environment import environment
+from progdistill.store.lock import RunLock, RunLockedError, lock_holder
 from progdistill.store.report import write_report
 from progdistill.store.rundir import STUDENT_WEIGHTS, RunDir
-from progdistill.recipes.runner import check_run, train_students, train_teacher
-from progdistill.core.distributed import resolve_device
 from progdistill.store.trackers import resolve_report_to
 from progdistill.store.trajectory import Trajectory, TrajectoryError
+
 
 class JobsFailedError(RuntimeError):
     """Jobs of a launch failed or died; the message names them and the last line of each error."""
@@ -118,8 +120,8 @@ def check_slurm(launcher: LauncherConfig) -> None:
                           "node, or use --launcher submitit-local")
     flags = launcher.sbatch_flags()
     try:
-        done = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], check=False, capture_output=True,
+                              text=True, timeout=60)
     except subprocess.TimeoutExpired:
         raise ConfigError("--launcher slurm: `sbatch --test-only` did not answer within 60 s (is slurmctld up?); "
                           "nothing was submitted") from None
@@ -153,8 +155,8 @@ def _filesystem_type(path: Path) -> str | None:
     except OSError:
         return None
     best = None
-    for point, fs in mounts:
-        point = Path(point.replace("\\040", " "))
+    for mount_point, fs in mounts:
+        point = Path(mount_point.replace("\\040", " "))
         if (point == path or point in path.parents) and (best is None or len(point.parts) > len(best[0].parts)):
             best = (point, fs)
     return best[1] if best else None
@@ -287,7 +289,8 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     ``JobsFailedError`` naming the jobs that failed. ``report_to``: the jobs' experiment trackers
     (:func:`progdistill.store.trackers.resolve_report_to`, checked here; the jobs need the same packages)."""
     if launcher.kind == "local":
-        raise ConfigError("launch() submits jobs; --launcher local runs in this process (progdistill.recipes.runner.run)")
+        raise ConfigError("launch() submits jobs; --launcher local runs in this process "
+                          "(progdistill.recipes.runner.run)")
     require("submitit", "launch", f"--launcher {launcher.kind}")  # before anything is written
     if co_training_only(config):
         raise ConfigError(f"--launcher {launcher.kind}: a co-training-only run trains its teacher alongside the "
@@ -356,8 +359,8 @@ def scheduler_states(record: dict[str, Any]) -> dict[str, str]:
     if record.get("launcher") != "slurm" or not ids or shutil.which("squeue") is None:
         return {}
     try:
-        done = subprocess.run(["squeue", "-h", "-j", ",".join(sorted(ids)), "-o", "%i %T"], capture_output=True,
-                              text=True, timeout=30)
+        done = subprocess.run(["squeue", "-h", "-j", ",".join(sorted(ids)), "-o", "%i %T"], check=False,
+                              capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         return {}
     return dict(line.split(None, 1) for line in done.stdout.splitlines() if len(line.split(None, 1)) == 2)
@@ -399,5 +402,6 @@ def _alive(job, launcher: LauncherConfig) -> bool:
     """Whether the scheduler still has ``job`` (queued or running)."""
     if launcher.kind != "slurm":
         return job.state == "RUNNING"
-    done = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True)
+    done = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], check=False, capture_output=True,
+                          text=True)
     return done.returncode == 0 and bool(done.stdout.strip())

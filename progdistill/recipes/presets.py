@@ -3,18 +3,23 @@ new preset, never an edit of the training loop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
-from progdistill.experiment import ExperimentConfig
-from progdistill.models.mlp import MLPConfig
-from progdistill.tasks.parity import ParityTask
+from progdistill.distill.curricula import (
+    CoTraining,
+    HintDistillation,
+    NoisedTeacher,
+    TemperatureCurriculum,
+    WeightPathCurriculum,
+)
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
-from progdistill.distill.curricula import (CoTraining, HintDistillation, NoisedTeacher, TemperatureCurriculum,
-                        WeightPathCurriculum)
-from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "gpt2" model
+from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig
+from progdistill.models.mlp import MLPConfig
+from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "gpt2" model
+from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask
 
@@ -68,7 +73,8 @@ def parity_mlp_curricula() -> ExperimentConfig:
     schedules = (CE(), OneShot(), Progressive(speed=1.0),
                  TemperatureCurriculum(start=8.0, end=0.5, fraction=0.5),  # hot to T = 0.5, first half
                  TemperatureCurriculum(start=0.5, end=8.0, fraction=0.5),  # the reverse: a control
-                 WeightPathCurriculum(init="fresh", fraction=0.5), WeightPathCurriculum(init="trajectory", fraction=0.5),
+                 WeightPathCurriculum(init="fresh", fraction=0.5),
+                 WeightPathCurriculum(init="trajectory", fraction=0.5),
                  NoisedTeacher(start=1.0, fraction=0.5), HintDistillation(hint_steps=20_000),
                  CoTraining(lag=0), CoTraining(lag=100))
     base = parity_mlp()

@@ -24,15 +24,15 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from progdistill.recipes.ablation import claim_directory
 from progdistill.core.config import ConfigError, check_positive_int, to_dict
+from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
+from progdistill.distill.schedules import CE, OneShot, Progressive, TwoShotAuto
+from progdistill.recipes.ablation import claim_directory
+from progdistill.recipes.runner import train_students
 from progdistill.store.lock import RunLock
 from progdistill.store.report import caption, save_figure, steps_to_threshold
 from progdistill.store.rundir import RunDir
-from progdistill.recipes.runner import train_students
-from progdistill.distill.schedules import CE, OneShot, Progressive, TwoShotAuto
-from progdistill.core.distributed import resolve_device
 
 LR_SCHEDULES = ("constant", "cosine")
 TEMPERATURES = (0.0, 0.5, 1.0)
@@ -95,7 +95,8 @@ def ablate_robustness(run_dir: str | Path, seeds: int | None = None, temperature
                                       distillation=replace(config.distillation, temperature=t))
                 runs = [(f"{lr}-T{t:g}-{col}-seed{k}", s, k) for col, s in distilled.items() for k in range(seeds)]
                 cells += [(lr, t, col, [f"{lr}-T{t:g}-{col}-seed{k}" for k in range(seeds)]) for col in distilled]
-                if i == 0 and "ce" in columns:  # CE ignores the teacher: trained once per lr schedule, in the first stack
+                # CE ignores the teacher: trained once per lr schedule, in the first stack
+                if i == 0 and "ce" in columns:
                     runs += [(f"{lr}-ce-seed{k}", CE(), k) for k in range(seeds)]
                     cells.append((lr, None, "ce", [f"{lr}-ce-seed{k}" for k in range(seeds)]))
                 log(f"robustness map: student lr {lr}, temperature {t:g}")

@@ -10,29 +10,38 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 from progdistill.core.config import ConfigError
 from progdistill.core.distributed import barrier, is_main, rank_world, resolve_device
-from progdistill.store.environment import environment
-from progdistill.experiment import (ExperimentConfig, build_model, check_planned_checkpoints, check_task_data, co_training_only,
-                         student_name, teacher_header, teacher_pool)
 from progdistill.core.files import MetricsWriter, read_metrics
-from progdistill.store.lock import RunLock
-from progdistill.probes.registry import end_of_run_probes
-from progdistill.store.report import write_report
-from progdistill.train.resume import load_state
-from progdistill.store.rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from progdistill.distill.schedules import CE
+from progdistill.experiment import (
+    ExperimentConfig,
+    build_model,
+    check_planned_checkpoints,
+    check_task_data,
+    co_training_only,
+    student_name,
+    teacher_header,
+    teacher_pool,
+)
+from progdistill.probes.registry import end_of_run_probes
+from progdistill.store.environment import environment
+from progdistill.store.lock import RunLock
+from progdistill.store.report import write_report
+from progdistill.store.rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
+from progdistill.store.trackers import hyperparameters, resolve_report_to, start_trackers
+from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 from progdistill.tasks.base import Task
 from progdistill.train.cotraining import cotrain
-from progdistill.store.trackers import hyperparameters, resolve_report_to, start_trackers
 from progdistill.train.loop import Member, fit
-from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
+from progdistill.train.resume import load_state
 
 
 def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,
@@ -99,7 +108,7 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
     return Trajectory(directory)
 
 
-def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajectory, device: str = "auto",
+def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajectory | None, device: str = "auto",
                    log=print, runs: list[tuple[str, Any, int]] | None = None,
                    directory: Path | None = None, task: Task | None = None, on_record=None,
                    report_to: Sequence[str] | None = None) -> int:
@@ -128,13 +137,13 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
         resolved = {s: s for _, s, _ in todo}
     else:
         rundir.verify_teacher(trajectory)  # a missing or corrupted checkpoint stops here, before any student file
-    for _, sched, _ in todo if trajectory is not None else ():
-        if sched in resolved:  # the same schedule for another seed
-            continue
-        resolved[sched] = sched.resolve(trajectory)
-        resolved[sched].validate(trajectory.steps)
-        if resolved[sched] is not sched:
-            log(f"{sched.label}: {resolved[sched]}")
+        for _, sched, _ in todo:
+            if sched in resolved:  # the same schedule for another seed
+                continue
+            resolved[sched] = sched.resolve(trajectory)
+            resolved[sched].validate(trajectory.steps)
+            if resolved[sched] is not sched:
+                log(f"{sched.label}: {resolved[sched]}")
     dev = resolve_device(device)
     teachers = None if trajectory is None else teacher_pool(config, task, trajectory, dev)
     members = []
@@ -174,9 +183,9 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                     for mem in group if is_main() else ():
                         rundir.record_failure(directory / mem.name, exc)
                     raise
-                for m, mem in enumerate(group):
+                for index, mem in enumerate(group):
                     if is_main():
-                        _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
+                        _save_weights(_member_state(model, index, len(group)), directory / mem.name / STUDENT_WEIGHTS)
     finally:
         for mem in members:
             if mem.writer is not None:
@@ -185,7 +194,7 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     return len(todo)
 
 
-def _cotrain(config: ExperimentConfig, task: Task, trajectory: Trajectory, model, group: list[Member],
+def _cotrain(config: ExperimentConfig, task: Task, trajectory: Trajectory | None, model, group: list[Member],
              directory: Path, device, log, on_record) -> None:
     """Co-training students (:mod:`progdistill.train.cotraining`): the teacher's training runs again, in step with them,
     from its own initialization and data (the same teacher, bit for bit on CPU with the same thread count;
@@ -350,5 +359,5 @@ def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, pr
         log(f"{rundir.path} was already complete: nothing retrained, results kept (wall time of the original run)")
     before = previous["wall_time_s"] if previous is not None else 0.0  # e.g. a deleted student retrained
     wall = before if unchanged else before + earlier + time.perf_counter() - started
-    env = previous.get("environment") if unchanged else environment(resolve_device(device))
+    env = previous.get("environment") if unchanged and previous is not None else environment(resolve_device(device))
     return write_report(rundir.path, wall_time_s=wall, env=env)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from progdistill.experiment import student_names, teacher_header
 from progdistill.core.files import read_metrics
+from progdistill.experiment import student_names, teacher_header
 from progdistill.recipes.launcher import read_launch, scheduler_states
 from progdistill.store.lock import lock_holder
 from progdistill.store.rundir import RESUME_STATE, RunDir
@@ -37,9 +37,9 @@ def status(out: str | Path) -> list[dict[str, Any]]:
     for name in student_names(config):
         directory = rundir.students / name
         records = read_metrics(directory / "metrics.jsonl") if (directory / "metrics.jsonl").exists() else []
-        step = records[-1]["step"] if records else None
-        rows.append(_row(name, directory, directory, rundir.student_finished(name, config.student.steps), step,
-                         config.student.steps, launch.get("students", {}).get(name), queued))
+        student_step: int | None = records[-1]["step"] if records else None
+        rows.append(_row(name, directory, directory, rundir.student_finished(name, config.student.steps),
+                         student_step, config.student.steps, launch.get("students", {}).get(name), queued))
     return rows
 
 
@@ -53,7 +53,7 @@ def _row(name: str, directory: Path, locked: Path, done: bool, step: int | None,
         detail = f"process {holder.get('pid')} on {holder.get('host', '?')}" + \
             (f", job {holder['job']}" if holder.get("job") else "") + (f", step {step}/{steps}" if step else "")
     elif RunDir.failure(directory) is not None:
-        state, detail = "failed", RunDir.failure(directory)
+        state, detail = "failed", RunDir.failure(directory) or ""
     elif job is not None and str(job) in queued:
         state, detail = "queued", f"job {job}: {queued[str(job)].lower()}"
     elif step is not None:

@@ -81,7 +81,7 @@ class RunLock:
         self.path = Path(directory) / LOCK
         self.owned = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         if self.path.parent.exists() and not self.path.parent.is_dir():
             raise NotADirectoryError(f"{self.path.parent} is a file, not a directory; choose another directory")
         try:
@@ -112,7 +112,7 @@ class RunLock:
                     raise RunLockedError(f"{self.path.parent} is in use by process {pid}{job} on "
                                          f"{holder.get('host', 'this host')} (lock file {self.path}); wait for it "
                                          "to finish or choose another directory") from None
-                warnings.warn(f"taking over the lock {self.path} left by process {pid}, which is gone")
+                warnings.warn(f"taking over the lock {self.path} left by process {pid}, which is gone", stacklevel=2)
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as fh:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files: no display needed, whatever the environment says
-import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from progdistill.store.environment import environment_markdown  # noqa: E402
-from progdistill.experiment import config_hash, student_name  # noqa: E402
-from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics  # noqa: E402
-from progdistill.store.rundir import RunDir  # noqa: E402
-from progdistill.distill.schedules import TwoShotAuto  # noqa: E402
-from progdistill.store.trajectory import Trajectory  # noqa: E402
+from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
+from progdistill.distill.schedules import TwoShotAuto
+from progdistill.experiment import config_hash, student_name
+from progdistill.store.environment import environment_markdown
+from progdistill.store.rundir import RunDir
+from progdistill.store.trajectory import Trajectory
 
 # Line styles and markers of the schedules' curves, in turn: two schedules with identical curves (2-shot and
 # 2-shot-auto on the same checkpoint) stay distinguishable.
@@ -133,8 +134,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
         scores, loss = oracle["scores"], oracle["masked_lm_loss"]
         floor = ("not scored (no token was hidden)" if loss["mean"] is None else f"{loss['mean']:.4f}"
                  + ("" if loss["std_error"] is None else f" +/- {loss['std_error']:.4f}") + " nats")
-        lines += [f"The grammar's Bayes-optimal masked LM (exact posterior by the inside algorithm, same sentences "
-                  f"and positions; `progdistill probe oracle`): median "
+        lines += ["The grammar's Bayes-optimal masked LM (exact posterior by the inside algorithm, same sentences "
+                  "and positions; `progdistill probe oracle`): median "
                   + ", ".join(f"{k} {v['median']:.4f}" for k, v in scores.items() if k.startswith("M_"))
                   + f"; its cross-entropy with one token hidden is {scores['cross_entropy']['mean']:.4f} nats "
                   f"(mean), and with {loss['mask_rate']:.0%} of the tokens hidden {floor} (the floor of the "
@@ -147,8 +148,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
                       f" (grammatical prefix {generation['teacher']['grammatical_prefix']:.3f})"
                       if "grammatical_prefix" in generation["teacher"] else "") + ".", "",
                   "| schedule | acceptance (mean +/- std) | grammatical prefix (mean +/- std) |", "|---|---|---|"]
-        prefix = lambda v: (f"{v['grammatical_prefix mean']:.3f} +/- {v['grammatical_prefix std']:.3f}"
-                            if "grammatical_prefix mean" in v else "-")  # runs written before the measure: -
+        def prefix(v):
+            return (f"{v['grammatical_prefix mean']:.3f} +/- {v['grammatical_prefix std']:.3f}"
+                                    if "grammatical_prefix mean" in v else "-")  # runs written before the measure: -
         lines += [f"| {label} | {v['acceptance mean']:.3f} +/- {v['acceptance std']:.3f} | {prefix(v)} |"
                   for label, v in generation["students"].items()]
         lines.append("")

@@ -38,12 +38,18 @@ from safetensors.torch import load_file
 
 from progdistill.core.config import ConfigError, diff
 from progdistill.core.distributed import is_main
-from progdistill.experiment import (ExperimentConfig, build_model, check_task_data, config_hash, load_config,
-                         teacher_header)
 from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
+from progdistill.experiment import (
+    ExperimentConfig,
+    build_model,
+    check_task_data,
+    config_hash,
+    load_config,
+    teacher_header,
+)
 from progdistill.store.lock import job_id, lock_holder
-from progdistill.tasks.base import Task
 from progdistill.store.trajectory import Trajectory, TrajectoryError
+from progdistill.tasks.base import Task
 
 STUDENT_WEIGHTS = "final.safetensors"
 # The error that stopped a student's (or the teacher's) training, in its directory; `progdistill status` shows

@@ -28,8 +28,9 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from progdistill.core.config import ConfigError, flatten, to_dict
 from progdistill.core.optional import MissingExtraError, require
@@ -38,8 +39,8 @@ from progdistill.store.rundir import RunDir
 
 class Tracker:
     """One model's tracked run: :meth:`start` with the hyperparameters, :meth:`log` every record, then
-    :meth:`finish` (``failed``: training raised or was interrupted). ``run_dir``: the run directory; ``model``: "teacher" or a student's name; ``role``: "teacher"
-    or "student"."""
+    :meth:`finish` (``failed``: training raised or was interrupted). ``run_dir``: the run directory; ``model``:
+    "teacher" or a student's name; ``role``: "teacher" or "student"."""
 
     name: ClassVar[str]  # the --report-to name
     extra: ClassVar[str]  # the progdistill extra that installs it

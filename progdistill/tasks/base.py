@@ -9,14 +9,14 @@ new module (or a class in a user's own file) that implements the protocol and re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar, Protocol, Sequence, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from progdistill.distill.losses import IGNORE_INDEX  # -100, PyTorch's default: a target position without supervision
-
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,16 @@ class Batch:
     targets: torch.Tensor
     attention_mask: torch.Tensor | None = None
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
         return Batch(self.inputs.to(device), self.targets.to(device), mask)
 
-    def rows(self, index) -> "Batch":
+    def rows(self, index) -> Batch:
         """The sub-batch of rows ``index`` (a slice or an index tensor)."""
         mask = None if self.attention_mask is None else self.attention_mask[index]
         return Batch(self.inputs[index], self.targets[index], mask)
 
-    def with_targets(self, targets: torch.Tensor) -> "Batch":
+    def with_targets(self, targets: torch.Tensor) -> Batch:
         return replace(self, targets=targets)
 
     @property
@@ -103,7 +103,7 @@ class Task(Protocol):
 
     def eval_batches(self) -> Sequence[Batch]: ...
 
-    def prepare(self, run_dir: str | Path) -> "Task": ...
+    def prepare(self, run_dir: str | Path) -> Task: ...
 
     def data_digest(self) -> str | None: ...
 
@@ -119,7 +119,7 @@ class TaskBase:
     accuracy_label: ClassVar[str] = "eval accuracy"
     generative: ClassVar[bool] = False
 
-    def prepare(self, run_dir: str | Path) -> "TaskBase":
+    def prepare(self, run_dir: str | Path) -> TaskBase:
         return self
 
     def data_digest(self) -> str | None:

@@ -1,4 +1,5 @@
-"""Online co-training: students distil from a teacher that trains alongside them (:class:`~progdistill.distill.curricula.CoTraining`).
+"""Online co-training: students distil from a teacher that trains alongside them
+(:class:`~progdistill.distill.curricula.CoTraining`).
 
 Progressive distillation with zero stored checkpoints: the teacher's own training (its config, seed, data stream
 and initialization, so the very teacher ``train_teacher`` would train) advances one step at a time as its students
@@ -17,11 +18,11 @@ import torch
 from safetensors.torch import save_file
 
 from progdistill.core.config import DistillationConfig, TrainConfig
-from progdistill.train.evaluation import ProgressLog
 from progdistill.core.files import MetricsWriter, atomic_write_json
 from progdistill.distill.schedules import CE, TeacherSpec
-from progdistill.train.loop import Member, Training, fit
 from progdistill.store.trajectory import cpu_state
+from progdistill.train.evaluation import ProgressLog
+from progdistill.train.loop import Member, Training, fit
 
 
 class LiveTeacher:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,16 +27,22 @@ def evaluate_stack(model: torch.nn.Module, batches: Sequence[Batch]) -> tuple[to
     targets (N,)), in chunks of ``EVAL_CHUNK`` rows: two tensors of shape (M,)."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0.0, 0
+    loss_sum: torch.Tensor | None = None  # (M,)
+    correct: torch.Tensor | None = None  # (M,)
+    count = 0
     for batch in batches:
         x, y = batch.inputs, batch.targets
         for i in range(0, len(x), EVAL_CHUNK):
             logits = model(x[i:i + EVAL_CHUNK])  # (M, b, C)
             target = y[i:i + EVAL_CHUNK].expand(logits.shape[0], -1)
-            loss_sum = loss_sum + cross_entropy(logits, target, reduction="none").sum(dim=1)
-            correct = correct + (logits.argmax(-1) == target).float().sum(dim=1)
+            losses = cross_entropy(logits, target, reduction="none").sum(dim=1)
+            hits = (logits.argmax(-1) == target).float().sum(dim=1)
+            loss_sum = losses if loss_sum is None else loss_sum + losses
+            correct = hits if correct is None else correct + hits
         count += len(x)
     model.train(was_training)
+    if loss_sum is None or correct is None:
+        raise ValueError("evaluate_stack: the evaluation batches hold no rows")
     return loss_sum / count, correct / count
 
 
@@ -65,7 +71,8 @@ class ProgressLog:
     evaluation (its range over the models of a stack)."""
 
     def __init__(self, desc: str, steps: int, enabled: bool):
-        self.desc, self.steps, self.enabled, self.last = desc, steps, enabled, None
+        self.desc, self.steps, self.enabled = desc, steps, enabled
+        self.last: float | None = None  # when the last line was written (time.monotonic)
 
     def __call__(self, step: int, eval_loss: torch.Tensor, eval_acc: torch.Tensor) -> None:
         now = time.monotonic()
@@ -73,6 +80,7 @@ class ProgressLog:
                                 and now - self.last < PROGRESS_LOG_SECONDS):
             return
         self.last = now
-        span = lambda t: f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
+        def span(t):
+            return f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
         print(f"{self.desc}: step {step}/{self.steps}, eval_loss {span(eval_loss)}, eval_accuracy {span(eval_acc)}",
               file=sys.stderr, flush=True)

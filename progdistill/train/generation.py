@@ -20,6 +20,7 @@ steps sampled. Steps without a checkpoint (a CE schedule, or before the first) t
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ class GeneratedData:
         self.counts[source] += 1
         if source == STUDENT:
             return self._sample(student, count), source, replace(step, alpha=0.0)
-        if source == TEACHER:
+        if source == TEACHER and teacher is not None:  # (TEACHER is only chosen with a teacher)
             return self._sample(teacher, count), source, step
         return data, source, step
 
@@ -64,7 +65,7 @@ class GeneratedData:
         d = self.distillation
         return self.task.generate_batch(model, count, self.sampling, d.sampling_temperature, d.max_new_tokens)
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self) -> dict[str, Any]:
         return {"coin": self.coin.get_state(), "sampling": self.sampling.get_state(), "counts": dict(self.counts)}
 
     def load_state(self, state: dict) -> None:

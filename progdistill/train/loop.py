@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,20 +28,28 @@ from tqdm.auto import tqdm
 
 from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.core.distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
-from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from progdistill.core.files import MetricsWriter
-from progdistill.train.generation import GeneratedData
+from progdistill.core.seeding import generator
+from progdistill.distill.fused import (
+    hard_targets,
+    mixture_weights,
+    soft_cross_entropy,
+    soft_targets,
+    weighted_distillation_loss,
+)
 from progdistill.distill.hints import Hints
+from progdistill.distill.schedules import CE, TeacherSpec
+from progdistill.distill.teachers import Teachers, block_teacher_logits, plan_temperatures
+from progdistill.models.mlp import MLP
+from progdistill.store.trajectory import TrajectoryWriter
+from progdistill.tasks.base import Batch
+from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
+from progdistill.train.generation import GeneratedData
 from progdistill.train.nonfinite import NonFiniteError, grads_finite, non_finite_error
-from progdistill.distill.fused import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from progdistill.train.optim import make_optimizer
 from progdistill.train.resume import load_state, save_state
-from progdistill.distill.schedules import CE, TeacherSpec
-from progdistill.core.seeding import generator
 from progdistill.train.stacks import PerStepGather, per_model_sum
-from progdistill.distill.teachers import TeacherPool, block_teacher_logits, plan_temperatures
 from progdistill.train.token_step import train_token_step
-from progdistill.store.trajectory import TrajectoryWriter
 
 BLOCK_STEPS = 1000
 
@@ -57,7 +66,7 @@ class Member:
 
 def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member], *,
         data_stream: str, distillation: DistillationConfig | None = None,
-        teachers: TeacherPool | None = None, checkpoint_writer: TrajectoryWriter | None = None,
+        teachers: Teachers | None = None, checkpoint_writer: TrajectoryWriter | None = None,
         device: torch.device = torch.device("cpu"), desc: str = "train",
         state_path: Path | None = None, on_record: Callable[[int], None] | None = None) -> list[list[dict]]:
     """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
@@ -131,7 +140,7 @@ class Training:
     on_record: Callable[[int], None] | None = None
 
     def __init__(self, task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member],
-                 data_stream: str, distillation: DistillationConfig, teachers: TeacherPool | None,
+                 data_stream: str, distillation: DistillationConfig, teachers: Teachers | None,
                  checkpoint_writer: TrajectoryWriter | None, device: torch.device, desc: str,
                  state_path: Path | None):
         M = len(members)
@@ -163,7 +172,8 @@ class Training:
         self.generated = GeneratedData(task, distillation, members[0].seed) \
             if distillation.generates and task.per_position_targets else None
         self.eval_batches = [b.to(device) for b in task.eval_batches()]
-        self.evaluate = evaluate_tokens if task.per_position_targets else evaluate_stack
+        self.evaluate: Callable[[torch.nn.Module, Sequence[Batch]], tuple[torch.Tensor, torch.Tensor]] = \
+            evaluate_tokens if task.per_position_targets else evaluate_stack
         params = list(model.parameters()) + ([] if self.hints is None else list(self.hints.parameters()))
         self.opt, self.lr_sched = make_optimizer(params, train.optimizer, train.steps)
         model.to(device).train()
@@ -173,7 +183,7 @@ class Training:
         if rank_world()[1] > 1:
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if train.compile:
-            self.net = torch.compile(self.net)
+            self.net = cast(torch.nn.Module, torch.compile(self.net))  # compiling a module gives a module
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
         # Plain SGD on a model that declares hand-written gradients (MLP.sgd_step) skips autograd; anything else
         # (momentum, Adam, reverse KL, skipping steps, DDP, compile, bf16) goes through autograd.
@@ -231,7 +241,7 @@ class Training:
             gen = self.gens[self.members[0].seed]
             batch = self.task.sample_batch(self.train.batch_size, gen)  # drawn whatever the step trains on
             spec = plan[i][0]
-            teacher = None if spec is None else self.teachers.get(spec)
+            teacher = None if spec is None or self.teachers is None else self.teachers.get(spec)
             distillation = self.distillation if spec is None or spec.temperature is None else \
                 dataclasses.replace(self.distillation, temperature=spec.temperature)
             if self.generated is not None:  # the whole step's batch is sampled (same on every process)
@@ -287,6 +297,7 @@ class Training:
             if fused:
                 per_example = soft_cross_entropy(logits, y_steps[i] if targets is None else targets[i])
             else:
+                assert teacher_logits is not None  # not fused: a teacher's logits to distil from
                 step_temperature = temperature[i][:, None] if torch.is_tensor(temperature) else temperature
                 per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
                                                          self.distillation.loss, step_temperature,
@@ -294,13 +305,14 @@ class Training:
                                                          **self.distillation.loss_options())
             step_corrections = None if corrections is None else corrections[i]  # (M,)
             if hidden is not None:  # the hint phase: these models regress the teacher's hidden layer instead
-                if corrections is not None:  # their loss is no fused CE: take back its correction now
+                if step_corrections is not None:  # their loss is no fused CE: take back its correction now
                     hinted = torch.tensor([s is not None and s.hint_layer is not None for s in plan[i]],
                                           device=self.device)
                     self.loss_sum += torch.where(hinted, step_corrections, torch.zeros_like(step_corrections))
                     step_corrections = torch.where(hinted, torch.zeros_like(step_corrections), step_corrections)
+                assert self.hints is not None  # hidden states are asked for hint steps only
                 per_example = self.hints.replace(per_example, hidden, plan[i],
-                                                 lambda m: x_block[self.seed_index[m], i], self.teachers)
+                                                 lambda m, i=i: x_block[self.seed_index[m], i], self.teachers)
             if not self._autograd_step(start + i, per_example) and step_corrections is not None:
                 self.loss_sum += step_corrections  # a skipped step adds no cross-entropy: take back its correction
 
@@ -341,8 +353,9 @@ class Training:
         constant = self.train.optimizer.lr_schedule == "constant"
         with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            model = cast(MLP, self.model)  # hand_sgd: the MLP stack's own step
             for i in range(L):
-                step_losses[i] = self.model.sgd_step(x_steps[i], targets[i], self.opt.param_groups[0]["lr"]).mean(dim=1)
+                step_losses[i] = model.sgd_step(x_steps[i], targets[i], self.opt.param_groups[0]["lr"]).mean(dim=1)
                 if not constant:
                     self.lr_sched.step()
             if constant:  # same state as stepping it every step, without the per-step Python call
@@ -364,10 +377,12 @@ class Training:
         if not self.main_process:
             return
         eval_loss, eval_acc = self.last_evaluation = self.evaluate(self.model, self.eval_batches)
-        self.progress_log(step, eval_loss, eval_acc)
+        if self.progress_log is not None:
+            self.progress_log(step, eval_loss, eval_acc)
         in_use = self.checkpoints(max(step - 1, 0))
         for m, mem in enumerate(self.members):
-            if train_loss[m] is not None and not math.isfinite(train_loss[m]):
+            loss = train_loss[m]
+            if loss is not None and not math.isfinite(loss):
                 raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in the steps before "
                                      f"{step}; metrics saved so far are kept")
             spec = in_use[m]
@@ -389,6 +404,7 @@ class Training:
         """Save the teacher's weights when ``step`` is a checkpoint step, and the resume state (main process)."""
         if not self.main_process:
             return
+        assert self.last_evaluation is not None, "record() evaluates before checkpoint()"
         eval_loss, eval_acc = self.last_evaluation
         writer, train = self.checkpoint_writer, self.train
         if writer is not None and (step % train.checkpoint_every == 0 or step == train.steps):

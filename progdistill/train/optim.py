@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -29,6 +29,7 @@ def make_optimizer(params, cfg: OptimizerConfig, total_steps: int):
     """The optimizer and its LambdaLR scheduler. Every update is elementwise, so the models of a stack are
     optimized independently of each other."""
     params = list(params)
+    opt: torch.optim.Optimizer
     if cfg.name == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     elif cfg.name == "adam":

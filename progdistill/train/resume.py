@@ -30,6 +30,6 @@ def load_state(path: Path | None, names: list[str]) -> dict | None:
     try:
         state = torch.load(path, weights_only=False)
     except Exception as exc:  # an unreadable state file cannot be trusted: start over, saying so
-        warnings.warn(f"ignoring unreadable resume state {path}: {exc}")
+        warnings.warn(f"ignoring unreadable resume state {path}: {exc}", stacklevel=2)
         return None
     return state if state.get("names") == names else None

@@ -3,10 +3,10 @@ import json
 import pytest
 
 from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, override
+from progdistill.distill.schedules import CE
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.recipes.presets import PRESETS, get_preset
-from progdistill.distill.schedules import CE
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -7,17 +7,23 @@ from conftest import tiny_config
 from safetensors.torch import save_file
 
 from progdistill.core.config import ConfigError, DistillationConfig
-from progdistill.distill.curricula import (HintDistillation, NoisedTeacher, PathPoint, TemperatureCurriculum,
-                                   WeightPathCurriculum, stage_value)
-from progdistill.experiment import ExperimentConfig
+from progdistill.core.seeding import generator
+from progdistill.distill.curricula import (
+    HintDistillation,
+    NoisedTeacher,
+    PathPoint,
+    TemperatureCurriculum,
+    WeightPathCurriculum,
+    stage_value,
+)
 from progdistill.distill.fused import soft_targets
+from progdistill.distill.schedules import TeacherSpec
+from progdistill.distill.teachers import TeacherPool, plan_temperatures
+from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.recipes.runner import train_teacher
-from progdistill.distill.schedules import TeacherSpec
-from progdistill.core.seeding import generator
-from progdistill.distill.teachers import TeacherPool, plan_temperatures
-from progdistill.train.loop import Member, fit
 from progdistill.store.trajectory import Trajectory, TrajectoryWriter
+from progdistill.train.loop import Member, fit
 
 
 def _trajectory(tmp_path) -> Trajectory:
@@ -30,8 +36,10 @@ def _trajectory(tmp_path) -> Trajectory:
 
 
 def _pool(tmp_path) -> TeacherPool:
-    build = lambda: MLPConfig(width=8).build(5, 2, [torch.Generator()])
-    init = lambda seed: MLPConfig(width=8).build(5, 2, [generator(seed, "fresh")])
+    def build():
+        return MLPConfig(width=8).build(5, 2, [torch.Generator()])
+    def init(seed):
+        return MLPConfig(width=8).build(5, 2, [generator(seed, "fresh")])
     return TeacherPool(_trajectory(tmp_path), build, torch.device("cpu"), init=init)
 
 
@@ -137,7 +145,8 @@ def _stack_fit(tiny, traj, schedules, steps=20, pool=None, depth=1):
     cfg = replace(tiny.student, steps=steps, eval_every=10)
     members = [Member(s.label, 0, s) for s in schedules]
     stack = cfg.model.build(8, 2, [generator(0, "init") for _ in members])
-    build = lambda: tiny.teacher.model.build(8, 2, [torch.Generator()])
+    def build():
+        return tiny.teacher.model.build(8, 2, [torch.Generator()])
     pool = pool or TeacherPool(traj, build, torch.device("cpu"),
                                init=lambda seed: tiny.teacher.model.build(8, 2, [generator(seed, "w")]))
     return fit(tiny.task, stack, cfg, members, data_stream="d", distillation=DistillationConfig(temperature=0.0),

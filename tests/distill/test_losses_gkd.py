@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from progdistill.core.config import ConfigError, DistillationConfig
-from progdistill.distill.losses import (IGNORE_INDEX, distillation_loss, divergence, forward_kl, generalized_jsd, reverse_kl,
-                                top_k_divergence, top_k_targets, total_variation)
+from progdistill.distill.losses import (
+    IGNORE_INDEX,
+    distillation_loss,
+    divergence,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    top_k_divergence,
+    top_k_targets,
+    total_variation,
+)
 
 # Student logits [0, ln 3] -> p = [1/4, 3/4]; teacher logits [0, 0] -> q = [1/2, 1/2].
 S = torch.tensor([[0.0, math.log(3.0)]])

@@ -57,6 +57,7 @@ def test_k_shot_bad_points(points, field):
 
 def test_named_k_shot_schedules_tell_two_2_shots_apart():
     from dataclasses import replace
+
     from progdistill.experiment import ExperimentConfig
     from progdistill.recipes.presets import get_preset
 

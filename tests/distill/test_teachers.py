@@ -1,8 +1,8 @@
 import torch
 
-from progdistill.models.mlp import MLPConfig
-from progdistill.distill.teachers import TeacherPool, block_teacher_logits
 from progdistill.core.seeding import generator
+from progdistill.distill.teachers import TeacherPool, block_teacher_logits
+from progdistill.models.mlp import MLPConfig
 from progdistill.store.trajectory import Trajectory, TrajectoryWriter
 
 

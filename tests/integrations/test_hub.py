@@ -9,11 +9,11 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 pytest.importorskip("accelerate")
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments, TrainerCallback
+from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
+from progdistill.distill.schedules import Progressive
 from progdistill.integrations.hf import ProgressiveDistillationTrainer
 from progdistill.integrations.hub import HubTrajectory, cached_revisions
-from progdistill.distill.schedules import Progressive
 from progdistill.store.trajectory import TrajectoryError
 
 REPO = "example-org/tiny-pythia"

@@ -1,9 +1,9 @@
 import torch
 
-from progdistill.models.mlp import MLPConfig
 from progdistill.core.config import OptimizerConfig
-from progdistill.train.optim import make_optimizer
 from progdistill.core.seeding import generator
+from progdistill.models.mlp import MLPConfig
+from progdistill.train.optim import make_optimizer
 
 
 def test_shapes_and_default_one_hidden_layer():
@@ -30,10 +30,14 @@ def test_stack_equals_separate_models_forward_and_training():
         x = torch.randn(3, 8, 6, generator=gen)
         y = torch.randint(0, 2, (3, 8), generator=gen)
         loss = torch.nn.functional.cross_entropy(stack(x).reshape(-1, 2), y.reshape(-1), reduction="sum") / 8
-        opt_s.zero_grad(); loss.backward(); opt_s.step()
+        opt_s.zero_grad()
+        loss.backward()
+        opt_s.step()
         for m, (single, opt) in enumerate(zip(singles, opts)):
             l1 = torch.nn.functional.cross_entropy(single(x[m])[0], y[m])
-            opt.zero_grad(); l1.backward(); opt.step()
+            opt.zero_grad()
+            l1.backward()
+            opt.step()
     for m, single in enumerate(singles):
         assert torch.allclose(stack(x)[m], single(x[m])[0], atol=1e-5)
 

@@ -5,13 +5,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from progdistill.core.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, to_dict, variants
+from progdistill.core.seeding import generator
+from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.experiment import ExperimentConfig
+from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig
+from progdistill.recipes.presets import get_preset
 from progdistill.recipes.runner import run
 from progdistill.tasks.parity import ParityTask
-from progdistill.recipes.presets import get_preset
-from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
-from progdistill.core.seeding import generator
-from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig
 
 TINY = TransformerConfig(n_layer=1, n_head=2, head_dim=4)
 

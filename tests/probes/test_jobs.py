@@ -3,13 +3,13 @@ from dataclasses import replace
 
 import pytest
 
-from progdistill.recipes.ablation import ablate_two_shot, ablation_checkpoints
 from progdistill.core.config import ConfigError, OptimizerConfig
-from progdistill.recipes.runner import run
 from progdistill.core.files import read_metrics
+from progdistill.distill.schedules import TwoShotAuto
 from progdistill.probes.monomials import probe_monomials
 from progdistill.probes.monomials_figure import monomial_figure
-from progdistill.distill.schedules import TwoShotAuto
+from progdistill.recipes.ablation import ablate_two_shot, ablation_checkpoints
+from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory
 
 
@@ -90,8 +90,9 @@ def test_monomial_probe_over_a_run(slow_teacher_run):
 
 
 def test_probe_on_a_run_without_teacher_is_an_error(tmp_path):
-    from progdistill.store.trajectory import TrajectoryError
     from conftest import tiny_config
+
+    from progdistill.store.trajectory import TrajectoryError
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(tiny_config().to_dict()))
     with pytest.raises(TrajectoryError, match="does not exist"):
@@ -196,6 +197,7 @@ def test_a_probe_on_a_run_without_results_says_that_run_will_report_it(finished_
 
 def test_probe_and_ablation_on_a_damaged_teacher_write_nothing_and_say_how_to_recover(finished_tiny_run, tmp_path):
     import shutil
+
     from progdistill.store.trajectory import TrajectoryError
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
@@ -212,6 +214,7 @@ def test_probe_and_ablation_on_a_damaged_teacher_write_nothing_and_say_how_to_re
 
 def test_a_probe_that_fails_on_its_first_model_leaves_no_partial_file(finished_tiny_run, tmp_path, monkeypatch):
     import shutil
+
     from progdistill.store.rundir import RunDir
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
@@ -227,6 +230,7 @@ def test_a_probe_that_fails_on_its_first_model_leaves_no_partial_file(finished_t
 
 def test_monomial_figure_legends_sit_outside_the_data(finished_tiny_run, tmp_path):
     import shutil
+
     from progdistill.probes.jobs import read_records
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)

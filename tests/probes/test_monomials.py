@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from progdistill.models.mlp import MLPConfig
-from progdistill.probes.monomials import (MonomialCorrelations, membership_matrix, mlp_class1_probability,
-                                   monomial_correlations, monomials, off_support_subsets)
+from progdistill.probes.monomials import (
+    MonomialCorrelations,
+    membership_matrix,
+    mlp_class1_probability,
+    monomial_correlations,
+    monomials,
+    off_support_subsets,
+)
 from progdistill.tasks.parity import ParityTask
 
 N_SAMPLES = 20_000
@@ -67,7 +73,8 @@ def test_exact_correlations_on_the_full_cube():
     s = task.support
     # p = 0.5 + 0.1 chi_{s0} - 0.2 chi_{s0, s1} + 0.05 chi_{s0, s2, 4th off-support coordinate}
     off = next(i for i in range(6) if i not in s)
-    f = lambda x: 0.5 + 0.1 * x[:, s[0]] - 0.2 * x[:, s[0]] * x[:, s[1]] + 0.05 * x[:, s[0]] * x[:, s[2]] * x[:, off]
+    def f(x):
+        return 0.5 + 0.1 * x[:, s[0]] - 0.2 * x[:, s[0]] * x[:, s[1]] + 0.05 * x[:, s[0]] * x[:, s[2]] * x[:, off]
     r = monomial_correlations(f, task, num_samples=64, batch_size=64, degrees=[1, 2, 3])
     planted = {(s[0],): 0.1, (s[0], s[1]): 0.2, tuple(sorted((s[0], s[2], off))): 0.05}
     for _, t, c in all_values(r):
@@ -99,7 +106,8 @@ def test_planted_degree_two():
 
 def test_perfect_parity_predictor():
     task = ParityTask(n=10, k=4, support_seed=3)
-    perfect = lambda x: task.labels(x).float()  # p = (1 + chi_S) / 2
+    def perfect(x):
+        return task.labels(x).float()  # p = (1 + chi_S) / 2
     r = probe(perfect, task, degrees=[1, 2, 3, 4])
     for d in (1, 2, 3):
         assert r.degree(d).in_support_max < TOL
@@ -143,7 +151,8 @@ def test_off_support_subsets_rejection_sampling_branch():
 
 
 def test_determinism():
-    f = lambda x: torch.sigmoid(x[:, 0] + 0.5 * x[:, 1] * x[:, 5])
+    def f(x):
+        return torch.sigmoid(x[:, 0] + 0.5 * x[:, 1] * x[:, 5])
     a = probe(f, num_samples=5_000)
     b = probe(f, num_samples=5_000)
     assert a == b
@@ -155,7 +164,8 @@ def test_determinism():
 
 
 def test_batches_add_up():
-    f = lambda x: torch.sigmoid(x[:, 0] - x[:, 2] * x[:, 3])
+    def f(x):
+        return torch.sigmoid(x[:, 0] - x[:, 2] * x[:, 3])
     one = probe(f, num_samples=3_000, batch_size=3_000)
     many = probe(f, num_samples=3_000, batch_size=700)  # the stream of inputs is the same
     assert_same(one, many)

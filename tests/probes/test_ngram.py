@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from progdistill.core.seeding import generator
 from progdistill.probes.ngram import ngram_dependence, probe_positions
 from progdistill.probes.oracle import oracle_ngram_dependence_at
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, Vocabulary, pad_sentences
-from progdistill.core.seeding import generator
 
 TASK = PCFGMaskedLMTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
 VOCAB = Vocabulary(("a", "b", "c"))
@@ -52,7 +52,7 @@ def _reference_l1(model: _Planted, sentences, window: int, hiding: str) -> dict[
         terminal = ids[s] < 3
         inside = (np.abs(np.arange(len(terminal)) - p) <= window // 2) & terminal
 
-        def predict(hidden):
+        def predict(hidden, s=s, p=p):  # called at once, in this iteration
             hidden = hidden.copy()
             hidden[p] = True
             x = np.where(hidden, VOCAB.mask, ids[s])

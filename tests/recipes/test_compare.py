@@ -11,17 +11,16 @@ import math
 from dataclasses import replace
 
 import pytest
+from conftest import tiny_config
 
 from progdistill.cli import main
-from progdistill.recipes.compare import compare, compare_runs
 from progdistill.core.config import ConfigError, DistillationConfig, flatten
-from progdistill.experiment import config_hash
 from progdistill.core.files import atomic_write_json
+from progdistill.distill.schedules import CE, FINAL, KShot, Progressive
+from progdistill.experiment import config_hash
+from progdistill.recipes.compare import compare, compare_runs
 from progdistill.recipes.presets import get_preset
 from progdistill.recipes.runner import run
-from progdistill.distill.schedules import CE, FINAL, KShot, Progressive
-
-from conftest import tiny_config
 
 
 def sweep_config(temperature: float, **changes):

@@ -12,14 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
 from progdistill.core.config import ConfigError
-from progdistill.recipes.launcher import (LauncherConfig, check_shared, job_groups, launch, read_launch,
-                                  scheduler_states)
-from progdistill.store.lock import lock_holder
+from progdistill.recipes.launcher import LauncherConfig, check_shared, job_groups, launch, read_launch, scheduler_states
 from progdistill.recipes.runner import run
-
-from conftest import tiny_config
+from progdistill.store.lock import lock_holder
 
 pytest.importorskip("submitit", reason="the launcher tests need submitit: pip install \"progdistill[launch]\"")
 
@@ -33,7 +31,8 @@ def scheduler():
     if os.environ.get("PROGDISTILL_TEST_SCHEDULER", "slurm") != "slurm":
         return "submitit-local"
     try:
-        done = subprocess.run([str(ROOT / ".ci" / "slurm"), "start"], capture_output=True, text=True, timeout=240)
+        done = subprocess.run([str(ROOT / ".ci" / "slurm"), "start"], check=False, capture_output=True, text=True,
+                              timeout=240)
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"\nlauncher tests: Slurm could not start ({exc}); using submitit's local executor")
         return "submitit-local"

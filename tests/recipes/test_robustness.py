@@ -7,10 +7,10 @@ import pytest
 from progdistill.cli import main
 from progdistill.core.config import ConfigError
 from progdistill.core.files import read_metrics
-from progdistill.store.report import steps_to_threshold
+from progdistill.distill.schedules import TwoShotAuto
 from progdistill.recipes.robustness import ablate_robustness
 from progdistill.recipes.runner import run
-from progdistill.distill.schedules import TwoShotAuto
+from progdistill.store.report import steps_to_threshold
 
 
 def quiet(*args):

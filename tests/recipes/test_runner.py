@@ -2,17 +2,18 @@
 report and the probes' registry know them through the Task protocol and the model config alone."""
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from progdistill.core.config import OptimizerConfig, TrainConfig, check_positive_int, register
-from progdistill.experiment import ExperimentConfig
-from progdistill.store.rundir import RunDir
-from progdistill.recipes.runner import run
 from progdistill.distill.schedules import CE, OneShot, Progressive
+from progdistill.experiment import ExperimentConfig
+from progdistill.recipes.runner import run
+from progdistill.store.rundir import RunDir
 from progdistill.tasks.base import Batch, Task, TaskBase
 
 

@@ -4,13 +4,12 @@ import json
 from dataclasses import replace
 
 import pytest
+from conftest import tiny_config
 
 from progdistill.core.config import ConfigError
-from progdistill.store.rundir import RunDir, grows
-from progdistill.recipes.runner import run
 from progdistill.distill.schedules import FINAL, KShot, Progressive
-
-from conftest import tiny_config
+from progdistill.recipes.runner import run
+from progdistill.store.rundir import RunDir, grows
 
 
 def test_grows_only_when_seeds_or_schedules_are_added():
@@ -53,8 +52,9 @@ def test_two_seeds_then_three_trains_only_the_new_students_and_equals_a_fresh_ru
     assert {p: p.stat().st_mtime_ns for p in teacher} == teacher
     assert len(results["students"]) == 12
     run(tiny_config(seeds=3), fresh, device="cpu", log=lambda *a: None)
-    strip = lambda d: {k: v for k, v in json.loads((d / "results.json").read_text()).items()
-                       if k not in ("wall_time_s", "environment")}
+    def strip(d):
+        return {k: v for k, v in json.loads((d / "results.json").read_text()).items()
+                           if k not in ("wall_time_s", "environment")}
     assert strip(out) == strip(fresh)
     for name in (p.name for p in (fresh / "students").iterdir() if p.is_dir()):
         for f in ("metrics.jsonl", "final.safetensors"):

@@ -4,14 +4,13 @@ import json
 from dataclasses import replace
 
 import pytest
+from conftest import tiny_config
 
 from progdistill.core.files import read_metrics
-from progdistill.store.report import accuracy_figure
-from progdistill.recipes.runner import run
 from progdistill.distill.schedules import CE, FINAL, KShot, TwoShotAuto
+from progdistill.recipes.runner import run
+from progdistill.store.report import accuracy_figure
 from progdistill.store.trajectory import Trajectory
-
-from conftest import tiny_config
 
 
 def quiet(*args):

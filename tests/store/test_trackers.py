@@ -13,16 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
 from progdistill.cli import main
 from progdistill.core.config import ConfigError, DistillationConfig, flatten, to_dict
 from progdistill.core.files import MetricsWriter, read_metrics
 from progdistill.core.optional import MissingExtraError
-from progdistill.recipes.runner import run
 from progdistill.distill.schedules import CE, Progressive
+from progdistill.recipes.runner import run
 from progdistill.store.trackers import MLflow, TensorBoard, WandB, hyperparameters, resolve_report_to
-
-from conftest import tiny_config
 
 HYPERPARAMETERS = {"task": {"type": "parity", "n": 8}, "distillation": {"temperature": 0.5},
                    "schedules": [{"type": "ce"}, {"type": "progressive", "speed": 1.0}], "support_seed": None,

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from progdistill.core.config import DistillationConfig
-from progdistill.train.cotraining import LiveTeacher, cotrain
 from progdistill.distill.curricula import CoTraining
-from progdistill.experiment import build_model
-from progdistill.recipes.runner import train_teacher
 from progdistill.distill.schedules import Progressive, TeacherSpec
 from progdistill.distill.teachers import TeacherPool
+from progdistill.experiment import build_model
+from progdistill.recipes.runner import train_teacher
+from progdistill.train.cotraining import LiveTeacher, cotrain
 from progdistill.train.loop import Member, fit, generator
 
 
@@ -45,7 +45,8 @@ def test_co_training_student_equals_progressive_on_a_checkpoint_per_step(tmp_pat
     config, traj = _every_step(tiny, tmp_path)
     cfg = replace(config.student, steps=16, eval_every=8)
     distill = DistillationConfig(temperature=1.0)
-    build = lambda: config.teacher.model.build(8, 2, [torch.Generator()])
+    def build():
+        return config.teacher.model.build(8, 2, [torch.Generator()])
     progressive = cfg.model.build(8, 2, [generator(0, "init")])
     fit(config.task, progressive, cfg, [Member("p", 0, Progressive())], data_stream="d", distillation=distill,
         teachers=TeacherPool(traj, build, torch.device("cpu")))
@@ -63,8 +64,8 @@ def test_co_training_student_equals_progressive_on_a_checkpoint_per_step(tmp_pat
 @pytest.mark.e2e
 def test_a_run_with_curricula_and_co_training_reports_every_schedule(tmp_path, tiny):
     from progdistill.distill.curricula import TemperatureCurriculum, WeightPathCurriculum
-    from progdistill.recipes.runner import run
     from progdistill.distill.schedules import OneShot
+    from progdistill.recipes.runner import run
 
     config = replace(tiny, teacher=replace(tiny.teacher, steps=100), student=replace(tiny.student, steps=100),
                      schedules=(OneShot(), TemperatureCurriculum(start=4.0, end=1.0), WeightPathCurriculum(),
@@ -96,8 +97,9 @@ def test_a_co_training_only_run_trains_its_teacher_once_and_stores_only_its_fina
     assert all(torch.equal(v, final[k]) for k, v in traj.load(traj.final_step).items())
     assert results["teacher"]["steps_to_threshold"] is not None
     assert sorted(s["schedule"] for s in results["students"]) == ["co-training", "co-training-lag10"]
+    paths = (tmp_path / "co" / "teacher" / "metrics.jsonl", tmp_path / "ref" / "teacher" / "metrics.jsonl")
     evals = [[{k: v for k, v in r.items() if k.startswith("eval_") or k == "step"} for r in read_metrics(path)]
-             for path in (tmp_path / "co" / "teacher" / "metrics.jsonl", tmp_path / "ref" / "teacher" / "metrics.jsonl")]
+             for path in paths]
     assert evals[0] == evals[1]  # (train_loss differs in its last bits: one step per block, summed otherwise)
     again = []
     run(config, tmp_path / "co", log=again.append)

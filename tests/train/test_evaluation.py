@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from progdistill.train.evaluation import evaluate_stack, evaluate_tokens
 from progdistill.tasks.base import Batch
+from progdistill.train.evaluation import evaluate_stack, evaluate_tokens
 
 
 class Fixed(torch.nn.Module):

@@ -4,18 +4,25 @@ import pytest
 import torch
 
 import progdistill.train.loop as train_module
-from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, from_dict, override, \
-    to_dict
+from progdistill.core.config import (
+    ConfigError,
+    DistillationConfig,
+    OptimizerConfig,
+    TrainConfig,
+    from_dict,
+    override,
+    to_dict,
+)
+from progdistill.core.seeding import generator
+from progdistill.distill.schedules import KShot, OneShot
+from progdistill.distill.teachers import TeacherPool
 from progdistill.experiment import ExperimentConfig, check_task_data
 from progdistill.models.language import GPT2LMConfig
 from progdistill.recipes.presets import get_preset
-from progdistill.distill.schedules import KShot, OneShot
-from progdistill.core.seeding import generator
+from progdistill.store.trajectory import Trajectory, TrajectoryWriter
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
-from progdistill.distill.teachers import TeacherPool
 from progdistill.train.loop import Member, fit
-from progdistill.store.trajectory import Trajectory, TrajectoryWriter
 
 MODEL = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)
 CALLS = []  # (model, sampling generator state before the call, batch) of every generate_batch
@@ -81,7 +88,7 @@ def _replay(trajectory, checkpoint, state, count=4):
 def test_seq_kd_trains_on_samples_of_the_scheduled_checkpoint(trajectory, monkeypatch):
     _, steps, records = _fit(trajectory, monkeypatch, seq_kd=True, alpha=1.0)
     assert len(CALLS) == len(steps) == 6
-    for t, ((inputs, targets, alpha), (_, state, batch)) in enumerate(zip(steps, CALLS)):
+    for t, ((inputs, targets, alpha), (_, state, _batch)) in enumerate(zip(steps, CALLS)):
         checkpoint = SCHEDULE.checkpoint_at(t, trajectory.steps)
         expected = _replay(trajectory, checkpoint, state)
         assert torch.equal(inputs, expected.inputs) and torch.equal(targets, expected.targets) and alpha == 1.0

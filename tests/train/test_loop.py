@@ -6,16 +6,16 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from progdistill.train import evaluation
 from progdistill.core.config import DistillationConfig, OptimizerConfig
-from progdistill.recipes.runner import train_teacher
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss, forward_kl
-from progdistill.train.optim import learning_rate_factor
 from progdistill.distill.schedules import CE, OneShot, Progressive
-from progdistill.tasks.base import Batch, TaskBase
 from progdistill.distill.teachers import TeacherPool
-from progdistill.train.loop import Member, NonFiniteError, fit, generator
+from progdistill.recipes.runner import train_teacher
 from progdistill.store.trajectory import TrajectoryError
+from progdistill.tasks.base import Batch, TaskBase
+from progdistill.train import evaluation
+from progdistill.train.loop import Member, NonFiniteError, fit, generator
+from progdistill.train.optim import learning_rate_factor
 
 
 def quiet(*args):
@@ -27,7 +27,8 @@ def test_fit_equals_step_by_step_pure_losses(tmp_path, tiny, loss, temperature):
     """The block-wise training loop (fused soft-target cross-entropy, stacked students) computes exactly the
     documented objective: alpha * CE + (1 - alpha) * D(teacher || student), one model at a time."""
     traj = train_teacher(tiny, tmp_path, log=quiet)
-    build_teacher = lambda: tiny.teacher.model.build(8, 2, [torch.Generator()])
+    def build_teacher():
+        return tiny.teacher.model.build(8, 2, [torch.Generator()])
     cfg = replace(tiny.student, steps=40, eval_every=20)
     distill = DistillationConfig(loss=loss, temperature=temperature, alpha=0.3)
     members = [Member("ce", 0, CE()), Member("one", 0, OneShot()), Member("prog", 1, Progressive(speed=5.0))]
@@ -170,7 +171,8 @@ def test_train_loss_of_the_fused_path_counts_only_the_steps_that_ran(tiny_teache
     """One of four steps skipped on the fused forward-KL path: the record is the mean KL of the other three (the
     skipped step's entropy correction is not subtracted), against a step-by-step loop of the pure loss."""
     traj = tiny_teacher
-    build_teacher = lambda: tiny.teacher.model.build(8, 2, [torch.Generator()])
+    def build_teacher():
+        return tiny.teacher.model.build(8, 2, [torch.Generator()])
     cfg = replace(tiny.student, steps=4, eval_every=4, on_non_finite="skip")
     member = Member("one", 0, OneShot())
     stack = cfg.model.build(8, 2, [generator(0, "init")])
@@ -208,7 +210,8 @@ def test_train_loss_of_the_fused_path_counts_only_the_steps_that_ran(tiny_teache
 def test_fit_checks_every_teacher_checkpoint_before_its_first_step(tmp_path, tiny):
     traj = train_teacher(tiny, tmp_path, log=quiet)
     (traj.directory / traj.entry(250)["file"]).unlink()  # progressive reaches it at student step 200
-    build_teacher = lambda: tiny.teacher.model.build(8, 2, [torch.Generator()])
+    def build_teacher():
+        return tiny.teacher.model.build(8, 2, [torch.Generator()])
     cfg = replace(tiny.student, steps=300)
     state = tmp_path / "state.pt"
     with pytest.raises(TrajectoryError, match="step 250 is missing"):

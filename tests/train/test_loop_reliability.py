@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from progdistill.store.lock import RunLock, RunLockedError
-from progdistill.core.files import MetricsWriter, read_metrics
-
 from conftest import tiny_config
+
+from progdistill.core.files import MetricsWriter, read_metrics
+from progdistill.store.lock import RunLock, RunLockedError
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
@@ -83,17 +82,15 @@ def test_second_process_on_same_directory_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
-        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
-            with RunLock(tmp_path):
-                pass
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"), RunLock(tmp_path):
+            pass
         from progdistill.cli import main
         assert main(["run", "parity-mlp", "--out", str(tmp_path)]) == 2
     finally:
         holder.kill()
         holder.wait()
-    with pytest.warns(UserWarning, match="which is gone"):
-        with RunLock(tmp_path):
-            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    with pytest.warns(UserWarning, match="which is gone"), RunLock(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     assert not (tmp_path / ".lock").exists()
 
 
@@ -122,9 +119,8 @@ def test_a_killed_but_unreaped_holder_does_not_hold_the_lock(tmp_path):
         while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
             time.sleep(0.01)
         assert stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie
-        with pytest.warns(UserWarning, match="which is gone"):
-            with RunLock(tmp_path):
-                assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.warns(UserWarning, match="which is gone"), RunLock(tmp_path):
+            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     finally:
         holder.kill()
         holder.wait()

@@ -189,7 +189,8 @@ class Grammar:
         try:
             return self.nonterminals.index(nonterminal)
         except ValueError:
-            raise GrammarError(f"unknown nonterminal {nonterminal!r}; allowed: {', '.join(self.nonterminals)}")
+            raise GrammarError(f"unknown nonterminal {nonterminal!r}; allowed: {', '.join(self.nonterminals)}") \
+                from None
 
     def nonterminals_at(self, level: int) -> tuple[str, ...]:
         """The nonterminals of one level, in canonical order."""

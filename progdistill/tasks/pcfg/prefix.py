@@ -13,8 +13,8 @@ Cost: O(n^3) in the sentence length n in the worst case; sentences of the CPU pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 
@@ -91,7 +91,8 @@ def _left_corner_order(grammar: Grammar, rules) -> list[str]:
     for lhs, rhs, terminal in rules:
         if not terminal[0]:
             edges[lhs].add(rhs[0])
-    order, state = [], {}
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: done
 
     def visit(node: str) -> None:
         if state.get(node) == 1:
@@ -134,7 +135,8 @@ def next_token_distributions(grammar: Grammar, tokens: Sequence[int]):
                        if d < len(rules[r][1]) and rules[r][2][d] and rules[r][1][d] == name}
             # complete, origins from the latest down: an item of origin k only gains from spans starting after k
             for origin in range(i - 1, -1, -1):
-                done = [(item, v) for item, v in current.items() if item[2] == origin and item[1] == len(rules[item[0]][1])]
+                done = [(item, v) for item, v in current.items()
+                        if item[2] == origin and item[1] == len(rules[item[0]][1])]
                 for (r, _, _), (_, inner) in done:
                     lhs = rules[r][0]
                     for (r2, d2, o2), (a2, g2) in chart[origin].items():
@@ -144,7 +146,7 @@ def next_token_distributions(grammar: Grammar, tokens: Sequence[int]):
                             entry[1] += g2 * inner
         # predict, in left-corner order so that a nonterminal's incoming forward mass is complete when used
         waiting: dict[str, float] = {}
-        for (r, d, o), (a, _) in current.items():
+        for (r, d, _o), (a, _) in current.items():
             if d < len(rules[r][1]) and not rules[r][2][d]:
                 waiting[rules[r][1][d]] = waiting.get(rules[r][1][d], 0.0) + a
         if i == 0:
@@ -159,7 +161,7 @@ def next_token_distributions(grammar: Grammar, tokens: Sequence[int]):
                     first = rules[r][1][0]
                     waiting[first] = waiting.get(first, 0.0) + mass * prob[r]
         chart.append(current)
-        for (r, d, o), (a, _) in current.items():
+        for (r, d, _o), (a, _) in current.items():
             if d < len(rules[r][1]) and rules[r][2][d]:
                 out[i, terminals[rules[r][1][d]]] += a
         out[i, T] = sum(g for (r, d, o), (_, g) in current.items()

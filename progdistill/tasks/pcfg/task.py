@@ -16,18 +16,19 @@ draw of it, the masking from the generator itself, so a data stream is a functio
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from progdistill.core.config import check, check_positive_int, register
 from progdistill.tasks.base import Batch, TaskBase
-from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
 from progdistill.tasks.masking import bert_mask
+from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
 from progdistill.tasks.pcfg.sampler import Sentence, SentenceBatch, sample_sentences
 
 EVAL_BATCH = 64  # sentences per forward pass when evaluating
@@ -71,7 +72,7 @@ class Vocabulary:
         return self.special("MASK")
 
 
-def pad_sentences(sentences: Sequence[Sequence[int]], vocab: Vocabulary,
+def pad_sentences(sentences: Sequence[Sequence[int] | np.ndarray], vocab: Vocabulary,
                   max_positions: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``BOS s EOS`` for every sentence, padded with PAD: ids (B, L) int64 and attention mask (B, L) bool,
     L = longest sentence + 2. Raises ``ValueError`` naming the length when L exceeds ``max_positions`` (the
@@ -227,7 +228,8 @@ class PCFGMaskedLMTask(GrammarTask):
         check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
               self.mask_rate, "must lie in (0, 1)")
 
-    def batch_from_sentences(self, sentences: Sequence[Sentence], generator: torch.Generator) -> Batch:
+    def batch_from_sentences(self, sentences: Sequence[Sentence] | SentenceBatch,
+                             generator: torch.Generator) -> Batch:
         """Pad and mask sampled sentences: a :class:`~progdistill.tasks.base.Batch` of shape (count, longest + 2)."""
         ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
         inputs, targets = mask_tokens(ids, self.vocabulary, self.mask_rate, generator)
@@ -247,7 +249,7 @@ class PCFGMaskedLMTask(GrammarTask):
 
 
 @lru_cache(maxsize=4)
-def _eval_batches(task: GrammarTask, stamp: tuple[int, int] | None) -> list[Batch]:
+def _eval_batches(task: PCFGMaskedLMTask | PCFGNextTokenTask, stamp: tuple[int, int] | None) -> list[Batch]:
     gen = torch.Generator().manual_seed(task.eval_seed)
     sentences = task.sample_sentences(task.eval_size, gen)
     return [task.batch_from_sentences([sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))], gen)
@@ -280,7 +282,7 @@ class PCFGNextTokenTask(GrammarTask):
         check(isinstance(self.level, int) and self.level >= 0, "task.level", self.level,
               "must be an integer >= 0 (0 = every next token)")
 
-    def batch_from_sentences(self, sentences: Sequence[Sentence],
+    def batch_from_sentences(self, sentences: Sequence[Sentence] | SentenceBatch,
                              generator: torch.Generator | None = None) -> Batch:
         """Inputs ``BOS s EOS`` padded (B, L) and next-token targets (B, L): -100 at unsupervised positions.
         ``generator`` is unused (nothing is random here). Raises ``GrammarError`` for a ``level`` the trees lack."""

@@ -160,8 +160,8 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train",
 
     Needs the optional ``datasets`` package and, unless the dataset is in the local Hugging Face cache, the
     network. Whitespace-only documents are dropped. Raises :class:`CorpusError` when ``datasets`` is not
-    installed (saying ``pip install 'progdistill[datasets]'``), when the dataset cannot be loaded (for example offline: the
-    message says so and suggests a local path for :func:`load_corpus`), when ``text_field`` is not a column
+    installed (saying ``pip install 'progdistill[datasets]'``), when the dataset cannot be loaded (for example
+    offline: the message says so and suggests a local path for :func:`load_corpus`), when ``text_field`` is not a column
     (listing the columns) or a row holds no string there.
     """
     for arg, value in (("name", name), ("split", split), ("text_field", text_field)):
@@ -201,7 +201,7 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train",
 # The offline default corpus
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gensim_file(relative: str, sha256: str) -> Path:
     try:
         dist = metadata.distribution("gensim")
@@ -255,14 +255,14 @@ def default_corpus(name: str = "wikipedia") -> list[str]:
     return list(_wikipedia() if name == "wikipedia" else _lee())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lee() -> tuple[str, ...]:
     path = _gensim_file(LEE_FILE, LEE_SHA256)
     # One article a line (gensim's .cor layout), unlike load_corpus's blank-line-separated .txt.
     return tuple(line.strip() for line in _read_text(path).splitlines() if line.strip())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wikipedia() -> tuple[str, ...]:
     path = _gensim_file(WIKIPEDIA_FILE, WIKIPEDIA_SHA256)
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki  # slow import (scipy): only when asked
@@ -280,8 +280,8 @@ def _wikipedia() -> tuple[str, ...]:
 
 def _prose_paragraphs(text: str) -> list[str]:
     paragraphs = []
-    for line in text.splitlines():
-        line = " ".join(re.sub(r"'{2,}", "", line).split())  # drop ''italic''/'''bold''' quotes, \xa0
+    for raw in text.splitlines():
+        line = " ".join(re.sub(r"'{2,}", "", raw).split())  # drop ''italic''/'''bold''' quotes, \xa0
         heading = _HEADING.fullmatch(line)
         if heading:
             if heading[1].lower() in _END_SECTIONS:

@@ -1,9 +1,10 @@
 """Masked language modelling on real text (paper §4: BERT on Wikipedia + Books).
 
 :class:`TextMaskedLMTask` (task kind ``"text-mlm"``) follows the token-task contract of
-:func:`progdistill.train.loop.fit` (see :mod:`progdistill.tasks.pcfg.task`): documents from :mod:`progdistill.tasks.text.corpus`, a
-WordPiece tokenizer trained on the training documents (:mod:`progdistill.tasks.text.tokenizer`), sequences packed to a
-fixed length (``[CLS] ... [SEP]``, no padding) and BERT's 80/10/10 masking of non-special tokens.
+:func:`progdistill.train.loop.fit` (see :mod:`progdistill.tasks.pcfg.task`): documents from
+:mod:`progdistill.tasks.text.corpus`, a WordPiece tokenizer trained on the training documents
+(:mod:`progdistill.tasks.text.tokenizer`), sequences packed to a fixed length (``[CLS] ... [SEP]``, no padding) and
+BERT's 80/10/10 masking of non-special tokens.
 
 Documents are split before tokenizing: every ``round(1 / eval_fraction)``-th document (0, k, 2k, ...) is held
 out, so no held-out text is ever trained on and the tokenizer never sees it. A run saves its tokenizer as
@@ -19,16 +20,28 @@ import hashlib
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from progdistill.core.config import check, check_positive_int, register
-from progdistill.tasks.text.corpus import CorpusError, default_corpus, load_corpus, load_hf_dataset
-from progdistill.tasks.masking import bert_mask
 from progdistill.tasks.base import Batch, TaskBase
-from progdistill.tasks.text.tokenizer import (MASK_ID, SPECIAL_TOKENS, TokenizerConfig, TokenizerError, encode_documents,
-                        load_tokenizer, pack_sequences, save_tokenizer, train_tokenizer)
+from progdistill.tasks.masking import bert_mask
+from progdistill.tasks.text.corpus import CorpusError, default_corpus, load_corpus, load_hf_dataset
+from progdistill.tasks.text.tokenizer import (
+    MASK_ID,
+    SPECIAL_TOKENS,
+    TokenizerConfig,
+    TokenizerError,
+    encode_documents,
+    load_tokenizer,
+    pack_sequences,
+    save_tokenizer,
+    train_tokenizer,
+)
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 EVAL_BATCH = 64
 TOKENIZER_DIR = "tokenizer"
@@ -40,11 +53,12 @@ class TextMaskedLMTask(TaskBase):
     """BERT masked language modelling on a text corpus.
 
     ``corpus``: ``"default:wikipedia"`` / ``"default:lee-news"`` (offline corpora the ``gensim`` wheel ships;
-    see :func:`progdistill.tasks.text.corpus.default_corpus`), a local ``.txt`` / ``.jsonl`` file or directory (``.jsonl``
-    documents in ``text_field``), or ``"hf:NAME"`` / ``"hf:NAME:CONFIG"`` for a Hugging Face dataset (needs
-    ``datasets`` and network, or the local cache); several sources joined by ``+`` are concatenated in order. ``vocab_size``: the WordPiece vocabulary (special tokens
-    included). ``sequence_length``: tokens per packed sequence. ``eval_fraction``: share of documents held out;
-    ``eval_size``: held-out sequences evaluated (masked once from ``eval_seed``).
+    see :func:`progdistill.tasks.text.corpus.default_corpus`), a local ``.txt`` / ``.jsonl`` file or directory
+    (``.jsonl`` documents in ``text_field``), or ``"hf:NAME"`` / ``"hf:NAME:CONFIG"`` for a Hugging Face dataset (needs
+    ``datasets`` and network, or the local cache); several sources joined by ``+`` are concatenated in order.
+    ``vocab_size``: the WordPiece vocabulary (special tokens included). ``sequence_length``: tokens per packed sequence.
+    ``eval_fraction``: share of documents held out; ``eval_size``: held-out sequences evaluated (masked once from
+    ``eval_seed``).
     """
 
     kind: ClassVar[str] = "text-mlm"
@@ -64,7 +78,8 @@ class TextMaskedLMTask(TaskBase):
 
     def __post_init__(self):
         check(isinstance(self.corpus, str) and bool(self.corpus), "task.corpus", self.corpus,
-              "default:wikipedia, default:lee-news, a .txt/.jsonl path or directory, or hf:NAME[:CONFIG]; several joined by +")
+              "default:wikipedia, default:lee-news, a .txt/.jsonl path or directory, or hf:NAME[:CONFIG]; several "
+              "joined by +")
         check(isinstance(self.vocab_size, int) and self.vocab_size >= len(SPECIAL_TOKENS), "task.vocab_size",
               self.vocab_size, f"must be an integer >= {len(SPECIAL_TOKENS)} (the special tokens "
                                f"{' '.join(SPECIAL_TOKENS)})")
@@ -87,7 +102,7 @@ class TextMaskedLMTask(TaskBase):
         """The tokenizer trained on the training documents (deterministic: the same for the same corpus)."""
         return _trained_tokenizer(self, _files_stamp(self))
 
-    def prepare(self, run_dir: str | Path) -> "PreparedTextTask":
+    def prepare(self, run_dir: str | Path) -> PreparedTextTask:
         """This task with the run's tokenizer: ``run_dir/tokenizer/tokenizer.json`` when it exists, else the
         trained one, saved there."""
         directory = Path(run_dir) / TOKENIZER_DIR
@@ -154,12 +169,13 @@ class PreparedTextTask(TextMaskedLMTask):
 
     def __init__(self, task: TextMaskedLMTask, tokenizer):
         super().__init__(**{f.name: getattr(task, f.name) for f in fields(task)})
+        self._tokenizer: Tokenizer
         object.__setattr__(self, "_tokenizer", tokenizer)
 
     def tokenizer(self):
         return self._tokenizer
 
-    def prepare(self, run_dir: str | Path) -> "PreparedTextTask":
+    def prepare(self, run_dir: str | Path) -> PreparedTextTask:
         return self
 
 

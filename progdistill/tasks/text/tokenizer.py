@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from progdistill.core.config import ConfigError, check
-from progdistill.core.optional import require
 from progdistill.core.files import atomic_write_text
+from progdistill.core.optional import require
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer, models
@@ -231,6 +232,6 @@ def tokenize_corpus(tokenizer: Tokenizer, documents: Sequence[str], length: int)
     return pack_sequences(encode_documents(tokenizer, documents), length)
 
 
-__all__ = ["SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "CLS_ID", "SEP_ID", "MASK_ID", "TOKENIZER_FILE", "ConfigError",
-           "TokenizerConfig", "TokenizerError", "train_tokenizer", "save_tokenizer", "load_tokenizer",
-           "as_transformers", "encode_documents", "pack_sequences", "tokenize_corpus"]
+__all__ = ["CLS_ID", "MASK_ID", "PAD_ID", "SEP_ID", "SPECIAL_TOKENS", "TOKENIZER_FILE", "UNK_ID", "ConfigError",
+           "TokenizerConfig", "TokenizerError", "as_transformers", "encode_documents", "load_tokenizer",
+           "pack_sequences", "save_tokenizer", "tokenize_corpus", "train_tokenizer"]

@@ -2,8 +2,16 @@ from pathlib import Path
 
 import pytest
 
-from progdistill.tasks.pcfg.grammar import (Grammar, GrammarError, Rule, Terminal, load_grammar, packaged_grammars,
-                                 parse_grammar, random_grammar)
+from progdistill.tasks.pcfg.grammar import (
+    Grammar,
+    GrammarError,
+    Rule,
+    Terminal,
+    load_grammar,
+    packaged_grammars,
+    parse_grammar,
+    random_grammar,
+)
 
 CFG3B_LEVELS = ["s", "p q r", "m n o", "j k l", "g h i", "d e f", "a b c"]
 GOOD = "# toy\n\ns -> x y [0.25]\ns -> y x [0.75]\nx -> 'a' [1]\ny -> 'b' [0.5]\ny -> 'c' [0.5]\n"
@@ -24,7 +32,8 @@ def test_all_packaged_grammars_load_as_seven_layered_levels_of_three():
 def test_cfg3b_known_facts():
     g = load_grammar("cfg3b")
     assert [" ".join(g.nonterminals_at(level)) for level in range(7)] == CFG3B_LEVELS
-    assert g.nonterminals == tuple("s p q r m n o j k l g h i d e f a b c".split())
+    assert g.nonterminals == ("s", "p", "q", "r", "m", "n", "o", "j", "k", "l", "g", "h", "i", "d", "e", "f", "a", "b",
+                              "c")
     assert len(g.rules) == 34
     assert g.rules_for("s") == (Rule("s", ("r", "q"), 0.5), Rule("s", ("q", "p"), 0.5))
     assert g.rules_for("f") == (Rule("f", ("c", "b", "a"), 1.0),)   # f is deterministic in cfg3b

@@ -2,8 +2,12 @@ import numpy as np
 import pytest
 
 from progdistill.tasks.pcfg.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
-from progdistill.tasks.pcfg.parser import (inside_log_probability, masked_posterior, most_likely_parse,
-                                      tree_log_probability)
+from progdistill.tasks.pcfg.parser import (
+    inside_log_probability,
+    masked_posterior,
+    most_likely_parse,
+    tree_log_probability,
+)
 from progdistill.tasks.pcfg.sampler import sample_sentences
 
 # "a b a" has two trees: s(x(a b) a) with 0.6 * 0.8 * 0.5^3 = 0.06 and s(a x(b a)) with 0.4 * 0.8 * 0.5^3 = 0.04.
@@ -183,9 +187,9 @@ def test_masked_posterior_rejects_positions_outside_the_sentence_and_impossible_
 def test_oracle_ngram_probe_equals_brute_force_on_every_position():
     """The oracle probe's M_robust / M_close / cross-entropy, from padded ids and probe positions (BOS at 0), equal
     direct conditioning over the language at the same sentence positions."""
-    from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
     from progdistill.probes.ngram import probe_positions
     from progdistill.probes.oracle import oracle_ngram_dependence_at
+    from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
 
     g = parse_grammar(AMBIGUOUS)
     language = _language(g)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from progdistill.tasks.pcfg.grammar import parse_grammar, random_grammar
-from progdistill.tasks.pcfg.sampler import sample_sentences
 from progdistill.tasks.pcfg.prefix import grammatical_prefix_fraction, next_token_distributions, viable_prefix_length
+from progdistill.tasks.pcfg.sampler import sample_sentences
 
 # A small finite language (no recursion): sentences such as a b, c a a, b b b, a.
 GRAMMAR = parse_grammar("""

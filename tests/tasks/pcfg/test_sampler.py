@@ -32,7 +32,7 @@ def test_same_seed_same_sentences(cfg3b, cfg3b_batch):
 def test_cfg3b_lengths_match_the_paper(cfg3b_batch):
     lengths = cfg3b_batch.lengths
     assert len(cfg3b_batch) == 300 and lengths.sum() == len(cfg3b_batch.tokens)
-    assert 161 <= lengths.min() and lengths.max() <= 432          # the grammar's shortest and longest sentences
+    assert lengths.min() >= 161 and lengths.max() <= 432          # the grammar's shortest and longest sentences
     assert abs(lengths.mean() - 294) < 6                           # exact expectation 294.0; std of mean ~3
     assert set(np.unique(cfg3b_batch.tokens)) == {0, 1, 2}
 

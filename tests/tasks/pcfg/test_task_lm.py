@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from progdistill.models.language import CausalLM, GPT2LMConfig
 from progdistill.core.config import OptimizerConfig, TrainConfig
+from progdistill.core.seeding import generator
+from progdistill.distill.schedules import CE, OneShot
 from progdistill.experiment import ExperimentConfig
+from progdistill.models.language import GPT2LMConfig
+from progdistill.probes.generation import generation_acceptance, grammar_kl
 from progdistill.recipes.runner import run
 from progdistill.tasks.pcfg.grammar import GrammarError
-from progdistill.tasks.pcfg.task import GrammarSpec, PCFGNextTokenTask
 from progdistill.tasks.pcfg.prefix import next_token_distributions, viable_prefix_length
-from progdistill.probes.generation import generation_acceptance, grammar_kl
-from progdistill.distill.schedules import CE, OneShot
-from progdistill.core.seeding import generator
+from progdistill.tasks.pcfg.task import GrammarSpec, PCFGNextTokenTask
 
 TASK = PCFGNextTokenTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
 

@@ -7,22 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from progdistill.models.language import BertMLMConfig
 from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, from_dict, to_dict
-from progdistill.experiment import ExperimentConfig
-from progdistill.recipes.runner import run
-from progdistill.tasks.pcfg.grammar import GrammarError
 from progdistill.distill.losses import distillation_loss
-from progdistill.tasks.pcfg.task import Vocabulary
-from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask
+from progdistill.distill.phases import detect_phases
+from progdistill.distill.schedules import CE, OneShot, Progressive, TwoShotAuto
+from progdistill.experiment import ExperimentConfig
+from progdistill.models.language import BertMLMConfig
 from progdistill.probes.ngram import ngram_dependence, probe_ngram, probe_positions
 from progdistill.probes.nonterminal import nonterminal_probe
 from progdistill.probes.oracle import probe_oracle
-from progdistill.distill.phases import detect_phases
-from progdistill.distill.schedules import CE, OneShot, Progressive, TwoShotAuto
-from progdistill.train.token_step import train_token_step
-from progdistill.train.loop import Member, fit, generator
+from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory
+from progdistill.tasks.pcfg.grammar import GrammarError
+from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, Vocabulary
+from progdistill.train.loop import Member, fit, generator
+from progdistill.train.token_step import train_token_step
 
 TASK = PCFGMaskedLMTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=32, max_length=64)
 TINY = BertMLMConfig(n_layer=1, n_head=2, head_dim=4)
@@ -115,8 +114,8 @@ def test_grad_accumulation_normalizes_by_the_whole_steps_supervised_tokens(teach
 
 @pytest.mark.e2e
 def test_teacher_trajectory_and_students_train_deterministically(tmp_path):
-    from progdistill.store.trajectory import TrajectoryWriter
     from progdistill.distill.teachers import TeacherPool
+    from progdistill.store.trajectory import TrajectoryWriter
 
     adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
     train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10,

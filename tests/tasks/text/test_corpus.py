@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from progdistill.tasks.text.corpus import (CorpusError, corpus_summary, default_corpus, load_corpus, load_hf_dataset)
+from progdistill.tasks.text.corpus import CorpusError, corpus_summary, default_corpus, load_corpus, load_hf_dataset
 
 
 def snapshot(root):

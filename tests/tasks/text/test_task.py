@@ -6,18 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from progdistill.models.language import BertMLMConfig
 from progdistill.core.config import ConfigError, OptimizerConfig, TrainConfig
-from progdistill.tasks.text.corpus import CorpusError
-from progdistill.experiment import ExperimentConfig
-from progdistill.recipes.runner import run
+from progdistill.core.seeding import generator
 from progdistill.distill.schedules import CE, Progressive
+from progdistill.experiment import ExperimentConfig
+from progdistill.models.language import BertMLMConfig
+from progdistill.recipes.runner import run
+from progdistill.tasks.text.corpus import CorpusError
 from progdistill.tasks.text.task import TextMaskedLMTask
 from progdistill.tasks.text.tokenizer import MASK_ID, SPECIAL_TOKENS, TokenizerError
-from progdistill.core.seeding import generator
 
-WORDS = ("the cat sat on a mat while the dog ran over the hill and a bird sang in the tall green tree "
-         "near the old stone bridge by the river").split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "the", "dog", "ran", "over", "the", "hill", "and", "a", "bird",
+         "sang", "in", "the", "tall", "green", "tree", "near", "the", "old", "stone", "bridge", "by", "the", "river"]
 
 
 @pytest.fixture

@@ -4,10 +4,24 @@ import pytest
 import torch
 
 from progdistill.core.config import ConfigError
-from progdistill.tasks.text.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TOKENIZER_FILE, UNK_ID,
-                                   TokenizerConfig, TokenizerError, as_transformers, encode_documents,
-                                   load_tokenizer, pack_sequences, save_tokenizer, tokenize_corpus,
-                                   train_tokenizer)
+from progdistill.tasks.text.tokenizer import (
+    CLS_ID,
+    MASK_ID,
+    PAD_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    TOKENIZER_FILE,
+    UNK_ID,
+    TokenizerConfig,
+    TokenizerError,
+    as_transformers,
+    encode_documents,
+    load_tokenizer,
+    pack_sequences,
+    save_tokenizer,
+    tokenize_corpus,
+    train_tokenizer,
+)
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog. The dog sleeps.",
