@@ -11,8 +11,14 @@ import pytest
 import torch
 
 # The functions under test, imported in one place.
-from progdistill.distill.fused import (hard_targets, mixture_weights, soft_cross_entropy, soft_cross_entropy_and_grad,
-                                       soft_targets, weighted_distillation_loss)
+from progdistill.distill.fused import (
+    hard_targets,
+    mixture_weights,
+    soft_cross_entropy,
+    soft_cross_entropy_and_grad,
+    soft_targets,
+    weighted_distillation_loss,
+)
 from progdistill.distill.losses import DIVERGENCES, IGNORE_INDEX, cross_entropy, distillation_loss, forward_kl
 
 B, L, C = 4, 5, 7

@@ -7,6 +7,7 @@ import pytest
 
 from progdistill.core.config import ConfigError
 from progdistill.experiment import ExperimentConfig, config_hash, teacher_header
+
 # The names under test, imported in one place.
 from progdistill.recipes.presets import PRESETS, get_preset
 

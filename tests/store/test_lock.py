@@ -29,9 +29,8 @@ def test_the_lock_names_this_process_and_is_released_on_exit(tmp_path, monkeypat
 
 
 def test_the_lock_is_released_when_the_block_raises(tmp_path):
-    with pytest.raises(KeyError):
-        with RunLock(tmp_path):
-            raise KeyError("boom")
+    with pytest.raises(KeyError), RunLock(tmp_path):
+        raise KeyError("boom")
     assert not (tmp_path / LOCK).exists()
 
 
@@ -53,9 +52,11 @@ def test_a_holder_on_another_host_is_taken_to_be_alive(tmp_path):
     holder = {"pid": 1, "host": "node-that-is-not-this-one", "job": "12"}
     (tmp_path / LOCK).write_text(json.dumps(holder))
     assert lock_holder(tmp_path) == holder
-    with pytest.raises(RunLockedError, match=r"in use by process 1 \(job 12\) on node-that-is-not-this-one"):
-        with RunLock(tmp_path):
-            pass
+    with (
+        pytest.raises(RunLockedError, match=r"in use by process 1 \(job 12\) on node-that-is-not-this-one"),
+        RunLock(tmp_path),
+    ):
+        pass
     assert json.loads((tmp_path / LOCK).read_text()) == holder
 
 
@@ -70,9 +71,7 @@ def test_a_lock_of_a_finished_process_or_unreadable_has_no_holder(tmp_path):
 
 def test_a_path_through_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
-        with RunLock(tmp_path / "file"):
-            pass
-    with pytest.raises(NotADirectoryError, match="a part of that path is a file"):
-        with RunLock(tmp_path / "file" / "run"):
-            pass
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"), RunLock(tmp_path / "file"):
+        pass
+    with pytest.raises(NotADirectoryError, match="a part of that path is a file"), RunLock(tmp_path / "file" / "run"):
+        pass

@@ -7,17 +7,24 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import save_file
 
 from progdistill.core.config import ConfigError
 from progdistill.core.files import atomic_write_json
 from progdistill.experiment import build_model, config_hash
-from progdistill.store.trajectory import TrajectoryError
-# The module under test, imported in one place.
-from progdistill.store.rundir import (EARLIER_WALL_TIME, FAILURE, OUTPUTS, RESUME_STATE, STUDENT_WEIGHTS,
-                                      TEACHER_OUTPUTS, RunDir)
 
-from conftest import tiny_config
+# The module under test, imported in one place.
+from progdistill.store.rundir import (
+    EARLIER_WALL_TIME,
+    FAILURE,
+    OUTPUTS,
+    RESUME_STATE,
+    STUDENT_WEIGHTS,
+    TEACHER_OUTPUTS,
+    RunDir,
+)
+from progdistill.store.trajectory import TrajectoryError
 
 
 def _files(root):

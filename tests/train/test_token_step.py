@@ -10,6 +10,7 @@ from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from progdistill.models.mlp import MLPConfig
 from progdistill.tasks.base import Batch
+
 # The function under test, imported in one place.
 from progdistill.train.token_step import train_token_step
 
