@@ -64,7 +64,8 @@ def import_file(path: str | Path, name: str | None = None) -> ModuleType:
                           "the file")
     if not path.is_file():
         raise PluginError(f"cannot import plugin file {path}: it does not exist")
-    spec = importlib.util.spec_from_file_location(name, path)
+    package = [str(path.parent)] if path.name == "__init__.py" else None  # a package's relative imports work
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=package)
     if spec is None or spec.loader is None:
         raise PluginError(f"cannot import plugin file {path}: not a Python file (give a .py file or a module name)")
     module = importlib.util.module_from_spec(spec)
@@ -113,15 +114,18 @@ def _variants(obj: Any):
 
 def plugin_entries(config: Any) -> list[dict[str, str]]:
     """The ``"plugins"`` of ``config``'s JSON form: ``{"module": name}`` for each module outside progdistill that
-    defines one of its variants (tasks, models, schedules), plus ``"file"`` (absolute path) for a module imported
-    from a file or run as a script; sorted by module name. Empty for a config of progdistill's own variants."""
+    defines one of its variants (tasks, models, schedules), plus ``"file"`` (absolute path) for a top-level module
+    (one imported from a file, a script, a module beside it); sorted by module name. Empty for a config of
+    progdistill's own variants."""
     entries: dict[str, dict[str, str]] = {}
     for variant in _variants(config):
         name = type(variant).__module__
         if name == "progdistill" or name.startswith("progdistill.") or name in entries:
             continue
         module = sys.modules.get(name)
-        file = _FILES.get(name) or (getattr(module, "__file__", None) if name == "__main__" else None)
+        # a top-level module's file, so that it imports again from elsewhere (a script's neighbour, imported
+        # because the script's folder was on sys.path); a package's submodule is imported by name
+        file = _FILES.get(name) or (getattr(module, "__file__", None) if "." not in name else None)
         entries[name] = {"module": name, **({"file": str(Path(file).resolve())} if file else {})}
     return [entries[name] for name in sorted(entries)]
 
@@ -139,19 +143,22 @@ def check_entries(entries: Any) -> list[dict[str, str]]:
 
 def import_entry(entry: dict[str, str]) -> ModuleType:
     """Import one recorded plugin: a module already imported under its name is used as it is (so that
-    ``--import NEW/PATH/my_task.py`` stands in for a file that has moved); else its file, when recorded, under
-    that name (a script's under its stem), else the module by name."""
+    ``--import NEW/PATH/my_task.py`` stands in for a file that has moved); else its file, when recorded and there,
+    under that name (a script's under its stem); else the module by name."""
     name, file = entry["module"], entry.get("file")
     if name != "__main__" and name in sys.modules:
         return sys.modules[name]
     if name == "__main__" and _same_file(getattr(sys.modules.get("__main__"), "__file__", None), file or ""):
         return sys.modules["__main__"]
-    if file:
+    if file and (Path(file).is_file() or name == "__main__"):
+        return import_file(file, None if name == "__main__" else name)
+    if file:  # gone from its place: it may still be importable by name (installed, or on the path)
         try:
-            return import_file(file, None if name == "__main__" else name)
-        except PluginError as exc:
-            raise PluginError(f"{exc}. The run's config.json records it as plugin module {name!r}: restore the file, "
-                              f"or pass --import with its new location") from None
+            return importlib.import_module(name)
+        except Exception:
+            raise PluginError(f"cannot import plugin file {file}: it does not exist. The run's config.json records "
+                              f"it as plugin module {name!r}: restore the file, or pass --import with its new "
+                              "location") from None
     return import_module(name)
 
 

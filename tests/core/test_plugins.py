@@ -1,6 +1,7 @@
 """Plugins: --import of a file or module, entry points, and the "plugins" a run's config.json records."""
 
 import json
+import sys
 import uuid
 import warnings
 from types import SimpleNamespace
@@ -38,7 +39,18 @@ def test_a_module_name_is_imported_by_name(plugin, monkeypatch):
     monkeypatch.syspath_prepend(str(plugin.path.parent))
     module = import_plugin(plugin.name)
     assert module.__file__ == str(plugin.path)
-    assert plugin_entries(plugin_config(module)) == [{"module": plugin.name}]  # importable by name: no file
+    # a top-level module is recorded with its file, to import from anywhere; a package's submodule by name alone
+    assert plugin_entries(plugin_config(module)) == [{"module": plugin.name, "file": str(plugin.path)}]
+    (plugin.path.parent / "pkg_for_plugin_test").mkdir()
+    (plugin.path.parent / "pkg_for_plugin_test" / "__init__.py").write_text("")
+    (plugin.path.parent / "pkg_for_plugin_test" / "sub.py").write_text(plugin.path.read_text().replace(
+        f'"{plugin.name}-', f'"{plugin.name}-sub-'))
+    try:
+        sub = import_plugin("pkg_for_plugin_test.sub")
+        assert plugin_entries(plugin_config(sub)) == [{"module": "pkg_for_plugin_test.sub"}]
+    finally:
+        forget_plugin("pkg_for_plugin_test.sub")
+        sys.modules.pop("pkg_for_plugin_test", None)
 
 
 def test_a_bad_plugin_is_one_error_naming_it(tmp_path, capsys):
