@@ -13,6 +13,7 @@ from progdistill import __version__
 from progdistill.core.config import ConfigError, override, to_dict
 from progdistill.core.distributed import init_from_env, is_main, local_slice, rank_world, shutdown
 from progdistill.core.optional import MissingExtraError
+from progdistill.core.plugins import import_plugin
 from progdistill.experiment import ExperimentConfig, load_config, student_names
 from progdistill.models.language import MaskedLM
 from progdistill.probes.curriculum_targets import POINTS, probe_curriculum_targets
@@ -45,6 +46,7 @@ EPILOG = """examples:
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
   progdistill probe oracle runs/pcfg-mlm
   progdistill compare runs/t0.5 runs/t1 runs/t2 --out runs/temperature
+  progdistill run my-config.json --import my_task.py --out runs/mine   (your own task: docs/extending.md)
 """
 
 
@@ -207,6 +209,15 @@ def _add_windows(p) -> None:
                    help="n-gram window sizes, odd integers >= 3, in any order (default 3 5 7)")
 
 
+def _command(p: argparse.ArgumentParser, func) -> None:
+    """Make ``p`` the parser of command ``func``, with the ``--import`` every command takes."""
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module (dotted name) or a Python file that registers your own tasks, models or "
+                        "schedules, before anything else; repeatable. A run records them in its config.json, so "
+                        "later commands on it need no --import (docs/extending.md)")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progdistill",
@@ -262,22 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
     g.add_argument("--node-local-ok", action="store_true",
                    help="slurm: allow --out on a node-local filesystem (/tmp, tmpfs): the cluster is this machine")
-    p.set_defaults(func=cmd_run)
+    _command(p, cmd_run)
 
     p = sub.add_parser("status", help="where a run stands: the teacher and each student done, running (process, "
                                       "job), failed (its error), interrupted or not started")
     p.add_argument("run_dir", help="a run directory written by `progdistill run`")
-    p.set_defaults(func=cmd_status)
+    _command(p, cmd_status)
 
     p = sub.add_parser("report", help="write results.json, summary.md and accuracy.png of a run whose students have "
                                       "all finished (after `run --launcher`, the last student's job does this)")
     p.add_argument("run_dir", help="a run directory written by `progdistill run`")
     p.add_argument("--device", default="auto", help="device of the end-of-run probes: auto, cpu, cuda, ...")
-    p.set_defaults(func=cmd_report)
+    _command(p, cmd_report)
 
     p = sub.add_parser("list", help="list the presets, one line each",
                        description="List the named experiments (presets), one line each.")
-    p.set_defaults(func=cmd_list)
+    _command(p, cmd_list)
 
     p = sub.add_parser("probe", help="probes over a finished run's checkpoints (monomial correlations; PCFG "
                                      "n-gram and non-terminal probes; the grammar's optimal predictor)")
@@ -291,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, space-separated, each in "
                                                           "1..k; the list must contain 1, which the summary and "
                                                           "figure are about (default 1..k-1)")
-    p.set_defaults(func=cmd_probe)
+    _command(p, cmd_probe)
     p = probe.add_parser("curricula", help="degree 1..k monomial correlations of the targets each schedule gives "
                                            "its student at points of its run (curricula without checkpoints vs "
                                            "progressive); writes RUN_DIR/probes/curriculum-targets.json")
@@ -299,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=float, nargs="+", default=list(POINTS),
                    help="shares of the student's run in [0, 1] (default: 0 0.125 0.25 0.375 0.5 0.75 1)")
     p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per target (default 100000)")
-    p.set_defaults(func=cmd_probe_curricula)
+    _command(p, cmd_probe_curricula)
     p = probe.add_parser("ngram", help="M_robust / M_close (n-gram dependence) and, on grammars, the "
                                        "non-terminal linear probe, for every teacher checkpoint and final student "
                                        "of a pcfg-mlm or text-mlm run; writes RUN_DIR/probes/ngram.jsonl, "
@@ -315,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'tv': total variation, in [0, 1] (default); 'l1': ||p - q||_1 = 2 x TV, the paper's axis, "
                         "as the authors' released probe scores it; writes probes/ngram-l1* beside the default "
                         "results (ngram-attention-l1* with --hiding attention)")
-    p.set_defaults(func=cmd_probe_ngram)
+    _command(p, cmd_probe_ngram)
     p = probe.add_parser("oracle", help="M_robust / M_close of the grammar's Bayes-optimal masked LM (exact, by the "
                                         "inside algorithm) on the sentences and positions `probe ngram` uses -- "
                                         "the values a teacher's n-gram probes approach as it converges -- and its "
@@ -328,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distance", choices=DISTANCE, default="tv",
                    help="'tv' (default) or 'l1' (= 2 x TV, the paper's axis); 'l1' writes "
                         "probes/ngram-oracle-l1-summary.json")
-    p.set_defaults(func=cmd_probe_oracle)
+    _command(p, cmd_probe_oracle)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")
     ablate = p.add_subparsers(dest="ablation", required=True)
@@ -340,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--overwrite", action="store_true", help="delete an ablation stored with other settings "
                                                             "(first steps, checkpoints) and train it again")
-    p.set_defaults(func=cmd_ablate)
+    _command(p, cmd_ablate)
     p = ablate.add_parser("robustness", help="the headline under other student settings: lr schedule x temperature "
                                              "x {CE, one-shot, progressive, 2-shot-auto}; writes "
                                              "RUN_DIR/ablations/robustness/ (table and heat map)")
@@ -357,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--overwrite", action="store_true", help="delete a map stored with other settings and train it "
                                                             "again")
-    p.set_defaults(func=cmd_ablate_robustness)
+    _command(p, cmd_ablate_robustness)
 
     p = sub.add_parser("compare", help="one table and one figure across finished runs of a sweep (steps to "
                                        "threshold and final accuracy per schedule against the config field that "
@@ -366,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="comparison", help="directory for the table and figure (default: comparison)")
     p.add_argument("--field", help="the config field of the figure's x axis, as --set names it (e.g. "
                                    "distillation.temperature); needed when several fields vary between the runs")
-    p.set_defaults(func=cmd_compare)
+    _command(p, cmd_compare)
 
     p = sub.add_parser("export", help="write a teacher checkpoint or final student as a Hugging Face model "
                                       "directory (save_pretrained), loadable with from_pretrained")
@@ -376,11 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", default="teacher", help="'teacher' (default) or a student name such as "
                                                       "progressive-seed0")
     p.add_argument("--step", type=int, help="teacher checkpoint step (default, or -1: the final checkpoint)")
-    p.set_defaults(func=cmd_export)
+    _command(p, cmd_export)
 
     p = sub.add_parser("show", help="print the full resolved config of a preset as JSON")
     config_args(p)
-    p.set_defaults(func=cmd_show)
+    _command(p, cmd_show)
     return parser
 
 
@@ -399,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _format_warning
     try:
+        for spec in args.imports:
+            import_plugin(spec)
         return args.func(args)
     except BrokenPipeError:  # e.g. `progdistill show ... | head`: the reader stopped early
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stays open: Python's exit flushes stdout into it)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ from progdistill.core.config import (
     ScheduleSpec,
     TaskSpec,
     TrainConfig,
+    Unloaded,
     check,
     check_positive_int,
     from_dict,
     to_dict,
+    unloaded_variants,
 )
+from progdistill.core.plugins import import_recorded, plugin_entries
 from progdistill.core.seeding import generator
 from progdistill.distill.curricula import CoTraining, HintDistillation, TemperatureCurriculum
 from progdistill.distill.schedules import CE, KShot, TwoShotAuto
@@ -99,20 +103,47 @@ class ExperimentConfig:
                       f"the step counts in schedules.{i}.points too or raise student.steps")
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        """The JSON form written to config.json: the fields, headed by ``"plugins"`` when a task, model or
+        schedule is defined outside progdistill (the modules to import to read it back:
+        :func:`progdistill.core.plugins.plugin_entries`)."""
+        plugins = plugin_entries(self)
+        return {"plugins": plugins, **to_dict(self)} if plugins else to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        return from_dict(cls, data)
+    def from_dict(cls, data: dict[str, Any], lenient: bool = False) -> ExperimentConfig:
+        """The config of a JSON form (:meth:`to_dict`), after importing the plugins it records; one that cannot be
+        imported raises :class:`~progdistill.core.plugins.PluginError` naming its module and file. ``lenient`` (for
+        commands that only show files, such as ``status``): a missing plugin is a warning, and its variants
+        are :class:`~progdistill.core.config.Unloaded` stand-ins that keep their type name and fields."""
+        if not isinstance(data, dict) or "plugins" not in data:
+            plugins = None
+        else:
+            plugins, data = data["plugins"], {k: v for k, v in data.items() if k != "plugins"}
+        if not lenient:
+            import_recorded(plugins)
+            return from_dict(cls, data)
+        with unloaded_variants(import_recorded(plugins, lenient=True)) as missing:
+            config = from_dict(cls, data)
+        stand_ins = [v for v in (config.task, config.teacher.model, config.student.model, *config.schedules)
+                     if isinstance(v, Unloaded)]
+        for reason in dict.fromkeys(missing):
+            warnings.warn(f"{reason}; showing its tasks, models and schedules by type name", stacklevel=2)
+        if stand_ins and not missing:
+            names = ", ".join(dict.fromkeys(f"{v.union} type {v.kind!r}" for v in stand_ins))
+            warnings.warn(f"{names}: not registered by progdistill or a plugin the config records; shown by type "
+                          "name (pass --import with the module that defines it)", stacklevel=2)
+        return config
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def load_config(path: str | Path, lenient: bool = False) -> ExperimentConfig:
+    """The config in the JSON file ``path`` (a run's config.json), with the plugins it records imported;
+    ``lenient``: as :meth:`ExperimentConfig.from_dict`. Raises ``ConfigError`` for an unreadable or invalid file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    return ExperimentConfig.from_dict(data)
+    return ExperimentConfig.from_dict(data, lenient=lenient)
 
 
 def co_training_only(config: ExperimentConfig) -> bool:
@@ -134,8 +165,14 @@ def teacher_header(config: ExperimentConfig) -> dict[str, Any]:
 def config_hash(config: ExperimentConfig | dict[str, Any]) -> str:
     """sha256 of the config's canonical JSON (sorted keys; a dict: a config.json's content): the identity of a
     run directory."""
-    data = config if isinstance(config, dict) else config.to_dict()
+    data = without_plugins(config if isinstance(config, dict) else config.to_dict())
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def without_plugins(data: Any) -> Any:
+    """A config.json's content without its ``"plugins"``: where a plugin's file lies is no part of a run's identity
+    (a run whose plugin file moved is the same run)."""
+    return {k: v for k, v in data.items() if k != "plugins"} if isinstance(data, dict) else data
 
 
 def student_name(schedule, seed: int) -> str:
@@ -150,9 +187,10 @@ def student_names(config: ExperimentConfig) -> list[str]:
 
 def check_task_data(config: ExperimentConfig) -> str | None:
     """Load the task's data (grammar file, corpus) and check it against the models, before anything is written:
-    a bad grammar or corpus, a ``task.level`` beyond the grammar's trees or a ``model.max_positions`` shorter
-    than the task's sequences (``task.positions_needed()``) raise a clear error here rather than after the
-    teacher has trained. Returns ``task.data_digest()`` (None for tasks without data), which the run directory
+    a bad grammar or corpus, a ``task.level`` beyond the grammar's trees, a ``model.max_positions`` shorter
+    than the task's sequences (``task.positions_needed()``) or inputs a model cannot represent (a model config's
+    optional ``check_task(task)``, e.g. the parity transformer's bits) raise a clear error here rather than after
+    the teacher has trained. Returns ``task.data_digest()`` (None for tasks without data), which the run directory
     records so that a grammar or corpus edited in place is never mixed with results trained on the old one."""
     digest = config.task.data_digest()
     top_k = config.distillation.top_k
@@ -161,6 +199,12 @@ def check_task_data(config: ExperimentConfig) -> str | None:
                           "classes (its vocabulary)")
     longest = config.task.positions_needed()
     for role, cfg in (("teacher", config.teacher), ("student", config.student)):
+        check_inputs = getattr(cfg.model, "check_task", None)  # optional: a model that reads only some inputs
+        if check_inputs is not None:
+            try:
+                check_inputs(config.task)
+            except ConfigError as exc:
+                raise ConfigError(f"{role}.model: {exc}") from None
         positions = getattr(cfg.model, "max_positions", None)  # an optional field of sequence models' configs
         if longest is not None and positions is not None and positions < longest:
             raise ConfigError(f"{role}.model.max_positions={positions} is invalid: the task's sequences need "

@@ -10,13 +10,17 @@ Variants (model kinds, schedule kinds) are *tagged unions*: each variant is its 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
+import importlib.metadata
 import json
 import math
+import traceback
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
 
@@ -59,18 +63,121 @@ def register(union: str):
 
 
 def variants(union: str) -> dict[str, type]:
-    """The registered variants of ``union``, by kind."""
+    """The registered variants of ``union``, by kind (installed plugins' included: :mod:`progdistill.core.plugins`)."""
+    load_entry_points()
     return dict(_UNIONS.get(union, {}))
 
 
+class PluginError(ConfigError):
+    """A plugin (a file, a module, an entry point: :mod:`progdistill.core.plugins`) could not be imported; the
+    message names it."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An exception raised by importing a plugin, as one line, with the innermost frame outside importlib."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if "importlib" not in f.filename and not f.filename.startswith("<frozen")]
+    where = f" (at {own[-1].filename}:{own[-1].lineno})" if own else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+ENTRY_POINT_GROUP = "progdistill.plugins"
+_entry_points_loaded: list[bool] = []  # [True] once the entry points were imported (no `global` rebinding)
+
+
+def load_entry_points() -> None:
+    """Import every entry point of the group ``progdistill.plugins`` (installed packages' tasks, models and
+    schedules), once per process: called the first time a kind is not registered, or the kinds are listed.
+    Raises :class:`PluginError` naming the entry point and its package when one fails to import."""
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded.append(True)  # a failing one is reported once, not at every lookup
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:
+            dist = getattr(ep.dist, "name", None)
+            raise PluginError(f"cannot import plugin entry point {ep.name!r} = {ep.value!r} (group "
+                              f"{ENTRY_POINT_GROUP}{f', package {dist}' if dist else ''}): {failure_reason(exc)}; "
+                              "fix or uninstall that package") from exc
+
+
 def lookup_variant(union: str, kind: str, field_name: str = "type") -> type:
-    """The variant class of ``union`` named ``kind``; an unknown name is an error listing the valid ones."""
+    """The variant class of ``union`` named ``kind``; an unknown name is an error listing the valid ones. A name
+    not registered yet imports the installed plugins first (entry points of ``progdistill.plugins``); within
+    :func:`unloaded_variants`, an unknown name gives an :class:`Unloaded` stand-in instead of an error."""
+    if kind not in _UNIONS.get(union, {}):
+        reasons = _unloaded.get()
+        try:
+            load_entry_points()
+        except ConfigError as exc:
+            if reasons is None:
+                raise
+            reasons.append(str(exc))
+        if reasons is not None and kind not in _UNIONS.get(union, {}):
+            return _stand_in(union, str(kind))
     known = _UNIONS.get(union, {})
     if kind not in known:
         hint = difflib.get_close_matches(str(kind), list(known), n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ConfigError(f"{field_name}={kind!r} is not a known {union}{extra}; valid: {', '.join(sorted(known))}")
     return known[kind]
+
+
+class Unloaded:
+    """Stands in for a variant whose class is not registered -- a plugin's, whose module could not be imported --
+    when a config is read to show what is on disk (``progdistill status``, ``compare``): it keeps the variant's
+    ``kind`` and its fields as written, serializes back to the same JSON, and is labelled by its ``name`` field or
+    else its kind. Asking anything else of it raises ``ConfigError`` naming the type and why its class is missing."""
+
+    kind: str
+    union: str
+    reasons: tuple[str, ...] = ()
+
+    def __init__(self, **fields: Any):
+        object.__setattr__(self, "fields", fields)
+
+    @property
+    def label(self) -> str:
+        name = self.fields.get("name")
+        return name if isinstance(name, str) and name else self.kind
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "fields":
+            raise AttributeError(name)
+        why = "; ".join(type(self).reasons) or "no module registers it (pass --import with the module that defines it)"
+        raise ConfigError(f"{self.union} type {self.kind!r} is not available ({why}): its {name!r} cannot be read")
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, Unloaded) and (other.union, other.kind, other.fields) == (self.union, self.kind,
+                                                                                           self.fields)
+
+    def __hash__(self) -> int:
+        return hash((self.union, self.kind, json.dumps(self.fields, sort_keys=True)))
+
+    def __repr__(self) -> str:
+        return f"Unloaded({self.union} {self.kind!r}, {self.fields!r})"
+
+
+_unloaded: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("unloaded", default=None)
+
+
+@contextlib.contextmanager
+def unloaded_variants(reasons: list[str] | None = None) -> Iterator[list[str]]:
+    """Within: :func:`from_dict` turns a variant of an unknown kind into an :class:`Unloaded` stand-in instead of
+    raising. ``reasons``: why plugins are missing (messages of the imports that failed), quoted by the stand-ins;
+    the list yielded gathers them, plus any installed plugin that fails to import meanwhile."""
+    gathered = list(reasons or ())
+    token = _unloaded.set(gathered)
+    try:
+        yield gathered
+    finally:
+        _unloaded.reset(token)
+
+
+def _stand_in(union: str, kind: str) -> type:
+    reasons = tuple(_unloaded.get() or ())
+    return type(f"Unloaded_{union}", (Unloaded,), {"kind": kind, "union": union, "reasons": reasons})
 
 
 @dataclass(frozen=True)
@@ -93,6 +200,8 @@ def to_dict(obj: Any, complete: bool = False) -> Any:
     """JSON-ready form of a config (dataclasses become dicts; tagged variants carry ``"type"``). A field marked
     ``omit_if_default`` (one added later, so that configs leaving it unset keep their hash) is left out at its
     default unless ``complete`` (the form ``--set`` edits, where every field can be set)."""
+    if isinstance(obj, Unloaded):
+        return {"type": obj.kind, **obj.fields}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         if getattr(type(obj), "union", None):
@@ -127,7 +236,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}={value!r} is invalid: must be an object with a 'type' field naming a "
                               f"{tags[0].union}; valid: {', '.join(sorted(_UNIONS.get(tags[0].union, {})))}")
         cls = lookup_variant(tags[0].union, value["type"], f"{path}.type")
-        return from_dict(cls, {k: v for k, v in value.items() if k != "type"}, path)
+        fields = {k: v for k, v in value.items() if k != "type"}
+        return cls(**fields) if issubclass(cls, Unloaded) else from_dict(cls, fields, path)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

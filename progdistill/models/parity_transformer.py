@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from progdistill.core.config import check, check_positive_int, register
+from progdistill.core.config import ConfigError, check, check_positive_int, register
 from progdistill.core.optional import require
 
 
@@ -50,6 +50,21 @@ class TransformerConfig:
     def build(self, in_features: int, num_classes: int,
               generators: Sequence[torch.Generator]) -> ParityTransformer:
         return ParityTransformer(in_features, num_classes, self, generators)
+
+    def check_task(self, task) -> None:
+        """Refuse a task whose inputs are not bits in {-1, +1} (the model reads one token per bit, -1 or not:
+        anything else would train silently on tokens that do not carry the input). Looks at the task's held-out
+        inputs and a small batch drawn from a generator of its own (no draw from the training streams)."""
+        batches = [*task.eval_batches(), task.sample_batch(64, torch.Generator().manual_seed(0))]
+        for batch in batches:
+            x = batch.inputs
+            if x.dim() != 2 or not torch.is_floating_point(x) or not bool(((x == 1) | (x == -1)).all()):
+                bad = x[(x != 1) & (x != -1)] if torch.is_floating_point(x) else x.flatten()
+                example = f"e.g. {bad.flatten()[0].item():g}" if bad.numel() else f"shape {tuple(x.shape)}"
+                raise ConfigError(f"model type {self.kind!r} (the parity transformer) reads inputs of shape (B, n) "
+                                  f"with values -1 or +1 only (one token per bit), and task {task.kind!r} gives "
+                                  f"other inputs ({x.dtype}, {example}): use a model for its inputs, e.g. "
+                                  "{'type': 'mlp'}")
 
 
 class ParityTransformer(nn.Module):

@@ -50,7 +50,7 @@ def load_run(path: str | Path) -> _Run:
         raise ConfigError(f"{rundir.path} is not a run directory (no config.json); give run directories written "
                           "by `progdistill run`")
     try:
-        config = rundir.config()
+        config = rundir.config(lenient=True)  # files alone: a plugin that cannot be imported shows its type name
     except ConfigError as exc:
         raise ConfigError(f"{rundir.config_file}: {exc}") from None
     if not rundir.results_file.exists():

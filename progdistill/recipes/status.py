@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from progdistill.core.config import ConfigError, to_dict
 from progdistill.core.files import read_metrics
 from progdistill.experiment import student_names, teacher_header
 from progdistill.recipes.launcher import read_launch, scheduler_states
@@ -20,15 +21,17 @@ STATES = ("done", "running", "failed", "interrupted", "queued", "not started")
 
 def status(out: str | Path) -> list[dict[str, Any]]:
     """One row per model of the run directory ``out``, teacher first: {name, state (one of :data:`STATES`),
-    detail, job (the job id of a launch, or None)}. Raises ``ConfigError`` when ``out`` has no valid config."""
+    detail, job (the job id of a launch, or None)}. Raises ``ConfigError`` when ``out`` has no valid config. A
+    plugin that the config records but cannot be imported is a warning: its schedules' students are named by the
+    schedule's type (or ``name`` field) instead of a label only its class knows."""
     rundir = RunDir(out)
-    config = rundir.config()
+    config = rundir.config(lenient=True)
     launch = read_launch(out)
     queued = scheduler_states(launch)
     rows = []
     try:
         trajectory = Trajectory(rundir.teacher)
-        done = trajectory.complete and trajectory.header == teacher_header(config)
+        done = trajectory.complete and _teacher_of(config, trajectory.header)
         step = max(trajectory.steps, default=0)
     except TrajectoryError:
         done, step = False, 0
@@ -41,6 +44,16 @@ def status(out: str | Path) -> list[dict[str, Any]]:
         rows.append(_row(name, directory, directory, rundir.student_finished(name, config.student.steps),
                          student_step, config.student.steps, launch.get("students", {}).get(name), queued))
     return rows
+
+
+def _teacher_of(config, header: dict[str, Any]) -> bool:
+    """Whether a trajectory's ``header`` is the teacher of ``config``; when a schedule is a stand-in for a plugin
+    that cannot be imported (whether the run is co-training only is then unknown), on the task and teacher alone."""
+    try:
+        return header == teacher_header(config)
+    except ConfigError:
+        return {k: v for k, v in header.items() if k != "co_training"} == \
+            {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
 
 
 def _row(name: str, directory: Path, locked: Path, done: bool, step: int | None, steps: int, job: str | None,

@@ -46,6 +46,7 @@ from progdistill.experiment import (
     config_hash,
     load_config,
     teacher_header,
+    without_plugins,
 )
 from progdistill.store.lock import job_id, lock_holder
 from progdistill.store.trajectory import Trajectory, TrajectoryError
@@ -125,9 +126,11 @@ class RunDir:
     def teacher_metrics(self) -> list[dict]:
         return read_metrics(self.teacher / "metrics.jsonl")
 
-    def config(self) -> ExperimentConfig:
-        """The run's config.json. Raises ``ConfigError`` when it is missing or invalid."""
-        return load_config(self.config_file)
+    def config(self, lenient: bool = False) -> ExperimentConfig:
+        """The run's config.json, with the plugins it records imported. Raises ``ConfigError`` when it is missing or
+        invalid, or a plugin cannot be imported -- unless ``lenient`` (commands that only show files): then a
+        missing plugin's variants are stand-ins that keep their type name (:meth:`ExperimentConfig.from_dict`)."""
+        return load_config(self.config_file, lenient=lenient)
 
     # -- claiming ----------------------------------------------------------------------------------------------
     def claim(self, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None,
@@ -158,6 +161,8 @@ class RunDir:
                 old = json.loads(saved.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 old = None
+            # the plugins' file paths are rewritten, never compared (a run whose plugin file moved is the same run)
+            old, new = without_plugins(old), without_plugins(new)
             recorded = digest.read_text(encoding="utf-8").strip() if digest.exists() else None
             if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
                 raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
@@ -189,7 +194,7 @@ class RunDir:
             raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
                               "choose another --out (--overwrite replaces only progdistill runs)")
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved, new)
+        atomic_write_json(saved, config.to_dict())
         atomic_write_text(digest, config_hash(config) + "\n")
         if data_digest is not None:
             atomic_write_text(data, data_digest + "\n")

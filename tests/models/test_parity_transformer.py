@@ -1,13 +1,15 @@
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from progdistill.core.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, to_dict, variants
+from progdistill.core.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, register, to_dict, variants
 from progdistill.core.seeding import generator
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
-from progdistill.experiment import ExperimentConfig
+from progdistill.experiment import ExperimentConfig, check_task_data
 from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig
 from progdistill.recipes.presets import get_preset
 from progdistill.recipes.runner import run
@@ -129,3 +131,31 @@ def test_tiny_end_to_end_run(tmp_path):
     assert [(s["schedule"], s["steps"]) for s in saved["students"]] == \
         [("ce", 40), ("one-shot", 40), ("progressive", 40), ("2-shot", 40)]
     assert ExperimentConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == config
+
+
+@register("task")
+@dataclass(frozen=True)
+class ZeroOneParity(ParityTask):
+    """Sparse parity with bits in {0, 1} instead of {-1, +1}: the parity transformer would read all-zero tokens."""
+
+    kind: ClassVar[str] = "zero-one-parity-test"
+
+    def sample_inputs(self, count, generator):
+        return super().sample_inputs(count, generator).add(1).div(2)
+
+
+def test_refuses_inputs_that_are_not_bits_naming_model_and_task(tmp_path):
+    task = ZeroOneParity(n=8, k=2, eval_size=64)
+    config = ExperimentConfig(preset="zero-one", task=task, teacher=TrainConfig(model=TINY, steps=10),
+                              student=TrainConfig(model=TINY, steps=10), schedules=(CE(),), seeds=1)
+    with pytest.raises(ValueError, match=r"teacher.model: model type 'gpt2' \(the parity transformer\) reads inputs "
+                                         r"of shape \(B, n\) with values -1 or \+1 only .* task "
+                                         r"'zero-one-parity-test' gives other inputs \(torch.float32, e.g. 0\)"):
+        check_task_data(config)
+    with pytest.raises(ConfigError, match="zero-one-parity-test"):  # before anything is written
+        run(config, tmp_path / "run", device="cpu", log=lambda *a: None, report_to="none")
+    assert not (tmp_path / "run").exists()
+    # the same model on bits in {-1, +1}: accepted, drawing from generators of its own (not the global one)
+    before = torch.get_rng_state()
+    TINY.check_task(ParityTask(n=8, k=2, eval_size=64))
+    assert torch.equal(torch.get_rng_state(), before)

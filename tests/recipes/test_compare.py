@@ -11,11 +11,12 @@ import math
 from dataclasses import replace
 
 import pytest
-from conftest import tiny_config
+from conftest import forget_plugin, plugin_config, tiny_config, write_plugin
 
 from progdistill.cli import main
 from progdistill.core.config import ConfigError, DistillationConfig, flatten
 from progdistill.core.files import atomic_write_json
+from progdistill.core.plugins import import_plugin
 from progdistill.distill.schedules import CE, FINAL, KShot, Progressive
 from progdistill.experiment import config_hash
 from progdistill.recipes.compare import compare, compare_runs
@@ -191,3 +192,25 @@ def test_temperature_sweep_end_to_end(tmp_path):
             assert s["steps_to_threshold"]["values"] == reached
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 10_000
     assert len((tmp_path / "out" / "comparison.csv").read_text().splitlines()) == 1 + 3 * 2
+
+
+def test_compare_runs_whose_plugin_is_gone_by_type_name(tmp_path):
+    name = "compare_plugin_gone"
+    module = import_plugin(str(write_plugin(tmp_path, name)))
+    try:
+        runs = [fake_run(tmp_path / f"t{t}", replace(plugin_config(module, seeds=2),
+                                                     distillation=DistillationConfig(temperature=t)),
+                         [("ce", 0, 100, 1.0), (f"{name}-schedule", 0, 200 * t, 0.9), ("ce", 1, 100, 1.0),
+                          (f"{name}-schedule", 1, None, 0.8)]) for t in (0.5, 1.0)]
+    finally:
+        forget_plugin(name)
+    (tmp_path / f"{name}.py").unlink()
+    assert json.loads((runs[0] / "config.json").read_text())["plugins"][0]["module"] == name
+    with pytest.warns(UserWarning, match=f"cannot import plugin file .*{name}.py: it does not exist"):
+        comparison = compare(runs, tmp_path / "out")
+    assert comparison["task"] == f"{name}-task" and comparison["field"] == "distillation.temperature"
+    mine = [r["schedules"][1] for r in comparison["runs"]]
+    assert [s["schedule"] for s in mine] == [f"{name}-schedule"] * 2
+    assert [s["steps_to_threshold"]["values"] for s in mine] == [[100.0], [200.0]]
+    assert f"| 1.0 | {name}-schedule | 2 | 200 | 1/2 | 0.8500 +/- 0.0707 | 100 |" in \
+        (tmp_path / "out" / "comparison.md").read_text()

@@ -5,9 +5,10 @@ import os
 import socket
 
 import pytest
-from conftest import tiny_config
+from conftest import forget_plugin, plugin_config, tiny_config, write_plugin
 
 from progdistill.cli import main
+from progdistill.core.plugins import import_plugin
 from progdistill.experiment import student_name
 from progdistill.recipes import runner
 from progdistill.recipes.runner import train_students, train_teacher
@@ -61,3 +62,28 @@ def test_report_refuses_a_run_with_unfinished_students(tmp_path, capsys):
     RunDir(out).claim(config, overwrite=False)
     assert main(["report", str(out)]) == 2
     assert "4 student(s) of" in capsys.readouterr().err and not (out / "results.json").exists()
+
+
+def test_status_of_a_run_whose_plugin_is_gone_shows_type_names(tmp_path, capsys):
+    name = "status_plugin_gone"
+    module = import_plugin(str(write_plugin(tmp_path, name)))
+    config = plugin_config(module, seeds=1, steps=150)
+    out = tmp_path / "run"
+    try:
+        RunDir(out).claim(config, overwrite=False)
+    finally:
+        forget_plugin(name)
+    (tmp_path / f"{name}.py").unlink()  # the plugin's file is gone
+    for student in ("ce-seed0", f"{name}-schedule-seed0"):
+        (out / "students" / student).mkdir(parents=True)
+        (out / "students" / student / "metrics.jsonl").write_text('{"step": 0}\n{"step": 150}\n')
+        (out / "students" / student / "final.safetensors").write_bytes(b"")
+    with pytest.warns(UserWarning, match=f"cannot import plugin file .*{name}.py: it does not exist"):
+        rows = status(out)
+    assert [(r["name"], r["state"]) for r in rows] == [("teacher", "not started"), ("ce-seed0", "done"),
+                                                        (f"{name}-schedule-seed0", "done")]
+    with pytest.warns(UserWarning, match="showing its tasks, models and schedules by type name"):
+        assert main(["status", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 done, 1 not started"
+    assert main(["report", str(out)]) == 2  # a command that needs the plugin: one clear error
+    assert "progdistill: error: cannot import plugin file" in capsys.readouterr().err
