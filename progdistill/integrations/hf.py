@@ -38,7 +38,6 @@ from typing import Any
 import torch
 
 from progdistill.core.config import ConfigError, DistillationConfig
-from progdistill.integrations.hf_generation import generated_micro_batches
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from progdistill.core.optional import require
 from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
@@ -197,7 +196,7 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
     ``temperature`` are the sampling's (``distillation.temperature`` remains the loss's). Each of these five,
     when given (not None), replaces the field of ``distillation`` it names; otherwise ``distillation``'s value
     holds (``max_new_tokens`` None there: 128). Generation: Hugging
-    Face ``generate`` over all micro-batches of a step at once (:mod:`progdistill.integrations.hf_generation`), so the
+    Face ``generate`` over all micro-batches of a step at once (:func:`generated_micro_batches`), so the
     normalization above holds for generated batches too. ``generated_steps`` counts the steps of each kind.
     """
 
@@ -273,7 +272,7 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
 
     def _generated(self, batches: list[dict]) -> list[dict]:
         """The step's micro-batches, or (``lmbda``, ``seq_kd``) sequences generated from their prompts by the
-        student or the scheduled checkpoint (:mod:`progdistill.integrations.hf_generation`)."""
+        student or the scheduled checkpoint (:func:`generated_micro_batches`)."""
         d = self.distillation
         on_policy = d.lmbda > 0 and float(torch.rand((), generator=self._coin)) < d.lmbda
         step = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
@@ -397,3 +396,69 @@ def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float | No
     distillation = replace(distillation, **{k: v for k, v in given.items() if v is not None})
     return distillation if distillation.max_new_tokens is not None else replace(distillation, max_new_tokens=128)
 
+
+# Generated batches for :class:`ProgressiveDistillationTrainer`: TRL-style on-policy (``lmbda``)
+# and sequence-level (``seq_kd``) distillation from the scheduled teacher checkpoint, with Hugging Face
+# ``generate`` (its KV cache).
+#
+# A step's micro-batches are replaced together (:func:`generated_micro_batches`): their prompts are concatenated,
+# continued in one ``generate`` call, and split back, so any split of a batch into micro-batches and accumulation
+# steps trains on the same sequences, and Trainer's count of supervised tokens (``get_batch_samples``) is that of
+# the generated batch. Prompt: the tokens before the first supervised label position (at least one token; the
+# shortest such prefix over the step's rows, so that every row keeps a prompt of the same length). Labels: the
+# generated tokens up to and including EOS; -100 on the prompt and after EOS (attention mask 0 there too).
+# Sampling is seeded: one draw of the trainer's seeded generator seeds ``generate``'s global-RNG draws inside
+# :func:`torch.random.fork_rng`, so the global RNG is left as it was.
+
+
+def prompt_length(batches: list[dict[str, Any]]) -> int:
+    """The shortest prefix before a supervised label over every row of ``batches`` (at least 1)."""
+    first = []
+    for batch in batches:
+        labels = batch.get("labels")
+        if labels is None:
+            first.append(1)
+            continue
+        supervised = labels != IGNORE_INDEX  # (B, T)
+        index = torch.where(supervised.any(-1), supervised.float().argmax(-1), torch.full_like(labels[:, 0], 1))
+        first.append(int(index.min()))
+    return max(1, min(first))
+
+
+@torch.no_grad()
+def generated_micro_batches(model, batches: list[dict[str, Any]], generator: torch.Generator,
+                            max_new_tokens: int, temperature: float) -> list[dict[str, Any]]:
+    """``batches`` (micro-batches of one step: dicts with ``input_ids`` (B_i, T_i), optional ``labels``) with
+    their prompts continued by ``model.generate`` (``temperature`` 0 = greedy), as micro-batches of the same
+    sizes with ``input_ids``, ``attention_mask`` and ``labels`` (B_i, P + new tokens)."""
+    length = prompt_length(batches)
+    prompts = torch.cat([b["input_ids"][:, :length] for b in batches])  # (B, P)
+    sizes = [len(b["input_ids"]) for b in batches]
+    config = model.generation_config if hasattr(model, "generation_config") else None
+    eos = getattr(config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    if eos is not None and eos >= model.get_input_embeddings().num_embeddings:
+        eos = None  # a config default (GPT-2's 50256) outside a small vocabulary: never produced
+    pad = 0 if eos is None else eos
+    seed = int(torch.randint(2**62, (), generator=generator))
+    was_training = model.training
+    model.eval()
+    devices = [prompts.device] if prompts.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+                else dict(do_sample=False)
+            out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+    finally:
+        model.train(was_training)
+    new = out[:, length:]  # (B, N)
+    if eos is None:
+        keep = torch.ones_like(new, dtype=torch.bool)
+    else:  # up to and including the first EOS
+        keep = (new == eos).long().cumsum(-1).sub((new == eos).long()) == 0
+    attention = torch.cat([torch.ones_like(prompts, dtype=torch.bool), keep], dim=1).long()
+    labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), torch.where(keep, new, IGNORE_INDEX)], dim=1)
+    parts = zip(out.split(sizes), attention.split(sizes), labels.split(sizes))
+    return [{"input_ids": i, "attention_mask": a, "labels": l} for i, a, l in parts]

@@ -25,13 +25,12 @@ from progdistill.core.files import MetricsWriter, read_metrics
 from progdistill.store.lock import RunLock
 from progdistill.probes.registry import end_of_run_probes
 from progdistill.store.report import write_report
-from progdistill.train.resume import load_state
 from progdistill.store.rundir import RESUME_STATE, STUDENT_WEIGHTS, RunDir
 from progdistill.distill.schedules import CE
 from progdistill.tasks.base import Task
 from progdistill.train.cotraining import cotrain
 from progdistill.store.trackers import hyperparameters, resolve_report_to, start_trackers
-from progdistill.train.loop import Member, fit
+from progdistill.train.loop import Member, fit, load_state
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,10 @@ from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_t
 from progdistill.core.files import MetricsWriter
 from progdistill.train.generation import GeneratedData
 from progdistill.distill.hints import Hints
-from progdistill.train.nonfinite import NonFiniteError, grads_finite, non_finite_error
-from progdistill.distill.fused import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
+from progdistill.distill.losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from progdistill.train.optim import make_optimizer
-from progdistill.train.resume import load_state, save_state
 from progdistill.distill.schedules import CE, TeacherSpec
 from progdistill.core.seeding import generator
-from progdistill.train.stacks import PerStepGather, per_model_sum
 from progdistill.distill.teachers import TeacherPool, block_teacher_logits, plan_temperatures
 from progdistill.train.token_step import train_token_step
 from progdistill.store.trajectory import TrajectoryWriter
@@ -247,7 +245,7 @@ class Training:
 
     def train_stack_block(self, start: int, stop: int) -> None:
         """Steps ``start`` to ``stop`` of the whole stack on a one-label task, with the objective's fused
-        forward-KL form (:func:`progdistill.distill.fused.soft_targets`) where it applies."""
+        forward-KL form (:func:`progdistill.distill.losses.soft_targets`) where it applies."""
         L, B, C = stop - start, self.train.batch_size, self.task.num_classes
         # The block's examples, one stream per seed: inputs (S, L, B_local, n), labels (S, L, B_local).
         batches = [self.task.sample_batch(L * B, self.gens[s]) for s in self.seeds]
@@ -407,3 +405,71 @@ class Training:
         """Drop the teacher checkpoints no member uses from ``step`` on."""
         if self.teachers is not None:
             self.teachers.retain({spec for spec in self.checkpoints(step) if spec is not None})
+
+
+# Helpers for a *stack* of models trained together (:class:`Training`): M models, from S
+# seeds' data streams, whose per-step values are (L, M) per block of L steps.
+
+
+class PerStepGather:
+    """``x[i]`` of a block (S, L, B, n) as each model's inputs (M, B, n), indexed by step i."""
+
+    def __init__(self, block: torch.Tensor, seed_index: torch.Tensor):
+        self.block, self.seed_index = block, seed_index.to(block.device)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.block[:, i].index_select(0, self.seed_index)
+
+
+def per_model_sum(values: torch.Tensor) -> torch.Tensor:
+    """(L, M) -> (M,): each model's sum over the block's L steps, added up in the same order whatever M is (a
+    sum over dim 0 vectorizes across models and rounds differently for different stack sizes), so a student
+    trained in any stack -- one job per seed, a sweep grown by a seed -- reports the same training loss."""
+    return values.t().contiguous().sum(dim=1)
+
+
+# Non-finite values in training: the error that stops a run, and the check of a step's gradients.
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss became NaN or inf; the message names the run, the step range and the quantity."""
+
+
+def grads_finite(params, device) -> bool:
+    """Whether every gradient is finite, on every process (one sync). No gradient at all (a step without a
+    supervised token) is finite."""
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return all_true(not sums or bool(torch.isfinite(torch.stack(sums)).all()), device)
+
+
+def non_finite_error(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
+    return NonFiniteError(f"{', '.join(culprits)}: non-finite {what} at step {step}; everything saved before it "
+                          "is kept (on_non_finite='skip' skips such steps)")
+
+
+# The resume state of an interrupted training run: one file, written atomically at every record.
+#
+# :func:`fit` saves its complete state (weights, optimizer, learning-rate schedule, data
+# generators, records, member names) with :func:`save_state` and continues from :func:`load_state` on a later
+# call with the same members, so an interrupted run ends with the same numbers as an uninterrupted one.
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write ``state`` (``torch.save``) to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path | None, names: list[str]) -> dict | None:
+    """The saved training state at ``path`` if it belongs to exactly the members ``names``, else None (also
+    when ``path`` is None or missing, and, with a warning, when the file cannot be read)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # an unreadable state file cannot be trusted: start over, saying so
+        warnings.warn(f"ignoring unreadable resume state {path}: {exc}")
+        return None
+    return state if state.get("names") == names else None

@@ -10,7 +10,7 @@ from progdistill.core.config import ConfigError, DistillationConfig
 from progdistill.distill.curricula import (HintDistillation, NoisedTeacher, PathPoint, TemperatureCurriculum,
                                    WeightPathCurriculum, stage_value)
 from progdistill.experiment import ExperimentConfig
-from progdistill.distill.fused import soft_targets
+from progdistill.distill.losses import soft_targets
 from progdistill.models.mlp import MLPConfig
 from progdistill.recipes.runner import train_teacher
 from progdistill.distill.schedules import TeacherSpec
