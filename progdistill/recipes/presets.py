@@ -13,7 +13,7 @@ from progdistill.tasks.parity import ParityTask
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
 from progdistill.distill.curricula import (CoTraining, HintDistillation, NoisedTeacher, TemperatureCurriculum,
                         WeightPathCurriculum)
-from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "gpt2" model
+from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "parity-gpt2" model
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask

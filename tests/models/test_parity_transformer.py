@@ -21,11 +21,20 @@ def bits(batch: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_registered_and_round_trips_through_json():
-    assert variants("model")["gpt2"] is TransformerConfig
+    assert variants("model")["parity-gpt2"] is TransformerConfig and "gpt2" not in variants("model")
     cfg = TransformerConfig(n_layer=3, n_head=5, head_dim=2, mlp_ratio=2)
     data = to_dict(cfg)
-    assert data == {"type": "gpt2", "n_layer": 3, "n_head": 5, "head_dim": 2, "mlp_ratio": 2}
+    assert data == {"type": "parity-gpt2", "n_layer": 3, "n_head": 5, "head_dim": 2, "mlp_ratio": 2}
     assert from_dict(TrainConfig, {"model": data}).model == cfg
+
+
+def test_a_config_written_under_the_former_name_gpt2_still_loads():
+    old = {"type": "gpt2", "n_layer": 3, "n_head": 5, "head_dim": 2, "mlp_ratio": 2}
+    cfg = from_dict(TrainConfig, {"model": old}).model
+    assert cfg == TransformerConfig(n_layer=3, n_head=5, head_dim=2, mlp_ratio=2)
+    assert to_dict(cfg)["type"] == "parity-gpt2"  # written under its name from now on
+    assert from_dict(ExperimentConfig, {**get_preset("parity-transformer").to_dict(),
+                                        "teacher": {"model": old}}).teacher.model == cfg
     assert cfg.hidden_size == 10 and TransformerConfig.stackable is False
 
 
