@@ -37,15 +37,13 @@ from typing import Any
 
 import torch
 
-from progdistill.core.config import ConfigError, DistillationConfig
+from progdistill.core.config import ConfigError, DistillationConfig, variants
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from progdistill.core.optional import require
-from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
+from progdistill.distill.schedules import TeacherSpec
 from progdistill.core.seeding import generator
 from progdistill.distill.teachers import TeacherPool
 from progdistill.store.trajectory import TrajectoryError
-
-CHECKPOINT_SCHEDULES = (CE, OneShot, Progressive, KShot)  # what resolve() gives for the schedules a trainer takes
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # The weight files from_pretrained reads (single file or sharded, safetensors or PyTorch pickle).
@@ -209,14 +207,16 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
         self.trajectory = teacher_trajectory
         self.schedule = schedule.resolve(teacher_trajectory)
-        if not isinstance(self.schedule, CHECKPOINT_SCHEDULES):
+        if not self.schedule.checkpoints_only:
+            taken = ", ".join(sorted(k for k, c in variants("schedule").items() if c.checkpoints_only))
             raise ConfigError(f"schedule {self.schedule.label!r} is not supported by the Hugging Face trainer: it "
-                              "takes the checkpoint schedules (ce, one-shot, progressive, k-shot, 2-shot-auto); the "
-                              "curricula without checkpoints train with `progdistill run`")
-        self.schedule.validate(teacher_trajectory.steps)
+                              f"takes the checkpoint schedules ({taken}); the curricula without checkpoints train "
+                              "with `progdistill run`")
         self.distillation = distillation or DistillationConfig()
+        self.schedule.validate(teacher_trajectory.steps)  # (HF checkpoints carry no hashes to verify)
         self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)
         self.checkpoint_in_use: int | None = None
+        self._spec: tuple[int, TeacherSpec | None] | None = None  # (step, the schedule's teacher at that step)
         # Trainer reads this flag as "compute_loss divides by num_items_in_batch, which Trainer must not divide by
         # the accumulation steps again"; ours does for every model, with the count of get_batch_samples.
         self.model_accepts_loss_kwargs = True
@@ -233,6 +233,14 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
     @property
     def teacher_loads(self) -> int:
         return self.teachers.loads
+
+    def _teacher_spec(self) -> TeacherSpec | None:
+        """The schedule's teacher at the current optimizer step (None: labels only), resolved once per step:
+        the step's generated batches, losses and logs read it from here."""
+        step = self.state.global_step
+        if self._spec is None or self._spec[0] != step:
+            self._spec = (step, self.schedule.teacher_at(step, self.trajectory.steps, self.state.max_steps))
+        return self._spec[1]
 
     def _shifts(self, model) -> bool:
         if self.shift_labels is None:
@@ -275,11 +283,11 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         student or the scheduled checkpoint (:func:`generated_micro_batches`)."""
         d = self.distillation
         on_policy = d.lmbda > 0 and float(torch.rand((), generator=self._coin)) < d.lmbda
-        step = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
+        spec = self._teacher_spec()
         self._on_policy_step = False
-        if not d.generates or step is None or isinstance(self.schedule, CE) or not (on_policy or d.seq_kd):
+        if not d.generates or spec is None or not (on_policy or d.seq_kd):
             return batches
-        model = self.accelerator.unwrap_model(self.model) if on_policy else self.teachers.get(step)
+        model = self.accelerator.unwrap_model(self.model) if on_policy else self.teachers.get(spec)
         self._on_policy_step = on_policy
         self.generated_steps["student" if on_policy else "teacher"] += 1
         device = self.args.device
@@ -287,11 +295,12 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):
         return generated_micro_batches(model, batches, self._sampling, d.max_new_tokens, d.sampling_temperature)
 
     def _teacher_logits(self, model, inputs, logits) -> torch.Tensor | None:
-        step = self.checkpoint_in_use = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
-        if step is None or isinstance(self.schedule, CE):
+        spec = self._teacher_spec()
+        step = self.checkpoint_in_use = None if spec is None else spec.checkpoint
+        if spec is None:
             return None
-        teacher = self.teachers.get(step)
-        self.teachers.retain({step})
+        teacher = self.teachers.get(spec)
+        self.teachers.retain({spec})
         vocabulary, ids = _vocabulary_size(teacher), inputs.get("input_ids")
         if vocabulary is not None and ids is not None and ids.numel() and int(ids.max()) >= vocabulary:
             student = _vocabulary_size(self.accelerator.unwrap_model(model))  # before the forward's index error

@@ -22,8 +22,8 @@ from progdistill.core.config import ConfigError
 from progdistill.experiment import teacher_pool
 from progdistill.core.files import atomic_write_json
 from progdistill.distill.losses import teacher_probabilities
+from progdistill.distill.schedules import teacher_temperature
 from progdistill.store.rundir import RunDir
-from progdistill.distill.schedules import CE
 from progdistill.store.trajectory import Trajectory
 from progdistill.probes.jobs import PROBE_SEED
 from progdistill.probes.monomials import monomial_correlations
@@ -54,7 +54,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
     out: dict[str, Any] = {"settings": {"num_samples": num_samples, "seed": PROBE_SEED, "degrees": degrees,
                                         "distillation_temperature": config.distillation.temperature}}
     for sched in config.schedules if schedules is None else schedules:
-        if isinstance(sched, CE) or sched.teacher_source != "trajectory":
+        if not sched.needs_teacher or sched.teacher_source != "trajectory":
             continue
         resolved = sched.resolve(trajectory)
         rows = []
@@ -63,7 +63,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
             spec = resolved.teacher_at(step, trajectory.steps, total)
             if spec is None or spec.hint_layer is not None:
                 continue
-            temperature = config.distillation.temperature if spec.temperature is None else spec.temperature
+            temperature = teacher_temperature(spec, config.distillation.temperature)
             teacher = pool.get(spec)
 
             def target(x: torch.Tensor) -> torch.Tensor:  # (B, n) -> q(class 1 | x), (B,)

@@ -17,7 +17,6 @@ from progdistill.store.environment import environment_markdown  # noqa: E402
 from progdistill.experiment import config_hash, student_name  # noqa: E402
 from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics  # noqa: E402
 from progdistill.store.rundir import RunDir  # noqa: E402
-from progdistill.distill.schedules import TwoShotAuto  # noqa: E402
 from progdistill.store.trajectory import Trajectory  # noqa: E402
 
 # Line styles and markers of the schedules' curves, in turn: two schedules with identical curves (2-shot and
@@ -35,18 +34,14 @@ def steps_to_threshold(records: Sequence[dict], threshold: float) -> int | None:
 
 
 def picked_checkpoints(config, trajectory: Trajectory) -> dict[str, dict[str, Any]]:
-    """Per 2-shot-auto schedule (by label), what it picks on the teacher ``trajectory`` (paper §1, 2-shot;
-    :meth:`progdistill.distill.schedules.TwoShotAuto.resolve`): the first ``checkpoint`` (the middle of the detected
-    transition), the teacher's ``value`` of ``metric`` there, ``first_steps``, and the ``transition``
-    (:meth:`progdistill.distill.phases.Transition.to_dict`: start, middle, end, before, after, noise, size, width)."""
+    """Per schedule that picks its checkpoints from the teacher's curve (by label), what it picks on the teacher
+    ``trajectory`` (``schedule.resolution``; 2-shot-auto, paper §1: the first ``checkpoint``, the middle of the
+    detected transition, the teacher's ``value`` of ``metric`` there, ``first_steps``, and the ``transition``)."""
     picks = {}
     for sched in config.schedules:
-        if isinstance(sched, TwoShotAuto):
-            steps, values = trajectory.curve(sched.metric)
-            window = sched.window(steps, values)
-            picks[sched.label] = {"checkpoint": window.middle, "metric": sched.metric,
-                                  "value": values[steps.index(window.middle)], "first_steps": sched.first_steps,
-                                  "transition": window.to_dict()}
+        picked = sched.resolution(trajectory)  # None: a schedule that does not depend on the teacher's curve
+        if picked is not None:
+            picks[sched.label] = picked
     return picks
 
 

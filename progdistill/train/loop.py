@@ -34,7 +34,7 @@ from progdistill.train.generation import GeneratedData
 from progdistill.distill.hints import Hints
 from progdistill.distill.losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
 from progdistill.train.optim import make_optimizer
-from progdistill.distill.schedules import CE, TeacherSpec
+from progdistill.distill.schedules import TeacherSpec, teacher_temperature
 from progdistill.core.seeding import generator
 from progdistill.distill.teachers import TeacherPool, block_teacher_logits, plan_temperatures
 from progdistill.train.token_step import train_token_step
@@ -105,16 +105,17 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         run.resume(state)
     while start < train.steps:
         stop = run.block_end(start)
+        plan = run.plan(start, stop)  # (L, M) the teacher of every step and member, resolved once
+        run.release_teachers(plan[0])
         if task.per_position_targets:
-            run.train_token_steps(start, stop)
+            run.train_token_steps(start, plan)
         else:
-            run.train_stack_block(start, stop)
+            run.train_stack_block(start, plan)
         bar.update(stop - start)
         start = stop
         if run.records_at(stop):
             run.record(stop)
             run.checkpoint(stop)
-        run.release_teachers(stop)
     bar.close()
     barrier()
     if state_path is not None and run.main_process:
@@ -140,16 +141,17 @@ class Training:
         self.main_process = is_main()
         self.ckpt_steps = teachers.steps if teachers is not None else []
         for mem in members:
-            if not isinstance(mem.schedule, CE):
-                if teachers is None:
-                    raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
-                mem.schedule.validate(self.ckpt_steps)
-        if teachers is not None and any(not isinstance(mem.schedule, CE) for mem in members):
-            teachers.verify()  # a missing or corrupted checkpoint stops here, not when a schedule reaches it
+            if mem.schedule.needs_teacher and teachers is None:
+                raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
+        # The teachers of the last step trained (what a record says); step 0's until the first block.
+        self.in_use = self.teachers_at(0)
+        if teachers is not None and any(mem.schedule.needs_teacher for mem in members):
+            # Schedules valid for the trajectory, its checkpoint files intact (once per pool: TeacherPool.check).
+            teachers.check([mem.schedule for mem in members])
             # The first teachers are built now: a transform that cannot apply (a weight path between models of
             # different shapes) or a hint layer that does not exist stops here, before the first step.
-            teachers.prepare([spec for spec in self.checkpoints(0) if spec is not None])
-        self.hints = Hints.for_stack(model, teachers, self.checkpoints(0), [mem.seed for mem in members])
+            teachers.prepare([spec for spec in self.in_use if spec is not None])
+        self.hints = Hints.for_stack(model, teachers, self.in_use, [mem.seed for mem in members])
         if checkpoint_writer is not None and M != 1:
             raise ValueError("only a stack of one model (a teacher) writes a trajectory")
         self.seeds = sorted({mem.seed for mem in members})
@@ -186,9 +188,15 @@ class Training:
         self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
         self.progress_log: ProgressLog | None = None
 
-    def checkpoints(self, t: int) -> list[TeacherSpec | None]:
+    def teachers_at(self, t: int) -> list[TeacherSpec | None]:
         """The teacher of every member at student step t (None: labels only)."""
         return [mem.schedule.teacher_at(t, self.ckpt_steps, self.train.steps) for mem in self.members]
+
+    def plan(self, start: int, stop: int) -> list[list[TeacherSpec | None]]:
+        """The teacher of every member at steps ``start`` to ``stop`` (L, M): the one place a block's teachers
+        are decided (checkpoint, temperature, transform, hint layer); its steps, teacher logits and records read
+        them from here."""
+        return [self.teachers_at(t) for t in range(start, stop)]
 
     def resume(self, state: dict) -> None:
         """Continue from a saved training state (:func:`_load_state`)."""
@@ -221,17 +229,18 @@ class Training:
         return step % train.eval_every == 0 or step == train.steps or (
             self.checkpoint_writer is not None and step % train.checkpoint_every == 0)
 
-    def train_token_steps(self, start: int, stop: int) -> None:
-        """Steps ``start`` to ``stop`` of one model on a token task, each in micro-batches
-        (:func:`train_token_step`)."""
-        plan = [self.checkpoints(t) for t in range(start, stop)]
-        for i in range(stop - start):
+    def train_token_steps(self, start: int, plan: list[list[TeacherSpec | None]]) -> None:
+        """The steps from ``start`` of one model on a token task, with the teachers of ``plan`` (L, 1), each in
+        micro-batches (:func:`train_token_step`)."""
+        self.in_use = plan[-1]
+        for i in range(len(plan)):
             gen = self.gens[self.members[0].seed]
             batch = self.task.sample_batch(self.train.batch_size, gen)  # drawn whatever the step trains on
             spec = plan[i][0]
             teacher = None if spec is None else self.teachers.get(spec)
-            distillation = self.distillation if spec is None or spec.temperature is None else \
-                dataclasses.replace(self.distillation, temperature=spec.temperature)
+            temperature = teacher_temperature(spec, self.distillation.temperature)
+            distillation = self.distillation if temperature == self.distillation.temperature else \
+                dataclasses.replace(self.distillation, temperature=temperature)
             if self.generated is not None:  # the whole step's batch is sampled (same on every process)
                 batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model,
                                                               distillation)
@@ -243,15 +252,16 @@ class Training:
                 bad = "gradient"
             self._finish_step(bad, self.names, start + i, value)
 
-    def train_stack_block(self, start: int, stop: int) -> None:
-        """Steps ``start`` to ``stop`` of the whole stack on a one-label task, with the objective's fused
-        forward-KL form (:func:`progdistill.distill.losses.soft_targets`) where it applies."""
-        L, B, C = stop - start, self.train.batch_size, self.task.num_classes
+    def train_stack_block(self, start: int, plan: list[list[TeacherSpec | None]]) -> None:
+        """The steps from ``start`` of the whole stack on a one-label task, with the teachers of ``plan`` (L, M),
+        in the objective's fused forward-KL form (:func:`progdistill.distill.losses.soft_targets`) where it
+        applies."""
+        self.in_use = plan[-1]
+        L, B, C = len(plan), self.train.batch_size, self.task.num_classes
         # The block's examples, one stream per seed: inputs (S, L, B_local, n), labels (S, L, B_local).
         batches = [self.task.sample_batch(L * B, self.gens[s]) for s in self.seeds]
         x_block = torch.stack([b.inputs.view(L, B, -1) for b in batches])[:, :, self.rows].to(self.device)
         y_block = torch.stack([b.targets.view(L, B) for b in batches])[:, :, self.rows].to(self.device)
-        plan = [self.checkpoints(t) for t in range(start, stop)]  # (L, M)
         teacher_logits = block_teacher_logits(plan, x_block, self.seed_index, self.teachers, C)  # (L, M, B, C)
         if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
             i, m = (~torch.isfinite(teacher_logits)).flatten(2).any(-1).nonzero()[0].tolist()
@@ -363,7 +373,7 @@ class Training:
             return
         eval_loss, eval_acc = self.last_evaluation = self.evaluate(self.model, self.eval_batches)
         self.progress_log(step, eval_loss, eval_acc)
-        in_use = self.checkpoints(max(step - 1, 0))
+        in_use = self.in_use
         for m, mem in enumerate(self.members):
             if train_loss[m] is not None and not math.isfinite(train_loss[m]):
                 raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in the steps before "
@@ -401,10 +411,11 @@ class Training:
                 "generators": {s: g.get_state() for s, g in self.gens.items()},
                 **({"generation": self.generated.state()} if self.generated is not None else {})})
 
-    def release_teachers(self, step: int) -> None:
-        """Drop the teacher checkpoints no member uses from ``step`` on."""
+    def release_teachers(self, specs: Sequence[TeacherSpec | None]) -> None:
+        """Drop the teacher checkpoints that none of ``specs`` (the members' teachers at a block's first step)
+        uses."""
         if self.teachers is not None:
-            self.teachers.retain({spec for spec in self.checkpoints(step) if spec is not None})
+            self.teachers.retain({spec for spec in specs if spec is not None})
 
 
 # Helpers for a *stack* of models trained together (:class:`Training`): M models, from S
