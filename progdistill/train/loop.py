@@ -9,12 +9,15 @@ stream and their initialization, so schedules are compared on identical data (a 
 Work is done in *blocks* of steps: for one-label tasks the inputs of a block are sampled at once, and the
 teacher logits a block needs are computed in one large batch per (data stream, checkpoint) instead of once
 per step (:func:`progdistill.distill.teachers.block_teacher_logits`); token tasks train one model in micro-batches.
-The objective is :mod:`progdistill.distill.losses`'; this module only decides which form of it a step uses.
+A block's teachers are decided once (:meth:`Training.plan`) and passed to its steps and records. Each step is
+one function of :mod:`progdistill.train.steps` (zero_grad, forward, loss, backward, update); this module keeps
+what happens around them: data, teachers, the tally of losses, records, checkpoints and resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -27,17 +30,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from progdistill.core.config import DistillationConfig, TrainConfig
-from progdistill.core.distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
+from progdistill.core.distributed import all_reduce_mean, barrier, is_main, local_slice, rank_world
 from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from progdistill.core.files import MetricsWriter
 from progdistill.train.generation import GeneratedData
 from progdistill.distill.hints import Hints
-from progdistill.distill.losses import hard_targets, mixture_weights, soft_cross_entropy, soft_targets, weighted_distillation_loss
+from progdistill.distill.losses import hard_targets, mixture_weights
 from progdistill.train.optim import make_optimizer
 from progdistill.distill.schedules import TeacherSpec, teacher_temperature
 from progdistill.core.seeding import generator
 from progdistill.distill.teachers import TeacherPool, block_teacher_logits, plan_temperatures
-from progdistill.train.token_step import train_token_step
+from progdistill.train.steps import StackObjective, StepContext, StepResult, hand_sgd_steps, stack_step, token_step
 from progdistill.store.trajectory import TrajectoryWriter
 
 BLOCK_STEPS = 1000
@@ -182,7 +185,7 @@ class Training:
                          and opt.momentum == 0 and opt.weight_decay == 0 and train.precision == "float32"
                          and train.on_non_finite == "stop" and distillation.plain_forward_kl)
         self.names = [mem.name for mem in members]
-        self.params = list(model.parameters())
+        self.steps = StepContext(self.net, self.opt, list(model.parameters()), train, self.autocast, device)
         self.histories: list[list[dict]] = [[] for _ in members]
         self.loss_sum, self.loss_count, self.skipped = torch.zeros(M, device=device), 0, 0
         self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -231,7 +234,7 @@ class Training:
 
     def train_token_steps(self, start: int, plan: list[list[TeacherSpec | None]]) -> None:
         """The steps from ``start`` of one model on a token task, with the teachers of ``plan`` (L, 1), each in
-        micro-batches (:func:`train_token_step`)."""
+        micro-batches (:func:`progdistill.train.steps.token_step`)."""
         self.in_use = plan[-1]
         for i in range(len(plan)):
             gen = self.gens[self.members[0].seed]
@@ -245,17 +248,12 @@ class Training:
                 batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model,
                                                               distillation)
             batch = batch.rows(self.rows).to(self.device)
-            self.opt.zero_grad(set_to_none=True)
-            value = train_token_step(self.net, batch, teacher, self.train, distillation, self.autocast)
-            bad = None if all_true(bool(math.isfinite(value)), self.device) else "training loss"
-            if bad is None and self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
-                bad = "gradient"
-            self._finish_step(bad, self.names, start + i, value)
+            self._tally(token_step(self.steps, batch, teacher, distillation), start + i)
 
     def train_stack_block(self, start: int, plan: list[list[TeacherSpec | None]]) -> None:
         """The steps from ``start`` of the whole stack on a one-label task, with the teachers of ``plan`` (L, M),
         in the objective's fused forward-KL form (:func:`progdistill.distill.losses.soft_targets`) where it
-        applies."""
+        applies (:class:`progdistill.train.steps.StackObjective`)."""
         self.in_use = plan[-1]
         L, B, C = len(plan), self.train.batch_size, self.task.num_classes
         # The block's examples, one stream per seed: inputs (S, L, B_local, n), labels (S, L, B_local).
@@ -275,93 +273,56 @@ class Training:
         # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
         x_steps = x_block[0] if len(self.seeds) == 1 else PerStepGather(x_block, self.seed_index)
         y_steps = y_block[self.seed_index].transpose(0, 1)
-        fused = teacher_logits is None or self.distillation.plain_forward_kl
-        targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
-        if teacher_logits is not None and fused:
-            per_position = temperature[..., None] if torch.is_tensor(temperature) else temperature  # (L, M, 1)
-            targets, correction = soft_targets(teacher_logits, y_steps, per_position, ce_weight, kd_weight)
-            corrections = correction.mean(dim=2)
+        objective = StackObjective(y_steps, teacher_logits, temperature, ce_weight, kd_weight, self.distillation,
+                                   fused=teacher_logits is None or self.distillation.plain_forward_kl)
+        corrections = objective.corrections  # (L, M) of the fused form with a teacher, else None
+        if corrections is not None:
             self.loss_sum -= per_model_sum(corrections)  # report the objective, not the fused CE
         if self.hand_sgd and not any(hint_steps):
-            self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
+            targets = hard_targets(y_steps, C) if objective.targets is None else objective.targets
+            step_losses = hand_sgd_steps(self.model, self.opt, self.lr_sched,
+                                         self.train.optimizer.lr_schedule == "constant", x_steps, targets,
+                                         self.device)
+            finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
+            if not finite.all():
+                i = int((~finite).nonzero()[0])
+                culprits = [self.names[m] for m in range(len(self.names)) if not torch.isfinite(step_losses[i, m])]
+                raise non_finite_error(culprits, "training loss", start + i)
+            self.loss_sum += per_model_sum(step_losses)
+            self.loss_count += L
             return
         for i in range(L):
-            hidden = None
-            with self.autocast:
-                if hint_steps[i]:
-                    logits, hidden = self.net(x_steps[i], hidden=True)  # (M, B_local, C), [(M, B_local, width)]
-                else:
-                    logits = self.net(x_steps[i])  # (M, B_local, C)
-            if fused:
-                per_example = soft_cross_entropy(logits, y_steps[i] if targets is None else targets[i])
-            else:
-                step_temperature = temperature[i][:, None] if torch.is_tensor(temperature) else temperature
-                per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
-                                                         self.distillation.loss, step_temperature,
-                                                         ce_weight[i], kd_weight[i],
-                                                         **self.distillation.loss_options())
             step_corrections = None if corrections is None else corrections[i]  # (M,)
-            if hidden is not None:  # the hint phase: these models regress the teacher's hidden layer instead
+            hints = None
+            if hint_steps[i]:  # the hint phase: these models regress the teacher's hidden layer instead
                 if corrections is not None:  # their loss is no fused CE: take back its correction now
                     hinted = torch.tensor([s is not None and s.hint_layer is not None for s in plan[i]],
                                           device=self.device)
                     self.loss_sum += torch.where(hinted, step_corrections, torch.zeros_like(step_corrections))
                     step_corrections = torch.where(hinted, torch.zeros_like(step_corrections), step_corrections)
-                per_example = self.hints.replace(per_example, hidden, plan[i],
-                                                 lambda m: x_block[self.seed_index[m], i], self.teachers)
-            if not self._autograd_step(start + i, per_example) and step_corrections is not None:
+                hints = functools.partial(self.hints.replace, specs=plan[i], teachers=self.teachers,
+                                          teacher_inputs=functools.partial(self._stream_inputs, x_block, i))
+            result = stack_step(self.steps, x_steps[i], functools.partial(objective.loss, i), hints)
+            self._tally(result, start + i)
+            if result.bad is not None and step_corrections is not None:
                 self.loss_sum += step_corrections  # a skipped step adds no cross-entropy: take back its correction
 
-    def _autograd_step(self, step: int, per_example: torch.Tensor) -> bool:
-        """Backward pass and update of a stack from its per-example losses (M, B_local); False when the step was
-        skipped (``on_non_finite="skip"``)."""
-        loss = per_example.sum() / per_example.shape[1]  # sum over models of each model's mean loss
-        self.opt.zero_grad(set_to_none=True)
-        bad = None if all_true(bool(torch.isfinite(loss)), self.device) else "training loss"
-        if bad is None:
-            loss.backward()
-            # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the per-step
-            # gradient check (a sync and a few ops) is paid only where a step may be skipped.
-            if self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
-                bad = "gradient"
-        culprits = self.names if bad is None else [
-            name for name, losses in zip(self.names, per_example) if not torch.isfinite(losses).all()] or self.names
-        self._finish_step(bad, culprits, step, per_example.detach().mean(dim=1))
-        return bad is None
+    def _stream_inputs(self, x_block: torch.Tensor, i: int, m: int) -> torch.Tensor:
+        """Model m's inputs (B, n) at step i of a block (S, L, B, n)."""
+        return x_block[self.seed_index[m], i]
 
-    def _finish_step(self, bad: str | None, culprits: Sequence[str], step: int, loss) -> None:
-        """Update and tally ``loss`` (M,), or stop or skip on the non-finite quantity ``bad``."""
-        if bad is not None:
+    def _tally(self, result: StepResult, step: int) -> None:
+        """Add a step's training loss to the records' running mean, or stop or skip on its non-finite quantity;
+        the learning-rate schedule advances either way."""
+        if result.bad is not None:
             if self.train.on_non_finite == "stop":
-                raise non_finite_error(culprits, bad, step)
+                culprits = [self.names[m] for m in result.culprits or range(len(self.names))]
+                raise non_finite_error(culprits, result.bad, step)
             self.skipped += 1
         else:
-            self.opt.step()
-            self.loss_sum += loss
+            self.loss_sum += result.loss
             self.loss_count += 1
         self.lr_sched.step()
-
-    def _hand_sgd_steps(self, start: int, x_steps, targets: torch.Tensor) -> None:
-        """The block's plain SGD updates with the model's hand-written gradients (``sgd_step``), ~2x faster per
-        step than autograd. targets: (L, M, B_local, C) class distributions."""
-        L, M = targets.shape[:2]
-        step_losses = torch.empty(L, M, device=self.device)
-        constant = self.train.optimizer.lr_schedule == "constant"
-        with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
-            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-            for i in range(L):
-                step_losses[i] = self.model.sgd_step(x_steps[i], targets[i], self.opt.param_groups[0]["lr"]).mean(dim=1)
-                if not constant:
-                    self.lr_sched.step()
-            if constant:  # same state as stepping it every step, without the per-step Python call
-                self.lr_sched.last_epoch += L
-        finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
-        if not finite.all():
-            i = int((~finite).nonzero()[0])
-            culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
-            raise non_finite_error(culprits, "training loss", start + i)
-        self.loss_sum += per_model_sum(step_losses)
-        self.loss_count += L
 
     def record(self, step: int) -> None:
         """Evaluate, and write every member's record at ``step`` (training loss: the mean since the last one)."""
@@ -439,18 +400,11 @@ def per_model_sum(values: torch.Tensor) -> torch.Tensor:
     return values.t().contiguous().sum(dim=1)
 
 
-# Non-finite values in training: the error that stops a run, and the check of a step's gradients.
+# Non-finite values in training: the error that stops a run.
 
 
 class NonFiniteError(FloatingPointError):
     """A loss became NaN or inf; the message names the run, the step range and the quantity."""
-
-
-def grads_finite(params, device) -> bool:
-    """Whether every gradient is finite, on every process (one sync). No gradient at all (a step without a
-    supervised token) is finite."""
-    sums = [p.grad.sum() for p in params if p.grad is not None]
-    return all_true(not sums or bool(torch.isfinite(torch.stack(sums)).all()), device)
 
 
 def non_finite_error(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
