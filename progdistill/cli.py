@@ -15,7 +15,7 @@ from progdistill.core.distributed import init_from_env, is_main, local_slice, ra
 from progdistill.core.optional import MissingExtraError
 from progdistill.core.plugins import import_plugin
 from progdistill.experiment import ExperimentConfig, load_config, student_names
-from progdistill.models.language import MaskedLM
+from progdistill.models.language import LanguageModel
 from progdistill.probes.curriculum_targets import POINTS, probe_curriculum_targets
 from progdistill.probes.monomials import probe_monomials
 from progdistill.probes.ngram import DISTANCE, WINDOWS, probe_ngram
@@ -166,7 +166,7 @@ def cmd_export(args) -> int:
     with RunLock(rundir.path):  # not while a run is writing the directory
         task = rundir.task(config)
         model = rundir.load_model(config, args.which, args.step, task=task)
-        if not isinstance(model, MaskedLM):  # our Hugging Face language models (CausalLM is one too)
+        if not isinstance(model, LanguageModel):  # our Hugging Face language models
             raise ConfigError(f"{args.which} of {rundir.path} is a {type(model).__name__}, not a Hugging Face "
                               "model; its weights are already a safetensors file in the run directory")
         model.save_pretrained(out)

@@ -30,8 +30,7 @@ from progdistill.core.config import (
 )
 from progdistill.core.plugins import import_recorded, plugin_entries
 from progdistill.core.seeding import generator
-from progdistill.distill.curricula import CoTraining, HintDistillation, TemperatureCurriculum
-from progdistill.distill.schedules import CE, KShot, TwoShotAuto
+from progdistill.distill.schedules import CE
 from progdistill.distill.teachers import TeacherPool
 from progdistill.tasks.base import Task
 
@@ -66,41 +65,8 @@ class ExperimentConfig:
                   f"trains on generated sequences, which task {self.task.kind!r} cannot give (not a generative "
                   "task; e.g. pcfg-lm is): use false / 0 here")
         for i, sched in enumerate(self.schedules):
-            if isinstance(sched, TwoShotAuto):
-                check(sched.first_steps < self.student.steps, f"schedules.{i}.first_steps", sched.first_steps,
-                      f"must be smaller than student.steps={self.student.steps} (the rest goes to the final "
-                      f"checkpoint); lower schedules.{i}.first_steps too or raise student.steps")
-            if isinstance(sched, HintDistillation):
-                check(sched.hint_steps < self.student.steps, f"schedules.{i}.hint_steps", sched.hint_steps,
-                      f"must be smaller than student.steps={self.student.steps} (output distillation follows the "
-                      "hint phase)")
-                for name, role in (("layer", "teacher"), ("student_layer", "student")):
-                    model = getattr(self, role).model
-                    check(model.kind == "mlp", f"{role}.model", model.kind, f"an mlp: schedules.{i} (hint) "
-                          "regresses hidden layers, which only the MLP returns")
-                    layer = getattr(sched, name)
-                    check(layer < model.depth, f"schedules.{i}.{name}", layer, f"a hidden layer of the {role} "
-                          f"(0..{model.depth - 1}, or -1 for the last): it has {model.depth}")
-            if isinstance(sched, CoTraining):
-                check(not type(self.task).per_position_targets, f"schedules.{i}", sched.kind,
-                      f"a schedule for one-label tasks: co-training steps the teacher as a stack, which task "
-                      f"{self.task.kind!r} (targets per position) does not train")
-            if isinstance(sched, TemperatureCurriculum):
-                check(self.distillation.temperature_scaling == "teacher", "distillation.temperature_scaling",
-                      self.distillation.temperature_scaling, f"'teacher' with schedules.{i} (a temperature "
-                      "curriculum): its per-student temperatures scale the teacher's logits only")
-                reaches_zero = min(sched.start, sched.end) == 0
-                one_hot_bad = self.distillation.loss == "reverse_kl" or (
-                    self.distillation.loss == "generalized_jsd" and self.distillation.beta == 1)
-                check(not (reaches_zero and one_hot_bad), f"schedules.{i}", to_dict(sched),
-                      f"a temperature range above 0 with distillation.loss={self.distillation.loss!r} (a one-hot "
-                      "teacher at T = 0 has infinite reverse KL)")
-            if isinstance(sched, KShot) and len(sched.points) > 1:
-                before_last = sum(count for _, count in sched.points[:-1])
-                check(before_last < self.student.steps, f"schedules.{i}.points", [list(p) for p in sched.points],
-                      f"its points before the last take {before_last} student steps, not fewer than "
-                      f"student.steps={self.student.steps}, so the last checkpoint would never be used; lower "
-                      f"the step counts in schedules.{i}.points too or raise student.steps")
+            if not isinstance(sched, Unloaded):  # a stand-in of a missing plugin (lenient loading) cannot say
+                sched.validate_experiment(self, f"schedules.{i}")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written to config.json: the fields, headed by ``"plugins"`` when a task, model or
@@ -150,7 +116,7 @@ def co_training_only(config: ExperimentConfig) -> bool:
     """Whether every schedule of ``config`` that learns from a teacher is co-training (paper §5's question of
     curricula without stored checkpoints): then the teacher trains once, alongside its students, and only its
     final checkpoint is stored (:func:`progdistill.recipes.runner.run`)."""
-    taught = [s for s in config.schedules if not isinstance(s, CE)]
+    taught = [s for s in config.schedules if s.needs_teacher]
     return bool(taught) and all(s.teacher_source == "live" for s in taught)
 
 
@@ -232,14 +198,8 @@ def planned_checkpoint_steps(train: TrainConfig) -> list[int]:
 
 
 def check_planned_checkpoints(config: ExperimentConfig) -> None:
-    """Refuse k-shot schedules naming checkpoints the teacher will not save, before any training."""
+    """Refuse schedules that the checkpoints the teacher will save cannot serve (a k-shot point the teacher will
+    not save, a 2-shot-auto with too few checkpoints to find a transition), before any training."""
     planned = planned_checkpoint_steps(config.teacher)
-    if any(isinstance(s, TwoShotAuto) for s in config.schedules) and len(planned) < 3:
-        raise ConfigError(f"2-shot-auto needs at least 3 teacher checkpoints to locate a transition; "
-                          f"teacher.steps={config.teacher.steps} with teacher.checkpoint_every="
-                          f"{config.teacher.checkpoint_every} saves {len(planned)}")
-    if config.teacher.max_checkpoints is not None:
-        return  # thinning decides later which steps survive; checked against the trajectory then
     for i, sched in enumerate(config.schedules):
-        if isinstance(sched, KShot):
-            sched.validate(planned, field=f"schedules.{i}.points")  # named as --set takes it
+        sched.validate_teacher_plan(config.teacher, planned, f"schedules.{i}")

@@ -49,13 +49,18 @@ def check_positive_number(field_name: str, value: Any) -> None:
 # Tagged unions
 
 _UNIONS: dict[str, dict[str, type]] = {}
+_ALIASES: dict[str, dict[str, type]] = {}  # former kind names, still read from old config.json files
 
 
 def register(union: str):
-    """Class decorator: register a dataclass with a ``kind`` as one variant of the tagged union ``union``."""
+    """Class decorator: register a dataclass with a ``kind`` as one variant of the tagged union ``union``; the
+    names in its optional ``aliases`` (a tuple) are read as that kind too (configs written under a former name),
+    and written as ``kind``."""
 
     def wrap(cls):
         _UNIONS.setdefault(union, {})[cls.kind] = cls
+        for alias in getattr(cls, "aliases", ()):
+            _ALIASES.setdefault(union, {})[alias] = cls
         cls.union = union
         return cls
 
@@ -117,6 +122,8 @@ def lookup_variant(union: str, kind: str, field_name: str = "type") -> type:
         if reasons is not None and kind not in _UNIONS.get(union, {}):
             return _stand_in(union, str(kind))
     known = _UNIONS.get(union, {})
+    if kind not in known and kind in _ALIASES.get(union, {}):
+        return _ALIASES[union][kind]
     if kind not in known:
         hint = difflib.get_close_matches(str(kind), list(known), n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""

@@ -33,9 +33,9 @@ from typing import ClassVar
 
 import torch
 
-from progdistill.core.config import ConfigError, check, check_positive_int, register
+from progdistill.core.config import ConfigError, check, check_positive_int, register, to_dict
 from progdistill.core.seeding import generator
-from progdistill.distill.schedules import FixedSchedule, TeacherSpec, final_checkpoint
+from progdistill.distill.schedules import Schedule, TeacherSpec, final_checkpoint
 
 MAX_TEMPERATURE = 100.0  # a hotter teacher is uniform to float32 precision for any logits a model produces
 MAX_NOISE = 10.0  # weight noise beyond ten times a tensor's RMS leaves nothing of the teacher
@@ -143,11 +143,8 @@ def check_same_shapes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], na
 # Schedules
 
 
-class _FromFinal(FixedSchedule):
+class _FromFinal(Schedule):
     """A curriculum built from the final checkpoint alone."""
-
-    def validate(self, checkpoint_steps: Sequence[int]) -> None:
-        final_checkpoint(checkpoint_steps)
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
         return final_checkpoint(checkpoint_steps)
@@ -184,6 +181,18 @@ class TemperatureCurriculum(_FromFinal):
     @property
     def label(self) -> str:
         return f"temperature-{self.start:g}-to-{self.end:g}" + ("" if self.shape == "geometric" else "-linear")
+
+    def validate_experiment(self, experiment, field: str) -> None:
+        distillation = experiment.distillation
+        check(distillation.temperature_scaling == "teacher", "distillation.temperature_scaling",
+              distillation.temperature_scaling, f"'teacher' with {field} (a temperature "
+              "curriculum): its per-student temperatures scale the teacher's logits only")
+        reaches_zero = min(self.start, self.end) == 0
+        one_hot_bad = distillation.loss == "reverse_kl" or (
+            distillation.loss == "generalized_jsd" and distillation.beta == 1)
+        check(not (reaches_zero and one_hot_bad), field, to_dict(self),
+              f"a temperature range above 0 with distillation.loss={distillation.loss!r} (a one-hot "
+              "teacher at T = 0 has infinite reverse KL)")
 
     def temperature_at(self, student_step: int, total_steps: int) -> float:
         p = ramp(student_step, total_steps, self.fraction)
@@ -313,6 +322,19 @@ class HintDistillation(_FromFinal):
     def label(self) -> str:
         return "hint"
 
+    def validate_experiment(self, experiment, field: str) -> None:
+        steps = experiment.student.steps
+        check(self.hint_steps < steps, f"{field}.hint_steps", self.hint_steps,
+              f"must be smaller than student.steps={steps} (output distillation follows the "
+              "hint phase)")
+        for name, role in (("layer", "teacher"), ("student_layer", "student")):
+            model = getattr(experiment, role).model
+            check(model.kind == "mlp", f"{role}.model", model.kind, f"an mlp: {field} (hint) "
+                  "regresses hidden layers, which only the MLP returns")
+            layer = getattr(self, name)
+            check(layer < model.depth, f"{field}.{name}", layer, f"a hidden layer of the {role} "
+                  f"(0..{model.depth - 1}, or -1 for the last): it has {model.depth}")
+
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec:
         final = final_checkpoint(checkpoint_steps)
         if student_step < self.hint_steps:
@@ -322,7 +344,7 @@ class HintDistillation(_FromFinal):
 
 @register("schedule")
 @dataclass(frozen=True)
-class CoTraining(FixedSchedule):
+class CoTraining(Schedule):
     """Online co-training: the student trains alongside the teacher, one step each, and at its step t (0-based)
     distils from the teacher's weights after teacher step t + 1 - ``lag`` (the teacher steps first; lag 0 is
     the teacher's current weights, which a trajectory would call checkpoint t + 1 -- so lag 0 equals
@@ -342,6 +364,11 @@ class CoTraining(FixedSchedule):
     @property
     def label(self) -> str:
         return "co-training" if self.lag == 0 else f"co-training-lag{self.lag}"
+
+    def validate_experiment(self, experiment, field: str) -> None:
+        check(not type(experiment.task).per_position_targets, field, self.kind,
+              f"a schedule for one-label tasks: co-training steps the teacher as a stack, which task "
+              f"{experiment.task.kind!r} (targets per position) does not train")
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
         pass  # no stored checkpoint is used

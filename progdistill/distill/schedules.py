@@ -1,8 +1,11 @@
 """Distillation schedules: which teacher checkpoint a student learns from at each of its steps.
 
 Each schedule is its own type and a pure mapping ``student step -> checkpoint step`` (or ``None`` for no
-teacher), given the steps at which the teacher trajectory has checkpoints. Every schedule has
-``resolve(trajectory)``: the schedule to train with on that teacher (itself, except :class:`TwoShotAuto`).
+teacher), given the steps at which the teacher trajectory has checkpoints. Every schedule is a
+:class:`Schedule` and answers for itself what callers need to know (whether it needs a teacher, whether it is
+valid for an experiment and a trajectory, what it resolves to on a finished teacher), so a new schedule is one
+class: ``resolve(trajectory)`` is the schedule to train with on that teacher (itself, except
+:class:`TwoShotAuto`).
 
 - :class:`CE`: no teacher; the student trains on true labels.
 - :class:`OneShot`: the final checkpoint for the whole run.
@@ -61,20 +64,60 @@ class TeacherSpec:
         return out
 
 
-class FixedSchedule:
-    """A schedule that does not depend on the teacher's curve: resolving it against a trajectory is itself.
-    ``teacher_source``: "trajectory" (stored checkpoints) or "live" (a teacher trained alongside the student);
-    ``stacks_with_others``: whether its students may share a stack with other schedules' students."""
+def teacher_temperature(spec: TeacherSpec | None, default: float) -> float:
+    """The softmax temperature of the teacher's targets at a step with teacher ``spec``: the spec's own (e.g. a
+    temperature curriculum's), else ``default`` (``distillation.temperature``). Every form of a step (stacked,
+    per position) takes its temperature from here."""
+    return default if spec is None or spec.temperature is None else spec.temperature
 
+
+class Schedule:
+    """What every schedule answers for itself; the defaults are those of a schedule that learns from stored
+    checkpoints of the teacher and does not depend on its curve (resolving it against a trajectory is itself).
+
+    - ``needs_teacher``: whether its students learn from a teacher at all (False: labels only);
+    - ``teacher_source``: "trajectory" (stored checkpoints) or "live" (a teacher trained alongside the student);
+    - ``stacks_with_others``: whether its students may share a stack with other schedules' students;
+    - ``checkpoints_only``: whether its teacher at every step is a stored checkpoint as saved, at the
+      distillation temperature (what :class:`progdistill.integrations.hf.ProgressiveDistillationTrainer` takes);
+    - :meth:`validate_experiment`, :meth:`validate_teacher_plan` and :meth:`validate`: whether it is valid for an
+      experiment, for the checkpoints its teacher will save, and for a finished trajectory's checkpoints;
+    - :meth:`resolve` and :meth:`resolution`: the schedule to train with on a finished teacher, and what it
+      picked there (for the report);
+    - :meth:`teacher_at`: the teacher (a :class:`TeacherSpec`, None for none) at each student step.
+    """
+
+    needs_teacher: ClassVar[bool] = True
     teacher_source: ClassVar[str] = "trajectory"
     stacks_with_others: ClassVar[bool] = True  # False: its students train in a stack of their own
+    checkpoints_only: ClassVar[bool] = False
 
-    def resolve(self, trajectory) -> FixedSchedule:
+    def resolve(self, trajectory) -> Schedule:
         return self
 
+    def resolution(self, trajectory) -> dict[str, Any] | None:
+        """What :meth:`resolve` picks on ``trajectory``, as the report shows it; None when nothing is picked."""
+        return None
+
+    def validate_experiment(self, experiment, field: str) -> None:
+        """Raise ``ConfigError`` naming ``field`` (e.g. "schedules.2") when this schedule cannot train the
+        students of ``experiment`` (an :class:`progdistill.experiment.ExperimentConfig`: task, teacher and student
+        training, distillation). Called when the experiment's config is built."""
+
+    def validate_teacher_plan(self, teacher, planned_steps: Sequence[int], field: str) -> None:
+        """Raise ``ConfigError`` naming ``field`` when the checkpoints that a teacher trained with ``teacher`` (a
+        :class:`progdistill.core.config.TrainConfig`) saves, ``planned_steps`` (before any thinning to
+        ``teacher.max_checkpoints``), cannot serve this schedule. Called before any training."""
+
+    def validate(self, checkpoint_steps: Sequence[int]) -> None:
+        """Raise ``ConfigError`` when a trajectory with checkpoints at ``checkpoint_steps`` cannot serve this
+        schedule (by default: it needs the final checkpoint)."""
+        final_checkpoint(checkpoint_steps)
+
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
-        """The checkpoint step of the teacher at ``student_step`` (None: no teacher); each schedule says."""
-        raise NotImplementedError
+        """The checkpoint step of the teacher at ``student_step`` (None: no teacher); each schedule that
+        learns from stored checkpoints says, or overrides :meth:`teacher_at` instead."""
+        raise NotImplementedError(f"{type(self).__name__} names no checkpoint: it overrides teacher_at")
 
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec | None:
         """The teacher at ``student_step`` of a run of ``total_steps``: the checkpoint :meth:`checkpoint_at`
@@ -91,10 +134,12 @@ def final_checkpoint(checkpoint_steps: Sequence[int]) -> int:
 
 @register("schedule")
 @dataclass(frozen=True)
-class CE(FixedSchedule):
+class CE(Schedule):
     """Cross-entropy on true labels only; no teacher."""
 
     kind: ClassVar[str] = "ce"
+    needs_teacher: ClassVar[bool] = False
+    checkpoints_only: ClassVar[bool] = True
 
     @property
     def label(self) -> str:
@@ -109,17 +154,15 @@ class CE(FixedSchedule):
 
 @register("schedule")
 @dataclass(frozen=True)
-class OneShot(FixedSchedule):
+class OneShot(Schedule):
     """The teacher's final checkpoint at every student step."""
 
     kind: ClassVar[str] = "one-shot"
+    checkpoints_only: ClassVar[bool] = True
 
     @property
     def label(self) -> str:
         return "one-shot"
-
-    def validate(self, checkpoint_steps: Sequence[int]) -> None:
-        final_checkpoint(checkpoint_steps)
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
         return final_checkpoint(checkpoint_steps)
@@ -127,7 +170,7 @@ class OneShot(FixedSchedule):
 
 @register("schedule")
 @dataclass(frozen=True)
-class Progressive(FixedSchedule):
+class Progressive(Schedule):
     """Follow the teacher trajectory: at student step t, the first checkpoint saved after teacher step
     ``t * speed`` (the final one once the trajectory is exhausted).
 
@@ -137,6 +180,7 @@ class Progressive(FixedSchedule):
     """
 
     kind: ClassVar[str] = "progressive"
+    checkpoints_only: ClassVar[bool] = True
 
     speed: float = 1.0
 
@@ -148,9 +192,6 @@ class Progressive(FixedSchedule):
     def label(self) -> str:
         return "progressive" if self.speed == 1 else f"progressive-x{self.speed:g}"
 
-    def validate(self, checkpoint_steps: Sequence[int]) -> None:
-        final_checkpoint(checkpoint_steps)
-
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
         steps = sorted(checkpoint_steps)
         i = bisect.bisect_right(steps, student_step * self.speed)
@@ -159,13 +200,14 @@ class Progressive(FixedSchedule):
 
 @register("schedule")
 @dataclass(frozen=True)
-class KShot(FixedSchedule):
+class KShot(Schedule):
     """An explicit list of ``(checkpoint step, number of student steps)``, used in order; the last
     checkpoint stays in use after the list is exhausted. Checkpoint step -1 means the final checkpoint.
     2-shot (paper §1) is a list of two: a checkpoint inside the teacher's phase transition, then
     the final one."""
 
     kind: ClassVar[str] = "k-shot"
+    checkpoints_only: ClassVar[bool] = True
 
     points: tuple[tuple[int, int], ...] = ()
     name: str | None = field(default=None, metadata={"omit_if_default": True})
@@ -197,6 +239,19 @@ class KShot(FixedSchedule):
         first = [f"{name(c)} for {n} student steps" for c, n in self.points[:-1]]
         return ", then ".join(first + [f"{name(self.points[-1][0])} for the rest of the run"])
 
+    def validate_experiment(self, experiment, field: str) -> None:
+        if len(self.points) > 1:
+            before_last = sum(count for _, count in self.points[:-1])
+            steps = experiment.student.steps
+            check(before_last < steps, f"{field}.points", [list(p) for p in self.points],
+                  f"its points before the last take {before_last} student steps, not fewer than "
+                  f"student.steps={steps}, so the last checkpoint would never be used; lower "
+                  f"the step counts in {field}.points too or raise student.steps")
+
+    def validate_teacher_plan(self, teacher, planned_steps: Sequence[int], field: str) -> None:
+        if teacher.max_checkpoints is None:  # else thinning decides later which steps survive: checked then
+            self.validate(planned_steps, field=f"{field}.points")  # named as --set takes it
+
     def validate(self, checkpoint_steps: Sequence[int], field: str = "schedule.points") -> None:
         """Raise ``ConfigError`` naming ``field``.I.0 for a point whose checkpoint is not in ``checkpoint_steps``."""
         available = set(checkpoint_steps)
@@ -218,15 +273,14 @@ class KShot(FixedSchedule):
 
 @register("schedule")
 @dataclass(frozen=True)
-class TwoShotAuto:
+class TwoShotAuto(Schedule):
     """2-shot whose first checkpoint is picked from the teacher's curve (paper §1, 2-shot): the
     checkpoint in the middle of the phase transition detected on ``metric`` (a rise for accuracies, a drop
     for losses; :func:`progdistill.distill.phases.detect_transition`), for ``first_steps`` student steps, then the
     final checkpoint. :meth:`resolve` turns it into the equivalent :class:`KShot` for a given trajectory."""
 
     kind: ClassVar[str] = "2-shot-auto"
-    teacher_source: ClassVar[str] = "trajectory"
-    stacks_with_others: ClassVar[bool] = True
+    checkpoints_only: ClassVar[bool] = True
 
     first_steps: int = 1000
     metric: str = "eval_accuracy"
@@ -268,6 +322,28 @@ class TwoShotAuto:
         """The KShot ((middle of the transition, first_steps), (final, rest)) for ``trajectory``."""
         steps, values = trajectory.curve(self.metric)
         return KShot(points=((self.pick(steps, values), self.first_steps), (FINAL, 1)))
+
+    def resolution(self, trajectory) -> dict[str, Any]:
+        """The first ``checkpoint`` it picks on ``trajectory`` (the middle of the detected transition), the
+        teacher's ``value`` of ``metric`` there, ``first_steps``, and the ``transition``
+        (:meth:`progdistill.distill.phases.Transition.to_dict`: start, middle, end, before, after, noise, size,
+        width)."""
+        steps, values = trajectory.curve(self.metric)
+        window = self.window(steps, values)
+        return {"checkpoint": window.middle, "metric": self.metric, "value": values[steps.index(window.middle)],
+                "first_steps": self.first_steps, "transition": window.to_dict()}
+
+    def validate_experiment(self, experiment, field: str) -> None:
+        steps = experiment.student.steps
+        check(self.first_steps < steps, f"{field}.first_steps", self.first_steps,
+              f"must be smaller than student.steps={steps} (the rest goes to the final "
+              f"checkpoint); lower {field}.first_steps too or raise student.steps")
+
+    def validate_teacher_plan(self, teacher, planned_steps: Sequence[int], field: str) -> None:
+        if len(planned_steps) < 3:
+            raise ConfigError(f"2-shot-auto needs at least 3 teacher checkpoints to locate a transition; "
+                              f"teacher.steps={teacher.steps} with teacher.checkpoint_every="
+                              f"{teacher.checkpoint_every} saves {len(planned_steps)}")
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
         raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from progdistill.core.config import ConfigError
-from progdistill.distill.schedules import TeacherSpec
+from progdistill.distill.schedules import TeacherSpec, teacher_temperature
 
 TEACHER_CHUNK = 512
 
@@ -31,7 +31,7 @@ class Teachers(Protocol):
     @property
     def steps(self) -> list[int]: ...
 
-    def verify(self) -> None: ...
+    def check(self, schedules) -> None: ...
 
     def prepare(self, specs) -> None: ...
 
@@ -61,6 +61,7 @@ class TeacherPool:
         self.models: dict[tuple, torch.nn.Module] = {}
         self.initial_states: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self.loads = 0
+        self.checked: set = set()  # the schedules :meth:`check` has validated against this trajectory
 
     @property
     def steps(self) -> list[int]:
@@ -110,6 +111,20 @@ class TeacherPool:
                 state = load_file(init)
             self.initial_states[(init, seed)] = {k: v.detach().to("cpu") for k, v in state.items()}
         return self.initial_states[(init, seed)]
+
+    def check(self, schedules) -> None:
+        """Before any training: validate every schedule of ``schedules`` that needs a teacher against the
+        trajectory's checkpoint steps (``schedule.validate``: ``ConfigError``), then check every checkpoint file
+        (:meth:`verify`), so that a checkpoint a schedule names but the trajectory lacks, or a missing or corrupted
+        file, stops a run before its first step rather than when a schedule reaches it. Done once per pool: the
+        runner checks its students' schedules before writing any of their files, and the training loop's own
+        call then finds them checked."""
+        todo = [s for s in schedules if s.needs_teacher and s not in self.checked]
+        for schedule in todo:
+            schedule.validate(self.steps)
+        if todo and not self.checked:
+            self.verify()
+        self.checked.update(todo)
 
     def verify(self) -> None:
         """Check every checkpoint file of the trajectory before training (``trajectory.verify()``: its sha256
@@ -165,5 +180,4 @@ def plan_temperatures(plan: list[list[TeacherSpec | None]], default: float, devi
     its own, else a float32 tensor (L, M) with ``default`` where a spec does not."""
     if all(spec is None or spec.temperature is None for row in plan for spec in row):
         return default
-    return torch.tensor([[default if spec is None or spec.temperature is None else spec.temperature
-                          for spec in row] for row in plan], device=device)
+    return torch.tensor([[teacher_temperature(spec, default) for spec in row] for row in plan], device=device)

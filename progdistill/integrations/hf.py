@@ -37,16 +37,13 @@ from typing import Any
 
 import torch
 
-from progdistill.core.config import ConfigError, DistillationConfig
+from progdistill.core.config import ConfigError, DistillationConfig, variants
 from progdistill.core.optional import require
 from progdistill.core.seeding import generator
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
-from progdistill.distill.schedules import CE, KShot, OneShot, Progressive
+from progdistill.distill.schedules import Schedule, TeacherSpec
 from progdistill.distill.teachers import TeacherPool
-from progdistill.integrations.hf_generation import generated_micro_batches
 from progdistill.store.trajectory import TrajectoryError
-
-CHECKPOINT_SCHEDULES = (CE, OneShot, Progressive, KShot)  # what resolve() gives for the schedules a trainer takes
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # The weight files from_pretrained reads (single file or sharded, safetensors or PyTorch pickle).
@@ -198,7 +195,7 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
     ``temperature`` are the sampling's (``distillation.temperature`` remains the loss's). Each of these five,
     when given (not None), replaces the field of ``distillation`` it names; otherwise ``distillation``'s value
     holds (``max_new_tokens`` None there: 128). Generation: Hugging
-    Face ``generate`` over all micro-batches of a step at once (:mod:`progdistill.integrations.hf_generation`), so the
+    Face ``generate`` over all micro-batches of a step at once (:func:`generated_micro_batches`), so the
     normalization above holds for generated batches too. ``generated_steps`` counts the steps of each kind.
     """
 
@@ -213,14 +210,17 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
         self.trajectory = teacher_trajectory
         self.schedule = schedule.resolve(teacher_trajectory)
-        if not isinstance(self.schedule, CHECKPOINT_SCHEDULES):
+        if not self.schedule.checkpoints_only:
+            schedules = variants("schedule").items()
+            taken = ", ".join(sorted(k for k, c in schedules if issubclass(c, Schedule) and c.checkpoints_only))
             raise ConfigError(f"schedule {self.schedule.label!r} is not supported by the Hugging Face trainer: it "
-                              "takes the checkpoint schedules (ce, one-shot, progressive, k-shot, 2-shot-auto); the "
-                              "curricula without checkpoints train with `progdistill run`")
-        self.schedule.validate(teacher_trajectory.steps)
+                              f"takes the checkpoint schedules ({taken}); the curricula without checkpoints train "
+                              "with `progdistill run`")
         self.distillation = distillation or DistillationConfig()
+        self.schedule.validate(teacher_trajectory.steps)  # (HF checkpoints carry no hashes to verify)
         self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)
         self.checkpoint_in_use: int | None = None
+        self._spec: tuple[int, TeacherSpec | None] | None = None  # (step, the schedule's teacher at that step)
         # Trainer reads this flag as "compute_loss divides by num_items_in_batch, which Trainer must not divide by
         # the accumulation steps again"; ours does for every model, with the count of get_batch_samples.
         self.model_accepts_loss_kwargs = True
@@ -237,6 +237,14 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
     @property
     def teacher_loads(self) -> int:
         return self.teachers.loads
+
+    def _teacher_spec(self) -> TeacherSpec | None:
+        """The schedule's teacher at the current optimizer step (None: labels only), resolved once per step:
+        the step's generated batches, losses and logs read it from here."""
+        step = self.state.global_step
+        if self._spec is None or self._spec[0] != step:
+            self._spec = (step, self.schedule.teacher_at(step, self.trajectory.steps, self.state.max_steps))
+        return self._spec[1]
 
     def _shifts(self, model) -> bool:
         if self.shift_labels is None:
@@ -276,14 +284,14 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
 
     def _generated(self, batches: list[dict]) -> list[dict]:
         """The step's micro-batches, or (``lmbda``, ``seq_kd``) sequences generated from their prompts by the
-        student or the scheduled checkpoint (:mod:`progdistill.integrations.hf_generation`)."""
+        student or the scheduled checkpoint (:func:`generated_micro_batches`)."""
         d = self.distillation
         on_policy = d.lmbda > 0 and float(torch.rand((), generator=self._coin)) < d.lmbda
-        step = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
+        spec = self._teacher_spec()
         self._on_policy_step = False
-        if not d.generates or step is None or isinstance(self.schedule, CE) or not (on_policy or d.seq_kd):
+        if not d.generates or spec is None or not (on_policy or d.seq_kd):
             return batches
-        model = self.accelerator.unwrap_model(self.model) if on_policy else self.teachers.get(step)
+        model = self.accelerator.unwrap_model(self.model) if on_policy else self.teachers.get(spec)
         self._on_policy_step = on_policy
         self.generated_steps["student" if on_policy else "teacher"] += 1
         device = self.args.device
@@ -291,11 +299,12 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
         return generated_micro_batches(model, batches, self._sampling, d.max_new_tokens, d.sampling_temperature)
 
     def _teacher_logits(self, model, inputs, logits) -> torch.Tensor | None:
-        step = self.checkpoint_in_use = self.schedule.checkpoint_at(self.state.global_step, self.trajectory.steps)
-        if step is None or isinstance(self.schedule, CE):
+        spec = self._teacher_spec()
+        step = self.checkpoint_in_use = None if spec is None else spec.checkpoint
+        if spec is None:
             return None
-        teacher = self.teachers.get(step)
-        self.teachers.retain({step})
+        teacher = self.teachers.get(spec)
+        self.teachers.retain({spec})
         vocabulary, ids = _vocabulary_size(teacher), inputs.get("input_ids")
         if vocabulary is not None and ids is not None and ids.numel() and int(ids.max()) >= vocabulary:
             student = _vocabulary_size(self.accelerator.unwrap_model(model))  # before the forward's index error
@@ -403,3 +412,69 @@ def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float | No
     distillation = replace(distillation, **{k: v for k, v in given.items() if v is not None})
     return distillation if distillation.max_new_tokens is not None else replace(distillation, max_new_tokens=128)
 
+
+# Generated batches for :class:`ProgressiveDistillationTrainer`: TRL-style on-policy (``lmbda``)
+# and sequence-level (``seq_kd``) distillation from the scheduled teacher checkpoint, with Hugging Face
+# ``generate`` (its KV cache).
+#
+# A step's micro-batches are replaced together (:func:`generated_micro_batches`): their prompts are concatenated,
+# continued in one ``generate`` call, and split back, so any split of a batch into micro-batches and accumulation
+# steps trains on the same sequences, and Trainer's count of supervised tokens (``get_batch_samples``) is that of
+# the generated batch. Prompt: the tokens before the first supervised label position (at least one token; the
+# shortest such prefix over the step's rows, so that every row keeps a prompt of the same length). Labels: the
+# generated tokens up to and including EOS; -100 on the prompt and after EOS (attention mask 0 there too).
+# Sampling is seeded: one draw of the trainer's seeded generator seeds ``generate``'s global-RNG draws inside
+# :func:`torch.random.fork_rng`, so the global RNG is left as it was.
+
+
+def prompt_length(batches: list[dict[str, Any]]) -> int:
+    """The shortest prefix before a supervised label over every row of ``batches`` (at least 1)."""
+    first = []
+    for batch in batches:
+        labels = batch.get("labels")
+        if labels is None:
+            first.append(1)
+            continue
+        supervised = labels != IGNORE_INDEX  # (B, T)
+        index = torch.where(supervised.any(-1), supervised.float().argmax(-1), torch.full_like(labels[:, 0], 1))
+        first.append(int(index.min()))
+    return max(1, min(first))
+
+
+@torch.no_grad()
+def generated_micro_batches(model, batches: list[dict[str, Any]], generator: torch.Generator,
+                            max_new_tokens: int | None, temperature: float) -> list[dict[str, Any]]:
+    """``batches`` (micro-batches of one step: dicts with ``input_ids`` (B_i, T_i), optional ``labels``) with
+    their prompts continued by ``model.generate`` (``temperature`` 0 = greedy), as micro-batches of the same
+    sizes with ``input_ids``, ``attention_mask`` and ``labels`` (B_i, P + new tokens)."""
+    length = prompt_length(batches)
+    prompts = torch.cat([b["input_ids"][:, :length] for b in batches])  # (B, P)
+    sizes = [len(b["input_ids"]) for b in batches]
+    config = model.generation_config if hasattr(model, "generation_config") else None
+    eos = getattr(config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    if eos is not None and eos >= model.get_input_embeddings().num_embeddings:
+        eos = None  # a config default (GPT-2's 50256) outside a small vocabulary: never produced
+    pad = 0 if eos is None else eos
+    seed = int(torch.randint(2**62, (), generator=generator))
+    was_training = model.training
+    model.eval()
+    devices = [prompts.device] if prompts.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+                else dict(do_sample=False)
+            out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+    finally:
+        model.train(was_training)
+    new = out[:, length:]  # (B, N)
+    if eos is None:
+        keep = torch.ones_like(new, dtype=torch.bool)
+    else:  # up to and including the first EOS
+        keep = (new == eos).long().cumsum(-1).sub((new == eos).long()) == 0
+    attention = torch.cat([torch.ones_like(prompts, dtype=torch.bool), keep], dim=1).long()
+    labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), torch.where(keep, new, IGNORE_INDEX)], dim=1)
+    parts = zip(out.split(sizes), attention.split(sizes), labels.split(sizes))
+    return [{"input_ids": ids, "attention_mask": mask, "labels": lab} for ids, mask, lab in parts]

@@ -59,8 +59,10 @@ class BertMLMConfig(_LMConfig):
                         generators)
 
 
-class MaskedLM(nn.Module):
-    """``BertForMaskedLM`` with the calling convention of :func:`progdistill.train.loop.fit`'s token tasks.
+class LanguageModel(nn.Module):
+    """A Hugging Face language model with the calling convention of :func:`progdistill.train.loop.fit`'s token
+    tasks; :class:`MaskedLM` and :class:`CausalLM` say which model (``_hf_model``) and where its last hidden
+    layer is (``hidden_states``).
 
     ``forward(input_ids, attention_mask)``: (B, L) int64 ids and (B, L) bool -> logits (B, L, vocab_size).
     ``hidden_states(...)``: the last layer's hidden states (B, L, hidden), for probes. The Hugging Face model
@@ -86,12 +88,7 @@ class MaskedLM(nn.Module):
 
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
-        transformers = require("transformers", "transformers", "BERT models")
-        return transformers.BertForMaskedLM(transformers.BertConfig(
-            vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layer,
-            num_attention_heads=config.n_head, intermediate_size=config.mlp_ratio * config.hidden_size,
-            max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, pad_token_id=0))
+        raise NotImplementedError
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Early trajectories hold the Hugging Face model under "bert." (GPT-2's too): those keys load into .backbone.
@@ -110,13 +107,30 @@ class MaskedLM(nn.Module):
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Last-layer hidden states (B, L, hidden) -- the input of the MLM head."""
-        self._check(input_ids)
-        return self.backbone.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        raise NotImplementedError
 
     def save_pretrained(self, directory) -> None:
         """Write the Hugging Face model (config.json + model.safetensors) to ``directory``."""
         self.backbone.save_pretrained(directory)
+
+
+class MaskedLM(LanguageModel):
+    """``BertForMaskedLM`` (:class:`LanguageModel`'s calling convention): position t predicts the token masked
+    there."""
+
+    @staticmethod
+    def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
+        transformers = require("transformers", "transformers", "BERT models")
+        return transformers.BertForMaskedLM(transformers.BertConfig(
+            vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layer,
+            num_attention_heads=config.n_head, intermediate_size=config.mlp_ratio * config.hidden_size,
+            max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, pad_token_id=0))
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-layer hidden states (B, L, hidden) -- the input of the MLM head."""
+        self._check(input_ids)
+        return self.backbone.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 @register("model")
@@ -134,9 +148,9 @@ class GPT2LMConfig(_LMConfig):
                         generators)
 
 
-class CausalLM(MaskedLM):
-    """``GPT2LMHeadModel`` with the calling convention of :class:`MaskedLM`: ``forward(input_ids,
-    attention_mask)`` -> logits (B, L, vocab_size), where position t predicts token t + 1."""
+class CausalLM(LanguageModel):
+    """``GPT2LMHeadModel`` (:class:`LanguageModel`'s calling convention): ``forward(input_ids, attention_mask)``
+    -> logits (B, L, vocab_size), where position t predicts token t + 1."""
 
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from progdistill.core.config import check, check_positive_int, register
-from progdistill.distill.fused import soft_cross_entropy_and_grad
+from progdistill.distill.losses import soft_cross_entropy_and_grad
 
 NARROW_OUTPUT, NARROW_ROWS = 8, 256  # when forward() computes the last layer as a transposed product
 

@@ -29,7 +29,8 @@ class TransformerConfig:
     """``n_layer`` GPT-2 blocks of ``n_head`` heads of dimension ``head_dim`` (hidden size
     ``n_head * head_dim``; the MLP of each block has ``mlp_ratio`` times the hidden size)."""
 
-    kind: ClassVar[str] = "gpt2"
+    kind: ClassVar[str] = "parity-gpt2"
+    aliases: ClassVar[tuple[str, ...]] = ("gpt2",)  # its former name: old config.json files still load
     stackable: ClassVar[bool] = False  # one model per stack; students train one at a time
 
     n_layer: int = 2

@@ -22,7 +22,7 @@ import torch
 from progdistill.core.config import ConfigError
 from progdistill.core.files import atomic_write_json
 from progdistill.distill.losses import teacher_probabilities
-from progdistill.distill.schedules import CE
+from progdistill.distill.schedules import teacher_temperature
 from progdistill.experiment import teacher_pool
 from progdistill.probes.jobs import PROBE_SEED
 from progdistill.probes.monomials import MonomialCorrelations, monomial_correlations
@@ -65,7 +65,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
     out: dict[str, Any] = {"settings": {"num_samples": num_samples, "seed": PROBE_SEED, "degrees": degrees,
                                         "distillation_temperature": config.distillation.temperature}}
     for sched in config.schedules if schedules is None else schedules:
-        if isinstance(sched, CE) or sched.teacher_source != "trajectory":
+        if not sched.needs_teacher or sched.teacher_source != "trajectory":
             continue
         resolved = sched.resolve(trajectory)
         rows = []
@@ -74,7 +74,7 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
             spec = resolved.teacher_at(step, trajectory.steps, total)
             if spec is None or spec.hint_layer is not None:
                 continue
-            temperature = config.distillation.temperature if spec.temperature is None else spec.temperature
+            temperature = teacher_temperature(spec, config.distillation.temperature)
             result = monomial_correlations(_class1_probability(pool.get(spec), temperature), task,
                                            num_samples=num_samples, degrees=degrees,
                                            generator=torch.Generator().manual_seed(PROBE_SEED))

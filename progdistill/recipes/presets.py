@@ -18,7 +18,7 @@ from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig
 from progdistill.models.mlp import MLPConfig
-from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "gpt2" model
+from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "parity-gpt2" model
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask

@@ -40,8 +40,7 @@ from progdistill.store.trackers import hyperparameters, resolve_report_to, start
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 from progdistill.tasks.base import Task
 from progdistill.train.cotraining import cotrain
-from progdistill.train.loop import Member, fit
-from progdistill.train.resume import load_state
+from progdistill.train.loop import Member, fit, load_state
 
 
 def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,
@@ -135,17 +134,19 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
         if any(s.teacher_source != "live" for _, s, _ in todo):
             raise ValueError("train_students needs the teacher trajectory for students other than co-training ones")
         resolved = {s: s for _, s, _ in todo}
-    else:
-        rundir.verify_teacher(trajectory)  # a missing or corrupted checkpoint stops here, before any student file
-        for _, sched, _ in todo:
-            if sched in resolved:  # the same schedule for another seed
-                continue
-            resolved[sched] = sched.resolve(trajectory)
-            resolved[sched].validate(trajectory.steps)
-            if resolved[sched] is not sched:
-                log(f"{sched.label}: {resolved[sched]}")
+    for _, sched, _ in todo if trajectory is not None else ():
+        if sched in resolved:  # the same schedule for another seed
+            continue
+        resolved[sched] = sched.resolve(trajectory)
+        if resolved[sched] is not sched:
+            log(f"{sched.label}: {resolved[sched]}")
     dev = resolve_device(device)
     teachers = None if trajectory is None else teacher_pool(config, task, trajectory, dev)
+    if teachers is not None:
+        try:  # a schedule the trajectory cannot serve, a missing or corrupted checkpoint: before any student file
+            teachers.check(resolved.values())  # (fit finds them checked)
+        except TrajectoryError as exc:
+            raise rundir.damaged_teacher(exc) from None
     members = []
     for name, sched, seed in todo:
         writer = None

@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
-from progdistill.distill.schedules import TwoShotAuto
 from progdistill.experiment import config_hash, student_name
 from progdistill.store.environment import environment_markdown
 from progdistill.store.rundir import RunDir
@@ -36,18 +35,14 @@ def steps_to_threshold(records: Sequence[dict], threshold: float) -> int | None:
 
 
 def picked_checkpoints(config, trajectory: Trajectory) -> dict[str, dict[str, Any]]:
-    """Per 2-shot-auto schedule (by label), what it picks on the teacher ``trajectory`` (paper §1, 2-shot;
-    :meth:`progdistill.distill.schedules.TwoShotAuto.resolve`): the first ``checkpoint`` (the middle of the detected
-    transition), the teacher's ``value`` of ``metric`` there, ``first_steps``, and the ``transition``
-    (:meth:`progdistill.distill.phases.Transition.to_dict`: start, middle, end, before, after, noise, size, width)."""
+    """Per schedule that picks its checkpoints from the teacher's curve (by label), what it picks on the teacher
+    ``trajectory`` (``schedule.resolution``; 2-shot-auto, paper §1: the first ``checkpoint``, the middle of the
+    detected transition, the teacher's ``value`` of ``metric`` there, ``first_steps``, and the ``transition``)."""
     picks = {}
     for sched in config.schedules:
-        if isinstance(sched, TwoShotAuto):
-            steps, values = trajectory.curve(sched.metric)
-            window = sched.window(steps, values)
-            picks[sched.label] = {"checkpoint": window.middle, "metric": sched.metric,
-                                  "value": values[steps.index(window.middle)], "first_steps": sched.first_steps,
-                                  "transition": window.to_dict()}
+        picked = sched.resolution(trajectory)  # None: a schedule that does not depend on the teacher's curve
+        if picked is not None:
+            picks[sched.label] = picked
     return picks
 
 

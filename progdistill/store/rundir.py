@@ -221,12 +221,17 @@ class RunDir:
         try:
             trajectory.verify()
         except TrajectoryError as exc:
-            again = again or f"train it again with `progdistill run {self.config_file} --out {self.path} " \
-                             "--retrain-teacher`"
-            raise TrajectoryError(f"{exc}; nothing was deleted or written. Restore the file, or {again} (this "
-                                  "deletes the teacher and everything trained from it: students, probes, "
-                                  "ablations, results)") from None
+            raise self.damaged_teacher(exc, again) from None
         return trajectory
+
+    def damaged_teacher(self, exc: TrajectoryError, again: str | None = None) -> TrajectoryError:
+        """``exc`` (a missing or corrupted checkpoint file of the teacher) saying that nothing was deleted or
+        written and how to train the teacher again (see :meth:`verify_teacher`)."""
+        again = again or f"train it again with `progdistill run {self.config_file} --out {self.path} " \
+                         "--retrain-teacher`"
+        return TrajectoryError(f"{exc}; nothing was deleted or written. Restore the file, or {again} (this "
+                               "deletes the teacher and everything trained from it: students, probes, "
+                               "ablations, results)")
 
     def _remove_stale_temporaries(self) -> None:
         """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.store.trajectory`; figures as

@@ -50,8 +50,8 @@ class LiveTeacher:
         self.training.record(0)
         self.steps: list[int] = []  # no stored checkpoints: schedules validate against none
 
-    def verify(self) -> None:
-        pass  # nothing stored to verify
+    def check(self, schedules) -> None:
+        pass  # nothing stored: co-training needs no checkpoint
 
     def prepare(self, specs) -> None:
         pass  # the teacher is built; its weights come step by step
@@ -76,7 +76,7 @@ class LiveTeacher:
         """Train the teacher up to step ``min(until, train.steps)``, recording at its eval steps."""
         until = min(until, self.total)
         while self.step < until:
-            self.training.train_stack_block(self.step, self.step + 1)
+            self.training.train_stack_block(self.step, self.training.plan(self.step, self.step + 1))
             self.step += 1
             self._push()
             if self.training.records_at(self.step):

@@ -9,13 +9,17 @@ stream and their initialization, so schedules are compared on identical data (a 
 Work is done in *blocks* of steps: for one-label tasks the inputs of a block are sampled at once, and the
 teacher logits a block needs are computed in one large batch per (data stream, checkpoint) instead of once
 per step (:func:`progdistill.distill.teachers.block_teacher_logits`); token tasks train one model in micro-batches.
-The objective is :mod:`progdistill.distill.losses`'; this module only decides which form of it a step uses.
+A block's teachers are decided once (:meth:`Training.plan`) and passed to its steps and records. Each step is
+one function of :mod:`progdistill.train.steps` (zero_grad, forward, loss, backward, update); this module keeps
+what happens around them: data, teachers, the tally of losses, records, checkpoints and resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,29 +31,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from progdistill.core.config import DistillationConfig, TrainConfig
-from progdistill.core.distributed import all_reduce_mean, all_true, barrier, is_main, local_slice, rank_world
+from progdistill.core.distributed import all_reduce_mean, barrier, is_main, local_slice, rank_world
 from progdistill.core.files import MetricsWriter
 from progdistill.core.seeding import generator
-from progdistill.distill.fused import (
-    hard_targets,
-    mixture_weights,
-    soft_cross_entropy,
-    soft_targets,
-    weighted_distillation_loss,
-)
 from progdistill.distill.hints import Hints
-from progdistill.distill.schedules import CE, TeacherSpec
+from progdistill.distill.losses import hard_targets, mixture_weights
+from progdistill.distill.schedules import TeacherSpec, teacher_temperature
 from progdistill.distill.teachers import Teachers, block_teacher_logits, plan_temperatures
 from progdistill.models.mlp import MLP
 from progdistill.store.trajectory import TrajectoryWriter
 from progdistill.tasks.base import Batch
 from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from progdistill.train.generation import GeneratedData
-from progdistill.train.nonfinite import NonFiniteError, grads_finite, non_finite_error
 from progdistill.train.optim import make_optimizer
-from progdistill.train.resume import load_state, save_state
-from progdistill.train.stacks import PerStepGather, per_model_sum
-from progdistill.train.token_step import train_token_step
+from progdistill.train.steps import StackObjective, StepContext, StepResult, hand_sgd_steps, stack_step, token_step
 
 BLOCK_STEPS = 1000
 
@@ -116,16 +111,17 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
         run.resume(state)
     while start < train.steps:
         stop = run.block_end(start)
+        plan = run.plan(start, stop)  # (L, M) the teacher of every step and member, resolved once
+        run.release_teachers(plan[0])
         if task.per_position_targets:
-            run.train_token_steps(start, stop)
+            run.train_token_steps(start, plan)
         else:
-            run.train_stack_block(start, stop)
+            run.train_stack_block(start, plan)
         bar.update(stop - start)
         start = stop
         if run.records_at(stop):
             run.record(stop)
             run.checkpoint(stop)
-        run.release_teachers(stop)
     bar.close()
     barrier()
     if state_path is not None and run.main_process:
@@ -151,16 +147,17 @@ class Training:
         self.main_process = is_main()
         self.ckpt_steps = teachers.steps if teachers is not None else []
         for mem in members:
-            if not isinstance(mem.schedule, CE):
-                if teachers is None:
-                    raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
-                mem.schedule.validate(self.ckpt_steps)
-        if teachers is not None and any(not isinstance(mem.schedule, CE) for mem in members):
-            teachers.verify()  # a missing or corrupted checkpoint stops here, not when a schedule reaches it
+            if mem.schedule.needs_teacher and teachers is None:
+                raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
+        # The teachers of the last step trained (what a record says); step 0's until the first block.
+        self.in_use = self.teachers_at(0)
+        if teachers is not None and any(mem.schedule.needs_teacher for mem in members):
+            # Schedules valid for the trajectory, its checkpoint files intact (once per pool: TeacherPool.check).
+            teachers.check([mem.schedule for mem in members])
             # The first teachers are built now: a transform that cannot apply (a weight path between models of
             # different shapes) or a hint layer that does not exist stops here, before the first step.
-            teachers.prepare([spec for spec in self.checkpoints(0) if spec is not None])
-        self.hints = Hints.for_stack(model, teachers, self.checkpoints(0), [mem.seed for mem in members])
+            teachers.prepare([spec for spec in self.in_use if spec is not None])
+        self.hints = Hints.for_stack(model, teachers, self.in_use, [mem.seed for mem in members])
         if checkpoint_writer is not None and M != 1:
             raise ValueError("only a stack of one model (a teacher) writes a trajectory")
         self.seeds = sorted({mem.seed for mem in members})
@@ -192,15 +189,21 @@ class Training:
                          and opt.momentum == 0 and opt.weight_decay == 0 and train.precision == "float32"
                          and train.on_non_finite == "stop" and distillation.plain_forward_kl)
         self.names = [mem.name for mem in members]
-        self.params = list(model.parameters())
+        self.steps = StepContext(self.net, self.opt, list(model.parameters()), train, self.autocast, device)
         self.histories: list[list[dict]] = [[] for _ in members]
         self.loss_sum, self.loss_count, self.skipped = torch.zeros(M, device=device), 0, 0
         self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
         self.progress_log: ProgressLog | None = None
 
-    def checkpoints(self, t: int) -> list[TeacherSpec | None]:
+    def teachers_at(self, t: int) -> list[TeacherSpec | None]:
         """The teacher of every member at student step t (None: labels only)."""
         return [mem.schedule.teacher_at(t, self.ckpt_steps, self.train.steps) for mem in self.members]
+
+    def plan(self, start: int, stop: int) -> list[list[TeacherSpec | None]]:
+        """The teacher of every member at steps ``start`` to ``stop`` (L, M): the one place a block's teachers
+        are decided (checkpoint, temperature, transform, hint layer); its steps, teacher logits and records read
+        them from here."""
+        return [self.teachers_at(t) for t in range(start, stop)]
 
     def resume(self, state: dict) -> None:
         """Continue from a saved training state (:func:`_load_state`)."""
@@ -233,37 +236,34 @@ class Training:
         return step % train.eval_every == 0 or step == train.steps or (
             self.checkpoint_writer is not None and step % train.checkpoint_every == 0)
 
-    def train_token_steps(self, start: int, stop: int) -> None:
-        """Steps ``start`` to ``stop`` of one model on a token task, each in micro-batches
-        (:func:`train_token_step`)."""
-        plan = [self.checkpoints(t) for t in range(start, stop)]
-        for i in range(stop - start):
+    def train_token_steps(self, start: int, plan: list[list[TeacherSpec | None]]) -> None:
+        """The steps from ``start`` of one model on a token task, with the teachers of ``plan`` (L, 1), each in
+        micro-batches (:func:`progdistill.train.steps.token_step`)."""
+        self.in_use = plan[-1]
+        for i in range(len(plan)):
             gen = self.gens[self.members[0].seed]
             batch = self.task.sample_batch(self.train.batch_size, gen)  # drawn whatever the step trains on
             spec = plan[i][0]
             teacher = None if spec is None or self.teachers is None else self.teachers.get(spec)
-            distillation = self.distillation if spec is None or spec.temperature is None else \
-                dataclasses.replace(self.distillation, temperature=spec.temperature)
+            temperature = teacher_temperature(spec, self.distillation.temperature)
+            distillation = self.distillation if temperature == self.distillation.temperature else \
+                dataclasses.replace(self.distillation, temperature=temperature)
             if self.generated is not None:  # the whole step's batch is sampled (same on every process)
                 batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model,
                                                               distillation)
             batch = batch.rows(self.rows).to(self.device)
-            self.opt.zero_grad(set_to_none=True)
-            value = train_token_step(self.net, batch, teacher, self.train, distillation, self.autocast)
-            bad = None if all_true(bool(math.isfinite(value)), self.device) else "training loss"
-            if bad is None and self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
-                bad = "gradient"
-            self._finish_step(bad, self.names, start + i, value)
+            self._tally(token_step(self.steps, batch, teacher, distillation), start + i)
 
-    def train_stack_block(self, start: int, stop: int) -> None:
-        """Steps ``start`` to ``stop`` of the whole stack on a one-label task, with the objective's fused
-        forward-KL form (:func:`progdistill.distill.fused.soft_targets`) where it applies."""
-        L, B, C = stop - start, self.train.batch_size, self.task.num_classes
+    def train_stack_block(self, start: int, plan: list[list[TeacherSpec | None]]) -> None:
+        """The steps from ``start`` of the whole stack on a one-label task, with the teachers of ``plan`` (L, M),
+        in the objective's fused forward-KL form (:func:`progdistill.distill.losses.soft_targets`) where it
+        applies (:class:`progdistill.train.steps.StackObjective`)."""
+        self.in_use = plan[-1]
+        L, B, C = len(plan), self.train.batch_size, self.task.num_classes
         # The block's examples, one stream per seed: inputs (S, L, B_local, n), labels (S, L, B_local).
         batches = [self.task.sample_batch(L * B, self.gens[s]) for s in self.seeds]
         x_block = torch.stack([b.inputs.view(L, B, -1) for b in batches])[:, :, self.rows].to(self.device)
         y_block = torch.stack([b.targets.view(L, B) for b in batches])[:, :, self.rows].to(self.device)
-        plan = [self.checkpoints(t) for t in range(start, stop)]  # (L, M)
         teacher_logits = block_teacher_logits(plan, x_block, self.seed_index, self.teachers, C)  # (L, M, B, C)
         if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
             i, m = (~torch.isfinite(teacher_logits)).flatten(2).any(-1).nonzero()[0].tolist()
@@ -277,96 +277,57 @@ class Training:
         # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
         x_steps = x_block[0] if len(self.seeds) == 1 else PerStepGather(x_block, self.seed_index)
         y_steps = y_block[self.seed_index].transpose(0, 1)
-        fused = teacher_logits is None or self.distillation.plain_forward_kl
-        targets = corrections = None  # (L, M, B, C) soft targets of the fused form and (L, M) its corrections
-        if teacher_logits is not None and fused:
-            per_position = temperature[..., None] if torch.is_tensor(temperature) else temperature  # (L, M, 1)
-            targets, correction = soft_targets(teacher_logits, y_steps, per_position, ce_weight, kd_weight)
-            corrections = correction.mean(dim=2)
+        objective = StackObjective(y_steps, teacher_logits, temperature, ce_weight, kd_weight, self.distillation,
+                                   fused=teacher_logits is None or self.distillation.plain_forward_kl)
+        corrections = objective.corrections  # (L, M) of the fused form with a teacher, else None
+        if corrections is not None:
             self.loss_sum -= per_model_sum(corrections)  # report the objective, not the fused CE
         if self.hand_sgd and not any(hint_steps):
-            self._hand_sgd_steps(start, x_steps, hard_targets(y_steps, C) if targets is None else targets)
+            targets = hard_targets(y_steps, C) if objective.targets is None else objective.targets
+            step_losses = hand_sgd_steps(cast(MLP, self.model), self.opt, self.lr_sched,
+                                         self.train.optimizer.lr_schedule == "constant", x_steps, targets,
+                                         self.device)
+            finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
+            if not finite.all():
+                i = int((~finite).nonzero()[0])
+                culprits = [self.names[m] for m in range(len(self.names)) if not torch.isfinite(step_losses[i, m])]
+                raise non_finite_error(culprits, "training loss", start + i)
+            self.loss_sum += per_model_sum(step_losses)
+            self.loss_count += L
             return
         for i in range(L):
-            hidden = None
-            with self.autocast:
-                if hint_steps[i]:
-                    logits, hidden = self.net(x_steps[i], hidden=True)  # (M, B_local, C), [(M, B_local, width)]
-                else:
-                    logits = self.net(x_steps[i])  # (M, B_local, C)
-            if fused:
-                per_example = soft_cross_entropy(logits, y_steps[i] if targets is None else targets[i])
-            else:
-                assert teacher_logits is not None  # not fused: a teacher's logits to distil from
-                step_temperature = temperature[i][:, None] if torch.is_tensor(temperature) else temperature
-                per_example = weighted_distillation_loss(logits, teacher_logits[i], y_steps[i],
-                                                         self.distillation.loss, step_temperature,
-                                                         ce_weight[i], kd_weight[i],
-                                                         **self.distillation.loss_options())
             step_corrections = None if corrections is None else corrections[i]  # (M,)
-            if hidden is not None:  # the hint phase: these models regress the teacher's hidden layer instead
+            hints = None
+            if hint_steps[i]:  # the hint phase: these models regress the teacher's hidden layer instead
                 if step_corrections is not None:  # their loss is no fused CE: take back its correction now
                     hinted = torch.tensor([s is not None and s.hint_layer is not None for s in plan[i]],
                                           device=self.device)
                     self.loss_sum += torch.where(hinted, step_corrections, torch.zeros_like(step_corrections))
                     step_corrections = torch.where(hinted, torch.zeros_like(step_corrections), step_corrections)
-                assert self.hints is not None  # hidden states are asked for hint steps only
-                per_example = self.hints.replace(per_example, hidden, plan[i],
-                                                 lambda m, i=i: x_block[self.seed_index[m], i], self.teachers)
-            if not self._autograd_step(start + i, per_example) and step_corrections is not None:
+                assert self.hints is not None  # a hint step: the stack has hints
+                hints = functools.partial(self.hints.replace, specs=plan[i], teachers=self.teachers,
+                                          teacher_inputs=functools.partial(self._stream_inputs, x_block, i))
+            result = stack_step(self.steps, x_steps[i], functools.partial(objective.loss, i), hints)
+            self._tally(result, start + i)
+            if result.bad is not None and step_corrections is not None:
                 self.loss_sum += step_corrections  # a skipped step adds no cross-entropy: take back its correction
 
-    def _autograd_step(self, step: int, per_example: torch.Tensor) -> bool:
-        """Backward pass and update of a stack from its per-example losses (M, B_local); False when the step was
-        skipped (``on_non_finite="skip"``)."""
-        loss = per_example.sum() / per_example.shape[1]  # sum over models of each model's mean loss
-        self.opt.zero_grad(set_to_none=True)
-        bad = None if all_true(bool(torch.isfinite(loss)), self.device) else "training loss"
-        if bad is None:
-            loss.backward()
-            # In "stop" mode a non-finite gradient is caught one step later, as a non-finite loss; the per-step
-            # gradient check (a sync and a few ops) is paid only where a step may be skipped.
-            if self.train.on_non_finite == "skip" and not grads_finite(self.params, self.device):
-                bad = "gradient"
-        culprits = self.names if bad is None else [
-            name for name, losses in zip(self.names, per_example) if not torch.isfinite(losses).all()] or self.names
-        self._finish_step(bad, culprits, step, per_example.detach().mean(dim=1))
-        return bad is None
+    def _stream_inputs(self, x_block: torch.Tensor, i: int, m: int) -> torch.Tensor:
+        """Model m's inputs (B, n) at step i of a block (S, L, B, n)."""
+        return x_block[self.seed_index[m], i]
 
-    def _finish_step(self, bad: str | None, culprits: Sequence[str], step: int, loss) -> None:
-        """Update and tally ``loss`` (M,), or stop or skip on the non-finite quantity ``bad``."""
-        if bad is not None:
+    def _tally(self, result: StepResult, step: int) -> None:
+        """Add a step's training loss to the records' running mean, or stop or skip on its non-finite quantity;
+        the learning-rate schedule advances either way."""
+        if result.bad is not None:
             if self.train.on_non_finite == "stop":
-                raise non_finite_error(culprits, bad, step)
+                culprits = [self.names[m] for m in result.culprits or range(len(self.names))]
+                raise non_finite_error(culprits, result.bad, step)
             self.skipped += 1
         else:
-            self.opt.step()
-            self.loss_sum += loss
+            self.loss_sum += result.loss
             self.loss_count += 1
         self.lr_sched.step()
-
-    def _hand_sgd_steps(self, start: int, x_steps, targets: torch.Tensor) -> None:
-        """The block's plain SGD updates with the model's hand-written gradients (``sgd_step``), ~2x faster per
-        step than autograd. targets: (L, M, B_local, C) class distributions."""
-        L, M = targets.shape[:2]
-        step_losses = torch.empty(L, M, device=self.device)
-        constant = self.train.optimizer.lr_schedule == "constant"
-        with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
-            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-            model = cast(MLP, self.model)  # hand_sgd: the MLP stack's own step
-            for i in range(L):
-                step_losses[i] = model.sgd_step(x_steps[i], targets[i], self.opt.param_groups[0]["lr"]).mean(dim=1)
-                if not constant:
-                    self.lr_sched.step()
-            if constant:  # same state as stepping it every step, without the per-step Python call
-                self.lr_sched.last_epoch += L
-        finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
-        if not finite.all():
-            i = int((~finite).nonzero()[0])
-            culprits = [self.names[m] for m in range(M) if not torch.isfinite(step_losses[i, m])]
-            raise non_finite_error(culprits, "training loss", start + i)
-        self.loss_sum += per_model_sum(step_losses)
-        self.loss_count += L
 
     def record(self, step: int) -> None:
         """Evaluate, and write every member's record at ``step`` (training loss: the mean since the last one)."""
@@ -379,7 +340,7 @@ class Training:
         eval_loss, eval_acc = self.last_evaluation = self.evaluate(self.model, self.eval_batches)
         if self.progress_log is not None:
             self.progress_log(step, eval_loss, eval_acc)
-        in_use = self.checkpoints(max(step - 1, 0))
+        in_use = self.in_use
         for m, mem in enumerate(self.members):
             loss = train_loss[m]
             if loss is not None and not math.isfinite(loss):
@@ -419,7 +380,69 @@ class Training:
                 "generators": {s: g.get_state() for s, g in self.gens.items()},
                 **({"generation": self.generated.state()} if self.generated is not None else {})})
 
-    def release_teachers(self, step: int) -> None:
-        """Drop the teacher checkpoints no member uses from ``step`` on."""
+    def release_teachers(self, specs: Sequence[TeacherSpec | None]) -> None:
+        """Drop the teacher checkpoints that none of ``specs`` (the members' teachers at a block's first step)
+        uses."""
         if self.teachers is not None:
-            self.teachers.retain({spec for spec in self.checkpoints(step) if spec is not None})
+            self.teachers.retain({spec for spec in specs if spec is not None})
+
+
+# Helpers for a *stack* of models trained together (:class:`Training`): M models, from S
+# seeds' data streams, whose per-step values are (L, M) per block of L steps.
+
+
+class PerStepGather:
+    """``x[i]`` of a block (S, L, B, n) as each model's inputs (M, B, n), indexed by step i."""
+
+    def __init__(self, block: torch.Tensor, seed_index: torch.Tensor):
+        self.block, self.seed_index = block, seed_index.to(block.device)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.block[:, i].index_select(0, self.seed_index)
+
+
+def per_model_sum(values: torch.Tensor) -> torch.Tensor:
+    """(L, M) -> (M,): each model's sum over the block's L steps, added up in the same order whatever M is (a
+    sum over dim 0 vectorizes across models and rounds differently for different stack sizes), so a student
+    trained in any stack -- one job per seed, a sweep grown by a seed -- reports the same training loss."""
+    return values.t().contiguous().sum(dim=1)
+
+
+# Non-finite values in training: the error that stops a run.
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss became NaN or inf; the message names the run, the step range and the quantity."""
+
+
+def non_finite_error(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
+    return NonFiniteError(f"{', '.join(culprits)}: non-finite {what} at step {step}; everything saved before it "
+                          "is kept (on_non_finite='skip' skips such steps)")
+
+
+# The resume state of an interrupted training run: one file, written atomically at every record.
+#
+# :func:`fit` saves its complete state (weights, optimizer, learning-rate schedule, data
+# generators, records, member names) with :func:`save_state` and continues from :func:`load_state` on a later
+# call with the same members, so an interrupted run ends with the same numbers as an uninterrupted one.
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write ``state`` (``torch.save``) to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path | None, names: list[str]) -> dict | None:
+    """The saved training state at ``path`` if it belongs to exactly the members ``names``, else None (also
+    when ``path`` is None or missing, and, with a warning, when the file cannot be read)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # an unreadable state file cannot be trusted: start over, saying so
+        warnings.warn(f"ignoring unreadable resume state {path}: {exc}", stacklevel=2)
+        return None
+    return state if state.get("names") == names else None

@@ -16,7 +16,7 @@ from progdistill.distill.curricula import (
     WeightPathCurriculum,
     stage_value,
 )
-from progdistill.distill.fused import soft_targets
+from progdistill.distill.losses import soft_targets
 from progdistill.distill.schedules import TeacherSpec
 from progdistill.distill.teachers import TeacherPool, plan_temperatures
 from progdistill.experiment import ExperimentConfig

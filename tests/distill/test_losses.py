@@ -3,22 +3,20 @@ import math
 import pytest
 import torch
 
-from progdistill.distill.fused import (
-    hard_targets,
-    mixture_weights,
-    soft_cross_entropy,
-    soft_cross_entropy_and_grad,
-    soft_targets,
-    weighted_distillation_loss,
-)
 from progdistill.distill.losses import (
     IGNORE_INDEX,
     cross_entropy,
     distillation_cross_entropy,
     distillation_loss,
     forward_kl,
+    hard_targets,
+    mixture_weights,
     reverse_kl,
+    soft_cross_entropy,
+    soft_cross_entropy_and_grad,
+    soft_targets,
     teacher_probabilities,
+    weighted_distillation_loss,
 )
 
 # Hand-computed case: student logits [0, ln 3] -> p = [1/4, 3/4]; teacher logits [0, 0] -> q = [1/2, 1/2].

@@ -11,14 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from progdistill.core.config import DistillationConfig
-from progdistill.distill.fused import mixture_weights, weighted_distillation_loss
 from progdistill.distill.losses import (
     IGNORE_INDEX,
     distillation_cross_entropy,
     distillation_loss,
     forward_kl,
+    mixture_weights,
     reverse_kl,
     teacher_probabilities,
+    weighted_distillation_loss,
 )
 
 DIVERGENCES = (forward_kl, reverse_kl)

@@ -1,8 +1,22 @@
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
 import pytest
+from conftest import tiny_config
 
 import progdistill.distill.curricula  # noqa: F401  (registers the curricula, as importing progdistill does)
 from progdistill.core.config import ConfigError, from_dict, lookup_variant, to_dict
-from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive, schedule_kinds
+from progdistill.distill.schedules import (
+    CE,
+    FINAL,
+    KShot,
+    OneShot,
+    Progressive,
+    Schedule,
+    TeacherSpec,
+    TwoShotAuto,
+    schedule_kinds,
+)
 
 STEPS = [0, 100, 200, 300, 400]
 
@@ -104,3 +118,26 @@ def test_schedules_round_trip_and_unknown_kind():
 def test_no_checkpoints_is_an_error():
     with pytest.raises(ConfigError, match="no checkpoints"):
         OneShot().checkpoint_at(0, [])
+
+
+def test_a_schedule_answers_for_itself_what_the_library_asks():
+    """A new schedule is one class: the experiment, the runner, the loop and the HF trainer ask it, never its type."""
+    assert not CE().needs_teacher and all(s.needs_teacher for s in (OneShot(), Progressive(), TwoShotAuto()))
+    assert all(s.checkpoints_only for s in (CE(), OneShot(), Progressive(), KShot(points=((0, 1),)), TwoShotAuto()))
+    asked = []
+
+    @dataclass(frozen=True)
+    class Picky(Schedule):  # not registered: a user's schedule built in Python
+        kind: ClassVar[str] = "picky"
+        label: ClassVar[str] = "picky"
+
+        def validate_experiment(self, experiment, field):
+            asked.append((field, experiment.student.steps))
+
+        def checkpoint_at(self, student_step, checkpoint_steps):
+            return min(checkpoint_steps)
+
+    config = tiny_config()
+    replace(config, schedules=(CE(), Picky()))
+    assert asked == [("schedules.1", config.student.steps)]
+    assert Picky().teacher_at(3, [0, 10], 5) == TeacherSpec(0) and Picky().resolve(None) == Picky()

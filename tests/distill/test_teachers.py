@@ -1,6 +1,9 @@
+import pytest
 import torch
 
+from progdistill.core.config import ConfigError
 from progdistill.core.seeding import generator
+from progdistill.distill.schedules import CE, FINAL, KShot, OneShot
 from progdistill.distill.teachers import TeacherPool, block_teacher_logits
 from progdistill.models.mlp import MLPConfig
 from progdistill.store.trajectory import Trajectory, TrajectoryWriter
@@ -44,3 +47,17 @@ def test_block_teacher_logits_equal_the_teachers_outputs_per_step(tmp_path):
             assert torch.allclose(logits[i, m], expected, atol=1e-6)
     assert block_teacher_logits([[None, None]], x_block, seed_index, pool, 2) is None
     assert block_teacher_logits(plan, x_block, seed_index, None, 2) is None
+
+
+def test_check_validates_each_schedule_and_hashes_the_files_once_per_pool(tmp_path, monkeypatch):
+    traj = _trajectory(tmp_path)
+    pool = TeacherPool(traj, _build, torch.device("cpu"))
+    hashed = []
+    monkeypatch.setattr(traj, "verify", lambda: hashed.append(1))
+    pool.check([CE()])  # needs no teacher: nothing to check
+    assert hashed == [] and pool.checked == set()
+    pool.check([CE(), KShot(points=((10, 5), (FINAL, 1))), OneShot()])
+    pool.check([OneShot()])  # the training loop after the runner: checked already
+    assert hashed == [1] and pool.checked == {KShot(points=((10, 5), (FINAL, 1))), OneShot()}
+    with pytest.raises(ConfigError, match=r"schedule.points.0.0=5 names a checkpoint"):
+        pool.check([KShot(points=((5, 5), (FINAL, 1)))])

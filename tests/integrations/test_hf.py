@@ -513,7 +513,7 @@ def test_on_policy_and_seq_kd_give_the_update_of_one_big_batch(teacher16, tmp_pa
 def test_seq_kd_trains_on_the_checkpoints_continuations(teacher16, tmp_path):
     """seq_kd alone: the step's batch is the prompts (one token here) continued by the scheduled checkpoint,
     labels -100 on the prompt; the same seed gives the same sequences."""
-    from progdistill.integrations.hf_generation import generated_micro_batches
+    from progdistill.integrations.hf import generated_micro_batches
     teacher = GPT2LMHeadModel.from_pretrained(teacher16 / "checkpoint-1").eval()
     rows = [collate(Padded().rows[:4]), collate(Padded().rows[4:])]
     out = generated_micro_batches(teacher, rows, torch.Generator().manual_seed(0), 6, 1.0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from progdistill.models.language import BertMLMConfig, GPT2LMConfig
+from progdistill.models.language import BertMLMConfig, CausalLM, GPT2LMConfig, LanguageModel, MaskedLM
 
 pytest.importorskip("transformers")
 
@@ -20,3 +20,8 @@ def test_a_checkpoint_with_the_bert_prefix_loads_into_backbone(config):
     assert all(torch.equal(fresh.state_dict()[k], state[k] + 1) for k in state)
     ids = torch.randint(0, 10, (2, 5))
     assert fresh(ids).shape == (2, 5, 10)
+
+
+def test_the_causal_and_the_masked_model_share_a_base_not_a_lineage():
+    assert issubclass(MaskedLM, LanguageModel) and issubclass(CausalLM, LanguageModel)
+    assert not issubclass(CausalLM, MaskedLM) and not issubclass(MaskedLM, CausalLM)

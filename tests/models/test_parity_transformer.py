@@ -23,11 +23,20 @@ def bits(batch: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_registered_and_round_trips_through_json():
-    assert variants("model")["gpt2"] is TransformerConfig
+    assert variants("model")["parity-gpt2"] is TransformerConfig and "gpt2" not in variants("model")
     cfg = TransformerConfig(n_layer=3, n_head=5, head_dim=2, mlp_ratio=2)
     data = to_dict(cfg)
-    assert data == {"type": "gpt2", "n_layer": 3, "n_head": 5, "head_dim": 2, "mlp_ratio": 2}
+    assert data == {"type": "parity-gpt2", "n_layer": 3, "n_head": 5, "head_dim": 2, "mlp_ratio": 2}
     assert from_dict(TrainConfig, {"model": data}).model == cfg
+
+
+def test_a_config_written_under_the_former_name_gpt2_still_loads():
+    old = {"type": "gpt2", "n_layer": 3, "n_head": 5, "head_dim": 2, "mlp_ratio": 2}
+    cfg = from_dict(TrainConfig, {"model": old}).model
+    assert cfg == TransformerConfig(n_layer=3, n_head=5, head_dim=2, mlp_ratio=2)
+    assert to_dict(cfg)["type"] == "parity-gpt2"  # written under its name from now on
+    assert from_dict(ExperimentConfig, {**get_preset("parity-transformer").to_dict(),
+                                        "teacher": {"model": old}}).teacher.model == cfg
     assert cfg.hidden_size == 10 and TransformerConfig.stackable is False
 
 
@@ -148,8 +157,8 @@ def test_refuses_inputs_that_are_not_bits_naming_model_and_task(tmp_path):
     task = ZeroOneParity(n=8, k=2, eval_size=64)
     config = ExperimentConfig(preset="zero-one", task=task, teacher=TrainConfig(model=TINY, steps=10),
                               student=TrainConfig(model=TINY, steps=10), schedules=(CE(),), seeds=1)
-    with pytest.raises(ValueError, match=r"teacher.model: model type 'gpt2' \(the parity transformer\) reads inputs "
-                                         r"of shape \(B, n\) with values -1 or \+1 only .* task "
+    with pytest.raises(ValueError, match=r"teacher.model: model type 'parity-gpt2' \(the parity transformer\) reads "
+                                         r"inputs of shape \(B, n\) with values -1 or \+1 only .* task "
                                          r"'zero-one-parity-test' gives other inputs \(torch.float32, e.g. 0\)"):
         check_task_data(config)
     with pytest.raises(ConfigError, match="zero-one-parity-test"):  # before anything is written

@@ -15,7 +15,7 @@ from progdistill.recipes.runner import train_students, train_teacher
 from progdistill.recipes.status import status
 from progdistill.store.lock import RunLock
 from progdistill.store.rundir import RunDir
-from progdistill.train.nonfinite import NonFiniteError
+from progdistill.train.loop import NonFiniteError
 
 
 def test_a_finished_a_failed_a_running_and_unstarted_students(tmp_path, monkeypatch, capsys):
@@ -40,14 +40,14 @@ def test_a_finished_a_failed_a_running_and_unstarted_students(tmp_path, monkeypa
         assert rows["teacher"] == {"name": "teacher", "state": "done", "detail": "", "job": "41"}
         assert rows[ce]["state"] == "done"
         assert rows[one_shot] == {"name": one_shot, "state": "failed", "job": "42",
-                                  "detail": "progdistill.train.nonfinite.NonFiniteError: one-shot-seed0: non-finite "
+                                  "detail": "progdistill.train.loop.NonFiniteError: one-shot-seed0: non-finite "
                                             "training loss at step 7"}
         assert rows[progressive]["state"] == "running"
         assert rows[progressive]["detail"] == f"process {os.getpid()} on {socket.gethostname()}"
         assert rows[k_shot] == {"name": k_shot, "state": "not started", "detail": "", "job": None}
         assert main(["status", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[2].split() == [one_shot, "failed", "job", "42", "progdistill.train.nonfinite.NonFiniteError:",
+    assert printed[2].split() == [one_shot, "failed", "job", "42", "progdistill.train.loop.NonFiniteError:",
                                   "one-shot-seed0:", "non-finite", "training", "loss", "at", "step", "7"]
     assert printed[-1] == "2 done, 1 running, 1 failed, 1 not started"
     # the failure is cleared when the student trains again, and an unfinished student reads "interrupted"

@@ -62,12 +62,12 @@ def _fit(trajectory, monkeypatch, **fields):
     CALLS.clear()
     steps = []
 
-    def recording_step(net, batch, teacher, train, distillation, autocast):
+    def recording_step(ctx, batch, teacher, distillation):
         steps.append((batch.inputs.clone(), batch.targets.clone(), distillation.alpha))
-        return real_step(net, batch, teacher, train, distillation, autocast)
+        return real_step(ctx, batch, teacher, distillation)
 
-    real_step = train_module.train_token_step
-    monkeypatch.setattr(train_module, "train_token_step", recording_step)
+    real_step = train_module.token_step
+    monkeypatch.setattr(train_module, "token_step", recording_step)
     student = _build(0, "student-init")
     train = TrainConfig(model=MODEL, optimizer=OptimizerConfig(name="adam", lr=1e-2), steps=6, batch_size=4,
                         eval_every=3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 # The functions under test, imported in one place.
-from progdistill.train.resume import load_state, save_state
+from progdistill.train.loop import load_state, save_state
 
 
 def test_a_saved_state_is_read_back_for_the_same_members(tmp_path):

@@ -12,7 +12,7 @@ from progdistill.models.mlp import MLPConfig
 from progdistill.tasks.base import Batch
 
 # The function under test, imported in one place.
-from progdistill.train.token_step import train_token_step
+from progdistill.train.steps import StepContext, token_step
 
 V, D, B, L = 6, 8, 8, 5
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
@@ -47,11 +47,16 @@ def _train(accumulation: int) -> TrainConfig:
 
 
 def _step(model, optimizer, batch, teacher, accumulation, distillation) -> float:
-    """One whole optimizer step as the training loop takes it: zero_grad, the token step, the update."""
-    optimizer.zero_grad(set_to_none=True)
-    value = train_token_step(model, batch, teacher, _train(accumulation), distillation, NO_AUTOCAST)
-    optimizer.step()
-    return value
+    """One whole optimizer step (zero_grad, forward, loss, backward, update); returns the step's loss."""
+    return train_token_step(model, batch, teacher, _train(accumulation), distillation, optimizer)
+
+
+def train_token_step(model, batch, teacher, train, distillation, optimizer=None) -> float:
+    """:func:`token_step` on ``model``; without ``optimizer``, plain SGD at learning rate 0, which leaves the
+    weights and the step's gradients in place to be inspected."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
+    ctx = StepContext(model, optimizer, list(model.parameters()), train, NO_AUTOCAST, torch.device("cpu"))
+    return token_step(ctx, batch, teacher, distillation).loss
 
 
 def _mean_per_token_loss(model, batch, teacher, distillation) -> torch.Tensor:
@@ -97,7 +102,7 @@ def test_loss_and_gradient_are_the_mean_over_the_steps_supervised_tokens(objecti
     teacher = None if DISTILLATIONS[objective] is None else TinySequenceModel(seed=9).requires_grad_(False)
     batch = _batch(4, sparse_rows=4)  # micro-batch 1 of 2 holds 4 supervised tokens, micro-batch 2 many more
     model = TinySequenceModel(seed=0)
-    value = train_token_step(model, batch, teacher, _train(2), distillation, NO_AUTOCAST)
+    value = train_token_step(model, batch, teacher, _train(2), distillation)
     grads = [p.grad.clone() for p in model.parameters()]
 
     reference = TinySequenceModel(seed=0)
@@ -121,7 +126,7 @@ def test_micro_batches_without_supervised_tokens_are_skipped():
     targets[:4] = IGNORE_INDEX  # micro-batch 1 of 2: nothing to learn
     batch = batch.with_targets(targets)
     model, teacher = TinySequenceModel(seed=0), TinySequenceModel(seed=9).requires_grad_(False)
-    value = train_token_step(model, batch, teacher, _train(2), DistillationConfig(alpha=0.5), NO_AUTOCAST)
+    value = train_token_step(model, batch, teacher, _train(2), DistillationConfig(alpha=0.5))
     assert model.calls == 1 and teacher.calls == 1  # only the micro-batch with targets ran
     expected = _mean_per_token_loss(TinySequenceModel(seed=0), batch.rows(slice(4, 8)), teacher,
                                     DistillationConfig(alpha=0.5))
@@ -132,7 +137,7 @@ def test_a_step_without_supervised_tokens_leaves_no_gradient():
     batch = _batch(6)
     batch = batch.with_targets(torch.full_like(batch.targets, IGNORE_INDEX))
     model = TinySequenceModel(seed=0)
-    assert train_token_step(model, batch, None, _train(2), DistillationConfig(), NO_AUTOCAST) == 0.0
+    assert train_token_step(model, batch, None, _train(2), DistillationConfig()) == 0.0
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -140,6 +145,6 @@ def test_a_non_finite_loss_is_returned_and_not_backpropagated():
     model = TinySequenceModel(seed=0)
     with torch.no_grad():
         model.head[0, 0] = float("nan")
-    value = train_token_step(model, _batch(7), None, _train(2), DistillationConfig(), NO_AUTOCAST)
+    value = train_token_step(model, _batch(7), None, _train(2), DistillationConfig())
     assert value != value  # NaN reaches the caller, which stops or skips the step
     assert all(p.grad is None for p in model.parameters())

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 # The functions under test, imported in one place.
-from progdistill.distill.fused import (
+from progdistill.distill.losses import (
+    DIVERGENCES,
+    IGNORE_INDEX,
+    cross_entropy,
+    distillation_loss,
+    forward_kl,
     hard_targets,
     mixture_weights,
     soft_cross_entropy,
@@ -19,7 +24,6 @@ from progdistill.distill.fused import (
     soft_targets,
     weighted_distillation_loss,
 )
-from progdistill.distill.losses import DIVERGENCES, IGNORE_INDEX, cross_entropy, distillation_loss, forward_kl
 
 B, L, C = 4, 5, 7
 
