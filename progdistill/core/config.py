@@ -50,6 +50,7 @@ def check_positive_number(field_name: str, value: Any) -> None:
 
 _UNIONS: dict[str, dict[str, type]] = {}
 _ALIASES: dict[str, dict[str, type]] = {}  # former kind names, still read from old config.json files
+_RENAMED: dict[str, set[str]] = {}  # former kind name -> the kinds that carry it now
 
 
 def register(union: str):
@@ -61,10 +62,28 @@ def register(union: str):
         _UNIONS.setdefault(union, {})[cls.kind] = cls
         for alias in getattr(cls, "aliases", ()):
             _ALIASES.setdefault(union, {})[alias] = cls
+            _RENAMED.setdefault(alias, set()).add(cls.kind)
         cls.union = union
         return cls
 
     return wrap
+
+
+def current_names(data: Any) -> Any:
+    """``data`` (a config's JSON form, or part of one: a teacher header) with every variant written under a former
+    name (a registered class's ``aliases``) renamed to its ``kind``, so that runs written before a rename compare
+    equal to the same config written today. Nothing else changes; ``data`` is not modified."""
+    if isinstance(data, list):
+        return [current_names(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {k: current_names(v) for k, v in data.items()}
+    kind = out.get("type")
+    if isinstance(kind, str) and not any(kind in known for known in _UNIONS.values()):
+        renamed = _RENAMED.get(kind, set())
+        if len(renamed) == 1:  # a former name of exactly one variant
+            out["type"] = next(iter(renamed))
+    return out
 
 
 def variants(union: str) -> dict[str, type]:
@@ -111,6 +130,8 @@ def lookup_variant(union: str, kind: str, field_name: str = "type") -> type:
     """The variant class of ``union`` named ``kind``; an unknown name is an error listing the valid ones. A name
     not registered yet imports the installed plugins first (entry points of ``progdistill.plugins``); within
     :func:`unloaded_variants`, an unknown name gives an :class:`Unloaded` stand-in instead of an error."""
+    if kind in _ALIASES.get(union, {}) and kind not in _UNIONS.get(union, {}):  # a former name of a variant
+        return _ALIASES[union][kind]
     if kind not in _UNIONS.get(union, {}):
         reasons = _unloaded.get()
         try:
@@ -122,8 +143,6 @@ def lookup_variant(union: str, kind: str, field_name: str = "type") -> type:
         if reasons is not None and kind not in _UNIONS.get(union, {}):
             return _stand_in(union, str(kind))
     known = _UNIONS.get(union, {})
-    if kind not in known and kind in _ALIASES.get(union, {}):
-        return _ALIASES[union][kind]
     if kind not in known:
         hint = difflib.get_close_matches(str(kind), list(known), n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""

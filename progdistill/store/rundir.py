@@ -36,7 +36,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from progdistill.core.config import ConfigError, diff
+from progdistill.core.config import ConfigError, current_names, diff
 from progdistill.core.distributed import is_main
 from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
 from progdistill.experiment import (
@@ -132,6 +132,13 @@ class RunDir:
         missing plugin's variants are stand-ins that keep their type name (:meth:`ExperimentConfig.from_dict`)."""
         return load_config(self.config_file, lenient=lenient)
 
+    def config_json(self) -> dict[str, Any]:
+        """config.json as written (the content its recorded hash was computed from); ``ConfigError`` if unreadable."""
+        try:
+            return json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config {self.config_file}: {exc}") from None
+
     # -- claiming ----------------------------------------------------------------------------------------------
     def claim(self, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None,
               retrain_teacher: bool = False) -> None:
@@ -168,9 +175,10 @@ class RunDir:
                 raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
                                   "config); choose another --out (--overwrite replaces only progdistill runs)")
             edited = recorded not in (None, config_hash(old))
+            old = current_names(old)  # a run written before a variant's rename is the same run
             if not edited and not retrain_teacher and grows(old, new):
                 pass  # a sweep grown by seeds or schedules: the finished students stay, run trains the new ones
-            elif old != new or recorded not in (None, config_hash(config)):
+            elif old != new or edited:
                 same_teacher = not edited and all(old.get(k) == new[k] for k in ("task", "teacher"))
                 if not overwrite:
                     changes = diff(old, new)
@@ -364,7 +372,7 @@ class RunDir:
             raise ConfigError(f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment "
                               "(nothing was written)")
         digest = run_dir / "config.sha256"
-        if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(config):
+        if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(self.config_json()):
             raise ConfigError(f"{self.config_file} was edited after the run (it no longer matches "
                               f"{digest.name}); restore it or rerun the experiment (nothing was written)")
         data = run_dir / "data.sha256"

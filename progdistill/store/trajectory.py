@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from progdistill.core.config import current_names
 from progdistill.core.files import atomic_write_json
 
 FORMAT_VERSION = 1
@@ -166,7 +167,9 @@ class Trajectory:
 
     @property
     def header(self) -> dict[str, Any]:
-        return self.manifest["header"]
+        """What the trajectory was trained for (task, model, training config), with variants written under a
+        former name read under today's (:func:`progdistill.core.config.current_names`)."""
+        return current_names(self.manifest["header"])
 
     @property
     def complete(self) -> bool:

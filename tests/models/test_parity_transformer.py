@@ -6,13 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from progdistill.cli import main
 from progdistill.core.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, register, to_dict, variants
 from progdistill.core.seeding import generator
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
-from progdistill.experiment import ExperimentConfig, check_task_data
+from progdistill.experiment import ExperimentConfig, check_task_data, config_hash
 from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig
 from progdistill.recipes.presets import get_preset
 from progdistill.recipes.runner import run
+from progdistill.store.trajectory import Trajectory
 from progdistill.tasks.parity import ParityTask
 
 TINY = TransformerConfig(n_layer=1, n_head=2, head_dim=4)
@@ -168,3 +170,34 @@ def test_refuses_inputs_that_are_not_bits_naming_model_and_task(tmp_path):
     before = torch.get_rng_state()
     TINY.check_task(ParityTask(n=8, k=2, eval_size=64))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_run_written_under_the_former_name_gpt2_is_the_same_run(tmp_path, capsys):
+    """A run directory written before the rename (config.json, its hash, the teacher's header and results.json
+    under "gpt2") reads as the same run: status and report work, and a rerun trains nothing."""
+    tiny = TrainConfig(model=TINY, optimizer=OptimizerConfig(name="adam", lr=3e-3), steps=6, batch_size=8,
+                       eval_every=3, checkpoint_every=3)
+    config = ExperimentConfig(preset="tiny-rename", task=ParityTask(n=4, k=2, eval_size=32), teacher=tiny,
+                              student=tiny, seeds=1, schedules=(CE(), Progressive()))
+    out = tmp_path / "run"
+    run(config, out, device="cpu", log=lambda *a: None, report_to="none")
+    # Rewrite the run as the former version wrote it: "gpt2" everywhere the model type appears, hashes to match.
+    old = json.loads(json.dumps(config.to_dict()).replace('"parity-gpt2"', '"gpt2"'))
+    old_hash = config_hash(old)
+    assert old_hash != config_hash(config)
+    (out / "config.json").write_text(json.dumps(old))
+    (out / "config.sha256").write_text(old_hash + "\n")
+    manifest = out / "teacher" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"parity-gpt2"', '"gpt2"'))
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**results, "config_sha256": old_hash}))
+    weights = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+
+    assert Trajectory(out / "teacher").header["model"]["type"] == "parity-gpt2"
+    assert main(["status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[-1] == "3 done", printed
+    assert main(["report", str(out)]) == 0
+    run(ExperimentConfig.from_dict(old), out, device="cpu", log=lambda *a: None, report_to="none")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == weights  # nothing trained again
+    assert json.loads((out / "config.json").read_text())["teacher"]["model"]["type"] == "parity-gpt2"
