@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from progdistill.core.config import ConfigError, register
-from progdistill.distill.schedules import FixedSchedule, TeacherSpec
+from progdistill.distill.schedules import Schedule, TeacherSpec
 
 
 @register("schedule")  # config.json names it as {"type": "stretched"}
 @dataclass(frozen=True)  # schedules are hashable configs
-class Stretched(FixedSchedule):  # FixedSchedule: resolve(trajectory) is itself; reads the stored checkpoints
+class Stretched(Schedule):  # Schedule's defaults: needs a teacher, reads stored checkpoints, resolves to itself
     kind: ClassVar[str] = "stretched"
 
     @property
