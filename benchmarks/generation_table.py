@@ -28,15 +28,18 @@ def measure(label: str, path: str) -> dict:
     config = rundir.config()
     task = rundir.task(config)
     teacher = rundir.load_model(config, "teacher", task=task)
-    out = {"teacher": {**generation_acceptance(teacher, task), "grammar_kl": grammar_kl(teacher, task)},
-           "students": {}}
+    out = {"teacher": {**generation_acceptance(teacher, task), "grammar_kl": grammar_kl(teacher, task)}, "students": {}}
     for name in student_names(config):
         last = read_metrics(rundir.student_metrics(name))[-1]
         student = rundir.load_model(config, name, task=task)
-        out["students"][name] = {**generation_acceptance(student, task), "grammar_kl": grammar_kl(student, task),
-                                 "eval_loss": last["eval_loss"], "eval_accuracy": last["eval_accuracy"],
-                                 "seq_kd_steps": last.get("seq_kd_steps"),
-                                 "on_policy_steps": last.get("on_policy_steps")}
+        out["students"][name] = {
+            **generation_acceptance(student, task),
+            "grammar_kl": grammar_kl(student, task),
+            "eval_loss": last["eval_loss"],
+            "eval_accuracy": last["eval_accuracy"],
+            "seq_kd_steps": last.get("seq_kd_steps"),
+            "on_policy_steps": last.get("on_policy_steps"),
+        }
     return out
 
 
@@ -57,8 +60,10 @@ def main(argv: list[str]) -> None:
             print(f"| {label} | {schedule} | {len(ms)} | " + " | ".join(cells) + " |")
     for label, r in results.items():
         t = r["teacher"]
-        print(f"teacher ({label} run): acceptance {t['acceptance']:.3f}, grammatical prefix "
-              f"{t['grammatical_prefix']:.3f}, KL to the grammar {t['grammar_kl']:.4f}")
+        print(
+            f"teacher ({label} run): acceptance {t['acceptance']:.3f}, grammatical prefix "
+            f"{t['grammatical_prefix']:.3f}, KL to the grammar {t['grammar_kl']:.4f}"
+        )
     print(json.dumps(results, indent=1))
 
 

@@ -39,11 +39,16 @@ def main() -> None:
         x = task.sample_inputs(args.samples, torch.Generator().manual_seed(1))
         start = time.perf_counter()
         for i in range(0, args.samples, 8192):
-            predict(x[i:i + 8192])
+            predict(x[i : i + 8192])
         forward.append(time.perf_counter() - start)
-    out = {"threads": args.threads, "samples": args.samples, "probe_s_best": min(probe),
-           "probe_s_median": statistics.median(probe), "forward_only_s_best": min(forward),
-           "probe_over_forward": min(probe) / min(forward)}
+    out = {
+        "threads": args.threads,
+        "samples": args.samples,
+        "probe_s_best": min(probe),
+        "probe_s_median": statistics.median(probe),
+        "forward_only_s_best": min(forward),
+        "probe_over_forward": min(probe) / min(forward),
+    }
     print(json.dumps(out, indent=2))
 
 

@@ -41,8 +41,11 @@ SCHEDULES = '[{"type": "ce"}, {"type": "one-shot"}, {"type": "progressive", "spe
 
 
 def overrides(preset: str, steps: int, eval_size: int, text_corpus: str) -> list[str]:
-    sets = [f"{part}.{field}={steps}" for part in ("teacher", "student")
-            for field in ("steps", "eval_every", "checkpoint_every")]
+    sets = [
+        f"{part}.{field}={steps}"
+        for part in ("teacher", "student")
+        for field in ("steps", "eval_every", "checkpoint_every")
+    ]
     sets += [f"task.eval_size={eval_size}", f"schedules={SCHEDULES}"]
     if preset == "text-mlm-paper":
         sets.append(f"task.corpus={text_corpus}")
@@ -55,25 +58,44 @@ def smoke(preset: str, sets: list[str], device: str, workdir: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     results = run(config, workdir / preset, device=device, log=lambda *a: None)
-    return {"preset": preset, "ok": True, "wall_s": round(time.perf_counter() - started, 2),
-            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-            if torch.cuda.is_available() else None,
-            "teacher_final_accuracy": results["teacher"]["final_accuracy"]}
+    return {
+        "preset": preset,
+        "ok": True,
+        "wall_s": round(time.perf_counter() - started, 2),
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available()
+        else None,
+        "teacher_final_accuracy": results["teacher"]["final_accuracy"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     paper = [name for name in PRESETS if name.endswith("-paper")]
-    parser.add_argument("--presets", nargs="+", default=paper, choices=paper, metavar="PRESET",
-                        help=f"which presets (default: all of {', '.join(paper)})")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=paper,
+        choices=paper,
+        metavar="PRESET",
+        help=f"which presets (default: all of {', '.join(paper)})",
+    )
     parser.add_argument("--steps", type=int, default=5, help="teacher and student steps per preset (default 5)")
     parser.add_argument("--eval-size", type=int, default=256, help="task.eval_size for the smoke runs")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--text-corpus", default="default:wikipedia",
-                        help="corpus for text-mlm-paper (default: the offline sample; the preset's own corpus "
-                             "needs network or a datasets cache)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="extra override for every preset, e.g. teacher.batch_size=8 for a CPU dry run")
+    parser.add_argument(
+        "--text-corpus",
+        default="default:wikipedia",
+        help="corpus for text-mlm-paper (default: the offline sample; the preset's own corpus "
+        "needs network or a datasets cache)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="extra override for every preset, e.g. teacher.batch_size=8 for a CPU dry run",
+    )
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args()
     # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the temporary run directories are deleted.
@@ -83,8 +105,9 @@ def main() -> None:
     if args.eval_size < 1:
         parser.error(f"--eval-size {args.eval_size} is invalid: must be >= 1")
     args.presets = list(dict.fromkeys(args.presets))  # each preset once
-    if args.json and (Path(args.json).is_dir() or args.json.endswith("/")
-                      or not os.access(Path(args.json).parent, os.W_OK)):
+    if args.json and (
+        Path(args.json).is_dir() or args.json.endswith("/") or not os.access(Path(args.json).parent, os.W_OK)
+    ):
         parser.error(f"--json {args.json} is invalid: must be a file in an existing, writable directory")
     try:
         device = resolve_device(args.device)

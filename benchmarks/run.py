@@ -40,9 +40,14 @@ TASK = ParityTask(n=N, k=K)
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
 def mm_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -50,7 +55,7 @@ def mm_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -61,8 +66,14 @@ def _timed(fn) -> float:
 
 def teacher_steps_per_s(steps: int, batch: int) -> float:
     """Steps/s of progdistill's own loop (progdistill.train.loop.fit) training the width-2000 teacher."""
-    cfg = TrainConfig(model=MLPConfig(width=WIDTH), optimizer=OptimizerConfig(name="sgd", lr=0.05), steps=steps,
-                      batch_size=batch, eval_every=steps, checkpoint_every=steps)
+    cfg = TrainConfig(
+        model=MLPConfig(width=WIDTH),
+        optimizer=OptimizerConfig(name="sgd", lr=0.05),
+        steps=steps,
+        batch_size=batch,
+        eval_every=steps,
+        checkpoint_every=steps,
+    )
     model = cfg.model.build(N, 2, [generator(0, "bench")])
     fit(TASK, model, replace(cfg, steps=200), [Member("warmup", 0, CE())], data_stream="warmup")
     return steps / _timed(lambda: fit(TASK, model, cfg, [Member("bench", 0, CE())], data_stream="bench"))
@@ -74,8 +85,12 @@ def reference_loop_steps_per_s(steps: int, batch: int = 32) -> float:
     rng = np.random.default_rng(0)
     x = rng.choice([-1.0, 1.0], size=(steps * batch, N)).astype(np.float32)
     y = (x[:, :K].prod(axis=1) > 0).astype(np.int64)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
-                                         batch_size=batch, shuffle=True, num_workers=0)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=0,
+    )
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(N, WIDTH), torch.nn.ReLU(), torch.nn.Linear(WIDTH, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -102,27 +117,46 @@ def sweep_seconds(steps: int, workdir: Path) -> tuple[float, float]:
     base = get_preset("parity-mlp")
     every = max(1, steps // 10)
     steps = every * 10
-    config = replace(base, teacher=replace(base.teacher, steps=steps, eval_every=every, checkpoint_every=every),
-                     student=replace(base.student, steps=steps, eval_every=every),
-                     schedules=(CE(), OneShot(), Progressive(), KShot(points=((steps // 2, steps // 4),
-                                                                              (FINAL, steps)))))
+    config = replace(
+        base,
+        teacher=replace(base.teacher, steps=steps, eval_every=every, checkpoint_every=every),
+        student=replace(base.student, steps=steps, eval_every=every),
+        schedules=(CE(), OneShot(), Progressive(), KShot(points=((steps // 2, steps // 4), (FINAL, steps)))),
+    )
     RunDir(workdir).claim(config, overwrite=True)
     trajectory = train_teacher(config, workdir, device="cpu", log=lambda *a: None)
+
     def pool():
-        return TeacherPool(trajectory, lambda: config.teacher.model.build(N, 2, [torch.Generator()]),
-                                   torch.device("cpu"))
+        return TeacherPool(
+            trajectory, lambda: config.teacher.model.build(N, 2, [torch.Generator()]), torch.device("cpu")
+        )
+
     runs = [(s, k) for k in range(3) for s in config.schedules]
 
     def batched():
         model = config.student.model.build(N, 2, [generator(k, "student-init") for _, k in runs])
-        fit(TASK, model, config.student, [Member(f"{s.label}{k}", k, s) for s, k in runs],
-            data_stream="student-data", distillation=config.distillation, teachers=pool())
+        fit(
+            TASK,
+            model,
+            config.student,
+            [Member(f"{s.label}{k}", k, s) for s, k in runs],
+            data_stream="student-data",
+            distillation=config.distillation,
+            teachers=pool(),
+        )
 
     def sequential():
         for s, k in runs:
             model = config.student.model.build(N, 2, [generator(k, "student-init")])
-            fit(TASK, model, config.student, [Member(f"{s.label}{k}", k, s)], data_stream="student-data",
-                distillation=config.distillation, teachers=pool())
+            fit(
+                TASK,
+                model,
+                config.student,
+                [Member(f"{s.label}{k}", k, s)],
+                data_stream="student-data",
+                distillation=config.distillation,
+                teachers=pool(),
+            )
 
     return _timed(batched), _timed(sequential)
 
@@ -156,30 +190,47 @@ def main() -> None:
     results["step_gflops_b32"] = 6 * 32 * params * results["teacher_steps_per_s"] / 1e9
     results["step_gflops_b256"] = 6 * 256 * params * results["teacher_steps_per_s_b256"] / 1e9
     with tempfile.TemporaryDirectory() as tmp:
-        results["sweep_batched_s"], results["sweep_sequential_s"] = sweep_seconds(args.sweep_steps,
-                                                                                  Path(tmp) / "sweep")
+        results["sweep_batched_s"], results["sweep_sequential_s"] = sweep_seconds(args.sweep_steps, Path(tmp) / "sweep")
         results["sweep_steps"] = args.sweep_steps
         results["parity_mlp_wall_s"] = None if args.skip_preset else parity_mlp_wall_s(Path(tmp) / "parity-mlp")
     results["ratios"] = {
         "teacher_vs_reference": results["teacher_steps_per_s"] / results["reference_loop_steps_per_s"],
         "step_b32_of_mm_peak": results["step_gflops_b32"] / results["mm_peak_gflops"],
         "step_b256_of_mm_peak": results["step_gflops_b256"] / results["mm_peak_gflops"],
-        "sweep_sequential_vs_batched": results["sweep_sequential_s"] / results["sweep_batched_s"]}
+        "sweep_sequential_vs_batched": results["sweep_sequential_s"] / results["sweep_batched_s"],
+    }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
-    rows = [("mm peak (float32)", f"{results['mm_peak_gflops']:.1f} GFLOP/s", ""),
-            ("reference-style loop, batch 32", f"{results['reference_loop_steps_per_s']:.0f} steps/s", ""),
-            ("progdistill teacher loop, batch 32", f"{results['teacher_steps_per_s']:.0f} steps/s",
-             f"{results['ratios']['teacher_vs_reference']:.2f}x reference (target >= 2)"),
-            ("  achieved, batch 32", f"{results['step_gflops_b32']:.1f} GFLOP/s",
-             f"{results['ratios']['step_b32_of_mm_peak']:.1%} of mm peak"),
-            ("  achieved, batch 256", f"{results['step_gflops_b256']:.1f} GFLOP/s",
-             f"{results['ratios']['step_b256_of_mm_peak']:.1%} of mm peak"),
-            (f"12-student sweep, {args.sweep_steps} steps, batched", f"{results['sweep_batched_s']:.1f} s", ""),
-            ("  one after another", f"{results['sweep_sequential_s']:.1f} s",
-             f"{results['ratios']['sweep_sequential_vs_batched']:.2f}x slower (target >= 4)"),
-            ("parity-mlp, whole experiment", "skipped" if results["parity_mlp_wall_s"] is None
-             else f"{results['parity_mlp_wall_s']:.1f} s", "target <= 180 s")]
+    rows = [
+        ("mm peak (float32)", f"{results['mm_peak_gflops']:.1f} GFLOP/s", ""),
+        ("reference-style loop, batch 32", f"{results['reference_loop_steps_per_s']:.0f} steps/s", ""),
+        (
+            "progdistill teacher loop, batch 32",
+            f"{results['teacher_steps_per_s']:.0f} steps/s",
+            f"{results['ratios']['teacher_vs_reference']:.2f}x reference (target >= 2)",
+        ),
+        (
+            "  achieved, batch 32",
+            f"{results['step_gflops_b32']:.1f} GFLOP/s",
+            f"{results['ratios']['step_b32_of_mm_peak']:.1%} of mm peak",
+        ),
+        (
+            "  achieved, batch 256",
+            f"{results['step_gflops_b256']:.1f} GFLOP/s",
+            f"{results['ratios']['step_b256_of_mm_peak']:.1%} of mm peak",
+        ),
+        (f"12-student sweep, {args.sweep_steps} steps, batched", f"{results['sweep_batched_s']:.1f} s", ""),
+        (
+            "  one after another",
+            f"{results['sweep_sequential_s']:.1f} s",
+            f"{results['ratios']['sweep_sequential_vs_batched']:.2f}x slower (target >= 4)",
+        ),
+        (
+            "parity-mlp, whole experiment",
+            "skipped" if results["parity_mlp_wall_s"] is None else f"{results['parity_mlp_wall_s']:.1f} s",
+            "target <= 180 s",
+        ),
+    ]
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>16}  {note}")

@@ -47,14 +47,17 @@ def measure(positions: int, vocab: int, k: int | None, mode: str, repeats: int) 
     teacher_logits = torch.randn(positions, vocab, generator=g) * 3
     if k is None:
         targets, target_bytes = teacher_logits, teacher_logits.nbytes
+
         def loss_fn():
             return forward_kl(student, targets)
     else:
         targets = top_k_targets(teacher_logits, k, mode=mode)
         del teacher_logits  # what a stored / transferred target keeps: O(k) per position
         target_bytes = targets.indices.nbytes + targets.log_probs.nbytes + targets.tail_log_mass.nbytes
+
         def loss_fn():
             return top_k_divergence(student, targets, "forward_kl")
+
     _reset_peak()
     before = _status_mb("VmRSS")
     times = []
@@ -63,9 +66,14 @@ def measure(positions: int, vocab: int, k: int | None, mode: str, repeats: int) 
         start = time.perf_counter()
         loss_fn().backward()
         times.append(time.perf_counter() - start)
-    return {"k": k, "mode": mode if k is not None else "full", "target_bytes": target_bytes,
-            "target_mb": target_bytes / 2**20, "loss_peak_rss_added_mb": _status_mb("VmHWM") - before,
-            "loss_and_backward_s_median": statistics.median(times)}
+    return {
+        "k": k,
+        "mode": mode if k is not None else "full",
+        "target_bytes": target_bytes,
+        "target_mb": target_bytes / 2**20,
+        "loss_peak_rss_added_mb": _status_mb("VmHWM") - before,
+        "loss_and_backward_s_median": statistics.median(times),
+    }
 
 
 def main(argv=None) -> dict:
@@ -85,13 +93,36 @@ def main(argv=None) -> dict:
     variants = ["full:full"] + [f"{k}:{m}" for k in args.k for m in ("tail_bucket", "renormalized")]
     rows = []
     for variant in variants:
-        out = subprocess.run([sys.executable, __file__, "--one", variant, "--positions", str(args.positions),
-                              "--vocab", str(args.vocab), "--repeats", str(args.repeats),
-                              "--threads", str(args.threads)], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                variant,
+                "--positions",
+                str(args.positions),
+                "--vocab",
+                str(args.vocab),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows.append(json.loads(out.stdout))
-    result = {"positions": args.positions, "vocab": args.vocab, "threads": args.threads, "repeats": args.repeats,
-              "torch": torch.__version__, "python": platform.python_version(), "machine": platform.processor()
-              or platform.machine(), "rows": rows}
+    result = {
+        "positions": args.positions,
+        "vocab": args.vocab,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
     print(json.dumps(result, indent=1))
     return result
 

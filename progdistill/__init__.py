@@ -23,7 +23,31 @@ from progdistill.tasks.text.task import TextMaskedLMTask
 
 __version__ = "0.1.0"
 
-__all__ = ["CE", "FINAL", "MLP", "PRESETS", "BertMLMConfig", "ConfigError", "DistillationConfig", "ExperimentConfig",
-           "GPT2LMConfig", "GrammarSpec", "KShot", "MLPConfig", "OneShot", "OptimizerConfig", "PCFGMaskedLMTask",
-           "PCFGNextTokenTask", "ParityTask", "Progressive", "TextMaskedLMTask", "TrainConfig", "Trajectory",
-           "TrajectoryError", "TrajectoryWriter", "TwoShotAuto", "get_preset", "run"]
+__all__ = [
+    "CE",
+    "FINAL",
+    "MLP",
+    "PRESETS",
+    "BertMLMConfig",
+    "ConfigError",
+    "DistillationConfig",
+    "ExperimentConfig",
+    "GPT2LMConfig",
+    "GrammarSpec",
+    "KShot",
+    "MLPConfig",
+    "OneShot",
+    "OptimizerConfig",
+    "PCFGMaskedLMTask",
+    "PCFGNextTokenTask",
+    "ParityTask",
+    "Progressive",
+    "TextMaskedLMTask",
+    "TrainConfig",
+    "Trajectory",
+    "TrajectoryError",
+    "TrajectoryWriter",
+    "TwoShotAuto",
+    "get_preset",
+    "run",
+]

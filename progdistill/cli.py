@@ -69,23 +69,46 @@ def cmd_run(args) -> int:
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
         local_slice(config.student.batch_size, "student.batch_size")
-    launcher = LauncherConfig(kind=args.launcher, partition=args.partition, account=args.account,
-                              gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job, time_min=args.time,
-                              sbatch=tuple(args.sbatch or ()), job_per=args.job_per, node_local_ok=args.node_local_ok)
+    launcher = LauncherConfig(
+        kind=args.launcher,
+        partition=args.partition,
+        account=args.account,
+        gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job,
+        time_min=args.time,
+        sbatch=tuple(args.sbatch or ()),
+        job_per=args.job_per,
+        node_local_ok=args.node_local_ok,
+    )
     if launcher.kind != "local":
-        launch(config, out, launcher, overwrite=args.overwrite, device=args.device,
-               retrain_teacher=args.retrain_teacher, wait=args.wait or launcher.kind == "submitit-local",
-               report_to=report_to)
+        launch(
+            config,
+            out,
+            launcher,
+            overwrite=args.overwrite,
+            device=args.device,
+            retrain_teacher=args.retrain_teacher,
+            wait=args.wait or launcher.kind == "submitit-local",
+            report_to=report_to,
+        )
         if not (out / "summary.md").exists() or not (args.wait or launcher.kind == "submitit-local"):
-            print(f"submitted; follow it with `progdistill status {out}` (jobs: {out / 'jobs'}; the last student's job "
-                  f"writes the report, or `progdistill report {out}`)")
+            print(
+                f"submitted; follow it with `progdistill status {out}` (jobs: {out / 'jobs'}; the last student's job "
+                f"writes the report, or `progdistill report {out}`)"
+            )
             return 0
         print((out / "summary.md").read_text(encoding="utf-8"))
         return 0
     main_process = is_main()  # asked before shutdown() leaves the process group
     try:
-        run(config, out, overwrite=args.overwrite, device=device, retrain_teacher=args.retrain_teacher,
-            report_to=report_to)
+        run(
+            config,
+            out,
+            overwrite=args.overwrite,
+            device=device,
+            retrain_teacher=args.retrain_teacher,
+            report_to=report_to,
+        )
     finally:
         shutdown()
     if main_process:
@@ -122,8 +145,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples,
-                              degrees=args.degrees)
+    summary = probe_monomials(args.run_dir, students=args.students, num_samples=args.samples, degrees=args.degrees)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -135,8 +157,13 @@ def cmd_probe_curricula(args) -> int:
 
 
 def cmd_probe_ngram(args) -> int:
-    summary = probe_ngram(args.run_dir, students=not args.no_students, windows=tuple(args.windows),
-                          hiding=args.hiding, distance=args.distance)
+    summary = probe_ngram(
+        args.run_dir,
+        students=not args.no_students,
+        windows=tuple(args.windows),
+        hiding=args.hiding,
+        distance=args.distance,
+    )
     print(json.dumps({k: v for k, v in summary.items() if k != "students"}, indent=2))
     return 0
 
@@ -159,16 +186,19 @@ def cmd_export(args) -> int:
     names = student_names(config)
     if args.which != "teacher":
         if args.which not in names:
-            raise ConfigError(f"--which {args.which!r} is not a model of {rundir.path}; valid: teacher, "
-                              f"{', '.join(names)}")
+            raise ConfigError(
+                f"--which {args.which!r} is not a model of {rundir.path}; valid: teacher, {', '.join(names)}"
+            )
         if args.step is not None:
             raise ConfigError("--step selects a teacher checkpoint; a student has only its final weights")
     with RunLock(rundir.path):  # not while a run is writing the directory
         task = rundir.task(config)
         model = rundir.load_model(config, args.which, args.step, task=task)
         if not isinstance(model, LanguageModel):  # our Hugging Face language models
-            raise ConfigError(f"{args.which} of {rundir.path} is a {type(model).__name__}, not a Hugging Face "
-                              "model; its weights are already a safetensors file in the run directory")
+            raise ConfigError(
+                f"{args.which} of {rundir.path} is a {type(model).__name__}, not a Hugging Face "
+                "model; its weights are already a safetensors file in the run directory"
+            )
         model.save_pretrained(out)
     extra = ""
     if rundir.tokenizer_file.exists():  # text runs: the tokenizer goes with the model
@@ -198,23 +228,41 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_ablate_robustness(args) -> int:
-    ablate_robustness(args.run_dir, seeds=args.seeds, temperatures=args.temperatures, lr_schedules=args.lr_schedules,
-                      schedules=args.schedules, device=args.device, overwrite=args.overwrite)
+    ablate_robustness(
+        args.run_dir,
+        seeds=args.seeds,
+        temperatures=args.temperatures,
+        lr_schedules=args.lr_schedules,
+        schedules=args.schedules,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
     print(f"results: {Path(args.run_dir) / 'ablations' / 'robustness'}/summary.md, summary.json and heatmap.png")
     return 0
 
 
 def _add_windows(p) -> None:
-    p.add_argument("--windows", type=int, nargs="+", default=list(WINDOWS),
-                   help="n-gram window sizes, odd integers >= 3, in any order (default 3 5 7)")
+    p.add_argument(
+        "--windows",
+        type=int,
+        nargs="+",
+        default=list(WINDOWS),
+        help="n-gram window sizes, odd integers >= 3, in any order (default 3 5 7)",
+    )
 
 
 def _command(p: argparse.ArgumentParser, func) -> None:
     """Make ``p`` the parser of command ``func``, with the ``--import`` every command takes."""
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
-                   help="import a module (dotted name) or a Python file that registers your own tasks, models or "
-                        "schedules, before anything else; repeatable. A run records them in its config.json, so "
-                        "later commands on it need no --import (docs/extending.md)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module (dotted name) or a Python file that registers your own tasks, models or "
+        "schedules, before anything else; repeatable. A run records them in its config.json, so "
+        "later commands on it need no --import (docs/extending.md)",
+    )
     p.set_defaults(func=func)
 
 
@@ -222,170 +270,288 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progdistill",
         description="Progressive distillation: train a teacher, save its trajectory of checkpoints, and train "
-                    "students that learn from it (CE, one-shot, progressive, k-shot schedules).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "students that learn from it (CE, one-shot, progressive, k-shot schedules).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"progdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def config_args(p):
         p.add_argument("preset", help="a preset name (see `progdistill list`) or a config.json path")
         p.add_argument("--seeds", type=int, help="number of student seeds per schedule (default: the preset's)")
-        p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                       help="override a config field, e.g. --set student.steps=5000 (value parsed as JSON); "
-                            "repeatable")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="FIELD=VALUE",
+            help="override a config field, e.g. --set student.steps=5000 (value parsed as JSON); repeatable",
+        )
 
-    p = sub.add_parser("run", help="train the teacher (or reuse it) and every student; write results",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p = sub.add_parser(
+        "run",
+        help="train the teacher (or reuse it) and every student; write results",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     config_args(p)
     p.add_argument("--out", help="run directory (default: runs/PRESET)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace results of a different config in --out (never done without this flag); a "
-                        "finished teacher of the same task and teacher config is kept and reused")
-    p.add_argument("--retrain-teacher", action="store_true",
-                   help="delete the teacher in --out and everything trained from it (students, probes, ablations, "
-                        "results) and train them again: the way out of a damaged teacher checkpoint, which every "
-                        "command refuses with an error naming the file (with a different config, also pass "
-                        "--overwrite)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results of a different config in --out (never done without this flag); a "
+        "finished teacher of the same task and teacher config is kept and reused",
+    )
+    p.add_argument(
+        "--retrain-teacher",
+        action="store_true",
+        help="delete the teacher in --out and everything trained from it (students, probes, ablations, "
+        "results) and train them again: the way out of a damaged teacher checkpoint, which every "
+        "command refuses with an error naming the file (with a different config, also pass "
+        "--overwrite)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--report-to", metavar="TRACKERS",
-                   help=f"experiment trackers, comma-separated, from {', '.join(TRACKERS)}; or none (default: "
-                        "tensorboard when installed). Each model's metrics (the names of metrics.jsonl) and the "
-                        "config as hyperparameters, inside the run directory: RUN/tensorboard, RUN/wandb (offline "
-                        "unless WANDB_MODE says otherwise), RUN/mlruns (MLflow file store unless "
-                        "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
-                        "\"progdistill[wandb,mlflow]\"")
-    g = p.add_argument_group("launcher", "run the teacher and students as scheduler jobs (pip install "
-                                         "\"progdistill[launch]\"; see docs/running.md)")
-    g.add_argument("--launcher", default="local", choices=LAUNCHERS,
-                   help="local: one process, here (default); slurm: Slurm jobs through submitit (the teacher, then "
-                        "the students in jobs that depend on it); submitit-local: the same jobs as processes on "
-                        "this machine (waits for them)")
+    p.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help=f"experiment trackers, comma-separated, from {', '.join(TRACKERS)}; or none (default: "
+        "tensorboard when installed). Each model's metrics (the names of metrics.jsonl) and the "
+        "config as hyperparameters, inside the run directory: RUN/tensorboard, RUN/wandb (offline "
+        "unless WANDB_MODE says otherwise), RUN/mlruns (MLflow file store unless "
+        "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
+        '"progdistill[wandb,mlflow]"',
+    )
+    g = p.add_argument_group(
+        "launcher",
+        'run the teacher and students as scheduler jobs (pip install "progdistill[launch]"; see docs/running.md)',
+    )
+    g.add_argument(
+        "--launcher",
+        default="local",
+        choices=LAUNCHERS,
+        help="local: one process, here (default); slurm: Slurm jobs through submitit (the teacher, then "
+        "the students in jobs that depend on it); submitit-local: the same jobs as processes on "
+        "this machine (waits for them)",
+    )
     g.add_argument("--partition", help="Slurm partition")
     g.add_argument("--account", help="Slurm account")
     g.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per job (default 0)")
     g.add_argument("--cpus-per-job", type=int, help="CPUs per job, also its torch threads (default: Slurm's)")
     g.add_argument("--time", type=int, default=24 * 60, help="time limit per job, minutes (default 1440)")
-    g.add_argument("--sbatch", action="append", metavar="--NAME[=VALUE]",
-                   help="an extra sbatch option, e.g. --sbatch=--qos=high; repeatable")
-    g.add_argument("--job-per", choices=JOB_PER, default="stack",
-                   help="stack: a stack of MLP students is one job, other students one job each (default); "
-                        "seed: one job per seed; student: one job per student")
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        metavar="--NAME[=VALUE]",
+        help="an extra sbatch option, e.g. --sbatch=--qos=high; repeatable",
+    )
+    g.add_argument(
+        "--job-per",
+        choices=JOB_PER,
+        default="stack",
+        help="stack: a stack of MLP students is one job, other students one job each (default); "
+        "seed: one job per seed; student: one job per student",
+    )
     g.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
-    g.add_argument("--node-local-ok", action="store_true",
-                   help="slurm: allow --out on a node-local filesystem (/tmp, tmpfs): the cluster is this machine")
+    g.add_argument(
+        "--node-local-ok",
+        action="store_true",
+        help="slurm: allow --out on a node-local filesystem (/tmp, tmpfs): the cluster is this machine",
+    )
     _command(p, cmd_run)
 
-    p = sub.add_parser("status", help="where a run stands: the teacher and each student done, running (process, "
-                                      "job), failed (its error), interrupted or not started")
+    p = sub.add_parser(
+        "status",
+        help="where a run stands: the teacher and each student done, running (process, "
+        "job), failed (its error), interrupted or not started",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run`")
     _command(p, cmd_status)
 
-    p = sub.add_parser("report", help="write results.json, summary.md and accuracy.png of a run whose students have "
-                                      "all finished (after `run --launcher`, the last student's job does this)")
+    p = sub.add_parser(
+        "report",
+        help="write results.json, summary.md and accuracy.png of a run whose students have "
+        "all finished (after `run --launcher`, the last student's job does this)",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run`")
     p.add_argument("--device", default="auto", help="device of the end-of-run probes: auto, cpu, cuda, ...")
     _command(p, cmd_report)
 
-    p = sub.add_parser("list", help="list the presets, one line each",
-                       description="List the named experiments (presets), one line each.")
+    p = sub.add_parser(
+        "list",
+        help="list the presets, one line each",
+        description="List the named experiments (presets), one line each.",
+    )
     _command(p, cmd_list)
 
-    p = sub.add_parser("probe", help="probes over a finished run's checkpoints (monomial correlations; PCFG "
-                                     "n-gram and non-terminal probes; the grammar's optimal predictor)")
+    p = sub.add_parser(
+        "probe",
+        help="probes over a finished run's checkpoints (monomial correlations; PCFG "
+        "n-gram and non-terminal probes; the grammar's optimal predictor)",
+    )
     probe = p.add_subparsers(dest="probe", required=True)
-    p = probe.add_parser("monomials", help="degree 1..k-1 monomial correlations of every teacher checkpoint "
-                                           "(the paper's section 1 mechanism); writes "
-                                           "RUN_DIR/probes/monomials.{jsonl,png}")
+    p = probe.add_parser(
+        "monomials",
+        help="degree 1..k-1 monomial correlations of every teacher checkpoint "
+        "(the paper's section 1 mechanism); writes "
+        "RUN_DIR/probes/monomials.{jsonl,png}",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (sparse parity)")
     p.add_argument("--students", action="store_true", help="also probe every final student")
     p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per model (default 100000)")
-    p.add_argument("--degrees", type=int, nargs="+", help="monomial degrees to probe, space-separated, each in "
-                                                          "1..k; the list must contain 1, which the summary and "
-                                                          "figure are about (default 1..k-1)")
+    p.add_argument(
+        "--degrees",
+        type=int,
+        nargs="+",
+        help="monomial degrees to probe, space-separated, each in "
+        "1..k; the list must contain 1, which the summary and "
+        "figure are about (default 1..k-1)",
+    )
     _command(p, cmd_probe)
-    p = probe.add_parser("curricula", help="degree 1..k monomial correlations of the targets each schedule gives "
-                                           "its student at points of its run (curricula without checkpoints vs "
-                                           "progressive); writes RUN_DIR/probes/curriculum-targets.json")
+    p = probe.add_parser(
+        "curricula",
+        help="degree 1..k monomial correlations of the targets each schedule gives "
+        "its student at points of its run (curricula without checkpoints vs "
+        "progressive); writes RUN_DIR/probes/curriculum-targets.json",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (sparse parity)")
-    p.add_argument("--points", type=float, nargs="+", default=list(POINTS),
-                   help="shares of the student's run in [0, 1] (default: 0 0.125 0.25 0.375 0.5 0.75 1)")
+    p.add_argument(
+        "--points",
+        type=float,
+        nargs="+",
+        default=list(POINTS),
+        help="shares of the student's run in [0, 1] (default: 0 0.125 0.25 0.375 0.5 0.75 1)",
+    )
     p.add_argument("--samples", type=int, default=100_000, help="fresh inputs per target (default 100000)")
     _command(p, cmd_probe_curricula)
-    p = probe.add_parser("ngram", help="M_robust / M_close (n-gram dependence) and, on grammars, the "
-                                       "non-terminal linear probe, for every teacher checkpoint and final student "
-                                       "of a pcfg-mlm or text-mlm run; writes RUN_DIR/probes/ngram.jsonl, "
-                                       "ngram.png, nonterminals.png (`progdistill run` already does this)")
+    p = probe.add_parser(
+        "ngram",
+        help="M_robust / M_close (n-gram dependence) and, on grammars, the "
+        "non-terminal linear probe, for every teacher checkpoint and final student "
+        "of a pcfg-mlm or text-mlm run; writes RUN_DIR/probes/ngram.jsonl, "
+        "ngram.png, nonterminals.png (`progdistill run` already does this)",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm or text-mlm)")
     _add_windows(p)
     p.add_argument("--no-students", action="store_true", help="probe teacher checkpoints only")
-    p.add_argument("--hiding", choices=("token", "attention"), default="token",
-                   help="how a token is masked: 'token' puts MASK in its place (as in training; default); "
-                        "'attention' also sets its attention mask to 0, as the authors' released probe does, "
-                        "and writes probes/ngram-attention* beside the default results")
-    p.add_argument("--distance", choices=DISTANCE, default="tv",
-                   help="'tv': total variation, in [0, 1] (default); 'l1': ||p - q||_1 = 2 x TV, the paper's axis, "
-                        "as the authors' released probe scores it; writes probes/ngram-l1* beside the default "
-                        "results (ngram-attention-l1* with --hiding attention)")
+    p.add_argument(
+        "--hiding",
+        choices=("token", "attention"),
+        default="token",
+        help="how a token is masked: 'token' puts MASK in its place (as in training; default); "
+        "'attention' also sets its attention mask to 0, as the authors' released probe does, "
+        "and writes probes/ngram-attention* beside the default results",
+    )
+    p.add_argument(
+        "--distance",
+        choices=DISTANCE,
+        default="tv",
+        help="'tv': total variation, in [0, 1] (default); 'l1': ||p - q||_1 = 2 x TV, the paper's axis, "
+        "as the authors' released probe scores it; writes probes/ngram-l1* beside the default "
+        "results (ngram-attention-l1* with --hiding attention)",
+    )
     _command(p, cmd_probe_ngram)
-    p = probe.add_parser("oracle", help="M_robust / M_close of the grammar's Bayes-optimal masked LM (exact, by the "
-                                        "inside algorithm) on the sentences and positions `probe ngram` uses -- "
-                                        "the values a teacher's n-gram probes approach as it converges -- and its "
-                                        "masked-token loss (the floor of the validation loss); writes "
-                                        "RUN_DIR/probes/ngram-oracle-summary.json and adds it to the n-gram figure "
-                                        "and summary.md (pcfg-mlm runs; ~15 s for the CPU preset, minutes for "
-                                        "cfg3b)")
+    p = probe.add_parser(
+        "oracle",
+        help="M_robust / M_close of the grammar's Bayes-optimal masked LM (exact, by the "
+        "inside algorithm) on the sentences and positions `probe ngram` uses -- "
+        "the values a teacher's n-gram probes approach as it converges -- and its "
+        "masked-token loss (the floor of the validation loss); writes "
+        "RUN_DIR/probes/ngram-oracle-summary.json and adds it to the n-gram figure "
+        "and summary.md (pcfg-mlm runs; ~15 s for the CPU preset, minutes for "
+        "cfg3b)",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run` (task pcfg-mlm)")
     _add_windows(p)
-    p.add_argument("--distance", choices=DISTANCE, default="tv",
-                   help="'tv' (default) or 'l1' (= 2 x TV, the paper's axis); 'l1' writes "
-                        "probes/ngram-oracle-l1-summary.json")
+    p.add_argument(
+        "--distance",
+        choices=DISTANCE,
+        default="tv",
+        help="'tv' (default) or 'l1' (= 2 x TV, the paper's axis); 'l1' writes probes/ngram-oracle-l1-summary.json",
+    )
     _command(p, cmd_probe_oracle)
 
     p = sub.add_parser("ablate", help="ablations over a finished run")
     ablate = p.add_subparsers(dest="ablation", required=True)
-    p = ablate.add_parser("two-shot", help="2-shot with the first checkpoint before, during and after the "
-                                           "teacher's transition; writes RUN_DIR/ablations/two-shot/")
+    p = ablate.add_parser(
+        "two-shot",
+        help="2-shot with the first checkpoint before, during and after the "
+        "teacher's transition; writes RUN_DIR/ablations/two-shot/",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run`")
-    p.add_argument("--first-steps", type=int, help="student steps on the first checkpoint (default: the run's "
-                                                   "2-shot-auto setting, else a third of the budget)")
+    p.add_argument(
+        "--first-steps",
+        type=int,
+        help="student steps on the first checkpoint (default: the run's "
+        "2-shot-auto setting, else a third of the budget)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
-    p.add_argument("--overwrite", action="store_true", help="delete an ablation stored with other settings "
-                                                            "(first steps, checkpoints) and train it again")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an ablation stored with other settings (first steps, checkpoints) and train it again",
+    )
     _command(p, cmd_ablate)
-    p = ablate.add_parser("robustness", help="the headline under other student settings: lr schedule x temperature "
-                                             "x {CE, one-shot, progressive, 2-shot-auto}; writes "
-                                             "RUN_DIR/ablations/robustness/ (table and heat map)")
+    p = ablate.add_parser(
+        "robustness",
+        help="the headline under other student settings: lr schedule x temperature "
+        "x {CE, one-shot, progressive, 2-shot-auto}; writes "
+        "RUN_DIR/ablations/robustness/ (table and heat map)",
+    )
     p.add_argument("run_dir", help="a run directory written by `progdistill run`")
     p.add_argument("--seeds", type=int, help="students per cell (default: the run's seeds)")
-    p.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES),
-                   help="distillation temperatures, space-separated, each >= 0; 0 = teacher argmax (default 0 0.5 1)")
-    p.add_argument("--lr-schedules", nargs="+", default=list(LR_SCHEDULES),
-                   help=f"student learning-rate schedules, space-separated, from {', '.join(LR_SCHEDULES)} (cosine: "
-                        "6%% linear warmup then cosine decay, as the authors' student scripts; default both)")
-    p.add_argument("--schedules", nargs="+", default=list(COLUMNS),
-                   help=f"student schedules, space-separated, from {', '.join(COLUMNS)} (default all; a subset "
-                        "saves CPU on a slow model, and its students are reused by a later map of more)")
+    p.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=list(TEMPERATURES),
+        help="distillation temperatures, space-separated, each >= 0; 0 = teacher argmax (default 0 0.5 1)",
+    )
+    p.add_argument(
+        "--lr-schedules",
+        nargs="+",
+        default=list(LR_SCHEDULES),
+        help=f"student learning-rate schedules, space-separated, from {', '.join(LR_SCHEDULES)} (cosine: "
+        "6%% linear warmup then cosine decay, as the authors' student scripts; default both)",
+    )
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        default=list(COLUMNS),
+        help=f"student schedules, space-separated, from {', '.join(COLUMNS)} (default all; a subset "
+        "saves CPU on a slow model, and its students are reused by a later map of more)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
-    p.add_argument("--overwrite", action="store_true", help="delete a map stored with other settings and train it "
-                                                            "again")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete a map stored with other settings and train it again"
+    )
     _command(p, cmd_ablate_robustness)
 
-    p = sub.add_parser("compare", help="one table and one figure across finished runs of a sweep (steps to "
-                                       "threshold and final accuracy per schedule against the config field that "
-                                       "varies between the runs); writes OUT/comparison.{md,csv,json,png}")
+    p = sub.add_parser(
+        "compare",
+        help="one table and one figure across finished runs of a sweep (steps to "
+        "threshold and final accuracy per schedule against the config field that "
+        "varies between the runs); writes OUT/comparison.{md,csv,json,png}",
+    )
     p.add_argument("runs", nargs="+", help="two or more run directories written by `progdistill run`, of one task")
     p.add_argument("--out", default="comparison", help="directory for the table and figure (default: comparison)")
-    p.add_argument("--field", help="the config field of the figure's x axis, as --set names it (e.g. "
-                                   "distillation.temperature); needed when several fields vary between the runs")
+    p.add_argument(
+        "--field",
+        help="the config field of the figure's x axis, as --set names it (e.g. "
+        "distillation.temperature); needed when several fields vary between the runs",
+    )
     _command(p, cmd_compare)
 
-    p = sub.add_parser("export", help="write a teacher checkpoint or final student as a Hugging Face model "
-                                      "directory (save_pretrained), loadable with from_pretrained")
-    p.add_argument("run_dir", help="a run directory written by `progdistill run` with a Hugging Face model "
-                                   "(BERT or GPT-2 language models: the pcfg-mlm, pcfg-lm and text-mlm presets)")
+    p = sub.add_parser(
+        "export",
+        help="write a teacher checkpoint or final student as a Hugging Face model "
+        "directory (save_pretrained), loadable with from_pretrained",
+    )
+    p.add_argument(
+        "run_dir",
+        help="a run directory written by `progdistill run` with a Hugging Face model "
+        "(BERT or GPT-2 language models: the pcfg-mlm, pcfg-lm and text-mlm presets)",
+    )
     p.add_argument("out", help="new directory to write (must not exist or be empty)")
-    p.add_argument("--which", default="teacher", help="'teacher' (default) or a student name such as "
-                                                      "progressive-seed0")
+    p.add_argument("--which", default="teacher", help="'teacher' (default) or a student name such as progressive-seed0")
     p.add_argument("--step", type=int, help="teacher checkpoint step (default, or -1: the final checkpoint)")
     _command(p, cmd_export)
 
@@ -418,13 +584,23 @@ def main(argv: list[str] | None = None) -> int:
         # A command that only prints has done its job; one that works (run, probe, ...) stopped part-way:
         # fail, as a process killed by SIGPIPE does (128 + 13), so that `run ... | head && next` stops.
         return 0 if args.command in ("list", "show") else 141
-    except (ConfigError, TrajectoryError, NonFiniteError, RunLockedError, MissingExtraError, OSError,
-            ValueError, JobsFailedError) as exc:
+    except (
+        ConfigError,
+        TrajectoryError,
+        NonFiniteError,
+        RunLockedError,
+        MissingExtraError,
+        OSError,
+        ValueError,
+        JobsFailedError,
+    ) as exc:
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("progdistill: interrupted; finished work is kept (a rerun of the same command resumes or redoes the "
-              "rest)", file=sys.stderr)
+        print(
+            "progdistill: interrupted; finished work is kept (a rerun of the same command resumes or redoes the rest)",
+            file=sys.stderr,
+        )
         return 130
     finally:
         warnings.formatwarning = _python_format_warning

@@ -56,14 +56,23 @@ class ExperimentConfig:
         check(isinstance(self.preset, str) and bool(self.preset), "preset", self.preset, "a non-empty name")
         check(len(self.schedules) >= 1, "schedules", self.schedules, "at least one schedule")
         labels = [s.label for s in self.schedules]
-        check(len(set(labels)) == len(labels), "schedules", labels, "schedule labels must be distinct (they name "
-              "the students; give k-shot schedules with the same number of points a \"name\")")
+        check(
+            len(set(labels)) == len(labels),
+            "schedules",
+            labels,
+            "schedule labels must be distinct (they name "
+            'the students; give k-shot schedules with the same number of points a "name")',
+        )
         check_positive_int("seeds", self.seeds)
         check(0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
         for name, used in (("seq_kd", self.distillation.seq_kd), ("lmbda", self.distillation.lmbda > 0)):
-            check(not used or self.task.generative, f"distillation.{name}", getattr(self.distillation, name),
-                  f"trains on generated sequences, which task {self.task.kind!r} cannot give (not a generative "
-                  "task; e.g. pcfg-lm is): use false / 0 here")
+            check(
+                not used or self.task.generative,
+                f"distillation.{name}",
+                getattr(self.distillation, name),
+                f"trains on generated sequences, which task {self.task.kind!r} cannot give (not a generative "
+                "task; e.g. pcfg-lm is): use false / 0 here",
+            )
         for i, sched in enumerate(self.schedules):
             if not isinstance(sched, Unloaded):  # a stand-in of a missing plugin (lenient loading) cannot say
                 sched.validate_experiment(self, f"schedules.{i}")
@@ -90,14 +99,20 @@ class ExperimentConfig:
             return from_dict(cls, data)
         with unloaded_variants(import_recorded(plugins, lenient=True)) as missing:
             config = from_dict(cls, data)
-        stand_ins = [v for v in (config.task, config.teacher.model, config.student.model, *config.schedules)
-                     if isinstance(v, Unloaded)]
+        stand_ins = [
+            v
+            for v in (config.task, config.teacher.model, config.student.model, *config.schedules)
+            if isinstance(v, Unloaded)
+        ]
         for reason in dict.fromkeys(missing):
             warnings.warn(f"{reason}; showing its tasks, models and schedules by type name", stacklevel=2)
         if stand_ins and not missing:
             names = ", ".join(dict.fromkeys(f"{v.union} type {v.kind!r}" for v in stand_ins))
-            warnings.warn(f"{names}: not registered by progdistill or a plugin the config records; shown by type "
-                          "name (pass --import with the module that defines it)", stacklevel=2)
+            warnings.warn(
+                f"{names}: not registered by progdistill or a plugin the config records; shown by type "
+                "name (pass --import with the module that defines it)",
+                stacklevel=2,
+            )
         return config
 
 
@@ -161,8 +176,10 @@ def check_task_data(config: ExperimentConfig) -> str | None:
     digest = config.task.data_digest()
     top_k = config.distillation.top_k
     if top_k is not None and top_k > config.task.num_classes:
-        raise ConfigError(f"distillation.top_k={top_k} is invalid: at most the task's {config.task.num_classes} "
-                          "classes (its vocabulary)")
+        raise ConfigError(
+            f"distillation.top_k={top_k} is invalid: at most the task's {config.task.num_classes} "
+            "classes (its vocabulary)"
+        )
     longest = config.task.positions_needed()
     for role, cfg in (("teacher", config.teacher), ("student", config.student)):
         check_inputs = getattr(cfg.model, "check_task", None)  # optional: a model that reads only some inputs
@@ -173,8 +190,10 @@ def check_task_data(config: ExperimentConfig) -> str | None:
                 raise ConfigError(f"{role}.model: {exc}") from None
         positions = getattr(cfg.model, "max_positions", None)  # an optional field of sequence models' configs
         if longest is not None and positions is not None and positions < longest:
-            raise ConfigError(f"{role}.model.max_positions={positions} is invalid: the task's sequences need "
-                              f"{longest} positions; raise it or leave it null (sized from the task)")
+            raise ConfigError(
+                f"{role}.model.max_positions={positions} is invalid: the task's sequences need "
+                f"{longest} positions; raise it or leave it null (sized from the task)"
+            )
     return digest
 
 
@@ -188,8 +207,12 @@ def teacher_pool(config: ExperimentConfig, task: Task, trajectory, device) -> Te
     """The teachers of ``config``'s students from ``trajectory``: its checkpoints, loaded into ``config.teacher``'s
     model, and fresh initializations of that model for weight paths (generator (seed, "weight-path-init"))."""
     model = config.teacher.model
-    return TeacherPool(trajectory, lambda: build_model(task, model, [0], "unused"), device,
-                       init=lambda seed: build_model(task, model, [seed], "weight-path-init"))
+    return TeacherPool(
+        trajectory,
+        lambda: build_model(task, model, [0], "unused"),
+        device,
+        init=lambda seed: build_model(task, model, [seed], "weight-path-init"),
+    )
 
 
 def planned_checkpoint_steps(train: TrainConfig) -> list[int]:

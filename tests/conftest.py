@@ -16,13 +16,18 @@ def _threads():
 def tiny_config(steps: int = 300, seeds: int = 1) -> ExperimentConfig:
     """The parity-mlp preset shrunk to seconds: n=8, k=2."""
     sgd = OptimizerConfig(name="sgd", lr=0.1)
-    teacher = TrainConfig(model=MLPConfig(width=64), optimizer=sgd, steps=steps, batch_size=16, eval_every=50,
-                          checkpoint_every=50)
+    teacher = TrainConfig(
+        model=MLPConfig(width=64), optimizer=sgd, steps=steps, batch_size=16, eval_every=50, checkpoint_every=50
+    )
     student = TrainConfig(model=MLPConfig(width=16), optimizer=sgd, steps=steps, batch_size=16, eval_every=50)
-    return ExperimentConfig(preset="tiny", task=ParityTask(n=8, k=2, eval_size=256), teacher=teacher,
-                            student=student,
-                            schedules=(CE(), OneShot(), Progressive(), KShot(points=((100, 100), (FINAL, 200)))),
-                            seeds=seeds)
+    return ExperimentConfig(
+        preset="tiny",
+        task=ParityTask(n=8, k=2, eval_size=256),
+        teacher=teacher,
+        student=student,
+        schedules=(CE(), OneShot(), Progressive(), KShot(points=((100, 100), (FINAL, 200)))),
+        seeds=seeds,
+    )
 
 
 @pytest.fixture
@@ -30,7 +35,7 @@ def tiny():
     return tiny_config()
 
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -53,7 +58,7 @@ class MySchedule(Progressive):
     @property
     def label(self):
         return "{name}-schedule"
-'''
+"""
 
 
 def write_plugin(directory, name: str):
@@ -67,6 +72,7 @@ def write_plugin(directory, name: str):
 def plugin_config(module, seeds: int = 1, steps: int = 150) -> ExperimentConfig:
     """``tiny_config`` with the task and one schedule of the imported plugin ``module`` (:func:`write_plugin`)."""
     from dataclasses import replace
+
     base = tiny_config(steps=steps, seeds=seeds)
     return replace(base, task=module.MyParity(n=8, k=2, eval_size=256), schedules=(CE(), module.MySchedule()))
 

@@ -47,8 +47,11 @@ def test_input_mistakes_get_one_clear_line(capsys, tmp_path):
     assert "is a file, not a directory" in capsys.readouterr().err and afile.read_text() == "keep"
     assert main(["run", "parity-mlp", "--out", str(afile / "sub")]) == 2  # a file along the path
     assert "a part of that path is a file" in capsys.readouterr().err and afile.read_text() == "keep"
-    config = json.loads(subprocess.run([sys.executable, "-m", "progdistill.cli", "show", "parity-mlp"],
-                                       capture_output=True, text=True, check=True).stdout)
+    config = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "progdistill.cli", "show", "parity-mlp"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     del config["teacher"]
     (tmp_path / "c.json").write_text(json.dumps(config))
     assert main(["run", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")]) == 2
@@ -62,12 +65,39 @@ def test_input_mistakes_get_one_clear_line(capsys, tmp_path):
 def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
     """The real preset through the real command line, shrunk to seconds (same code path as the full run)."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "progdistill.cli", "run", "parity-mlp", "--seeds", "2", "--out", str(out),
-           "--set", "task.n=10", "--set", "task.k=3", "--set", "task.eval_size=1024",
-           "--set", "teacher.steps=2000", "--set", "student.steps=2000", "--set", "teacher.model.width=256",
-           "--set", "teacher.eval_every=250", "--set", "teacher.checkpoint_every=250",
-           "--set", "student.eval_every=250", "--set", "schedules.3.points=[[500,500],[-1,1500]]",
-           "--set", "schedules.4.first_steps=500"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "progdistill.cli",
+        "run",
+        "parity-mlp",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "task.n=10",
+        "--set",
+        "task.k=3",
+        "--set",
+        "task.eval_size=1024",
+        "--set",
+        "teacher.steps=2000",
+        "--set",
+        "student.steps=2000",
+        "--set",
+        "teacher.model.width=256",
+        "--set",
+        "teacher.eval_every=250",
+        "--set",
+        "teacher.checkpoint_every=250",
+        "--set",
+        "student.eval_every=250",
+        "--set",
+        "schedules.3.points=[[500,500],[-1,1500]]",
+        "--set",
+        "schedules.4.first_steps=500",
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "| progressive |" in proc.stdout
@@ -79,8 +109,10 @@ def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
     before = (out / "results.json").read_text()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "reusing finished teacher" in proc.stdout
+
     def strip(r):
         return {k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
+
     assert strip((out / "results.json").read_text()) == strip(before)
 
 
@@ -89,8 +121,11 @@ def test_own_warnings_print_as_one_line_and_others_as_python_does():
 
     import progdistill.store.lock
     from progdistill.cli import _format_warning
-    assert _format_warning("lock taken over", UserWarning, progdistill.store.lock.__file__, 64) == \
-        "progdistill: warning: lock taken over\n"
+
+    assert (
+        _format_warning("lock taken over", UserWarning, progdistill.store.lock.__file__, 64)
+        == "progdistill: warning: lock taken over\n"
+    )
     other = _format_warning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")
     assert other == warnings.formatwarning("deprecated", DeprecationWarning, "/site-packages/torch/x.py", 3, line="")
     assert "torch/x.py:3" in other

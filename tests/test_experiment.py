@@ -22,14 +22,24 @@ def quiet(*args):
 def test_tiny_run_writes_every_output(tmp_path, tiny):
     results = run(tiny, tmp_path / "run", log=quiet)
     out = tmp_path / "run"
-    for name in ("config.json", "results.json", "summary.md", "accuracy.png", "teacher/manifest.json",
-                 "teacher/metrics.jsonl"):
+    for name in (
+        "config.json",
+        "results.json",
+        "summary.md",
+        "accuracy.png",
+        "teacher/manifest.json",
+        "teacher/metrics.jsonl",
+    ):
         assert (out / name).exists(), name
     assert ExperimentConfig.from_dict(json.loads((out / "config.json").read_text())) == tiny
     assert set(results) >= {"preset", "threshold", "wall_time_s", "teacher", "students"}
     assert set(results["teacher"]) >= {"steps_to_threshold", "final_accuracy", "steps"}
-    assert [(s["schedule"], s["seed"]) for s in results["students"]] == \
-        [("ce", 0), ("one-shot", 0), ("progressive", 0), ("2-shot", 0)]
+    assert [(s["schedule"], s["seed"]) for s in results["students"]] == [
+        ("ce", 0),
+        ("one-shot", 0),
+        ("progressive", 0),
+        ("2-shot", 0),
+    ]
     for s in results["students"]:
         assert set(s) >= {"schedule", "seed", "steps_to_threshold", "final_accuracy", "steps"}
         assert s["steps"] == 300
@@ -48,8 +58,10 @@ def test_tiny_run_writes_every_output(tmp_path, tiny):
 def test_same_seed_same_numbers(tmp_path, tiny):
     a = run(tiny, tmp_path / "a", log=quiet)
     b = run(tiny, tmp_path / "b", log=quiet)
+
     def strip(r):
         return {k: v for k, v in r.items() if k != "wall_time_s"}
+
     assert strip(a) == strip(b)
     for name in ("teacher/metrics.jsonl", "students/one-shot-seed0/metrics.jsonl"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
@@ -57,6 +69,7 @@ def test_same_seed_same_numbers(tmp_path, tiny):
 
 def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     from progdistill.store.trajectory import TrajectoryError
+
     out = tmp_path / "run"
     first = run(tiny, out, log=quiet)
     before = (out / "teacher" / "manifest.json").read_text()
@@ -79,8 +92,11 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
         run(tiny, out, log=quiet)  # named even though no student needs the file
     checkpoint.write_bytes(saved)
     other = replace(tiny, student=replace(tiny.student, steps=150))
-    with pytest.raises(ConfigError, match=r"different config \(student.steps: 300 != 150.*keeps the finished "
-                                          "teacher and trains only the students"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different config \(student.steps: 300 != 150.*keeps the finished "
+        "teacher and trains only the students",
+    ):
         run(other, out, log=quiet)
     assert (out / "results.json").exists() and (out / "teacher" / "manifest.json").read_text() == before
     (out / "tensorboard" / "teacher").mkdir(parents=True, exist_ok=True)
@@ -93,8 +109,11 @@ def test_rerun_reuses_teacher_and_refuses_other_config(tmp_path, tiny):
     assert checkpoint.read_bytes() == saved and (out / "tensorboard" / "teacher").is_dir()
     assert not (out / "tensorboard" / "stale-student").exists() and not (out / "ablations").exists()
     new_teacher = replace(other, teacher=replace(other.teacher, seed=1))
-    with pytest.raises(ConfigError, match=r"teacher.seed: 0 != 1\); choose another --out or pass --overwrite to "
-                                          r"replace them$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"teacher.seed: 0 != 1\); choose another --out or pass --overwrite to "
+        r"replace them$",
+    ):
         run(new_teacher, out, log=quiet)
     messages = []
     run(new_teacher, out, overwrite=True, log=messages.append)
@@ -115,8 +134,11 @@ def test_run_directory_records_its_config_hash(tmp_path, tiny):
     edited = json.loads((tmp_path / "run" / "config.json").read_text())
     edited["seeds"] = 2  # hand-edited config.json no longer matches its recorded hash
     (tmp_path / "run" / "config.json").write_text(json.dumps(edited))
-    with pytest.raises(ConfigError, match=r"different config \(config.json no longer matches the hash in "
-                                          r"config.sha256; it was edited\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different config \(config.json no longer matches the hash in "
+        r"config.sha256; it was edited\)",
+    ):
         run(ExperimentConfig.from_dict(edited), tmp_path / "run", log=quiet)
     with pytest.raises(ConfigError, match="it was edited; seeds: 2 != 3"):  # the edit is named with the changes
         run(replace(tiny, seeds=3), tmp_path / "run", log=quiet)
@@ -152,10 +174,12 @@ def test_k_shot_with_missing_checkpoint_fails_before_training_students(tmp_path,
     assert not (tmp_path / "run").exists()  # refused before the teacher trains: nothing written
 
 
-@pytest.mark.parametrize("device, message", [("bogus", "--device 'bogus' is invalid"),
-                                             ("cuda:0", "CUDA is not available")])
+@pytest.mark.parametrize(
+    "device, message", [("bogus", "--device 'bogus' is invalid"), ("cuda:0", "CUDA is not available")]
+)
 def test_bad_device_is_refused_before_anything_is_written(tmp_path, tiny, device, message):
     import torch
+
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match=message):
@@ -168,8 +192,7 @@ def test_teacher_loaded_once_per_change_and_frozen(tmp_path, tiny):
     assert traj.steps == [0, 50, 100, 150, 200, 250, 300]
     pool = TeacherPool(traj, lambda: tiny.teacher.model.build(8, 2, [torch.Generator()]), torch.device("cpu"))
     student = tiny.student.model.build(8, 2, [generator(0, "init")])
-    fit(tiny.task, student, tiny.student, [Member("p", 0, Progressive())], data_stream="d",
-        teachers=pool, desc="t")
+    fit(tiny.task, student, tiny.student, [Member("p", 0, Progressive())], data_stream="d", teachers=pool, desc="t")
     assert pool.loads == 6  # checkpoints 50..300, each once
     for model in pool.models.values():
         assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -193,6 +216,7 @@ def test_corrupted_teacher_checkpoint_stops_students(tmp_path, tiny):
 
 def test_cli_errors_are_clear(tmp_path, capsys):
     from progdistill.cli import main
+
     assert main(["run", "no-such-preset", "--out", str(tmp_path / "x")]) == 2
     assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
     assert main(["run", "parity-mlp", "--set", "task.k=0", "--out", str(tmp_path / "x")]) == 2
@@ -217,6 +241,7 @@ def test_wall_time_counts_an_interrupted_earlier_invocation(tmp_path, tiny, monk
 
     import progdistill.recipes.runner as runner
     from progdistill.store.rundir import EARLIER_WALL_TIME
+
     real = runner.train_students
 
     def interrupted(*args, **kwargs):
@@ -301,6 +326,7 @@ def test_retrain_teacher_of_the_same_config_replaces_the_whole_run(tmp_path, tin
 
 def test_retraining_a_missing_student_adds_to_the_run_s_wall_time(tmp_path, tiny):
     import shutil
+
     out = tmp_path / "run"
     first = run(tiny, out, log=quiet)
     recorded = json.loads((out / "results.json").read_text()) | {"wall_time_s": 1000.0}  # a long original run
@@ -313,6 +339,7 @@ def test_retraining_a_missing_student_adds_to_the_run_s_wall_time(tmp_path, tiny
 
 def test_wall_time_is_persisted_at_every_record(tmp_path, tiny, monkeypatch):
     from progdistill.store.rundir import EARLIER_WALL_TIME, RunDir
+
     seen = []
     real = RunDir.record_interrupted_wall_time
 

@@ -62,8 +62,9 @@ def discover(package_dir: Path) -> dict[str, Path]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def resolve(importer: str, is_package: bool, level: int, module: str | None) -> str:
@@ -73,7 +74,7 @@ def resolve(importer: str, is_package: bool, level: int, module: str | None) -> 
     base = importer.split(".") if is_package else importer.split(".")[:-1]
     if level - 1 >= len(base):
         raise ValueError(f"{importer}: relative import with {level} dots goes above the top-level package")
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
     return ".".join(base + ([module] if module else []))
 
 
@@ -88,8 +89,9 @@ def imports_of(name: str, path: Path) -> list[Import]:
                 found.append(Import(name, node.lineno, alias.name, (), in_function, type_checking))
         elif isinstance(node, ast.ImportFrom):
             target = resolve(name, is_package, node.level, node.module)
-            found.append(Import(name, node.lineno, target, tuple(a.name for a in node.names), in_function,
-                                type_checking))
+            found.append(
+                Import(name, node.lineno, target, tuple(a.name for a in node.names), in_function, type_checking)
+            )
         elif isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.body:
                 visit(child, in_function, True)
@@ -201,8 +203,9 @@ def registering_modules(modules: dict[str, Path]) -> set[str]:
             if isinstance(node, ast.ClassDef):
                 for deco in node.decorator_list:
                     func = deco.func if isinstance(deco, ast.Call) else None
-                    if (isinstance(func, ast.Name) and func.id == "register") or \
-                            (isinstance(func, ast.Attribute) and func.attr == "register"):
+                    if (isinstance(func, ast.Name) and func.id == "register") or (
+                        isinstance(func, ast.Attribute) and func.attr == "register"
+                    ):
                         out.add(name)
     return out
 
@@ -234,8 +237,10 @@ PLANTED = {
     "b.py": "from . import c\n\ndef f():\n    pass\n",
     "c.py": "from .a import _hidden\n",  # takes a private name
     "d.py": "import pkg.a as alias\nfrom . import b\n\nprint(alias._hidden, b._x, alias.__doc__)\n",
-    "e.py": ("def g():\n    import numpy\n    from .a import f\n    import transformers\n"
-             "    from transformers import BertConfig\n    import torch.utils.tensorboard\n    import json\n"),
+    "e.py": (
+        "def g():\n    import numpy\n    from .a import f\n    import transformers\n"
+        "    from transformers import BertConfig\n    import torch.utils.tensorboard\n    import json\n"
+    ),
     "sub/__init__.py": "",
     "sub/h.py": "from ..d import alias\nfrom .. import e\n",  # two dots from a submodule: pkg.d, pkg.e
     "t.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .u import X\n",
@@ -255,8 +260,20 @@ def planted(tmp_path) -> dict[str, Path]:
 
 
 def test_discover_and_resolve_planted(planted):
-    assert sorted(planted) == ["pkg", "pkg.a", "pkg.b", "pkg.c", "pkg.config", "pkg.d", "pkg.e", "pkg.sub",
-                               "pkg.sub.h", "pkg.t", "pkg.u", "pkg.v"]
+    assert sorted(planted) == [
+        "pkg",
+        "pkg.a",
+        "pkg.b",
+        "pkg.c",
+        "pkg.config",
+        "pkg.d",
+        "pkg.e",
+        "pkg.sub",
+        "pkg.sub.h",
+        "pkg.t",
+        "pkg.u",
+        "pkg.v",
+    ]
     assert resolve("pkg.sub.h", False, 2, "d") == "pkg.d"
     assert resolve("pkg.sub", True, 1, "h") == "pkg.sub.h"
     assert resolve("pkg.sub", True, 2, None) == "pkg"
@@ -265,7 +282,9 @@ def test_discover_and_resolve_planted(planted):
     h = imports_of("pkg.sub.h", planted["pkg.sub.h"])
     assert [(imp.line, edges(imp, planted)) for imp in h] == [(1, ["pkg.d"]), (2, ["pkg.e"])]
     assert [(imp.target, imp.type_checking) for imp in imports_of("pkg.t", planted["pkg.t"])] == [
-        ("typing", False), ("pkg.u", True)]
+        ("typing", False),
+        ("pkg.u", True),
+    ]
 
 
 def test_private_imports_planted(planted):
@@ -287,14 +306,14 @@ def test_function_imports_planted(planted):
 def test_registering_modules_planted(planted):
     assert registering_modules(planted) == {"pkg.v"}
     assert "pkg.v" not in imported_at_import(planted, "pkg")
-    assert imported_at_import(planted, "pkg.sub.h") >= {"pkg", "pkg.sub", "pkg.d", "pkg.a", "pkg.b", "pkg.c",
-                                                        "pkg.e"}
+    assert imported_at_import(planted, "pkg.sub.h") >= {"pkg", "pkg.sub", "pkg.d", "pkg.a", "pkg.b", "pkg.c", "pkg.e"}
 
 
 def test_optional_modules_read_from_pyproject():
     optional = optional_modules(ROOT / "pyproject.toml")
-    assert {"transformers", "tokenizers", "gensim", "tensorboard", "accelerate", "datasets", "wandb",
-            "mlflow"} <= set(optional)
+    assert {"transformers", "tokenizers", "gensim", "tensorboard", "accelerate", "datasets", "wandb", "mlflow"} <= set(
+        optional
+    )
     assert not {"torch", "numpy", "safetensors", "tqdm", "matplotlib", "pytest", "ruff", "mypy"} & set(optional)
 
 
@@ -314,12 +333,16 @@ def test_no_private_imports(package):
 
 def test_function_level_imports_only_for_optional_dependencies(package):
     found = find_function_imports(package, optional_modules(ROOT / "pyproject.toml"))
-    assert not found, ("function-level imports of non-optional modules (move them to the top; a cycle they hid "
-                       "is a layering problem):\n" + "\n".join(found))
+    assert not found, (
+        "function-level imports of non-optional modules (move them to the top; a cycle they hid "
+        "is a layering problem):\n" + "\n".join(found)
+    )
 
 
 def test_import_progdistill_registers_every_variant(package):
     missing = registering_modules(package) - imported_at_import(package, "progdistill")
-    assert not missing, (f"{', '.join(sorted(missing))} register config variants but `import progdistill` does "
-                         "not import them, so from_dict of a config naming their kinds fails; import them in "
-                         "progdistill/__init__.py")
+    assert not missing, (
+        f"{', '.join(sorted(missing))} register config variants but `import progdistill` does "
+        "not import them, so from_dict of a config naming their kinds fails; import them in "
+        "progdistill/__init__.py"
+    )

@@ -14,9 +14,41 @@ SMALL = random_grammar(3, 2, 2, seed=1).to_text()
 CFG3B = load_grammar("cfg3b").to_text()
 
 # Pieces that grammar lines are made of, so random lines are often nearly valid.
-pieces = st.sampled_from(["s", "a", "b", "n1", "x_2", "A", "1a", "->", "-", ">", "'a'", "'b'", "''", "'a b'",
-                          "[1]", "[0.5]", "[0.25]", "[0.75]", "[0]", "[2]", "[-1]", "[nan]", "[inf]", "[1e-400]",
-                          "[x]", "[]", "[", "]", "#", " ", "\t"])
+pieces = st.sampled_from(
+    [
+        "s",
+        "a",
+        "b",
+        "n1",
+        "x_2",
+        "A",
+        "1a",
+        "->",
+        "-",
+        ">",
+        "'a'",
+        "'b'",
+        "''",
+        "'a b'",
+        "[1]",
+        "[0.5]",
+        "[0.25]",
+        "[0.75]",
+        "[0]",
+        "[2]",
+        "[-1]",
+        "[nan]",
+        "[inf]",
+        "[1e-400]",
+        "[x]",
+        "[]",
+        "[",
+        "]",
+        "#",
+        " ",
+        "\t",
+    ]
+)
 lines = st.lists(pieces, min_size=0, max_size=8).map(" ".join) | st.text(max_size=20)
 
 
@@ -24,13 +56,18 @@ def mutate(text: str, edits: list[tuple[int, str]]) -> str:
     """Apply character edits to ``text``: at position p, insert (c != ''), or delete (c == '')."""
     for position, char in edits:
         p = position % (len(text) + 1)
-        text = text[:p] + char + text[p:] if char else text[:p] + text[p + 1:]
+        text = text[:p] + char + text[p:] if char else text[:p] + text[p + 1 :]
     return text
 
 
-edits = st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["", "'", "[", "]", "-", ">", " ", "\n", "#",
-                                                                 "a", "0", ".", "5", "x", "\u00e9", "\x00"])),
-                 min_size=1, max_size=4)
+edits = st.lists(
+    st.tuples(
+        st.integers(0, 10**6),
+        st.sampled_from(["", "'", "[", "]", "-", ">", " ", "\n", "#", "a", "0", ".", "5", "x", "\u00e9", "\x00"]),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 def check_grammar_outcome(text: str) -> None:
@@ -38,8 +75,7 @@ def check_grammar_outcome(text: str) -> None:
         grammar = parse_grammar(text, source="random.txt", name="random")
     except GrammarError as exc:
         message = str(exc)
-        assert re.search(r"random\.txt:line \d+", message) or message.startswith("random.txt: no productions"), \
-            message
+        assert re.search(r"random\.txt:line \d+", message) or message.startswith("random.txt: no productions"), message
         return
     assert isinstance(grammar, Grammar)
     assert parse_grammar(grammar.to_text(), source="again.txt") == grammar
@@ -91,8 +127,10 @@ def check_corpus_outcome(path, **kwargs):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=300) | st.text(max_size=200).map(lambda t: t.encode("utf-8")),
-       suffix=st.sampled_from([".txt", ".jsonl"]))
+@given(
+    data=st.binary(max_size=300) | st.text(max_size=200).map(lambda t: t.encode("utf-8")),
+    suffix=st.sampled_from([".txt", ".jsonl"]),
+)
 def test_random_bytes_are_documents_or_a_corpus_error(tmp_path, data, suffix):
     path = tmp_path / f"random{suffix}"
     path.write_bytes(data)
@@ -103,12 +141,19 @@ def test_random_bytes_are_documents_or_a_corpus_error(tmp_path, data, suffix):
         assert all(d == d.strip() and not re.search(r"\n[ \t\f\v]*\n", d) and d in text for d in documents)
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                           lambda children: st.lists(children, max_size=3)
-                           | st.dictionaries(st.text(max_size=5), children, max_size=3), max_leaves=5)
-jsonl_lines = (st.dictionaries(st.sampled_from(["text", "body", "id"]), json_values, max_size=3).map(json.dumps)
-               | json_values.map(json.dumps) | st.text(max_size=30)
-               | st.just('{"text": "\\ud800"}') | st.just('{"text": "plain document"}') | st.just(""))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=5,
+)
+jsonl_lines = (
+    st.dictionaries(st.sampled_from(["text", "body", "id"]), json_values, max_size=3).map(json.dumps)
+    | json_values.map(json.dumps)
+    | st.text(max_size=30)
+    | st.just('{"text": "\\ud800"}')
+    | st.just('{"text": "plain document"}')
+    | st.just("")
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -18,8 +18,17 @@ import pytest
 from progdistill.core.optional import MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("tokenizers", "transformers", "gensim", "datasets", "accelerate", "tensorboard", "submitit", "wandb",
-            "mlflow")
+OPTIONAL = (
+    "tokenizers",
+    "transformers",
+    "gensim",
+    "datasets",
+    "accelerate",
+    "tensorboard",
+    "submitit",
+    "wandb",
+    "mlflow",
+)
 
 BLOCK = textwrap.dedent(f"""
     import importlib.abc, sys
@@ -35,12 +44,20 @@ BLOCK = textwrap.dedent(f"""
 
 def run_blocked(code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", BLOCK + textwrap.dedent(code)], check=False, capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK + textwrap.dedent(code)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_core_only_import_and_configs():
-    result = run_blocked("""
+    result = run_blocked(
+        """
         import sys
         import progdistill
         from progdistill.experiment import ExperimentConfig
@@ -69,20 +86,24 @@ def test_core_only_import_and_configs():
             raise AssertionError("a missing tensorboard was blamed on torch")
         except ModuleNotFoundError as exc:
             print(exc.name)
-    """.replace("OPTIONAL", repr(OPTIONAL)))
+    """.replace("OPTIONAL", repr(OPTIONAL))
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "the WordPiece tokenizer of text tasks needs the optional package 'tokenizers', which is not installed: "
         'pip install "progdistill[text]"',
         "TensorBoard logging needs the optional package 'tensorboard', which is not installed: "
         'pip install "progdistill[tensorboard]"',
-        "tensorboard"]
+        "tensorboard",
+    ]
 
 
 def test_require():
     assert require("json", "text", "x").dumps([1]) == "[1]"
-    with pytest.raises(MissingExtraError, match=r'feature Y needs the optional package \'no_such_package_xyz\', '
-                                                r'which is not installed: pip install "progdistill\[extra\]"'):
+    with pytest.raises(
+        MissingExtraError,
+        match=r"feature Y needs the optional package \'no_such_package_xyz\', "
+        r'which is not installed: pip install "progdistill\[extra\]"',
+    ):
         require("no_such_package_xyz.sub", "extra", "feature Y")
     assert issubclass(MissingExtraError, ImportError)
-

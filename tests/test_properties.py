@@ -14,9 +14,10 @@ from progdistill.recipes.presets import get_preset
 BASE = get_preset("parity-mlp").to_dict()
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
-    max_leaves=6)
+    max_leaves=6,
+)
 
 
 def _paths(node, prefix=()):
@@ -56,10 +57,38 @@ def test_arbitrary_json_is_a_config_error(data):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(argv=st.lists(st.sampled_from(["run", "list", "show", "probe", "ablate", "monomials", "two-shot",
-                                      "parity-mlp", "nope", "--seeds", "-3", "0", "x", "--set", "a=b",
-                                      "student.steps=0", "task.k=abc", "--out", "--degrees", "--help", "=",
-                                      "task=1", "schedules.9.speed=1"]), max_size=5))
+@given(
+    argv=st.lists(
+        st.sampled_from(
+            [
+                "run",
+                "list",
+                "show",
+                "probe",
+                "ablate",
+                "monomials",
+                "two-shot",
+                "parity-mlp",
+                "nope",
+                "--seeds",
+                "-3",
+                "0",
+                "x",
+                "--set",
+                "a=b",
+                "student.steps=0",
+                "task.k=abc",
+                "--out",
+                "--degrees",
+                "--help",
+                "=",
+                "task=1",
+                "schedules.9.speed=1",
+            ]
+        ),
+        max_size=5,
+    )
+)
 def test_random_command_lines_fail_cleanly(argv, tmp_path, capsys):
     # a run command always gets an invalid budget, so that no example can start real training
     extra = ["--out", str(tmp_path / "o"), "--set", "teacher.steps=0"] if argv[:1] == ["run"] else []

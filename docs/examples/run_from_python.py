@@ -15,11 +15,19 @@ from progdistill import CE, ExperimentConfig, OptimizerConfig, Progressive, Trai
 
 def config() -> ExperimentConfig:
     sgd = OptimizerConfig(name="sgd", lr=0.2)
-    teacher = TrainConfig(model=TanhMLPConfig(width=64), optimizer=sgd, steps=300, batch_size=32, eval_every=25,
-                          checkpoint_every=25)
+    teacher = TrainConfig(
+        model=TanhMLPConfig(width=64), optimizer=sgd, steps=300, batch_size=32, eval_every=25, checkpoint_every=25
+    )
     student = TrainConfig(model=TanhMLPConfig(width=8), optimizer=sgd, steps=300, batch_size=32, eval_every=25)
-    return ExperimentConfig(preset="halfspace-tanh", task=HalfspaceTask(n=20), teacher=teacher, student=student,
-                            schedules=(CE(), Progressive(), Stretched()), seeds=2, threshold=0.9)
+    return ExperimentConfig(
+        preset="halfspace-tanh",
+        task=HalfspaceTask(n=20),
+        teacher=teacher,
+        student=student,
+        schedules=(CE(), Progressive(), Stretched()),
+        seeds=2,
+        threshold=0.9,
+    )
 
 
 if __name__ == "__main__":  # not when a later command imports this file to read the run's config

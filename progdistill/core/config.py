@@ -36,13 +36,21 @@ def check(condition: bool, field_name: str, value: Any, allowed: str) -> None:
 
 
 def check_positive_int(field_name: str, value: Any) -> None:
-    check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-          field_name, value, "must be a positive integer")
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        field_name,
+        value,
+        "must be a positive integer",
+    )
 
 
 def check_positive_number(field_name: str, value: Any) -> None:
-    check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-          field_name, value, "must be a positive number")
+    check(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+        field_name,
+        value,
+        "must be a positive number",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,9 +129,11 @@ def load_entry_points() -> None:
             ep.load()
         except Exception as exc:
             dist = getattr(ep.dist, "name", None)
-            raise PluginError(f"cannot import plugin entry point {ep.name!r} = {ep.value!r} (group "
-                              f"{ENTRY_POINT_GROUP}{f', package {dist}' if dist else ''}): {failure_reason(exc)}; "
-                              "fix or uninstall that package") from exc
+            raise PluginError(
+                f"cannot import plugin entry point {ep.name!r} = {ep.value!r} (group "
+                f"{ENTRY_POINT_GROUP}{f', package {dist}' if dist else ''}): {failure_reason(exc)}; "
+                "fix or uninstall that package"
+            ) from exc
 
 
 def lookup_variant(union: str, kind: str, field_name: str = "type") -> type:
@@ -175,8 +185,11 @@ class Unloaded:
         raise ConfigError(f"{self.union} type {self.kind!r} is not available ({why}): its {name!r} cannot be read")
 
     def __eq__(self, other: Any) -> bool:
-        return isinstance(other, Unloaded) and (other.union, other.kind, other.fields) == (self.union, self.kind,
-                                                                                           self.fields)
+        return isinstance(other, Unloaded) and (other.union, other.kind, other.fields) == (
+            self.union,
+            self.kind,
+            self.fields,
+        )
 
     def __hash__(self) -> int:
         return hash((self.union, self.kind, json.dumps(self.fields, sort_keys=True)))
@@ -259,8 +272,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if not tags:
             return _convert(typing.get_args(tp)[0], value, path)
         if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-            raise ConfigError(f"{path}={value!r} is invalid: must be an object with a 'type' field naming a "
-                              f"{tags[0].union}; valid: {', '.join(sorted(_UNIONS.get(tags[0].union, {})))}")
+            raise ConfigError(
+                f"{path}={value!r} is invalid: must be an object with a 'type' field naming a "
+                f"{tags[0].union}; valid: {', '.join(sorted(_UNIONS.get(tags[0].union, {})))}"
+            )
         cls = lookup_variant(tags[0].union, value["type"], f"{path}.type")
         fields = {k: v for k, v in value.items() if k != "type"}
         return cls(**fields) if issubclass(cls, Unloaded) else from_dict(cls, fields, path)
@@ -294,13 +309,21 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{path or cls.__name__}: unknown field(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(sorted(names))}")
-    missing = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
-                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        raise ConfigError(
+            f"{path or cls.__name__}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+        )
+    missing = sorted(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    )
     if missing:
-        raise ConfigError(f"{path or 'config'}: required field(s) {', '.join(missing)} missing; "
-                          f"fields: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"{path or 'config'}: required field(s) {', '.join(missing)} missing; fields: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for name in names & set(data):
         kwargs[name] = _convert(hints[name], data[name], f"{path}.{name}" if path else name)
@@ -361,12 +384,14 @@ def override(data: dict, assignment: str) -> dict:
         field: str | int = part  # a list's index or a dict's key
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a valid index; valid here: "
-                                  + (f"0..{len(node) - 1}" if node else "none (the list is empty)"))
+                raise ConfigError(
+                    f"--set {key}: {'.'.join(parts[: i + 1])} is not a valid index; valid here: "
+                    + (f"0..{len(node) - 1}" if node else "none (the list is empty)")
+                )
             field = int(part)
         elif not isinstance(node, dict) or part not in node:
             valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
-            raise ConfigError(f"--set {key}: no field {'.'.join(parts[:i + 1])!r}; valid here: {valid}")
+            raise ConfigError(f"--set {key}: no field {'.'.join(parts[: i + 1])!r}; valid here: {valid}")
         if i == len(parts) - 1:
             node[field] = value
         else:
@@ -399,13 +424,20 @@ class OptimizerConfig:
         check(self.name in ("sgd", "adam", "adamw"), "optimizer.name", self.name, "one of sgd, adam, adamw")
         check_positive_number("optimizer.lr", self.lr)
         check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must lie in [0, 1)")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas,
-              "two numbers in [0, 1)")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optimizer.betas",
+            self.betas,
+            "two numbers in [0, 1)",
+        )
         check(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "must be >= 0")
-        check(self.lr_schedule in ("constant", "cosine"), "optimizer.lr_schedule", self.lr_schedule,
-              "one of constant, cosine")
-        check(0 <= self.warmup_fraction < 1, "optimizer.warmup_fraction", self.warmup_fraction,
-              "must lie in [0, 1)")
+        check(
+            self.lr_schedule in ("constant", "cosine"),
+            "optimizer.lr_schedule",
+            self.lr_schedule,
+            "one of constant, cosine",
+        )
+        check(0 <= self.warmup_fraction < 1, "optimizer.warmup_fraction", self.warmup_fraction, "must lie in [0, 1)")
 
 
 def _added(default):
@@ -450,36 +482,84 @@ class DistillationConfig:
     max_new_tokens: int | None = _added(None)
 
     def __post_init__(self):
-        check(self.loss in ("forward_kl", "reverse_kl", "generalized_jsd", "total_variation"), "distillation.loss",
-              self.loss, "one of forward_kl, reverse_kl, generalized_jsd, total_variation")
-        check(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
-              "distillation.temperature", self.temperature, "must be >= 0 (0 = teacher argmax)")
-        check(isinstance(self.beta, (int, float)) and 0 <= self.beta <= 1, "distillation.beta", self.beta,
-              "must lie in [0, 1] (0 = forward KL, 1 = reverse KL)")
+        check(
+            self.loss in ("forward_kl", "reverse_kl", "generalized_jsd", "total_variation"),
+            "distillation.loss",
+            self.loss,
+            "one of forward_kl, reverse_kl, generalized_jsd, total_variation",
+        )
+        check(
+            isinstance(self.temperature, (int, float)) and self.temperature >= 0,
+            "distillation.temperature",
+            self.temperature,
+            "must be >= 0 (0 = teacher argmax)",
+        )
+        check(
+            isinstance(self.beta, (int, float)) and 0 <= self.beta <= 1,
+            "distillation.beta",
+            self.beta,
+            "must lie in [0, 1] (0 = forward KL, 1 = reverse KL)",
+        )
         reverse = self.loss == "reverse_kl" or (self.loss == "generalized_jsd" and self.beta == 1)
         which = "reverse_kl" if self.loss == "reverse_kl" else "generalized_jsd with beta=1 (reverse KL)"
-        check(not (reverse and self.temperature == 0), "distillation.temperature",
-              self.temperature, f"{which} needs temperature > 0 (a one-hot teacher has infinite reverse KL)")
-        check(self.temperature_scaling in ("teacher", "hinton"), "distillation.temperature_scaling",
-              self.temperature_scaling, "one of teacher, hinton")
-        check(not (self.temperature_scaling == "hinton" and self.temperature == 0), "distillation.temperature",
-              self.temperature, "temperature_scaling='hinton' divides the student's logits by it: must be > 0")
-        check(self.top_k is None or (isinstance(self.top_k, int) and not isinstance(self.top_k, bool)
-                                     and self.top_k >= 1), "distillation.top_k", self.top_k,
-              "None (the whole vocabulary) or an integer >= 1")
-        check(self.top_k_mode in ("renormalized", "tail_bucket"), "distillation.top_k_mode", self.top_k_mode,
-              "one of renormalized, tail_bucket")
-        check(not (reverse and self.top_k is not None and self.top_k_mode == "renormalized"),
-              "distillation.top_k_mode", self.top_k_mode, "reverse KL against renormalized top-k targets is "
-              "infinite (the teacher's tail has probability 0): use tail_bucket")
+        check(
+            not (reverse and self.temperature == 0),
+            "distillation.temperature",
+            self.temperature,
+            f"{which} needs temperature > 0 (a one-hot teacher has infinite reverse KL)",
+        )
+        check(
+            self.temperature_scaling in ("teacher", "hinton"),
+            "distillation.temperature_scaling",
+            self.temperature_scaling,
+            "one of teacher, hinton",
+        )
+        check(
+            not (self.temperature_scaling == "hinton" and self.temperature == 0),
+            "distillation.temperature",
+            self.temperature,
+            "temperature_scaling='hinton' divides the student's logits by it: must be > 0",
+        )
+        check(
+            self.top_k is None
+            or (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 1),
+            "distillation.top_k",
+            self.top_k,
+            "None (the whole vocabulary) or an integer >= 1",
+        )
+        check(
+            self.top_k_mode in ("renormalized", "tail_bucket"),
+            "distillation.top_k_mode",
+            self.top_k_mode,
+            "one of renormalized, tail_bucket",
+        )
+        check(
+            not (reverse and self.top_k is not None and self.top_k_mode == "renormalized"),
+            "distillation.top_k_mode",
+            self.top_k_mode,
+            "reverse KL against renormalized top-k targets is "
+            "infinite (the teacher's tail has probability 0): use tail_bucket",
+        )
         check(0 <= self.alpha <= 1, "distillation.alpha", self.alpha, "must lie in [0, 1]")
         check(isinstance(self.seq_kd, bool), "distillation.seq_kd", self.seq_kd, "true or false")
-        check(isinstance(self.lmbda, (int, float)) and 0 <= self.lmbda <= 1, "distillation.lmbda", self.lmbda,
-              "must lie in [0, 1] (the probability of an on-policy batch)")
-        check(isinstance(self.sampling_temperature, (int, float)) and self.sampling_temperature >= 0,
-              "distillation.sampling_temperature", self.sampling_temperature, "must be >= 0 (0 = greedy)")
-        check(self.max_new_tokens is None or (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1),
-              "distillation.max_new_tokens", self.max_new_tokens, "None (the task's longest) or an integer >= 1")
+        check(
+            isinstance(self.lmbda, (int, float)) and 0 <= self.lmbda <= 1,
+            "distillation.lmbda",
+            self.lmbda,
+            "must lie in [0, 1] (the probability of an on-policy batch)",
+        )
+        check(
+            isinstance(self.sampling_temperature, (int, float)) and self.sampling_temperature >= 0,
+            "distillation.sampling_temperature",
+            self.sampling_temperature,
+            "must be >= 0 (0 = greedy)",
+        )
+        check(
+            self.max_new_tokens is None or (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1),
+            "distillation.max_new_tokens",
+            self.max_new_tokens,
+            "None (the task's longest) or an integer >= 1",
+        )
 
     @property
     def generates(self) -> bool:
@@ -488,8 +568,12 @@ class DistillationConfig:
 
     def loss_options(self) -> dict[str, Any]:
         """The keyword options of :func:`progdistill.distill.losses.divergence` set here."""
-        return {"beta": self.beta, "temperature_scaling": self.temperature_scaling, "top_k": self.top_k,
-                "top_k_mode": self.top_k_mode}
+        return {
+            "beta": self.beta,
+            "temperature_scaling": self.temperature_scaling,
+            "top_k": self.top_k,
+            "top_k_mode": self.top_k_mode,
+        }
 
     @property
     def plain_forward_kl(self) -> bool:
@@ -522,21 +606,40 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
-        check(self.model is not None and getattr(type(self.model), "union", None) == "model", "model",
-              self.model, "a model config, e.g. {'type': 'mlp', 'width': 100}")
+        check(
+            self.model is not None and getattr(type(self.model), "union", None) == "model",
+            "model",
+            self.model,
+            "a model config, e.g. {'type': 'mlp', 'width': 100}",
+        )
         check_positive_int("steps", self.steps)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("eval_every", self.eval_every)
         check_positive_int("checkpoint_every", self.checkpoint_every)
         check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
         check_positive_int("grad_accumulation", self.grad_accumulation)
-        check(self.batch_size % self.grad_accumulation == 0, "grad_accumulation", self.grad_accumulation,
-              f"must divide batch_size={self.batch_size} (the step's batch is split into equal micro-batches)")
-        check(self.max_checkpoints is None or (isinstance(self.max_checkpoints, int) and self.max_checkpoints >= 3),
-              "max_checkpoints", self.max_checkpoints, "None (keep all) or an integer >= 3")
-        check(self.on_non_finite in ("stop", "skip"), "on_non_finite", self.on_non_finite,
-              "'stop' (raise, keeping what is saved) or 'skip' (skip the step)")
-        check(self.precision in ("float32", "bf16"), "precision", self.precision,
-              "'float32', or 'bf16' (bfloat16 autocast of the forward pass; losses stay float32)")
+        check(
+            self.batch_size % self.grad_accumulation == 0,
+            "grad_accumulation",
+            self.grad_accumulation,
+            f"must divide batch_size={self.batch_size} (the step's batch is split into equal micro-batches)",
+        )
+        check(
+            self.max_checkpoints is None or (isinstance(self.max_checkpoints, int) and self.max_checkpoints >= 3),
+            "max_checkpoints",
+            self.max_checkpoints,
+            "None (keep all) or an integer >= 3",
+        )
+        check(
+            self.on_non_finite in ("stop", "skip"),
+            "on_non_finite",
+            self.on_non_finite,
+            "'stop' (raise, keeping what is saved) or 'skip' (skip the step)",
+        )
+        check(
+            self.precision in ("float32", "bf16"),
+            "precision",
+            self.precision,
+            "'float32', or 'bf16' (bfloat16 autocast of the forward pass; losses stay float32)",
+        )
         check(isinstance(self.compile, bool), "compile", self.compile, "true or false (torch.compile the model)")
-

@@ -55,11 +55,15 @@ def local_slice(batch_size: int, field: str = "batch_size") -> slice:
     ``field``, e.g. "student.batch_size") when the batch does not split evenly over the processes."""
     rank, world = rank_world()
     if world > batch_size:
-        raise ValueError(f"--nproc_per_node={world} is larger than the global {field}={batch_size}; "
-                         f"use at most {batch_size} processes")
+        raise ValueError(
+            f"--nproc_per_node={world} is larger than the global {field}={batch_size}; "
+            f"use at most {batch_size} processes"
+        )
     if batch_size % world:
-        raise ValueError(f"{field}={batch_size} does not divide across {world} processes; choose a batch "
-                         f"size that is a multiple of {world}")
+        raise ValueError(
+            f"{field}={batch_size} does not divide across {world} processes; choose a batch "
+            f"size that is a multiple of {world}"
+        )
     share = batch_size // world
     return slice(rank * share, (rank + 1) * share)
 
@@ -87,7 +91,7 @@ def init_from_env(device: str = "auto") -> str:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA when available, else CPU. Raises ``ConfigError`` for an unknown device string or a
+    """ "auto" picks CUDA when available, else CPU. Raises ``ConfigError`` for an unknown device string or a
     CUDA device on a machine (or torch build) without CUDA."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,8 +100,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"--device {device!r} is invalid: use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r}: CUDA is not available here (this torch build or machine has "
-                          "no GPU); use auto or cpu")
+        raise ConfigError(
+            f"--device {device!r}: CUDA is not available here (this torch build or machine has no GPU); use auto or cpu"
+        )
     if resolved.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
     return resolved

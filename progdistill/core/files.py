@@ -48,8 +48,11 @@ class MetricsWriter:
         self._track(record)
 
     def _track(self, record: dict[str, Any]) -> None:
-        metrics = {key: value for key, value in record.items()
-                   if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        metrics = {
+            key: value
+            for key, value in record.items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         for tracker in self._trackers:
             tracker.log(metrics, record["step"])
 

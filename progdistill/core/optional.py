@@ -32,5 +32,7 @@ def require(module: str, extra: str, feature: str, package: str | None = None) -
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] != package:
             raise  # something else is missing (one of the package's own dependencies): its error says which
-        raise MissingExtraError(f"{feature} needs the optional package {package!r}, which is not installed: "
-                                f'pip install "progdistill[{extra}]"') from exc
+        raise MissingExtraError(
+            f"{feature} needs the optional package {package!r}, which is not installed: "
+            f'pip install "progdistill[{extra}]"'
+        ) from exc

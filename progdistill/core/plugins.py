@@ -59,9 +59,11 @@ def import_file(path: str | Path, name: str | None = None) -> ModuleType:
     if loaded is not None:
         if _same_file(getattr(loaded, "__file__", None), path):
             return loaded
-        raise PluginError(f"cannot import plugin file {path} as module {name!r}: a different module of that name is "
-                          f"already imported (from {getattr(loaded, '__file__', None) or 'a built-in'}); rename "
-                          "the file")
+        raise PluginError(
+            f"cannot import plugin file {path} as module {name!r}: a different module of that name is "
+            f"already imported (from {getattr(loaded, '__file__', None) or 'a built-in'}); rename "
+            "the file"
+        )
     if not path.is_file():
         raise PluginError(f"cannot import plugin file {path}: it does not exist")
     package = [str(path.parent)] if path.name == "__init__.py" else None  # a package's relative imports work
@@ -133,11 +135,17 @@ def plugin_entries(config: Any) -> list[dict[str, str]]:
 def check_entries(entries: Any) -> list[dict[str, str]]:
     """``entries`` (a config.json's ``"plugins"``) checked for shape; raises ``ConfigError`` naming the problem."""
     ok = isinstance(entries, list) and all(
-        isinstance(e, dict) and isinstance(e.get("module"), str) and set(e) <= {"module", "file"}
-        and isinstance(e.get("file", ""), str) for e in entries)
+        isinstance(e, dict)
+        and isinstance(e.get("module"), str)
+        and set(e) <= {"module", "file"}
+        and isinstance(e.get("file", ""), str)
+        for e in entries
+    )
     if not ok:
-        raise ConfigError(f"plugins={entries!r} is invalid: must be a list of {{\"module\": name, \"file\": path}} "
-                          "objects (\"file\" only for a module imported from a file)")
+        raise ConfigError(
+            f'plugins={entries!r} is invalid: must be a list of {{"module": name, "file": path}} '
+            'objects ("file" only for a module imported from a file)'
+        )
     return entries
 
 
@@ -156,9 +164,11 @@ def import_entry(entry: dict[str, str]) -> ModuleType:
         try:
             return importlib.import_module(name)
         except Exception:
-            raise PluginError(f"cannot import plugin file {file}: it does not exist. The run's config.json records "
-                              f"it as plugin module {name!r}: restore the file, or pass --import with its new "
-                              "location") from None
+            raise PluginError(
+                f"cannot import plugin file {file}: it does not exist. The run's config.json records "
+                f"it as plugin module {name!r}: restore the file, or pass --import with its new "
+                "location"
+            ) from None
     return import_module(name)
 
 

@@ -47,12 +47,20 @@ def _is_number(value) -> bool:
 
 
 def _check_span(fraction, stages: int | None = None) -> None:
-    check(_is_number(fraction) and 0 < fraction <= 1, "schedule.fraction", fraction,
-          "the share of the student's steps over which the value anneals: a number in (0, 1]")
+    check(
+        _is_number(fraction) and 0 < fraction <= 1,
+        "schedule.fraction",
+        fraction,
+        "the share of the student's steps over which the value anneals: a number in (0, 1]",
+    )
     if stages is not None:
-        check(isinstance(stages, int) and not isinstance(stages, bool) and stages >= 2, "schedule.stages", stages,
-              "an integer >= 2 (the teacher is rebuilt at each stage; the first is the start value, the last "
-              "the end value)")
+        check(
+            isinstance(stages, int) and not isinstance(stages, bool) and stages >= 2,
+            "schedule.stages",
+            stages,
+            "an integer >= 2 (the teacher is rebuilt at each stage; the first is the start value, the last "
+            "the end value)",
+        )
 
 
 def _span(total_steps: int, fraction: float) -> int:
@@ -66,8 +74,7 @@ def ramp(student_step: int, total_steps: int, fraction: float) -> float:
     return min(student_step / max(span - 1, 1), 1.0)
 
 
-def stage_value(start: float, end: float, stages: int, student_step: int, total_steps: int,
-                fraction: float) -> float:
+def stage_value(start: float, end: float, stages: int, student_step: int, total_steps: int, fraction: float) -> float:
     """The value of stage k = floor(t * stages / span) (at most stages - 1): start + (end - start) k / (stages - 1).
     Stage 0 is ``start``, the last stage (and every step after the span) exactly ``end``."""
     span = _span(total_steps, fraction)
@@ -95,8 +102,7 @@ class PathPoint:
         init = pool.initial_state(self.init, self.seed)
         check_same_shapes(init, state, f"the weight path's initialization ({self.init})", "the teacher checkpoint")
         # Integer buffers (position ids and the like) are the same in both models and stay as they are.
-        return {k: (1 - self.a) * init[k].to(v) + self.a * v if v.is_floating_point() else v
-                for k, v in state.items()}
+        return {k: (1 - self.a) * init[k].to(v) + self.a * v if v.is_floating_point() else v for k, v in state.items()}
 
     def describe(self) -> dict:
         return {"teacher_weight_path": self.a}
@@ -131,12 +137,16 @@ def check_same_shapes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], na
     """Raise ``ConfigError`` naming the first tensor whose name or shape differs between two state dicts."""
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
-        raise ConfigError(f"a weight path needs two models of one architecture: {name_a} and {name_b} differ in "
-                          f"their tensors ({', '.join(only[:3])}{'...' if len(only) > 3 else ''})")
+        raise ConfigError(
+            f"a weight path needs two models of one architecture: {name_a} and {name_b} differ in "
+            f"their tensors ({', '.join(only[:3])}{'...' if len(only) > 3 else ''})"
+        )
     for k in sorted(a):
         if a[k].shape != b[k].shape:
-            raise ConfigError(f"a weight path needs two models of one architecture: tensor {k!r} has shape "
-                              f"{tuple(a[k].shape)} in {name_a} and {tuple(b[k].shape)} in {name_b}")
+            raise ConfigError(
+                f"a weight path needs two models of one architecture: tensor {k!r} has shape "
+                f"{tuple(a[k].shape)} in {name_a} and {tuple(b[k].shape)} in {name_b}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,14 +178,26 @@ class TemperatureCurriculum(_FromFinal):
     def __post_init__(self):
         for name in ("start", "end"):
             value = getattr(self, name)
-            check(_is_number(value) and 0 <= value <= MAX_TEMPERATURE, f"schedule.{name}", value,
-                  f"a temperature in [0, {MAX_TEMPERATURE:g}] (0 = the teacher's argmax)")
-        check(self.start != self.end, "schedule.end", self.end,
-              f"must differ from schedule.start={self.start} (a constant temperature is one-shot distillation "
-              "with distillation.temperature)")
+            check(
+                _is_number(value) and 0 <= value <= MAX_TEMPERATURE,
+                f"schedule.{name}",
+                value,
+                f"a temperature in [0, {MAX_TEMPERATURE:g}] (0 = the teacher's argmax)",
+            )
+        check(
+            self.start != self.end,
+            "schedule.end",
+            self.end,
+            f"must differ from schedule.start={self.start} (a constant temperature is one-shot distillation "
+            "with distillation.temperature)",
+        )
         check(self.shape in ("geometric", "linear"), "schedule.shape", self.shape, "one of geometric, linear")
-        check(self.shape == "linear" or min(self.start, self.end) > 0, "schedule.shape", self.shape,
-              "geometric annealing needs start and end > 0; use shape linear to anneal to or from 0")
+        check(
+            self.shape == "linear" or min(self.start, self.end) > 0,
+            "schedule.shape",
+            self.shape,
+            "geometric annealing needs start and end > 0; use shape linear to anneal to or from 0",
+        )
         _check_span(self.fraction)
 
     @property
@@ -184,15 +206,24 @@ class TemperatureCurriculum(_FromFinal):
 
     def validate_experiment(self, experiment, field: str) -> None:
         distillation = experiment.distillation
-        check(distillation.temperature_scaling == "teacher", "distillation.temperature_scaling",
-              distillation.temperature_scaling, f"'teacher' with {field} (a temperature "
-              "curriculum): its per-student temperatures scale the teacher's logits only")
+        check(
+            distillation.temperature_scaling == "teacher",
+            "distillation.temperature_scaling",
+            distillation.temperature_scaling,
+            f"'teacher' with {field} (a temperature "
+            "curriculum): its per-student temperatures scale the teacher's logits only",
+        )
         reaches_zero = min(self.start, self.end) == 0
         one_hot_bad = distillation.loss == "reverse_kl" or (
-            distillation.loss == "generalized_jsd" and distillation.beta == 1)
-        check(not (reaches_zero and one_hot_bad), field, to_dict(self),
-              f"a temperature range above 0 with distillation.loss={distillation.loss!r} (a one-hot "
-              "teacher at T = 0 has infinite reverse KL)")
+            distillation.loss == "generalized_jsd" and distillation.beta == 1
+        )
+        check(
+            not (reaches_zero and one_hot_bad),
+            field,
+            to_dict(self),
+            f"a temperature range above 0 with distillation.loss={distillation.loss!r} (a one-hot "
+            "teacher at T = 0 has infinite reverse KL)",
+        )
 
     def temperature_at(self, student_step: int, total_steps: int) -> float:
         p = ramp(student_step, total_steps, self.fraction)
@@ -203,8 +234,9 @@ class TemperatureCurriculum(_FromFinal):
         return self.start * (self.end / self.start) ** p
 
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec:
-        return TeacherSpec(final_checkpoint(checkpoint_steps), temperature=self.temperature_at(student_step,
-                                                                                                 total_steps))
+        return TeacherSpec(
+            final_checkpoint(checkpoint_steps), temperature=self.temperature_at(student_step, total_steps)
+        )
 
 
 @register("schedule")
@@ -229,13 +261,25 @@ class WeightPathCurriculum(_FromFinal):
     def __post_init__(self):
         for name in ("start", "end"):
             value = getattr(self, name)
-            check(_is_number(value) and 0 <= value <= 1, f"schedule.{name}", value,
-                  "a point a in [0, 1] of the path (1 - a) theta_0 + a theta_final")
+            check(
+                _is_number(value) and 0 <= value <= 1,
+                f"schedule.{name}",
+                value,
+                "a point a in [0, 1] of the path (1 - a) theta_0 + a theta_final",
+            )
         check(self.start != self.end, "schedule.end", self.end, f"must differ from schedule.start={self.start}")
-        check(isinstance(self.init, str) and (self.init in INITS or self.init.endswith(".safetensors")),
-              "schedule.init", self.init, "fresh, trajectory (its step-0 checkpoint), or a .safetensors file")
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "schedule.seed",
-              self.seed, "an integer >= 0")
+        check(
+            isinstance(self.init, str) and (self.init in INITS or self.init.endswith(".safetensors")),
+            "schedule.init",
+            self.init,
+            "fresh, trajectory (its step-0 checkpoint), or a .safetensors file",
+        )
+        check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            "schedule.seed",
+            self.seed,
+            "an integer >= 0",
+        )
         _check_span(self.fraction, self.stages)
 
     @property
@@ -246,9 +290,11 @@ class WeightPathCurriculum(_FromFinal):
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
         final_checkpoint(checkpoint_steps)
         if self.init == "trajectory" and 0 not in checkpoint_steps:
-            raise ConfigError("schedule.init='trajectory' needs the trajectory's step-0 checkpoint (the real "
-                              "initialization), which this trajectory does not have (steps "
-                              f"{list(checkpoint_steps)[:5]}...); use init 'fresh'")
+            raise ConfigError(
+                "schedule.init='trajectory' needs the trajectory's step-0 checkpoint (the real "
+                "initialization), which this trajectory does not have (steps "
+                f"{list(checkpoint_steps)[:5]}...); use init 'fresh'"
+            )
         if self.init not in INITS and not Path(self.init).is_file():
             raise ConfigError(f"schedule.init={self.init!r}: no such file")
 
@@ -273,12 +319,24 @@ class NoisedTeacher(_FromFinal):
     fraction: float = 1.0
 
     def __post_init__(self):
-        check(_is_number(self.start) and 0 < self.start <= MAX_NOISE, "schedule.start", self.start,
-              f"a noise scale in (0, {MAX_NOISE:g}] (standard deviation relative to each weight tensor's RMS)")
-        check(_is_number(self.end) and 0 <= self.end < self.start, "schedule.end", self.end,
-              f"a noise scale in [0, schedule.start={self.start}) (the noise is annealed down)")
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "schedule.seed",
-              self.seed, "an integer >= 0")
+        check(
+            _is_number(self.start) and 0 < self.start <= MAX_NOISE,
+            "schedule.start",
+            self.start,
+            f"a noise scale in (0, {MAX_NOISE:g}] (standard deviation relative to each weight tensor's RMS)",
+        )
+        check(
+            _is_number(self.end) and 0 <= self.end < self.start,
+            "schedule.end",
+            self.end,
+            f"a noise scale in [0, schedule.start={self.start}) (the noise is annealed down)",
+        )
+        check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            "schedule.seed",
+            self.seed,
+            "an integer >= 0",
+        )
         _check_span(self.fraction, self.stages)
 
     @property
@@ -315,8 +373,12 @@ class HintDistillation(_FromFinal):
         check_positive_int("schedule.hint_steps", self.hint_steps)
         for name in ("layer", "student_layer"):
             value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= -1, f"schedule.{name}", value,
-                  "a hidden layer index >= 0, or -1 for the last hidden layer")
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= -1,
+                f"schedule.{name}",
+                value,
+                "a hidden layer index >= 0, or -1 for the last hidden layer",
+            )
 
     @property
     def label(self) -> str:
@@ -324,16 +386,27 @@ class HintDistillation(_FromFinal):
 
     def validate_experiment(self, experiment, field: str) -> None:
         steps = experiment.student.steps
-        check(self.hint_steps < steps, f"{field}.hint_steps", self.hint_steps,
-              f"must be smaller than student.steps={steps} (output distillation follows the "
-              "hint phase)")
+        check(
+            self.hint_steps < steps,
+            f"{field}.hint_steps",
+            self.hint_steps,
+            f"must be smaller than student.steps={steps} (output distillation follows the hint phase)",
+        )
         for name, role in (("layer", "teacher"), ("student_layer", "student")):
             model = getattr(experiment, role).model
-            check(model.kind == "mlp", f"{role}.model", model.kind, f"an mlp: {field} (hint) "
-                  "regresses hidden layers, which only the MLP returns")
+            check(
+                model.kind == "mlp",
+                f"{role}.model",
+                model.kind,
+                f"an mlp: {field} (hint) regresses hidden layers, which only the MLP returns",
+            )
             layer = getattr(self, name)
-            check(layer < model.depth, f"{field}.{name}", layer, f"a hidden layer of the {role} "
-                  f"(0..{model.depth - 1}, or -1 for the last): it has {model.depth}")
+            check(
+                layer < model.depth,
+                f"{field}.{name}",
+                layer,
+                f"a hidden layer of the {role} (0..{model.depth - 1}, or -1 for the last): it has {model.depth}",
+            )
 
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec:
         final = final_checkpoint(checkpoint_steps)
@@ -358,17 +431,25 @@ class CoTraining(Schedule):
     lag: int = 0
 
     def __post_init__(self):
-        check(isinstance(self.lag, int) and not isinstance(self.lag, bool) and self.lag >= 0, "schedule.lag",
-              self.lag, "an integer >= 0 (teacher steps between the teacher's weights and those the student uses)")
+        check(
+            isinstance(self.lag, int) and not isinstance(self.lag, bool) and self.lag >= 0,
+            "schedule.lag",
+            self.lag,
+            "an integer >= 0 (teacher steps between the teacher's weights and those the student uses)",
+        )
 
     @property
     def label(self) -> str:
         return "co-training" if self.lag == 0 else f"co-training-lag{self.lag}"
 
     def validate_experiment(self, experiment, field: str) -> None:
-        check(not type(experiment.task).per_position_targets, field, self.kind,
-              f"a schedule for one-label tasks: co-training steps the teacher as a stack, which task "
-              f"{experiment.task.kind!r} (targets per position) does not train")
+        check(
+            not type(experiment.task).per_position_targets,
+            field,
+            self.kind,
+            f"a schedule for one-label tasks: co-training steps the teacher as a stack, which task "
+            f"{experiment.task.kind!r} (targets per position) does not train",
+        )
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
         pass  # no stored checkpoint is used

@@ -21,11 +21,14 @@ def hidden_layer(sizes: Sequence[int], layer: int, role: str, field: str) -> int
     """The index in ``sizes`` of hidden layer ``layer`` (-1: the last); ``ConfigError`` naming ``field`` when the
     model (``role``) has no such layer."""
     if not sizes:
-        raise ConfigError(f"{field}: hint distillation needs a {role} that returns hidden states (an mlp); this "
-                          f"{role} has none")
+        raise ConfigError(
+            f"{field}: hint distillation needs a {role} that returns hidden states (an mlp); this {role} has none"
+        )
     if not -1 <= layer < len(sizes):
-        raise ConfigError(f"{field}={layer} is invalid: the {role} has {len(sizes)} hidden layer(s), so valid "
-                          f"layers are 0..{len(sizes) - 1} or -1 (the last)")
+        raise ConfigError(
+            f"{field}={layer} is invalid: the {role} has {len(sizes)} hidden layer(s), so valid "
+            f"layers are 0..{len(sizes) - 1} or -1 (the last)"
+        )
     return layer % len(sizes)
 
 
@@ -58,8 +61,13 @@ class Hints:
     ``hint_layers``: per model, (student layer, teacher layer) indices of hidden layers (-1: the last), or None for
     a model that never takes a hint step. Raises ``ConfigError`` (before training) for a layer that does not exist."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, hint_layers: Sequence[tuple[int, int] | None],
-                 seeds: Sequence[int]):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        hint_layers: Sequence[tuple[int, int] | None],
+        seeds: Sequence[int],
+    ):
         student_sizes = getattr(student, "hidden_sizes", [])
         teacher_sizes = getattr(teacher, "hidden_sizes", [])
         self.layers: list[tuple[int, int] | None] = []
@@ -94,8 +102,9 @@ class Hints:
     def parameters(self):
         return self.projections.parameters()
 
-    def replace(self, per_example: torch.Tensor, student_hidden: list[torch.Tensor], specs: Sequence,
-                teacher_inputs, teachers) -> torch.Tensor:
+    def replace(
+        self, per_example: torch.Tensor, student_hidden: list[torch.Tensor], specs: Sequence, teacher_inputs, teachers
+    ) -> torch.Tensor:
         """``per_example`` (M, B) with the rows of the models whose spec has a hint layer replaced by their hint
         loss: student_hidden, the student stack's hidden layers (M, B, width) each; ``teacher_inputs(m)`` model m's
         inputs (B, n); ``teachers.get(spec)`` the teacher."""

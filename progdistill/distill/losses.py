@@ -50,16 +50,20 @@ def supervised_mask(logits: torch.Tensor, targets: torch.Tensor | None) -> torch
     if targets is None:
         return torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
     if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets shape {tuple(targets.shape)} must equal logits shape without the class "
-                         f"dimension, {tuple(logits.shape[:-1])}")
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} must equal logits shape without the class "
+            f"dimension, {tuple(logits.shape[:-1])}"
+        )
     return targets != IGNORE_INDEX
 
 
 def _check_pair(logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
     # Broadcasting would silently pair a student position with another position's teacher.
     if teacher_logits.shape != logits.shape:
-        raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} must equal the student logits shape "
-                         f"{tuple(logits.shape)}: one teacher distribution per student position")
+        raise ValueError(
+            f"teacher_logits shape {tuple(teacher_logits.shape)} must equal the student logits shape "
+            f"{tuple(logits.shape)}: one teacher distribution per student position"
+        )
 
 
 def _check_temperature(temperature) -> None:
@@ -124,9 +128,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
     return _reduce(per_position, mask, reduction)
 
 
-def distillation_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor,
-                               temperature: float | torch.Tensor = 1.0, targets: torch.Tensor | None = None,
-                               reduction: str = "mean") -> torch.Tensor:
+def distillation_cross_entropy(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    targets: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """-sum_c q_c log p_c with q = softmax(teacher_logits / T), p = softmax(student logits).
 
     Equals forward KL plus the teacher's entropy, so the two have the same gradients. ``targets`` is only
@@ -140,8 +148,13 @@ def distillation_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tenso
     return _reduce(per_position, mask, reduction)
 
 
-def forward_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 1.0,
-               targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def forward_kl(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    targets: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """KL(q || p) = sum_c q_c (log q_c - log p_c), q = softmax(teacher_logits / T); >= 0, exactly 0 for equal
     logits at T = 1."""
     _check_pair(logits, teacher_logits)
@@ -154,8 +167,13 @@ def forward_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
     return _reduce(_non_negative(per_position), mask, reduction)
 
 
-def reverse_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 1.0,
-               targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def reverse_kl(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    targets: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """KL(p || q) = sum_c p_c (log p_c - log q_c), q = softmax(teacher_logits / T); needs T > 0. >= 0, exactly 0
     for equal logits at T = 1.
 
@@ -164,8 +182,10 @@ def reverse_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
     rounds a class to probability 0 that the student gives mass to (a T too small to divide by), the divergence
     is large but finite."""
     if not bool(torch.as_tensor(temperature > 0).all()):
-        raise ValueError(f"temperature={temperature!r} is invalid for reverse KL: must be > 0 "
-                         "(a one-hot teacher makes reverse KL infinite)")
+        raise ValueError(
+            f"temperature={temperature!r} is invalid for reverse KL: must be > 0 "
+            "(a one-hot teacher makes reverse KL infinite)"
+        )
     _check_pair(logits, teacher_logits)
     mask = supervised_mask(logits, targets)
     logq = _teacher(teacher_logits, temperature)[1].clamp(min=_LOG_TINY)
@@ -226,9 +246,14 @@ def _teacher_log_probs(teacher_logits: torch.Tensor, temperature: float | torch.
     return torch.where(q > 0, logq, torch.full_like(logq, float("-inf")))
 
 
-def generalized_jsd(logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
-                    temperature: float | torch.Tensor = 1.0, targets: torch.Tensor | None = None,
-                    reduction: str = "mean") -> torch.Tensor:
+def generalized_jsd(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float | torch.Tensor = 1.0,
+    targets: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """The generalized Jensen-Shannon divergence of Agarwal et al. (GKD), with TRL's ``beta`` convention.
 
     With q = softmax(teacher_logits / T) (the teacher), p = softmax(logits) (the student) and the mixture
@@ -253,23 +278,37 @@ def generalized_jsd(logits: torch.Tensor, teacher_logits: torch.Tensor, beta: fl
     return _reduce(_non_negative(per_position), mask, reduction)
 
 
-def total_variation(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 1.0,
-                    targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def total_variation(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    targets: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Total variation distance 1/2 sum_c |p_c - q_c| between the student p = softmax(logits) and the teacher
     q = softmax(teacher_logits / T): in [0, 1], symmetric, 0 for equal distributions. Shapes, mask and reduction
     as the other losses (a probability, not nats)."""
     _check_pair(logits, teacher_logits)
     mask = supervised_mask(logits, targets)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    per_position = _divergence_of_log_probs(logp, _teacher_log_probs(teacher_logits, temperature),
-                                            "total_variation", 0.0)
+    per_position = _divergence_of_log_probs(
+        logp, _teacher_log_probs(teacher_logits, temperature), "total_variation", 0.0
+    )
     return _reduce(per_position, mask, reduction)
 
 
-def divergence(logits: torch.Tensor, teacher_logits: torch.Tensor, loss: str = "forward_kl",
-               temperature: float | torch.Tensor = 1.0, targets: torch.Tensor | None = None, reduction: str = "mean",
-               beta: float = 0.5, temperature_scaling: str = "teacher", top_k: int | None = None,
-               top_k_mode: str = "tail_bucket") -> torch.Tensor:
+def divergence(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    loss: str = "forward_kl",
+    temperature: float | torch.Tensor = 1.0,
+    targets: torch.Tensor | None = None,
+    reduction: str = "mean",
+    beta: float = 0.5,
+    temperature_scaling: str = "teacher",
+    top_k: int | None = None,
+    top_k_mode: str = "tail_bucket",
+) -> torch.Tensor:
     """D(teacher || student) named by ``loss`` (one of :data:`DIVERGENCES`: :func:`forward_kl`,
     :func:`reverse_kl`, :func:`generalized_jsd` with ``beta``, :func:`total_variation`).
 
@@ -279,16 +318,19 @@ def divergence(logits: torch.Tensor, teacher_logits: torch.Tensor, loss: str = "
     ``top_k``: compare on the teacher's k most probable classes only (:func:`top_k_targets`, mode
     ``top_k_mode``), None for the whole vocabulary. Raises ``ValueError`` for an unknown name or a bad value."""
     if temperature_scaling not in TEMPERATURE_SCALINGS:
-        raise ValueError(f"temperature_scaling={temperature_scaling!r} is invalid: one of "
-                         f"{', '.join(TEMPERATURE_SCALINGS)}")
+        raise ValueError(
+            f"temperature_scaling={temperature_scaling!r} is invalid: one of {', '.join(TEMPERATURE_SCALINGS)}"
+        )
     if loss not in DIVERGENCES:
         raise ValueError(f"loss={loss!r} is invalid: one of {', '.join(DIVERGENCES)}")
     scale: float | torch.Tensor = 1.0
     if temperature_scaling == "hinton":
         if not temperature > 0:
-            raise ValueError(f"temperature={temperature!r} is invalid with temperature_scaling='hinton': must be "
-                             "> 0 (the student's logits are divided by it)")
-        logits, scale = logits.float() / temperature, temperature ** 2
+            raise ValueError(
+                f"temperature={temperature!r} is invalid with temperature_scaling='hinton': must be "
+                "> 0 (the student's logits are divided by it)"
+            )
+        logits, scale = logits.float() / temperature, temperature**2
     if top_k is not None:
         _check_pair(logits, teacher_logits)
         targets_k = top_k_targets(teacher_logits, top_k, temperature, top_k_mode)
@@ -304,9 +346,16 @@ def divergence(logits: torch.Tensor, teacher_logits: torch.Tensor, loss: str = "
     return scale * kd
 
 
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None,
-                      loss: str = "forward_kl", temperature: float | torch.Tensor = 1.0, alpha: float = 0.0,
-                      reduction: str = "mean", **options) -> torch.Tensor:
+def distillation_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor | None,
+    loss: str = "forward_kl",
+    temperature: float | torch.Tensor = 1.0,
+    alpha: float = 0.0,
+    reduction: str = "mean",
+    **options,
+) -> torch.Tensor:
     """``alpha * CE(targets) + (1 - alpha) * D(teacher || student)``, D named by ``loss`` (:func:`divergence`,
     whose keyword ``options`` -- beta, temperature_scaling, top_k, top_k_mode -- pass through). ``targets``
     may be None only when ``alpha == 0``."""
@@ -331,8 +380,9 @@ class TopKTargets:
     tail_log_mass: torch.Tensor
 
 
-def top_k_targets(teacher_logits: torch.Tensor, k: int, temperature: float | torch.Tensor = 1.0,
-                  mode: str = "tail_bucket") -> TopKTargets:
+def top_k_targets(
+    teacher_logits: torch.Tensor, k: int, temperature: float | torch.Tensor = 1.0, mode: str = "tail_bucket"
+) -> TopKTargets:
     """The teacher's k most probable classes of q = softmax(teacher_logits / T), teacher_logits (*, C).
 
     ``mode``: "renormalized" keeps q on the k classes divided by their total (the other classes get
@@ -354,9 +404,14 @@ def top_k_targets(teacher_logits: torch.Tensor, k: int, temperature: float | tor
     return TopKTargets(indices, log_probs, tail)
 
 
-def top_k_divergence(logits: torch.Tensor, teacher: TopKTargets, loss: str = "forward_kl",
-                     targets: torch.Tensor | None = None, reduction: str = "mean",
-                     beta: float = 0.5) -> torch.Tensor:
+def top_k_divergence(
+    logits: torch.Tensor,
+    teacher: TopKTargets,
+    loss: str = "forward_kl",
+    targets: torch.Tensor | None = None,
+    reduction: str = "mean",
+    beta: float = 0.5,
+) -> torch.Tensor:
     """D(teacher || student) on the k + 1 cells of ``teacher`` (:func:`top_k_targets`): the teacher's k classes
     and the bucket of all others, where the student's probabilities are p at the k classes and the rest of its
     mass. logits (*, C) -> (*) or scalar as the other losses. Forward KL here equals forward KL against the
@@ -366,11 +421,15 @@ def top_k_divergence(logits: torch.Tensor, teacher: TopKTargets, loss: str = "fo
     _check_beta(beta)
     renormalized = bool(torch.isneginf(teacher.tail_log_mass).all()) and teacher.indices.shape[-1] < logits.shape[-1]
     if renormalized and (loss == "reverse_kl" or (loss == "generalized_jsd" and beta == 1)):
-        raise ValueError(f"loss={loss!r} against renormalized top-k targets is infinite (the teacher gives the tail "
-                         "probability 0): use top_k_mode='tail_bucket'")
+        raise ValueError(
+            f"loss={loss!r} against renormalized top-k targets is infinite (the teacher gives the tail "
+            "probability 0): use top_k_mode='tail_bucket'"
+        )
     if teacher.indices.shape[:-1] != logits.shape[:-1]:
-        raise ValueError(f"top-k targets of shape {tuple(teacher.indices.shape)} do not match the student logits "
-                         f"{tuple(logits.shape)}: one teacher distribution per student position")
+        raise ValueError(
+            f"top-k targets of shape {tuple(teacher.indices.shape)} do not match the student logits "
+            f"{tuple(logits.shape)}: one teacher distribution per student position"
+        )
     mask = supervised_mask(logits, targets)
     logp = torch.log_softmax(logits.float(), dim=-1)  # (*, C)
     student_k = logp.gather(-1, teacher.indices)  # (*, k)
@@ -401,9 +460,16 @@ def mixture_weights(alpha: float, has_teacher: torch.Tensor) -> tuple[torch.Tens
     return ce_weight, kd_weight * (1 - alpha)
 
 
-def weighted_distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-                               loss: str, temperature: float | torch.Tensor, ce_weight: torch.Tensor,
-                               kd_weight: torch.Tensor, **options) -> torch.Tensor:
+def weighted_distillation_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss: str,
+    temperature: float | torch.Tensor,
+    ce_weight: torch.Tensor,
+    kd_weight: torch.Tensor,
+    **options,
+) -> torch.Tensor:
     """``ce_weight * CE(targets) + kd_weight * D(teacher || student)`` per position, shape (*), with
     per-position weights from :func:`mixture_weights` (broadcastable to (*)); D named by ``loss`` with the
     keyword ``options`` of :func:`divergence`; 0 at ignored positions. With ``(alpha, 1 - alpha)`` everywhere it
@@ -417,8 +483,13 @@ def hard_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(targets, num_classes).float()
 
 
-def soft_targets(teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor,
-                 ce_weight: torch.Tensor, kd_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_targets(
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float | torch.Tensor,
+    ce_weight: torch.Tensor,
+    kd_weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused form of forward-KL distillation: the mixture target and the entropy correction (the paper's
     distillation loss "equal to forward KL up to the teacher's entropy"; the sparse-parity loop, paper §1).
 
@@ -438,8 +509,10 @@ def soft_targets(teacher_logits: torch.Tensor, targets: torch.Tensor, temperatur
     target = ce_weight[..., None] * onehot + kd_weight[..., None] * q
     entropy = -torch.where(q > 0, q * q.clamp(min=1e-38).log(), torch.zeros_like(q)).sum(-1)  # (*)
     correction = kd_weight * entropy
-    return (torch.where(mask[..., None], target, torch.zeros_like(target)),
-            torch.where(mask, correction, torch.zeros_like(correction)))
+    return (
+        torch.where(mask[..., None], target, torch.zeros_like(target)),
+        torch.where(mask, correction, torch.zeros_like(correction)),
+    )
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,12 @@ class Phases:
     transition: Transition
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plateau": list(self.plateau), "sharp_drop": list(self.sharp_drop),
-                "slow_decay": list(self.slow_decay), "transition": self.transition.to_dict()}
+        return {
+            "plateau": list(self.plateau),
+            "sharp_drop": list(self.sharp_drop),
+            "slow_decay": list(self.slow_decay),
+            "transition": self.transition.to_dict(),
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,28 +102,32 @@ def _invalid(name: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"{name}={value!r} is invalid: {allowed}")
 
 
-def _check_curve(steps: Sequence[int] | np.ndarray,
-                 values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_curve(
+    steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     steps_arr = np.asarray(steps)
     values_arr = np.asarray(values, dtype=np.float64)
     if steps_arr.ndim != 1 or values_arr.ndim != 1:
-        raise ValueError(f"steps and values must be 1-D sequences, got shapes {steps_arr.shape} and "
-                         f"{values_arr.shape}")
+        raise ValueError(f"steps and values must be 1-D sequences, got shapes {steps_arr.shape} and {values_arr.shape}")
     if len(steps_arr) != len(values_arr):
-        raise ValueError(f"steps and values must have the same length, got {len(steps_arr)} and "
-                         f"{len(values_arr)}")
+        raise ValueError(f"steps and values must have the same length, got {len(steps_arr)} and {len(values_arr)}")
     if len(steps_arr) < 3:
         raise _invalid("len(steps)", len(steps_arr), "need at least 3 checkpoints to locate a transition")
     if not np.issubdtype(steps_arr.dtype, np.integer) and not (
-            np.issubdtype(steps_arr.dtype, np.floating) and np.all(np.isfinite(steps_arr))
-            and np.all(steps_arr == np.round(steps_arr))):
+        np.issubdtype(steps_arr.dtype, np.floating)
+        and np.all(np.isfinite(steps_arr))
+        and np.all(steps_arr == np.round(steps_arr))
+    ):
         raise _invalid("steps", steps, "must be integers")
     steps_arr = steps_arr.astype(np.int64)
     bad = np.flatnonzero(np.diff(steps_arr) <= 0)
     if len(bad):
         i = int(bad[0])
-        raise _invalid("steps", steps, f"must be strictly increasing (steps[{i}]={steps_arr[i]} is followed "
-                       f"by steps[{i + 1}]={steps_arr[i + 1]})")
+        raise _invalid(
+            "steps",
+            steps,
+            f"must be strictly increasing (steps[{i}]={steps_arr[i]} is followed by steps[{i + 1}]={steps_arr[i + 1]})",
+        )
     nonfinite = np.flatnonzero(~np.isfinite(values_arr))
     if len(nonfinite):
         i = int(nonfinite[0])
@@ -127,8 +135,9 @@ def _check_curve(steps: Sequence[int] | np.ndarray,
     return steps_arr, values_arr
 
 
-def _check_options(direction: str, window: int, min_change: float, min_snr: float,
-                   fractions: tuple[float, float, float]) -> None:
+def _check_options(
+    direction: str, window: int, min_change: float, min_snr: float, fractions: tuple[float, float, float]
+) -> None:
     if direction not in DIRECTIONS:
         raise _invalid("direction", direction, "one of 'rise' (accuracy jumps), 'drop' (loss falls)")
     if not (isinstance(window, int) and not isinstance(window, bool) and window >= 1 and window % 2 == 1):
@@ -162,7 +171,7 @@ def running_median(values: np.ndarray, window: int) -> np.ndarray:
     """Centred running median, (N,) -> (N,); the window is truncated at the ends (never padded)."""
     half = window // 2
     n = len(values)
-    return np.array([np.median(values[max(0, i - half): i + half + 1]) for i in range(n)])
+    return np.array([np.median(values[max(0, i - half) : i + half + 1]) for i in range(n)])
 
 
 def estimate_noise(values: np.ndarray) -> float:
@@ -186,10 +195,16 @@ def _nearest(steps: np.ndarray, step: float) -> int:
 # Public
 
 
-def detect_transition(steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray,
-                      direction: str = "rise", *,
-                      window: int = 5, min_change: float = 0.1, min_snr: float = 4.0,
-                      fractions: tuple[float, float, float] = (0.1, 0.5, 0.9)) -> Transition:
+def detect_transition(
+    steps: Sequence[int] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    direction: str = "rise",
+    *,
+    window: int = 5,
+    min_change: float = 0.1,
+    min_snr: float = 4.0,
+    fractions: tuple[float, float, float] = (0.1, 0.5, 0.9),
+) -> Transition:
     """Locate the sharpest rise (or drop) of a curve sampled at checkpoint ``steps``.
 
     ``steps``: (N,) strictly increasing integers, N >= 3; ``values``: (N,) finite numbers (accuracy for
@@ -215,29 +230,44 @@ def detect_transition(steps: Sequence[int] | np.ndarray, values: Sequence[float]
         other = "drop" if direction == "rise" else "rise"
         opposite = -change >= min_change and -change >= min_snr * noise  # a real transition the other way
         hint = f"; the curve moves the other way, did you mean direction={other!r}?" if opposite else ""
-        rule = (f"below min_change={min_change:g}" if change <= 0 or change < min_change
-                else f"below min_snr={min_snr:g} x the estimated noise {noise:.3g}")
-        raise NoTransitionError(f"no {direction} in the curve: from the early level {before:.4g} to the final "
-                                f"level {after:.4g} the change is {change:+.4g} in the {direction} direction, "
-                                f"{rule}", hint)
+        rule = (
+            f"below min_change={min_change:g}"
+            if change <= 0 or change < min_change
+            else f"below min_snr={min_snr:g} x the estimated noise {noise:.3g}"
+        )
+        raise NoTransitionError(
+            f"no {direction} in the curve: from the early level {before:.4g} to the final "
+            f"level {after:.4g} the change is {change:+.4g} in the {direction} direction, "
+            f"{rule}",
+            hint,
+        )
 
     u = (smooth - before) / (after - before)  # (N,) 0 at the early plateau, 1 at the final level
     low, mid, high = fractions
     ups = np.flatnonzero((u[:-1] < mid) & (u[1:] >= mid))  # upward crossings of the half-way level
     i_mid = int(ups[np.argmax(u[ups + 1] - u[ups])])  # u[0] = 0 and u[-1] = 1, so ups is never empty
     i_start = int(np.flatnonzero(u[: i_mid + 1] <= low)[-1])
-    i_end = i_mid + 1 + int(np.flatnonzero(u[i_mid + 1:] >= high)[0])
+    i_end = i_mid + 1 + int(np.flatnonzero(u[i_mid + 1 :] >= high)[0])
     return Transition(
         direction=direction,
         start=_nearest(steps_arr, _crossing(steps_arr, u, i_start, low)),
         middle=_nearest(steps_arr, _crossing(steps_arr, u, i_mid, mid)),
         end=_nearest(steps_arr, _crossing(steps_arr, u, i_end - 1, high)),
-        before=before, after=after, noise=noise,
+        before=before,
+        after=after,
+        noise=noise,
     )
 
 
-def detect_phases(steps: Sequence[int], loss: Sequence[float], *, window: int = 5, min_change: float = 0.1,
-                  min_snr: float = 4.0, fractions: tuple[float, float, float] = (0.1, 0.5, 0.9)) -> Phases:
+def detect_phases(
+    steps: Sequence[int],
+    loss: Sequence[float],
+    *,
+    window: int = 5,
+    min_change: float = 0.1,
+    min_snr: float = 4.0,
+    fractions: tuple[float, float, float] = (0.1, 0.5, 0.9),
+) -> Phases:
     """Split a masked-LM loss curve into plateau, sharp drop and slow decay (paper §2 and §4).
 
     The sharp drop is the transition found by ``detect_transition(direction="drop")`` (``min_change`` in
@@ -251,6 +281,7 @@ def detect_phases(steps: Sequence[int], loss: Sequence[float], *, window: int = 
     first, last = int(steps_arr[0]), int(steps_arr[-1])
     if len(steps_arr) > 3 and first == 0:
         steps_arr, values = steps_arr[1:], values[1:]
-    t = detect_transition(steps_arr, values, "drop", window=window, min_change=min_change, min_snr=min_snr,
-                          fractions=fractions)
+    t = detect_transition(
+        steps_arr, values, "drop", window=window, min_change=min_change, min_snr=min_snr, fractions=fractions
+    )
     return Phases(plateau=(first, t.start), sharp_drop=(t.start, t.end), slow_decay=(t.end, last), transition=t)

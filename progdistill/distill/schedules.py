@@ -185,8 +185,12 @@ class Progressive(Schedule):
     speed: float = 1.0
 
     def __post_init__(self):
-        check(isinstance(self.speed, (int, float)) and self.speed > 0, "schedule.speed", self.speed,
-              "must be a positive number (1 = the teacher's own pace)")
+        check(
+            isinstance(self.speed, (int, float)) and self.speed > 0,
+            "schedule.speed",
+            self.speed,
+            "must be a positive number (1 = the teacher's own pace)",
+        )
 
     @property
     def label(self) -> str:
@@ -213,19 +217,34 @@ class KShot(Schedule):
     name: str | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self):
-        check(len(self.points) >= 1, "schedule.points", self.points,
-              "needs at least one (checkpoint step, student steps) pair")
-        check(self.name is None or (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}",
-                                                                                  self.name) is not None),
-              "schedule.name", self.name, "1 to 100 letters, digits, '.', '_' and '-' (it names the students' "
-              "directories)")
+        check(
+            len(self.points) >= 1,
+            "schedule.points",
+            self.points,
+            "needs at least one (checkpoint step, student steps) pair",
+        )
+        check(
+            self.name is None
+            or (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name) is not None),
+            "schedule.name",
+            self.name,
+            "1 to 100 letters, digits, '.', '_' and '-' (it names the students' directories)",
+        )
         shots = re.fullmatch(r"(\d+)-shot", self.name or "")
-        check(self.name != "teacher" and (shots is None or int(shots.group(1)) == len(self.points)), "schedule.name",
-              self.name, f"must not be 'teacher', nor 'k-shot' with k other than this schedule's {len(self.points)} "
-              "points (labels that would mislead)")
+        check(
+            self.name != "teacher" and (shots is None or int(shots.group(1)) == len(self.points)),
+            "schedule.name",
+            self.name,
+            f"must not be 'teacher', nor 'k-shot' with k other than this schedule's {len(self.points)} "
+            "points (labels that would mislead)",
+        )
         for i, (ckpt, count) in enumerate(self.points):
-            check(isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL), f"schedule.points.{i}.0", ckpt,
-                  "a checkpoint step >= 0, or -1 for the final checkpoint")
+            check(
+                isinstance(ckpt, int) and (ckpt >= 0 or ckpt == FINAL),
+                f"schedule.points.{i}.0",
+                ckpt,
+                "a checkpoint step >= 0, or -1 for the final checkpoint",
+            )
             check_positive_int(f"schedule.points.{i}.1", count)
 
     @property
@@ -236,6 +255,7 @@ class KShot(Schedule):
     def __str__(self) -> str:
         def name(c):
             return "the final checkpoint" if c == FINAL else f"checkpoint {c}"
+
         first = [f"{name(c)} for {n} student steps" for c, n in self.points[:-1]]
         return ", then ".join(first + [f"{name(self.points[-1][0])} for the rest of the run"])
 
@@ -243,10 +263,14 @@ class KShot(Schedule):
         if len(self.points) > 1:
             before_last = sum(count for _, count in self.points[:-1])
             steps = experiment.student.steps
-            check(before_last < steps, f"{field}.points", [list(p) for p in self.points],
-                  f"its points before the last take {before_last} student steps, not fewer than "
-                  f"student.steps={steps}, so the last checkpoint would never be used; lower "
-                  f"the step counts in {field}.points too or raise student.steps")
+            check(
+                before_last < steps,
+                f"{field}.points",
+                [list(p) for p in self.points],
+                f"its points before the last take {before_last} student steps, not fewer than "
+                f"student.steps={steps}, so the last checkpoint would never be used; lower "
+                f"the step counts in {field}.points too or raise student.steps",
+            )
 
     def validate_teacher_plan(self, teacher, planned_steps: Sequence[int], field: str) -> None:
         if teacher.max_checkpoints is None:  # else thinning decides later which steps survive: checked then
@@ -258,8 +282,10 @@ class KShot(Schedule):
         final_checkpoint(checkpoint_steps)
         for i, (ckpt, _) in enumerate(self.points):
             if ckpt != FINAL and ckpt not in available:
-                raise ConfigError(f"{field}.{i}.0={ckpt} names a checkpoint that the teacher "
-                                  f"trajectory does not have; available steps: {sorted(available)}")
+                raise ConfigError(
+                    f"{field}.{i}.0={ckpt} names a checkpoint that the teacher "
+                    f"trajectory does not have; available steps: {sorted(available)}"
+                )
 
     def checkpoint_at(self, student_step: int, checkpoint_steps: Sequence[int]) -> int | None:
         ckpt, end = self.points[-1][0], 0  # the last checkpoint also serves any step past the planned ones
@@ -287,8 +313,12 @@ class TwoShotAuto(Schedule):
 
     def __post_init__(self):
         check_positive_int("schedule.first_steps", self.first_steps)
-        check(self.metric in ("eval_accuracy", "eval_loss"), "schedule.metric", self.metric,
-              "one of eval_accuracy (a rise), eval_loss (a drop)")
+        check(
+            self.metric in ("eval_accuracy", "eval_loss"),
+            "schedule.metric",
+            self.metric,
+            "one of eval_accuracy (a rise), eval_loss (a drop)",
+        )
 
     @property
     def label(self) -> str:
@@ -302,10 +332,12 @@ class TwoShotAuto(Schedule):
             # A loss has no fixed scale (an accuracy's min_change of 0.1 is a tenth of its range): the drop must
             # also be a tenth of the plateau's level, or a slow creep such as 3.57 -> 3.45 would pass.
             if transition.size < LOSS_MIN_RELATIVE_DROP * transition.before:
-                raise NoTransitionError(f"no sharp drop in the curve: from the early level {transition.before:.4g} "
-                                        f"to the final level {transition.after:.4g} the loss falls by "
-                                        f"{transition.size / transition.before:.1%} of its level, below "
-                                        f"{LOSS_MIN_RELATIVE_DROP:.0%}")
+                raise NoTransitionError(
+                    f"no sharp drop in the curve: from the early level {transition.before:.4g} "
+                    f"to the final level {transition.after:.4g} the loss falls by "
+                    f"{transition.size / transition.before:.1%} of its level, below "
+                    f"{LOSS_MIN_RELATIVE_DROP:.0%}"
+                )
             return transition
         return detect_transition(steps, values, "rise")
 
@@ -314,9 +346,11 @@ class TwoShotAuto(Schedule):
         try:
             return self.window(steps, values).middle
         except NoTransitionError as exc:
-            raise ConfigError(f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: "
-                              f"{exc.reason}. Train the teacher longer (teacher.steps) "
-                              "or leave 2-shot-auto out of the schedules") from None
+            raise ConfigError(
+                f"2-shot-auto needs a teacher whose {self.metric} has a phase transition: "
+                f"{exc.reason}. Train the teacher longer (teacher.steps) "
+                "or leave 2-shot-auto out of the schedules"
+            ) from None
 
     def resolve(self, trajectory) -> KShot:
         """The KShot ((middle of the transition, first_steps), (final, rest)) for ``trajectory``."""
@@ -330,20 +364,31 @@ class TwoShotAuto(Schedule):
         width)."""
         steps, values = trajectory.curve(self.metric)
         window = self.window(steps, values)
-        return {"checkpoint": window.middle, "metric": self.metric, "value": values[steps.index(window.middle)],
-                "first_steps": self.first_steps, "transition": window.to_dict()}
+        return {
+            "checkpoint": window.middle,
+            "metric": self.metric,
+            "value": values[steps.index(window.middle)],
+            "first_steps": self.first_steps,
+            "transition": window.to_dict(),
+        }
 
     def validate_experiment(self, experiment, field: str) -> None:
         steps = experiment.student.steps
-        check(self.first_steps < steps, f"{field}.first_steps", self.first_steps,
-              f"must be smaller than student.steps={steps} (the rest goes to the final "
-              f"checkpoint); lower {field}.first_steps too or raise student.steps")
+        check(
+            self.first_steps < steps,
+            f"{field}.first_steps",
+            self.first_steps,
+            f"must be smaller than student.steps={steps} (the rest goes to the final "
+            f"checkpoint); lower {field}.first_steps too or raise student.steps",
+        )
 
     def validate_teacher_plan(self, teacher, planned_steps: Sequence[int], field: str) -> None:
         if len(planned_steps) < 3:
-            raise ConfigError(f"2-shot-auto needs at least 3 teacher checkpoints to locate a transition; "
-                              f"teacher.steps={teacher.steps} with teacher.checkpoint_every="
-                              f"{teacher.checkpoint_every} saves {len(planned_steps)}")
+            raise ConfigError(
+                f"2-shot-auto needs at least 3 teacher checkpoints to locate a transition; "
+                f"teacher.steps={teacher.steps} with teacher.checkpoint_every="
+                f"{teacher.checkpoint_every} saves {len(planned_steps)}"
+            )
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:
         raise ConfigError("2-shot-auto must be resolved against a teacher trajectory first (resolve())")

@@ -52,8 +52,13 @@ class TeacherPool:
     never in an optimizer. ``loads`` counts teacher loads.
     """
 
-    def __init__(self, trajectory, build: Callable[[], torch.nn.Module] | None, device: torch.device,
-                 init: Callable[[int], torch.nn.Module] | None = None):
+    def __init__(
+        self,
+        trajectory,
+        build: Callable[[], torch.nn.Module] | None,
+        device: torch.device,
+        init: Callable[[int], torch.nn.Module] | None = None,
+    ):
         self.trajectory = trajectory
         self.build = build
         self.init = init
@@ -98,8 +103,10 @@ class TeacherPool:
         if (init, seed) not in self.initial_states:
             if init == "fresh":
                 if self.init is None:
-                    raise ConfigError("a 'fresh' weight path needs a way to initialize the teacher (TeacherPool's "
-                                      "init); pass init=... or use init 'trajectory'")
+                    raise ConfigError(
+                        "a 'fresh' weight path needs a way to initialize the teacher (TeacherPool's "
+                        "init); pass init=... or use init 'trajectory'"
+                    )
                 state = self.init(seed).state_dict()
             elif init == "trajectory":
                 if 0 not in self.steps:
@@ -141,8 +148,9 @@ class TeacherPool:
                 del self.models[key]
 
 
-def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Tensor, seed_index: torch.Tensor,
-                         teachers, num_classes: int) -> torch.Tensor | None:
+def block_teacher_logits(
+    plan: list[list[TeacherSpec | None]], x_block: torch.Tensor, seed_index: torch.Tensor, teachers, num_classes: int
+) -> torch.Tensor | None:
     """Teacher logits for one block of steps of a stack, computed in one batch per (data stream, teacher).
 
     plan: (L, M) teacher per step and model (a TeacherSpec or a checkpoint step; None = no teacher); teachers: a
@@ -166,7 +174,7 @@ def block_teacher_logits(plan: list[list[TeacherSpec | None]], x_block: torch.Te
             rows = sorted({i for i, _ in cells})
             teacher, inputs = teachers.get(model_spec), x_block[s, rows].reshape(len(rows) * B, -1)
             # Chunks of TEACHER_CHUNK rows keep a wide teacher's hidden activations in cache (~2x faster).
-            out = torch.cat([teacher(inputs[j:j + TEACHER_CHUNK])[0] for j in range(0, len(inputs), TEACHER_CHUNK)])
+            out = torch.cat([teacher(inputs[j : j + TEACHER_CHUNK])[0] for j in range(0, len(inputs), TEACHER_CHUNK)])
             out = out.view(len(rows), B, num_classes).float()  # (rows, B, C)
             pos = {i: j for j, i in enumerate(rows)}
             steps_idx = torch.tensor([i for i, _ in cells])

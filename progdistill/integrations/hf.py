@@ -47,8 +47,14 @@ from progdistill.store.trajectory import TrajectoryError
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # The weight files from_pretrained reads (single file or sharded, safetensors or PyTorch pickle).
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-            "adapter_model.safetensors", "adapter_model.bin")  # the last two: PEFT adapters
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)  # the last two: PEFT adapters
 
 
 def _transformers():
@@ -72,27 +78,39 @@ class HFTrajectory:
         self.model_class = model_class
         if not self.directory.is_dir():
             raise TrajectoryError(f"HF output directory {self.directory} does not exist")
-        self._dirs = {int(m.group(1)): p for p in self.directory.iterdir()
-                      if p.is_dir() and (m := _CHECKPOINT.match(p.name))}
+        self._dirs = {
+            int(m.group(1)): p for p in self.directory.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+        }
         if not self._dirs:
-            raise TrajectoryError(f"HF output directory {self.directory} has no checkpoint-<step> directories; "
-                                  "train the teacher with save_strategy='steps'")
-        odd = sorted(p.name for p in self.directory.iterdir()
-                     if p.is_dir() and p.name.startswith("checkpoint-") and not _CHECKPOINT.match(p.name))
+            raise TrajectoryError(
+                f"HF output directory {self.directory} has no checkpoint-<step> directories; "
+                "train the teacher with save_strategy='steps'"
+            )
+        odd = sorted(
+            p.name
+            for p in self.directory.iterdir()
+            if p.is_dir() and p.name.startswith("checkpoint-") and not _CHECKPOINT.match(p.name)
+        )
         if odd:  # e.g. a renamed "checkpoint-final": not a step, so not part of the trajectory
-            warnings.warn(f"{self.directory}: ignoring {', '.join(odd)} (not checkpoint-<step>); the trajectory is "
-                          f"steps {sorted(self._dirs)}, the last of which is the final teacher", stacklevel=2)
+            warnings.warn(
+                f"{self.directory}: ignoring {', '.join(odd)} (not checkpoint-<step>); the trajectory is "
+                f"steps {sorted(self._dirs)}, the last of which is the final teacher",
+                stacklevel=2,
+            )
         for step, path in sorted(self._dirs.items()):
             if not any((path / name).exists() for name in _WEIGHTS):
-                raise TrajectoryError(f"checkpoint {path} for step {step} has no weights (none of "
-                                      f"{', '.join(_WEIGHTS)}); the teacher's save was interrupted?")
+                raise TrajectoryError(
+                    f"checkpoint {path} for step {step} has no weights (none of "
+                    f"{', '.join(_WEIGHTS)}); the teacher's save was interrupted?"
+                )
         self._metrics: dict[int, dict[str, Any]] = {}
         state = self._dirs[max(self._dirs)] / "trainer_state.json"
         if state.exists():
             for entry in json.loads(state.read_text(encoding="utf-8")).get("log_history", []):
                 if "step" in entry:
                     self._metrics.setdefault(entry["step"], {}).update(
-                        {k: v for k, v in entry.items() if k not in ("step", "epoch")})
+                        {k: v for k, v in entry.items() if k not in ("step", "epoch")}
+                    )
 
     def __repr__(self) -> str:
         name = getattr(self.model_class, "__name__", repr(self.model_class))
@@ -114,9 +132,12 @@ class HFTrajectory:
         steps = [s for s in self.steps if metric in self._metrics.get(s, {})]
         if not steps:
             logged = sorted({k for m in self._metrics.values() for k in m if k.startswith("eval_")})
-            hint = (f"logged eval metrics: {', '.join(logged)} (e.g. TwoShotAuto(metric='eval_loss'); an "
-                    "eval_accuracy needs a compute_metrics returning 'accuracy')" if logged else
-                    "evaluate the teacher at its save steps (eval_strategy='steps')")
+            hint = (
+                f"logged eval metrics: {', '.join(logged)} (e.g. TwoShotAuto(metric='eval_loss'); an "
+                "eval_accuracy needs a compute_metrics returning 'accuracy')"
+                if logged
+                else "evaluate the teacher at its save steps (eval_strategy='steps')"
+            )
             raise TrajectoryError(f"no checkpoint of {self.directory} has {metric!r} in trainer_state.json; {hint}")
         return steps, [self._metrics[s][metric] for s in steps]
 
@@ -134,8 +155,7 @@ class HFTrajectory:
         try:
             return self.model_class.from_pretrained(str(self._dirs[step]), local_files_only=True)
         except Exception as exc:  # transformers raises OSError / ValueError subclasses
-            raise TrajectoryError(f"checkpoint {self._dirs[step]} for step {step} cannot be loaded: {exc}") \
-                from None
+            raise TrajectoryError(f"checkpoint {self._dirs[step]} for step {step} cannot be loaded: {exc}") from None
         finally:
             if shown:
                 bars.enable_progress_bar()
@@ -156,11 +176,13 @@ def _is_a(model: torch.nn.Module, mapping: dict) -> bool:
 def _is_causal_lm(model: torch.nn.Module) -> bool:
     """Whether ``model`` is one of transformers' causal language models (GPT2LMHeadModel, LlamaForCausalLM...)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     return _is_a(model, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
 def _is_sequence_classifier(model: torch.nn.Module) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
     return _is_a(model, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 
 
@@ -201,10 +223,20 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
 
     label_names: list[str] | None  # Trainer's: the batch keys that hold labels
 
-    def __init__(self, *args, teacher_trajectory, schedule, distillation: DistillationConfig | None = None,
-                 shift_labels: bool | None = None, lmbda: float | None = None, beta: float | None = None,
-                 seq_kd: bool | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher_trajectory,
+        schedule,
+        distillation: DistillationConfig | None = None,
+        shift_labels: bool | None = None,
+        lmbda: float | None = None,
+        beta: float | None = None,
+        seq_kd: bool | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        **kwargs,
+    ):
         distillation = _gkd_distillation(distillation, lmbda, beta, seq_kd, max_new_tokens, temperature)
         super().__init__(*args, **kwargs)
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
@@ -213,9 +245,11 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
         if not self.schedule.checkpoints_only:
             schedules = variants("schedule").items()
             taken = ", ".join(sorted(k for k, c in schedules if issubclass(c, Schedule) and c.checkpoints_only))
-            raise ConfigError(f"schedule {self.schedule.label!r} is not supported by the Hugging Face trainer: it "
-                              f"takes the checkpoint schedules ({taken}); the curricula without checkpoints train "
-                              "with `progdistill run`")
+            raise ConfigError(
+                f"schedule {self.schedule.label!r} is not supported by the Hugging Face trainer: it "
+                f"takes the checkpoint schedules ({taken}); the curricula without checkpoints train "
+                "with `progdistill run`"
+            )
         self.distillation = distillation or DistillationConfig()
         self.schedule.validate(teacher_trajectory.steps)  # (HF checkpoints carry no hashes to verify)
         self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)
@@ -308,16 +342,20 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
         vocabulary, ids = _vocabulary_size(teacher), inputs.get("input_ids")
         if vocabulary is not None and ids is not None and ids.numel() and int(ids.max()) >= vocabulary:
             student = _vocabulary_size(self.accelerator.unwrap_model(model))  # before the forward's index error
-            raise ConfigError(f"input id {int(ids.max())} is outside the teacher's vocabulary of {vocabulary} "
-                              f"tokens (checkpoint {step}; the student's has {student}); they must share a "
-                              "vocabulary")
+            raise ConfigError(
+                f"input id {int(ids.max())} is outside the teacher's vocabulary of {vocabulary} "
+                f"tokens (checkpoint {step}; the student's has {student}); they must share a "
+                "vocabulary"
+            )
         with torch.no_grad():
             teacher_logits = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         if teacher_logits.shape != logits.shape:  # the logits themselves: vocabulary or label set
-            raise ConfigError(f"teacher logits of shape {tuple(teacher_logits.shape)} (checkpoint {step}) "
-                              f"differ from the student's {tuple(logits.shape)}: the last dimension is the "
-                              f"output size (teacher {teacher_logits.shape[-1]}, student {logits.shape[-1]}); "
-                              "they must share a vocabulary / label set")
+            raise ConfigError(
+                f"teacher logits of shape {tuple(teacher_logits.shape)} (checkpoint {step}) "
+                f"differ from the student's {tuple(logits.shape)}: the last dimension is the "
+                f"output size (teacher {teacher_logits.shape[-1]}, student {logits.shape[-1]}); "
+                "they must share a vocabulary / label set"
+            )
         return teacher_logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -333,17 +371,29 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
             loss = self._evaluation_loss(logits, teacher_logits, targets, labelled, positions)
             return (loss, outputs) if return_outputs else loss
         if teacher_logits is None and not labelled:
-            raise ConfigError(f"the batch has no labels and the schedule names no teacher checkpoint at step "
-                              f"{self.state.global_step} ({self.schedule.label}): nothing to learn from")
+            raise ConfigError(
+                f"the batch has no labels and the schedule names no teacher checkpoint at step "
+                f"{self.state.global_step} ({self.schedule.label}): nothing to learn from"
+            )
         distillation = replace(self.distillation, alpha=0.0) if self._on_policy_step else self.distillation
         if not labelled and distillation.alpha > 0:
-            raise ConfigError(f"distillation.alpha={self.distillation.alpha} mixes in the labels' cross-entropy, "
-                              "but the batch has no labels: pass labels or set alpha=0")
+            raise ConfigError(
+                f"distillation.alpha={self.distillation.alpha} mixes in the labels' cross-entropy, "
+                "but the batch has no labels: pass labels or set alpha=0"
+            )
         if teacher_logits is None:
             loss = cross_entropy(logits, targets, "none")
         else:
-            loss = distillation_loss(logits, teacher_logits, targets, distillation.loss, distillation.temperature,
-                                     distillation.alpha, "none", **distillation.loss_options())
+            loss = distillation_loss(
+                logits,
+                teacher_logits,
+                targets,
+                distillation.loss,
+                distillation.temperature,
+                distillation.alpha,
+                "none",
+                **distillation.loss_options(),
+            )
         # Trainer's gradient-accumulation contract, for model_accepts_loss_kwargs: it hands the count of
         # get_batch_samples (the whole optimizer step's supervised positions, summed over processes when
         # average_tokens_across_devices) and does not divide the loss by the accumulation steps itself. Without a
@@ -361,9 +411,16 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
         """eval_loss of one batch (its labels' cross-entropy per supervised position, as Trainer's model loss);
         adds the distillation loss sum and the positions to the evaluation's totals."""
         if teacher_logits is not None:
-            kd = distillation_loss(logits, teacher_logits, targets, self.distillation.loss,
-                                   self.distillation.temperature, 0.0, "none",
-                                   **self.distillation.loss_options())
+            kd = distillation_loss(
+                logits,
+                teacher_logits,
+                targets,
+                self.distillation.loss,
+                self.distillation.temperature,
+                0.0,
+                "none",
+                **self.distillation.loss_options(),
+            )
             totals = self._eval_totals
             assert totals is not None, "evaluation_loop sets the totals before the first batch"
             totals += torch.stack([kd.sum().double(), positions.double()]).to(totals.device)
@@ -371,13 +428,15 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
             return torch.zeros((), device=logits.device)
         return cross_entropy(logits, targets, "none").sum() / positions.clamp(min=1)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         """Trainer's evaluation loop, plus ``<prefix>_distillation_loss`` when a teacher checkpoint is in use."""
         self._eval_totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
         try:
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                             metric_key_prefix)
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
             totals = self._eval_totals
             if self.args.world_size > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
@@ -394,9 +453,14 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
         super().log(logs, *args, **kwargs)
 
 
-def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float | None, beta: float | None,
-                      seq_kd: bool | None, max_new_tokens: int | None,
-                      temperature: float | None) -> DistillationConfig:
+def _gkd_distillation(
+    distillation: DistillationConfig | None,
+    lmbda: float | None,
+    beta: float | None,
+    seq_kd: bool | None,
+    max_new_tokens: int | None,
+    temperature: float | None,
+) -> DistillationConfig:
     """``distillation`` with those of TRL GKD's arguments that are given (not None): ``beta`` selects the
     generalized JSD (an explicit ``distillation`` must then name it); ``temperature`` is the *sampling*
     temperature, as in TRL (``distillation.temperature`` stays the loss's). A ``max_new_tokens`` given nowhere is
@@ -404,11 +468,17 @@ def _gkd_distillation(distillation: DistillationConfig | None, lmbda: float | No
     distillation = distillation or DistillationConfig()
     if beta is not None:
         if distillation.loss not in ("forward_kl", "generalized_jsd"):  # forward_kl: the default, replaced
-            raise ConfigError(f"beta={beta!r} selects the generalized JSD, but distillation.loss="
-                              f"{distillation.loss!r}: pass one of them")
+            raise ConfigError(
+                f"beta={beta!r} selects the generalized JSD, but distillation.loss="
+                f"{distillation.loss!r}: pass one of them"
+            )
         distillation = replace(distillation, loss="generalized_jsd", beta=beta)
-    given: dict[str, Any] = {"lmbda": lmbda, "seq_kd": seq_kd, "max_new_tokens": max_new_tokens,
-                             "sampling_temperature": temperature}
+    given: dict[str, Any] = {
+        "lmbda": lmbda,
+        "seq_kd": seq_kd,
+        "max_new_tokens": max_new_tokens,
+        "sampling_temperature": temperature,
+    }
     distillation = replace(distillation, **{k: v for k, v in given.items() if v is not None})
     return distillation if distillation.max_new_tokens is not None else replace(distillation, max_new_tokens=128)
 
@@ -442,8 +512,9 @@ def prompt_length(batches: list[dict[str, Any]]) -> int:
 
 
 @torch.no_grad()
-def generated_micro_batches(model, batches: list[dict[str, Any]], generator: torch.Generator,
-                            max_new_tokens: int | None, temperature: float) -> list[dict[str, Any]]:
+def generated_micro_batches(
+    model, batches: list[dict[str, Any]], generator: torch.Generator, max_new_tokens: int | None, temperature: float
+) -> list[dict[str, Any]]:
     """``batches`` (micro-batches of one step: dicts with ``input_ids`` (B_i, T_i), optional ``labels``) with
     their prompts continued by ``model.generate`` (``temperature`` 0 = greedy), as micro-batches of the same
     sizes with ``input_ids``, ``attention_mask`` and ``labels`` (B_i, P + new tokens)."""
@@ -463,10 +534,19 @@ def generated_micro_batches(model, batches: list[dict[str, Any]], generator: tor
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+            sampling = (
+                dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+                if temperature > 0
                 else dict(do_sample=False)
-            out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
-                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+            )
+            out = model.generate(
+                input_ids=prompts,
+                attention_mask=torch.ones_like(prompts),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **sampling,
+            )
     finally:
         model.train(was_training)
     new = out[:, length:]  # (B, N)

@@ -46,18 +46,25 @@ class HubTrajectory:
     matches no revision (naming the pattern and the revisions seen), or two revisions with the same step.
     """
 
-    def __init__(self, repo_id: str, model_class: Any, revision_pattern: str = STEP_PATTERN,
-                 revisions: list[str] | None = None, cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        repo_id: str,
+        model_class: Any,
+        revision_pattern: str = STEP_PATTERN,
+        revisions: list[str] | None = None,
+        cache_dir: str | Path | None = None,
+    ):
         hub = require("huggingface_hub", "hf", "Hub trajectories")
         self.repo_id, self.model_class, self.cache_dir = repo_id, model_class, cache_dir
         try:
             pattern = re.compile(revision_pattern)
         except re.error as exc:
-            raise TrajectoryError(f"revision_pattern={revision_pattern!r} is not a regular expression: {exc}") \
-                from None
+            raise TrajectoryError(f"revision_pattern={revision_pattern!r} is not a regular expression: {exc}") from None
         if pattern.groups != 1:
-            raise TrajectoryError(f"revision_pattern={revision_pattern!r} is invalid: it needs exactly one group "
-                                  r"capturing the step, e.g. '^step(\d+)$'")
+            raise TrajectoryError(
+                f"revision_pattern={revision_pattern!r} is invalid: it needs exactly one group "
+                r"capturing the step, e.g. '^step(\d+)$'"
+            )
         if revisions is None:
             if hub.constants.HF_HUB_OFFLINE:
                 revisions = cached_revisions(repo_id, cache_dir)
@@ -71,14 +78,17 @@ class HubTrajectory:
                 continue
             step = int(match.group(1))
             if step in self.revisions:
-                raise TrajectoryError(f"revisions {self.revisions[step]!r} and {name!r} of {repo_id} both match "
-                                      f"revision_pattern={revision_pattern!r} with step {step}")
+                raise TrajectoryError(
+                    f"revisions {self.revisions[step]!r} and {name!r} of {repo_id} both match "
+                    f"revision_pattern={revision_pattern!r} with step {step}"
+                )
             self.revisions[step] = name
         if not self.revisions:
             where = "in the Hugging Face cache (offline)" if hub.constants.HF_HUB_OFFLINE else "on the Hub"
             shown = ", ".join(revisions[:12]) + (" ..." if len(revisions) > 12 else "") or "none"
-            raise TrajectoryError(f"revision_pattern={revision_pattern!r} matches no revision of {repo_id} {where}; "
-                                  f"revisions: {shown}")
+            raise TrajectoryError(
+                f"revision_pattern={revision_pattern!r} matches no revision of {repo_id} {where}; revisions: {shown}"
+            )
 
     def __repr__(self) -> str:
         return f"HubTrajectory({self.repo_id!r}, steps={self.steps})"
@@ -96,8 +106,10 @@ class HubTrajectory:
         return {}
 
     def curve(self, metric: str) -> tuple[list[int], list[float]]:
-        raise TrajectoryError(f"{self.repo_id}: Hub revisions carry no {metric!r}; use a schedule that needs no "
-                              "teacher curve (one-shot, progressive, k-shot)")
+        raise TrajectoryError(
+            f"{self.repo_id}: Hub revisions carry no {metric!r}; use a schedule that needs no "
+            "teacher curve (one-shot, progressive, k-shot)"
+        )
 
     def verify(self) -> None:
         """Nothing to check beforehand: the Hub's files are checked by ``huggingface_hub`` when downloaded."""
@@ -111,8 +123,10 @@ class HubTrajectory:
         ``build`` is unused (the revision names its architecture)."""
         self._check(step)
         try:
-            return self.model_class.from_pretrained(self.repo_id, revision=self.revisions[step],
-                                                    cache_dir=self.cache_dir)
+            return self.model_class.from_pretrained(
+                self.repo_id, revision=self.revisions[step], cache_dir=self.cache_dir
+            )
         except Exception as exc:  # transformers / huggingface_hub raise OSError and their own subclasses
-            raise TrajectoryError(f"{self.repo_id} revision {self.revisions[step]!r} (step {step}) cannot be "
-                                  f"loaded: {exc}") from None
+            raise TrajectoryError(
+                f"{self.repo_id} revision {self.revisions[step]!r} (step {step}) cannot be loaded: {exc}"
+            ) from None

@@ -35,8 +35,12 @@ class _LMConfig:
         check_positive_int("model.n_head", self.n_head)
         check_positive_int("model.head_dim", self.head_dim)
         check_positive_int("model.mlp_ratio", self.mlp_ratio)
-        check(self.max_positions is None or (isinstance(self.max_positions, int) and self.max_positions >= 2),
-              "model.max_positions", self.max_positions, "None (the task's need) or an integer >= 2")
+        check(
+            self.max_positions is None or (isinstance(self.max_positions, int) and self.max_positions >= 2),
+            "model.max_positions",
+            self.max_positions,
+            "None (the task's need) or an integer >= 2",
+        )
 
     @property
     def hidden_size(self) -> int:
@@ -55,8 +59,7 @@ class BertMLMConfig(_LMConfig):
 
     def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> MaskedLM:
         """A :class:`MaskedLM` for sequences of up to ``positions`` tokens over ``vocab_size`` ids."""
-        return MaskedLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
-                        generators)
+        return MaskedLM(positions if self.max_positions is None else self.max_positions, vocab_size, self, generators)
 
 
 class LanguageModel(nn.Module):
@@ -72,11 +75,14 @@ class LanguageModel(nn.Module):
     Raises ``ValueError`` naming the length when a sequence is longer than the position embeddings.
     """
 
-    def __init__(self, positions: int, vocab_size: int, config: _LMConfig,
-                 generators: Sequence[torch.Generator]):
+    def __init__(self, positions: int, vocab_size: int, config: _LMConfig, generators: Sequence[torch.Generator]):
         super().__init__()
-        check(len(generators) == 1, "generators", len(generators),
-              "a language model is not stackable: exactly one generator per model")
+        check(
+            len(generators) == 1,
+            "generators",
+            len(generators),
+            "a language model is not stackable: exactly one generator per model",
+        )
         check_positive_int("vocab_size", vocab_size)
         self.config = config
         self.num_models = 1
@@ -94,13 +100,15 @@ class LanguageModel(nn.Module):
         # Early trajectories hold the Hugging Face model under "bert." (GPT-2's too): those keys load into .backbone.
         old = prefix + "bert."
         for key in [k for k in state_dict if k.startswith(old)]:
-            state_dict[prefix + "backbone." + key[len(old):]] = state_dict.pop(key)
+            state_dict[prefix + "backbone." + key[len(old) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check(self, input_ids: torch.Tensor) -> None:
         if input_ids.shape[-1] > self.positions:
-            raise ValueError(f"a sequence of {input_ids.shape[-1]} tokens is longer than the model's "
-                             f"{self.positions} positions (model.max_positions); raise it or shorten the data")
+            raise ValueError(
+                f"a sequence of {input_ids.shape[-1]} tokens is longer than the model's "
+                f"{self.positions} positions (model.max_positions); raise it or shorten the data"
+            )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check(input_ids)
@@ -121,11 +129,20 @@ class MaskedLM(LanguageModel):
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
         transformers = require("transformers", "transformers", "BERT models")
-        return transformers.BertForMaskedLM(transformers.BertConfig(
-            vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layer,
-            num_attention_heads=config.n_head, intermediate_size=config.mlp_ratio * config.hidden_size,
-            max_position_embeddings=positions, type_vocab_size=1, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, pad_token_id=0))
+        return transformers.BertForMaskedLM(
+            transformers.BertConfig(
+                vocab_size=vocab_size,
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.n_layer,
+                num_attention_heads=config.n_head,
+                intermediate_size=config.mlp_ratio * config.hidden_size,
+                max_position_embeddings=positions,
+                type_vocab_size=1,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+                pad_token_id=0,
+            )
+        )
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Last-layer hidden states (B, L, hidden) -- the input of the MLM head."""
@@ -144,8 +161,7 @@ class GPT2LMConfig(_LMConfig):
     stackable: ClassVar[bool] = False
 
     def build(self, positions: int, vocab_size: int, generators: Sequence[torch.Generator]) -> CausalLM:
-        return CausalLM(positions if self.max_positions is None else self.max_positions, vocab_size, self,
-                        generators)
+        return CausalLM(positions if self.max_positions is None else self.max_positions, vocab_size, self, generators)
 
 
 class CausalLM(LanguageModel):
@@ -155,18 +171,37 @@ class CausalLM(LanguageModel):
     @staticmethod
     def _hf_model(positions: int, vocab_size: int, config: _LMConfig) -> nn.Module:
         transformers = require("transformers", "transformers", "GPT-2 models")
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=vocab_size, n_positions=positions, n_embd=config.hidden_size, n_layer=config.n_layer,
-            n_head=config.n_head, n_inner=config.mlp_ratio * config.hidden_size, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, use_cache=False, bos_token_id=0, eos_token_id=0))
+        return transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=vocab_size,
+                n_positions=positions,
+                n_embd=config.hidden_size,
+                n_layer=config.n_layer,
+                n_head=config.n_head,
+                n_inner=config.mlp_ratio * config.hidden_size,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                use_cache=False,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check(input_ids)
         return self.backbone.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @torch.no_grad()
-    def sample(self, prompt: torch.Tensor, allowed: torch.Tensor, stop_id: int, max_new_tokens: int,
-               generator: torch.Generator, temperature: float = 1.0) -> list[list[int]]:
+    def sample(
+        self,
+        prompt: torch.Tensor,
+        allowed: torch.Tensor,
+        stop_id: int,
+        max_new_tokens: int,
+        generator: torch.Generator,
+        temperature: float = 1.0,
+    ) -> list[list[int]]:
         """Continue each row of ``prompt`` (B, P) int64 by sampling (``temperature`` 0 = greedy) among the ids
         ``allowed`` (1-D), until ``stop_id`` or ``max_new_tokens``; returns the new ids of each row, ``stop_id``
         included when it was produced. Draws come from ``generator`` (on the CPU).

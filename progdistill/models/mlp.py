@@ -54,8 +54,7 @@ class MLP(nn.Module):
     # Declares :meth:`sgd_step`: the training loop may take plain SGD steps with it instead of autograd.
     hand_written_sgd: ClassVar[bool] = True
 
-    def __init__(self, in_features: int, num_classes: int, config: MLPConfig,
-                 generators: Sequence[torch.Generator]):
+    def __init__(self, in_features: int, num_classes: int, config: MLPConfig, generators: Sequence[torch.Generator]):
         super().__init__()
         check(len(generators) >= 1, "generators", len(generators), "need one generator per model")
         self.config = config
@@ -143,4 +142,3 @@ class MLP(nn.Module):
             if below is not None:  # None after the first layer: the pass is over
                 grad = below
         return loss.unsqueeze(0) if loss.dim() == 1 else loss
-

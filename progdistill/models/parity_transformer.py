@@ -48,8 +48,7 @@ class TransformerConfig:
     def hidden_size(self) -> int:
         return self.n_head * self.head_dim
 
-    def build(self, in_features: int, num_classes: int,
-              generators: Sequence[torch.Generator]) -> ParityTransformer:
+    def build(self, in_features: int, num_classes: int, generators: Sequence[torch.Generator]) -> ParityTransformer:
         return ParityTransformer(in_features, num_classes, self, generators)
 
     def check_task(self, task) -> None:
@@ -62,10 +61,12 @@ class TransformerConfig:
             if x.dim() != 2 or not torch.is_floating_point(x) or not bool(((x == 1) | (x == -1)).all()):
                 bad = x[(x != 1) & (x != -1)] if torch.is_floating_point(x) else x.flatten()
                 example = f"e.g. {bad.flatten()[0].item():g}" if bad.numel() else f"shape {tuple(x.shape)}"
-                raise ConfigError(f"model type {self.kind!r} (the parity transformer) reads inputs of shape (B, n) "
-                                  f"with values -1 or +1 only (one token per bit), and task {task.kind!r} gives "
-                                  f"other inputs ({x.dtype}, {example}): use a model for its inputs, e.g. "
-                                  "{'type': 'mlp'}")
+                raise ConfigError(
+                    f"model type {self.kind!r} (the parity transformer) reads inputs of shape (B, n) "
+                    f"with values -1 or +1 only (one token per bit), and task {task.kind!r} gives "
+                    f"other inputs ({x.dtype}, {example}): use a model for its inputs, e.g. "
+                    "{'type': 'mlp'}"
+                )
 
 
 class ParityTransformer(nn.Module):
@@ -82,23 +83,37 @@ class ParityTransformer(nn.Module):
     Raises :class:`~progdistill.core.config.ConfigError` unless exactly one generator is given.
     """
 
-    def __init__(self, in_features: int, num_classes: int, config: TransformerConfig,
-                 generators: Sequence[torch.Generator]):
+    def __init__(
+        self, in_features: int, num_classes: int, config: TransformerConfig, generators: Sequence[torch.Generator]
+    ):
         super().__init__()
         transformers = require("transformers", "transformers", "the parity transformer")
 
-        check(len(generators) == 1, "generators", len(generators),
-              "a transformer is not stackable: exactly one generator per model")
+        check(
+            len(generators) == 1,
+            "generators",
+            len(generators),
+            "a transformer is not stackable: exactly one generator per model",
+        )
         check_positive_int("in_features", in_features)
         check_positive_int("num_classes", num_classes)
         self.config = config
         self.num_models = 1
         self.in_features = in_features
-        gpt2 = transformers.GPT2Config(vocab_size=2, n_positions=in_features, n_embd=config.hidden_size,
-                          n_layer=config.n_layer, n_head=config.n_head,
-                          n_inner=config.mlp_ratio * config.hidden_size,
-                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
-                          bos_token_id=0, eos_token_id=0)
+        gpt2 = transformers.GPT2Config(
+            vocab_size=2,
+            n_positions=in_features,
+            n_embd=config.hidden_size,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_inner=config.mlp_ratio * config.hidden_size,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            use_cache=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generators[0].initial_seed())
             self.gpt2 = transformers.GPT2Model(gpt2)

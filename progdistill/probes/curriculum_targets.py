@@ -42,8 +42,13 @@ def _class1_probability(teacher: torch.nn.Module, temperature: float) -> Callabl
     return target
 
 
-def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POINTS, num_samples: int = 100_000,
-                             schedules: Sequence | None = None, log=print) -> dict[str, Any]:
+def probe_curriculum_targets(
+    run_dir: str | Path,
+    points: Sequence[float] = POINTS,
+    num_samples: int = 100_000,
+    schedules: Sequence | None = None,
+    log=print,
+) -> dict[str, Any]:
     """Degree 1..k monomial correlations of every schedule's targets at each point of ``points`` (shares of the
     student's run in [0, 1]; 1 is the last step); ``schedules``: those to probe on the run's teacher (default: the
     run's own). Returns {schedule label: [{point, student_step,
@@ -62,8 +67,14 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
     pool = teacher_pool(config, task, trajectory, torch.device("cpu"))
     total = config.student.steps
     degrees = list(range(1, config.task.k + 1))
-    out: dict[str, Any] = {"settings": {"num_samples": num_samples, "seed": PROBE_SEED, "degrees": degrees,
-                                        "distillation_temperature": config.distillation.temperature}}
+    out: dict[str, Any] = {
+        "settings": {
+            "num_samples": num_samples,
+            "seed": PROBE_SEED,
+            "degrees": degrees,
+            "distillation_temperature": config.distillation.temperature,
+        }
+    }
     for sched in config.schedules if schedules is None else schedules:
         if not sched.needs_teacher or sched.teacher_source != "trajectory":
             continue
@@ -75,15 +86,29 @@ def probe_curriculum_targets(run_dir: str | Path, points: Sequence[float] = POIN
             if spec is None or spec.hint_layer is not None:
                 continue
             temperature = teacher_temperature(spec, config.distillation.temperature)
-            result = monomial_correlations(_class1_probability(pool.get(spec), temperature), task,
-                                           num_samples=num_samples, degrees=degrees,
-                                           generator=torch.Generator().manual_seed(PROBE_SEED))
+            result = monomial_correlations(
+                _class1_probability(pool.get(spec), temperature),
+                task,
+                num_samples=num_samples,
+                degrees=degrees,
+                generator=torch.Generator().manual_seed(PROBE_SEED),
+            )
             assert isinstance(result, MonomialCorrelations)  # one teacher's (B,) probabilities: one result
-            rows.append({"point": p, "student_step": step, "teacher_checkpoint": spec.checkpoint,
-                         "temperature": temperature, **spec.describe(), **result.summary()})
+            rows.append(
+                {
+                    "point": p,
+                    "student_step": step,
+                    "teacher_checkpoint": spec.checkpoint,
+                    "temperature": temperature,
+                    **spec.describe(),
+                    **result.summary(),
+                }
+            )
         out[sched.label] = rows
-        log(f"{sched.label}: degree-1 in-support mean " + ", ".join(
-            f"{r['point']:g}: {r['degree1/in_support_mean']:.4f}" for r in rows))
+        log(
+            f"{sched.label}: degree-1 in-support mean "
+            + ", ".join(f"{r['point']:g}: {r['degree1/in_support_mean']:.4f}" for r in rows)
+        )
     rundir.probes.mkdir(exist_ok=True)
     atomic_write_json(rundir.probes / "curriculum-targets.json", out)
     return out

@@ -36,8 +36,12 @@ def generation_acceptance(model, task, count: int = GENERATION_SAMPLES, seed: in
     finished = [o[:-1] for o in outputs if o and o[-1] == vocab.eos]
     accepted = sum(1 for tokens in finished if tokens and inside_log_probability(grammar, tokens) > float("-inf"))
     prefix = float(np.mean([grammatical_prefix_fraction(grammar, o, vocab.eos) for o in outputs]))
-    return {"acceptance": accepted / count, "finished": len(finished) / count,
-            "mean_length": float(np.mean([len(o) for o in outputs])), "grammatical_prefix": prefix}
+    return {
+        "acceptance": accepted / count,
+        "finished": len(finished) / count,
+        "mean_length": float(np.mean([len(o) for o in outputs])),
+        "grammatical_prefix": prefix,
+    }
 
 
 @torch.no_grad()
@@ -71,20 +75,31 @@ def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=pri
     "runs": ...})."""
     out = rundir.probes
     out.mkdir(exist_ok=True)
-    runs = {name: generation_acceptance(rundir.load_model(config, name, task=task), task)
-            for name in ["teacher", *student_names(config)]}
+    runs = {
+        name: generation_acceptance(rundir.load_model(config, name, task=task), task)
+        for name in ["teacher", *student_names(config)]
+    }
     by_schedule: dict[str, list[dict]] = {}
     for name, r in runs.items():
         if name != "teacher":
             by_schedule.setdefault(schedule_of(name), []).append(r)
+
     def spread(v):
         return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    summary = {"samples": GENERATION_SAMPLES, "teacher": runs["teacher"],
-               "students": {label: {f"{key} {stat}": f([r[key] for r in rs])
-                                    for key in ("acceptance", "grammatical_prefix")
-                                    for stat, f in (("mean", lambda v: float(np.mean(v))), ("std", spread))}
-                            for label, rs in by_schedule.items()},
-               "runs": runs}
+
+    summary = {
+        "samples": GENERATION_SAMPLES,
+        "teacher": runs["teacher"],
+        "students": {
+            label: {
+                f"{key} {stat}": f([r[key] for r in rs])
+                for key in ("acceptance", "grammatical_prefix")
+                for stat, f in (("mean", lambda v: float(np.mean(v))), ("std", spread))
+            }
+            for label, rs in by_schedule.items()
+        },
+        "runs": runs,
+    }
     atomic_write_json(out / "generation-summary.json", summary)
     log(f"wrote {out / 'generation-summary.json'}")
     return summary

@@ -30,8 +30,9 @@ def model_jobs(config: ExperimentConfig, teacher_steps: list[int], students: boo
     return jobs
 
 
-def run_jobs(partial: Path, settings: dict, jobs: list[tuple[str, int]], compute, desc: str,
-             log=print) -> dict[tuple[str, int], dict]:
+def run_jobs(
+    partial: Path, settings: dict, jobs: list[tuple[str, int]], compute, desc: str, log=print
+) -> dict[tuple[str, int], dict]:
     """Compute ``compute(name, step)`` for every (model name, step) job, appending each record to the
     ``partial`` JSONL file as it is done, so a killed probe resumes where it stopped (when its first line,
     ``settings``, matches). A new ``partial`` file is created with the first finished record, so a probe that
@@ -84,5 +85,7 @@ def refresh_report(rundir: RunDir, log=print) -> None:
     if previous is not None and "wall_time_s" in previous:
         write_report(rundir.path, wall_time_s=previous["wall_time_s"], env=previous.get("environment"))
     else:
-        log(f"{rundir.results_file} is not written yet (the run has not finished): `progdistill run` "
-            "adds this probe to it when the run ends")
+        log(
+            f"{rundir.results_file} is not written yet (the run has not finished): `progdistill run` "
+            "adds this probe to it when the run ends"
+        )

@@ -86,25 +86,35 @@ class DegreeCorrelations:
         return max(self.off_support, default=None)
 
     def stats(self) -> dict[str, float | None]:
-        return {"in_support_mean": self.in_support_mean, "in_support_max": self.in_support_max,
-                "off_support_mean": self.off_support_mean, "off_support_std": self.off_support_std,
-                "off_support_max": self.off_support_max}
+        return {
+            "in_support_mean": self.in_support_mean,
+            "in_support_max": self.in_support_max,
+            "off_support_mean": self.off_support_mean,
+            "off_support_std": self.off_support_std,
+            "off_support_max": self.off_support_max,
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"degree": self.degree,
-                "in_support": [{"subset": list(t), "correlation": c}
-                               for t, c in zip(self.in_support_subsets, self.in_support)],
-                "off_support": [{"subset": list(t), "correlation": c}
-                                for t, c in zip(self.off_support_subsets, self.off_support)],
-                **self.stats()}
+        return {
+            "degree": self.degree,
+            "in_support": [
+                {"subset": list(t), "correlation": c} for t, c in zip(self.in_support_subsets, self.in_support)
+            ],
+            "off_support": [
+                {"subset": list(t), "correlation": c} for t, c in zip(self.off_support_subsets, self.off_support)
+            ],
+            **self.stats(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DegreeCorrelations:
-        return cls(degree=d["degree"],
-                   in_support_subsets=tuple(tuple(e["subset"]) for e in d["in_support"]),
-                   in_support=tuple(float(e["correlation"]) for e in d["in_support"]),
-                   off_support_subsets=tuple(tuple(e["subset"]) for e in d["off_support"]),
-                   off_support=tuple(float(e["correlation"]) for e in d["off_support"]))
+        return cls(
+            degree=d["degree"],
+            in_support_subsets=tuple(tuple(e["subset"]) for e in d["in_support"]),
+            in_support=tuple(float(e["correlation"]) for e in d["in_support"]),
+            off_support_subsets=tuple(tuple(e["subset"]) for e in d["off_support"]),
+            off_support=tuple(float(e["correlation"]) for e in d["off_support"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -128,13 +138,21 @@ class MonomialCorrelations:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``json.dumps`` accepts it); :meth:`from_dict` reads it back to an equal result."""
-        return {"n": self.n, "support": list(self.support), "num_samples": self.num_samples,
-                "degrees": [e.to_dict() for e in self.degrees]}
+        return {
+            "n": self.n,
+            "support": list(self.support),
+            "num_samples": self.num_samples,
+            "degrees": [e.to_dict() for e in self.degrees],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MonomialCorrelations:
-        return cls(n=d["n"], support=tuple(d["support"]), num_samples=d["num_samples"],
-                   degrees=tuple(DegreeCorrelations.from_dict(e) for e in d["degrees"]))
+        return cls(
+            n=d["n"],
+            support=tuple(d["support"]),
+            num_samples=d["num_samples"],
+            degrees=tuple(DegreeCorrelations.from_dict(e) for e in d["degrees"]),
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,8 +186,9 @@ def in_support_subsets(support: Sequence[int], degree: int) -> list[Subset]:
     return list(itertools.combinations(sorted(support), degree))
 
 
-def off_support_subsets(n: int, support: Sequence[int], degree: int, count: int,
-                        generator: torch.Generator) -> list[Subset]:
+def off_support_subsets(
+    n: int, support: Sequence[int], degree: int, count: int, generator: torch.Generator
+) -> list[Subset]:
     """``count`` distinct random subsets of {0..n-1} of size ``degree`` that are not subsets of ``support``,
     sorted; all of them when fewer than ``count`` exist (C(n, d) - C(k, d)).
 
@@ -204,8 +223,10 @@ def check_degrees(degrees: Sequence[int] | None, k: int) -> list[int]:
         raise ValueError(f"degrees={degrees!r} is invalid: must name at least one degree in 1..{k}")
     for d in degrees:
         if not (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= k):
-            raise ValueError(f"degree {d!r} in degrees={degrees!r} is invalid: each degree must be an integer "
-                             f"in 1..k = 1..{k} (k is the full parity)")
+            raise ValueError(
+                f"degree {d!r} in degrees={degrees!r} is invalid: each degree must be an integer "
+                f"in 1..k = 1..{k} (k is the full parity)"
+            )
     if len(set(degrees)) != len(degrees):
         raise ValueError(f"degrees={degrees!r} is invalid: degrees must be distinct")
     return sorted(degrees)
@@ -215,10 +236,15 @@ def check_degrees(degrees: Sequence[int] | None, k: int) -> list[int]:
 # The probe
 
 
-def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor], task: ParityTask,
-                          num_samples: int = 100_000, off_support_per_degree: int = 100,
-                          degrees: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                          batch_size: int = 8192) -> MonomialCorrelations | list[MonomialCorrelations]:
+def monomial_correlations(
+    predict_proba: Callable[[torch.Tensor], torch.Tensor],
+    task: ParityTask,
+    num_samples: int = 100_000,
+    off_support_per_degree: int = 100,
+    degrees: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 8192,
+) -> MonomialCorrelations | list[MonomialCorrelations]:
     """corr(T) for every in-support subset of each degree and ``off_support_per_degree`` off-support ones.
 
     ``predict_proba`` maps inputs (B, n) float32 in {-1, +1} to p(class 1 | x) of shape (B,), or (M, B) for
@@ -233,8 +259,11 @@ def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor],
     Returns one :class:`MonomialCorrelations` for a (B,) output, a list of M (in stack order) for (M, B).
     Raises ``ValueError`` for degrees outside 1..k, non-positive sizes, or an output of the wrong shape.
     """
-    for name, value, least in [("num_samples", num_samples, 1), ("batch_size", batch_size, 1),
-                               ("off_support_per_degree", off_support_per_degree, 0)]:
+    for name, value, least in [
+        ("num_samples", num_samples, 1),
+        ("batch_size", batch_size, 1),
+        ("off_support_per_degree", off_support_per_degree, 0),
+    ]:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
             raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {least}")
     degree_list = check_degrees(degrees, task.k)
@@ -252,8 +281,10 @@ def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor],
         x = task.sample_inputs(min(batch_size, num_samples - start), generator)  # (B, n)
         p = torch.as_tensor(predict_proba(x)).detach().to("cpu", torch.float32)
         if p.dim() not in (1, 2) or p.shape[-1] != x.shape[0]:
-            raise ValueError(f"predict_proba returned shape {tuple(p.shape)} for {x.shape[0]} inputs: must be "
-                             f"(B,) or (M, B) with B = {x.shape[0]}")
+            raise ValueError(
+                f"predict_proba returned shape {tuple(p.shape)} for {x.shape[0]} inputs: must be "
+                f"(B,) or (M, B) with B = {x.shape[0]}"
+            )
         single = p.dim() == 1
         p = p.reshape(-1, x.shape[0])  # (M, B)
         # sum_x chi_T(x) p(x) = sum_x p(x) - 2 sum_x parity_T(x) p(x): one elementwise pass fewer than chi
@@ -266,16 +297,26 @@ def monomial_correlations(predict_proba: Callable[[torch.Tensor], torch.Tensor],
     D = len(degree_list)
 
     def part(row: list[float], j: int) -> tuple[float, ...]:  # the correlations of group j of subsets
-        return tuple(row[bounds[j]: bounds[j + 1]])
+        return tuple(row[bounds[j] : bounds[j + 1]])
 
-    results = [MonomialCorrelations(task.n, tuple(support), num_samples, tuple(
-        DegreeCorrelations(d, tuple(inside[j]), part(row, j), tuple(outside[j]), part(row, D + j))
-        for j, d in enumerate(degree_list))) for row in corr]
+    results = [
+        MonomialCorrelations(
+            task.n,
+            tuple(support),
+            num_samples,
+            tuple(
+                DegreeCorrelations(d, tuple(inside[j]), part(row, j), tuple(outside[j]), part(row, D + j))
+                for j, d in enumerate(degree_list)
+            ),
+        )
+        for row in corr
+    ]
     return results[0] if single else results
 
 
-def mlp_class1_probability(model: torch.nn.Module,
-                           model_index: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def mlp_class1_probability(
+    model: torch.nn.Module, model_index: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """p(class 1 | x) of a stacked model (such as :class:`progdistill.models.mlp.MLP`, logits (M, B, C)) as a
     callable for :func:`monomial_correlations`: x (B, n) -> (M, B), or (B,) for model ``model_index`` alone.
     Runs without gradients on the model's device; returns CPU float32."""
@@ -298,14 +339,20 @@ def mlp_class1_probability(model: torch.nn.Module,
 
 
 def _record(model, task, num_samples: int, degrees) -> dict[str, Any]:
-    result = monomial_correlations(mlp_class1_probability(model, 0), task, num_samples=num_samples,
-                                   degrees=degrees, generator=torch.Generator().manual_seed(PROBE_SEED))
+    result = monomial_correlations(
+        mlp_class1_probability(model, 0),
+        task,
+        num_samples=num_samples,
+        degrees=degrees,
+        generator=torch.Generator().manual_seed(PROBE_SEED),
+    )
     assert isinstance(result, MonomialCorrelations)  # one model's (B,) probabilities: one result
     return result.to_dict() | {"summary": result.summary()}
 
 
-def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: int = 100_000,
-                    degrees: list[int] | None = None, log=print) -> dict[str, Any]:
+def probe_monomials(
+    run_dir: str | Path, students: bool = False, num_samples: int = 100_000, degrees: list[int] | None = None, log=print
+) -> dict[str, Any]:
     """Monomial correlations over every teacher checkpoint of ``run_dir`` (and its final students).
 
     Returns the summary: the transition detected on the teacher's eval accuracy, the checkpoint where the mean
@@ -317,8 +364,7 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
     rundir = RunDir(run_dir)
     config = rundir.config()
     if "monomials" not in config.task.probes:
-        raise ConfigError(f"the monomial probe needs a sparse parity run; {rundir.path} has task "
-                          f"{config.task.kind!r}")
+        raise ConfigError(f"the monomial probe needs a sparse parity run; {rundir.path} has task {config.task.kind!r}")
     if config.task.k < 2:
         raise ConfigError(f"task.k={config.task.k}: the monomial probe needs k >= 2 (degrees 1..k-1)")
     if not (isinstance(num_samples, int) and num_samples >= 1):
@@ -326,8 +372,7 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
     if degrees is not None:
         check_degrees(degrees, config.task.k)  # each within 1..k
         if 1 not in degrees:
-            raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of "
-                             "degree 1)")
+            raise ValueError(f"degrees={degrees!r} is invalid: must include 1 (the summary and figure are of degree 1)")
     with RunLock(rundir.path):
         rundir.check_inputs(config)
         summary = _probe_monomials(rundir, config, students, num_samples, degrees, log)
@@ -335,8 +380,9 @@ def probe_monomials(run_dir: str | Path, students: bool = False, num_samples: in
         return summary
 
 
-def _probe_monomials(rundir: RunDir, config: ExperimentConfig, students: bool, num_samples: int, degrees,
-                     log) -> dict[str, Any]:
+def _probe_monomials(
+    rundir: RunDir, config: ExperimentConfig, students: bool, num_samples: int, degrees, log
+) -> dict[str, Any]:
     trajectory = Trajectory(rundir.teacher)
     if not trajectory.steps:
         raise ConfigError(f"{rundir.teacher} has no checkpoints to probe")
@@ -367,9 +413,12 @@ def _summarize(teacher: list[dict]) -> dict[str, Any]:
     degree1 = [r["summary"]["degree1/in_support_mean"] for r in teacher]
     peak = max(range(len(teacher)), key=lambda i: degree1[i])
     off = teacher[peak]["summary"]["degree1/off_support_mean"]
-    summary: dict[str, Any] = {"peak_step": steps[peak], "peak_degree1_in_support_mean": degree1[peak],
-                               "degree1_off_support_mean_at_peak": off,
-                               "ratio": degree1[peak] / off if off else None}
+    summary: dict[str, Any] = {
+        "peak_step": steps[peak],
+        "peak_degree1_in_support_mean": degree1[peak],
+        "degree1_off_support_mean_at_peak": off,
+        "ratio": degree1[peak] / off if off else None,
+    }
     try:
         window = detect_transition(steps, [r["eval_accuracy"] for r in teacher], "rise")
         summary["transition"] = window.to_dict()

@@ -17,22 +17,32 @@ def monomial_figure(records: list[dict], summary: dict, preset: str):
     degrees = [d["degree"] for d in teacher[0]["degrees"]]
     fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 5.4))
     for j, entry in enumerate(next(d for d in teacher[0]["degrees"] if d["degree"] == 1)["in_support"]):
-        values = [next(d for d in r["degrees"] if d["degree"] == 1)["in_support"][j]["correlation"]
-                  for r in teacher]
+        values = [next(d for d in r["degrees"] if d["degree"] == 1)["in_support"][j]["correlation"] for r in teacher]
         ax.plot(steps, values, lw=1.2, label=f"in-support x_{entry['subset'][0]}")
     off_mean = np.array([r["summary"]["degree1/off_support_mean"] for r in teacher])
     off_std = np.array([r["summary"]["degree1/off_support_std"] for r in teacher])
     ax.plot(steps, off_mean, "k-", lw=1.5, label="off-support mean (+/- std)")
     ax.fill_between(steps, off_mean - off_std, off_mean + off_std, color="k", alpha=0.15)
     for d in degrees:
-        line, = right.plot(steps, [r["summary"][f"degree{d}/in_support_mean"] for r in teacher], lw=1.4,
-                           label=f"degree {d} in-support")
-        right.plot(steps, [r["summary"][f"degree{d}/off_support_mean"] for r in teacher], ls=":",
-                   color=line.get_color(), label=f"degree {d} off-support")
+        (line,) = right.plot(
+            steps, [r["summary"][f"degree{d}/in_support_mean"] for r in teacher], lw=1.4, label=f"degree {d} in-support"
+        )
+        right.plot(
+            steps,
+            [r["summary"][f"degree{d}/off_support_mean"] for r in teacher],
+            ls=":",
+            color=line.get_color(),
+            label=f"degree {d} off-support",
+        )
     for axis in (ax, right):
         if summary.get("transition"):
-            axis.axvspan(summary["transition"]["start"], summary["transition"]["end"], color="orange",
-                         alpha=0.15, label="detected transition" if axis is ax else None)
+            axis.axvspan(
+                summary["transition"]["start"],
+                summary["transition"]["end"],
+                color="orange",
+                alpha=0.15,
+                label="detected transition" if axis is ax else None,
+            )
         axis.set_xlabel("teacher training steps")
         axis.set_ylabel("monomial correlation")
     ax2 = ax.twinx()

@@ -91,17 +91,23 @@ def _distributions(model, inputs: torch.Tensor, attention: torch.Tensor, at: tor
     """Softmax outputs (N, V) of ``model`` at position ``at[i]`` of row i of ``inputs`` (N, L)."""
     out = []
     for j in range(0, len(inputs), FORWARD_BATCH):
-        logits = model(inputs[j:j + FORWARD_BATCH], attention[j:j + FORWARD_BATCH])
+        logits = model(inputs[j : j + FORWARD_BATCH], attention[j : j + FORWARD_BATCH])
         rows = torch.arange(len(logits))
-        out.append(torch.softmax(logits[rows, at[j:j + FORWARD_BATCH]].float(), dim=-1))
+        out.append(torch.softmax(logits[rows, at[j : j + FORWARD_BATCH]].float(), dim=-1))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabulary,
-                     windows: Sequence[int] = WINDOWS, per_sentence: int = 8,
-                     device: str | torch.device = "cpu", hiding: str = "token",
-                     distance: str = "tv") -> dict[str, dict[str, float]]:
+def ngram_dependence(
+    model,
+    sentences: Sequence[Sequence[int]],
+    vocab: Vocabulary,
+    windows: Sequence[int] = WINDOWS,
+    per_sentence: int = 8,
+    device: str | torch.device = "cpu",
+    hiding: str = "token",
+    distance: str = "tv",
+) -> dict[str, dict[str, float]]:
     """M_robust and M_close of ``model`` (a masked LM: ids (B, L), mask (B, L) -> logits (B, L, V)) on
     grammar sentences.
 
@@ -115,15 +121,33 @@ def ngram_dependence(model, sentences: Sequence[Sequence[int]], vocab: Vocabular
     check_windows(windows)
     ids, attention = pad_sentences(list(sentences), vocab)
     maskable = ids < len(vocab.terminals)
-    return ngram_dependence_at(model, ids, attention, maskable, vocab.mask, probe_positions(maskable, per_sentence),
-                               windows, device, hiding, distance)
+    return ngram_dependence_at(
+        model,
+        ids,
+        attention,
+        maskable,
+        vocab.mask,
+        probe_positions(maskable, per_sentence),
+        windows,
+        device,
+        hiding,
+        distance,
+    )
 
 
 @torch.no_grad()
-def ngram_dependence_at(model, ids: torch.Tensor, attention: torch.Tensor, maskable: torch.Tensor, mask_id: int,
-                        where: NgramPositions, windows: Sequence[int] = WINDOWS,
-                        device: str | torch.device = "cpu", hiding: str = "token",
-                        distance: str = "tv") -> dict[str, dict[str, float]]:
+def ngram_dependence_at(
+    model,
+    ids: torch.Tensor,
+    attention: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_id: int,
+    where: NgramPositions,
+    windows: Sequence[int] = WINDOWS,
+    device: str | torch.device = "cpu",
+    hiding: str = "token",
+    distance: str = "tv",
+) -> dict[str, dict[str, float]]:
     """M_robust and M_close at given positions of any token sequences (grammar sentences or text).
 
     ``ids``, ``attention``, ``maskable``: (B, L) -- the sequences, their attention mask and which positions
@@ -165,13 +189,14 @@ def hidden_variants(maskable: torch.Tensor, where: NgramPositions, windows: Sequ
     for w in windows:
         r = w // 2
         inside = (index >= (pos - r)[:, None]) & (index <= (pos + r)[:, None]) & terminal
-        variants.append(hidden | inside)                    # M_robust: mask the window
-        variants.append(hidden | (terminal & ~inside))      # M_close: only the window stays
+        variants.append(hidden | inside)  # M_robust: mask the window
+        variants.append(hidden | (terminal & ~inside))  # M_close: only the window stays
     return variants
 
 
-def distance_scores(probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor,
-                    distance: str = "tv") -> dict[str, dict[str, float]]:
+def distance_scores(
+    probs: torch.Tensor, windows: Sequence[int], truth: torch.Tensor, distance: str = "tv"
+) -> dict[str, dict[str, float]]:
     """The scores of :func:`ngram_dependence` from the predictions at each variant of :func:`hidden_variants`:
     quantiles of the ``distance`` ("tv" or "l1") of each variant's prediction from the base's (``probs``:
     (variants, P, V)), and of the base prediction's cross-entropy (nats) on the true tokens ``truth`` (P,)."""
@@ -196,22 +221,28 @@ def check_windows(windows: Sequence[int]) -> None:
         raise ValueError(f"windows {list(windows)} repeat a size; give each window size once, e.g. 3 5 7")
     for w in windows:
         if not (isinstance(w, int) and w >= 3 and w % 2 == 1):
-            raise ValueError(f"window {w!r} is invalid: window sizes are odd integers >= 3 (the (2r+1)-gram "
-                             "centred on the masked position)")
+            raise ValueError(
+                f"window {w!r} is invalid: window sizes are odd integers >= 3 (the (2r+1)-gram "
+                "centred on the masked position)"
+            )
 
 
 def check_hiding(hiding: str) -> None:
     """Raise ``ValueError`` unless ``hiding`` is one of :data:`HIDING`."""
     if hiding not in HIDING:
-        raise ValueError(f"hiding={hiding!r} is invalid: use 'token' (MASK in the input) or 'attention' (MASK and "
-                         "attention mask 0, as the authors' probe)")
+        raise ValueError(
+            f"hiding={hiding!r} is invalid: use 'token' (MASK in the input) or 'attention' (MASK and "
+            "attention mask 0, as the authors' probe)"
+        )
 
 
 def check_distance(distance: str) -> None:
     """Raise ``ValueError`` unless ``distance`` is one of :data:`DISTANCE`."""
     if distance not in DISTANCE:
-        raise ValueError(f"distance={distance!r} is invalid: use 'tv' (total variation, in [0, 1]) or 'l1' "
-                         "(the L1 norm ||p - q||_1 = 2 x TV, the paper's n-gram axis)")
+        raise ValueError(
+            f"distance={distance!r} is invalid: use 'tv' (total variation, in [0, 1]) or 'l1' "
+            "(the L1 norm ||p - q||_1 = 2 x TV, the paper's n-gram axis)"
+        )
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:
@@ -222,11 +253,17 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------
 # Over a run directory
 
-NGRAM_SEQUENCES = 32        # sequences for M_robust / M_close (x up to 8 positions each)
+NGRAM_SEQUENCES = 32  # sequences for M_robust / M_close (x up to 8 positions each)
 
 
-def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, ...] = WINDOWS,
-                log=print, hiding: str = "token", distance: str = "tv") -> dict[str, Any]:
+def probe_ngram(
+    run_dir: str | Path,
+    students: bool = True,
+    windows: tuple[int, ...] = WINDOWS,
+    log=print,
+    hiding: str = "token",
+    distance: str = "tv",
+) -> dict[str, Any]:
     """M_robust / M_close for each window size -- and on grammar tasks the non-terminal probe accuracy per tree
     level -- for every teacher checkpoint of ``run_dir`` (and every final student unless ``students=False``).
 
@@ -246,8 +283,10 @@ def probe_ngram(run_dir: str | Path, students: bool = True, windows: tuple[int, 
     rundir = RunDir(run_dir)
     config = rundir.config()
     if "ngram" not in config.task.probes:
-        raise ConfigError(f"the n-gram probe needs a masked LM run; {rundir.path} has task {config.task.kind!r}, "
-                          f"whose probes are: {', '.join(config.task.probes) or 'none'}")
+        raise ConfigError(
+            f"the n-gram probe needs a masked LM run; {rundir.path} has task {config.task.kind!r}, "
+            f"whose probes are: {', '.join(config.task.probes) or 'none'}"
+        )
     check_windows(windows)
     check_hiding(hiding)
     check_distance(distance)
@@ -271,13 +310,23 @@ def check_fits(config: ExperimentConfig) -> None:
     try:
         ngram_inputs(config.task, WINDOWS)
     except ValueError as exc:
-        raise ConfigError(f"task: a {config.task.kind} run ends with the n-gram probe (windows "
-                          f"{' '.join(map(str, WINDOWS))}), but {exc}; use a grammar, corpus or sequence length "
-                          "with longer sequences (nothing was written)") from None
+        raise ConfigError(
+            f"task: a {config.task.kind} run ends with the n-gram probe (windows "
+            f"{' '.join(map(str, WINDOWS))}), but {exc}; use a grammar, corpus or sequence length "
+            "with longer sequences (nothing was written)"
+        ) from None
 
 
-def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Any, students: bool, windows: tuple[int, ...],
-                 log, hiding: str = "token", distance: str = "tv") -> dict[str, Any]:
+def _probe_ngram(
+    rundir: RunDir,
+    config: ExperimentConfig,
+    task: Any,
+    students: bool,
+    windows: tuple[int, ...],
+    log,
+    hiding: str = "token",
+    distance: str = "tv",
+) -> dict[str, Any]:
     trajectory = Trajectory(rundir.teacher)
     if not trajectory.steps:
         raise ConfigError(f"{rundir.teacher} has no checkpoints to probe")
@@ -293,17 +342,26 @@ def _probe_ngram(rundir: RunDir, config: ExperimentConfig, task: Any, students: 
         test_sentences = task.sample_sentences(NONTERMINAL_TEST, gen)
         levels = list(range(1, train_sentences.ancestors.shape[0] - 1))  # the root and preterminals are trivial
     jobs = model_jobs(config, trajectory.steps, students)
-    settings = {"settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
-                             "hiding": hiding, "distance": distance,
-                             **({"probe_train": NONTERMINAL_TRAIN, "probe_test": NONTERMINAL_TEST} if grammar
-                                else {})}}
+    settings = {
+        "settings": {
+            "windows": list(windows),
+            "sequences": NGRAM_SEQUENCES,
+            "seed": PROBE_SEED,
+            "hiding": hiding,
+            "distance": distance,
+            **({"probe_train": NONTERMINAL_TRAIN, "probe_test": NONTERMINAL_TEST} if grammar else {}),
+        }
+    }
 
     def compute(name: str, step: int) -> dict[str, Any]:
         model = rundir.load_model(config, name, step if name == "teacher" else None, task=task)
         extra = trajectory.metrics(step) if name == "teacher" else {}
-        record: dict[str, Any] = {**{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
-                  "ngram": ngram_dependence_at(model, ids, attention, maskable, mask_id, where, windows,
-                                               hiding=hiding, distance=distance)}
+        record: dict[str, Any] = {
+            **{k: extra[k] for k in ("eval_loss", "eval_accuracy") if k in extra},
+            "ngram": ngram_dependence_at(
+                model, ids, attention, maskable, mask_id, where, windows, hiding=hiding, distance=distance
+            ),
+        }
         if grammar:
             accuracy = nonterminal_probe(model, train_sentences, test_sentences, task.vocabulary, levels)
             record["nonterminal_accuracy"] = {str(lv): acc for lv, acc in accuracy.items()}
@@ -336,8 +394,10 @@ def ngram_inputs(task: Any, windows: tuple[int, ...]):
     longest = int(attention.sum(dim=1).max())
     for w in windows:
         if w > longest:
-            raise ValueError(f"window {w} is longer than every probed sequence (at most {longest} tokens); allowed: "
-                             f"odd sizes from 3 to {longest - 1 + longest % 2}")
+            raise ValueError(
+                f"window {w} is longer than every probed sequence (at most {longest} tokens); allowed: "
+                f"odd sizes from 3 to {longest - 1 + longest % 2}"
+            )
     return gen, ids, attention, maskable, mask_id, probe_positions(maskable)
 
 
@@ -366,8 +426,12 @@ def _summarize_ngram(records: list[dict], windows: tuple[int, ...]) -> dict[str,
     key = f"M_robust/{min(windows)}"
     robust = [r["ngram"][key]["median"] for r in teacher]
     peak = max(range(len(teacher)), key=lambda i: robust[i])
-    summary: dict[str, Any] = {"metric": key, "peak_step": steps[peak], "peak_median": robust[peak],
-                               "final_median": robust[-1]}
+    summary: dict[str, Any] = {
+        "metric": key,
+        "peak_step": steps[peak],
+        "peak_median": robust[peak],
+        "final_median": robust[-1],
+    }
     try:
         phases = detect_phases(steps, [r["eval_loss"] for r in teacher])
         summary["phases"] = phases.to_dict()
@@ -387,9 +451,13 @@ def _summarize_ngram(records: list[dict], windows: tuple[int, ...]) -> dict[str,
         entry.setdefault(f"{key} median", []).append(r["ngram"][key]["median"])
         for lv, acc in r.get("nonterminal_accuracy", {}).items():
             entry.setdefault(f"nonterminal level {lv}", []).append(acc)
-    summary["students"] = {label: {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
-                                       else 0.0} for k, v in entry.items()}
-                           for label, entry in by_schedule.items()}
+    summary["students"] = {
+        label: {
+            k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for k, v in entry.items()
+        }
+        for label, entry in by_schedule.items()
+    }
     if "nonterminal_accuracy" in teacher[-1]:
         summary["teacher_final_nonterminal_accuracy"] = teacher[-1]["nonterminal_accuracy"]
     return summary

@@ -15,8 +15,8 @@ from progdistill.probes.jobs import FORWARD_BATCH, schedule_of
 from progdistill.store.report import save_figure
 from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
 
-NONTERMINAL_TRAIN = 256     # grammar sentences to fit the non-terminal probe on
-NONTERMINAL_TEST = 128      # sentences to score it on
+NONTERMINAL_TRAIN = 256  # grammar sentences to fit the non-terminal probe on
+NONTERMINAL_TEST = 128  # sentences to score it on
 
 
 @torch.no_grad()
@@ -25,15 +25,25 @@ def _hidden_features(model, sentences, vocab: Vocabulary, device) -> torch.Tenso
     ids, attention = pad_sentences([s.tokens for s in sentences], vocab)
     feats = []
     for j in range(0, len(ids), FORWARD_BATCH):
-        hidden = model.hidden_states(ids[j:j + FORWARD_BATCH].to(device),
-                                     attention[j:j + FORWARD_BATCH].to(device)).float().cpu()
-        feats.append(hidden[ids[j:j + FORWARD_BATCH] < len(vocab.terminals)])
+        hidden = (
+            model.hidden_states(ids[j : j + FORWARD_BATCH].to(device), attention[j : j + FORWARD_BATCH].to(device))
+            .float()
+            .cpu()
+        )
+        feats.append(hidden[ids[j : j + FORWARD_BATCH] < len(vocab.terminals)])
     return torch.cat(feats)
 
 
-def nonterminal_probe(model, train_sentences, test_sentences, vocab: Vocabulary, levels: Sequence[int],
-                      steps: int = 200, lr: float = 0.05,
-                      device: str | torch.device = "cpu") -> dict[int, float]:
+def nonterminal_probe(
+    model,
+    train_sentences,
+    test_sentences,
+    vocab: Vocabulary,
+    levels: Sequence[int],
+    steps: int = 200,
+    lr: float = 0.05,
+    device: str | torch.device = "cpu",
+) -> dict[int, float]:
     """Linear probe on the frozen last hidden layer predicting each token's ancestor nonterminal at each level.
 
     ``train_sentences`` / ``test_sentences``: :class:`~progdistill.tasks.pcfg.sampler.SentenceBatch` (tokens and
@@ -77,8 +87,9 @@ def plot_nonterminals(records: list[dict], config, path: Path) -> None:
     levels = list(teacher[0]["nonterminal_accuracy"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for lv in levels:
-        left.plot([r["step"] for r in teacher], [r["nonterminal_accuracy"][lv] for r in teacher], lw=1.4,
-                  label=f"level {lv}")
+        left.plot(
+            [r["step"] for r in teacher], [r["nonterminal_accuracy"][lv] for r in teacher], lw=1.4, label=f"level {lv}"
+        )
     left.set_xlabel("teacher training steps")
     left.set_ylabel("linear probe accuracy")
     left.set_title(f"{config.preset}: non-terminal probe of the teacher")
@@ -90,8 +101,13 @@ def plot_nonterminals(records: list[dict], config, path: Path) -> None:
         if not runs:
             continue
         values = np.array([[r["nonterminal_accuracy"][lv] for lv in levels] for r in runs])
-        right.bar(np.arange(len(levels)) + j * width, values.mean(0), width,
-                  yerr=values.std(0, ddof=1) if len(runs) > 1 else None, label=label)
+        right.bar(
+            np.arange(len(levels)) + j * width,
+            values.mean(0),
+            width,
+            yerr=values.std(0, ddof=1) if len(runs) > 1 else None,
+            label=label,
+        )
     right.set_xticks(np.arange(len(levels)) + 0.4 - width / 2, [f"level {lv}" for lv in levels])
     right.set_ylabel("linear probe accuracy (final students)")
     right.set_ylim(0, 1)

@@ -34,9 +34,15 @@ from progdistill.store.rundir import RunDir
 from progdistill.tasks.pcfg.parser import masked_posterior
 
 
-def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tensor, where: NgramPositions,
-                               windows: Sequence[int] = WINDOWS, progress: bool = False,
-                               distance: str = "tv") -> dict[str, dict[str, float]]:
+def oracle_ngram_dependence_at(
+    grammar,
+    ids: torch.Tensor,
+    maskable: torch.Tensor,
+    where: NgramPositions,
+    windows: Sequence[int] = WINDOWS,
+    progress: bool = False,
+    distance: str = "tv",
+) -> dict[str, dict[str, float]]:
     """M_robust and M_close (paper §2) of the Bayes-optimal masked LM of ``grammar`` -- the exact
     posterior of the token at p given the visible tokens (:func:`progdistill.tasks.pcfg.parser.masked_posterior`) --
     at the same inputs and positions as :func:`ngram_dependence_at`: where a model's probes end as its loss
@@ -55,8 +61,9 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
     check_distance(distance)
     variants = torch.stack(hidden_variants(maskable, where, windows))  # (variants, P, L)
     probs = torch.zeros(len(variants), len(where.sentence), len(grammar.terminals), dtype=torch.float64)
-    for i in tqdm(range(len(where.sentence)), desc="oracle n-gram probe", unit="position",
-                  disable=None if progress else True):  # no bar without a terminal
+    for i in tqdm(
+        range(len(where.sentence)), desc="oracle n-gram probe", unit="position", disable=None if progress else True
+    ):  # no bar without a terminal
         row = ids[where.sentence[i]]
         terminal = maskable[where.sentence[i]]
         tokens = row[terminal].numpy()  # the sentence; terminal positions are 1..n (BOS at 0)
@@ -64,12 +71,14 @@ def oracle_ngram_dependence_at(grammar, ids: torch.Tensor, maskable: torch.Tenso
         for v in range(len(variants)):
             hidden = (variants[v, i][terminal]).nonzero().flatten().tolist()
             probs[v, i] = torch.from_numpy(masked_posterior(grammar, tokens, hidden, p))
-    return distance_scores(probs, windows, ids[torch.from_numpy(where.sentence), torch.from_numpy(where.position)],
-                           distance)
+    return distance_scores(
+        probs, windows, ids[torch.from_numpy(where.sentence), torch.from_numpy(where.position)], distance
+    )
 
 
-def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator,
-                          per_sentence: int = 8) -> dict[str, float | None]:
+def oracle_masked_lm_loss(
+    grammar, sentences: Sequence[Sequence[int]], mask_rate: float, rng: np.random.Generator, per_sentence: int = 8
+) -> dict[str, float | None]:
     """Cross-entropy (nats) of the grammar's Bayes-optimal masked LM when each token is hidden with probability
     ``mask_rate``: the floor of a masked LM's loss on the grammar (paper §2's teacher loss; for BERT's
     80/10/10 rule, approximately:
@@ -93,13 +102,17 @@ def oracle_masked_lm_loss(grammar, sentences: Sequence[Sequence[int]], mask_rate
             posterior = masked_posterior(grammar, tokens, hidden.tolist(), int(p))
             nll.append(0.0 - np.log(max(posterior[tokens[p]], 1e-300)))
     losses = np.array(nll)
-    return {"mean": float(losses.mean()) if len(losses) else None,  # None (JSON null): no token was hidden
-            "std_error": float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None,
-            "positions": len(losses), "mask_rate": float(mask_rate)}
+    return {
+        "mean": float(losses.mean()) if len(losses) else None,  # None (JSON null): no token was hidden
+        "std_error": float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None,
+        "positions": len(losses),
+        "mask_rate": float(mask_rate),
+    }
 
 
-def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=print,
-                 distance: str = "tv") -> dict[str, Any]:
+def probe_oracle(
+    run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=print, distance: str = "tv"
+) -> dict[str, Any]:
     """M_robust / M_close of the Bayes-optimal masked LM of a PCFG run's grammar, on the sentences and
     positions ``probe_ngram`` uses: the exact posterior of the token at p given the visible tokens, by the
     inside algorithm (:func:`oracle_ngram_dependence_at`). This is where a teacher's
@@ -118,8 +131,10 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=pr
     rundir = RunDir(run_dir)
     config = rundir.config()
     if "oracle" not in config.task.probes:
-        raise ConfigError(f"the oracle n-gram probe needs a PCFG masked LM run (pcfg-mlm), whose grammar defines "
-                          f"the optimal predictor; {rundir.path} has task {config.task.kind!r}")
+        raise ConfigError(
+            f"the oracle n-gram probe needs a PCFG masked LM run (pcfg-mlm), whose grammar defines "
+            f"the optimal predictor; {rundir.path} has task {config.task.kind!r}"
+        )
     check_windows(windows)
     check_distance(distance)
     windows = tuple(sorted(windows))  # "7 5 3" is the run's own "3 5 7"
@@ -135,9 +150,19 @@ def probe_oracle(run_dir: str | Path, windows: tuple[int, ...] = WINDOWS, log=pr
         sentences = [row[m].numpy() for row, m in zip(ids, maskable)]
         loss = oracle_masked_lm_loss(grammar, sentences, task.mask_rate, np.random.default_rng(PROBE_SEED))
         key = f"M_robust/{min(windows)}"
-        summary = {"metric": key, "median": scores[key]["median"], "scores": scores, "masked_lm_loss": loss,
-                   "settings": {"windows": list(windows), "sequences": NGRAM_SEQUENCES, "seed": PROBE_SEED,
-                                "positions": len(where.sentence), "distance": distance}}
+        summary = {
+            "metric": key,
+            "median": scores[key]["median"],
+            "scores": scores,
+            "masked_lm_loss": loss,
+            "settings": {
+                "windows": list(windows),
+                "sequences": NGRAM_SEQUENCES,
+                "seed": PROBE_SEED,
+                "positions": len(where.sentence),
+                "distance": distance,
+            },
+        }
         name = ngram_name(ngram_stem("ngram-oracle", distance=distance), windows)
         atomic_write_json(out / f"{name}-summary.json", summary)
         written = [out / f"{name}-summary.json"]

@@ -33,6 +33,7 @@ def end_of_run_probes(task: Task) -> list[EndOfRunProbe]:
     not registered, listing those that are."""
     unknown = [name for name in task.end_of_run_probes if name not in END_OF_RUN]
     if unknown:
-        raise ValueError(f"task {task.kind!r} declares end-of-run probes {unknown} that do not exist; valid: "
-                         f"{', '.join(END_OF_RUN)}")
+        raise ValueError(
+            f"task {task.kind!r} declares end-of-run probes {unknown} that do not exist; valid: {', '.join(END_OF_RUN)}"
+        )
     return list(dict.fromkeys(END_OF_RUN[name] for name in task.end_of_run_probes))

@@ -50,15 +50,18 @@ def ablation_checkpoints(trajectory: Trajectory, metric: str = "eval_accuracy") 
         raise ConfigError(f"the 2-shot ablation needs a teacher with a phase transition: {exc}") from None
     earlier = [s for s in steps if s < window.start]
     if not earlier:
-        raise ConfigError(f"the teacher's transition starts at its first checkpoint (step {steps[0]}); "
-                          "there is no checkpoint before it")
+        raise ConfigError(
+            f"the teacher's transition starts at its first checkpoint (step {steps[0]}); "
+            "there is no checkpoint before it"
+        )
     sign = 1 if metric == "eval_accuracy" else -1
     later = [s for s, v in zip(steps, values) if s > window.end and sign * (window.after - v) <= CONVERGED]
     return {"before": earlier[-1], "during": window.middle, "after": later[0] if later else steps[-1]}
 
 
-def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device: str = "auto",
-                    log=print, overwrite: bool = False) -> dict[str, Any]:
+def ablate_two_shot(
+    run_dir: str | Path, first_steps: int | None = None, device: str = "auto", log=print, overwrite: bool = False
+) -> dict[str, Any]:
     """Run the 2-shot ablation on the finished teacher of ``run_dir`` with the run's student budget.
 
     ``first_steps``: student steps on the first checkpoint (default: the run's 2-shot-auto setting, else a
@@ -76,29 +79,52 @@ def ablate_two_shot(run_dir: str | Path, first_steps: int | None = None, device:
         first_steps = auto[0].first_steps if auto else max(1, config.student.steps // 3)
     check_positive_int("--first-steps", first_steps)
     if first_steps >= config.student.steps:
-        raise ConfigError(f"--first-steps {first_steps} is invalid: must be smaller than the run's student.steps="
-                          f"{config.student.steps} (the rest of the budget goes to the final checkpoint)")
+        raise ConfigError(
+            f"--first-steps {first_steps} is invalid: must be smaller than the run's student.steps="
+            f"{config.student.steps} (the rest of the budget goes to the final checkpoint)"
+        )
     picks = ablation_checkpoints(trajectory, metric)
-    log(f"2-shot ablation, first checkpoints (transition of the teacher's {metric}): " + ", ".join(
-        f"{v} = step {s} (teacher {metric} {trajectory.metrics(s)[metric]:.3f})" for v, s in picks.items()))
+    log(
+        f"2-shot ablation, first checkpoints (transition of the teacher's {metric}): "
+        + ", ".join(f"{v} = step {s} (teacher {metric} {trajectory.metrics(s)[metric]:.3f})" for v, s in picks.items())
+    )
     directory = rundir.ablations / "two-shot"
     settings = {"first_steps": first_steps, "checkpoints": picks}
-    runs = [(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
-            for k in range(config.seeds) for v in VARIANTS]
+    runs = [
+        (f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
+        for k in range(config.seeds)
+        for v in VARIANTS
+    ]
     with RunLock(rundir.path):
         claim_directory(directory, settings, overwrite, legacy=_settings_of_summary)
-        train_students(config, rundir.path, trajectory, device, log, runs=runs, directory=directory,
-                       task=rundir.task(config))
+        train_students(
+            config, rundir.path, trajectory, device, log, runs=runs, directory=directory, task=rundir.task(config)
+        )
 
     curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
-    summary: dict[str, Any] = {"first_steps": first_steps, "budget": config.student.steps,
-                               "threshold": config.threshold, "metric": metric,
-               "checkpoints": {v: {"step": s, "teacher_eval_accuracy": trajectory.metrics(s)["eval_accuracy"],
-                                   "teacher_eval_loss": trajectory.metrics(s)["eval_loss"]}
-                               for v, s in picks.items()},
-               "students": [{"variant": name.split("-seed")[0], "seed": seed,
-                             "steps_to_threshold": steps_to_threshold(curves[name], config.threshold),
-                             "final_accuracy": curves[name][-1]["eval_accuracy"]} for name, _, seed in runs]}
+    summary: dict[str, Any] = {
+        "first_steps": first_steps,
+        "budget": config.student.steps,
+        "threshold": config.threshold,
+        "metric": metric,
+        "checkpoints": {
+            v: {
+                "step": s,
+                "teacher_eval_accuracy": trajectory.metrics(s)["eval_accuracy"],
+                "teacher_eval_loss": trajectory.metrics(s)["eval_loss"],
+            }
+            for v, s in picks.items()
+        },
+        "students": [
+            {
+                "variant": name.split("-seed")[0],
+                "seed": seed,
+                "steps_to_threshold": steps_to_threshold(curves[name], config.threshold),
+                "final_accuracy": curves[name][-1]["eval_accuracy"],
+            }
+            for name, _, seed in runs
+        ],
+    }
     atomic_write_json(directory / "summary.json", summary)
     _plot(curves, trajectory, directory / "accuracy.png", config.preset, summary)
     for v in VARIANTS:
@@ -119,9 +145,11 @@ def claim_directory(directory: Path, settings: dict[str, Any], overwrite: bool, 
             stored = legacy(directory / "summary.json") if legacy else None
         if stored != settings:
             if not overwrite:
-                raise ConfigError(f"{directory} holds an ablation with other settings ({stored or 'not recorded'}; "
-                                  f"now {settings}); its students would be reused under the wrong label. Pass "
-                                  "--overwrite to delete it and train again, or use the settings it was run with")
+                raise ConfigError(
+                    f"{directory} holds an ablation with other settings ({stored or 'not recorded'}; "
+                    f"now {settings}); its students would be reused under the wrong label. Pass "
+                    "--overwrite to delete it and train again, or use the settings it was run with"
+                )
             shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, settings)
@@ -131,8 +159,10 @@ def _settings_of_summary(path: Path) -> dict[str, Any] | None:
     """The settings an ablation written before settings.json existed was run with, read from its summary."""
     try:
         summary = json.loads(path.read_text())
-        return {"first_steps": summary["first_steps"],
-                "checkpoints": {v: summary["checkpoints"][v]["step"] for v in VARIANTS}}
+        return {
+            "first_steps": summary["first_steps"],
+            "checkpoints": {v: summary["checkpoints"][v]["step"] for v in VARIANTS},
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -148,8 +178,12 @@ def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict
         x = np.array([r["step"] for r in runs[0]])
         y = np.array([[r["eval_accuracy"] for r in c] for c in runs])  # (seeds, evals)
         ckpt = summary["checkpoints"][v]
-        line, = ax.plot(x, y.mean(0), label=f"{v}: checkpoint {ckpt['step']} (teacher acc "
-                                             f"{ckpt['teacher_eval_accuracy']:.2f})", **curve_style(i, len(x)))
+        (line,) = ax.plot(
+            x,
+            y.mean(0),
+            label=f"{v}: checkpoint {ckpt['step']} (teacher acc {ckpt['teacher_eval_accuracy']:.2f})",
+            **curve_style(i, len(x)),
+        )
         ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.axvline(summary["first_steps"], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("student steps (switch to the final checkpoint at the dotted line)")
@@ -158,6 +192,9 @@ def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     bands = f"shaded bands: min-max over the {seeds} seeds" if seeds > 1 else "one seed, so no band"
-    caption(fig, f"Lines: mean over the seeds of each variant; {bands}. Dashed black: the teacher (teacher "
-                 "steps on the same axis).")
+    caption(
+        fig,
+        f"Lines: mean over the seeds of each variant; {bands}. Dashed black: the teacher (teacher "
+        "steps on the same axis).",
+    )
     save_figure(fig, path)

@@ -47,23 +47,28 @@ def load_run(path: str | Path) -> _Run:
     if not rundir.path.is_dir():
         raise ConfigError(f"{rundir.path} is not a directory; give run directories written by `progdistill run`")
     if not rundir.config_file.exists():
-        raise ConfigError(f"{rundir.path} is not a run directory (no config.json); give run directories written "
-                          "by `progdistill run`")
+        raise ConfigError(
+            f"{rundir.path} is not a run directory (no config.json); give run directories written by `progdistill run`"
+        )
     try:
         config = rundir.config(lenient=True)  # files alone: a plugin that cannot be imported shows its type name
     except ConfigError as exc:
         raise ConfigError(f"{rundir.config_file}: {exc}") from None
     if not rundir.results_file.exists():
-        raise ConfigError(f"{rundir.path} is not a finished run (no results.json): finish it first by rerunning "
-                          f"`progdistill run {rundir.config_file} --out {rundir.path}`")
+        raise ConfigError(
+            f"{rundir.path} is not a finished run (no results.json): finish it first by rerunning "
+            f"`progdistill run {rundir.config_file} --out {rundir.path}`"
+        )
     try:
         results = json.loads(rundir.results_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {rundir.results_file}: {exc}") from None
     if results.get("config_sha256") != config_hash(rundir.config_json()):  # as written (a former type name too)
-        raise ConfigError(f"{rundir.results_file} belongs to another config than {rundir.config_file} (its "
-                          f"config_sha256 differs): rerun `progdistill run {rundir.config_file} --out "
-                          f"{rundir.path}` to rewrite it")
+        raise ConfigError(
+            f"{rundir.results_file} belongs to another config than {rundir.config_file} (its "
+            f"config_sha256 differs): rerun `progdistill run {rundir.config_file} --out "
+            f"{rundir.path}` to rewrite it"
+        )
     return _Run(rundir.path, config, flatten(to_dict(config, complete=True)), results)
 
 
@@ -71,8 +76,11 @@ def varying_fields(configs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """The flattened-config fields whose values differ between ``configs`` (each :func:`~progdistill.core.config.
     flatten`-ed), in config order, with each config's value (None where a config lacks the field)."""
     order = list(dict.fromkeys(key for c in configs for key in c))
-    return {key: [c.get(key) for c in configs] for key in order
-            if any(c.get(key, _MISSING) != configs[0].get(key, _MISSING) for c in configs)}
+    return {
+        key: [c.get(key) for c in configs]
+        for key in order
+        if any(c.get(key, _MISSING) != configs[0].get(key, _MISSING) for c in configs)
+    }
 
 
 _MISSING = object()
@@ -87,8 +95,10 @@ def compare_runs(paths: Sequence[str | Path], field: str | None = None) -> dict[
     several varying fields and no ``field``, or a ``field`` that does not vary between the runs.
     """
     if len(paths) < 2:
-        raise ConfigError(f"compare needs at least two run directories (got {len(paths)}: "
-                          f"{', '.join(map(str, paths)) or 'none'}); give the runs of a sweep")
+        raise ConfigError(
+            f"compare needs at least two run directories (got {len(paths)}: "
+            f"{', '.join(map(str, paths)) or 'none'}); give the runs of a sweep"
+        )
     seen: dict[Path, str] = {}
     for p in paths:
         key = Path(p).resolve()
@@ -98,19 +108,25 @@ def compare_runs(paths: Sequence[str | Path], field: str | None = None) -> dict[
     runs = [load_run(p) for p in paths]
     tasks = [run.fields["task.type"] for run in runs]
     if len(set(tasks)) > 1:
-        raise ConfigError("compare needs runs of one task; these are of different tasks: "
-                          + ", ".join(f"{run.path} ({task})" for run, task in zip(runs, tasks)))
+        raise ConfigError(
+            "compare needs runs of one task; these are of different tasks: "
+            + ", ".join(f"{run.path} ({task})" for run, task in zip(runs, tasks))
+        )
     varying = varying_fields([run.fields for run in runs])
     if not varying:
-        raise ConfigError(f"the configs of {', '.join(str(r.path) for r in runs)} are identical: no config field "
-                          "varies to compare against (a sweep's runs differ in one field, e.g. "
-                          "--set distillation.temperature=1.0)")
+        raise ConfigError(
+            f"the configs of {', '.join(str(r.path) for r in runs)} are identical: no config field "
+            "varies to compare against (a sweep's runs differ in one field, e.g. "
+            "--set distillation.temperature=1.0)"
+        )
     listing = "; ".join(f"{k} ({', '.join(_show(v) for v in values)})" for k, values in varying.items())
     if field is None:
         if len(varying) > 1:
-            raise ConfigError(f"{len(varying)} config fields vary between the runs: {listing}; choose the "
-                              f"figure's x axis with --field, e.g. --field {next(iter(varying))} (the table "
-                              "lists every varying field)")
+            raise ConfigError(
+                f"{len(varying)} config fields vary between the runs: {listing}; choose the "
+                f"figure's x axis with --field, e.g. --field {next(iter(varying))} (the table "
+                "lists every varying field)"
+            )
         field = next(iter(varying))
     elif field not in varying:
         where = "is the same in every run" if field in runs[0].fields else "is not a config field"
@@ -119,8 +135,12 @@ def compare_runs(paths: Sequence[str | Path], field: str | None = None) -> dict[
     runs = [runs[i] for i in order]
     varying = {k: [values[i] for i in order] for k, values in varying.items()}
     keys = _schedule_keys(runs)
-    return {"field": field, "task": tasks[0], "varying": varying,
-            "runs": [_run_entry(run, {k: v[i] for k, v in varying.items()}, keys[i]) for i, run in enumerate(runs)]}
+    return {
+        "field": field,
+        "task": tasks[0],
+        "varying": varying,
+        "runs": [_run_entry(run, {k: v[i] for k, v in varying.items()}, keys[i]) for i, run in enumerate(runs)],
+    }
 
 
 def _sort_key(value: Any, i: int) -> tuple:
@@ -150,8 +170,10 @@ def _schedule_keys(runs: list[_Run]) -> list[list[str]]:
 
 def _stats(values: list[float]) -> dict[str, Any]:
     """Mean and sample std (None for fewer than 2 values; both None for none)."""
-    return {"mean": statistics.mean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None}
+    return {
+        "mean": statistics.mean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+    }
 
 
 def _run_entry(run: _Run, values: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -161,15 +183,24 @@ def _run_entry(run: _Run, values: dict[str, Any], keys: list[str]) -> dict[str, 
         students = [s for s in results["students"] if s["schedule"] == sched.label]
         reached = [s["steps_to_threshold"] for s in students if s["steps_to_threshold"] is not None]
         accuracy = [s["final_accuracy"] for s in students]
-        schedules.append({"schedule": sched.label, "curve": key, "seeds": len(students),
-                          "seeds_reaching": len(reached),
-                          "steps_to_threshold": {**_stats(reached), "values": reached},
-                          "final_accuracy": {**_stats(accuracy), "values": accuracy}})
+        schedules.append(
+            {
+                "schedule": sched.label,
+                "curve": key,
+                "seeds": len(students),
+                "seeds_reaching": len(reached),
+                "steps_to_threshold": {**_stats(reached), "values": reached},
+                "final_accuracy": {**_stats(accuracy), "values": accuracy},
+            }
+        )
     teacher = results["teacher"]
-    return {"run": str(run.path), "values": values, "threshold": results["threshold"],
-            "teacher": {"steps_to_threshold": teacher["steps_to_threshold"],
-                        "final_accuracy": teacher["final_accuracy"]},
-            "schedules": schedules}
+    return {
+        "run": str(run.path),
+        "values": values,
+        "threshold": results["threshold"],
+        "teacher": {"steps_to_threshold": teacher["steps_to_threshold"], "final_accuracy": teacher["final_accuracy"]},
+        "schedules": schedules,
+    }
 
 
 def _mean_std(stats: dict[str, Any], fmt: str) -> str:
@@ -188,23 +219,37 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     fields, thr = list(comparison["varying"]), _thresholds(comparison)
     runs = comparison["runs"]
     others = [f for f in fields if f != comparison["field"]]
-    lines = [f"# {len(runs)} {comparison['task']} runs against {comparison['field']}", "",
-             f"Config fields that vary between the runs: {', '.join(fields)}."
-             + (f" The figure's x axis is {comparison['field']}; the other varying fields ({', '.join(others)}) "
-                "change with it." if others else ""), "",
-             "| run | " + " | ".join(fields) + f" | schedule | seeds | steps to {thr} (mean +/- std) | seeds reaching "
-             f"{thr} | final accuracy (mean +/- std) | teacher steps to {thr} |",
-             "|---" * (len(fields) + 7) + "|"]
+    lines = [
+        f"# {len(runs)} {comparison['task']} runs against {comparison['field']}",
+        "",
+        f"Config fields that vary between the runs: {', '.join(fields)}."
+        + (
+            f" The figure's x axis is {comparison['field']}; the other varying fields ({', '.join(others)}) "
+            "change with it."
+            if others
+            else ""
+        ),
+        "",
+        "| run | " + " | ".join(fields) + f" | schedule | seeds | steps to {thr} (mean +/- std) | seeds reaching "
+        f"{thr} | final accuracy (mean +/- std) | teacher steps to {thr} |",
+        "|---" * (len(fields) + 7) + "|",
+    ]
     for run in runs:
         cells = " | ".join(_show(run["values"][f]) for f in fields)
         teacher = run["teacher"]["steps_to_threshold"]
         for s in run["schedules"]:
             steps = _mean_std(s["steps_to_threshold"], ".0f") if s["seeds_reaching"] else "not reached"
-            lines.append(f"| {run['run']} | {cells} | {s['schedule']} | {s['seeds']} | {steps} | "
-                         f"{s['seeds_reaching']}/{s['seeds']} | {_mean_std(s['final_accuracy'], '.4f')} | "
-                         f"{'not reached' if teacher is None else teacher} |")
-    lines += ["", "Steps to the threshold: mean +/- sample std over the seeds that reached it; final accuracy: over "
-              "all seeds. From each run's results.json.", ""]
+            lines.append(
+                f"| {run['run']} | {cells} | {s['schedule']} | {s['seeds']} | {steps} | "
+                f"{s['seeds_reaching']}/{s['seeds']} | {_mean_std(s['final_accuracy'], '.4f')} | "
+                f"{'not reached' if teacher is None else teacher} |"
+            )
+    lines += [
+        "",
+        "Steps to the threshold: mean +/- sample std over the seeds that reached it; final accuracy: over "
+        "all seeds. From each run's results.json.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -213,15 +258,39 @@ def comparison_csv(comparison: dict[str, Any]) -> str:
     fields = list(comparison["varying"])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run", *fields, "schedule", "seeds", "seeds_reaching", "steps_to_threshold_mean",
-                     "steps_to_threshold_std", "final_accuracy_mean", "final_accuracy_std", "threshold",
-                     "teacher_steps_to_threshold", "teacher_final_accuracy"])
+    writer.writerow(
+        [
+            "run",
+            *fields,
+            "schedule",
+            "seeds",
+            "seeds_reaching",
+            "steps_to_threshold_mean",
+            "steps_to_threshold_std",
+            "final_accuracy_mean",
+            "final_accuracy_std",
+            "threshold",
+            "teacher_steps_to_threshold",
+            "teacher_final_accuracy",
+        ]
+    )
     for run in comparison["runs"]:
         for s in run["schedules"]:
             steps, acc = s["steps_to_threshold"], s["final_accuracy"]
-            row = [run["run"], *(_show(run["values"][f]) for f in fields), s["schedule"], s["seeds"],
-                   s["seeds_reaching"], steps["mean"], steps["std"], acc["mean"], acc["std"], run["threshold"],
-                   run["teacher"]["steps_to_threshold"], run["teacher"]["final_accuracy"]]
+            row = [
+                run["run"],
+                *(_show(run["values"][f]) for f in fields),
+                s["schedule"],
+                s["seeds"],
+                s["seeds_reaching"],
+                steps["mean"],
+                steps["std"],
+                acc["mean"],
+                acc["std"],
+                run["threshold"],
+                run["teacher"]["steps_to_threshold"],
+                run["teacher"]["final_accuracy"],
+            ]
             writer.writerow(["" if v is None else v for v in row])
     return buffer.getvalue()
 
@@ -246,13 +315,24 @@ def comparison_figure(comparison: dict[str, Any]):
             missing |= len(shown) < len(points)
             style = curve_style(i, len(shown))
             style.pop("markevery")
-            ax.errorbar([x for x, _ in shown], [s[metric]["mean"] for _, s in shown],
-                        yerr=[s[metric]["std"] or 0.0 for _, s in shown], capsize=3, label=curve, **style)
+            ax.errorbar(
+                [x for x, _ in shown],
+                [s[metric]["mean"] for _, s in shown],
+                yerr=[s[metric]["std"] or 0.0 for _, s in shown],
+                capsize=3,
+                label=curve,
+                **style,
+            )
             if metric == "steps_to_threshold":
                 for x, s in shown:
                     if s["seeds_reaching"] < s["seeds"]:
-                        ax.annotate(f"{s['seeds_reaching']}/{s['seeds']}", (x, s[metric]["mean"]), fontsize=7,
-                                    textcoords="offset points", xytext=(4, 4))
+                        ax.annotate(
+                            f"{s['seeds_reaching']}/{s['seeds']}",
+                            (x, s[metric]["mean"]),
+                            fontsize=7,
+                            textcoords="offset points",
+                            xytext=(4, 4),
+                        )
         ax.set_xlabel(field)
         if not numeric:
             ax.set_xticks(xs, [_show(v) for v in values])
@@ -263,10 +343,13 @@ def comparison_figure(comparison: dict[str, Any]):
     fig.suptitle(f"{comparison['task']}: {len(runs)} runs against {field}")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     others = [f for f in comparison["varying"] if f != field]
-    caption(fig, "Points: mean over seeds (steps: over the seeds that reached the threshold, k/n where not all "
-                 "did); error bars: sample std. Dashed black: the teacher."
-                 + (" A missing point: no seed reached the threshold." if missing else "")
-                 + (f" Also varying: {', '.join(others)}." if others else ""))
+    caption(
+        fig,
+        "Points: mean over seeds (steps: over the seeds that reached the threshold, k/n where not all "
+        "did); error bars: sample std. Dashed black: the teacher."
+        + (" A missing point: no seed reached the threshold." if missing else "")
+        + (f" Also varying: {', '.join(others)}." if others else ""),
+    )
     return fig
 
 

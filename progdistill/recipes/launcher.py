@@ -78,21 +78,35 @@ class LauncherConfig:
             raise ConfigError(f"--launcher {self.kind!r} is not a launcher; valid: {', '.join(LAUNCHERS)}")
         if self.job_per not in JOB_PER:
             raise ConfigError(f"--job-per {self.job_per!r} is invalid; valid: {', '.join(JOB_PER)}")
-        for name, value, least in (("--gpus-per-job", self.gpus_per_job, 0), ("--time", self.time_min, 1),
-                                   ("--cpus-per-job", 1 if self.cpus_per_job is None else self.cpus_per_job, 1)):
+        for name, value, least in (
+            ("--gpus-per-job", self.gpus_per_job, 0),
+            ("--time", self.time_min, 1),
+            ("--cpus-per-job", 1 if self.cpus_per_job is None else self.cpus_per_job, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ConfigError(f"{name} {value!r} is invalid: an integer >= {least}")
         if self.kind != "slurm":  # a Slurm option given without Slurm would be silently ignored
-            given = [name for name, value in (("--partition", self.partition), ("--account", self.account),
-                                              ("--gpus-per-job", self.gpus_per_job or None),
-                                              ("--sbatch", self.sbatch or None)) if value is not None]
+            given = [
+                name
+                for name, value in (
+                    ("--partition", self.partition),
+                    ("--account", self.account),
+                    ("--gpus-per-job", self.gpus_per_job or None),
+                    ("--sbatch", self.sbatch or None),
+                )
+                if value is not None
+            ]
             if given:
-                raise ConfigError(f"{', '.join(given)}: Slurm option(s), valid only with --launcher slurm (this is "
-                                  f"--launcher {self.kind})")
+                raise ConfigError(
+                    f"{', '.join(given)}: Slurm option(s), valid only with --launcher slurm (this is "
+                    f"--launcher {self.kind})"
+                )
         for flag in self.sbatch:
             if not flag.startswith("--") or len(flag) < 3 or " " in flag.split("=", 1)[0]:
-                raise ConfigError(f"--sbatch {flag!r} is invalid: give one sbatch option as --name=value or --name, "
-                                  "e.g. --sbatch=--qos=high")
+                raise ConfigError(
+                    f"--sbatch {flag!r} is invalid: give one sbatch option as --name=value or --name, "
+                    "e.g. --sbatch=--qos=high"
+                )
 
     def extra_parameters(self) -> dict[str, Any]:
         """The ``sbatch`` flags as submitit's ``slurm_additional_parameters`` ({"qos": "high", "exclusive": True})."""
@@ -116,19 +130,26 @@ def check_slurm(launcher: LauncherConfig) -> None:
     """Ask Slurm whether it would accept a job with ``launcher``'s options (``sbatch --test-only``: nothing is
     submitted). Raises ``ConfigError`` with Slurm's own words when it would not, or when sbatch is missing."""
     if shutil.which("sbatch") is None:
-        raise ConfigError("--launcher slurm: sbatch is not on PATH (no Slurm client here); run on a Slurm login "
-                          "node, or use --launcher submitit-local")
+        raise ConfigError(
+            "--launcher slurm: sbatch is not on PATH (no Slurm client here); run on a Slurm login "
+            "node, or use --launcher submitit-local"
+        )
     flags = launcher.sbatch_flags()
     try:
-        done = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], check=False, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            ["sbatch", "--test-only", *flags, "--wrap", "true"], check=False, capture_output=True, text=True, timeout=60
+        )
     except subprocess.TimeoutExpired:
-        raise ConfigError("--launcher slurm: `sbatch --test-only` did not answer within 60 s (is slurmctld up?); "
-                          "nothing was submitted") from None
+        raise ConfigError(
+            "--launcher slurm: `sbatch --test-only` did not answer within 60 s (is slurmctld up?); "
+            "nothing was submitted"
+        ) from None
     if done.returncode != 0:
         said = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip()) or f"exit {done.returncode}"
-        raise ConfigError(f"Slurm refuses the launcher's job options ({' '.join(flags)}): {said}; fix --partition, "
-                          "--account, --gpus-per-job, --cpus-per-job, --time or --sbatch (nothing was submitted)")
+        raise ConfigError(
+            f"Slurm refuses the launcher's job options ({' '.join(flags)}): {said}; fix --partition, "
+            "--account, --gpus-per-job, --cpus-per-job, --time or --sbatch (nothing was submitted)"
+        )
 
 
 def check_shared(out: Path, launcher: LauncherConfig) -> None:
@@ -142,10 +163,12 @@ def check_shared(out: Path, launcher: LauncherConfig) -> None:
     local_dir = next((d for d in NODE_LOCAL_DIRS if d.resolve() == path or d.resolve() in path.parents), None)
     if fs in NODE_LOCAL_FS or local_dir is not None:
         where = f"on a {fs} filesystem" if fs in NODE_LOCAL_FS else f"under {local_dir}"
-        raise ConfigError(f"--out {out} is {where}, which only this machine sees: Slurm jobs on other nodes could "
-                          "not write into it. Choose a run directory on a shared filesystem (home, project or "
-                          "scratch space), or pass --node-local-ok when the cluster is this one machine "
-                          "(nothing was submitted)")
+        raise ConfigError(
+            f"--out {out} is {where}, which only this machine sees: Slurm jobs on other nodes could "
+            "not write into it. Choose a run directory on a shared filesystem (home, project or "
+            "scratch space), or pass --node-local-ok when the cluster is this one machine "
+            "(nothing was submitted)"
+        )
 
 
 def _filesystem_type(path: Path) -> str | None:
@@ -178,8 +201,9 @@ def job_groups(config: ExperimentConfig, names: list[str], job_per: str) -> list
 
 
 # -- the jobs (module-level functions: submitit pickles them by name) ---------------------------------------------
-def teacher_job(out: str, device: str = "auto", threads: int | None = None,
-                report_to: tuple[str, ...] | None = None) -> int:
+def teacher_job(
+    out: str, device: str = "auto", threads: int | None = None, report_to: tuple[str, ...] | None = None
+) -> int:
     """Train (or resume, or reuse) the teacher of the run directory ``out``; returns its checkpoint count.
     ``report_to``: experiment trackers (:mod:`progdistill.store.trackers`; default TensorBoard when installed)."""
     if threads:
@@ -191,8 +215,13 @@ def teacher_job(out: str, device: str = "auto", threads: int | None = None,
     return len(trajectory.steps)
 
 
-def student_job(out: str, names: list[str], device: str = "auto", threads: int | None = None,
-                report_to: tuple[str, ...] | None = None) -> list[str]:
+def student_job(
+    out: str,
+    names: list[str],
+    device: str = "auto",
+    threads: int | None = None,
+    report_to: tuple[str, ...] | None = None,
+) -> list[str]:
     """Train (or resume) the students ``names`` of the run directory ``out`` (one stack when the model stacks),
     then write the report if every student of the run has finished. Returns the names trained. Raises
     ``TrajectoryError`` when the teacher has not finished."""
@@ -202,10 +231,12 @@ def student_job(out: str, names: list[str], device: str = "auto", threads: int |
     config = rundir.config()
     trajectory = Trajectory(rundir.teacher)
     if not trajectory.complete or trajectory.header != teacher_header(config):
-        raise TrajectoryError(f"the teacher of {out} has not finished; its job must succeed first (see "
-                              f"`progdistill status {out}`)")
-    runs = [(student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules
-            if student_name(s, k) in names]
+        raise TrajectoryError(
+            f"the teacher of {out} has not finished; its job must succeed first (see `progdistill status {out}`)"
+        )
+    runs = [
+        (student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules if student_name(s, k) in names
+    ]
     train_students(config, out, trajectory, device, runs=runs, task=rundir.task(config), report_to=report_to)
     finish(out, device)
     return names
@@ -234,9 +265,11 @@ def report(out: str | Path, device: str = "auto", log=print) -> dict[str, Any]:
     config = rundir.config()
     unfinished = [n for n in student_names(config) if not rundir.student_finished(n, config.student.steps)]
     if unfinished:
-        raise ConfigError(f"{len(unfinished)} student(s) of {out} have not finished ({', '.join(unfinished[:4])}"
-                          f"{', ...' if len(unfinished) > 4 else ''}); see `progdistill status {out}` (nothing was "
-                          "written)")
+        raise ConfigError(
+            f"{len(unfinished)} student(s) of {out} have not finished ({', '.join(unfinished[:4])}"
+            f"{', ...' if len(unfinished) > 4 else ''}); see `progdistill status {out}` (nothing was "
+            "written)"
+        )
     task = rundir.task(config)
     newest = max((rundir.students / n / STUDENT_WEIGHTS).stat().st_mtime for n in student_names(config))
     for probe in end_of_run_probes(config.task):
@@ -270,16 +303,27 @@ def _executor(launcher: LauncherConfig, folder: Path, name: str):
     if launcher.cpus_per_job:
         params["cpus_per_task"] = launcher.cpus_per_job
     if launcher.kind == "slurm":
-        params.update(slurm_partition=launcher.partition, slurm_account=launcher.account,
-                      slurm_additional_parameters=launcher.extra_parameters())
+        params.update(
+            slurm_partition=launcher.partition,
+            slurm_account=launcher.account,
+            slurm_additional_parameters=launcher.extra_parameters(),
+        )
         params = {k: v for k, v in params.items() if v is not None}
     executor.update_parameters(**params)
     return executor
 
 
-def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, overwrite: bool = False,
-           device: str = "auto", retrain_teacher: bool = False, wait: bool = False, log=print,
-           report_to: str | Sequence[str] | None = None) -> dict[str, Any]:
+def launch(
+    config: ExperimentConfig,
+    out: str | Path,
+    launcher: LauncherConfig,
+    overwrite: bool = False,
+    device: str = "auto",
+    retrain_teacher: bool = False,
+    wait: bool = False,
+    log=print,
+    report_to: str | Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Submit the run of ``config`` into ``out`` as jobs (see the module docstring); returns the launch record
     (the job ids). Everything :func:`progdistill.recipes.runner.run` refuses is refused here too, before anything is
     written or submitted, and so are a run directory the jobs cannot see (:func:`check_shared`) and options
@@ -289,12 +333,15 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     ``JobsFailedError`` naming the jobs that failed. ``report_to``: the jobs' experiment trackers
     (:func:`progdistill.store.trackers.resolve_report_to`, checked here; the jobs need the same packages)."""
     if launcher.kind == "local":
-        raise ConfigError("launch() submits jobs; --launcher local runs in this process "
-                          "(progdistill.recipes.runner.run)")
+        raise ConfigError(
+            "launch() submits jobs; --launcher local runs in this process (progdistill.recipes.runner.run)"
+        )
     require("submitit", "launch", f"--launcher {launcher.kind}")  # before anything is written
     if co_training_only(config):
-        raise ConfigError(f"--launcher {launcher.kind}: a co-training-only run trains its teacher alongside the "
-                          "students in one process, which one job cannot split; use --launcher local")
+        raise ConfigError(
+            f"--launcher {launcher.kind}: a co-training-only run trains its teacher alongside the "
+            "students in one process, which one job cannot split; use --launcher local"
+        )
     report_to = resolve_report_to(report_to)
     out = Path(out)
     data_digest, _ = check_run(config, device, log)
@@ -309,8 +356,12 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     executor = _executor(launcher, rundir.path / "jobs", f"progdistill-{config.preset}")
     threads = launcher.cpus_per_job
     record = read_launch(out) if previous is None else {}
-    record.update(launcher=launcher.kind, submitted=time.time(),
-                  before_s=(previous or {}).get("wall_time_s", 0.0), students=record.get("students", {}))
+    record.update(
+        launcher=launcher.kind,
+        submitted=time.time(),
+        before_s=(previous or {}).get("wall_time_s", 0.0),
+        students=record.get("students", {}),
+    )
     try:
         trajectory = Trajectory(rundir.teacher)
         teacher_done = trajectory.complete and trajectory.header == teacher_header(config)
@@ -331,11 +382,15 @@ def launch(config: ExperimentConfig, out: str | Path, launcher: LauncherConfig, 
     todo = [n for n in todo if n not in running]
     if teacher is not None:
         if launcher.kind == "slurm":
-            executor.update_parameters(slurm_additional_parameters={**launcher.extra_parameters(),
-                                                                    "dependency": f"afterok:{teacher.job_id}",
-                                                                    # a failed teacher cancels its students
-                                                                    # (else they pend forever and --wait hangs)
-                                                                    "kill_on_invalid_dep": "yes"})
+            executor.update_parameters(
+                slurm_additional_parameters={
+                    **launcher.extra_parameters(),
+                    "dependency": f"afterok:{teacher.job_id}",
+                    # a failed teacher cancels its students
+                    # (else they pend forever and --wait hangs)
+                    "kill_on_invalid_dep": "yes",
+                }
+            )
         else:  # submitit's local executor has no dependencies: the students start when the teacher has returned
             _write_launch(out, record)
             _wait(jobs, launcher)
@@ -359,8 +414,13 @@ def scheduler_states(record: dict[str, Any]) -> dict[str, str]:
     if record.get("launcher") != "slurm" or not ids or shutil.which("squeue") is None:
         return {}
     try:
-        done = subprocess.run(["squeue", "-h", "-j", ",".join(sorted(ids)), "-o", "%i %T"], check=False,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(sorted(ids)), "-o", "%i %T"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except subprocess.TimeoutExpired:
         return {}
     return dict(line.split(None, 1) for line in done.stdout.splitlines() if len(line.split(None, 1)) == 2)
@@ -389,19 +449,23 @@ def _wait(jobs: dict[str, Any], launcher: LauncherConfig, poll_s: float = 1.0) -
                 time.sleep(poll_s)  # the result file is written before the job ends; look once more
                 if not job.paths.result_pickle.exists():
                     del pending[what]
-                    failed.append(f"job {job.job_id} ({what}): ended without a result (killed, cancelled or out "
-                                  "of time)")
+                    failed.append(
+                        f"job {job.job_id} ({what}): ended without a result (killed, cancelled or out of time)"
+                    )
         if pending:
             time.sleep(poll_s)
     if failed:
-        raise JobsFailedError("jobs failed: " + "; ".join(failed) + " (`progdistill status` shows each student; "
-                           "submitting the run again resumes them)")
+        raise JobsFailedError(
+            "jobs failed: " + "; ".join(failed) + " (`progdistill status` shows each student; "
+            "submitting the run again resumes them)"
+        )
 
 
 def _alive(job, launcher: LauncherConfig) -> bool:
     """Whether the scheduler still has ``job`` (queued or running)."""
     if launcher.kind != "slurm":
         return job.state == "RUNNING"
-    done = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], check=False, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], check=False, capture_output=True, text=True
+    )
     return done.returncode == 0 and bool(done.stdout.strip())

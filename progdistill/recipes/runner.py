@@ -43,8 +43,15 @@ from progdistill.train.cotraining import cotrain
 from progdistill.train.loop import Member, fit, load_state
 
 
-def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto", log=print,
-                  task: Task | None = None, on_record=None, report_to: Sequence[str] | None = None) -> Trajectory:
+def train_teacher(
+    config: ExperimentConfig,
+    out: str | Path,
+    device: str = "auto",
+    log=print,
+    task: Task | None = None,
+    on_record=None,
+    report_to: Sequence[str] | None = None,
+) -> Trajectory:
     """Train the teacher into ``out/teacher`` or reuse a finished trajectory of the same config; returns it.
     ``task``: the prepared task (default ``config.task``); ``on_record``: passed to :func:`~progdistill.train.loop.fit`;
     ``report_to``: experiment trackers (:func:`progdistill.store.trackers.resolve_report_to`; default TensorBoard when
@@ -61,10 +68,12 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
     if existing is not None and existing.complete and existing.header == header:
         missing = [step for step in existing.steps if not (directory / existing.entry(step)["file"]).exists()]
         if missing:  # files are hashed when students load them; a missing one is named now
-            raise TrajectoryError(f"the finished teacher trajectory {directory} is damaged: the checkpoint file "
-                                  f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or train "
-                                  "the teacher again: rerun with --retrain-teacher (this deletes the teacher and "
-                                  "everything trained from it: students, probes, ablations, results)")
+            raise TrajectoryError(
+                f"the finished teacher trajectory {directory} is damaged: the checkpoint file "
+                f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or train "
+                "the teacher again: rerun with --retrain-teacher (this deletes the teacher and "
+                "everything trained from it: students, probes, ablations, results)"
+            )
         log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
         return existing
     state_path = directory / RESUME_STATE
@@ -84,16 +93,28 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
         else:
             state_path.unlink(missing_ok=True)
             writer.truncate(after_step=-1)
-        metrics = MetricsWriter(directory / "metrics.jsonl", start_trackers(
-            report_to, rundir.path, "teacher", hyperparameters(config, "teacher")))
+        metrics = MetricsWriter(
+            directory / "metrics.jsonl",
+            start_trackers(report_to, rundir.path, "teacher", hyperparameters(config, "teacher")),
+        )
     dev = resolve_device(device)
     cfg = config.teacher
     model = build_model(task, cfg.model, [cfg.seed], "teacher-init")
     if is_main():
         rundir.clear_failure(directory)
     try:
-        fit(task, model, cfg, [Member("teacher", cfg.seed, CE(), metrics)], data_stream="teacher-data",
-            checkpoint_writer=writer, device=dev, desc="teacher", state_path=state_path, on_record=on_record)
+        fit(
+            task,
+            model,
+            cfg,
+            [Member("teacher", cfg.seed, CE(), metrics)],
+            data_stream="teacher-data",
+            checkpoint_writer=writer,
+            device=dev,
+            desc="teacher",
+            state_path=state_path,
+            on_record=on_record,
+        )
     except Exception as exc:  # for `progdistill status`
         if is_main():
             rundir.record_failure(directory, exc)
@@ -107,10 +128,18 @@ def train_teacher(config: ExperimentConfig, out: str | Path, device: str = "auto
     return Trajectory(directory)
 
 
-def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajectory | None, device: str = "auto",
-                   log=print, runs: list[tuple[str, Any, int]] | None = None,
-                   directory: Path | None = None, task: Task | None = None, on_record=None,
-                   report_to: Sequence[str] | None = None) -> int:
+def train_students(
+    config: ExperimentConfig,
+    out: str | Path,
+    trajectory: Trajectory | None,
+    device: str = "auto",
+    log=print,
+    runs: list[tuple[str, Any, int]] | None = None,
+    directory: Path | None = None,
+    task: Task | None = None,
+    on_record=None,
+    report_to: Sequence[str] | None = None,
+) -> int:
     """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``); returns
     how many were trained (0 when all had finished).
 
@@ -151,8 +180,10 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     for name, sched, seed in todo:
         writer = None
         if is_main():
-            writer = MetricsWriter(directory / name / "metrics.jsonl", start_trackers(
-                report_to, rundir.path, name, hyperparameters(config, name, sched, seed)))
+            writer = MetricsWriter(
+                directory / name / "metrics.jsonl",
+                start_trackers(report_to, rundir.path, name, hyperparameters(config, name, sched, seed)),
+            )
         members.append(Member(name, seed, resolved[sched], writer))
     # Stackable models (MLPs) train all students in one stack; others one student at a time. Students of a
     # teacher that trains alongside them (co-training), and of schedules that do not stack with others, form
@@ -177,9 +208,19 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
                     if group[0].schedule.teacher_source == "live":
                         _cotrain(config, task, trajectory, model, group, directory, dev, log, on_record)
                         continue
-                    fit(task, model, cfg, group, data_stream="student-data", distillation=config.distillation,
-                        teachers=teachers, device=dev, desc="students" if len(group) > 1 else group[0].name,
-                        state_path=state_path, on_record=on_record)
+                    fit(
+                        task,
+                        model,
+                        cfg,
+                        group,
+                        data_stream="student-data",
+                        distillation=config.distillation,
+                        teachers=teachers,
+                        device=dev,
+                        desc="students" if len(group) > 1 else group[0].name,
+                        state_path=state_path,
+                        on_record=on_record,
+                    )
                 except Exception as exc:  # for `progdistill status`; Ctrl-C is no failure
                     for mem in group if is_main() else ():
                         rundir.record_failure(directory / mem.name, exc)
@@ -195,8 +236,17 @@ def train_students(config: ExperimentConfig, out: str | Path, trajectory: Trajec
     return len(todo)
 
 
-def _cotrain(config: ExperimentConfig, task: Task, trajectory: Trajectory | None, model, group: list[Member],
-             directory: Path, device, log, on_record) -> None:
+def _cotrain(
+    config: ExperimentConfig,
+    task: Task,
+    trajectory: Trajectory | None,
+    model,
+    group: list[Member],
+    directory: Path,
+    device,
+    log,
+    on_record,
+) -> None:
     """Co-training students (:mod:`progdistill.train.cotraining`): the teacher's training runs again, in step with them,
     from its own initialization and data (the same teacher, bit for bit on CPU with the same thread count;
     cotraining.json says how far its final weights are from the trajectory's). Such a group is not resumed."""
@@ -204,21 +254,41 @@ def _cotrain(config: ExperimentConfig, task: Task, trajectory: Trajectory | None
     # Beside a stored trajectory the live teacher replays its training (compared with it); without one
     # (a co-training-only run) it is the run's teacher and writes into the teacher's directory.
     teacher_dir = RunDir(directory.parent).teacher if trajectory is None else directory / f"{group[0].name}-teacher"
-    summary = cotrain(task, build_model(task, teacher.model, [teacher.seed], "teacher-init"), teacher, teacher.seed,
-                      model, config.student, group,
-                      dict(data_stream="student-data", distillation=config.distillation,
-                           desc="co-training students", on_record=on_record),
-                      teacher_dir, device, None if trajectory is None else trajectory.load(trajectory.final_step))
-    log(f"co-training: {summary['wall_time_s']:.1f} s for the teacher and {len(group)} student(s)"
-        + ("" if trajectory is None else "; final teacher weights differ from the trajectory's by at most "
-           f"{summary['final_max_abs_diff_vs_trajectory']:.3g}"))
+    summary = cotrain(
+        task,
+        build_model(task, teacher.model, [teacher.seed], "teacher-init"),
+        teacher,
+        teacher.seed,
+        model,
+        config.student,
+        group,
+        dict(
+            data_stream="student-data",
+            distillation=config.distillation,
+            desc="co-training students",
+            on_record=on_record,
+        ),
+        teacher_dir,
+        device,
+        None if trajectory is None else trajectory.load(trajectory.final_step),
+    )
+    log(
+        f"co-training: {summary['wall_time_s']:.1f} s for the teacher and {len(group)} student(s)"
+        + (
+            ""
+            if trajectory is None
+            else "; final teacher weights differ from the trajectory's by at most "
+            f"{summary['final_max_abs_diff_vs_trajectory']:.3g}"
+        )
+    )
     for m, mem in enumerate(group):
         if is_main():
             _save_weights(_member_state(model, m, len(group)), directory / mem.name / STUDENT_WEIGHTS)
 
 
-def _co_train_teacher(config: ExperimentConfig, rundir: RunDir, task: Task, device: str, log, on_record,
-                      report_to) -> int:
+def _co_train_teacher(
+    config: ExperimentConfig, rundir: RunDir, task: Task, device: str, log, on_record, report_to
+) -> int:
     """A co-training-only run's teacher and co-training students, trained together in one pass
     (:func:`progdistill.train.cotraining.cotrain`): the teacher's metrics go to ``teacher/metrics.jsonl`` and its
     final weights become the run's trajectory, one checkpoint, which :func:`train_teacher` then reuses. Returns
@@ -233,17 +303,22 @@ def _co_train_teacher(config: ExperimentConfig, rundir: RunDir, task: Task, devi
     if rundir.teacher.exists():  # an interrupted co-training run: co-training starts over (it is not resumed)
         log(f"co-training starts over: discarding the unfinished teacher directory {rundir.teacher}")
         shutil.rmtree(rundir.teacher)
-    runs = [(student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules
-            if s.teacher_source == "live"]
+    runs = [
+        (student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules if s.teacher_source == "live"
+    ]
     for name, _, _ in runs:  # their students depended on the discarded teacher
         shutil.rmtree(rundir.students / name, ignore_errors=True)
-    trained = train_students(config, rundir.path, None, device, log, runs=runs, task=task, on_record=on_record,
-                             report_to=report_to)
+    trained = train_students(
+        config, rundir.path, None, device, log, runs=runs, task=task, on_record=on_record, report_to=report_to
+    )
     final = rundir.teacher / "final.safetensors"
     last = read_metrics(rundir.teacher / "metrics.jsonl")[-1]
     writer = TrajectoryWriter(rundir.teacher, header)
-    writer.save(config.teacher.steps, load_file(str(final)),
-                {k: v for k, v in last.items() if k.startswith("eval_") and v is not None})
+    writer.save(
+        config.teacher.steps,
+        load_file(str(final)),
+        {k: v for k, v in last.items() if k.startswith("eval_") and v is not None},
+    )
     writer.finish()
     final.unlink()
     return trained
@@ -262,7 +337,7 @@ def _member_state(model, m: int, size: int) -> dict:
     tensors."""
     state = model.state_dict()
     if size > 1:
-        state = {k: v[m:m + 1] for k, v in state.items()}
+        state = {k: v[m : m + 1] for k, v in state.items()}
     return cpu_state(state)
 
 
@@ -271,8 +346,10 @@ def check_run(config: ExperimentConfig, device: str = "auto", log=print):
     task data's digest and the end-of-run probes. Raises ``ConfigError``."""
     resolve_device(device)  # a bad --device is refused before anything is written
     if co_training_only(config) and rank_world()[1] > 1:
-        raise ConfigError("schedules: a co-training-only run trains its teacher alongside the students in one "
-                          "process; run it without torchrun")
+        raise ConfigError(
+            "schedules: a co-training-only run trains its teacher alongside the students in one "
+            "process; run it without torchrun"
+        )
     check_planned_checkpoints(config)
     data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
     probes = end_of_run_probes(config.task)
@@ -280,13 +357,22 @@ def check_run(config: ExperimentConfig, device: str = "auto", log=print):
         probe.check(config)
     for role, cfg in (("teacher", config.teacher), ("student", config.student)):
         if cfg.eval_every > cfg.steps and is_main():
-            log(f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
-                f"only at steps 0 and {cfg.steps}, so its steps-to-threshold can only read {cfg.steps}")
+            log(
+                f"note: {role}.eval_every={cfg.eval_every} exceeds {role}.steps={cfg.steps}: the {role} is evaluated "
+                f"only at steps 0 and {cfg.steps}, so its steps-to-threshold can only read {cfg.steps}"
+            )
     return data_digest, probes
 
 
-def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, device: str = "auto",
-        log=print, retrain_teacher: bool = False, report_to: str | Sequence[str] | None = None) -> dict[str, Any]:
+def run(
+    config: ExperimentConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    device: str = "auto",
+    log=print,
+    retrain_teacher: bool = False,
+    report_to: str | Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Run the whole experiment into run directory ``out`` and return ``results.json``'s content.
 
     Everything the config alone can refuse (a bad device, k-shot points the teacher will not save, task data
@@ -323,8 +409,9 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
                 previous = None
         earlier = rundir.earlier_wall_time()
         try:
-            results = _train_probe_report(config, rundir, task, probes, device, log, previous, earlier, started,
-                                          report_to)
+            results = _train_probe_report(
+                config, rundir, task, probes, device, log, previous, earlier, started, report_to
+            )
         except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
             rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: see below)
             raise
@@ -333,9 +420,18 @@ def run(config: ExperimentConfig, out: str | Path, overwrite: bool = False, devi
         return results
 
 
-def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, probes, device: str, log,
-                        previous: dict[str, Any] | None, earlier: float, started: float,
-                        report_to: Sequence[str] = ()) -> dict[str, Any]:
+def _train_probe_report(
+    config: ExperimentConfig,
+    rundir: RunDir,
+    task: Task,
+    probes,
+    device: str,
+    log,
+    previous: dict[str, Any] | None,
+    earlier: float,
+    started: float,
+    report_to: Sequence[str] = (),
+) -> dict[str, Any]:
     """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0). The run's
     wall time is that of every invocation that worked on it: a finished run's recorded one (when a rerun
     trains what is missing), earlier interrupted ones (``earlier``), and this one."""
@@ -346,10 +442,12 @@ def _train_probe_report(config: ExperimentConfig, rundir: RunDir, task: Task, pr
     trained = 0
     if co_training_only(config):  # the teacher trains once, alongside its students: its final checkpoint only
         trained = _co_train_teacher(config, rundir, task, device, log, persist_wall_time, report_to)
-    trajectory = train_teacher(config, rundir.path, device, log, task=task, on_record=persist_wall_time,
-                               report_to=report_to)
-    trained += train_students(config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time,
-                              report_to=report_to)
+    trajectory = train_teacher(
+        config, rundir.path, device, log, task=task, on_record=persist_wall_time, report_to=report_to
+    )
+    trained += train_students(
+        config, rundir.path, trajectory, device, log, task=task, on_record=persist_wall_time, report_to=report_to
+    )
     # A rerun of a finished run trains nothing: it keeps the probes and the original wall time instead of
     # recomputing the one and replacing the other with the seconds this no-op took.
     unchanged = previous is not None and trained == 0

@@ -35,14 +35,34 @@ def status(out: str | Path) -> list[dict[str, Any]]:
         step = max(trajectory.steps, default=0)
     except TrajectoryError:
         done, step = False, 0
-    rows.append(_row("teacher", rundir.teacher, rundir.path, done, step if (rundir.teacher / RESUME_STATE).exists()
-                     else None, config.teacher.steps, launch.get("teacher"), queued))
+    rows.append(
+        _row(
+            "teacher",
+            rundir.teacher,
+            rundir.path,
+            done,
+            step if (rundir.teacher / RESUME_STATE).exists() else None,
+            config.teacher.steps,
+            launch.get("teacher"),
+            queued,
+        )
+    )
     for name in student_names(config):
         directory = rundir.students / name
         records = read_metrics(directory / "metrics.jsonl") if (directory / "metrics.jsonl").exists() else []
         student_step: int | None = records[-1]["step"] if records else None
-        rows.append(_row(name, directory, directory, rundir.student_finished(name, config.student.steps),
-                         student_step, config.student.steps, launch.get("students", {}).get(name), queued))
+        rows.append(
+            _row(
+                name,
+                directory,
+                directory,
+                rundir.student_finished(name, config.student.steps),
+                student_step,
+                config.student.steps,
+                launch.get("students", {}).get(name),
+                queued,
+            )
+        )
     return rows
 
 
@@ -52,19 +72,33 @@ def _teacher_of(config, header: dict[str, Any]) -> bool:
     try:
         return header == teacher_header(config)
     except ConfigError:
-        return {k: v for k, v in header.items() if k != "co_training"} == \
-            {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
+        return {k: v for k, v in header.items() if k != "co_training"} == {
+            "task": to_dict(config.task),
+            "model": to_dict(config.teacher.model),
+            "train": to_dict(config.teacher),
+        }
 
 
-def _row(name: str, directory: Path, locked: Path, done: bool, step: int | None, steps: int, job: str | None,
-         queued: dict[str, str]) -> dict[str, Any]:
+def _row(
+    name: str,
+    directory: Path,
+    locked: Path,
+    done: bool,
+    step: int | None,
+    steps: int,
+    job: str | None,
+    queued: dict[str, str],
+) -> dict[str, Any]:
     holder = None if done else lock_holder(locked)
     if done:
         state, detail = "done", ""
     elif holder is not None:
         state = "running"
-        detail = f"process {holder.get('pid')} on {holder.get('host', '?')}" + \
-            (f", job {holder['job']}" if holder.get("job") else "") + (f", step {step}/{steps}" if step else "")
+        detail = (
+            f"process {holder.get('pid')} on {holder.get('host', '?')}"
+            + (f", job {holder['job']}" if holder.get("job") else "")
+            + (f", step {step}/{steps}" if step else "")
+        )
     elif RunDir.failure(directory) is not None:
         state, detail = "failed", RunDir.failure(directory) or ""
     elif job is not None and str(job) in queued:
@@ -79,8 +113,11 @@ def _row(name: str, directory: Path, locked: Path, done: bool, step: int | None,
 def format_status(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned table, one model a line, and a count per state."""
     width = max(len(r["name"]) for r in rows)
-    lines = [f"{r['name']:<{width}}  {r['state']:<11}  {('job ' + str(r['job'])) if r['job'] else '':<12} "
-             f"{r['detail']}".rstrip() for r in rows]
+    lines = [
+        f"{r['name']:<{width}}  {r['state']:<11}  {('job ' + str(r['job'])) if r['job'] else '':<12} "
+        f"{r['detail']}".rstrip()
+        for r in rows
+    ]
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
     return "\n".join(lines)

@@ -80,6 +80,8 @@ def environment_markdown(env: dict) -> str:
     cores = env.get("cpu_count")
     threads = env.get("torch_threads")
     transformers = env.get("transformers") or "not installed"
-    return (f"Measured on: {cpu}, {cores if cores is not None else '?'} cores, "
-            f"{threads if threads is not None else '?'} torch threads, {env.get('device') or '?'}; "
-            f"torch {env.get('torch') or '?'}, transformers {transformers}, Python {env.get('python') or '?'}.")
+    return (
+        f"Measured on: {cpu}, {cores if cores is not None else '?'} cores, "
+        f"{threads if threads is not None else '?'} torch threads, {env.get('device') or '?'}; "
+        f"torch {env.get('torch') or '?'}, transformers {transformers}, Python {env.get('python') or '?'}."
+    )

@@ -87,8 +87,10 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):  # a file somewhere along the path
-            raise NotADirectoryError(f"{self.path.parent} cannot be created: a part of that path is a file, not a "
-                                     "directory; choose another directory") from None
+            raise NotADirectoryError(
+                f"{self.path.parent} cannot be created: a part of that path is a file, not a "
+                "directory; choose another directory"
+            ) from None
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         if job_id() is not None:
             me["job"] = job_id()
@@ -109,9 +111,11 @@ class RunLock:
                 same_host = holder.get("host") in (None, me["host"])
                 if pid is not None and (not same_host or _alive(pid)):
                     job = f" (job {holder['job']})" if holder.get("job") else ""
-                    raise RunLockedError(f"{self.path.parent} is in use by process {pid}{job} on "
-                                         f"{holder.get('host', 'this host')} (lock file {self.path}); wait for it "
-                                         "to finish or choose another directory") from None
+                    raise RunLockedError(
+                        f"{self.path.parent} is in use by process {pid}{job} on "
+                        f"{holder.get('host', 'this host')} (lock file {self.path}); wait for it "
+                        "to finish or choose another directory"
+                    ) from None
                 warnings.warn(f"taking over the lock {self.path} left by process {pid}, which is gone", stacklevel=2)
                 self.path.unlink(missing_ok=True)
                 continue

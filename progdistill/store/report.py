@@ -47,9 +47,12 @@ def picked_checkpoints(config, trajectory: Trajectory) -> dict[str, dict[str, An
 
 
 def _run_summary(records: list[dict], threshold: float) -> dict[str, Any]:
-    return {"steps_to_threshold": steps_to_threshold(records, threshold),
-            "final_accuracy": records[-1]["eval_accuracy"], "final_loss": records[-1]["eval_loss"],
-            "steps": records[-1]["step"]}
+    return {
+        "steps_to_threshold": steps_to_threshold(records, threshold),
+        "final_accuracy": records[-1]["eval_accuracy"],
+        "final_loss": records[-1]["eval_loss"],
+        "steps": records[-1]["step"],
+    }
 
 
 def build_results(out: Path, wall_time_s: float, env: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,9 +66,14 @@ def build_results(out: Path, wall_time_s: float, env: dict[str, Any] | None = No
         for sched in config.schedules:
             records = read_metrics(rundir.student_metrics(student_name(sched, seed)))
             students.append({"schedule": sched.label, "seed": seed, **_run_summary(records, config.threshold)})
-    results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
-               "wall_time_s": round(wall_time_s, 2),
-               "teacher": _run_summary(teacher, config.threshold), "students": students}
+    results = {
+        "preset": config.preset,
+        "config_sha256": config_hash(config),
+        "threshold": config.threshold,
+        "wall_time_s": round(wall_time_s, 2),
+        "teacher": _run_summary(teacher, config.threshold),
+        "students": students,
+    }
     picks = picked_checkpoints(config, Trajectory(rundir.teacher))
     if picks:
         results["picked_checkpoints"] = picks
@@ -90,12 +98,16 @@ def summary_markdown(results: dict[str, Any]) -> str:
     thr = results["threshold"]
     teacher = results["teacher"]
     t_steps = teacher["steps_to_threshold"]
-    lines = [f"# {results['preset']}", "",
-             f"Teacher: {'never reached' if t_steps is None else f'reached {thr:.0%} at step {t_steps}'}, "
-             f"final accuracy {teacher['final_accuracy']:.4f} after {teacher['steps']} steps.", "",
-             f"| schedule | steps to {thr:.0%} (mean +/- std) | seeds reaching {thr:.0%} | "
-             f"ratio to teacher | final accuracy | final loss (nats) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# {results['preset']}",
+        "",
+        f"Teacher: {'never reached' if t_steps is None else f'reached {thr:.0%} at step {t_steps}'}, "
+        f"final accuracy {teacher['final_accuracy']:.4f} after {teacher['steps']} steps.",
+        "",
+        f"| schedule | steps to {thr:.0%} (mean +/- std) | seeds reaching {thr:.0%} | "
+        f"ratio to teacher | final accuracy | final loss (nats) |",
+        "|---|---|---|---|---|---|",
+    ]
     order = list(dict.fromkeys(s["schedule"] for s in results["students"]))
     for label in order:
         runs = [s for s in results["students"] if s["schedule"] == label]
@@ -103,17 +115,22 @@ def summary_markdown(results: dict[str, Any]) -> str:
         ratio = "-"
         if reached and t_steps:
             ratio = _mean_std([r / t_steps for r in reached], ".2f")
-        lines.append(f"| {label} | {_mean_std(reached, '.0f') if reached else 'not reached'} | "
-                     f"{len(reached)}/{len(runs)} | {ratio} | "
-                     f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} | "
-                     f"{_mean_std([s['final_loss'] for s in runs], '.4f')} |")
+        lines.append(
+            f"| {label} | {_mean_std(reached, '.0f') if reached else 'not reached'} | "
+            f"{len(reached)}/{len(runs)} | {ratio} | "
+            f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} | "
+            f"{_mean_std([s['final_loss'] for s in runs], '.4f')} |"
+        )
     lines += ["", f"Mean +/- sample std over seeds. Wall time: {results['wall_time_s']:.1f} s.", ""]
     for label, pick in results.get("picked_checkpoints", {}).items():
         window, metric = pick["transition"], pick["metric"]
-        lines += [f"{label}: the first checkpoint is step {pick['checkpoint']} (teacher {metric} "
-                  f"{pick['value']:.4f}), the middle of the transition detected at steps {window['start']}-"
-                  f"{window['end']} ({metric} {window['before']:.4f} -> {window['after']:.4f}), for "
-                  f"{pick['first_steps']} student steps; then the final checkpoint.", ""]
+        lines += [
+            f"{label}: the first checkpoint is step {pick['checkpoint']} (teacher {metric} "
+            f"{pick['value']:.4f}), the middle of the transition detected at steps {window['start']}-"
+            f"{window['end']} ({metric} {window['before']:.4f} -> {window['after']:.4f}), for "
+            f"{pick['first_steps']} student steps; then the final checkpoint.",
+            "",
+        ]
     if "environment" in results:
         lines += [environment_markdown(results["environment"]), ""]
     ngram = results.get("probes", {}).get("ngram")
@@ -121,33 +138,60 @@ def summary_markdown(results: dict[str, Any]) -> str:
         lines += _ngram_lines(ngram, seeds=len({s["seed"] for s in results["students"]}))
     hidden = results.get("probes", {}).get("ngram-attention")
     if hidden:
-        lines += [f"With masked tokens also hidden from attention (`--hiding attention`, the authors' probe), the "
-                  f"teacher's median {hidden['metric']} peaks at step {hidden['peak_step']} "
-                  f"({hidden['peak_median']:.4f}); final checkpoint {hidden['final_median']:.4f}.", ""]
+        lines += [
+            f"With masked tokens also hidden from attention (`--hiding attention`, the authors' probe), the "
+            f"teacher's median {hidden['metric']} peaks at step {hidden['peak_step']} "
+            f"({hidden['peak_median']:.4f}); final checkpoint {hidden['final_median']:.4f}.",
+            "",
+        ]
     oracle = results.get("probes", {}).get("ngram-oracle")
     if oracle:
         scores, loss = oracle["scores"], oracle["masked_lm_loss"]
-        floor = ("not scored (no token was hidden)" if loss["mean"] is None else f"{loss['mean']:.4f}"
-                 + ("" if loss["std_error"] is None else f" +/- {loss['std_error']:.4f}") + " nats")
-        lines += ["The grammar's Bayes-optimal masked LM (exact posterior by the inside algorithm, same sentences "
-                  "and positions; `progdistill probe oracle`): median "
-                  + ", ".join(f"{k} {v['median']:.4f}" for k, v in scores.items() if k.startswith("M_"))
-                  + f"; its cross-entropy with one token hidden is {scores['cross_entropy']['mean']:.4f} nats "
-                  f"(mean), and with {loss['mask_rate']:.0%} of the tokens hidden {floor} (the floor of the "
-                  "validation loss). A converged teacher's probes end there.", ""]
+        floor = (
+            "not scored (no token was hidden)"
+            if loss["mean"] is None
+            else f"{loss['mean']:.4f}"
+            + ("" if loss["std_error"] is None else f" +/- {loss['std_error']:.4f}")
+            + " nats"
+        )
+        lines += [
+            "The grammar's Bayes-optimal masked LM (exact posterior by the inside algorithm, same sentences "
+            "and positions; `progdistill probe oracle`): median "
+            + ", ".join(f"{k} {v['median']:.4f}" for k, v in scores.items() if k.startswith("M_"))
+            + f"; its cross-entropy with one token hidden is {scores['cross_entropy']['mean']:.4f} nats "
+            f"(mean), and with {loss['mask_rate']:.0%} of the tokens hidden {floor} (the floor of the "
+            "validation loss). A converged teacher's probes end there.",
+            "",
+        ]
     generation = results.get("probes", {}).get("generation")
     if generation:
-        lines += ["## Generations the grammar accepts", "",
-                  f"{generation['samples']} sentences sampled per model at temperature 1 from BOS. Teacher: "
-                  f"{generation['teacher']['acceptance']:.3f}" + (
-                      f" (grammatical prefix {generation['teacher']['grammatical_prefix']:.3f})"
-                      if "grammatical_prefix" in generation["teacher"] else "") + ".", "",
-                  "| schedule | acceptance (mean +/- std) | grammatical prefix (mean +/- std) |", "|---|---|---|"]
+        lines += [
+            "## Generations the grammar accepts",
+            "",
+            f"{generation['samples']} sentences sampled per model at temperature 1 from BOS. Teacher: "
+            f"{generation['teacher']['acceptance']:.3f}"
+            + (
+                f" (grammatical prefix {generation['teacher']['grammatical_prefix']:.3f})"
+                if "grammatical_prefix" in generation["teacher"]
+                else ""
+            )
+            + ".",
+            "",
+            "| schedule | acceptance (mean +/- std) | grammatical prefix (mean +/- std) |",
+            "|---|---|---|",
+        ]
+
         def prefix(v):
-            return (f"{v['grammatical_prefix mean']:.3f} +/- {v['grammatical_prefix std']:.3f}"
-                                    if "grammatical_prefix mean" in v else "-")  # runs written before the measure: -
-        lines += [f"| {label} | {v['acceptance mean']:.3f} +/- {v['acceptance std']:.3f} | {prefix(v)} |"
-                  for label, v in generation["students"].items()]
+            return (
+                f"{v['grammatical_prefix mean']:.3f} +/- {v['grammatical_prefix std']:.3f}"
+                if "grammatical_prefix mean" in v
+                else "-"
+            )  # runs written before the measure: -
+
+        lines += [
+            f"| {label} | {v['acceptance mean']:.3f} +/- {v['acceptance std']:.3f} | {prefix(v)} |"
+            for label, v in generation["students"].items()
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -157,22 +201,40 @@ def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:
     lines = ["## Probes", ""]
     phases = summary.get("phases")
     if phases:
-        lines.append(f"Teacher loss phases: plateau {phases['plateau'][0]}-{phases['plateau'][1]}, sharp drop "
-                     f"{phases['sharp_drop'][0]}-{phases['sharp_drop'][1]}, slow decay "
-                     f"{phases['slow_decay'][0]}-{phases['slow_decay'][1]} (steps).")
+        lines.append(
+            f"Teacher loss phases: plateau {phases['plateau'][0]}-{phases['plateau'][1]}, sharp drop "
+            f"{phases['sharp_drop'][0]}-{phases['sharp_drop'][1]}, slow decay "
+            f"{phases['slow_decay'][0]}-{phases['slow_decay'][1]} (steps)."
+        )
     else:
         lines.append(f"No sharp drop detected in the teacher's loss: {summary.get('no_transition')}")
-    where = ("inside the sharp drop" if summary.get("peak_in_sharp_drop") else "next to the sharp drop"
-             if summary.get("peak_in_or_next_to_sharp_drop") else "outside the sharp drop")
-    lines += [f"Median {summary['metric']} of the teacher peaks at step {summary['peak_step']} "
-              f"({summary['peak_median']:.4f}; {where if phases else 'no phases to compare'}); final checkpoint "
-              f"{summary['final_median']:.4f}.", ""]
+    where = (
+        "inside the sharp drop"
+        if summary.get("peak_in_sharp_drop")
+        else "next to the sharp drop"
+        if summary.get("peak_in_or_next_to_sharp_drop")
+        else "outside the sharp drop"
+    )
+    lines += [
+        f"Median {summary['metric']} of the teacher peaks at step {summary['peak_step']} "
+        f"({summary['peak_median']:.4f}; {where if phases else 'no phases to compare'}); final checkpoint "
+        f"{summary['final_median']:.4f}.",
+        "",
+    ]
     columns = sorted({k for entry in summary["students"].values() for k in entry})
     if columns:
         lines += ["| schedule | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for label, entry in summary["students"].items():
-            cells = [("-" if c not in entry else f"{entry[c]['mean']:.4f}" if seeds == 1
-                      else f"{entry[c]['mean']:.4f} +/- {entry[c]['std']:.4f}") for c in columns]
+            cells = [
+                (
+                    "-"
+                    if c not in entry
+                    else f"{entry[c]['mean']:.4f}"
+                    if seeds == 1
+                    else f"{entry[c]['mean']:.4f} +/- {entry[c]['std']:.4f}"
+                )
+                for c in columns
+            ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -188,11 +250,10 @@ def accuracy_figure(out: Path):
     teacher = rundir.teacher_metrics()
     ax.plot([r["step"] for r in teacher], [r["eval_accuracy"] for r in teacher], "k--", lw=1, label="teacher")
     for i, sched in enumerate(config.schedules):
-        curves = [read_metrics(rundir.student_metrics(student_name(sched, seed)))
-                  for seed in range(config.seeds)]
+        curves = [read_metrics(rundir.student_metrics(student_name(sched, seed))) for seed in range(config.seeds)]
         steps = np.array([r["step"] for r in curves[0]])
         acc = np.array([[r["eval_accuracy"] for r in c] for c in curves])  # (seeds, evals)
-        line, = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})", **curve_style(i, len(steps)))
+        (line,) = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})", **curve_style(i, len(steps)))
         ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(config.threshold, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("training steps")
@@ -200,10 +261,12 @@ def accuracy_figure(out: Path):
     ax.set_title(f"{config.preset}: student accuracy by schedule")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    bands = (f"shaded bands: min-max over the {config.seeds} seeds" if config.seeds > 1
-             else "one seed, so no band")
-    caption(fig, f"Lines: mean over the seeds of each schedule (n = seeds); {bands}. Dashed black: the teacher; "
-                 f"dotted grey: the threshold {config.threshold:.0%}.")
+    bands = f"shaded bands: min-max over the {config.seeds} seeds" if config.seeds > 1 else "one seed, so no band"
+    caption(
+        fig,
+        f"Lines: mean over the seeds of each schedule (n = seeds); {bands}. Dashed black: the teacher; "
+        f"dotted grey: the threshold {config.threshold:.0%}.",
+    )
     return fig
 
 
@@ -216,8 +279,14 @@ def curve_style(i: int, points: int) -> dict[str, Any]:
     """Line style and open markers of the ``i``-th curve of ``points`` points: about 10 markers per curve, at
     positions offset per curve, so that identical curves still show each line and marker."""
     every = max(1, points // 10)
-    return {"ls": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)], "markersize": 5,
-            "markerfacecolor": "none", "markevery": (i % every, every), "lw": 1.4}
+    return {
+        "ls": LINESTYLES[i % len(LINESTYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "markersize": 5,
+        "markerfacecolor": "none",
+        "markevery": (i % every, every),
+        "lw": 1.4,
+    }
 
 
 def caption(fig, text: str) -> None:

@@ -64,9 +64,24 @@ EARLIER_WALL_TIME = ".wall-time-of-interrupted-runs.json"
 TEACHER_OUTPUTS = ("teacher", "tokenizer", "tensorboard/teacher")
 # What a run (and `ablate`) writes into its directory; --overwrite deletes these, the config files last, so that
 # an interrupted deletion leaves a directory the next --overwrite still recognizes as a run.
-OUTPUTS = ("teacher", "students", "jobs", "ablations", "tensorboard", "wandb", "mlruns", "probes", "tokenizer",
-           "results.json", "summary.md", "accuracy.png", EARLIER_WALL_TIME, "data.sha256", "config.sha256",
-           "config.json")
+OUTPUTS = (
+    "teacher",
+    "students",
+    "jobs",
+    "ablations",
+    "tensorboard",
+    "wandb",
+    "mlruns",
+    "probes",
+    "tokenizer",
+    "results.json",
+    "summary.md",
+    "accuracy.png",
+    EARLIER_WALL_TIME,
+    "data.sha256",
+    "config.sha256",
+    "config.json",
+)
 # The fields summary.md reads of a probe summary, by summary name prefix: a summary without them is refused.
 SUMMARY_KEYS = {"ngram-oracle": {"scores", "masked_lm_loss", "metric", "median"}}
 
@@ -140,8 +155,9 @@ class RunDir:
             raise ConfigError(f"cannot read config {self.config_file}: {exc}") from None
 
     # -- claiming ----------------------------------------------------------------------------------------------
-    def claim(self, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None,
-              retrain_teacher: bool = False) -> None:
+    def claim(
+        self, config: ExperimentConfig, overwrite: bool, data_digest: str | None = None, retrain_teacher: bool = False
+    ) -> None:
         """Make this the run directory of ``config`` (``config.json`` plus its hash in ``config.sha256``, and
         the task data's hash in ``data.sha256``); refuse a directory that holds another run's results, listing
         the differing fields, or results trained on a grammar / corpus whose content has changed since.
@@ -157,9 +173,11 @@ class RunDir:
             raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
         recorded_data = data.read_text(encoding="utf-8").strip() if data.exists() else None
         if saved.exists() and recorded_data not in (None, data_digest) and not overwrite:
-            raise ConfigError(f"{out} holds results trained on other task data: the content of the grammar or "
-                              "corpus file named in the config has changed since (its sha256 differs from "
-                              "data.sha256); choose another --out or pass --overwrite to replace them")
+            raise ConfigError(
+                f"{out} holds results trained on other task data: the content of the grammar or "
+                "corpus file named in the config has changed since (its sha256 differs from "
+                "data.sha256); choose another --out or pass --overwrite to replace them"
+            )
         new = config.to_dict()
         if saved.exists() and recorded_data not in (None, data_digest):
             self.remove_outputs()  # --overwrite on a run whose data changed: drop its results (config files last)
@@ -172,8 +190,10 @@ class RunDir:
             old, new = without_plugins(old), without_plugins(new)
             recorded = digest.read_text(encoding="utf-8").strip() if digest.exists() else None
             if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
-                raise ConfigError(f"{out} is not a progdistill run directory (its config.json is not a progdistill "
-                                  "config); choose another --out (--overwrite replaces only progdistill runs)")
+                raise ConfigError(
+                    f"{out} is not a progdistill run directory (its config.json is not a progdistill "
+                    "config); choose another --out (--overwrite replaces only progdistill runs)"
+                )
             edited = recorded not in (None, config_hash(old))
             old = current_names(old)  # a run written before a variant's rename is the same run
             if not edited and not retrain_teacher and grows(old, new):
@@ -184,10 +204,16 @@ class RunDir:
                     changes = diff(old, new)
                     if edited:
                         changes.insert(0, f"config.json no longer matches the hash in {digest.name}; it was edited")
-                    raise ConfigError(f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
-                                      "choose another --out or pass --overwrite to replace them" +
-                                      (" (the task and teacher are unchanged: --overwrite keeps the finished "
-                                       "teacher and trains only the students again)" if same_teacher else ""))
+                    raise ConfigError(
+                        f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
+                        "choose another --out or pass --overwrite to replace them"
+                        + (
+                            " (the task and teacher are unchanged: --overwrite keeps the finished "
+                            "teacher and trains only the students again)"
+                            if same_teacher
+                            else ""
+                        )
+                    )
                 # The teacher depends on the task and teacher config only (train_teacher checks its trajectory's
                 # header again before reusing it); everything else is replaced -- once what is kept is known
                 # to be usable, so that a failure deletes nothing.
@@ -199,8 +225,10 @@ class RunDir:
                 self.remove_outputs()
         elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
             # never delete in a directory that is not ours, even with --overwrite
-            raise ConfigError(f"{out} is not empty and is not a progdistill run directory (no config.json); "
-                              "choose another --out (--overwrite replaces only progdistill runs)")
+            raise ConfigError(
+                f"{out} is not empty and is not a progdistill run directory (no config.json); "
+                "choose another --out (--overwrite replaces only progdistill runs)"
+            )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(saved, config.to_dict())
         atomic_write_text(digest, config_hash(config) + "\n")
@@ -235,11 +263,12 @@ class RunDir:
     def damaged_teacher(self, exc: TrajectoryError, again: str | None = None) -> TrajectoryError:
         """``exc`` (a missing or corrupted checkpoint file of the teacher) saying that nothing was deleted or
         written and how to train the teacher again (see :meth:`verify_teacher`)."""
-        again = again or f"train it again with `progdistill run {self.config_file} --out {self.path} " \
-                         "--retrain-teacher`"
-        return TrajectoryError(f"{exc}; nothing was deleted or written. Restore the file, or {again} (this "
-                               "deletes the teacher and everything trained from it: students, probes, "
-                               "ablations, results)")
+        again = again or f"train it again with `progdistill run {self.config_file} --out {self.path} --retrain-teacher`"
+        return TrajectoryError(
+            f"{exc}; nothing was deleted or written. Restore the file, or {again} (this "
+            "deletes the teacher and everything trained from it: students, probes, "
+            "ablations, results)"
+        )
 
     def _remove_stale_temporaries(self) -> None:
         """Delete the ``.NAME.tmpPID`` files that atomic writes (:mod:`progdistill.store.trajectory`; figures as
@@ -261,8 +290,11 @@ class RunDir:
             if name in keep:
                 continue
             kept_children = {k.split("/", 1)[1] for k in keep if k.startswith(name + "/")}
-            targets = [c for c in path.iterdir() if c.name not in kept_children] if kept_children and path.is_dir() \
+            targets = (
+                [c for c in path.iterdir() if c.name not in kept_children]
+                if kept_children and path.is_dir()
                 else [path]
+            )
             for target in targets:
                 if target.is_dir():
                     shutil.rmtree(target)
@@ -343,9 +375,10 @@ class RunDir:
                     if path.name.startswith(prefix) and not keys <= set(summary):
                         raise ValueError(f"it lacks {sorted(keys - set(summary))}")
             except ValueError as exc:
-                raise ConfigError(f"{path} is unreadable ({exc}); delete it and rerun the probe that writes it") \
-                    from None
-            summaries[path.name[:-len("-summary.json")]] = summary
+                raise ConfigError(
+                    f"{path} is unreadable ({exc}); delete it and rerun the probe that writes it"
+                ) from None
+            summaries[path.name[: -len("-summary.json")]] = summary
         return summaries
 
     def check_inputs(self, config: ExperimentConfig, teacher: bool = True) -> None:
@@ -358,27 +391,36 @@ class RunDir:
         was written."""
         run_dir = self.path
         if self.results_file.exists() and self.finished_results() is None:
-            raise ConfigError(f"{self.results_file} is unreadable (empty or not JSON); rerun `progdistill run "
-                              f"{self.config_file} --out {run_dir}` to rewrite it (nothing was written)")
+            raise ConfigError(
+                f"{self.results_file} is unreadable (empty or not JSON); rerun `progdistill run "
+                f"{self.config_file} --out {run_dir}` to rewrite it (nothing was written)"
+            )
         if teacher:
             trajectory = Trajectory(self.teacher)  # TrajectoryError: no teacher directory or manifest
             if not trajectory.complete:
-                raise ConfigError(f"the teacher trajectory {self.teacher} is unfinished (still training, or "
-                                  f"interrupted at step {max(trajectory.steps, default=0)} of "
-                                  f"{config.teacher.steps}); finish it with `progdistill run "
-                                  f"{self.config_file} --out {run_dir}` first (nothing was written)")
+                raise ConfigError(
+                    f"the teacher trajectory {self.teacher} is unfinished (still training, or "
+                    f"interrupted at step {max(trajectory.steps, default=0)} of "
+                    f"{config.teacher.steps}); finish it with `progdistill run "
+                    f"{self.config_file} --out {run_dir}` first (nothing was written)"
+                )
             self.verify_teacher(trajectory)
         if (teacher or self.results_file.exists()) and not (self.teacher / "metrics.jsonl").exists():
-            raise ConfigError(f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment "
-                              "(nothing was written)")
+            raise ConfigError(
+                f"{run_dir} is damaged: its teacher has no metrics.jsonl; rerun the experiment (nothing was written)"
+            )
         digest = run_dir / "config.sha256"
         if digest.exists() and digest.read_text(encoding="utf-8").strip() != config_hash(self.config_json()):
-            raise ConfigError(f"{self.config_file} was edited after the run (it no longer matches "
-                              f"{digest.name}); restore it or rerun the experiment (nothing was written)")
+            raise ConfigError(
+                f"{self.config_file} was edited after the run (it no longer matches "
+                f"{digest.name}); restore it or rerun the experiment (nothing was written)"
+            )
         data = run_dir / "data.sha256"
         if data.exists() and data.read_text(encoding="utf-8").strip() != check_task_data(config):
-            raise ConfigError(f"the task data (grammar or corpus) of {run_dir} changed after the run (it no longer "
-                              f"matches {data.name}); restore it or rerun the experiment (nothing was written)")
+            raise ConfigError(
+                f"the task data (grammar or corpus) of {run_dir} changed after the run (it no longer "
+                f"matches {data.name}); restore it or rerun the experiment (nothing was written)"
+            )
         self.probe_summaries()
 
     # -- wall time -------------------------------------------------------------------------------------------
@@ -412,8 +454,12 @@ def grows(old: dict[str, Any], new: dict[str, Any]) -> bool:
         schedules_kept = all(s in new["schedules"] for s in old["schedules"])
     except (TypeError, ValueError, KeyError):
         return False
-    return (all(old[k] == new[k] for k in rest) and seeds_grow and schedules_kept and
-            (new["seeds"] > old["seeds"] or len(new["schedules"]) > len(old["schedules"])))
+    return (
+        all(old[k] == new[k] for k in rest)
+        and seeds_grow
+        and schedules_kept
+        and (new["seeds"] > old["seeds"] or len(new["schedules"]) > len(old["schedules"]))
+    )
 
 
 def _is_run_config(data: Any) -> bool:

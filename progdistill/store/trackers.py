@@ -108,10 +108,17 @@ class WandB(Tracker):
         wandb = require("wandb", "wandb", "--report-to wandb")
         # console="off": a stack of students is several runs at once, which must not each wrap stdout.
         settings = wandb.Settings(console="off", silent="WANDB_SILENT" not in os.environ, x_disable_stats=True)
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "progdistill", group=self.run_dir.name,
-                              name=self.model, job_type=self.role, dir=str(self.run_dir), config=hyperparameters,
-                              mode=None if "WANDB_MODE" in os.environ else "offline", reinit="create_new",
-                              settings=settings)
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "progdistill",
+            group=self.run_dir.name,
+            name=self.model,
+            job_type=self.role,
+            dir=str(self.run_dir),
+            config=hyperparameters,
+            mode=None if "WANDB_MODE" in os.environ else "offline",
+            reinit="create_new",
+            settings=settings,
+        )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -148,15 +155,18 @@ class MLflow(Tracker):
             experiment_id = experiment.experiment_id
         run_dir = str(self.run_dir.resolve())
         # A run of this model still RUNNING was interrupted (one process trains a model at a time): say so.
-        stale = self.client.search_runs([experiment_id], f"tags.mlflow.runName = '{self.model}' and "
-                                        f"tags.`progdistill.run_dir` = '{run_dir}' and attributes.status = 'RUNNING'")
+        stale = self.client.search_runs(
+            [experiment_id],
+            f"tags.mlflow.runName = '{self.model}' and "
+            f"tags.`progdistill.run_dir` = '{run_dir}' and attributes.status = 'RUNNING'",
+        )
         for run in stale:
             self.client.set_terminated(run.info.run_id, status="KILLED")
         tags = {"progdistill.run_dir": run_dir, "progdistill.role": self.role}
         self.run_id = self.client.create_run(experiment_id, run_name=self.model, tags=tags).info.run_id
         params = [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in flatten(hyperparameters).items()]
         for i in range(0, len(params), self.BATCH):
-            self.client.log_batch(self.run_id, params=params[i:i + self.BATCH])
+            self.client.log_batch(self.run_id, params=params[i : i + self.BATCH])
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -188,12 +198,16 @@ def resolve_report_to(report_to: str | Sequence[str] | None) -> tuple[str, ...]:
     if names == ["none"]:
         return ()
     if "none" in names:
-        raise ConfigError(f"--report-to {','.join(names)}: 'none' turns every tracker off, so it stands alone; "
-                          f"give none, or tracker names from {', '.join(TRACKERS)}")
+        raise ConfigError(
+            f"--report-to {','.join(names)}: 'none' turns every tracker off, so it stands alone; "
+            f"give none, or tracker names from {', '.join(TRACKERS)}"
+        )
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
-        raise ConfigError(f"--report-to {','.join(names)}: unknown tracker(s) {', '.join(map(repr, unknown))}; "
-                          f"valid: {', '.join(TRACKERS)} (comma-separated), or none")
+        raise ConfigError(
+            f"--report-to {','.join(names)}: unknown tracker(s) {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(TRACKERS)} (comma-separated), or none"
+        )
     names = list(dict.fromkeys(names))
     for name in names:
         TRACKERS[name].check()
@@ -211,8 +225,9 @@ def hyperparameters(config, model: str, schedule: Any = None, seed: int | None =
     return out
 
 
-def start_trackers(report_to: Sequence[str] | None, run_dir: str | Path, model: str,
-                   hyperparameters: dict[str, Any]) -> list[Tracker]:
+def start_trackers(
+    report_to: Sequence[str] | None, run_dir: str | Path, model: str, hyperparameters: dict[str, Any]
+) -> list[Tracker]:
     """Start a tracked run of ``model`` in every tracker of ``report_to`` (:func:`resolve_report_to`)."""
     role = hyperparameters.get("role", "teacher")
     trackers = []

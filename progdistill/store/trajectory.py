@@ -56,11 +56,18 @@ class TrajectoryWriter:
     that already has a manifest with a different header is an error, so one trajectory never mixes runs.
     """
 
-    def __init__(self, directory: str | os.PathLike, header: dict[str, Any], max_checkpoints: int | None = None,
-                 budget_metric: str = "eval_accuracy"):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        header: dict[str, Any],
+        max_checkpoints: int | None = None,
+        budget_metric: str = "eval_accuracy",
+    ):
         if max_checkpoints is not None and max_checkpoints < 3:
-            raise TrajectoryError(f"max_checkpoints={max_checkpoints} is invalid: must be >= 3 (the first, "
-                                  "the latest and at least one in between) or None for no budget")
+            raise TrajectoryError(
+                f"max_checkpoints={max_checkpoints} is invalid: must be >= 3 (the first, "
+                "the latest and at least one in between) or None for no budget"
+            )
         self.max_checkpoints = max_checkpoints
         self.budget_metric = budget_metric
         self.directory = Path(directory)
@@ -68,12 +75,13 @@ class TrajectoryWriter:
         if self.path.exists():
             manifest = read_manifest(self.directory)
             if manifest["header"] != header:
-                raise TrajectoryError(f"{self.path} belongs to a run with a different config; "
-                                      "choose another directory or remove it explicitly")
+                raise TrajectoryError(
+                    f"{self.path} belongs to a run with a different config; "
+                    "choose another directory or remove it explicitly"
+                )
             self.manifest = manifest
         else:
-            self.manifest = {"format_version": FORMAT_VERSION, "header": header, "complete": False,
-                             "checkpoints": []}
+            self.manifest = {"format_version": FORMAT_VERSION, "header": header, "complete": False, "checkpoints": []}
         (self.directory / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     @property
@@ -110,18 +118,21 @@ class TrajectoryWriter:
         victim = min(range(1, len(entries) - 1), key=lambda i: (error(i), entries[i]["step"]))
         gap = error(victim)
         dropped = entries.pop(victim)
-        reason = (f"checkpoint budget {self.max_checkpoints}: {self.budget_metric} "
-                  f"{dropped[self.budget_metric]:.4g} lay within {gap:.3g} of the interpolation between its "
-                  "neighbours")
+        reason = (
+            f"checkpoint budget {self.max_checkpoints}: {self.budget_metric} "
+            f"{dropped[self.budget_metric]:.4g} lay within {gap:.3g} of the interpolation between its "
+            "neighbours"
+        )
         self.manifest.setdefault("thinned", []).append(
-            {"step": dropped["step"], self.budget_metric: dropped[self.budget_metric], "reason": reason})
+            {"step": dropped["step"], self.budget_metric: dropped[self.budget_metric], "reason": reason}
+        )
         self.manifest["checkpoint_budget"] = self.max_checkpoints
         (self.directory / dropped["file"]).unlink(missing_ok=True)
 
     def truncate(self, after_step: int) -> None:
         """Forget the checkpoints saved after ``after_step`` (when a run resumes from an earlier state)."""
         keep = [c for c in self.manifest["checkpoints"] if c["step"] <= after_step]
-        for entry in self.manifest["checkpoints"][len(keep):]:
+        for entry in self.manifest["checkpoints"][len(keep) :]:
             (self.directory / entry["file"]).unlink(missing_ok=True)
         self.manifest["checkpoints"] = keep
         self.manifest["complete"] = False
@@ -151,8 +162,9 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         if key not in manifest:
             raise TrajectoryError(f"{path} has no {key!r} field; is it a progdistill manifest?")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise TrajectoryError(f"{path} has format_version {manifest['format_version']}; "
-                              f"this progdistill reads version {FORMAT_VERSION}")
+        raise TrajectoryError(
+            f"{path} has format_version {manifest['format_version']}; this progdistill reads version {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -188,8 +200,7 @@ class Trajectory:
 
     def entry(self, step: int) -> dict[str, Any]:
         if step not in self._by_step:
-            raise TrajectoryError(f"trajectory {self.directory} has no checkpoint at step {step}; "
-                                  f"steps: {self.steps}")
+            raise TrajectoryError(f"trajectory {self.directory} has no checkpoint at step {step}; steps: {self.steps}")
         return self._by_step[step]
 
     def metrics(self, step: int) -> dict[str, Any]:
@@ -217,8 +228,10 @@ class Trajectory:
             return path  # hashed already (verify() before training) and unchanged since
         digest = sha256_file(path)
         if digest != entry["sha256"]:
-            raise TrajectoryError(f"checkpoint file {path} for step {step} is corrupted: sha256 {digest} "
-                                  f"does not match the manifest's {entry['sha256']}")
+            raise TrajectoryError(
+                f"checkpoint file {path} for step {step} is corrupted: sha256 {digest} "
+                f"does not match the manifest's {entry['sha256']}"
+            )
         self._verified[step] = (stat.st_mtime_ns, stat.st_size)
         return path
 

@@ -13,8 +13,14 @@ import torch
 from progdistill.tasks.base import IGNORE_INDEX
 
 
-def bert_mask(ids: torch.Tensor, selectable: torch.Tensor, mask_id: int, random_ids: tuple[int, int],
-              mask_rate: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def bert_mask(
+    ids: torch.Tensor,
+    selectable: torch.Tensor,
+    mask_id: int,
+    random_ids: tuple[int, int],
+    mask_rate: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 masking of any vocabulary (Devlin et al. 2019, section 3.1).
 
     ``ids`` (B, L) int64; ``selectable`` (B, L) bool: positions that may be selected (not special tokens);

@@ -36,13 +36,25 @@ class ParityTask(TaskBase):
 
     def __post_init__(self):
         check_positive_int("task.n", self.n)
-        check(isinstance(self.k, int) and 1 <= self.k <= self.n, "task.k", self.k,
-              f"must be an integer in 1..n (n={self.n})")
-        check(self.support_seed is None or (isinstance(self.support_seed, int) and self.support_seed >= 0),
-              "task.support_seed", self.support_seed, "None (first k coordinates) or an integer >= 0")
+        check(
+            isinstance(self.k, int) and 1 <= self.k <= self.n,
+            "task.k",
+            self.k,
+            f"must be an integer in 1..n (n={self.n})",
+        )
+        check(
+            self.support_seed is None or (isinstance(self.support_seed, int) and self.support_seed >= 0),
+            "task.support_seed",
+            self.support_seed,
+            "None (first k coordinates) or an integer >= 0",
+        )
         check_positive_int("task.eval_size", self.eval_size)
-        check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
-              "must be an integer >= 0")
+        check(
+            isinstance(self.eval_seed, int) and self.eval_seed >= 0,
+            "task.eval_seed",
+            self.eval_seed,
+            "must be an integer >= 0",
+        )
 
     @property
     def num_classes(self) -> int:

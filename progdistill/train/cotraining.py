@@ -37,11 +37,29 @@ class LiveTeacher:
     increasing order of ``now`` (as :func:`progdistill.distill.teachers.block_teacher_logits` does).
     """
 
-    def __init__(self, task, model: torch.nn.Module, train: TrainConfig, seed: int, device: torch.device,
-                 lag: int = 0, writer: MetricsWriter | None = None):
-        self.training = Training(task, model, train, [Member("teacher (co-training)", seed, CE(), writer)],
-                                 "teacher-data", DistillationConfig(), None, None, device, "teacher (co-training)",
-                                 None)
+    def __init__(
+        self,
+        task,
+        model: torch.nn.Module,
+        train: TrainConfig,
+        seed: int,
+        device: torch.device,
+        lag: int = 0,
+        writer: MetricsWriter | None = None,
+    ):
+        self.training = Training(
+            task,
+            model,
+            train,
+            [Member("teacher (co-training)", seed, CE(), writer)],
+            "teacher-data",
+            DistillationConfig(),
+            None,
+            None,
+            device,
+            "teacher (co-training)",
+            None,
+        )
         self.training.progress_log = ProgressLog("teacher (co-training)", train.steps, enabled=False)
         self.model, self.total, self.lag, self.step = model, train.steps, lag, 0
         # The ring buffer: (step, frozen copy) of the last lag + 1 teacher steps; lag 0 serves the model itself.
@@ -88,9 +106,11 @@ class LiveTeacher:
         for step, model in self.buffer:
             if step == want:
                 return model
-        raise RuntimeError(f"co-training: the teacher's weights of step {want} are not in the ring buffer (it "
-                           f"holds steps {[s for s, _ in self.buffer]}); a student's lag exceeds the buffer's "
-                           f"{self.lag}")
+        raise RuntimeError(
+            f"co-training: the teacher's weights of step {want} are not in the ring buffer (it "
+            f"holds steps {[s for s, _ in self.buffer]}); a student's lag exceeds the buffer's "
+            f"{self.lag}"
+        )
 
     def finish(self, path: Path | None = None) -> dict[str, torch.Tensor]:
         """Train the teacher to its last step (a student run shorter than the teacher's leaves it unfinished) and
@@ -105,9 +125,19 @@ class LiveTeacher:
         return state
 
 
-def cotrain(task, teacher_model: torch.nn.Module, teacher_train: TrainConfig, teacher_seed: int,
-            student_model: torch.nn.Module, student_train: TrainConfig, members: list[Member], fit_kwargs: dict,
-            directory: Path, device: torch.device, stored_final: dict[str, torch.Tensor] | None = None) -> dict:
+def cotrain(
+    task,
+    teacher_model: torch.nn.Module,
+    teacher_train: TrainConfig,
+    teacher_seed: int,
+    student_model: torch.nn.Module,
+    student_train: TrainConfig,
+    members: list[Member],
+    fit_kwargs: dict,
+    directory: Path,
+    device: torch.device,
+    stored_final: dict[str, torch.Tensor] | None = None,
+) -> dict:
     """Train the co-training ``members`` (a stack, ``student_model``) alongside the teacher, then finish the
     teacher; writes ``directory``/final.safetensors (the teacher's only stored checkpoint), metrics.jsonl (the
     teacher's) and cotraining.json: wall and CPU time (this process, all threads) in seconds of teacher and
@@ -123,12 +153,18 @@ def cotrain(task, teacher_model: torch.nn.Module, teacher_train: TrainConfig, te
         final = live.finish(directory / "final.safetensors")
     finally:
         writer.close()
-    summary = {"wall_time_s": time.perf_counter() - started, "cpu_time_s": time.process_time() - cpu_started,
-               "teacher_steps": teacher_train.steps,
-               "student_steps": student_train.steps, "students": [mem.name for mem in members],
-               "ring_buffer": lag + 1, "stored_checkpoints": 1}
+    summary = {
+        "wall_time_s": time.perf_counter() - started,
+        "cpu_time_s": time.process_time() - cpu_started,
+        "teacher_steps": teacher_train.steps,
+        "student_steps": student_train.steps,
+        "students": [mem.name for mem in members],
+        "ring_buffer": lag + 1,
+        "stored_checkpoints": 1,
+    }
     if stored_final is not None:
         summary["final_max_abs_diff_vs_trajectory"] = max(
-            float((final[k].float() - stored_final[k].float()).abs().max()) for k in final)
+            float((final[k].float() - stored_final[k].float()).abs().max()) for k in final
+        )
     atomic_write_json(directory / "cotraining.json", summary)
     return summary

@@ -33,8 +33,8 @@ def evaluate_stack(model: torch.nn.Module, batches: Sequence[Batch]) -> tuple[to
     for batch in batches:
         x, y = batch.inputs, batch.targets
         for i in range(0, len(x), EVAL_CHUNK):
-            logits = model(x[i:i + EVAL_CHUNK])  # (M, b, C)
-            target = y[i:i + EVAL_CHUNK].expand(logits.shape[0], -1)
+            logits = model(x[i : i + EVAL_CHUNK])  # (M, b, C)
+            target = y[i : i + EVAL_CHUNK].expand(logits.shape[0], -1)
             losses = cross_entropy(logits, target, reduction="none").sum(dim=1)
             hits = (logits.argmax(-1) == target).float().sum(dim=1)
             loss_sum = losses if loss_sum is None else loss_sum + losses
@@ -76,11 +76,15 @@ class ProgressLog:
 
     def __call__(self, step: int, eval_loss: torch.Tensor, eval_acc: torch.Tensor) -> None:
         now = time.monotonic()
-        if not self.enabled or (step < self.steps and self.last is not None
-                                and now - self.last < PROGRESS_LOG_SECONDS):
+        if not self.enabled or (step < self.steps and self.last is not None and now - self.last < PROGRESS_LOG_SECONDS):
             return
         self.last = now
+
         def span(t):
             return f"{float(t.min()):.4f}" + ("" if len(t) == 1 else f"-{float(t.max()):.4f}")
-        print(f"{self.desc}: step {step}/{self.steps}, eval_loss {span(eval_loss)}, eval_accuracy {span(eval_acc)}",
-              file=sys.stderr, flush=True)
+
+        print(
+            f"{self.desc}: step {step}/{self.steps}, eval_loss {span(eval_loss)}, eval_accuracy {span(eval_acc)}",
+            file=sys.stderr,
+            flush=True,
+        )

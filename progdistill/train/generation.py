@@ -44,8 +44,14 @@ class GeneratedData:
         self.sampling = generator(seed, "generation")  # every sampled token
         self.counts = {DATA: 0, TEACHER: 0, STUDENT: 0}
 
-    def batch(self, data: Batch, count: int, teacher: torch.nn.Module | None, student: torch.nn.Module,
-              step: DistillationConfig | None = None) -> tuple[Batch, str, DistillationConfig]:
+    def batch(
+        self,
+        data: Batch,
+        count: int,
+        teacher: torch.nn.Module | None,
+        student: torch.nn.Module,
+        step: DistillationConfig | None = None,
+    ) -> tuple[Batch, str, DistillationConfig]:
         """``data`` (the task's batch of this step) or ``count`` sequences sampled from ``teacher`` (the scheduled
         checkpoint; None: no checkpoint at this step) or from ``student``. ``step``: the step's objective (e.g.
         with a curriculum's temperature; default the one given at construction), returned as it is, or with

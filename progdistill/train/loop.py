@@ -59,11 +59,21 @@ class Member:
     writer: MetricsWriter | None = None
 
 
-def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member], *,
-        data_stream: str, distillation: DistillationConfig | None = None,
-        teachers: Teachers | None = None, checkpoint_writer: TrajectoryWriter | None = None,
-        device: torch.device = torch.device("cpu"), desc: str = "train",
-        state_path: Path | None = None, on_record: Callable[[int], None] | None = None) -> list[list[dict]]:
+def fit(
+    task,
+    model: torch.nn.Module,
+    train: TrainConfig,
+    members: Sequence[Member],
+    *,
+    data_stream: str,
+    distillation: DistillationConfig | None = None,
+    teachers: Teachers | None = None,
+    checkpoint_writer: TrajectoryWriter | None = None,
+    device: torch.device = torch.device("cpu"),
+    desc: str = "train",
+    state_path: Path | None = None,
+    on_record: Callable[[int], None] | None = None,
+) -> list[list[dict]]:
     """Train the stack ``model`` (M = len(members)) for ``train.steps`` steps; returns each member's records.
 
     Member m draws ``train.batch_size`` fresh examples per step (``task.sample_batch``) from the generator
@@ -95,14 +105,32 @@ def fit(task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Memb
     The state file is deleted when training finishes. ``on_record(step)`` is called after every record (main
     process), e.g. to persist the run's elapsed time.
     """
-    run = Training(task, model, train, members, data_stream, distillation or DistillationConfig(), teachers,
-                    checkpoint_writer, device, desc, state_path)
+    run = Training(
+        task,
+        model,
+        train,
+        members,
+        data_stream,
+        distillation or DistillationConfig(),
+        teachers,
+        checkpoint_writer,
+        device,
+        desc,
+        state_path,
+    )
     run.on_record = on_record
     state = load_state(state_path, run.names)
     barrier()  # every process has read the state before rank 0 may replace it
     start = 0 if state is None else state["step"]
-    bar = tqdm(total=train.steps, initial=start, desc=desc, unit="step", leave=False, mininterval=1.0,
-               disable=None if run.main_process else True)  # disabled when stderr is not a terminal
+    bar = tqdm(
+        total=train.steps,
+        initial=start,
+        desc=desc,
+        unit="step",
+        leave=False,
+        mininterval=1.0,
+        disable=None if run.main_process else True,
+    )  # disabled when stderr is not a terminal
     run.progress_log = ProgressLog(desc, train.steps, enabled=run.main_process and bar.disable)
     if state is None:
         run.record(0)
@@ -135,10 +163,20 @@ class Training:
 
     on_record: Callable[[int], None] | None = None
 
-    def __init__(self, task, model: torch.nn.Module, train: TrainConfig, members: Sequence[Member],
-                 data_stream: str, distillation: DistillationConfig, teachers: Teachers | None,
-                 checkpoint_writer: TrajectoryWriter | None, device: torch.device, desc: str,
-                 state_path: Path | None):
+    def __init__(
+        self,
+        task,
+        model: torch.nn.Module,
+        train: TrainConfig,
+        members: Sequence[Member],
+        data_stream: str,
+        distillation: DistillationConfig,
+        teachers: Teachers | None,
+        checkpoint_writer: TrajectoryWriter | None,
+        device: torch.device,
+        desc: str,
+        state_path: Path | None,
+    ):
         M = len(members)
         self.task, self.model, self.train, self.members = task, model, train, members
         self.distillation, self.teachers, self.checkpoint_writer = distillation, teachers, checkpoint_writer
@@ -166,11 +204,15 @@ class Training:
         if task.per_position_targets and M != 1:
             raise ValueError(f"token tasks train one model at a time, got a stack of {M}")
         # Sequence-level / on-policy distillation (token tasks: one model per fit).
-        self.generated = GeneratedData(task, distillation, members[0].seed) \
-            if distillation.generates and task.per_position_targets else None
+        self.generated = (
+            GeneratedData(task, distillation, members[0].seed)
+            if distillation.generates and task.per_position_targets
+            else None
+        )
         self.eval_batches = [b.to(device) for b in task.eval_batches()]
-        self.evaluate: Callable[[torch.nn.Module, Sequence[Batch]], tuple[torch.Tensor, torch.Tensor]] = \
+        self.evaluate: Callable[[torch.nn.Module, Sequence[Batch]], tuple[torch.Tensor, torch.Tensor]] = (
             evaluate_tokens if task.per_position_targets else evaluate_stack
+        )
         params = list(model.parameters()) + ([] if self.hints is None else list(self.hints.parameters()))
         self.opt, self.lr_sched = make_optimizer(params, train.optimizer, train.steps)
         model.to(device).train()
@@ -185,9 +227,16 @@ class Training:
         # Plain SGD on a model that declares hand-written gradients (MLP.sgd_step) skips autograd; anything else
         # (momentum, Adam, reverse KL, skipping steps, DDP, compile, bf16) goes through autograd.
         opt = train.optimizer
-        self.hand_sgd = (getattr(model, "hand_written_sgd", False) and self.net is model and opt.name == "sgd"
-                         and opt.momentum == 0 and opt.weight_decay == 0 and train.precision == "float32"
-                         and train.on_non_finite == "stop" and distillation.plain_forward_kl)
+        self.hand_sgd = (
+            getattr(model, "hand_written_sgd", False)
+            and self.net is model
+            and opt.name == "sgd"
+            and opt.momentum == 0
+            and opt.weight_decay == 0
+            and train.precision == "float32"
+            and train.on_non_finite == "stop"
+            and distillation.plain_forward_kl
+        )
         self.names = [mem.name for mem in members]
         self.steps = StepContext(self.net, self.opt, list(model.parameters()), train, self.autocast, device)
         self.histories: list[list[dict]] = [[] for _ in members]
@@ -233,8 +282,11 @@ class Training:
 
     def records_at(self, step: int) -> bool:
         train = self.train
-        return step % train.eval_every == 0 or step == train.steps or (
-            self.checkpoint_writer is not None and step % train.checkpoint_every == 0)
+        return (
+            step % train.eval_every == 0
+            or step == train.steps
+            or (self.checkpoint_writer is not None and step % train.checkpoint_every == 0)
+        )
 
     def train_token_steps(self, start: int, plan: list[list[TeacherSpec | None]]) -> None:
         """The steps from ``start`` of one model on a token task, with the teachers of ``plan`` (L, 1), each in
@@ -246,11 +298,15 @@ class Training:
             spec = plan[i][0]
             teacher = None if spec is None or self.teachers is None else self.teachers.get(spec)
             temperature = teacher_temperature(spec, self.distillation.temperature)
-            distillation = self.distillation if temperature == self.distillation.temperature else \
-                dataclasses.replace(self.distillation, temperature=temperature)
+            distillation = (
+                self.distillation
+                if temperature == self.distillation.temperature
+                else dataclasses.replace(self.distillation, temperature=temperature)
+            )
             if self.generated is not None:  # the whole step's batch is sampled (same on every process)
-                batch, _, distillation = self.generated.batch(batch, self.train.batch_size, teacher, self.model,
-                                                              distillation)
+                batch, _, distillation = self.generated.batch(
+                    batch, self.train.batch_size, teacher, self.model, distillation
+                )
             batch = batch.rows(self.rows).to(self.device)
             self._tally(token_step(self.steps, batch, teacher, distillation), start + i)
 
@@ -267,8 +323,9 @@ class Training:
         teacher_logits = block_teacher_logits(plan, x_block, self.seed_index, self.teachers, C)  # (L, M, B, C)
         if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
             i, m = (~torch.isfinite(teacher_logits)).flatten(2).any(-1).nonzero()[0].tolist()
-            raise NonFiniteError(f"teacher checkpoint {plan[i][m].checkpoint} produced non-finite outputs; the "
-                                 "students stop here")
+            raise NonFiniteError(
+                f"teacher checkpoint {plan[i][m].checkpoint} produced non-finite outputs; the students stop here"
+            )
         temperature = plan_temperatures(plan, self.distillation.temperature, self.device)  # a number, or (L, M)
         hint_steps = [any(spec is not None and spec.hint_layer is not None for spec in row) for row in plan]
         has_teacher = torch.tensor([[c is not None for c in row] for row in plan], device=self.device)
@@ -277,16 +334,29 @@ class Training:
         # step (one copy of a block's inputs per model would be M / S times the block); labels (L, M, B).
         x_steps = x_block[0] if len(self.seeds) == 1 else PerStepGather(x_block, self.seed_index)
         y_steps = y_block[self.seed_index].transpose(0, 1)
-        objective = StackObjective(y_steps, teacher_logits, temperature, ce_weight, kd_weight, self.distillation,
-                                   fused=teacher_logits is None or self.distillation.plain_forward_kl)
+        objective = StackObjective(
+            y_steps,
+            teacher_logits,
+            temperature,
+            ce_weight,
+            kd_weight,
+            self.distillation,
+            fused=teacher_logits is None or self.distillation.plain_forward_kl,
+        )
         corrections = objective.corrections  # (L, M) of the fused form with a teacher, else None
         if corrections is not None:
             self.loss_sum -= per_model_sum(corrections)  # report the objective, not the fused CE
         if self.hand_sgd and not any(hint_steps):
             targets = hard_targets(y_steps, C) if objective.targets is None else objective.targets
-            step_losses = hand_sgd_steps(cast(MLP, self.model), self.opt, self.lr_sched,
-                                         self.train.optimizer.lr_schedule == "constant", x_steps, targets,
-                                         self.device)
+            step_losses = hand_sgd_steps(
+                cast(MLP, self.model),
+                self.opt,
+                self.lr_sched,
+                self.train.optimizer.lr_schedule == "constant",
+                x_steps,
+                targets,
+                self.device,
+            )
             finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
             if not finite.all():
                 i = int((~finite).nonzero()[0])
@@ -300,13 +370,18 @@ class Training:
             hints = None
             if hint_steps[i]:  # the hint phase: these models regress the teacher's hidden layer instead
                 if step_corrections is not None:  # their loss is no fused CE: take back its correction now
-                    hinted = torch.tensor([s is not None and s.hint_layer is not None for s in plan[i]],
-                                          device=self.device)
+                    hinted = torch.tensor(
+                        [s is not None and s.hint_layer is not None for s in plan[i]], device=self.device
+                    )
                     self.loss_sum += torch.where(hinted, step_corrections, torch.zeros_like(step_corrections))
                     step_corrections = torch.where(hinted, torch.zeros_like(step_corrections), step_corrections)
                 assert self.hints is not None  # a hint step: the stack has hints
-                hints = functools.partial(self.hints.replace, specs=plan[i], teachers=self.teachers,
-                                          teacher_inputs=functools.partial(self._stream_inputs, x_block, i))
+                hints = functools.partial(
+                    self.hints.replace,
+                    specs=plan[i],
+                    teachers=self.teachers,
+                    teacher_inputs=functools.partial(self._stream_inputs, x_block, i),
+                )
             result = stack_step(self.steps, x_steps[i], functools.partial(objective.loss, i), hints)
             self._tally(result, start + i)
             if result.bad is not None and step_corrections is not None:
@@ -332,8 +407,9 @@ class Training:
     def record(self, step: int) -> None:
         """Evaluate, and write every member's record at ``step`` (training loss: the mean since the last one)."""
         M = len(self.members)
-        train_loss = all_reduce_mean(self.loss_sum / max(self.loss_count, 1)).tolist() if self.loss_count \
-            else [None] * M
+        train_loss = (
+            all_reduce_mean(self.loss_sum / max(self.loss_count, 1)).tolist() if self.loss_count else [None] * M
+        )
         self.loss_sum, self.loss_count = torch.zeros(M, device=self.device), 0
         if not self.main_process:
             return
@@ -344,12 +420,20 @@ class Training:
         for m, mem in enumerate(self.members):
             loss = train_loss[m]
             if loss is not None and not math.isfinite(loss):
-                raise NonFiniteError(f"{mem.name}: training loss is {train_loss[m]} in the steps before "
-                                     f"{step}; metrics saved so far are kept")
+                raise NonFiniteError(
+                    f"{mem.name}: training loss is {train_loss[m]} in the steps before "
+                    f"{step}; metrics saved so far are kept"
+                )
             spec = in_use[m]
-            rec = {"step": step, "train_loss": train_loss[m], "eval_loss": float(eval_loss[m]),
-                   "eval_accuracy": float(eval_acc[m]), "teacher_checkpoint": None if spec is None else spec.checkpoint,
-                   "lr": self.opt.param_groups[0]["lr"], **({} if spec is None else spec.describe())}
+            rec = {
+                "step": step,
+                "train_loss": train_loss[m],
+                "eval_loss": float(eval_loss[m]),
+                "eval_accuracy": float(eval_acc[m]),
+                "teacher_checkpoint": None if spec is None else spec.checkpoint,
+                "lr": self.opt.param_groups[0]["lr"],
+                **({} if spec is None else spec.describe()),
+            }
             if self.skipped:
                 rec["skipped_steps"] = self.skipped
             if self.generated is not None:  # steps so far that trained on the teacher's / the student's samples
@@ -369,16 +453,25 @@ class Training:
         eval_loss, eval_acc = self.last_evaluation
         writer, train = self.checkpoint_writer, self.train
         if writer is not None and (step % train.checkpoint_every == 0 or step == train.steps):
-            writer.save(step, self.model.state_dict(), {"eval_accuracy": float(eval_acc[0]),
-                                                        "eval_loss": float(eval_loss[0])})
+            writer.save(
+                step, self.model.state_dict(), {"eval_accuracy": float(eval_acc[0]), "eval_loss": float(eval_loss[0])}
+            )
         if self.state_path is not None and step < train.steps:
-            save_state(self.state_path, {
-                "names": self.names, "step": step, "skipped": self.skipped, "histories": self.histories,
-                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                **({} if self.hints is None else {"hints": self.hints.projections.state_dict()}),
-                "lr_schedule": self.lr_sched.state_dict(),
-                "generators": {s: g.get_state() for s, g in self.gens.items()},
-                **({"generation": self.generated.state()} if self.generated is not None else {})})
+            save_state(
+                self.state_path,
+                {
+                    "names": self.names,
+                    "step": step,
+                    "skipped": self.skipped,
+                    "histories": self.histories,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    **({} if self.hints is None else {"hints": self.hints.projections.state_dict()}),
+                    "lr_schedule": self.lr_sched.state_dict(),
+                    "generators": {s: g.get_state() for s, g in self.gens.items()},
+                    **({"generation": self.generated.state()} if self.generated is not None else {}),
+                },
+            )
 
     def release_teachers(self, specs: Sequence[TeacherSpec | None]) -> None:
         """Drop the teacher checkpoints that none of ``specs`` (the members' teachers at a block's first step)
@@ -416,8 +509,10 @@ class NonFiniteError(FloatingPointError):
 
 
 def non_finite_error(culprits: Sequence[str], what: str, step: int) -> NonFiniteError:
-    return NonFiniteError(f"{', '.join(culprits)}: non-finite {what} at step {step}; everything saved before it "
-                          "is kept (on_non_finite='skip' skips such steps)")
+    return NonFiniteError(
+        f"{', '.join(culprits)}: non-finite {what} at step {step}; everything saved before it "
+        "is kept (on_non_finite='skip' skips such steps)"
+    )
 
 
 # The resume state of an interrupted training run: one file, written atomically at every record.

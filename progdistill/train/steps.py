@@ -93,8 +93,9 @@ class StackObjective:
         if self.teacher_logits is not None and self.fused:
             temperature = self.temperature
             per_position = temperature[..., None] if torch.is_tensor(temperature) else temperature  # (L, M, 1)
-            self.targets, correction = soft_targets(self.teacher_logits, self.labels, per_position, self.ce_weight,
-                                                    self.kd_weight)
+            self.targets, correction = soft_targets(
+                self.teacher_logits, self.labels, per_position, self.ce_weight, self.kd_weight
+            )
             self.corrections = correction.mean(dim=2)
 
     def loss(self, i: int, logits: torch.Tensor) -> torch.Tensor:
@@ -105,12 +106,21 @@ class StackObjective:
         d = self.distillation
         assert self.teacher_logits is not None  # not fused: a teacher's logits to distil from
         step_temperature = self.temperature[i][:, None] if torch.is_tensor(self.temperature) else self.temperature
-        return weighted_distillation_loss(logits, self.teacher_logits[i], self.labels[i], d.loss, step_temperature,
-                                          self.ce_weight[i], self.kd_weight[i], **d.loss_options())
+        return weighted_distillation_loss(
+            logits,
+            self.teacher_logits[i],
+            self.labels[i],
+            d.loss,
+            step_temperature,
+            self.ce_weight[i],
+            self.kd_weight[i],
+            **d.loss_options(),
+        )
 
 
-def stack_step(ctx: StepContext, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
-               hints: Callable | None = None) -> StepResult:
+def stack_step(
+    ctx: StepContext, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor], hints: Callable | None = None
+) -> StepResult:
     """One optimizer step of a stack of M models on inputs ``x`` ((B, n) shared by all models, or (M, B, n)).
 
     ``loss(logits)``: the step's per-example objective (M, B) of the logits (M, B, C) (:meth:`StackObjective.loss`);
@@ -142,8 +152,15 @@ def stack_step(ctx: StepContext, x: torch.Tensor, loss: Callable[[torch.Tensor],
     return StepResult(step_loss)
 
 
-def hand_sgd_steps(model: MLP, opt: torch.optim.Optimizer, lr_schedule, constant: bool, x_steps,
-                   targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+def hand_sgd_steps(
+    model: MLP,
+    opt: torch.optim.Optimizer,
+    lr_schedule,
+    constant: bool,
+    x_steps,
+    targets: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
     """A block's plain SGD updates of a stack with the model's hand-written gradients (``model.sgd_step``), ~2x
     faster per step than autograd; steps ``lr_schedule`` too (``constant``: a constant learning rate).
     x_steps[i]: step i's inputs; targets: (L, M, B, C) class distributions. Returns the steps' training losses
@@ -161,8 +178,9 @@ def hand_sgd_steps(model: MLP, opt: torch.optim.Optimizer, lr_schedule, constant
     return step_losses
 
 
-def token_step(ctx: StepContext, batch: Batch, teacher: torch.nn.Module | None,
-               distillation: DistillationConfig) -> StepResult:
+def token_step(
+    ctx: StepContext, batch: Batch, teacher: torch.nn.Module | None, distillation: DistillationConfig
+) -> StepResult:
     """One optimizer step of a model on a token task (targets per position); the loss is a float.
 
     The batch (:class:`progdistill.tasks.base.Batch`) is split into ``train.grad_accumulation`` micro-batches,
@@ -180,7 +198,7 @@ def token_step(ctx: StepContext, batch: Batch, teacher: torch.nn.Module | None,
     for index in torch.arange(batch.inputs.shape[0]).chunk(ctx.train.grad_accumulation):
         part, mask = batch.rows(index), selected[index]
         if not mask.any() and not data_parallel:  # nothing to learn; under DDP every process must still
-            continue                                # run the backward pass (its gradient all-reduce) below
+            continue  # run the backward pass (its gradient all-reduce) below
         with ctx.autocast:
             logits = ctx.net(*part.model_inputs)[mask]  # (N, V)
         target = part.targets[mask]
@@ -189,9 +207,16 @@ def token_step(ctx: StepContext, batch: Batch, teacher: torch.nn.Module | None,
         else:
             with torch.no_grad():
                 teacher_logits = teacher(*part.model_inputs)[mask]
-            per_token = distillation_loss(logits, teacher_logits, target, distillation.loss,
-                                          distillation.temperature, distillation.alpha, reduction="none",
-                                          **distillation.loss_options())
+            per_token = distillation_loss(
+                logits,
+                teacher_logits,
+                target,
+                distillation.loss,
+                distillation.temperature,
+                distillation.alpha,
+                reduction="none",
+                **distillation.loss_options(),
+            )
         loss = per_token.sum() / total
         if all_true(bool(torch.isfinite(loss)), loss.device):  # one process's inf skips it on all of them
             loss.backward()

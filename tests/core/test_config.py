@@ -20,10 +20,15 @@ def test_unknown_preset_lists_valid_ones():
         get_preset("parity")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("steps", 0, "steps=0"), ("batch_size", -3, "batch_size=-3"), ("eval_every", 0, "eval_every=0"),
-    ("model", None, "model="),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("steps", 0, "steps=0"),
+        ("batch_size", -3, "batch_size=-3"),
+        ("eval_every", 0, "eval_every=0"),
+        ("model", None, "model="),
+    ],
+)
 def test_train_config_validation(field, value, message):
     kwargs = {"model": MLPConfig(), field: value}
     with pytest.raises(ConfigError, match=message):
@@ -53,8 +58,11 @@ def test_from_dict_errors_name_fields():
         ExperimentConfig.from_dict(data)
     data = get_preset("parity-mlp").to_dict()
     data["schedules"][0] = {"type": "anti-curriculum"}
-    with pytest.raises(ConfigError, match="schedules\\.0\\.type=.anti-curriculum.*valid: 2-shot-auto, ce, "
-                                          "co-training, hint, k-shot, noised-teacher, one-shot, progressive"):
+    with pytest.raises(
+        ConfigError,
+        match="schedules\\.0\\.type=.anti-curriculum.*valid: 2-shot-auto, ce, "
+        "co-training, hint, k-shot, noised-teacher, one-shot, progressive",
+    ):
         ExperimentConfig.from_dict(data)
     data = get_preset("parity-mlp").to_dict()
     data["task"]["k"] = 99
@@ -92,5 +100,4 @@ def test_override():
 def test_duplicate_schedule_labels_refused():
     base = get_preset("parity-mlp")
     with pytest.raises(ConfigError, match="distinct"):
-        ExperimentConfig(preset="x", task=base.task, teacher=base.teacher, student=base.student,
-                         schedules=(CE(), CE()))
+        ExperimentConfig(preset="x", task=base.task, teacher=base.teacher, student=base.student, schedules=(CE(), CE()))

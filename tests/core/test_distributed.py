@@ -16,11 +16,19 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
 def _run(config_path, out, nproc):
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    return subprocess.run(prefix + ["-m", "progdistill.cli", "run", str(config_path), "--out", str(out),
-                                    "--device", "cpu"], check=False, capture_output=True, text=True, env=ENV,
-                          timeout=600)
+    prefix = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    return subprocess.run(
+        prefix + ["-m", "progdistill.cli", "run", str(config_path), "--out", str(out), "--device", "cpu"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
 
 
 @pytest.mark.e2e
@@ -47,6 +55,7 @@ def test_two_processes_equal_one(tmp_path):
 def test_uneven_split_names_both_values():
     assert local_slice(32) == slice(0, 32)
     import progdistill.core.distributed as d
+
     original = d.rank_world
     try:
         d.rank_world = lambda: (1, 3)
@@ -67,14 +76,55 @@ def test_uneven_split_names_both_values():
 def test_token_task_with_empty_micro_batches_does_not_deadlock(tmp_path):
     """With a tiny mask rate, some micro-batches supervise no token on one process and some on the other; every
     process must still run each backward pass (DDP's gradient all-reduce), or training hangs."""
-    shrink = ["--set", "teacher.steps=20", "--set", "teacher.eval_every=10", "--set", "teacher.checkpoint_every=10",
-              "--set", "teacher.model.n_layer=1", "--set", "teacher.model.n_head=2", "--set", "student.model.n_layer=1",
-              "--set", "student.model.n_head=1", "--set", "student.steps=10", "--set", "student.eval_every=10",
-              "--set", "task.eval_size=16", "--set", "teacher.batch_size=8", "--set", "student.batch_size=8",
-              "--set", "teacher.grad_accumulation=4", "--set", "task.mask_rate=0.01",
-              "--set", 'schedules=[{"type":"ce"}]', "--seeds", "1", "--device", "cpu"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "progdistill.cli", "run", "pcfg-mlm", "--out", str(tmp_path / "run")] + shrink
+    shrink = [
+        "--set",
+        "teacher.steps=20",
+        "--set",
+        "teacher.eval_every=10",
+        "--set",
+        "teacher.checkpoint_every=10",
+        "--set",
+        "teacher.model.n_layer=1",
+        "--set",
+        "teacher.model.n_head=2",
+        "--set",
+        "student.model.n_layer=1",
+        "--set",
+        "student.model.n_head=1",
+        "--set",
+        "student.steps=10",
+        "--set",
+        "student.eval_every=10",
+        "--set",
+        "task.eval_size=16",
+        "--set",
+        "teacher.batch_size=8",
+        "--set",
+        "student.batch_size=8",
+        "--set",
+        "teacher.grad_accumulation=4",
+        "--set",
+        "task.mask_rate=0.01",
+        "--set",
+        'schedules=[{"type":"ce"}]',
+        "--seeds",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "progdistill.cli",
+        "run",
+        "pcfg-mlm",
+        "--out",
+        str(tmp_path / "run"),
+    ] + shrink
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=ENV, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "results.json").exists()

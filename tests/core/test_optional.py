@@ -11,14 +11,18 @@ from progdistill.core.optional import MissingExtraError, require
 
 def test_an_installed_module_is_returned():
     import json
+
     assert require("json", "none", "a test") is json
     assert require("os.path", "none", "a test") is sys.modules["os.path"]
 
 
 def test_a_missing_package_names_the_feature_and_the_extra():
-    with pytest.raises(MissingExtraError, match=r"the frobnicator needs the optional package "
-                                                r"'progdistill_no_such_pkg', which is not installed: "
-                                                r'pip install "progdistill\[frob\]"') as info:
+    with pytest.raises(
+        MissingExtraError,
+        match=r"the frobnicator needs the optional package "
+        r"'progdistill_no_such_pkg', which is not installed: "
+        r'pip install "progdistill\[frob\]"',
+    ) as info:
         require("progdistill_no_such_pkg.sub", "frob", "the frobnicator")
     assert isinstance(info.value, ImportError)  # callers that catch ImportError still do
 

@@ -42,8 +42,9 @@ def test_a_module_name_is_imported_by_name(plugin, monkeypatch):
     assert plugin_entries(plugin_config(module)) == [{"module": plugin.name, "file": str(plugin.path)}]
     (plugin.path.parent / "pkg_for_plugin_test").mkdir()
     (plugin.path.parent / "pkg_for_plugin_test" / "__init__.py").write_text("")
-    (plugin.path.parent / "pkg_for_plugin_test" / "sub.py").write_text(plugin.path.read_text().replace(
-        f'"{plugin.name}-', f'"{plugin.name}-sub-'))
+    (plugin.path.parent / "pkg_for_plugin_test" / "sub.py").write_text(
+        plugin.path.read_text().replace(f'"{plugin.name}-', f'"{plugin.name}-sub-')
+    )
     try:
         sub = import_plugin("pkg_for_plugin_test.sub")
         assert plugin_entries(plugin_config(sub)) == [{"module": "pkg_for_plugin_test.sub"}]
@@ -59,8 +60,11 @@ def test_a_bad_plugin_is_one_error_naming_it(tmp_path, capsys):
         import_plugin("no_such_module_xyz")
     broken = tmp_path / "broken_plugin.py"
     broken.write_text("x = 1\nraise RuntimeError('boom')\n")
-    with pytest.raises(PluginError, match=r"broken_plugin\.py \(as module 'broken_plugin'\): RuntimeError: boom "
-                                          r"\(at .*broken_plugin\.py:2\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"broken_plugin\.py \(as module 'broken_plugin'\): RuntimeError: boom "
+        r"\(at .*broken_plugin\.py:2\)",
+    ):
         import_plugin(str(broken))
     # from the command line: one line on stderr, exit status 2, for every command
     assert main(["status", str(tmp_path), "--import", str(tmp_path / "missing.py")]) == 2
@@ -112,9 +116,12 @@ def test_a_recorded_plugin_that_is_gone_is_one_error_naming_it(plugin, tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     forget_plugin(plugin.name)
     plugin.path.rename(tmp_path / "moved.py")
-    with pytest.raises(PluginError, match=rf"cannot import plugin file {plugin.path}: it does not exist\. The run's "
-                                          rf"config.json records it as plugin module '{plugin.name}': restore the "
-                                          "file, or pass --import with its new location"):
+    with pytest.raises(
+        PluginError,
+        match=rf"cannot import plugin file {plugin.path}: it does not exist\. The run's "
+        rf"config.json records it as plugin module '{plugin.name}': restore the "
+        "file, or pass --import with its new location",
+    ):
         load_config(tmp_path / "config.json")
     # --import of the file at its new place (imported under the recorded name) stands in for it
     plugins.import_file(tmp_path / "moved.py", plugin.name)
@@ -134,8 +141,11 @@ def test_lenient_loading_keeps_type_names_and_the_json(plugin, tmp_path):
     assert [s.label for s in loaded.schedules] == ["ce", f"{plugin.name}-schedule"]
     assert loaded.to_dict() == {k: v for k, v in data.items() if k != "plugins"}
     assert config_hash(loaded) == config_hash(data)
-    with pytest.raises(ConfigError, match=rf"task type '{plugin.name}-task' is not available \(cannot import "
-                                          r"plugin file .*\): its 'num_classes' cannot be read"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"task type '{plugin.name}-task' is not available \(cannot import "
+        r"plugin file .*\): its 'num_classes' cannot be read",
+    ):
         _ = loaded.task.num_classes
 
 
@@ -150,8 +160,11 @@ def test_entry_points_are_imported_when_a_kind_is_unknown(plugin, monkeypatch):
             loaded.append(import_plugin(plugin.name))
 
     monkeypatch.setattr(config_module, "_entry_points_loaded", [])
-    monkeypatch.setattr(config_module.importlib.metadata, "entry_points",
-                        lambda group: [EntryPoint()] if group == ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(
+        config_module.importlib.metadata,
+        "entry_points",
+        lambda group: [EntryPoint()] if group == ENTRY_POINT_GROUP else [],
+    )
     lookup_variant("task", "parity")  # a known kind: no entry point is imported
     assert not loaded
     assert lookup_variant("task", f"{plugin.name}-task").__module__ == plugin.name
@@ -167,6 +180,9 @@ def test_a_broken_entry_point_is_one_error_naming_it(monkeypatch):
 
     monkeypatch.setattr(config_module, "_entry_points_loaded", [])
     monkeypatch.setattr(config_module.importlib.metadata, "entry_points", lambda group: [EntryPoint()])
-    with pytest.raises(PluginError, match=r"cannot import plugin entry point 'broken' = 'broken_pkg.plugin' \(group "
-                                          r"progdistill.plugins, package broken-pkg\): ImportError"):
+    with pytest.raises(
+        PluginError,
+        match=r"cannot import plugin entry point 'broken' = 'broken_pkg.plugin' \(group "
+        r"progdistill.plugins, package broken-pkg\): ImportError",
+    ):
         lookup_variant("task", "no-such-task")

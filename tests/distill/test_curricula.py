@@ -38,8 +38,10 @@ def _trajectory(tmp_path) -> Trajectory:
 def _pool(tmp_path) -> TeacherPool:
     def build():
         return MLPConfig(width=8).build(5, 2, [torch.Generator()])
+
     def init(seed):
         return MLPConfig(width=8).build(5, 2, [generator(seed, "fresh")])
+
     return TeacherPool(_trajectory(tmp_path), build, torch.device("cpu"), init=init)
 
 
@@ -104,21 +106,24 @@ def test_stage_value_ends_exactly_at_end():
     assert stage_value(1.0, 0.0, 3, 8, 9, 1.0) == 0.0
 
 
-@pytest.mark.parametrize("kind, fields, field", [
-    ("temperature-curriculum", {"start": -1.0}, "schedule.start"),
-    ("temperature-curriculum", {"start": 1000.0}, "schedule.start"),
-    ("temperature-curriculum", {"start": 2.0, "end": 2.0}, "schedule.end"),
-    ("temperature-curriculum", {"end": 0.0}, "schedule.shape"),
-    ("temperature-curriculum", {"fraction": 1.5}, "schedule.fraction"),
-    ("noised-teacher", {"start": 0.0}, "schedule.start"),
-    ("noised-teacher", {"start": 20.0}, "schedule.start"),
-    ("noised-teacher", {"start": 0.5, "end": 0.8}, "schedule.end"),
-    ("weight-path", {"end": 1.5}, "schedule.end"),
-    ("weight-path", {"stages": 1}, "schedule.stages"),
-    ("weight-path", {"init": "random"}, "schedule.init"),
-    ("hint", {"hint_steps": 0}, "schedule.hint_steps"),
-    ("co-training", {"lag": -1}, "schedule.lag"),
-])
+@pytest.mark.parametrize(
+    "kind, fields, field",
+    [
+        ("temperature-curriculum", {"start": -1.0}, "schedule.start"),
+        ("temperature-curriculum", {"start": 1000.0}, "schedule.start"),
+        ("temperature-curriculum", {"start": 2.0, "end": 2.0}, "schedule.end"),
+        ("temperature-curriculum", {"end": 0.0}, "schedule.shape"),
+        ("temperature-curriculum", {"fraction": 1.5}, "schedule.fraction"),
+        ("noised-teacher", {"start": 0.0}, "schedule.start"),
+        ("noised-teacher", {"start": 20.0}, "schedule.start"),
+        ("noised-teacher", {"start": 0.5, "end": 0.8}, "schedule.end"),
+        ("weight-path", {"end": 1.5}, "schedule.end"),
+        ("weight-path", {"stages": 1}, "schedule.stages"),
+        ("weight-path", {"init": "random"}, "schedule.init"),
+        ("hint", {"hint_steps": 0}, "schedule.hint_steps"),
+        ("co-training", {"lag": -1}, "schedule.lag"),
+    ],
+)
 def test_bad_curricula_are_refused_naming_the_field(tiny, kind, fields, field):
     data = tiny.to_dict()
     data["schedules"] = [{"type": kind, **fields}]
@@ -127,12 +132,22 @@ def test_bad_curricula_are_refused_naming_the_field(tiny, kind, fields, field):
 
 
 def test_every_curriculum_round_trips_through_the_config(tiny):
-    schedules = (TemperatureCurriculum(), TemperatureCurriculum(start=0.5, end=4.0), WeightPathCurriculum(),
-                 NoisedTeacher(), HintDistillation(hint_steps=10))
+    schedules = (
+        TemperatureCurriculum(),
+        TemperatureCurriculum(start=0.5, end=4.0),
+        WeightPathCurriculum(),
+        NoisedTeacher(),
+        HintDistillation(hint_steps=10),
+    )
     config = replace(tiny, schedules=schedules)
     assert ExperimentConfig.from_dict(config.to_dict()) == config
-    assert [s.label for s in schedules] == ["temperature-4-to-0.5", "temperature-0.5-to-4", "weight-path-fresh",
-                                            "noised-teacher-1", "hint"]
+    assert [s.label for s in schedules] == [
+        "temperature-4-to-0.5",
+        "temperature-0.5-to-4",
+        "weight-path-fresh",
+        "noised-teacher-1",
+        "hint",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -145,18 +160,26 @@ def _stack_fit(tiny, traj, schedules, steps=20, pool=None, depth=1):
     cfg = replace(tiny.student, steps=steps, eval_every=10)
     members = [Member(s.label, 0, s) for s in schedules]
     stack = cfg.model.build(8, 2, [generator(0, "init") for _ in members])
+
     def build():
         return tiny.teacher.model.build(8, 2, [torch.Generator()])
-    pool = pool or TeacherPool(traj, build, torch.device("cpu"),
-                               init=lambda seed: tiny.teacher.model.build(8, 2, [generator(seed, "w")]))
-    return fit(tiny.task, stack, cfg, members, data_stream="d", distillation=DistillationConfig(temperature=0.0),
-               teachers=pool)
+
+    pool = pool or TeacherPool(
+        traj, build, torch.device("cpu"), init=lambda seed: tiny.teacher.model.build(8, 2, [generator(seed, "w")])
+    )
+    return fit(
+        tiny.task, stack, cfg, members, data_stream="d", distillation=DistillationConfig(temperature=0.0), teachers=pool
+    )
 
 
 def test_curricula_train_in_one_stack_and_record_their_teacher(teacher, tiny):
     traj = teacher
-    schedules = [TemperatureCurriculum(start=4.0, end=1.0, shape="linear"), WeightPathCurriculum(stages=2),
-                 NoisedTeacher(stages=2), HintDistillation(hint_steps=10)]
+    schedules = [
+        TemperatureCurriculum(start=4.0, end=1.0, shape="linear"),
+        WeightPathCurriculum(stages=2),
+        NoisedTeacher(stages=2),
+        HintDistillation(hint_steps=10),
+    ]
     hist = _stack_fit(tiny, traj, schedules)
     temperature, path, noise, hint = hist
     assert [r["teacher_temperature"] for r in temperature] == [4.0, pytest.approx(4 - 3 * 9 / 19), 1.0]
@@ -176,8 +199,11 @@ def test_weight_path_between_models_of_different_shapes_is_refused_before_traini
     traj = teacher
     other = tmp_path / "wider.safetensors"
     save_file(MLPConfig(width=32).build(8, 2, [generator(0, "w")]).state_dict(), str(other))
-    with pytest.raises(ConfigError, match=r"tensor 'biases.0' has shape \(1, 1, 32\) in the weight path's "
-                                          r"initialization .* and \(1, 1, 64\) in the teacher checkpoint"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tensor 'biases.0' has shape \(1, 1, 32\) in the weight path's "
+        r"initialization .* and \(1, 1, 64\) in the teacher checkpoint",
+    ):
         _stack_fit(tiny, traj, [WeightPathCurriculum(init=str(other))])
 
 
@@ -185,28 +211,37 @@ def test_curricula_configs_that_would_fail_mid_run_are_refused_at_construction(t
     """Caught when the config is built, before any teacher trains: a hint layer the models lack, co-training on
     a task with targets per position, a temperature curriculum under Hinton scaling or reaching T = 0 with
     reverse KL."""
-    with pytest.raises(ConfigError, match=r"schedules\.0\.layer=1 is invalid: a hidden layer of the teacher "
-                                          r"\(0\.\.0, or -1 for the last\): it has 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"schedules\.0\.layer=1 is invalid: a hidden layer of the teacher "
+        r"\(0\.\.0, or -1 for the last\): it has 1",
+    ):
         replace(tiny, schedules=(HintDistillation(hint_steps=5, layer=1),))
     with pytest.raises(ConfigError, match=r"schedules\.0\.student_layer=2 is invalid: .* of the student"):
         replace(tiny, schedules=(HintDistillation(hint_steps=5, student_layer=2),))
     deeper = replace(tiny, student=replace(tiny.student, model=MLPConfig(width=16, depth=3)))
     assert replace(deeper, schedules=(HintDistillation(hint_steps=5, student_layer=2),)).schedules
     hinton = replace(tiny.distillation, temperature_scaling="hinton")
-    with pytest.raises(ConfigError, match=r"distillation\.temperature_scaling='hinton' is invalid: 'teacher' "
-                                          r"with schedules\.0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"distillation\.temperature_scaling='hinton' is invalid: 'teacher' "
+        r"with schedules\.0",
+    ):
         replace(tiny, distillation=hinton, schedules=(TemperatureCurriculum(start=4.0, end=1.0),))
     reverse = DistillationConfig(loss="reverse_kl", temperature=1.0)
     with pytest.raises(ConfigError, match=r"schedules\.0=.* is invalid: a temperature range above 0"):
-        replace(tiny, distillation=reverse,
-                schedules=(TemperatureCurriculum(start=2.0, end=0.0, shape="linear"),))
+        replace(tiny, distillation=reverse, schedules=(TemperatureCurriculum(start=2.0, end=0.0, shape="linear"),))
     assert replace(tiny, distillation=reverse, schedules=(TemperatureCurriculum(start=2.0, end=0.5),)).schedules
 
 
 def test_co_training_on_a_task_with_targets_per_position_is_refused():
     from progdistill.distill.curricula import CoTraining
     from progdistill.recipes.presets import get_preset
+
     config = get_preset("pcfg-mlm")
-    with pytest.raises(ConfigError, match=r"schedules\.0='co-training' is invalid: a schedule for one-label "
-                                          r"tasks"):
+    with pytest.raises(
+        ConfigError,
+        match=r"schedules\.0='co-training' is invalid: a schedule for one-label "
+        r"tasks",
+    ):
         replace(config, schedules=(CoTraining(),))

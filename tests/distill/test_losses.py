@@ -85,9 +85,12 @@ def test_ignored_targets_are_excluded_and_normalized_per_supervised_target():
 def test_all_ignored_gives_zero_not_nan():
     logits = torch.randn(4, 3)
     targets = torch.full((4,), IGNORE_INDEX)
-    for value in (cross_entropy(logits, targets), forward_kl(logits, torch.randn(4, 3), targets=targets),
-                  reverse_kl(logits, torch.randn(4, 3), targets=targets),
-                  distillation_loss(logits, torch.randn(4, 3), targets, alpha=0.5)):
+    for value in (
+        cross_entropy(logits, targets),
+        forward_kl(logits, torch.randn(4, 3), targets=targets),
+        reverse_kl(logits, torch.randn(4, 3), targets=targets),
+        distillation_loss(logits, torch.randn(4, 3), targets, alpha=0.5),
+    ):
         assert value.item() == 0.0
 
 
@@ -191,8 +194,9 @@ def test_positions_without_a_teacher_are_cross_entropy():
     ce = cross_entropy(logits, targets, reduction="none")
     mixed = distillation_loss(logits, teacher, targets, "forward_kl", 1.0, 0.3, reduction="none")
     assert torch.allclose(fused, torch.where(has_teacher, mixed, ce), atol=1e-6)
-    assert torch.equal(soft_targets(teacher, targets, 1.0, ce_weight, kd_weight)[0][1],
-                       hard_targets(targets[1:2], 4)[0])
+    assert torch.equal(
+        soft_targets(teacher, targets, 1.0, ce_weight, kd_weight)[0][1], hard_targets(targets[1:2], 4)[0]
+    )
 
 
 @pytest.mark.parametrize("loss, temperature", [("forward_kl", 0.0), ("forward_kl", 1.5), ("reverse_kl", 1.5)])
@@ -202,8 +206,9 @@ def test_weighted_distillation_loss_equals_distillation_loss(loss, temperature):
     expected = distillation_loss(plain, teacher, targets, loss, temperature, 0.3, reduction="none")
     expected.sum().backward()
     weighted = logits.clone().requires_grad_(True)
-    value = weighted_distillation_loss(weighted, teacher, targets, loss, temperature,
-                                       *mixture_weights(0.3, torch.ones(6, dtype=torch.bool)))
+    value = weighted_distillation_loss(
+        weighted, teacher, targets, loss, temperature, *mixture_weights(0.3, torch.ones(6, dtype=torch.bool))
+    )
     value.sum().backward()
     assert torch.allclose(value, expected, atol=1e-6) and torch.allclose(weighted.grad, plain.grad, atol=1e-6)
     with pytest.raises(ValueError, match="loss="):

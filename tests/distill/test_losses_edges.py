@@ -60,9 +60,12 @@ def test_teacher_and_student_shapes_must_match(divergence, shapes):
     loss = "forward_kl" if divergence is forward_kl else "reverse_kl"
     weights = mixture_weights(0.5, torch.ones(shapes[0][:-1], dtype=torch.bool))
     targets = torch.zeros(shapes[0][:-1], dtype=torch.long)
-    for call in (lambda: divergence(student, teacher), lambda: distillation_loss(student, teacher, None, loss),
-                 lambda: distillation_cross_entropy(student, teacher),
-                 lambda: weighted_distillation_loss(student, teacher, targets, loss, 1.0, *weights)):
+    for call in (
+        lambda: divergence(student, teacher),
+        lambda: distillation_loss(student, teacher, None, loss),
+        lambda: distillation_cross_entropy(student, teacher),
+        lambda: weighted_distillation_loss(student, teacher, targets, loss, 1.0, *weights),
+    ):
         with pytest.raises(ValueError) as info:
             call()
         assert str(tuple(shapes[0])) in str(info.value) and str(tuple(shapes[1])) in str(info.value)
@@ -120,14 +123,20 @@ def cases(draw):
     teacher = scale * torch.randn(batch, length, classes, generator=gen)
     targets = torch.randint(classes, (batch, length), generator=gen)
     targets[torch.rand(batch, length, generator=gen) < draw(st.sampled_from([0.0, 0.5, 1.0]))] = IGNORE_INDEX
-    padding = (scale * torch.randn(batch, draw(st.integers(1, 3)), classes, generator=gen),
-               scale * torch.randn(batch, 1, classes, generator=gen))
+    padding = (
+        scale * torch.randn(batch, draw(st.integers(1, 3)), classes, generator=gen),
+        scale * torch.randn(batch, 1, classes, generator=gen),
+    )
     return student, teacher, targets, padding, draw(st.sampled_from(DTYPES)), draw(temperatures)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=cases(), shift=st.floats(-50, 50), alpha=st.sampled_from([0.0, 0.3, 1.0]),
-       loss=st.sampled_from(["forward_kl", "reverse_kl"]))
+@given(
+    case=cases(),
+    shift=st.floats(-50, 50),
+    alpha=st.sampled_from([0.0, 0.3, 1.0]),
+    loss=st.sampled_from(["forward_kl", "reverse_kl"]),
+)
 def test_loss_core_properties(case, shift, alpha, loss):
     student, teacher, targets, (pad_student, pad_teacher), dtype, temperature = case
     if loss == "reverse_kl" and temperature == 0:

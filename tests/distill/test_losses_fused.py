@@ -76,7 +76,8 @@ def test_fused_form_equals_the_plain_objective_with_masks(seed, alpha, temperatu
     assert torch.equal(correction[~supervised], torch.zeros_like(correction[~supervised]))
 
     expected, expected_grad = _value_and_grad(
-        lambda x: _plain(x, teacher, targets, has_teacher, alpha, temperature), logits)
+        lambda x: _plain(x, teacher, targets, has_teacher, alpha, temperature), logits
+    )
     fused, fused_grad = _value_and_grad(lambda x: soft_cross_entropy(x, target) - correction, logits)
     assert torch.allclose(fused, expected, atol=1e-5)
     assert torch.allclose(fused_grad, expected_grad, atol=1e-6)
@@ -98,11 +99,15 @@ def test_alpha_one_is_cross_entropy_and_alpha_zero_is_forward_kl():
     supervised = targets != IGNORE_INDEX
     assert torch.equal(target[supervised], hard_targets(targets[supervised], C))  # exactly one-hot
     assert torch.equal(correction, torch.zeros(B, L))
-    assert torch.allclose(soft_cross_entropy(logits, target), cross_entropy(logits, targets, reduction="none"),
-                          atol=1e-6)
+    assert torch.allclose(
+        soft_cross_entropy(logits, target), cross_entropy(logits, targets, reduction="none"), atol=1e-6
+    )
     target, correction = soft_targets(teacher, targets, 1.5, *mixture_weights(0.0, everywhere))
-    assert torch.allclose(soft_cross_entropy(logits, target) - correction,
-                          forward_kl(logits, teacher, 1.5, targets, reduction="none"), atol=1e-5)
+    assert torch.allclose(
+        soft_cross_entropy(logits, target) - correction,
+        forward_kl(logits, teacher, 1.5, targets, reduction="none"),
+        atol=1e-5,
+    )
 
 
 def test_correction_is_the_teachers_entropy_in_nats():
@@ -111,8 +116,9 @@ def test_correction_is_the_teachers_entropy_in_nats():
     weights = mixture_weights(0.5, torch.tensor([True]))
     assert soft_targets(teacher, torch.tensor([2]), 1.0, *weights)[1].item() == pytest.approx(0.5 * math.log(4))
     _, teacher_logits, targets, has_teacher = _case(5)
-    assert torch.equal(soft_targets(teacher_logits, targets, 0.0, *mixture_weights(0.3, has_teacher))[1],
-                       torch.zeros(B, L))
+    assert torch.equal(
+        soft_targets(teacher_logits, targets, 0.0, *mixture_weights(0.3, has_teacher))[1], torch.zeros(B, L)
+    )
 
 
 def test_per_position_temperatures_equal_one_temperature_at_a_time():
@@ -128,10 +134,28 @@ def test_per_position_temperatures_equal_one_temperature_at_a_time():
         scalar_target, scalar_correction = soft_targets(teacher, targets, t, *weights)
         assert torch.allclose(target[here], scalar_target[here], atol=1e-6)
         assert torch.allclose(correction[here], scalar_correction[here], atol=1e-6)
-    assert torch.allclose(soft_cross_entropy(logits, target) - correction,
-                          torch.stack([torch.stack([_plain(logits[b, i], teacher[b, i], targets[b, i],
-                                                           has_teacher[b, i], 0.2, float(temperatures[b, i]))
-                                                    for i in range(L)]) for b in range(B)]), atol=1e-5)
+    assert torch.allclose(
+        soft_cross_entropy(logits, target) - correction,
+        torch.stack(
+            [
+                torch.stack(
+                    [
+                        _plain(
+                            logits[b, i],
+                            teacher[b, i],
+                            targets[b, i],
+                            has_teacher[b, i],
+                            0.2,
+                            float(temperatures[b, i]),
+                        )
+                        for i in range(L)
+                    ]
+                )
+                for b in range(B)
+            ]
+        ),
+        atol=1e-5,
+    )
 
 
 def test_all_positions_ignored_give_zero_loss_and_zero_gradient():
@@ -142,23 +166,28 @@ def test_all_positions_ignored_give_zero_loss_and_zero_gradient():
     assert torch.equal(value, torch.zeros(B, L)) and torch.equal(grad, torch.zeros(B, L, C))
 
 
-@pytest.mark.parametrize("loss, temperature, options", [
-    ("forward_kl", 0.0, {}),
-    ("forward_kl", 2.0, {"temperature_scaling": "hinton"}),
-    ("reverse_kl", 0.8, {}),
-    ("generalized_jsd", 1.0, {"beta": 0.3}),
-    ("total_variation", 1.0, {}),
-    ("forward_kl", 1.0, {"top_k": 3, "top_k_mode": "renormalized"}),
-    ("reverse_kl", 1.0, {"top_k": 3, "top_k_mode": "tail_bucket"}),
-])
+@pytest.mark.parametrize(
+    "loss, temperature, options",
+    [
+        ("forward_kl", 0.0, {}),
+        ("forward_kl", 2.0, {"temperature_scaling": "hinton"}),
+        ("reverse_kl", 0.8, {}),
+        ("generalized_jsd", 1.0, {"beta": 0.3}),
+        ("total_variation", 1.0, {}),
+        ("forward_kl", 1.0, {"top_k": 3, "top_k_mode": "renormalized"}),
+        ("reverse_kl", 1.0, {"top_k": 3, "top_k_mode": "tail_bucket"}),
+    ],
+)
 def test_weighted_loss_equals_the_plain_objective_per_position(loss, temperature, options):
     assert loss in DIVERGENCES
     logits, teacher, targets, has_teacher = _case(13)
     weights = mixture_weights(0.35, has_teacher)
     expected, expected_grad = _value_and_grad(
-        lambda x: _plain(x, teacher, targets, has_teacher, 0.35, temperature, loss, **options), logits)
+        lambda x: _plain(x, teacher, targets, has_teacher, 0.35, temperature, loss, **options), logits
+    )
     value, grad = _value_and_grad(
-        lambda x: weighted_distillation_loss(x, teacher, targets, loss, temperature, *weights, **options), logits)
+        lambda x: weighted_distillation_loss(x, teacher, targets, loss, temperature, *weights, **options), logits
+    )
     assert torch.allclose(value, expected, atol=1e-6) and torch.allclose(grad, expected_grad, atol=1e-6)
     supervised = targets != IGNORE_INDEX
     assert torch.equal(value[~supervised], torch.zeros_like(value[~supervised]))

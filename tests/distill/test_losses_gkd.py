@@ -39,8 +39,9 @@ def test_generalized_jsd_by_hand(beta):
     # beta = 0.5: m = [3/8, 5/8], JSD = (KL(q||m) + KL(p||m)) / 2
     assert generalized_jsd(S, T0, beta).item() == pytest.approx(jsd_by_hand(beta), rel=1e-6)
     if beta == 0.5:
-        expected = 0.5 * (0.5 * math.log(0.5 / 0.375) + 0.5 * math.log(0.5 / 0.625)) \
-            + 0.5 * (0.25 * math.log(0.25 / 0.375) + 0.75 * math.log(0.75 / 0.625))
+        expected = 0.5 * (0.5 * math.log(0.5 / 0.375) + 0.5 * math.log(0.5 / 0.625)) + 0.5 * (
+            0.25 * math.log(0.25 / 0.375) + 0.75 * math.log(0.75 / 0.625)
+        )
         assert generalized_jsd(S, T0, 0.5).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -67,13 +68,14 @@ def test_hinton_convention_divides_student_too_and_scales_by_t_squared():
     t = 2.0
     p = torch.softmax(S[0] / t, -1).tolist()  # [1/(1+sqrt 3), sqrt 3/(1+sqrt 3)]
     assert p[1] == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)))
-    expected = t ** 2 * kl(Q, p)
+    expected = t**2 * kl(Q, p)
     got = divergence(S, T0, "forward_kl", t, temperature_scaling="hinton")
     assert got.item() == pytest.approx(expected, rel=1e-5)
     assert divergence(S, T0, "forward_kl", t).item() == pytest.approx(kl(Q, P), rel=1e-6)  # teacher-only: p unscaled
     # at T = 1 the two conventions agree
-    assert divergence(S, T0, "reverse_kl", 1.0, temperature_scaling="hinton").item() == \
-        pytest.approx(kl(P, Q), rel=1e-6)
+    assert divergence(S, T0, "reverse_kl", 1.0, temperature_scaling="hinton").item() == pytest.approx(
+        kl(P, Q), rel=1e-6
+    )
     with pytest.raises(ValueError, match="temperature_scaling='hinton'"):
         divergence(S, T0, "forward_kl", 0.0, temperature_scaling="hinton")
 
@@ -110,12 +112,21 @@ def test_top_k_tail_bucket_by_hand():
     s4, t4 = torch.tensor([[0.4, 0.1, 0.2, 0.3]]).log(), torch.tensor([[0.7, 0.1, 0.1, 0.1]]).log()
     one = top_k_targets(t4, 1)
     assert top_k_divergence(s4, one, "forward_kl").item() == pytest.approx(
-        0.7 * math.log(0.7 / 0.4) + 0.3 * math.log(0.3 / 0.6), rel=1e-5)
+        0.7 * math.log(0.7 / 0.4) + 0.3 * math.log(0.3 / 0.6), rel=1e-5
+    )
 
 
-@pytest.mark.parametrize("loss,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("generalized_jsd", 0.0),
-                                       ("generalized_jsd", 0.3), ("generalized_jsd", 1.0),
-                                       ("total_variation", 0.5)])
+@pytest.mark.parametrize(
+    "loss,beta",
+    [
+        ("forward_kl", 0.5),
+        ("reverse_kl", 0.5),
+        ("generalized_jsd", 0.0),
+        ("generalized_jsd", 0.3),
+        ("generalized_jsd", 1.0),
+        ("total_variation", 0.5),
+    ],
+)
 @pytest.mark.parametrize("mode", ["renormalized", "tail_bucket"])
 def test_top_k_at_full_vocabulary_equals_the_full_loss(loss, beta, mode):
     g = torch.Generator().manual_seed(1)
@@ -158,18 +169,25 @@ def test_alpha_mixes_cross_entropy_with_the_new_divergences():
 
 
 @pytest.mark.filterwarnings("ignore:Input #0 requires gradient and is not a double")
-@pytest.mark.parametrize("loss,options", [("generalized_jsd", {"beta": 0.3}), ("generalized_jsd", {"beta": 0.0}),
-                                          ("generalized_jsd", {"beta": 1.0}),
-                                          ("forward_kl", {"temperature_scaling": "hinton"}),
-                                          ("reverse_kl", {"top_k": 3, "top_k_mode": "tail_bucket"}),
-                                          ("forward_kl", {"top_k": 2, "top_k_mode": "renormalized"})])
+@pytest.mark.parametrize(
+    "loss,options",
+    [
+        ("generalized_jsd", {"beta": 0.3}),
+        ("generalized_jsd", {"beta": 0.0}),
+        ("generalized_jsd", {"beta": 1.0}),
+        ("forward_kl", {"temperature_scaling": "hinton"}),
+        ("reverse_kl", {"top_k": 3, "top_k_mode": "tail_bucket"}),
+        ("forward_kl", {"top_k": 2, "top_k_mode": "renormalized"}),
+    ],
+)
 def test_gradients_match_finite_differences(loss, options):
     # The losses compute in float32 whatever the input: central differences in float32 with a loose tolerance.
     g = torch.Generator().manual_seed(2)
     s = torch.randn(2, 5, generator=g, requires_grad=True)
     t = torch.randn(2, 5, generator=g)
-    assert torch.autograd.gradcheck(lambda x: divergence(x, t, loss, 1.3, **options), (s,), eps=1e-2, atol=2e-3,
-                                    rtol=2e-2, fast_mode=False)
+    assert torch.autograd.gradcheck(
+        lambda x: divergence(x, t, loss, 1.3, **options), (s,), eps=1e-2, atol=2e-3, rtol=2e-2, fast_mode=False
+    )
 
 
 def test_bad_values_are_refused_with_the_field_named():
@@ -183,13 +201,16 @@ def test_bad_values_are_refused_with_the_field_named():
         top_k_targets(T0, 1, mode="sparse")
     with pytest.raises(ValueError, match="loss='l2'"):
         divergence(S, T0, "l2")
-    for fields, name in [({"beta": -0.1}, "distillation.beta"), ({"beta": 1.01}, "distillation.beta"),
-                         ({"lmbda": 2.0}, "distillation.lmbda"), ({"top_k": 0}, "distillation.top_k"),
-                         ({"top_k_mode": "x"}, "distillation.top_k_mode"),
-                         ({"temperature_scaling": "both"}, "distillation.temperature_scaling"),
-                         ({"loss": "generalized_jsd", "beta": 1.0, "temperature": 0.0}, "distillation.temperature"),
-                         ({"loss": "reverse_kl", "top_k": 5, "top_k_mode": "renormalized"},
-                          "distillation.top_k_mode"),
-                         ({"temperature_scaling": "hinton", "temperature": 0.0}, "distillation.temperature")]:
+    for fields, name in [
+        ({"beta": -0.1}, "distillation.beta"),
+        ({"beta": 1.01}, "distillation.beta"),
+        ({"lmbda": 2.0}, "distillation.lmbda"),
+        ({"top_k": 0}, "distillation.top_k"),
+        ({"top_k_mode": "x"}, "distillation.top_k_mode"),
+        ({"temperature_scaling": "both"}, "distillation.temperature_scaling"),
+        ({"loss": "generalized_jsd", "beta": 1.0, "temperature": 0.0}, "distillation.temperature"),
+        ({"loss": "reverse_kl", "top_k": 5, "top_k_mode": "renormalized"}, "distillation.top_k_mode"),
+        ({"temperature_scaling": "hinton", "temperature": 0.0}, "distillation.temperature"),
+    ]:
         with pytest.raises(ConfigError, match=name):
             DistillationConfig(**fields)

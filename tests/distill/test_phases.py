@@ -139,31 +139,37 @@ def test_detect_phases_flat_loss():
         detect_phases(STEPS, np.full(len(STEPS), 1.03))
 
 
-@pytest.mark.parametrize("steps, values, match", [
-    ([0], [0.5], "at least 3"),
-    ([0, 1], [0.5, 1.0], "at least 3"),
-    ([0, 1, 2], [0.5, 1.0], "same length"),
-    ([0, 2, 1, 3], [0.5, 0.5, 1.0, 1.0], r"strictly increasing \(steps\[1\]=2 is followed by steps\[2\]=1\)"),
-    ([0, 1, 1, 3], [0.5, 0.5, 1.0, 1.0], "strictly increasing"),
-    ([0, 1.5, 3], [0.5, 0.5, 1.0], "must be integers"),
-    ([0, 1, 2, 3], [0.5, float("nan"), 1.0, 1.0], r"values\[1\]=nan"),
-    ([0, 1, 2, 3], [0.5, 0.5, float("inf"), 1.0], "finite"),
-])
+@pytest.mark.parametrize(
+    "steps, values, match",
+    [
+        ([0], [0.5], "at least 3"),
+        ([0, 1], [0.5, 1.0], "at least 3"),
+        ([0, 1, 2], [0.5, 1.0], "same length"),
+        ([0, 2, 1, 3], [0.5, 0.5, 1.0, 1.0], r"strictly increasing \(steps\[1\]=2 is followed by steps\[2\]=1\)"),
+        ([0, 1, 1, 3], [0.5, 0.5, 1.0, 1.0], "strictly increasing"),
+        ([0, 1.5, 3], [0.5, 0.5, 1.0], "must be integers"),
+        ([0, 1, 2, 3], [0.5, float("nan"), 1.0, 1.0], r"values\[1\]=nan"),
+        ([0, 1, 2, 3], [0.5, 0.5, float("inf"), 1.0], "finite"),
+    ],
+)
 def test_bad_curves(steps, values, match):
     with pytest.raises(ValueError, match=match) as info:
         detect_transition(steps, values)
     assert not isinstance(info.value, NoTransitionError)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"direction": "up"}, "direction='up' is invalid: one of 'rise'"),
-    ({"window": 4}, "window=4 is invalid: must be an odd positive integer"),
-    ({"window": 0}, "window=0"),
-    ({"min_change": -0.1}, "min_change=-0.1"),
-    ({"min_snr": float("nan")}, "min_snr=nan"),
-    ({"fractions": (0.5, 0.1, 0.9)}, "fractions"),
-    ({"fractions": (0.0, 0.5, 1.0)}, "fractions"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"direction": "up"}, "direction='up' is invalid: one of 'rise'"),
+        ({"window": 4}, "window=4 is invalid: must be an odd positive integer"),
+        ({"window": 0}, "window=0"),
+        ({"min_change": -0.1}, "min_change=-0.1"),
+        ({"min_snr": float("nan")}, "min_snr=nan"),
+        ({"fractions": (0.5, 0.1, 0.9)}, "fractions"),
+        ({"fractions": (0.0, 0.5, 1.0)}, "fractions"),
+    ],
+)
 def test_bad_options(kwargs, match):
     values = sigmoid_curve(STEPS, centre=5_000, width=100)
     with pytest.raises(ValueError, match=match):
@@ -171,8 +177,12 @@ def test_bad_options(kwargs, match):
 
 
 @settings(max_examples=60, deadline=None)
-@given(centre=st.floats(3_000, 7_000), width=st.floats(10, 400), seed=st.integers(0, 2**32 - 1),
-       direction=st.sampled_from(["rise", "drop"]))
+@given(
+    centre=st.floats(3_000, 7_000),
+    width=st.floats(10, 400),
+    seed=st.integers(0, 2**32 - 1),
+    direction=st.sampled_from(["rise", "drop"]),
+)
 def test_random_sigmoids(centre, width, seed, direction):
     values = sigmoid_curve(STEPS, centre, width, noise=0.01, seed=seed)
     if direction == "drop":

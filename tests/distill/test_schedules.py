@@ -31,14 +31,30 @@ def test_one_shot_is_final_checkpoint():
 
 def test_progressive_follows_teacher_timeline_one_checkpoint_ahead():
     p = Progressive()
-    assert [p.checkpoint_at(t, STEPS) for t in (0, 99, 100, 199, 200, 399, 400, 10_000)] == \
-        [100, 100, 200, 200, 300, 400, 400, 400]
+    assert [p.checkpoint_at(t, STEPS) for t in (0, 99, 100, 199, 200, 399, 400, 10_000)] == [
+        100,
+        100,
+        200,
+        200,
+        300,
+        400,
+        400,
+        400,
+    ]
 
 
 def test_progressive_speed_factor_shortens_interval():
     p = Progressive(speed=2.0)  # 100 teacher steps per 50 student steps
-    assert [p.checkpoint_at(t, STEPS) for t in (0, 49, 50, 99, 100, 150, 199, 200)] == \
-        [100, 100, 200, 200, 300, 400, 400, 400]
+    assert [p.checkpoint_at(t, STEPS) for t in (0, 49, 50, 99, 100, 150, 199, 200)] == [
+        100,
+        100,
+        200,
+        200,
+        300,
+        400,
+        400,
+        400,
+    ]
     assert Progressive(speed=0.5).checkpoint_at(199, STEPS) == 100
     assert Progressive(speed=0.5).checkpoint_at(200, STEPS) == 200
 
@@ -62,8 +78,9 @@ def test_k_shot_naming_missing_checkpoint_is_an_error():
     KShot(points=((100, 10), (FINAL, 10))).validate(STEPS)
 
 
-@pytest.mark.parametrize("points, field", [((), "schedule.points"), (((100, 0),), r"points\.0\.1"),
-                                           (((-5, 10),), r"points\.0\.0")])
+@pytest.mark.parametrize(
+    "points, field", [((), "schedule.points"), (((100, 0),), r"points\.0\.1"), (((-5, 10),), r"points\.0\.0")]
+)
 def test_k_shot_bad_points(points, field):
     with pytest.raises(ConfigError, match=field):
         KShot(points=points)
@@ -108,11 +125,24 @@ def test_schedules_round_trip_and_unknown_kind():
         data = to_dict(sched)
         assert from_dict(type(sched), {k: v for k, v in data.items() if k != "type"}) == sched
         assert lookup_variant("schedule", data["type"]) is type(sched)
-    with pytest.raises(ConfigError, match="valid: 2-shot-auto, ce, co-training, hint, k-shot, noised-teacher, "
-                                          "one-shot, progressive, temperature-curriculum, weight-path"):
+    with pytest.raises(
+        ConfigError,
+        match="valid: 2-shot-auto, ce, co-training, hint, k-shot, noised-teacher, "
+        "one-shot, progressive, temperature-curriculum, weight-path",
+    ):
         lookup_variant("schedule", "progresive")
-    assert schedule_kinds() == ["2-shot-auto", "ce", "co-training", "hint", "k-shot", "noised-teacher", "one-shot",
-                                "progressive", "temperature-curriculum", "weight-path"]
+    assert schedule_kinds() == [
+        "2-shot-auto",
+        "ce",
+        "co-training",
+        "hint",
+        "k-shot",
+        "noised-teacher",
+        "one-shot",
+        "progressive",
+        "temperature-curriculum",
+        "weight-path",
+    ]
 
 
 def test_no_checkpoints_is_an_error():

@@ -41,21 +41,46 @@ class Tokens(torch.utils.data.Dataset):
 
 def gpt2(heads, vocab=16, seed=0):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=16, n_embd=8 * heads, n_layer=1,
-                                      n_head=heads, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=16,
+            n_embd=8 * heads,
+            n_layer=1,
+            n_head=heads,
+            resid_pdrop=0,
+            embd_pdrop=0,
+            attn_pdrop=0,
+        )
+    )
 
 
 def args(out, steps, **kw):
-    return TrainingArguments(str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-2,
-                             save_strategy="steps", save_steps=5, report_to=[], use_cpu=True,
-                             disable_tqdm=True, logging_steps=5, seed=0, **kw)
+    return TrainingArguments(
+        str(out),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_strategy="steps",
+        save_steps=5,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=5,
+        seed=0,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("hf") / "teacher"
-    Trainer(model=gpt2(4), args=args(out, 20, eval_strategy="steps", eval_steps=5),
-            train_dataset=Tokens(), eval_dataset=Tokens(n=16, seed=1)).train()
+    Trainer(
+        model=gpt2(4),
+        args=args(out, 20, eval_strategy="steps", eval_steps=5),
+        train_dataset=Tokens(),
+        eval_dataset=Tokens(n=16, seed=1),
+    ).train()
     return out
 
 
@@ -80,9 +105,14 @@ def test_progressive_distillation_trainer_follows_the_schedule(teacher_run, tmp_
         def on_step_end(self, args, state, control, **kw):
             seen.append(trainer.checkpoint_in_use)
 
-    trainer = ProgressiveDistillationTrainer(model=gpt2(1, seed=1), args=args(tmp_path / "s", 20),
-                                             train_dataset=Tokens(seed=2), teacher_trajectory=traj,
-                                             schedule=Progressive(speed=1.0), callbacks=[Watch()])
+    trainer = ProgressiveDistillationTrainer(
+        model=gpt2(1, seed=1),
+        args=args(tmp_path / "s", 20),
+        train_dataset=Tokens(seed=2),
+        teacher_trajectory=traj,
+        schedule=Progressive(speed=1.0),
+        callbacks=[Watch()],
+    )
     trainer.train()
     assert seen == [5] * 5 + [10] * 5 + [15] * 5 + [20] * 5
     logged = [(e["step"], e["teacher_checkpoint"]) for e in trainer.state.log_history if "loss" in e]
@@ -95,9 +125,14 @@ def test_progressive_distillation_trainer_follows_the_schedule(teacher_run, tmp_
 def test_loss_is_the_shifted_distillation_loss(teacher_run, tmp_path):
     traj = HFTrajectory(teacher_run, GPT2LMHeadModel)
     student = gpt2(1, seed=3)
-    trainer = ProgressiveDistillationTrainer(model=student, args=args(tmp_path / "s", 5), train_dataset=Tokens(),
-                                             teacher_trajectory=traj, schedule=OneShot(),
-                                             distillation=DistillationConfig(temperature=2.0, alpha=0.25))
+    trainer = ProgressiveDistillationTrainer(
+        model=student,
+        args=args(tmp_path / "s", 5),
+        train_dataset=Tokens(),
+        teacher_trajectory=traj,
+        schedule=OneShot(),
+        distillation=DistillationConfig(temperature=2.0, alpha=0.25),
+    )
     batch = {k: torch.stack([Tokens()[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
     loss = trainer.compute_loss(student, batch)
     teacher = traj.load_model(20).eval()
@@ -110,8 +145,13 @@ def test_loss_is_the_shifted_distillation_loss(teacher_run, tmp_path):
 
 def test_vocabulary_mismatch_names_both_sizes(teacher_run, tmp_path):
     traj = HFTrajectory(teacher_run, GPT2LMHeadModel)
-    trainer = ProgressiveDistillationTrainer(model=gpt2(1, vocab=24), args=args(tmp_path / "s", 5),
-                                             train_dataset=Tokens(), teacher_trajectory=traj, schedule=OneShot())
+    trainer = ProgressiveDistillationTrainer(
+        model=gpt2(1, vocab=24),
+        args=args(tmp_path / "s", 5),
+        train_dataset=Tokens(),
+        teacher_trajectory=traj,
+        schedule=OneShot(),
+    )
     batch = {k: torch.stack([Tokens()[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
     with pytest.raises(ConfigError, match=r"output size \(teacher 16, student 24\)"):
         trainer.compute_loss(trainer.model, batch)
@@ -126,34 +166,49 @@ def test_data_parallel_over_gpus_divides_by_the_whole_batch(teacher_run, tmp_pat
     batch (where Trainer would hand its per-GPU share), and the loss is the one of a single device."""
     traj = HFTrajectory(teacher_run, GPT2LMHeadModel)
     trainer = ProgressiveDistillationTrainer(
-        model=gpt2(1, seed=3), args=args(tmp_path / "s", 5, average_tokens_across_devices=average_tokens),
-        train_dataset=Tokens(), teacher_trajectory=traj, schedule=OneShot())
+        model=gpt2(1, seed=3),
+        args=args(tmp_path / "s", 5, average_tokens_across_devices=average_tokens),
+        train_dataset=Tokens(),
+        teacher_trajectory=traj,
+        schedule=OneShot(),
+    )
     batch = {k: torch.stack([Tokens()[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
     one_device = trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(4 * 11))
     trainer.args._n_gpu = 2
     _, passed = trainer.get_batch_samples(iter([batch]), 1, torch.device("cpu"))
     assert int(passed) == 4 * 11  # labelled positions after the shift
-    assert trainer.compute_loss(trainer.model, batch, num_items_in_batch=passed).item() == \
-        pytest.approx(one_device.item(), rel=1e-6)
+    assert trainer.compute_loss(trainer.model, batch, num_items_in_batch=passed).item() == pytest.approx(
+        one_device.item(), rel=1e-6
+    )
 
 
 def _classifier(labels, vocab, seed=0):
     from transformers import GPT2ForSequenceClassification
+
     torch.manual_seed(seed)
-    return GPT2ForSequenceClassification(GPT2Config(vocab_size=vocab, n_positions=16, n_embd=8, n_layer=1, n_head=1,
-                                                    num_labels=labels, pad_token_id=0))
+    return GPT2ForSequenceClassification(
+        GPT2Config(vocab_size=vocab, n_positions=16, n_embd=8, n_layer=1, n_head=1, num_labels=labels, pad_token_id=0)
+    )
 
 
-@pytest.mark.parametrize("teacher_labels, student_vocab, error", [
-    (3, 16, r"output size \(teacher 3, student 2\)"),  # label sets differ: refused
-    (2, 24, None),  # the same labels over other vocabularies: fine for a classifier
-])
+@pytest.mark.parametrize(
+    "teacher_labels, student_vocab, error",
+    [
+        (3, 16, r"output size \(teacher 3, student 2\)"),  # label sets differ: refused
+        (2, 24, None),  # the same labels over other vocabularies: fine for a classifier
+    ],
+)
 def test_classifiers_compare_label_sets_not_vocabularies(tmp_path, teacher_labels, student_vocab, error):
     from transformers import GPT2ForSequenceClassification
+
     _classifier(teacher_labels, 16).save_pretrained(tmp_path / "teacher" / "checkpoint-5")
     trainer = ProgressiveDistillationTrainer(
-        model=_classifier(2, student_vocab, seed=1), args=args(tmp_path / "s", 1), train_dataset=Tokens(),
-        teacher_trajectory=HFTrajectory(tmp_path / "teacher", GPT2ForSequenceClassification), schedule=OneShot())
+        model=_classifier(2, student_vocab, seed=1),
+        args=args(tmp_path / "s", 1),
+        train_dataset=Tokens(),
+        teacher_trajectory=HFTrajectory(tmp_path / "teacher", GPT2ForSequenceClassification),
+        schedule=OneShot(),
+    )
     batch = {"input_ids": torch.randint(1, 16, (4, 6)), "labels": torch.tensor([0, 1, 1, 0])}
     if error is None:
         assert torch.isfinite(trainer.compute_loss(trainer.model, batch))
@@ -164,6 +219,7 @@ def test_classifiers_compare_label_sets_not_vocabularies(tmp_path, teacher_label
 
 def test_checkpoints_without_weights_or_with_odd_names_are_reported(teacher_run, tmp_path):
     import shutil
+
     out = tmp_path / "teacher"
     shutil.copytree(teacher_run, out)
     (out / "checkpoint-20").rename(out / "checkpoint-final")
@@ -222,21 +278,35 @@ class NoKwargs(torch.nn.Module):
 
 def llama(seed=0):
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=T))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=V,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=T,
+        )
+    )
 
 
 def gpt2_16(seed=0):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=T, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0,
-                                      embd_pdrop=0, attn_pdrop=0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=V, n_positions=T, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+        )
+    )
 
 
 # (student factory, shift_labels argument, whether position t is compared with token t+1)
-STUDENTS = {"gpt2": (gpt2_16, None, True),  # Trainer counts its labels unshifted
-            "llama": (llama, None, True),  # Trainer counts its labels shifted
-            "no-kwargs": (NoKwargs, None, False),
-            "no-kwargs-shifted": (NoKwargs, True, True)}
+STUDENTS = {
+    "gpt2": (gpt2_16, None, True),  # Trainer counts its labels unshifted
+    "llama": (llama, None, True),  # Trainer counts its labels shifted
+    "no-kwargs": (NoKwargs, None, False),
+    "no-kwargs-shifted": (NoKwargs, True, True),
+}
 
 
 @pytest.fixture(scope="module")
@@ -268,13 +338,30 @@ def reference_update(student, teacher, rows, lr, alpha, shift):
 
 def trainer_update(student, teacher_dir, tmp_path, batch, accumulation, lr, alpha, shift_labels, data=None):
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
-    a = TrainingArguments(str(tmp_path / f"b{batch}x{accumulation}"), max_steps=1, per_device_train_batch_size=batch,
-                          gradient_accumulation_steps=accumulation, learning_rate=lr, optim="sgd",
-                          lr_scheduler_type="constant", max_grad_norm=0, save_strategy="no", report_to=[],
-                          use_cpu=True, disable_tqdm=True, seed=0)
-    ProgressiveDistillationTrainer(model=student, args=a, train_dataset=data or Padded(),
-                                   teacher_trajectory=HFTrajectory(teacher_dir, GPT2LMHeadModel), schedule=OneShot(),
-                                   distillation=DistillationConfig(alpha=alpha), shift_labels=shift_labels).train()
+    a = TrainingArguments(
+        str(tmp_path / f"b{batch}x{accumulation}"),
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=lr,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    ProgressiveDistillationTrainer(
+        model=student,
+        args=a,
+        train_dataset=data or Padded(),
+        teacher_trajectory=HFTrajectory(teacher_dir, GPT2LMHeadModel),
+        schedule=OneShot(),
+        distillation=DistillationConfig(alpha=alpha),
+        shift_labels=shift_labels,
+    ).train()
     return {n: p.detach() - before[n] for n, p in student.named_parameters()}
 
 
@@ -285,8 +372,14 @@ def test_every_split_of_a_batch_gives_the_update_of_one_big_batch(teacher16, tmp
     hand-computed update of one step on the mean per supervised token over all 8 sequences (1 to 10 tokens)."""
     make, shift_labels, shifted = STUDENTS[kind]
     lr, alpha = 1.0, 0.5
-    expected = reference_update(make(seed=3), GPT2LMHeadModel.from_pretrained(teacher16 / "checkpoint-1").eval(),
-                                Padded().rows, lr, alpha, shifted)
+    expected = reference_update(
+        make(seed=3),
+        GPT2LMHeadModel.from_pretrained(teacher16 / "checkpoint-1").eval(),
+        Padded().rows,
+        lr,
+        alpha,
+        shifted,
+    )
     assert max(u.abs().max().item() for u in expected.values()) > 1e-2  # a step large enough to tell errors apart
     for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
         update = trainer_update(make(seed=3), teacher16, tmp_path, batch, accumulation, lr, alpha, shift_labels)
@@ -312,8 +405,12 @@ def test_the_count_is_of_shifted_positions_whatever_the_causal_lm(teacher16, tmp
     """Item 10: 4 sequences of T=10 tokens, every label supervised, have 4 x 9 = 36 positions once shifted
     (Trainer counts 40 for GPT-2, whose loss_type it does not recognise)."""
     trainer = ProgressiveDistillationTrainer(
-        model=make(), args=args(tmp_path / "s", 1), train_dataset=Padded(),
-        teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel), schedule=OneShot())
+        model=make(),
+        args=args(tmp_path / "s", 1),
+        train_dataset=Padded(),
+        teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
+        schedule=OneShot(),
+    )
     batch = collate(Padded(lengths=(T,) * 4).rows)
     _, count = trainer.get_batch_samples(iter([batch]), 1, torch.device("cpu"))
     assert int(count) == 4 * (T - 1)
@@ -327,9 +424,14 @@ def test_a_fully_masked_batch_gives_zero_not_nan(teacher16, tmp_path):
         row["labels"] = torch.full_like(row["labels"], -100)
     student = gpt2_16(seed=3)
     trainer = ProgressiveDistillationTrainer(
-        model=student, args=args(tmp_path / "s", 1, logging_nan_inf_filter=False, per_device_eval_batch_size=4),
-        train_dataset=masked, eval_dataset=masked, teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
-        schedule=OneShot(), distillation=DistillationConfig(alpha=0.5))
+        model=student,
+        args=args(tmp_path / "s", 1, logging_nan_inf_filter=False, per_device_eval_batch_size=4),
+        train_dataset=masked,
+        eval_dataset=masked,
+        teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
+        schedule=OneShot(),
+        distillation=DistillationConfig(alpha=0.5),
+    )
     loss = trainer.compute_loss(student, collate(masked.rows), num_items_in_batch=torch.tensor(0))
     loss.backward()
     assert loss.item() == 0.0
@@ -343,8 +445,12 @@ def test_without_labels_the_attention_mask_decides_what_is_distilled(teacher16, 
     token is real (mask shifted by one for a causal LM), computed here by hand; padding is not distilled."""
     student, teacher = gpt2_16(seed=3), GPT2LMHeadModel.from_pretrained(teacher16 / "checkpoint-1").eval()
     trainer = ProgressiveDistillationTrainer(
-        model=student, args=args(tmp_path / "s", 1), train_dataset=Padded(labels=False),
-        teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel), schedule=OneShot())
+        model=student,
+        args=args(tmp_path / "s", 1),
+        train_dataset=Padded(labels=False),
+        teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
+        schedule=OneShot(),
+    )
     batch = collate(Padded(labels=False).rows)
     loss = trainer.compute_loss(student, batch)
     with torch.no_grad():
@@ -361,6 +467,7 @@ def test_without_labels_the_attention_mask_decides_what_is_distilled(teacher16, 
 
 # ---- eval_loss, eval_distillation_loss and the logs (item 12) ----
 
+
 def test_eval_loss_is_the_plain_trainers_and_distillation_loss_is_logged_beside_it(teacher16, tmp_path):
     """Item 12: eval_loss is the label loss, equal to plain Trainer.evaluate() on the same model; the distillation
     loss against the checkpoint in use is eval_distillation_loss (the mean KL per supervised token, by hand)."""
@@ -369,8 +476,13 @@ def test_eval_loss_is_the_plain_trainers_and_distillation_loss_is_logged_beside_
     plain = Trainer(model=llama(seed=3), args=a, eval_dataset=eval_data).evaluate()
     student, teacher = llama(seed=3), GPT2LMHeadModel.from_pretrained(teacher16 / "checkpoint-1").eval()
     ours = ProgressiveDistillationTrainer(
-        model=student, args=a, eval_dataset=eval_data, teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
-        schedule=OneShot(), distillation=DistillationConfig(alpha=0.5)).evaluate()
+        model=student,
+        args=a,
+        eval_dataset=eval_data,
+        teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
+        schedule=OneShot(),
+        distillation=DistillationConfig(alpha=0.5),
+    ).evaluate()
     assert ours["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-6)
     batch = collate(eval_data.rows)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
@@ -384,6 +496,7 @@ def test_eval_loss_is_the_plain_trainers_and_distillation_loss_is_logged_beside_
 
 
 # ---- HFTrajectory and the smaller points (item 13) ----
+
 
 def test_trajectory_repr_names_directory_class_and_steps(teacher_run):
     text = repr(HFTrajectory(teacher_run, GPT2LMHeadModel))
@@ -413,6 +526,7 @@ def test_checkpoint_loads_show_no_progress_bar_and_restore_the_setting(teacher_r
 def test_two_shot_auto_is_exported_at_the_top_level():
     import progdistill
     from progdistill import TwoShotAuto as exported
+
     assert exported is TwoShotAuto and "TwoShotAuto" in progdistill.__all__
 
 
@@ -434,7 +548,7 @@ def test_a_missing_metric_names_the_ones_logged(teacher_run):
         TwoShotAuto().resolve(HFTrajectory(teacher_run, GPT2LMHeadModel))
 
 
-DDP_SCRIPT = '''
+DDP_SCRIPT = """
 import os, sys, torch
 sys.path.insert(0, {tests!r})
 from test_hf import Tokens, gpt2
@@ -453,7 +567,7 @@ if int(os.environ.get("RANK", "0")) == 0:
     torch.save(student.state_dict(), out + ".pt")
 if torch.distributed.is_initialized():  # leave the group: exiting inside it can abort in gloo's threads
     torch.distributed.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.e2e
@@ -465,15 +579,37 @@ def test_two_processes_give_the_update_of_one(teacher_run, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     script = tmp_path / "student.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), teacher=str(teacher_run)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    one = subprocess.run([sys.executable, str(script), "8", "1", str(tmp_path / "one")], env=env,
-                         check=False, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(script), "8", "1", str(tmp_path / "one")],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), "2", "2", str(tmp_path / "two")], env=env, check=False, capture_output=True,
-                         text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            "2",
+            "2",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     init = gpt2(1, seed=5).state_dict()
@@ -483,13 +619,30 @@ def test_two_processes_give_the_update_of_one(teacher_run, tmp_path):
 
 
 def gkd_update(student, teacher_dir, tmp_path, batch, accumulation, steps, **gkd):
-    a = TrainingArguments(str(tmp_path / f"gkd{batch}x{accumulation}"), max_steps=steps,
-                          per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                          learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0,
-                          save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
-    trainer = ProgressiveDistillationTrainer(model=student, args=a, train_dataset=Padded(),
-                                             teacher_trajectory=HFTrajectory(teacher_dir, GPT2LMHeadModel),
-                                             schedule=OneShot(), max_new_tokens=6, **gkd)
+    a = TrainingArguments(
+        str(tmp_path / f"gkd{batch}x{accumulation}"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=1.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = ProgressiveDistillationTrainer(
+        model=student,
+        args=a,
+        train_dataset=Padded(),
+        teacher_trajectory=HFTrajectory(teacher_dir, GPT2LMHeadModel),
+        schedule=OneShot(),
+        max_new_tokens=6,
+        **gkd,
+    )
     trainer.train()
     return {n: p.detach().clone() for n, p in student.named_parameters()}, trainer
 
@@ -514,6 +667,7 @@ def test_seq_kd_trains_on_the_checkpoints_continuations(teacher16, tmp_path):
     """seq_kd alone: the step's batch is the prompts (one token here) continued by the scheduled checkpoint,
     labels -100 on the prompt; the same seed gives the same sequences."""
     from progdistill.integrations.hf import generated_micro_batches
+
     teacher = GPT2LMHeadModel.from_pretrained(teacher16 / "checkpoint-1").eval()
     rows = [collate(Padded().rows[:4]), collate(Padded().rows[4:])]
     out = generated_micro_batches(teacher, rows, torch.Generator().manual_seed(0), 6, 1.0)
@@ -528,10 +682,14 @@ def test_seq_kd_trains_on_the_checkpoints_continuations(teacher16, tmp_path):
         assert torch.equal(teacher(greedy).logits[:, :-1].argmax(-1)[:, 0:], greedy[:, 1:])
 
 
-@pytest.mark.parametrize("gkd,match", [({"lmbda": 1.5}, "distillation.lmbda=1.5"),
-                                       ({"beta": -0.5}, "distillation.beta=-0.5"),
-                                       ({"beta": 0.5, "distillation": DistillationConfig(loss="reverse_kl")},
-                                        "beta=0.5 selects the generalized JSD")])
+@pytest.mark.parametrize(
+    "gkd,match",
+    [
+        ({"lmbda": 1.5}, "distillation.lmbda=1.5"),
+        ({"beta": -0.5}, "distillation.beta=-0.5"),
+        ({"beta": 0.5, "distillation": DistillationConfig(loss="reverse_kl")}, "beta=0.5 selects the generalized JSD"),
+    ],
+)
 def test_bad_gkd_arguments_are_refused_before_training(teacher16, tmp_path, gkd, match):
     with pytest.raises(ConfigError, match=match):
         gkd_update(gpt2_16(seed=3), teacher16, tmp_path, 8, 1, 1, **gkd)

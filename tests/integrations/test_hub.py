@@ -22,8 +22,11 @@ V, T = 16, 10
 
 def tiny(seed):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=T, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0,
-                                      embd_pdrop=0, attn_pdrop=0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=V, n_positions=T, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+        )
+    )
 
 
 @pytest.fixture
@@ -54,8 +57,10 @@ def test_revisions_are_read_from_the_cache_and_steps_from_their_names(offline_ca
 
 def test_a_pattern_matching_nothing_names_it_and_the_revisions(offline_cache):
     pattern = r"^ckpt-(\d+)$"
-    expected = (f"revision_pattern={pattern!r} matches no revision of example-org/tiny-pythia in the Hugging Face "
-                "cache (offline); revisions: main, step10, step20, step30")
+    expected = (
+        f"revision_pattern={pattern!r} matches no revision of example-org/tiny-pythia in the Hugging Face "
+        "cache (offline); revisions: main, step10, step20, step30"
+    )
     with pytest.raises(TrajectoryError, match=re.escape(expected)):
         HubTrajectory(REPO, GPT2LMHeadModel, revision_pattern=r"^ckpt-(\d+)$", cache_dir=offline_cache)
     with pytest.raises(TrajectoryError, match="exactly one group"):
@@ -84,13 +89,28 @@ def test_distilling_from_hub_revisions_offline_follows_the_schedule(offline_cach
         def on_step_end(self, args, state, control, **kw):
             seen.append(trainer.checkpoint_in_use)
 
-    args = TrainingArguments(str(tmp_path / "student"), max_steps=4, per_device_train_batch_size=4,
-                             learning_rate=1e-2, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-                             seed=0)
+    args = TrainingArguments(
+        str(tmp_path / "student"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
     trainer = ProgressiveDistillationTrainer(
-        model=tiny(seed=9), args=args, train_dataset=Rows(), callbacks=[Record()],
+        model=tiny(seed=9),
+        args=args,
+        train_dataset=Rows(),
+        callbacks=[Record()],
         teacher_trajectory=HubTrajectory(REPO, GPT2LMHeadModel, cache_dir=offline_cache),
-        schedule=Progressive(speed=10.0), lmbda=0.5, beta=0.5, max_new_tokens=4)
+        schedule=Progressive(speed=10.0),
+        lmbda=0.5,
+        beta=0.5,
+        max_new_tokens=4,
+    )
     trainer.train()
     assert seen == [10, 20, 30, 30]  # student step t uses the first revision after 10 t
     assert trainer.teacher_loads == 3

@@ -8,13 +8,14 @@ from progdistill.models.language import BertMLMConfig, CausalLM, GPT2LMConfig, L
 pytest.importorskip("transformers")
 
 
-@pytest.mark.parametrize("config", [BertMLMConfig(n_layer=1, n_head=2, head_dim=4),
-                                    GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)])
+@pytest.mark.parametrize(
+    "config", [BertMLMConfig(n_layer=1, n_head=2, head_dim=4), GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)]
+)
 def test_a_checkpoint_with_the_bert_prefix_loads_into_backbone(config):
     model = config.build(8, 10, [torch.Generator().manual_seed(0)])
     state = model.state_dict()
     assert all(k.startswith("backbone.") for k in state)
-    old = {"bert." + k[len("backbone."):]: v.clone() + 1 for k, v in state.items()}  # early trajectories' keys
+    old = {"bert." + k[len("backbone.") :]: v.clone() + 1 for k, v in state.items()}  # early trajectories' keys
     fresh = config.build(8, 10, [torch.Generator().manual_seed(1)])
     fresh.load_state_dict(old)  # strict: every key found under .backbone
     assert all(torch.equal(fresh.state_dict()[k], state[k] + 1) for k in state)

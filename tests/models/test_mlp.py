@@ -44,7 +44,7 @@ def test_stack_equals_separate_models_forward_and_training():
 
 def test_init_matches_linear_default_range():
     model = MLPConfig(width=1000).build(50, 2, [torch.Generator().manual_seed(0)])
-    bound = 1 / 50 ** 0.5
+    bound = 1 / 50**0.5
     assert model.weights[0].abs().max() <= bound and model.weights[0].abs().max() > 0.95 * bound
 
 

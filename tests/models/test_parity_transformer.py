@@ -37,8 +37,12 @@ def test_a_config_written_under_the_former_name_gpt2_still_loads():
     cfg = from_dict(TrainConfig, {"model": old}).model
     assert cfg == TransformerConfig(n_layer=3, n_head=5, head_dim=2, mlp_ratio=2)
     assert to_dict(cfg)["type"] == "parity-gpt2"  # written under its name from now on
-    assert from_dict(ExperimentConfig, {**get_preset("parity-transformer").to_dict(),
-                                        "teacher": {"model": old}}).teacher.model == cfg
+    assert (
+        from_dict(
+            ExperimentConfig, {**get_preset("parity-transformer").to_dict(), "teacher": {"model": old}}
+        ).teacher.model
+        == cfg
+    )
     assert cfg.hidden_size == 10 and TransformerConfig.stackable is False
 
 
@@ -83,7 +87,7 @@ def test_prediction_reads_every_bit_and_examples_independently():
         flipped = x.clone()
         flipped[:, i] *= -1
         assert (model(flipped) - out).abs().amax(dim=-1).min() > 1e-6, f"bit {i} does not reach the output"
-    singles = torch.cat([model(x[j:j + 1]) for j in range(4)], dim=1)
+    singles = torch.cat([model(x[j : j + 1]) for j in range(4)], dim=1)
     assert torch.allclose(singles, out, atol=1e-6)
     hidden = model.gpt2(input_ids=(x < 0).long()).last_hidden_state  # (B, n, H)
     assert torch.allclose(model.head(hidden[:, -1]).unsqueeze(0), out, atol=1e-6)
@@ -129,18 +133,34 @@ def test_presets_follow_the_paper_and_name_real_checkpoints():
 def test_tiny_end_to_end_run(tmp_path):
     """The parity-transformer preset shrunk to seconds: every schedule trains one student after another."""
     adam = OptimizerConfig(name="adam", lr=3e-3)
-    teacher = TrainConfig(model=TransformerConfig(n_layer=1, n_head=4, head_dim=4), optimizer=adam, steps=40,
-                          batch_size=16, eval_every=20, checkpoint_every=20)
-    student = TrainConfig(model=TransformerConfig(n_layer=1, n_head=1, head_dim=4), optimizer=adam, steps=40,
-                          batch_size=16, eval_every=20)
-    config = ExperimentConfig(preset="tiny-transformer", task=ParityTask(n=6, k=2, eval_size=128),
-                              teacher=teacher, student=student, seeds=1,
-                              schedules=(CE(), OneShot(), Progressive(), KShot(points=((20, 20), (FINAL, 20)))))
+    teacher = TrainConfig(
+        model=TransformerConfig(n_layer=1, n_head=4, head_dim=4),
+        optimizer=adam,
+        steps=40,
+        batch_size=16,
+        eval_every=20,
+        checkpoint_every=20,
+    )
+    student = TrainConfig(
+        model=TransformerConfig(n_layer=1, n_head=1, head_dim=4), optimizer=adam, steps=40, batch_size=16, eval_every=20
+    )
+    config = ExperimentConfig(
+        preset="tiny-transformer",
+        task=ParityTask(n=6, k=2, eval_size=128),
+        teacher=teacher,
+        student=student,
+        seeds=1,
+        schedules=(CE(), OneShot(), Progressive(), KShot(points=((20, 20), (FINAL, 20)))),
+    )
     results = run(config, tmp_path / "run", log=lambda *a: None)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["students"] == results["students"]
-    assert [(s["schedule"], s["steps"]) for s in saved["students"]] == \
-        [("ce", 40), ("one-shot", 40), ("progressive", 40), ("2-shot", 40)]
+    assert [(s["schedule"], s["steps"]) for s in saved["students"]] == [
+        ("ce", 40),
+        ("one-shot", 40),
+        ("progressive", 40),
+        ("2-shot", 40),
+    ]
     assert ExperimentConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == config
 
 
@@ -157,11 +177,20 @@ class ZeroOneParity(ParityTask):
 
 def test_refuses_inputs_that_are_not_bits_naming_model_and_task(tmp_path):
     task = ZeroOneParity(n=8, k=2, eval_size=64)
-    config = ExperimentConfig(preset="zero-one", task=task, teacher=TrainConfig(model=TINY, steps=10),
-                              student=TrainConfig(model=TINY, steps=10), schedules=(CE(),), seeds=1)
-    with pytest.raises(ValueError, match=r"teacher.model: model type 'parity-gpt2' \(the parity transformer\) reads "
-                                         r"inputs of shape \(B, n\) with values -1 or \+1 only .* task "
-                                         r"'zero-one-parity-test' gives other inputs \(torch.float32, e.g. 0\)"):
+    config = ExperimentConfig(
+        preset="zero-one",
+        task=task,
+        teacher=TrainConfig(model=TINY, steps=10),
+        student=TrainConfig(model=TINY, steps=10),
+        schedules=(CE(),),
+        seeds=1,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"teacher.model: model type 'parity-gpt2' \(the parity transformer\) reads "
+        r"inputs of shape \(B, n\) with values -1 or \+1 only .* task "
+        r"'zero-one-parity-test' gives other inputs \(torch.float32, e.g. 0\)",
+    ):
         check_task_data(config)
     with pytest.raises(ConfigError, match="zero-one-parity-test"):  # before anything is written
         run(config, tmp_path / "run", device="cpu", log=lambda *a: None, report_to="none")
@@ -175,10 +204,22 @@ def test_refuses_inputs_that_are_not_bits_naming_model_and_task(tmp_path):
 def test_a_run_written_under_the_former_name_gpt2_is_the_same_run(tmp_path, capsys):
     """A run directory written before the rename (config.json, its hash, the teacher's header and results.json
     under "gpt2") reads as the same run: status and report work, and a rerun trains nothing."""
-    tiny = TrainConfig(model=TINY, optimizer=OptimizerConfig(name="adam", lr=3e-3), steps=6, batch_size=8,
-                       eval_every=3, checkpoint_every=3)
-    config = ExperimentConfig(preset="tiny-rename", task=ParityTask(n=4, k=2, eval_size=32), teacher=tiny,
-                              student=tiny, seeds=1, schedules=(CE(), Progressive()))
+    tiny = TrainConfig(
+        model=TINY,
+        optimizer=OptimizerConfig(name="adam", lr=3e-3),
+        steps=6,
+        batch_size=8,
+        eval_every=3,
+        checkpoint_every=3,
+    )
+    config = ExperimentConfig(
+        preset="tiny-rename",
+        task=ParityTask(n=4, k=2, eval_size=32),
+        teacher=tiny,
+        student=tiny,
+        seeds=1,
+        schedules=(CE(), Progressive()),
+    )
     out = tmp_path / "run"
     run(config, out, device="cpu", log=lambda *a: None, report_to="none")
     # Rewrite the run as the former version wrote it: "gpt2" everywhere the model type appears, hashes to match.

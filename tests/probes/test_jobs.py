@@ -21,13 +21,22 @@ def quiet(*args):
 def slow_teacher_run(tmp_path_factory):
     """n=10, k=3 with a small learning rate: a teacher whose accuracy jumps mid-run (a transition)."""
     from conftest import tiny_config
+
     base = tiny_config(steps=1500)
     sgd = OptimizerConfig(name="sgd", lr=0.03)
-    config = replace(base, task=replace(base.task, n=10, k=3),
-                     teacher=replace(base.teacher, optimizer=sgd, eval_every=100, checkpoint_every=100,
-                                     model=replace(base.teacher.model, width=256)),
-                     student=replace(base.student, steps=900, eval_every=100),
-                     schedules=(TwoShotAuto(first_steps=300),))
+    config = replace(
+        base,
+        task=replace(base.task, n=10, k=3),
+        teacher=replace(
+            base.teacher,
+            optimizer=sgd,
+            eval_every=100,
+            checkpoint_every=100,
+            model=replace(base.teacher.model, width=256),
+        ),
+        student=replace(base.student, steps=900, eval_every=100),
+        schedules=(TwoShotAuto(first_steps=300),),
+    )
     out = tmp_path_factory.mktemp("runs") / "run"
     run(config, out, log=quiet)
     return out
@@ -41,8 +50,10 @@ def test_two_shot_auto_picks_the_middle_of_the_transition(slow_teacher_run):
     resolved = TwoShotAuto(first_steps=300).resolve(traj)
     first = resolved.points[0][0]
     assert 0.55 <= traj.metrics(first)["eval_accuracy"] <= 0.95
-    records = [json.loads(line) for line in (slow_teacher_run / "students" / "2-shot-auto-seed0" /
-                                            "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (slow_teacher_run / "students" / "2-shot-auto-seed0" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert records[1]["teacher_checkpoint"] == first and records[-1]["teacher_checkpoint"] == steps[-1]
 
 
@@ -51,9 +62,12 @@ def test_two_shot_auto_on_a_flat_teacher_is_a_clear_error():
         def curve(self, metric):
             return [0, 100, 200, 300, 400], [0.5, 0.5, 0.5, 0.5, 0.5]
 
-    with pytest.raises(ConfigError, match=r"2-shot-auto needs a teacher whose eval_accuracy has a phase transition: "
-                                          r"no rise .*\. Train the teacher longer \(teacher\.steps\) or leave "
-                                          r"2-shot-auto out of the schedules$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"2-shot-auto needs a teacher whose eval_accuracy has a phase transition: "
+        r"no rise .*\. Train the teacher longer \(teacher\.steps\) or leave "
+        r"2-shot-auto out of the schedules$",
+    ):
         TwoShotAuto(first_steps=10).resolve(Flat())
     with pytest.raises(ConfigError, match="schedule.metric"):
         TwoShotAuto(metric="accuracy")
@@ -64,8 +78,29 @@ def test_ablation_checkpoints_follow_the_transition_two_shot_auto_finds():
         def curve(self, metric):
             assert metric == "eval_loss"
             steps = list(range(0, 2100, 100))
-            values = [9.0, 6.0, 4.5, 4.01, 4.0, 3.98, 4.0, 3.99, 3.8, 3.5, 3.3, 3.2, 3.15, 3.1, 3.08, 3.07, 3.06,
-                      3.055, 3.05, 3.049, 3.048]
+            values = [
+                9.0,
+                6.0,
+                4.5,
+                4.01,
+                4.0,
+                3.98,
+                4.0,
+                3.99,
+                3.8,
+                3.5,
+                3.3,
+                3.2,
+                3.15,
+                3.1,
+                3.08,
+                3.07,
+                3.06,
+                3.055,
+                3.05,
+                3.049,
+                3.048,
+            ]
             return steps, values
 
     picks = ablation_checkpoints(LossCurve(), "eval_loss")
@@ -93,6 +128,7 @@ def test_probe_on_a_run_without_teacher_is_an_error(tmp_path):
     from conftest import tiny_config
 
     from progdistill.store.trajectory import TrajectoryError
+
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(tiny_config().to_dict()))
     with pytest.raises(TrajectoryError, match="does not exist"):
@@ -128,6 +164,7 @@ def test_two_shot_ablation(slow_teacher_run):
 @pytest.mark.e2e
 def test_probe_degree_outside_range_is_an_error(slow_teacher_run, capsys):
     from progdistill.cli import main
+
     assert main(["probe", "monomials", str(slow_teacher_run), "--degrees", "1", "4", "--samples", "1024"]) == 2
     assert "1..k" in capsys.readouterr().err
     assert main(["probe", "monomials", str(slow_teacher_run), "--degrees", "2", "--samples", "1024"]) == 2
@@ -154,6 +191,7 @@ def test_probe_resumes_from_a_partial_file(slow_teacher_run):
 @pytest.fixture(scope="module")
 def finished_tiny_run(tmp_path_factory):
     from conftest import tiny_config
+
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run(replace(tiny_config(), schedules=(TwoShotAuto(first_steps=100),)), out, log=quiet)
     return out
@@ -164,16 +202,23 @@ def _mark_unfinished(run_dir):
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"complete": False}))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"k": 2', '"k": 3')),
-     "was edited after the run"),
-    (_mark_unfinished, "teacher trajectory .* is unfinished"),
-    (lambda d: (d / "results.json").write_text(""), "results.json is unreadable"),
-    (lambda d: (d / "teacher" / "metrics.jsonl").unlink(), "its teacher has no metrics.jsonl"),
-])
-def test_monomial_probe_refuses_a_changed_or_unfinished_run_and_writes_nothing(finished_tiny_run, tmp_path,
-                                                                               damage, message):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"k": 2', '"k": 3')),
+            "was edited after the run",
+        ),
+        (_mark_unfinished, "teacher trajectory .* is unfinished"),
+        (lambda d: (d / "results.json").write_text(""), "results.json is unreadable"),
+        (lambda d: (d / "teacher" / "metrics.jsonl").unlink(), "its teacher has no metrics.jsonl"),
+    ],
+)
+def test_monomial_probe_refuses_a_changed_or_unfinished_run_and_writes_nothing(
+    finished_tiny_run, tmp_path, damage, message
+):
     import shutil
+
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
     damage(run_dir)
@@ -186,6 +231,7 @@ def test_monomial_probe_refuses_a_changed_or_unfinished_run_and_writes_nothing(f
 
 def test_a_probe_on_a_run_without_results_says_that_run_will_report_it(finished_tiny_run, tmp_path):
     import shutil
+
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
     (run_dir / "results.json").unlink()
@@ -199,6 +245,7 @@ def test_probe_and_ablation_on_a_damaged_teacher_write_nothing_and_say_how_to_re
     import shutil
 
     from progdistill.store.trajectory import TrajectoryError
+
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
     ckpt = run_dir / "teacher" / "checkpoints" / "step_00000100.safetensors"
@@ -216,6 +263,7 @@ def test_a_probe_that_fails_on_its_first_model_leaves_no_partial_file(finished_t
     import shutil
 
     from progdistill.store.rundir import RunDir
+
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
 
@@ -232,6 +280,7 @@ def test_monomial_figure_legends_sit_outside_the_data(finished_tiny_run, tmp_pat
     import shutil
 
     from progdistill.probes.jobs import read_records
+
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_tiny_run, run_dir)
     summary = probe_monomials(run_dir, num_samples=512, log=quiet)

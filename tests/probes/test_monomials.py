@@ -32,8 +32,11 @@ def probe(f, task=TASK, **kwargs):
 
 
 def all_values(result):
-    return [(e.degree, t, c) for e in result.degrees
-            for t, c in zip(e.in_support_subsets + e.off_support_subsets, e.in_support + e.off_support)]
+    return [
+        (e.degree, t, c)
+        for e in result.degrees
+        for t, c in zip(e.in_support_subsets + e.off_support_subsets, e.in_support + e.off_support)
+    ]
 
 
 def assert_same(a, b):
@@ -73,8 +76,10 @@ def test_exact_correlations_on_the_full_cube():
     s = task.support
     # p = 0.5 + 0.1 chi_{s0} - 0.2 chi_{s0, s1} + 0.05 chi_{s0, s2, 4th off-support coordinate}
     off = next(i for i in range(6) if i not in s)
+
     def f(x):
         return 0.5 + 0.1 * x[:, s[0]] - 0.2 * x[:, s[0]] * x[:, s[1]] + 0.05 * x[:, s[0]] * x[:, s[2]] * x[:, off]
+
     r = monomial_correlations(f, task, num_samples=64, batch_size=64, degrees=[1, 2, 3])
     planted = {(s[0],): 0.1, (s[0], s[1]): 0.2, tuple(sorted((s[0], s[2], off))): 0.05}
     for _, t, c in all_values(r):
@@ -106,8 +111,10 @@ def test_planted_degree_two():
 
 def test_perfect_parity_predictor():
     task = ParityTask(n=10, k=4, support_seed=3)
+
     def perfect(x):
         return task.labels(x).float()  # p = (1 + chi_S) / 2
+
     r = probe(perfect, task, degrees=[1, 2, 3, 4])
     for d in (1, 2, 3):
         assert r.degree(d).in_support_max < TOL
@@ -153,6 +160,7 @@ def test_off_support_subsets_rejection_sampling_branch():
 def test_determinism():
     def f(x):
         return torch.sigmoid(x[:, 0] + 0.5 * x[:, 1] * x[:, 5])
+
     a = probe(f, num_samples=5_000)
     b = probe(f, num_samples=5_000)
     assert a == b
@@ -166,6 +174,7 @@ def test_determinism():
 def test_batches_add_up():
     def f(x):
         return torch.sigmoid(x[:, 0] - x[:, 2] * x[:, 3])
+
     one = probe(f, num_samples=3_000, batch_size=3_000)
     many = probe(f, num_samples=3_000, batch_size=700)  # the stream of inputs is the same
     assert_same(one, many)
@@ -199,8 +208,13 @@ def test_json_round_trip():
     d = json.loads(json.dumps(r.to_dict()))
     assert MonomialCorrelations.from_dict(d) == r
     assert d["degrees"][0]["in_support"][0]["subset"] == [0]
-    assert set(d["degrees"][0]) >= {"in_support_mean", "in_support_max", "off_support_mean", "off_support_std",
-                                    "off_support_max"}
+    assert set(d["degrees"][0]) >= {
+        "in_support_mean",
+        "in_support_max",
+        "off_support_mean",
+        "off_support_std",
+        "off_support_max",
+    }
     assert json.loads(json.dumps(r.summary()))["degree1/in_support_max"] == r.degree(1).in_support_max
 
 
@@ -210,15 +224,18 @@ def test_no_off_support_subsets_when_n_equals_k():
     json.dumps(r.to_dict())
 
 
-@pytest.mark.parametrize("degrees, match", [
-    ([0], r"degree 0 .* 1\.\.k = 1\.\.4"),
-    ([5], r"degree 5 .* 1\.\.k = 1\.\.4"),
-    ([1, -1], "degree -1"),
-    ([1.0], "degree 1.0"),
-    ([True], "degree True"),
-    ([], "at least one degree"),
-    ([2, 2], "distinct"),
-])
+@pytest.mark.parametrize(
+    "degrees, match",
+    [
+        ([0], r"degree 0 .* 1\.\.k = 1\.\.4"),
+        ([5], r"degree 5 .* 1\.\.k = 1\.\.4"),
+        ([1, -1], "degree -1"),
+        ([1.0], "degree 1.0"),
+        ([True], "degree True"),
+        ([], "at least one degree"),
+        ([2, 2], "distinct"),
+    ],
+)
 def test_bad_degrees(degrees, match):
     with pytest.raises(ValueError, match=match):
         probe(lambda x: x[:, 0], degrees=degrees)
@@ -229,11 +246,14 @@ def test_default_degrees_need_k_at_least_2():
         probe(lambda x: x[:, 0], ParityTask(n=5, k=1))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"num_samples": 0}, "num_samples=0"),
-    ({"batch_size": -1}, "batch_size=-1"),
-    ({"off_support_per_degree": -1}, "off_support_per_degree=-1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_samples": 0}, "num_samples=0"),
+        ({"batch_size": -1}, "batch_size=-1"),
+        ({"off_support_per_degree": -1}, "off_support_per_degree=-1"),
+    ],
+)
 def test_bad_sizes(kwargs, match):
     with pytest.raises(ValueError, match=match):
         probe(lambda x: x[:, 0], **kwargs)

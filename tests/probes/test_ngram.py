@@ -32,8 +32,11 @@ class _Planted(torch.nn.Module):
         previous = torch.cat([ids[:, :1], ids[:, :-1]], dim=1)
         following = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
         visible = attention_mask.double().sum(dim=1)  # (B,)
-        return (torch.from_numpy(self.left)[previous] + torch.from_numpy(self.right)[following]
-                + visible[:, None, None] * torch.from_numpy(self.slope))  # (B, L, V)
+        return (
+            torch.from_numpy(self.left)[previous]
+            + torch.from_numpy(self.right)[following]
+            + visible[:, None, None] * torch.from_numpy(self.slope)
+        )  # (B, L, V)
 
     def reference(self, ids: np.ndarray, attention: np.ndarray, p: int) -> np.ndarray:
         """The output distribution at p, (V,), computed in numpy float64."""
@@ -100,4 +103,3 @@ def test_oracle_l1_is_exactly_twice_tv():
     for score in ("M_robust/3", "M_close/3"):
         assert {k: 2 * v for k, v in tv[score].items()} == l1[score]
     assert tv["M_robust/3"]["mean"] > 0  # not all zeros
-

@@ -26,8 +26,9 @@ from progdistill.recipes.runner import run
 
 def sweep_config(temperature: float, **changes):
     base = tiny_config(seeds=2)
-    return replace(base, distillation=DistillationConfig(temperature=temperature),
-                   schedules=(CE(), Progressive()), **changes)
+    return replace(
+        base, distillation=DistillationConfig(temperature=temperature), schedules=(CE(), Progressive()), **changes
+    )
 
 
 def fake_run(path, config, students, teacher_steps=100):
@@ -35,12 +36,17 @@ def fake_run(path, config, students, teacher_steps=100):
     (schedule, seed, steps_to_threshold, final_accuracy) tuples."""
     path.mkdir(parents=True)
     atomic_write_json(path / "config.json", config.to_dict())
-    results = {"preset": config.preset, "config_sha256": config_hash(config), "threshold": config.threshold,
-               "wall_time_s": 1.0,
-               "teacher": {"steps_to_threshold": teacher_steps, "final_accuracy": 1.0, "final_loss": 0.1,
-                           "steps": 300},
-               "students": [{"schedule": s, "seed": k, "steps_to_threshold": t, "final_accuracy": a,
-                             "final_loss": 0.2, "steps": 300} for s, k, t, a in students]}
+    results = {
+        "preset": config.preset,
+        "config_sha256": config_hash(config),
+        "threshold": config.threshold,
+        "wall_time_s": 1.0,
+        "teacher": {"steps_to_threshold": teacher_steps, "final_accuracy": 1.0, "final_loss": 0.1, "steps": 300},
+        "students": [
+            {"schedule": s, "seed": k, "steps_to_threshold": t, "final_accuracy": a, "final_loss": 0.2, "steps": 300}
+            for s, k, t, a in students
+        ],
+    }
     atomic_write_json(path / "results.json", results)
     return path
 
@@ -49,31 +55,46 @@ def fake_run(path, config, students, teacher_steps=100):
 def sweep(tmp_path):
     """Three runs of a temperature sweep, given out of order (2.0, 0.5, 1.0)."""
     return [
-        fake_run(tmp_path / "t2", sweep_config(2.0), [("ce", 0, 150, 1.0), ("progressive", 0, None, 0.75),
-                                                      ("ce", 1, 250, 1.0), ("progressive", 1, None, 0.5)]),
-        fake_run(tmp_path / "t05", sweep_config(0.5), [("ce", 0, 150, 1.0), ("progressive", 0, 100, 1.0),
-                                                       ("ce", 1, 250, 1.0), ("progressive", 1, 200, 0.875)]),
-        fake_run(tmp_path / "t1", sweep_config(1.0), [("ce", 0, 150, 1.0), ("progressive", 0, 300, 0.9),
-                                                      ("ce", 1, 250, 1.0), ("progressive", 1, None, 0.7)]),
+        fake_run(
+            tmp_path / "t2",
+            sweep_config(2.0),
+            [("ce", 0, 150, 1.0), ("progressive", 0, None, 0.75), ("ce", 1, 250, 1.0), ("progressive", 1, None, 0.5)],
+        ),
+        fake_run(
+            tmp_path / "t05",
+            sweep_config(0.5),
+            [("ce", 0, 150, 1.0), ("progressive", 0, 100, 1.0), ("ce", 1, 250, 1.0), ("progressive", 1, 200, 0.875)],
+        ),
+        fake_run(
+            tmp_path / "t1",
+            sweep_config(1.0),
+            [("ce", 0, 150, 1.0), ("progressive", 0, 300, 0.9), ("ce", 1, 250, 1.0), ("progressive", 1, None, 0.7)],
+        ),
     ]
 
 
 def test_flatten_names_fields_as_set_does():
     assert flatten({"a": {"b": 1, "c": [2, {"d": None}]}, "e": [], "f": "x"}) == {
-        "a.b": 1, "a.c.0": 2, "a.c.1.d": None, "e": [], "f": "x"}
+        "a.b": 1,
+        "a.c.0": 2,
+        "a.c.1.d": None,
+        "e": [],
+        "f": "x",
+    }
 
 
 def test_table_values_by_hand(sweep, tmp_path):
     comparison = compare(sweep, tmp_path / "out")
     assert comparison["field"] == "distillation.temperature"
     assert comparison["varying"] == {"distillation.temperature": [0.5, 1.0, 2.0]}  # sorted by the field
-    runs = {r["values"]["distillation.temperature"]: {s["schedule"]: s for s in r["schedules"]}
-            for r in comparison["runs"]}
+    runs = {
+        r["values"]["distillation.temperature"]: {s["schedule"]: s for s in r["schedules"]} for r in comparison["runs"]
+    }
     prog = runs[0.5]["progressive"]
     assert prog["steps_to_threshold"]["mean"] == 150 and prog["seeds_reaching"] == 2
-    assert prog["steps_to_threshold"]["std"] == pytest.approx(math.sqrt(2 * 50 ** 2))  # sample std of 100, 200
+    assert prog["steps_to_threshold"]["std"] == pytest.approx(math.sqrt(2 * 50**2))  # sample std of 100, 200
     assert prog["final_accuracy"]["mean"] == 0.9375
-    assert prog["final_accuracy"]["std"] == pytest.approx(math.sqrt(2 * 0.0625 ** 2))
+    assert prog["final_accuracy"]["std"] == pytest.approx(math.sqrt(2 * 0.0625**2))
     assert runs[1.0]["progressive"]["steps_to_threshold"] == {"mean": 300, "std": None, "values": [300]}
     assert runs[1.0]["progressive"]["seeds_reaching"] == 1
     assert runs[2.0]["progressive"]["steps_to_threshold"]["mean"] is None
@@ -82,8 +103,13 @@ def test_table_values_by_hand(sweep, tmp_path):
 
     rows = list(csv.DictReader((tmp_path / "out" / "comparison.csv").open()))
     assert [(r["distillation.temperature"], r["schedule"]) for r in rows] == [
-        ("0.5", "ce"), ("0.5", "progressive"), ("1.0", "ce"), ("1.0", "progressive"), ("2.0", "ce"),
-        ("2.0", "progressive")]
+        ("0.5", "ce"),
+        ("0.5", "progressive"),
+        ("1.0", "ce"),
+        ("1.0", "progressive"),
+        ("2.0", "ce"),
+        ("2.0", "progressive"),
+    ]
     assert rows[1]["steps_to_threshold_mean"] == "150" and rows[1]["final_accuracy_mean"] == "0.9375"
     assert rows[5]["steps_to_threshold_mean"] == "" and rows[5]["seeds_reaching"] == "0"
     table = (tmp_path / "out" / "comparison.md").read_text()
@@ -94,14 +120,25 @@ def test_table_values_by_hand(sweep, tmp_path):
 
 
 def test_speed_sweep_keeps_one_curve_per_schedule(tmp_path):
-    runs = [fake_run(tmp_path / f"x{speed}", replace(sweep_config(0.5), schedules=(CE(), Progressive(speed=speed))),
-                     [("ce", 0, 100, 1.0), (Progressive(speed=speed).label, 0, 200, 1.0),
-                      ("ce", 1, 100, 1.0), (Progressive(speed=speed).label, 1, 200, 1.0)])
-            for speed in (1.0, 2.0)]
+    runs = [
+        fake_run(
+            tmp_path / f"x{speed}",
+            replace(sweep_config(0.5), schedules=(CE(), Progressive(speed=speed))),
+            [
+                ("ce", 0, 100, 1.0),
+                (Progressive(speed=speed).label, 0, 200, 1.0),
+                ("ce", 1, 100, 1.0),
+                (Progressive(speed=speed).label, 1, 200, 1.0),
+            ],
+        )
+        for speed in (1.0, 2.0)
+    ]
     comparison = compare_runs(runs)
     assert comparison["field"] == "schedules.1.speed"
     assert [[s["schedule"] for s in r["schedules"]] for r in comparison["runs"]] == [
-        ["ce", "progressive"], ["ce", "progressive-x2"]]
+        ["ce", "progressive"],
+        ["ce", "progressive-x2"],
+    ]
     assert {s["curve"] for r in comparison["runs"] for s in r["schedules"]} == {"ce", "progressive"}
 
 
@@ -109,20 +146,34 @@ def test_two_renamed_schedules_of_one_type_stay_two_curves(tmp_path):
     def kshot(name):
         return KShot(points=((100, 100), (FINAL, 200)), name=name)
 
-    runs = [fake_run(tmp_path / tag, replace(sweep_config(0.5),
-                                             schedules=(kshot(f"early-{tag}"), kshot(f"late-{tag}"))),
-                     [(f"early-{tag}", 0, 100, 1.0), (f"late-{tag}", 0, 200, 1.0),
-                      (f"early-{tag}", 1, 100, 1.0), (f"late-{tag}", 1, 200, 1.0)]) for tag in ("a", "b")]
+    runs = [
+        fake_run(
+            tmp_path / tag,
+            replace(sweep_config(0.5), schedules=(kshot(f"early-{tag}"), kshot(f"late-{tag}"))),
+            [
+                (f"early-{tag}", 0, 100, 1.0),
+                (f"late-{tag}", 0, 200, 1.0),
+                (f"early-{tag}", 1, 100, 1.0),
+                (f"late-{tag}", 1, 200, 1.0),
+            ],
+        )
+        for tag in ("a", "b")
+    ]
     comparison = compare_runs(runs, field="schedules.0.name")
     assert [s["curve"] for s in comparison["runs"][0]["schedules"]] == ["k-shot (schedules.0)", "k-shot (schedules.1)"]
 
 
 def test_several_varying_fields_need_field(sweep, tmp_path):
-    other = fake_run(tmp_path / "wide", sweep_config(0.25, student=replace(tiny_config().student, steps=400)),
-                     [("ce", 0, 100, 1.0), ("progressive", 0, 100, 1.0), ("ce", 1, 100, 1.0),
-                      ("progressive", 1, 100, 1.0)])
-    with pytest.raises(ConfigError, match=r"2 config fields vary between the runs: student.steps \(300, 300, "
-                                          r"300, 400\); distillation.temperature .*--field"):
+    other = fake_run(
+        tmp_path / "wide",
+        sweep_config(0.25, student=replace(tiny_config().student, steps=400)),
+        [("ce", 0, 100, 1.0), ("progressive", 0, 100, 1.0), ("ce", 1, 100, 1.0), ("progressive", 1, 100, 1.0)],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"2 config fields vary between the runs: student.steps \(300, 300, "
+        r"300, 400\); distillation.temperature .*--field",
+    ):
         compare_runs([*sweep, other])
     comparison = compare_runs([*sweep, other], field="distillation.temperature")
     assert list(comparison["varying"]) == ["student.steps", "distillation.temperature"]
@@ -157,8 +208,11 @@ def test_bad_inputs_one_clear_error_each(sweep, tmp_path):
 
 def test_runs_of_different_tasks_are_refused(sweep, tmp_path):
     grammar = fake_run(tmp_path / "grammar", get_preset("pcfg-mlm"), [])
-    with pytest.raises(ConfigError, match=r"runs of one task; these are of different tasks: .*t2 \(parity\), "
-                                          r".*grammar \(pcfg-mlm\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"runs of one task; these are of different tasks: .*t2 \(parity\), "
+        r".*grammar \(pcfg-mlm\)",
+    ):
         compare_runs([sweep[0], grammar])
 
 
@@ -180,8 +234,9 @@ def test_temperature_sweep_end_to_end(tmp_path):
     comparison = compare(paths, tmp_path / "out")
     assert [r["values"]["distillation.temperature"] for r in comparison["runs"]] == [0.5, 1.0, 2.0]
     for entry in comparison["runs"]:
-        results = json.loads((tmp_path / f"t{entry['values']['distillation.temperature']}" /
-                              "results.json").read_text())
+        results = json.loads(
+            (tmp_path / f"t{entry['values']['distillation.temperature']}" / "results.json").read_text()
+        )
         assert entry["teacher"]["steps_to_threshold"] == results["teacher"]["steps_to_threshold"]
         for s in entry["schedules"]:
             students = [r for r in results["students"] if r["schedule"] == s["schedule"]]
@@ -198,10 +253,19 @@ def test_compare_runs_whose_plugin_is_gone_by_type_name(tmp_path):
     name = "compare_plugin_gone"
     module = import_plugin(str(write_plugin(tmp_path, name)))
     try:
-        runs = [fake_run(tmp_path / f"t{t}", replace(plugin_config(module, seeds=2),
-                                                     distillation=DistillationConfig(temperature=t)),
-                         [("ce", 0, 100, 1.0), (f"{name}-schedule", 0, 200 * t, 0.9), ("ce", 1, 100, 1.0),
-                          (f"{name}-schedule", 1, None, 0.8)]) for t in (0.5, 1.0)]
+        runs = [
+            fake_run(
+                tmp_path / f"t{t}",
+                replace(plugin_config(module, seeds=2), distillation=DistillationConfig(temperature=t)),
+                [
+                    ("ce", 0, 100, 1.0),
+                    (f"{name}-schedule", 0, 200 * t, 0.9),
+                    ("ce", 1, 100, 1.0),
+                    (f"{name}-schedule", 1, None, 0.8),
+                ],
+            )
+            for t in (0.5, 1.0)
+        ]
     finally:
         forget_plugin(name)
     (tmp_path / f"{name}.py").unlink()
@@ -212,5 +276,7 @@ def test_compare_runs_whose_plugin_is_gone_by_type_name(tmp_path):
     mine = [r["schedules"][1] for r in comparison["runs"]]
     assert [s["schedule"] for s in mine] == [f"{name}-schedule"] * 2
     assert [s["steps_to_threshold"]["values"] for s in mine] == [[100.0], [200.0]]
-    assert f"| 1.0 | {name}-schedule | 2 | 200 | 1/2 | 0.8500 +/- 0.0707 | 100 |" in \
-        (tmp_path / "out" / "comparison.md").read_text()
+    assert (
+        f"| 1.0 | {name}-schedule | 2 | 200 | 1/2 | 0.8500 +/- 0.0707 | 100 |"
+        in (tmp_path / "out" / "comparison.md").read_text()
+    )

@@ -19,20 +19,21 @@ from progdistill.recipes.launcher import LauncherConfig, check_shared, job_group
 from progdistill.recipes.runner import run
 from progdistill.store.lock import lock_holder
 
-pytest.importorskip("submitit", reason="the launcher tests need submitit: pip install \"progdistill[launch]\"")
+pytest.importorskip("submitit", reason='the launcher tests need submitit: pip install "progdistill[launch]"')
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def scheduler():
-    """"slurm" when .ci/slurm starts a single-node Slurm here (SLURM_CONF set for the session), else
+    """ "slurm" when .ci/slurm starts a single-node Slurm here (SLURM_CONF set for the session), else
     "submitit-local"."""
     if os.environ.get("PROGDISTILL_TEST_SCHEDULER", "slurm") != "slurm":
         return "submitit-local"
     try:
-        done = subprocess.run([str(ROOT / ".ci" / "slurm"), "start"], check=False, capture_output=True, text=True,
-                              timeout=240)
+        done = subprocess.run(
+            [str(ROOT / ".ci" / "slurm"), "start"], check=False, capture_output=True, text=True, timeout=240
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"\nlauncher tests: Slurm could not start ({exc}); using submitit's local executor")
         return "submitit-local"
@@ -47,21 +48,34 @@ def scheduler():
 def _config(steps: int = 600, seeds: int = 2):
     """The shrunk parity-mlp of conftest (n=8, k=2, widths 64 / 16), 4 schedules x ``seeds``."""
     base = tiny_config(steps=steps, seeds=seeds)
-    return replace(base, schedules=tuple(replace(s, points=((100, 100), (-1, steps - 100)))
-                                         if hasattr(s, "points") else s for s in base.schedules))
+    return replace(
+        base,
+        schedules=tuple(
+            replace(s, points=((100, 100), (-1, steps - 100))) if hasattr(s, "points") else s for s in base.schedules
+        ),
+    )
 
 
 def _outputs(out: Path) -> dict[str, str]:
     """Every trained number of a run: metrics, weights and the teacher's manifest."""
-    files = sorted(p for p in out.rglob("*") if p.is_file() and "jobs" not in p.relative_to(out).parts and
-                   (p.suffix in (".jsonl", ".safetensors") or p.name == "manifest.json"))
-    return {str(p.relative_to(out)): p.read_bytes().hex() if p.suffix == ".safetensors" else p.read_text()
-            for p in files}
+    files = sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and "jobs" not in p.relative_to(out).parts
+        and (p.suffix in (".jsonl", ".safetensors") or p.name == "manifest.json")
+    )
+    return {
+        str(p.relative_to(out)): p.read_bytes().hex() if p.suffix == ".safetensors" else p.read_text() for p in files
+    }
 
 
 def _results(out: Path) -> dict:
-    return {k: v for k, v in json.loads((out / "results.json").read_text()).items()
-            if k not in ("wall_time_s", "environment")}
+    return {
+        k: v
+        for k, v in json.loads((out / "results.json").read_text()).items()
+        if k not in ("wall_time_s", "environment")
+    }
 
 
 def _launcher(kind: str, **kw) -> LauncherConfig:
@@ -83,10 +97,15 @@ def test_bad_launcher_options_are_one_clear_error():
         LauncherConfig(kind="slurm", time_min=0)
     with pytest.raises(ConfigError, match="--sbatch 'qos=high' is invalid"):
         LauncherConfig(kind="slurm", sbatch=("qos=high",))
-    assert LauncherConfig(kind="slurm", sbatch=("--qos=high", "--exclusive")).extra_parameters() == \
-        {"qos": "high", "exclusive": True}
-    with pytest.raises(ConfigError, match=r"--partition, --gpus-per-job: Slurm option\(s\), valid only with "
-                                          r"--launcher slurm \(this is --launcher local\)"):
+    assert LauncherConfig(kind="slurm", sbatch=("--qos=high", "--exclusive")).extra_parameters() == {
+        "qos": "high",
+        "exclusive": True,
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"--partition, --gpus-per-job: Slurm option\(s\), valid only with "
+        r"--launcher slurm \(this is --launcher local\)",
+    ):
         LauncherConfig(kind="local", partition="gpu", gpus_per_job=1)
 
 
@@ -131,8 +150,7 @@ def test_students_as_separate_jobs_equal_one_process(scheduler, tmp_path):
 
 @pytest.mark.e2e
 def test_a_killed_student_job_resubmitted_resumes_to_the_same_numbers(scheduler, tmp_path):
-    config = replace(_config(steps=3000, seeds=1), student=replace(tiny_config().student, steps=3000,
-                                                                  eval_every=100))
+    config = replace(_config(steps=3000, seeds=1), student=replace(tiny_config().student, steps=3000, eval_every=100))
     reference = tmp_path / "reference"
     run(config, reference, device="cpu", log=lambda *a: None)
     out = tmp_path / "killed"

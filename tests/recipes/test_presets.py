@@ -28,8 +28,9 @@ def test_preset_names_are_distinct_configs():
     assert len(hashes) == len(PRESETS)
 
 
-@pytest.mark.parametrize("curricula, base", [("parity-mlp-curricula", "parity-mlp"),
-                                             ("pcfg-mlm-curricula", "pcfg-mlm")])
+@pytest.mark.parametrize(
+    "curricula, base", [("parity-mlp-curricula", "parity-mlp"), ("pcfg-mlm-curricula", "pcfg-mlm")]
+)
 def test_curricula_presets_share_their_base_presets_teacher(curricula, base):
     # Same task and teacher config: a run directory of either reuses the other's finished teacher.
     assert teacher_header(get_preset(curricula)) == teacher_header(get_preset(base))

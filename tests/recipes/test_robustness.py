@@ -21,6 +21,7 @@ def quiet(*args):
 def tiny_run(tmp_path_factory):
     """A finished tiny parity run (teacher with a transition, so 2-shot-auto finds its checkpoint)."""
     from conftest import tiny_config
+
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run(replace(tiny_config(), schedules=(TwoShotAuto(first_steps=100),)), out, log=quiet)
     return out
@@ -38,8 +39,11 @@ def test_bad_options_are_refused_before_anything_is_written(tiny_run, capsys):
         ablate_robustness(tiny_run, lr_schedules=["constant", "linear"], log=quiet)
     with pytest.raises(ConfigError, match=r"--temperatures \[0.5, 0.5\] is invalid: .* each once"):
         ablate_robustness(tiny_run, temperatures=[0.5, 0.5], log=quiet)
-    with pytest.raises(ConfigError, match=r"--schedules: unknown schedule '3-shot'; valid: ce, one-shot, progressive, "
-                                          r"2-shot-auto"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--schedules: unknown schedule '3-shot'; valid: ce, one-shot, progressive, "
+        r"2-shot-auto",
+    ):
         ablate_robustness(tiny_run, schedules=["progressive", "3-shot"], log=quiet)
     with pytest.raises(ConfigError, match=r"--schedules \[\] is invalid"):
         ablate_robustness(tiny_run, schedules=[], log=quiet)
@@ -89,6 +93,7 @@ def test_robustness_map(tiny_run, tmp_path):
     # the grid really varies the student settings: the lr schedule and the temperature change the students
     def acc(name):
         return [r["eval_accuracy"] for r in read_metrics(directory / name / "metrics.jsonl")]
+
     assert acc("constant-T0-one-shot-seed0") != acc("cosine-T0-one-shot-seed0")
     assert acc("constant-T0-one-shot-seed0") != acc("constant-T1-one-shot-seed0")
 
@@ -96,8 +101,11 @@ def test_robustness_map(tiny_run, tmp_path):
     messages = []
     assert ablate_robustness(run_dir, seeds=1, temperatures=[0, 1], log=messages.append, device="cpu") == summary
     assert messages.count("all students already finished") == 4
-    with pytest.raises(ConfigError, match=r"other settings .*'temperatures': \[0.0, 1.0\].*now.*'temperatures': "
-                                          r"\[0.5\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"other settings .*'temperatures': \[0.0, 1.0\].*now.*'temperatures': "
+        r"\[0.5\]",
+    ):
         ablate_robustness(run_dir, seeds=1, temperatures=[0.5], log=quiet)
     assert json.loads((directory / "summary.json").read_text()) == summary
 
@@ -106,10 +114,19 @@ def test_a_subset_of_schedules_is_trained_and_its_students_reused_by_a_fuller_ma
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     directory = run_dir / "ablations" / "robustness"
-    summary = ablate_robustness(run_dir, seeds=1, temperatures=[1], lr_schedules=["cosine"],
-                                schedules=["progressive", "ce"], log=quiet, device="cpu")
-    assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == ["cosine-T1-progressive-seed0",
-                                                                          "cosine-ce-seed0"]
+    summary = ablate_robustness(
+        run_dir,
+        seeds=1,
+        temperatures=[1],
+        lr_schedules=["cosine"],
+        schedules=["progressive", "ce"],
+        log=quiet,
+        device="cpu",
+    )
+    assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == [
+        "cosine-T1-progressive-seed0",
+        "cosine-ce-seed0",
+    ]
     assert summary["schedules"] == ["ce", "progressive"]  # the table's order, whatever the order asked
     assert [(c["schedule"], c["temperature"]) for c in summary["cells"]] == [("progressive", 1.0), ("ce", None)]
     header = (directory / "summary.md").read_text().splitlines()[4]
@@ -117,10 +134,15 @@ def test_a_subset_of_schedules_is_trained_and_its_students_reused_by_a_fuller_ma
     progressive = (directory / "cosine-T1-progressive-seed0" / "metrics.jsonl").read_bytes()
 
     messages = []
-    summary = ablate_robustness(run_dir, seeds=1, temperatures=[1], lr_schedules=["cosine"], log=messages.append,
-                                device="cpu")
+    summary = ablate_robustness(
+        run_dir, seeds=1, temperatures=[1], lr_schedules=["cosine"], log=messages.append, device="cpu"
+    )
     assert summary["schedules"] == ["ce", "one-shot", "progressive", "2-shot-auto"]
     assert len(summary["cells"]) == 4
     assert (directory / "cosine-T1-progressive-seed0" / "metrics.jsonl").read_bytes() == progressive
     assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == [
-        "cosine-T1-2-shot-auto-seed0", "cosine-T1-one-shot-seed0", "cosine-T1-progressive-seed0", "cosine-ce-seed0"]
+        "cosine-T1-2-shot-auto-seed0",
+        "cosine-T1-one-shot-seed0",
+        "cosine-T1-progressive-seed0",
+        "cosine-ce-seed0",
+    ]

@@ -85,11 +85,18 @@ class TinyMLP(nn.Module):
 def test_a_task_and_model_defined_outside_the_package_run_end_to_end(tmp_path):
     assert isinstance(MajorityTask(), Task)
     sgd = OptimizerConfig(name="sgd", lr=0.2)
-    teacher = TrainConfig(model=TinyMLPConfig(width=32), optimizer=sgd, steps=300, batch_size=32, eval_every=50,
-                          checkpoint_every=50)
+    teacher = TrainConfig(
+        model=TinyMLPConfig(width=32), optimizer=sgd, steps=300, batch_size=32, eval_every=50, checkpoint_every=50
+    )
     student = TrainConfig(model=TinyMLPConfig(width=8), optimizer=sgd, steps=200, batch_size=32, eval_every=50)
-    config = ExperimentConfig(preset="majority", task=MajorityTask(), teacher=teacher, student=student,
-                              schedules=(CE(), OneShot(), Progressive()), seeds=2)
+    config = ExperimentConfig(
+        preset="majority",
+        task=MajorityTask(),
+        teacher=teacher,
+        student=student,
+        schedules=(CE(), OneShot(), Progressive()),
+        seeds=2,
+    )
     out = tmp_path / "run"
     results = run(config, out, log=lambda *a: None)
 

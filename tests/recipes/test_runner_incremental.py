@@ -16,14 +16,14 @@ def test_grows_only_when_seeds_or_schedules_are_added():
     old = tiny_config(seeds=2).to_dict()
     assert grows(old, tiny_config(seeds=3).to_dict())
     fewer = replace(tiny_config(seeds=2), schedules=tiny_config().schedules[:2]).to_dict()
-    assert grows(fewer, old)                                    # two schedules added
-    assert not grows(old, old)                                  # nothing added
-    assert not grows(old, tiny_config(seeds=1).to_dict())       # a seed removed
-    assert not grows(old, fewer)                                # schedules removed
+    assert grows(fewer, old)  # two schedules added
+    assert not grows(old, old)  # nothing added
+    assert not grows(old, tiny_config(seeds=1).to_dict())  # a seed removed
+    assert not grows(old, fewer)  # schedules removed
     other = tiny_config(seeds=3)
     assert not grows(old, replace(other, threshold=0.8).to_dict())  # and something else changed
     changed = replace(other, schedules=(*other.schedules[:3], KShot(points=((50, 100), (FINAL, 200)))))
-    assert not grows(old, changed.to_dict())                    # a schedule's setting changed
+    assert not grows(old, changed.to_dict())  # a schedule's setting changed
 
 
 def test_removing_students_or_changing_what_they_depend_on_still_needs_overwrite(tmp_path):
@@ -52,9 +52,14 @@ def test_two_seeds_then_three_trains_only_the_new_students_and_equals_a_fresh_ru
     assert {p: p.stat().st_mtime_ns for p in teacher} == teacher
     assert len(results["students"]) == 12
     run(tiny_config(seeds=3), fresh, device="cpu", log=lambda *a: None)
+
     def strip(d):
-        return {k: v for k, v in json.loads((d / "results.json").read_text()).items()
-                           if k not in ("wall_time_s", "environment")}
+        return {
+            k: v
+            for k, v in json.loads((d / "results.json").read_text()).items()
+            if k not in ("wall_time_s", "environment")
+        }
+
     assert strip(out) == strip(fresh)
     for name in (p.name for p in (fresh / "students").iterdir() if p.is_dir()):
         for f in ("metrics.jsonl", "final.safetensors"):
@@ -63,6 +68,7 @@ def test_two_seeds_then_three_trains_only_the_new_students_and_equals_a_fresh_ru
     more = replace(tiny_config(seeds=3), schedules=(*tiny_config().schedules, Progressive(speed=2.0)))
     lines.clear()
     results = run(more, out, device="cpu", log=lines.append)
-    assert [line for line in lines if line.startswith("training")] == \
-        ["training 3 student(s) together: progressive-x2-seed0, progressive-x2-seed1, progressive-x2-seed2"]
+    assert [line for line in lines if line.startswith("training")] == [
+        "training 3 student(s) together: progressive-x2-seed0, progressive-x2-seed1, progressive-x2-seed2"
+    ]
     assert len(results["students"]) == 15

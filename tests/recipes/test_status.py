@@ -28,27 +28,44 @@ def test_a_finished_a_failed_a_running_and_unstarted_students(tmp_path, monkeypa
 
     def fail(*args, **kwargs):
         raise NonFiniteError("one-shot-seed0: non-finite training loss at step 7")
+
     monkeypatch.setattr(runner, "fit", fail)
     with pytest.raises(NonFiniteError):
         train_students(config, out, trajectory, "cpu", log=lambda *a: None, runs=[(one_shot, config.schedules[1], 0)])
     monkeypatch.undo()
     (out / "jobs").mkdir()
-    (out / "jobs" / "launch.json").write_text(json.dumps({"launcher": "submitit-local", "teacher": "41",
-                                                          "students": {one_shot: "42"}}))
+    (out / "jobs" / "launch.json").write_text(
+        json.dumps({"launcher": "submitit-local", "teacher": "41", "students": {one_shot: "42"}})
+    )
     with RunLock(out / "students" / progressive):  # this process trains it
         rows = {r["name"]: r for r in status(out)}
         assert rows["teacher"] == {"name": "teacher", "state": "done", "detail": "", "job": "41"}
         assert rows[ce]["state"] == "done"
-        assert rows[one_shot] == {"name": one_shot, "state": "failed", "job": "42",
-                                  "detail": "progdistill.train.loop.NonFiniteError: one-shot-seed0: non-finite "
-                                            "training loss at step 7"}
+        assert rows[one_shot] == {
+            "name": one_shot,
+            "state": "failed",
+            "job": "42",
+            "detail": "progdistill.train.loop.NonFiniteError: one-shot-seed0: non-finite training loss at step 7",
+        }
         assert rows[progressive]["state"] == "running"
         assert rows[progressive]["detail"] == f"process {os.getpid()} on {socket.gethostname()}"
         assert rows[k_shot] == {"name": k_shot, "state": "not started", "detail": "", "job": None}
         assert main(["status", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[2].split() == [one_shot, "failed", "job", "42", "progdistill.train.loop.NonFiniteError:",
-                                  "one-shot-seed0:", "non-finite", "training", "loss", "at", "step", "7"]
+    assert printed[2].split() == [
+        one_shot,
+        "failed",
+        "job",
+        "42",
+        "progdistill.train.loop.NonFiniteError:",
+        "one-shot-seed0:",
+        "non-finite",
+        "training",
+        "loss",
+        "at",
+        "step",
+        "7",
+    ]
     assert printed[-1] == "2 done, 1 running, 1 failed, 1 not started"
     # the failure is cleared when the student trains again, and an unfinished student reads "interrupted"
     (out / "students" / one_shot / "metrics.jsonl").write_text('{"step": 0}\n{"step": 50}\n')
@@ -80,8 +97,11 @@ def test_status_of_a_run_whose_plugin_is_gone_shows_type_names(tmp_path, capsys)
         (out / "students" / student / "final.safetensors").write_bytes(b"")
     with pytest.warns(UserWarning, match=f"cannot import plugin file .*{name}.py: it does not exist"):
         rows = status(out)
-    assert [(r["name"], r["state"]) for r in rows] == [("teacher", "not started"), ("ce-seed0", "done"),
-                                                        (f"{name}-schedule-seed0", "done")]
+    assert [(r["name"], r["state"]) for r in rows] == [
+        ("teacher", "not started"),
+        ("ce-seed0", "done"),
+        (f"{name}-schedule-seed0", "done"),
+    ]
     with pytest.warns(UserWarning, match="showing its tasks, models and schedules by type name"):
         assert main(["status", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "2 done, 1 not started"

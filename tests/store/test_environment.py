@@ -9,8 +9,18 @@ import torch
 from progdistill.store import environment as environment_module
 from progdistill.store.environment import environment, environment_markdown
 
-KEYS = {"cpu", "cpu_count", "torch_threads", "device", "python", "torch", "numpy", "transformers", "tokenizers",
-        "platform"}
+KEYS = {
+    "cpu",
+    "cpu_count",
+    "torch_threads",
+    "device",
+    "python",
+    "torch",
+    "numpy",
+    "transformers",
+    "tokenizers",
+    "platform",
+}
 
 
 def test_environment_records_this_process():
@@ -64,11 +74,22 @@ def test_cpu_model_falls_back_to_platform(tmp_path, monkeypatch):
 
 
 def test_markdown_line_names_cpu_threads_and_versions():
-    env = {"cpu": "AMD EPYC 7B13", "cpu_count": 2, "torch_threads": 2, "device": "cpu", "python": "3.11.7",
-           "torch": "2.13.0+cpu", "numpy": "2.4.6", "transformers": "5.24.0", "tokenizers": "0.23.3",
-           "platform": "Linux"}
-    assert environment_markdown(env) == ("Measured on: AMD EPYC 7B13, 2 cores, 2 torch threads, cpu; "
-                                         "torch 2.13.0+cpu, transformers 5.24.0, Python 3.11.7.")
+    env = {
+        "cpu": "AMD EPYC 7B13",
+        "cpu_count": 2,
+        "torch_threads": 2,
+        "device": "cpu",
+        "python": "3.11.7",
+        "torch": "2.13.0+cpu",
+        "numpy": "2.4.6",
+        "transformers": "5.24.0",
+        "tokenizers": "0.23.3",
+        "platform": "Linux",
+    }
+    assert environment_markdown(env) == (
+        "Measured on: AMD EPYC 7B13, 2 cores, 2 torch threads, cpu; "
+        "torch 2.13.0+cpu, transformers 5.24.0, Python 3.11.7."
+    )
 
 
 def test_markdown_of_this_machine_names_cpu_and_torch():
@@ -81,10 +102,21 @@ def test_markdown_of_this_machine_names_cpu_and_torch():
 
 
 def test_markdown_of_unknown_values():
-    line = environment_markdown({"cpu": None, "cpu_count": None, "torch_threads": 4, "device": "cuda",
-                                 "torch": "2.13.0", "transformers": None, "python": "3.12.1"})
-    assert line == ("Measured on: unknown CPU, ? cores, 4 torch threads, cuda; torch 2.13.0, "
-                    "transformers not installed, Python 3.12.1.")
+    line = environment_markdown(
+        {
+            "cpu": None,
+            "cpu_count": None,
+            "torch_threads": 4,
+            "device": "cuda",
+            "torch": "2.13.0",
+            "transformers": None,
+            "python": "3.12.1",
+        }
+    )
+    assert line == (
+        "Measured on: unknown CPU, ? cores, 4 torch threads, cuda; torch 2.13.0, "
+        "transformers not installed, Python 3.12.1."
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

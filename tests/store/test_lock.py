@@ -61,8 +61,9 @@ def test_a_holder_on_another_host_is_taken_to_be_alive(tmp_path):
 
 
 def test_a_lock_of_a_finished_process_or_unreadable_has_no_holder(tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     (tmp_path / LOCK).write_text(json.dumps({"pid": int(finished.stdout), "host": socket.gethostname()}))
     assert lock_holder(tmp_path) is None
     (tmp_path / LOCK).write_text("not json")

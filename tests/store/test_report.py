@@ -34,13 +34,19 @@ def test_the_checkpoint_2_shot_auto_picks_is_recorded(auto_run):
     steps, values = trajectory.curve("eval_accuracy")
     window = TwoShotAuto().window(steps, values)
     used = read_metrics(auto_run / "students" / "2-shot-auto-seed1" / "metrics.jsonl")[1]["teacher_checkpoint"]
-    assert pick == {"checkpoint": used, "metric": "eval_accuracy", "value": trajectory.metrics(used)["eval_accuracy"],
-                    "first_steps": 100, "transition": window.to_dict()}
+    assert pick == {
+        "checkpoint": used,
+        "metric": "eval_accuracy",
+        "value": trajectory.metrics(used)["eval_accuracy"],
+        "first_steps": 100,
+        "transition": window.to_dict(),
+    }
     assert used == window.middle
     summary = (auto_run / "summary.md").read_text()
-    assert (f"2-shot-auto: the first checkpoint is step {used} (teacher eval_accuracy "
-            f"{pick['value']:.4f}), the middle of the transition detected at steps {window.start}-{window.end}"
-            in summary)
+    assert (
+        f"2-shot-auto: the first checkpoint is step {used} (teacher eval_accuracy "
+        f"{pick['value']:.4f}), the middle of the transition detected at steps {window.start}-{window.end}" in summary
+    )
 
 
 def test_accuracy_figure_keeps_every_curve_and_the_data_visible(auto_run):

@@ -33,8 +33,14 @@ def _files(root):
 
 def _fake_outputs(rundir: RunDir) -> None:
     """A file in each place a run writes, as if it had finished."""
-    for name in ("teacher/metrics.jsonl", "students/ce-seed0/metrics.jsonl", "probes/ngram.jsonl",
-                 "tensorboard/teacher/events", "tensorboard/ce-seed0/events", "results.json"):
+    for name in (
+        "teacher/metrics.jsonl",
+        "students/ce-seed0/metrics.jsonl",
+        "probes/ngram.jsonl",
+        "tensorboard/teacher/events",
+        "tensorboard/ce-seed0/events",
+        "results.json",
+    ):
         path = rundir.path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}\n")
@@ -44,10 +50,27 @@ def test_paths_are_the_documented_layout(tmp_path):
     run = RunDir(tmp_path / "run")
     assert run.path == tmp_path / "run" and repr(run) == f"RunDir({str(tmp_path / 'run')!r})"
     root = tmp_path / "run"
-    assert [run.config_file, run.teacher, run.students, run.probes, run.results_file, run.summary_file,
-            run.accuracy_figure, run.tokenizer_file, run.ablations] == [
-        root / "config.json", root / "teacher", root / "students", root / "probes", root / "results.json",
-        root / "summary.md", root / "accuracy.png", root / "tokenizer" / "tokenizer.json", root / "ablations"]
+    assert [
+        run.config_file,
+        run.teacher,
+        run.students,
+        run.probes,
+        run.results_file,
+        run.summary_file,
+        run.accuracy_figure,
+        run.tokenizer_file,
+        run.ablations,
+    ] == [
+        root / "config.json",
+        root / "teacher",
+        root / "students",
+        root / "probes",
+        root / "results.json",
+        root / "summary.md",
+        root / "accuracy.png",
+        root / "tokenizer" / "tokenizer.json",
+        root / "ablations",
+    ]
     assert run.tensorboard("progressive-seed0") == root / "tensorboard" / "progressive-seed0"
     assert run.student_metrics("ce-seed1") == root / "students" / "ce-seed1" / "metrics.jsonl"
     assert (STUDENT_WEIGHTS, FAILURE, RESUME_STATE) == ("final.safetensors", "error.txt", "resume.pt")
@@ -86,8 +109,11 @@ def test_another_config_is_refused_naming_the_fields_then_replaced_with_overwrit
     _fake_outputs(run)
     before = _files(run.path)
     other = replace(config, student=replace(config.student, steps=200))
-    with pytest.raises(ConfigError, match=r"different config \(student\.steps: 300 != 200\).*--overwrite keeps the "
-                                          r"finished teacher"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different config \(student\.steps: 300 != 200\).*--overwrite keeps the "
+        r"finished teacher",
+    ):
         run.claim(other, overwrite=False)
     assert _files(run.path) == before  # refused: nothing touched
     run.claim(other, overwrite=True)
@@ -235,8 +261,11 @@ def test_probe_summaries_are_read_by_name_and_bad_ones_named(tmp_path):
     (run.probes / "ngram-summary.json").write_text(json.dumps({"teacher": 1}))
     assert run.probe_summaries() == {"ngram": {"teacher": 1}}
     (run.probes / "ngram-oracle-summary.json").write_text(json.dumps({"scores": []}))
-    with pytest.raises(ConfigError, match=r"ngram-oracle-summary\.json is unreadable \(it lacks \['masked_lm_loss', "
-                                          r"'median', 'metric'\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ngram-oracle-summary\.json is unreadable \(it lacks \['masked_lm_loss', "
+        r"'median', 'metric'\]\)",
+    ):
         run.probe_summaries()
     (run.probes / "ngram-oracle-summary.json").write_text("{")
     with pytest.raises(ConfigError, match=r"ngram-oracle-summary\.json is unreadable.*delete it and rerun"):

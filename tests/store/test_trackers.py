@@ -23,16 +23,24 @@ from progdistill.distill.schedules import CE, Progressive
 from progdistill.recipes.runner import run
 from progdistill.store.trackers import MLflow, TensorBoard, WandB, hyperparameters, resolve_report_to
 
-HYPERPARAMETERS = {"task": {"type": "parity", "n": 8}, "distillation": {"temperature": 0.5},
-                   "schedules": [{"type": "ce"}, {"type": "progressive", "speed": 1.0}], "support_seed": None,
-                   "model_name": "ce-seed0", "role": "student", "seed": 0}
-RECORDS = [{"step": 0, "train_loss": None, "eval_loss": 0.75, "eval_accuracy": 0.5, "teacher_checkpoint": None,
-            "lr": 0.1},
-           {"step": 50, "train_loss": 0.625, "eval_loss": 0.5, "eval_accuracy": 0.875, "teacher_checkpoint": 50,
-            "lr": 0.1}]
+HYPERPARAMETERS = {
+    "task": {"type": "parity", "n": 8},
+    "distillation": {"temperature": 0.5},
+    "schedules": [{"type": "ce"}, {"type": "progressive", "speed": 1.0}],
+    "support_seed": None,
+    "model_name": "ce-seed0",
+    "role": "student",
+    "seed": 0,
+}
+RECORDS = [
+    {"step": 0, "train_loss": None, "eval_loss": 0.75, "eval_accuracy": 0.5, "teacher_checkpoint": None, "lr": 0.1},
+    {"step": 50, "train_loss": 0.625, "eval_loss": 0.5, "eval_accuracy": 0.875, "teacher_checkpoint": 50, "lr": 0.1},
+]
 # What a tracker gets of RECORDS: the numeric fields (None left out).
-LOGGED = [{"eval_loss": 0.75, "eval_accuracy": 0.5, "lr": 0.1},
-          {"train_loss": 0.625, "eval_loss": 0.5, "eval_accuracy": 0.875, "teacher_checkpoint": 50, "lr": 0.1}]
+LOGGED = [
+    {"eval_loss": 0.75, "eval_accuracy": 0.5, "lr": 0.1},
+    {"train_loss": 0.625, "eval_loss": 0.5, "eval_accuracy": 0.875, "teacher_checkpoint": 50, "lr": 0.1},
+]
 
 
 def read_wandb(path: Path) -> list:
@@ -45,10 +53,10 @@ def read_wandb(path: Path) -> list:
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        pending += data[pos + 7:pos + 7 + length]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             records.append(pb.Record.FromString(pending))
@@ -70,8 +78,11 @@ def wandb_runs(run_dir: Path) -> dict[str, dict]:
                 config.update({i.key: json.loads(i.value_json) for i in rec.config.update})
             elif kind == "history":
                 history.append({i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
-        config = {k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v for k, v in config.items()
-                  if not k.startswith("_")}
+        config = {
+            k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v
+            for k, v in config.items()
+            if not k.startswith("_")
+        }
         out[name] = {"config": config, "history": history}
     return out
 
@@ -89,7 +100,9 @@ def mlflow_runs(run_dir: Path) -> dict[str, dict]:
         out[fields["run_name"]] = {
             "params": {p.name: p.read_text() for p in (folder / "params").iterdir()},
             "tags": {p.name: p.read_text() for p in (folder / "tags").iterdir()},
-            "metrics": metrics, "status": int(fields["status"])}
+            "metrics": metrics,
+            "status": int(fields["status"]),
+        }
     return out
 
 
@@ -110,8 +123,7 @@ def test_metrics_writer_sends_numeric_fields_and_replays_on_resume(tmp_path):
     writer.write(RECORDS[0])
     writer.rewrite(RECORDS)  # a resume: the new tracked run gets the kept history
     writer.close()
-    assert tracker.calls == [("log", 0, LOGGED[0]), ("log", 0, LOGGED[0]), ("log", 50, LOGGED[1]),
-                             ("finish", False)]
+    assert tracker.calls == [("log", 0, LOGGED[0]), ("log", 0, LOGGED[0]), ("log", 50, LOGGED[1]), ("finish", False)]
     assert read_metrics(tmp_path / "m.jsonl") == RECORDS
 
     failing = Recorder()
@@ -147,12 +159,14 @@ def test_default_is_tensorboard_when_installed_else_nothing(monkeypatch):
 @pytest.mark.parametrize("name", ["wandb", "mlflow"])
 def test_uninstalled_tracker_is_refused_before_anything_is_written(name, monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, name, None)  # as if not installed
-    with pytest.raises(MissingExtraError, match=f'--report-to {name} needs the optional package {name!r}.*'
-                                                f'pip install "progdistill\\[{name}\\]"'):
+    with pytest.raises(
+        MissingExtraError,
+        match=f'--report-to {name} needs the optional package {name!r}.*pip install "progdistill\\[{name}\\]"',
+    ):
         resolve_report_to(f"tensorboard,{name}")
     out = tmp_path / "run"
     assert main(["run", "parity-mlp", "--report-to", name, "--out", str(out)]) == 2
-    assert f'progdistill[{name}]' in capsys.readouterr().err and not out.exists()
+    assert f"progdistill[{name}]" in capsys.readouterr().err and not out.exists()
 
 
 def test_unknown_tracker_is_refused_by_the_cli(tmp_path, capsys):
@@ -165,14 +179,18 @@ def test_hyperparameters_are_the_complete_config_and_the_model():
     config = tiny_config()
     hp = hyperparameters(config, "progressive-seed1", Progressive(), 1)
     assert {k: hp.pop(k) for k in ("model_name", "role", "schedule", "seed")} == {
-        "model_name": "progressive-seed1", "role": "student", "schedule": "progressive", "seed": 1}
+        "model_name": "progressive-seed1",
+        "role": "student",
+        "schedule": "progressive",
+        "seed": 1,
+    }
     assert hp == to_dict(config, complete=True)
     teacher = hyperparameters(config, "teacher")
     assert teacher["role"] == "teacher" and "schedule" not in teacher
 
 
 def test_wandb_offline_run_files(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb", reason="W&B is not installed: pip install \"progdistill[wandb]\"")
+    wandb = pytest.importorskip("wandb", reason='W&B is not installed: pip install "progdistill[wandb]"')
     monkeypatch.delenv("WANDB_MODE", raising=False)
     tracker = WandB(tmp_path, "ce-seed0", "student")
     tracker.start(HYPERPARAMETERS)
@@ -189,7 +207,7 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
 
 
 def test_mlflow_file_store_run_files(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow", reason="MLflow is not installed: pip install \"progdistill[mlflow]\"")
+    pytest.importorskip("mlflow", reason='MLflow is not installed: pip install "progdistill[mlflow]"')
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what the tracker sets, kept out of other tests
@@ -200,12 +218,17 @@ def test_mlflow_file_store_run_files(tmp_path, monkeypatch):
     tracker.finish()
     runs = mlflow_runs(tmp_path)
     assert list(runs) == ["ce-seed0"]
-    assert runs["ce-seed0"]["params"] == {k: v if isinstance(v, str) else json.dumps(v)
-                                          for k, v in flatten(HYPERPARAMETERS).items()}
+    assert runs["ce-seed0"]["params"] == {
+        k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten(HYPERPARAMETERS).items()
+    }
     assert runs["ce-seed0"]["params"]["support_seed"] == "null"  # JSON text: a config.json reader gets it back
     assert runs["ce-seed0"]["metrics"] == {
-        "eval_loss": [(0, 0.75), (50, 0.5)], "eval_accuracy": [(0, 0.5), (50, 0.875)], "lr": [(0, 0.1), (50, 0.1)],
-        "train_loss": [(50, 0.625)], "teacher_checkpoint": [(50, 50.0)]}
+        "eval_loss": [(0, 0.75), (50, 0.5)],
+        "eval_accuracy": [(0, 0.5), (50, 0.875)],
+        "lr": [(0, 0.1), (50, 0.1)],
+        "train_loss": [(50, 0.625)],
+        "teacher_checkpoint": [(50, 50.0)],
+    }
     assert runs["ce-seed0"]["tags"]["progdistill.run_dir"] == str(tmp_path.resolve())
     assert runs["ce-seed0"]["status"] == 3  # FINISHED
 
@@ -217,38 +240,53 @@ def test_mlflow_file_store_run_files(tmp_path, monkeypatch):
     crashed = MLflow(tmp_path, "ce-seed1", "student")
     crashed.start({"role": "student"})
     crashed.finish(failed=True)
-    statuses = {folder.name: int(dict(line.split(": ", 1) for line in (folder / "meta.yaml").read_text().splitlines()
-                                      if ": " in line)["status"]) for folder in (tmp_path / "mlruns").glob("*/*")
-                if folder.is_dir() and (folder / "meta.yaml").exists()}
-    assert statuses == {tracker.run_id: 3, interrupted.run_id: 5, resumed.run_id: 3,  # 3: FINISHED, 5: KILLED
-                        crashed.run_id: 4}  # FAILED
+    statuses = {
+        folder.name: int(
+            dict(line.split(": ", 1) for line in (folder / "meta.yaml").read_text().splitlines() if ": " in line)[
+                "status"
+            ]
+        )
+        for folder in (tmp_path / "mlruns").glob("*/*")
+        if folder.is_dir() and (folder / "meta.yaml").exists()
+    }
+    assert statuses == {
+        tracker.run_id: 3,
+        interrupted.run_id: 5,
+        resumed.run_id: 3,  # 3: FINISHED, 5: KILLED
+        crashed.run_id: 4,
+    }  # FAILED
 
 
 @pytest.mark.e2e
 def test_a_run_reports_to_wandb_and_mlflow_offline(tmp_path, monkeypatch):
     """A shrunk run: every model's W&B and MLflow run holds the run's config and exactly its metrics.jsonl."""
-    wandb = pytest.importorskip("wandb", reason="W&B is not installed: pip install \"progdistill[wandb]\"")
-    pytest.importorskip("mlflow", reason="MLflow is not installed: pip install \"progdistill[mlflow]\"")
+    wandb = pytest.importorskip("wandb", reason='W&B is not installed: pip install "progdistill[wandb]"')
+    pytest.importorskip("mlflow", reason='MLflow is not installed: pip install "progdistill[mlflow]"')
     for var in ("WANDB_MODE", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    config = replace(tiny_config(steps=200), distillation=DistillationConfig(temperature=2.0),
-                     schedules=(CE(), Progressive()))
+    config = replace(
+        tiny_config(steps=200), distillation=DistillationConfig(temperature=2.0), schedules=(CE(), Progressive())
+    )
     out = tmp_path / "t2"
     run(config, out, log=lambda *a: None, report_to="wandb,mlflow")
     wandb.teardown()  # the W&B service writes the run files in the background: wait for it (as at exit)
     assert not (out / "tensorboard").exists()  # only the trackers named
     complete = to_dict(config, complete=True)
     by_wandb, by_mlflow = wandb_runs(out), mlflow_runs(out)
-    models = {"teacher": out / "teacher" / "metrics.jsonl", "ce-seed0": out / "students" / "ce-seed0" / "metrics.jsonl",
-              "progressive-seed0": out / "students" / "progressive-seed0" / "metrics.jsonl"}
+    models = {
+        "teacher": out / "teacher" / "metrics.jsonl",
+        "ce-seed0": out / "students" / "ce-seed0" / "metrics.jsonl",
+        "progressive-seed0": out / "students" / "progressive-seed0" / "metrics.jsonl",
+    }
     assert set(by_wandb) == set(by_mlflow) == set(models)
     for model, path in models.items():
         records = read_metrics(path)
         assert {k: v for k, v in by_wandb[model]["config"].items() if k in complete} == complete
         assert by_wandb[model]["config"]["model_name"] == model
         assert [{k: v for k, v in h.items() if not k.startswith("_")} for h in by_wandb[model]["history"]] == [
-            {k: v for k, v in r.items() if k != "step" and v is not None} for r in records]
+            {k: v for k, v in r.items() if k != "step" and v is not None} for r in records
+        ]
         params = by_mlflow[model]["params"]
         assert params["distillation.temperature"] == "2.0" and params["model_name"] == model
         assert by_mlflow[model]["metrics"]["eval_accuracy"] == [(r["step"], r["eval_accuracy"]) for r in records]
@@ -256,7 +294,7 @@ def test_a_run_reports_to_wandb_and_mlflow_offline(tmp_path, monkeypatch):
 
 
 def test_tensorboard_scalars_and_hparams(tmp_path):
-    pytest.importorskip("tensorboard", reason="TensorBoard is not installed: pip install \"progdistill[tensorboard]\"")
+    pytest.importorskip("tensorboard", reason='TensorBoard is not installed: pip install "progdistill[tensorboard]"')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -270,7 +308,8 @@ def test_tensorboard_scalars_and_hparams(tmp_path):
     assert [(s.step, s.value) for s in events.Scalars("student/eval_accuracy")] == [(0, 0.5), (50, 0.875)]
     assert [(s.step, s.value) for s in events.Scalars("student/train_loss")] == [(50, 0.625)]
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
     assert start.hparams["distillation.temperature"].number_value == 0.5
     assert start.hparams["task.type"].string_value == "parity"
     assert start.hparams["support_seed"].string_value == "null"

@@ -11,8 +11,11 @@ HEADER = {"task": {"type": "parity", "n": 4}, "model": {"type": "mlp", "width": 
 def _write(tmp_path, steps=(0, 10, 20)):
     writer = TrajectoryWriter(tmp_path / "traj", HEADER)
     for s in steps:
-        writer.save(s, {"w": torch.full((2, 3), float(s)), "b": torch.arange(3.0) + s},
-                    {"eval_accuracy": 0.5 + s / 100, "eval_loss": 1.0 - s / 100})
+        writer.save(
+            s,
+            {"w": torch.full((2, 3), float(s)), "b": torch.arange(3.0) + s},
+            {"eval_accuracy": 0.5 + s / 100, "eval_loss": 1.0 - s / 100},
+        )
     writer.finish()
     return tmp_path / "traj"
 
@@ -79,6 +82,7 @@ def test_no_temporary_files_left(tmp_path):
 def test_checkpoint_budget_keeps_transition_dense(tmp_path):
     """A sigmoid-shaped accuracy curve with a budget of 6: plateaus are thinned, the jump is kept."""
     import math
+
     writer = TrajectoryWriter(tmp_path / "t", HEADER, max_checkpoints=6)
     for s in range(0, 2100, 100):
         acc = 0.5 + 0.5 / (1 + math.exp(-(s - 1000) / 60))

@@ -49,9 +49,16 @@ def test_eval_set_fixed_by_its_seed():
     assert not torch.equal(ParityTask(n=10, k=2, eval_size=128, eval_seed=1).eval_set()[0], x)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"n": 5, "k": 0}, "task.k"), ({"n": 5, "k": 6}, "task.k"),
-                                           ({"n": 0, "k": 1}, "task.n"), ({"eval_size": 0}, "task.eval_size"),
-                                           ({"support_seed": -1}, "task.support_seed")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"n": 5, "k": 0}, "task.k"),
+        ({"n": 5, "k": 6}, "task.k"),
+        ({"n": 0, "k": 1}, "task.n"),
+        ({"eval_size": 0}, "task.eval_size"),
+        ({"support_seed": -1}, "task.support_seed"),
+    ],
+)
 def test_bad_task_values_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         ParityTask(**kwargs)

@@ -45,20 +45,42 @@ def test_co_training_student_equals_progressive_on_a_checkpoint_per_step(tmp_pat
     config, traj = _every_step(tiny, tmp_path)
     cfg = replace(config.student, steps=16, eval_every=8)
     distill = DistillationConfig(temperature=1.0)
+
     def build():
         return config.teacher.model.build(8, 2, [torch.Generator()])
+
     progressive = cfg.model.build(8, 2, [generator(0, "init")])
-    fit(config.task, progressive, cfg, [Member("p", 0, Progressive())], data_stream="d", distillation=distill,
-        teachers=TeacherPool(traj, build, torch.device("cpu")))
+    fit(
+        config.task,
+        progressive,
+        cfg,
+        [Member("p", 0, Progressive())],
+        data_stream="d",
+        distillation=distill,
+        teachers=TeacherPool(traj, build, torch.device("cpu")),
+    )
     cotrained = cfg.model.build(8, 2, [generator(0, "init")])
     teacher = build_model(config.task, config.teacher.model, [config.teacher.seed], "teacher-init")
-    summary = cotrain(config.task, teacher, config.teacher, config.teacher.seed, cotrained, cfg,
-                      [Member("c", 0, CoTraining())], dict(data_stream="d", distillation=distill),
-                      tmp_path / "co", torch.device("cpu"), stored_final=traj.load(12))
+    summary = cotrain(
+        config.task,
+        teacher,
+        config.teacher,
+        config.teacher.seed,
+        cotrained,
+        cfg,
+        [Member("c", 0, CoTraining())],
+        dict(data_stream="d", distillation=distill),
+        tmp_path / "co",
+        torch.device("cpu"),
+        stored_final=traj.load(12),
+    )
     assert all(torch.equal(a, b) for a, b in zip(progressive.parameters(), cotrained.parameters()))
     assert summary["final_max_abs_diff_vs_trajectory"] == 0.0 and summary["stored_checkpoints"] == 1
-    assert sorted(p.name for p in (tmp_path / "co").iterdir()) == ["cotraining.json", "final.safetensors",
-                                                                   "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "co").iterdir()) == [
+        "cotraining.json",
+        "final.safetensors",
+        "metrics.jsonl",
+    ]
 
 
 @pytest.mark.e2e
@@ -67,12 +89,19 @@ def test_a_run_with_curricula_and_co_training_reports_every_schedule(tmp_path, t
     from progdistill.distill.schedules import OneShot
     from progdistill.recipes.runner import run
 
-    config = replace(tiny, teacher=replace(tiny.teacher, steps=100), student=replace(tiny.student, steps=100),
-                     schedules=(OneShot(), TemperatureCurriculum(start=4.0, end=1.0), WeightPathCurriculum(),
-                                CoTraining(lag=3)))
+    config = replace(
+        tiny,
+        teacher=replace(tiny.teacher, steps=100),
+        student=replace(tiny.student, steps=100),
+        schedules=(OneShot(), TemperatureCurriculum(start=4.0, end=1.0), WeightPathCurriculum(), CoTraining(lag=3)),
+    )
     results = run(config, tmp_path / "run", log=lambda *a: None)
-    assert [s["schedule"] for s in results["students"]] == ["one-shot", "temperature-4-to-1", "weight-path-fresh",
-                                                            "co-training-lag3"]
+    assert [s["schedule"] for s in results["students"]] == [
+        "one-shot",
+        "temperature-4-to-1",
+        "weight-path-fresh",
+        "co-training-lag3",
+    ]
     summary = (tmp_path / "run" / "students" / "co-training-lag3-seed0-teacher" / "cotraining.json").read_text()
     assert '"final_max_abs_diff_vs_trajectory": 0.0' in summary and '"stored_checkpoints": 1' in summary
 
@@ -98,8 +127,10 @@ def test_a_co_training_only_run_trains_its_teacher_once_and_stores_only_its_fina
     assert results["teacher"]["steps_to_threshold"] is not None
     assert sorted(s["schedule"] for s in results["students"]) == ["co-training", "co-training-lag10"]
     paths = (tmp_path / "co" / "teacher" / "metrics.jsonl", tmp_path / "ref" / "teacher" / "metrics.jsonl")
-    evals = [[{k: v for k, v in r.items() if k.startswith("eval_") or k == "step"} for r in read_metrics(path)]
-             for path in paths]
+    evals = [
+        [{k: v for k, v in r.items() if k.startswith("eval_") or k == "step"} for r in read_metrics(path)]
+        for path in paths
+    ]
     assert evals[0] == evals[1]  # (train_loss differs in its last bits: one step per block, summed otherwise)
     again = []
     run(config, tmp_path / "co", log=again.append)
@@ -112,7 +143,10 @@ def test_a_co_training_only_run_is_refused_by_the_job_launcher(tmp_path, tiny):
     from progdistill.recipes.launcher import LauncherConfig, launch
 
     config = replace(tiny, schedules=(CoTraining(),))
-    with pytest.raises(ConfigError, match=r"--launcher submitit-local: a co-training-only run trains its teacher "
-                                          r"alongside the students in one process"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--launcher submitit-local: a co-training-only run trains its teacher "
+        r"alongside the students in one process",
+    ):
         launch(config, tmp_path / "run", LauncherConfig(kind="submitit-local"))
     assert not (tmp_path / "run").exists()

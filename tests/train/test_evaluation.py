@@ -25,8 +25,9 @@ def test_stack_evaluation_by_hand_over_several_batches():
     model = Fixed(torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]]))
     batches = [Batch(torch.zeros(3, 2), torch.tensor([1, 1, 0])), Batch(torch.zeros(1, 2), torch.tensor([1]))]
     loss, accuracy = evaluate_stack(model, batches)
-    assert loss.tolist() == pytest.approx([(3 * -math.log(0.75) + math.log(4)) / 4,
-                                           (3 * math.log(4) - math.log(0.75)) / 4])
+    assert loss.tolist() == pytest.approx(
+        [(3 * -math.log(0.75) + math.log(4)) / 4, (3 * math.log(4) - math.log(0.75)) / 4]
+    )
     assert accuracy.tolist() == [0.75, 0.25]
 
 

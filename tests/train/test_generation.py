@@ -69,11 +69,19 @@ def _fit(trajectory, monkeypatch, **fields):
     real_step = train_module.token_step
     monkeypatch.setattr(train_module, "token_step", recording_step)
     student = _build(0, "student-init")
-    train = TrainConfig(model=MODEL, optimizer=OptimizerConfig(name="adam", lr=1e-2), steps=6, batch_size=4,
-                        eval_every=3)
+    train = TrainConfig(
+        model=MODEL, optimizer=OptimizerConfig(name="adam", lr=1e-2), steps=6, batch_size=4, eval_every=3
+    )
     pool = TeacherPool(trajectory, lambda: _build(0, "unused"), torch.device("cpu"))
-    histories = fit(TASK, student, train, [Member("s", 0, SCHEDULE)], data_stream="student-data",
-                    distillation=DistillationConfig(max_new_tokens=12, **fields), teachers=pool)
+    histories = fit(
+        TASK,
+        student,
+        train,
+        [Member("s", 0, SCHEDULE)],
+        data_stream="student-data",
+        distillation=DistillationConfig(max_new_tokens=12, **fields),
+        teachers=pool,
+    )
     return student, steps, histories[0]
 
 
@@ -96,7 +104,7 @@ def test_seq_kd_trains_on_samples_of_the_scheduled_checkpoint(trajectory, monkey
         assert not torch.equal(other.inputs, expected.inputs)
         # next-token targets: position i predicts token i + 1, nothing after the last
         n = int((targets[0] != -100).sum())
-        assert torch.equal(targets[0, :n], inputs[0, 1:n + 1])
+        assert torch.equal(targets[0, :n], inputs[0, 1 : n + 1])
     assert records[-1]["seq_kd_steps"] == 6 and records[-1]["on_policy_steps"] == 0
 
 
@@ -130,13 +138,20 @@ def test_without_seq_kd_the_other_steps_use_the_task_data(trajectory, monkeypatc
 def _experiment(task, **distillation):
     model = MODEL
     train = TrainConfig(model=model, steps=10)
-    return ExperimentConfig(preset="x", task=task, teacher=train, student=train, schedules=(OneShot(),),
-                            distillation=DistillationConfig(**distillation))
+    return ExperimentConfig(
+        preset="x",
+        task=task,
+        teacher=train,
+        student=train,
+        schedules=(OneShot(),),
+        distillation=DistillationConfig(**distillation),
+    )
 
 
 @pytest.mark.parametrize("task", [ParityTask(n=10, k=3), PCFGMaskedLMTask()])
-@pytest.mark.parametrize("fields,name", [({"seq_kd": True}, "distillation.seq_kd=True"),
-                                         ({"lmbda": 0.5}, "distillation.lmbda=0.5")])
+@pytest.mark.parametrize(
+    "fields,name", [({"seq_kd": True}, "distillation.seq_kd=True"), ({"lmbda": 0.5}, "distillation.lmbda=0.5")]
+)
 def test_generation_on_a_non_generative_task_is_refused(task, fields, name):
     with pytest.raises(ConfigError, match=f"{name} is invalid: .* task '{task.kind}'"):
         _experiment(task, **fields)
@@ -146,20 +161,34 @@ def test_set_reaches_the_new_fields_and_default_configs_keep_their_hash():
     config = get_preset("pcfg-lm")
     assert "beta" not in to_dict(config)["distillation"]  # optional fields at their default stay out of the hash
     data = to_dict(config, complete=True)
-    for assignment in ("distillation.lmbda=0.5", "distillation.seq_kd=true", "distillation.loss=generalized_jsd",
-                       "distillation.beta=0.9", "distillation.top_k=5", "distillation.max_new_tokens=20"):
+    for assignment in (
+        "distillation.lmbda=0.5",
+        "distillation.seq_kd=true",
+        "distillation.loss=generalized_jsd",
+        "distillation.beta=0.9",
+        "distillation.top_k=5",
+        "distillation.max_new_tokens=20",
+    ):
         data = override(data, assignment)
     edited = from_dict(ExperimentConfig, data).distillation
-    assert (edited.lmbda, edited.seq_kd, edited.loss, edited.beta, edited.top_k, edited.max_new_tokens) == \
-        (0.5, True, "generalized_jsd", 0.9, 5, 20)
+    assert (edited.lmbda, edited.seq_kd, edited.loss, edited.beta, edited.top_k, edited.max_new_tokens) == (
+        0.5,
+        True,
+        "generalized_jsd",
+        0.9,
+        5,
+        20,
+    )
     with pytest.raises(ConfigError, match="distillation.beta=2"):
         from_dict(ExperimentConfig, override(data, "distillation.beta=2"))
 
 
 def test_top_k_above_the_vocabulary_is_refused_before_training():
     config = _experiment(TASK, top_k=TASK.num_classes + 1)
-    with pytest.raises(ConfigError, match=f"distillation.top_k={TASK.num_classes + 1} is invalid: at most the "
-                                          f"task's {TASK.num_classes} classes"):
+    with pytest.raises(
+        ConfigError,
+        match=f"distillation.top_k={TASK.num_classes + 1} is invalid: at most the task's {TASK.num_classes} classes",
+    ):
         check_task_data(config)
     check_task_data(_experiment(TASK, top_k=TASK.num_classes))  # k = the vocabulary is allowed
 

@@ -27,14 +27,23 @@ def test_fit_equals_step_by_step_pure_losses(tmp_path, tiny, loss, temperature):
     """The block-wise training loop (fused soft-target cross-entropy, stacked students) computes exactly the
     documented objective: alpha * CE + (1 - alpha) * D(teacher || student), one model at a time."""
     traj = train_teacher(tiny, tmp_path, log=quiet)
+
     def build_teacher():
         return tiny.teacher.model.build(8, 2, [torch.Generator()])
+
     cfg = replace(tiny.student, steps=40, eval_every=20)
     distill = DistillationConfig(loss=loss, temperature=temperature, alpha=0.3)
     members = [Member("ce", 0, CE()), Member("one", 0, OneShot()), Member("prog", 1, Progressive(speed=5.0))]
     stack = cfg.model.build(8, 2, [generator(m.seed, "init") for m in members])
-    hist = fit(tiny.task, stack, cfg, members, data_stream="d", distillation=distill,
-               teachers=TeacherPool(traj, build_teacher, torch.device("cpu")))
+    hist = fit(
+        tiny.task,
+        stack,
+        cfg,
+        members,
+        data_stream="d",
+        distillation=distill,
+        teachers=TeacherPool(traj, build_teacher, torch.device("cpu")),
+    )
 
     steps = traj.steps
     for m, member in enumerate(members):
@@ -43,8 +52,8 @@ def test_fit_equals_step_by_step_pure_losses(tmp_path, tiny, loss, temperature):
         x_all, y_all = tiny.task.sample(cfg.steps * cfg.batch_size, generator(member.seed, "d"))
         losses = []
         for t in range(cfg.steps):
-            x = x_all[t * cfg.batch_size:(t + 1) * cfg.batch_size]
-            y = y_all[t * cfg.batch_size:(t + 1) * cfg.batch_size]
+            x = x_all[t * cfg.batch_size : (t + 1) * cfg.batch_size]
+            y = y_all[t * cfg.batch_size : (t + 1) * cfg.batch_size]
             logits = model(x)[0]
             ckpt = member.schedule.checkpoint_at(t, steps)
             if ckpt is None:
@@ -91,6 +100,7 @@ def test_learning_rate_schedules():
 
 def test_same_seed_same_batches_different_seed_different():
     from progdistill.tasks.parity import ParityTask
+
     task = ParityTask(n=12, k=3)
     a = task.sample(64, generator(1, "student-data"))[0]
     assert torch.equal(a, task.sample(64, generator(1, "student-data"))[0])
@@ -105,6 +115,7 @@ def test_bf16_autocast_trains_and_keeps_float32_weights(tiny):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert math.isfinite(hist[-1]["train_loss"]) and hist[-1]["train_loss"] < hist[1]["train_loss"] + 0.05
     from progdistill.core.config import ConfigError
+
     with pytest.raises(ConfigError, match="precision='fp8'"):
         replace(tiny.teacher, precision="fp8")
 
@@ -123,8 +134,14 @@ def test_torch_compile_gives_the_same_training(tiny):
 def test_without_a_terminal_progress_is_logged_per_evaluation(tiny, capsys, monkeypatch):
     cfg = replace(tiny.student, steps=40, eval_every=10)
     members = [Member("a", 0, CE()), Member("b", 1, CE())]
-    fit(tiny.task, cfg.model.build(8, 2, [generator(m.seed, "init") for m in members]), cfg, members,
-        data_stream="d", desc="students")
+    fit(
+        tiny.task,
+        cfg.model.build(8, 2, [generator(m.seed, "init") for m in members]),
+        cfg,
+        members,
+        data_stream="d",
+        desc="students",
+    )
     lines = capsys.readouterr().err.splitlines()  # pytest's capture is not a terminal: no progress bar
     assert [line.split(",")[0] for line in lines] == ["students: step 0/40", "students: step 40/40"]  # throttled
     assert re.fullmatch(r"students: step 40/40, eval_loss [\d.]+-[\d.]+, eval_accuracy [\d.]+-[\d.]+", lines[-1])
@@ -171,8 +188,10 @@ def test_train_loss_of_the_fused_path_counts_only_the_steps_that_ran(tiny_teache
     """One of four steps skipped on the fused forward-KL path: the record is the mean KL of the other three (the
     skipped step's entropy correction is not subtracted), against a step-by-step loop of the pure loss."""
     traj = tiny_teacher
+
     def build_teacher():
         return tiny.teacher.model.build(8, 2, [torch.Generator()])
+
     cfg = replace(tiny.student, steps=4, eval_every=4, on_non_finite="skip")
     member = Member("one", 0, OneShot())
     stack = cfg.model.build(8, 2, [generator(0, "init")])
@@ -184,9 +203,11 @@ def test_train_loss_of_the_fused_path_counts_only_the_steps_that_ran(tiny_teache
             calls.append(1)
             return out * math.nan if len(calls) == 2 else out
         return out
+
     stack.forward = poisoned
-    hist = fit(tiny.task, stack, cfg, [member], data_stream="d",
-               teachers=TeacherPool(traj, build_teacher, torch.device("cpu")))[0]
+    hist = fit(
+        tiny.task, stack, cfg, [member], data_stream="d", teachers=TeacherPool(traj, build_teacher, torch.device("cpu"))
+    )[0]
 
     model = cfg.model.build(8, 2, [generator(0, "init")])
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
@@ -195,7 +216,7 @@ def test_train_loss_of_the_fused_path_counts_only_the_steps_that_ran(tiny_teache
     x_all, _ = tiny.task.sample(cfg.steps * cfg.batch_size, generator(0, "d"))
     losses = []
     for t in (0, 2, 3):
-        x = x_all[t * cfg.batch_size:(t + 1) * cfg.batch_size]
+        x = x_all[t * cfg.batch_size : (t + 1) * cfg.batch_size]
         with torch.no_grad():
             t_logits = teacher(x)[0]
         value = forward_kl(model(x)[0], t_logits)
@@ -210,13 +231,22 @@ def test_train_loss_of_the_fused_path_counts_only_the_steps_that_ran(tiny_teache
 def test_fit_checks_every_teacher_checkpoint_before_its_first_step(tmp_path, tiny):
     traj = train_teacher(tiny, tmp_path, log=quiet)
     (traj.directory / traj.entry(250)["file"]).unlink()  # progressive reaches it at student step 200
+
     def build_teacher():
         return tiny.teacher.model.build(8, 2, [torch.Generator()])
+
     cfg = replace(tiny.student, steps=300)
     state = tmp_path / "state.pt"
     with pytest.raises(TrajectoryError, match="step 250 is missing"):
-        fit(tiny.task, cfg.model.build(8, 2, [generator(0, "init")]), cfg, [Member("prog", 0, Progressive())],
-            data_stream="d", teachers=TeacherPool(traj, build_teacher, torch.device("cpu")), state_path=state)
+        fit(
+            tiny.task,
+            cfg.model.build(8, 2, [generator(0, "init")]),
+            cfg,
+            [Member("prog", 0, Progressive())],
+            data_stream="d",
+            teachers=TeacherPool(traj, build_teacher, torch.device("cpu")),
+            state_path=state,
+        )
     assert not state.exists()  # stopped before step 0's record
 
 
@@ -229,8 +259,17 @@ def test_a_temperature_too_small_to_divide_by_trains_on_the_teachers_argmax(tiny
     runs = []
     for temperature in (1e-40, 0.0) if loss == "forward_kl" else (1e-40,):
         stack = cfg.model.build(8, 2, [generator(0, "init")])
-        runs.append(fit(tiny.task, stack, cfg, [Member("one", 0, OneShot())], data_stream="d", teachers=pool,
-                        distillation=DistillationConfig(loss=loss, temperature=temperature))[0])
+        runs.append(
+            fit(
+                tiny.task,
+                stack,
+                cfg,
+                [Member("one", 0, OneShot())],
+                data_stream="d",
+                teachers=pool,
+                distillation=DistillationConfig(loss=loss, temperature=temperature),
+            )[0]
+        )
     assert all(math.isfinite(r["train_loss"]) for r in runs[0][1:])
     if loss == "forward_kl":
         tiny_t, zero_t = ([r["train_loss"] for r in run[1:]] for run in runs)

@@ -19,11 +19,16 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 def _config(tmp_path: Path) -> Path:
     from dataclasses import replace
+
     base = tiny_config(steps=3000)
-    config = replace(base, teacher=replace(base.teacher, eval_every=100, checkpoint_every=100,
-                                          model=replace(base.teacher.model, width=512)),
-                     student=replace(base.student, eval_every=100),
-                     seeds=2)
+    config = replace(
+        base,
+        teacher=replace(
+            base.teacher, eval_every=100, checkpoint_every=100, model=replace(base.teacher.model, width=512)
+        ),
+        student=replace(base.student, eval_every=100),
+        seeds=2,
+    )
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config.to_dict()))
     return path
@@ -38,10 +43,14 @@ def _lines(path: Path) -> int:
 
 
 def _outputs(out: Path) -> dict[str, str]:
-    files = sorted(p for p in out.rglob("*") if p.is_file() and (p.suffix in (".jsonl", ".safetensors")
-                                                                 or p.name == "manifest.json"))
-    return {str(p.relative_to(out)): p.read_bytes().hex() if p.suffix == ".safetensors" else p.read_text()
-            for p in files}
+    files = sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file() and (p.suffix in (".jsonl", ".safetensors") or p.name == "manifest.json")
+    )
+    return {
+        str(p.relative_to(out)): p.read_bytes().hex() if p.suffix == ".safetensors" else p.read_text() for p in files
+    }
 
 
 @pytest.mark.e2e
@@ -55,9 +64,11 @@ def test_sigkill_and_rerun_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     teacher_metrics = out / "teacher" / "metrics.jsonl"
     student_metrics = out / "students" / "progressive-seed1" / "metrics.jsonl"
-    kill_points = [lambda: _lines(teacher_metrics) >= 8,      # mid teacher
-                   lambda: _lines(teacher_metrics) >= 25,     # later in the teacher
-                   lambda: _lines(student_metrics) >= 10]     # mid students
+    kill_points = [
+        lambda: _lines(teacher_metrics) >= 8,  # mid teacher
+        lambda: _lines(teacher_metrics) >= 25,  # later in the teacher
+        lambda: _lines(student_metrics) >= 10,
+    ]  # mid students
     kills = 0
     for ready in kill_points:
         proc = subprocess.Popen(_cmd(config, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
@@ -73,8 +84,9 @@ def test_sigkill_and_rerun_equals_uninterrupted(tmp_path):
     subprocess.run(_cmd(config, out), check=True, capture_output=True, env=ENV, timeout=600)  # ... taken over
     assert _outputs(out) == expected
     got = json.loads((out / "results.json").read_text())
-    assert {k: v for k, v in got.items() if k != "wall_time_s"} == \
-        {k: v for k, v in results.items() if k != "wall_time_s"}
+    assert {k: v for k, v in got.items() if k != "wall_time_s"} == {
+        k: v for k, v in results.items() if k != "wall_time_s"
+    }
     assert not list(out.rglob("*resume*.pt"))  # resume states are removed once training finishes
 
 
@@ -85,6 +97,7 @@ def test_second_process_on_same_directory_is_refused(tmp_path):
         with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"), RunLock(tmp_path):
             pass
         from progdistill.cli import main
+
         assert main(["run", "parity-mlp", "--out", str(tmp_path)]) == 2
     finally:
         holder.kill()
@@ -128,10 +141,16 @@ def test_a_killed_but_unreaped_holder_does_not_hold_the_lock(tmp_path):
 
 def test_wall_time_keeps_the_work_of_a_sigkilled_invocation(tmp_path):
     from dataclasses import replace
+
     base = tiny_config(steps=3000)
-    config = replace(base, teacher=replace(base.teacher, eval_every=100, checkpoint_every=100,
-                                           model=replace(base.teacher.model, width=512)),
-                     student=replace(base.student, steps=300), seeds=1)
+    config = replace(
+        base,
+        teacher=replace(
+            base.teacher, eval_every=100, checkpoint_every=100, model=replace(base.teacher.model, width=512)
+        ),
+        student=replace(base.student, steps=300),
+        seeds=1,
+    )
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config.to_dict()))
     out = tmp_path / "run"
@@ -144,9 +163,12 @@ def test_wall_time_keeps_the_work_of_a_sigkilled_invocation(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     from progdistill.store.rundir import RunDir
+
     killed = RunDir(out).earlier_wall_time()  # persisted as the run went: at least the first 11 records
     assert killed > 0
     subprocess.run(_cmd(path, out), check=True, capture_output=True, env=ENV, timeout=600)
     assert json.loads((out / "results.json").read_text())["wall_time_s"] > killed
-    assert f"Wall time: {json.loads((out / 'results.json').read_text())['wall_time_s']:.1f} s" in \
-        (out / "summary.md").read_text()
+    assert (
+        f"Wall time: {json.loads((out / 'results.json').read_text())['wall_time_s']:.1f} s"
+        in (out / "summary.md").read_text()
+    )

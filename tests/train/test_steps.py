@@ -19,8 +19,9 @@ def _stack():
 def _context(model, lr=0.1, on_non_finite="stop"):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     train = TrainConfig(model=MODEL, on_non_finite=on_non_finite)
-    return StepContext(model, opt, list(model.parameters()), train, torch.autocast("cpu", enabled=False),
-                       torch.device("cpu"))
+    return StepContext(
+        model, opt, list(model.parameters()), train, torch.autocast("cpu", enabled=False), torch.device("cpu")
+    )
 
 
 def _objective(labels):
@@ -35,8 +36,9 @@ def test_a_stack_step_is_the_sgd_update_of_the_sum_of_each_models_mean_loss():
     model = _stack()
     expected = copy.deepcopy(model)
     result = stack_step(_context(model), x, lambda logits: _objective(labels).loss(0, logits))
-    per_example = torch.nn.functional.cross_entropy(expected(x).flatten(0, 1), labels.flatten(),
-                                                    reduction="none").view(2, 4)
+    per_example = torch.nn.functional.cross_entropy(expected(x).flatten(0, 1), labels.flatten(), reduction="none").view(
+        2, 4
+    )
     per_example.mean(dim=1).sum().backward()
     with torch.no_grad():
         for param in expected.parameters():

@@ -23,7 +23,7 @@ class TinySequenceModel(torch.nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.embed = torch.nn.Parameter(torch.randn(V, D, generator=gen))
-        self.head = torch.nn.Parameter(torch.randn(D, V, generator=gen) / D ** 0.5)
+        self.head = torch.nn.Parameter(torch.randn(D, V, generator=gen) / D**0.5)
         self.calls = 0
 
     def forward(self, inputs, attention_mask=None):
@@ -67,12 +67,22 @@ def _mean_per_token_loss(model, batch, teacher, distillation) -> torch.Tensor:
         return cross_entropy(logits, batch.targets[selected])
     with torch.no_grad():
         teacher_logits = teacher(*batch.model_inputs)[selected]
-    return distillation_loss(logits, teacher_logits, batch.targets[selected], distillation.loss,
-                             distillation.temperature, distillation.alpha, **distillation.loss_options())
+    return distillation_loss(
+        logits,
+        teacher_logits,
+        batch.targets[selected],
+        distillation.loss,
+        distillation.temperature,
+        distillation.alpha,
+        **distillation.loss_options(),
+    )
 
 
-DISTILLATIONS = {"ce": None, "forward_kl": DistillationConfig(temperature=2.0, alpha=0.3),
-                 "reverse_kl": DistillationConfig(loss="reverse_kl", temperature=1.5, alpha=0.0)}
+DISTILLATIONS = {
+    "ce": None,
+    "forward_kl": DistillationConfig(temperature=2.0, alpha=0.3),
+    "reverse_kl": DistillationConfig(loss="reverse_kl", temperature=1.5, alpha=0.0),
+}
 
 
 @pytest.mark.parametrize("objective", DISTILLATIONS)
@@ -84,8 +94,11 @@ def test_steps_in_micro_batches_equal_steps_on_the_whole_batch(objective, optimi
     results = {}
     for accumulation in (1, 2, 4, 8):
         model = TinySequenceModel(seed=0)
-        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9) if optimizer == "sgd" else \
-            torch.optim.AdamW(model.parameters(), lr=0.05)
+        opt = (
+            torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+            if optimizer == "sgd"
+            else torch.optim.AdamW(model.parameters(), lr=0.05)
+        )
         values = [_step(model, opt, batch, teacher, accumulation, distillation) for batch in batches]
         results[accumulation] = values, [p.detach().clone() for p in model.parameters()]
     whole_values, whole_params = results[1]
@@ -128,8 +141,9 @@ def test_micro_batches_without_supervised_tokens_are_skipped():
     model, teacher = TinySequenceModel(seed=0), TinySequenceModel(seed=9).requires_grad_(False)
     value = train_token_step(model, batch, teacher, _train(2), DistillationConfig(alpha=0.5))
     assert model.calls == 1 and teacher.calls == 1  # only the micro-batch with targets ran
-    expected = _mean_per_token_loss(TinySequenceModel(seed=0), batch.rows(slice(4, 8)), teacher,
-                                    DistillationConfig(alpha=0.5))
+    expected = _mean_per_token_loss(
+        TinySequenceModel(seed=0), batch.rows(slice(4, 8)), teacher, DistillationConfig(alpha=0.5)
+    )
     assert value == pytest.approx(float(expected.detach()), rel=1e-5)
 
 

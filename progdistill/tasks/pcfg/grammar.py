@@ -36,8 +36,9 @@ NONTERMINAL_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 TERMINAL_PATTERN = re.compile(r"'([^'\s]+)'")
 _LINE = re.compile(r"(?P<lhs>\S+)\s*->\s*(?P<rhs>.*?)\s*\[\s*(?P<prob>[^\]]*?)\s*\]")
 _ALLOWED_LINE = "allowed: 'lhs -> rhs... [probability]', a '#' comment or a blank line"
-_ALLOWED_SYMBOL = ("allowed: nonterminal names matching [a-z][a-z0-9_]* or terminals in single quotes like 'a' "
-                   "(not double quotes)")
+_ALLOWED_SYMBOL = (
+    "allowed: nonterminal names matching [a-z][a-z0-9_]* or terminals in single quotes like 'a' (not double quotes)"
+)
 
 
 class GrammarError(ValueError):
@@ -116,8 +117,9 @@ class Grammar:
             if not rule.rhs:
                 raise GrammarError(f"{loc(rule)}: empty right-hand side; allowed: one or more symbols")
             if not (isinstance(rule.probability, (int, float)) and 0 < rule.probability <= 1):
-                raise GrammarError(f"{loc(rule)}: probability {rule.probability!r} is invalid; "
-                                   "allowed: a number in (0, 1]")
+                raise GrammarError(
+                    f"{loc(rule)}: probability {rule.probability!r} is invalid; allowed: a number in (0, 1]"
+                )
             if (rule.lhs, rule.rhs) in seen:
                 raise GrammarError(f"{loc(rule)}: duplicate production '{rule}'; allowed: each production once")
             seen.add((rule.lhs, rule.rhs))
@@ -128,13 +130,17 @@ class Grammar:
         for rule in rules:
             for s in rule.rhs:
                 if not isinstance(s, Terminal) and s not in by_lhs:
-                    raise GrammarError(f"{loc(rule)}: nonterminal {s!r} is used but has no rules; allowed: "
-                                       f"nonterminals defined on a left-hand side ({', '.join(by_lhs)})")
+                    raise GrammarError(
+                        f"{loc(rule)}: nonterminal {s!r} is used but has no rules; allowed: "
+                        f"nonterminals defined on a left-hand side ({', '.join(by_lhs)})"
+                    )
         for lhs, group in by_lhs.items():
             total = math.fsum(r.probability for r in group)
             if abs(total - 1) > PROBABILITY_TOLERANCE:
-                raise GrammarError(f"{loc(group[-1])}: probabilities of {lhs!r} sum to {total!r}; allowed: "
-                                   f"a sum of 1 within {PROBABILITY_TOLERANCE:g}")
+                raise GrammarError(
+                    f"{loc(group[-1])}: probabilities of {lhs!r} sum to {total!r}; allowed: "
+                    f"a sum of 1 within {PROBABILITY_TOLERANCE:g}"
+                )
 
         # Levels: breadth-first distance from the start symbol.
         level = {self.start: 0}
@@ -150,22 +156,25 @@ class Grammar:
             frontier = nxt
         for lhs, group in by_lhs.items():
             if lhs not in level:
-                raise GrammarError(f"{loc(group[0])}: nonterminal {lhs!r} is unreachable from the start symbol "
-                                   f"{self.start!r}; allowed: every nonterminal reachable from the start")
+                raise GrammarError(
+                    f"{loc(group[0])}: nonterminal {lhs!r} is unreachable from the start symbol "
+                    f"{self.start!r}; allowed: every nonterminal reachable from the start"
+                )
 
         productive: set[str] = set()
         changed = True
         while changed:
             changed = False
             for rule in rules:
-                if rule.lhs not in productive and all(isinstance(s, Terminal) or s in productive
-                                                      for s in rule.rhs):
+                if rule.lhs not in productive and all(isinstance(s, Terminal) or s in productive for s in rule.rhs):
                     productive.add(rule.lhs)
                     changed = True
         for lhs, group in by_lhs.items():
             if lhs not in productive:
-                raise GrammarError(f"{loc(group[0])}: nonterminal {lhs!r} derives no finite string; allowed: "
-                                   "every nonterminal has a derivation that ends in terminals")
+                raise GrammarError(
+                    f"{loc(group[0])}: nonterminal {lhs!r} derives no finite string; allowed: "
+                    "every nonterminal has a derivation that ends in terminals"
+                )
 
         order = tuple(sorted(by_lhs, key=lambda s: (level[s], _natural(s))))
         terminals = sorted({s.name for r in rules for s in r.rhs if isinstance(s, Terminal)})
@@ -189,8 +198,9 @@ class Grammar:
         try:
             return self.nonterminals.index(nonterminal)
         except ValueError:
-            raise GrammarError(f"unknown nonterminal {nonterminal!r}; allowed: {', '.join(self.nonterminals)}") \
-                from None
+            raise GrammarError(
+                f"unknown nonterminal {nonterminal!r}; allowed: {', '.join(self.nonterminals)}"
+            ) from None
 
     def nonterminals_at(self, level: int) -> tuple[str, ...]:
         """The nonterminals of one level, in canonical order."""
@@ -248,15 +258,16 @@ def parse_grammar(text: str, source: str = "<string>", name: str = "") -> Gramma
             raise GrammarError(f"{at}: malformed line {line!r}; {_ALLOWED_LINE}")
         lhs = match["lhs"]
         if not NONTERMINAL_PATTERN.fullmatch(lhs):
-            raise GrammarError(f"{at}: unknown left-hand side {lhs!r}; allowed: a nonterminal name matching "
-                               "[a-z][a-z0-9_]*")
+            raise GrammarError(
+                f"{at}: unknown left-hand side {lhs!r}; allowed: a nonterminal name matching [a-z][a-z0-9_]*"
+            )
         if not match["rhs"]:
             raise GrammarError(f"{at}: empty right-hand side in {line!r}; {_ALLOWED_LINE}")
         rhs: list[Symbol] = []
         for token in match["rhs"].split():
             if NONTERMINAL_PATTERN.fullmatch(token):
                 rhs.append(token)
-            elif (t := TERMINAL_PATTERN.fullmatch(token)):
+            elif t := TERMINAL_PATTERN.fullmatch(token):
                 rhs.append(Terminal(t[1]))
             else:
                 raise GrammarError(f"{at}: unknown symbol {token!r}; {_ALLOWED_SYMBOL}")
@@ -268,8 +279,9 @@ def parse_grammar(text: str, source: str = "<string>", name: str = "") -> Gramma
             raise GrammarError(f"{at}: probability {match['prob']!r} is invalid; allowed: a number in (0, 1]")
         rule = Rule(lhs, tuple(rhs), probability)
         if rule in where:
-            raise GrammarError(f"{at}: duplicate production '{rule}' (first at {where[rule]}); "
-                               "allowed: each production once")
+            raise GrammarError(
+                f"{at}: duplicate production '{rule}' (first at {where[rule]}); allowed: each production once"
+            )
         where[rule] = at
         rules.append(rule)
     if not rules:
@@ -294,13 +306,16 @@ def load_grammar(name_or_path: str | Path) -> Grammar:
         return parse_grammar(resource.read_text(encoding="utf-8"), source=f"{text}.txt", name=text)
     path = Path(name_or_path)
     if not path.is_file():
-        raise GrammarError(f"grammar {text!r} is neither a packaged grammar nor a file; allowed: "
-                           f"{', '.join(packaged_grammars())} or a path to a grammar .txt file")
+        raise GrammarError(
+            f"grammar {text!r} is neither a packaged grammar nor a file; allowed: "
+            f"{', '.join(packaged_grammars())} or a path to a grammar .txt file"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise GrammarError(f"{path}: not valid UTF-8 (byte {exc.start}: {exc.reason}); allowed: a UTF-8 grammar "
-                           "text file") from None
+        raise GrammarError(
+            f"{path}: not valid UTF-8 (byte {exc.start}: {exc.reason}); allowed: a UTF-8 grammar text file"
+        ) from None
     return parse_grammar(text, source=str(path), name=path.stem)
 
 
@@ -313,9 +328,14 @@ def _check(condition: bool, name: str, value, allowed: str) -> None:
         raise GrammarError(f"{name}={value!r} is invalid: {allowed}")
 
 
-def random_grammar(levels: int, nonterminals_per_level: int, rules_per_nonterminal: int,
-                   rule_lengths: tuple[int, ...] = (2, 3), terminals: tuple[str, ...] = ("a", "b", "c"),
-                   seed: int = 0) -> Grammar:
+def random_grammar(
+    levels: int,
+    nonterminals_per_level: int,
+    rules_per_nonterminal: int,
+    rule_lengths: tuple[int, ...] = (2, 3),
+    terminals: tuple[str, ...] = ("a", "b", "c"),
+    seed: int = 0,
+) -> Grammar:
     """A random layered grammar of the cfg3 family, deterministic in ``seed``.
 
     ``levels`` counts nonterminal levels as :attr:`Grammar.num_levels` does: the start symbol ``s`` (level 0),
@@ -330,15 +350,32 @@ def random_grammar(levels: int, nonterminals_per_level: int, rules_per_nontermin
     Raises :class:`GrammarError` naming the argument for invalid arguments.
     """
     _check(isinstance(levels, int) and levels >= 2, "levels", levels, "must be an integer >= 2")
-    _check(isinstance(nonterminals_per_level, int) and nonterminals_per_level >= 1, "nonterminals_per_level",
-           nonterminals_per_level, "must be an integer >= 1")
-    _check(isinstance(rules_per_nonterminal, int) and rules_per_nonterminal >= 1, "rules_per_nonterminal",
-           rules_per_nonterminal, "must be an integer >= 1")
-    _check(len(rule_lengths) > 0 and all(isinstance(k, int) and 2 <= k <= 8 for k in rule_lengths),
-           "rule_lengths", rule_lengths, "must be a non-empty tuple of integers in 2..8 (no unary rules)")
-    _check(len(terminals) > 0 and len(set(terminals)) == len(terminals)
-           and all(isinstance(t, str) and re.fullmatch(r"[a-z][a-z0-9]*", t) and t != "s" for t in terminals),
-           "terminals", terminals, "must be distinct names matching [a-z][a-z0-9]*, other than 's'")
+    _check(
+        isinstance(nonterminals_per_level, int) and nonterminals_per_level >= 1,
+        "nonterminals_per_level",
+        nonterminals_per_level,
+        "must be an integer >= 1",
+    )
+    _check(
+        isinstance(rules_per_nonterminal, int) and rules_per_nonterminal >= 1,
+        "rules_per_nonterminal",
+        rules_per_nonterminal,
+        "must be an integer >= 1",
+    )
+    _check(
+        len(rule_lengths) > 0 and all(isinstance(k, int) and 2 <= k <= 8 for k in rule_lengths),
+        "rule_lengths",
+        rule_lengths,
+        "must be a non-empty tuple of integers in 2..8 (no unary rules)",
+    )
+    _check(
+        len(terminals) > 0
+        and len(set(terminals)) == len(terminals)
+        and all(isinstance(t, str) and re.fullmatch(r"[a-z][a-z0-9]*", t) and t != "s" for t in terminals),
+        "terminals",
+        terminals,
+        "must be distinct names matching [a-z][a-z0-9]*, other than 's'",
+    )
     _check(isinstance(seed, int) and seed >= 0, "seed", seed, "must be an integer >= 0")
 
     rng = np.random.default_rng(seed)
@@ -349,10 +386,18 @@ def random_grammar(levels: int, nonterminals_per_level: int, rules_per_nontermin
     for lv in range(levels - 1):
         parents, children = names[lv], names[lv + 1]
         capacity = sum(len(children) ** k for k in lengths)
-        _check(capacity >= rules_per_nonterminal, "rules_per_nonterminal", rules_per_nonterminal,
-               f"at most {capacity} distinct productions exist over {len(children)} symbols")
-        _check(len(parents) * rules_per_nonterminal * max(lengths) >= len(children), "nonterminals_per_level",
-               nonterminals_per_level, f"too few productions to use all {len(children)} symbols of level {lv + 1}")
+        _check(
+            capacity >= rules_per_nonterminal,
+            "rules_per_nonterminal",
+            rules_per_nonterminal,
+            f"at most {capacity} distinct productions exist over {len(children)} symbols",
+        )
+        _check(
+            len(parents) * rules_per_nonterminal * max(lengths) >= len(children),
+            "nonterminals_per_level",
+            nonterminals_per_level,
+            f"too few productions to use all {len(children)} symbols of level {lv + 1}",
+        )
         for _attempt in range(1000):
             level_rules = []
             for lhs in parents:
@@ -368,8 +413,10 @@ def random_grammar(levels: int, nonterminals_per_level: int, rules_per_nontermin
             if {s for r in level_rules for s in r.rhs} == set(children):
                 break
         else:
-            raise GrammarError(f"could not use every symbol of level {lv + 1} in 1000 draws; "
-                               "allowed: more nonterminals_per_level * rules_per_nonterminal")
+            raise GrammarError(
+                f"could not use every symbol of level {lv + 1} in 1000 draws; "
+                "allowed: more nonterminals_per_level * rules_per_nonterminal"
+            )
         rules += level_rules
     rules += [Rule(t, (Terminal(t),), 1.0) for t in terminals]
     return Grammar(start="s", rules=tuple(rules), name=f"random-{levels}x{nonterminals_per_level}-seed{seed}")

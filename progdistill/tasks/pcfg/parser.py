@@ -26,7 +26,7 @@ import numpy as np
 
 from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, Terminal
 
-Span = tuple[int, int, int]   # (nonterminal id, start, end), end exclusive; ids index Grammar.nonterminals
+Span = tuple[int, int, int]  # (nonterminal id, start, end), end exclusive; ids index Grammar.nonterminals
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,15 @@ class Parse:
 
 @dataclass(frozen=True)
 class _Binarised:
-    num_nonterminals: int                # original nonterminals are symbols 0..N-1, intermediates N..S-1
+    num_nonterminals: int  # original nonterminals are symbols 0..N-1, intermediates N..S-1
     num_symbols: int
     start: int
-    lexical: np.ndarray                  # (T, S) probability of X -> 't'
-    left: np.ndarray                     # (R,) binary productions A -> B C, grouped by A
+    lexical: np.ndarray  # (T, S) probability of X -> 't'
+    left: np.ndarray  # (R,) binary productions A -> B C, grouped by A
     right: np.ndarray
     parent: np.ndarray
-    log_p: np.ndarray                    # (R,)
-    min_length: np.ndarray               # (S,) shortest / longest string each symbol derives (inf: unbounded)
+    log_p: np.ndarray  # (R,)
+    min_length: np.ndarray  # (S,) shortest / longest string each symbol derives (inf: unbounded)
     max_length: np.ndarray
 
 
@@ -56,7 +56,7 @@ def _binarise(grammar: Grammar) -> _Binarised:
     nts = {s: i for i, s in enumerate(grammar.nonterminals)}
     n_nt = len(nts)
     lexical: dict[tuple[int, int], float] = {}
-    binary: list[tuple[int, int, int, float]] = []       # (A, B, C, p)
+    binary: list[tuple[int, int, int, float]] = []  # (A, B, C, p)
     intermediate: dict[tuple[int, ...], int] = {}
 
     def symbol_for(seq: tuple[int, ...]) -> int:
@@ -75,8 +75,10 @@ def _binarise(grammar: Grammar) -> _Binarised:
             seq = tuple(nts[s] for s in rule.rhs if isinstance(s, str))
             binary.append((a, seq[0], symbol_for(seq[1:]), rule.probability))
         else:
-            raise GrammarError(f"the parser cannot handle production '{rule}'; allowed: X -> 't' (one terminal) "
-                               "or X -> Y1 ... Yk (k >= 2 nonterminals)")
+            raise GrammarError(
+                f"the parser cannot handle production '{rule}'; allowed: X -> 't' (one terminal) "
+                "or X -> Y1 ... Yk (k >= 2 nonterminals)"
+            )
     n_sym = n_nt + len(intermediate)
     binary.sort(key=lambda r: r[0])
     rules = np.array([r[:3] for r in binary], dtype=np.int64).reshape(-1, 3)
@@ -97,18 +99,31 @@ def _binarise(grammar: Grammar) -> _Binarised:
     for _ in range(n_sym + 1):
         np.maximum.at(hi, rules[:, 0], hi[rules[:, 1]] + hi[rules[:, 2]])
     hi[unbounded] = np.inf
-    return _Binarised(n_nt, n_sym, nts[grammar.start], lex, rules[:, 1], rules[:, 2], rules[:, 0],
-                      np.log([r[3] for r in binary]), lo, hi)
+    return _Binarised(
+        n_nt,
+        n_sym,
+        nts[grammar.start],
+        lex,
+        rules[:, 1],
+        rules[:, 2],
+        rules[:, 0],
+        np.log([r[3] for r in binary]),
+        lo,
+        hi,
+    )
 
 
 def _check_tokens(grammar: Grammar, tokens) -> np.ndarray:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or (tokens.size and not np.issubdtype(tokens.dtype, np.integer)):
-        raise ValueError(f"tokens must be a 1-D sequence of integer terminal ids, got shape {tokens.shape} "
-                         f"dtype {tokens.dtype}")
+        raise ValueError(
+            f"tokens must be a 1-D sequence of integer terminal ids, got shape {tokens.shape} dtype {tokens.dtype}"
+        )
     if tokens.size and (tokens.min() < 0 or tokens.max() >= len(grammar.terminals)):
-        raise ValueError(f"token ids must lie in 0..{len(grammar.terminals) - 1} "
-                         f"({', '.join(grammar.terminals)}); got {tokens.min()}..{tokens.max()}")
+        raise ValueError(
+            f"token ids must lie in 0..{len(grammar.terminals) - 1} "
+            f"({', '.join(grammar.terminals)}); got {tokens.min()}..{tokens.max()}"
+        )
     return tokens.astype(np.int64)
 
 
@@ -119,8 +134,8 @@ def _plan(grammar: Grammar, length: int) -> tuple[np.ndarray, int, int, np.ndarr
     into those productions (-1 pads). None when no production can."""
     g = _binarise(grammar)
     ok = (g.min_length[g.parent] <= length) & (g.max_length[g.parent] >= length)
-    ok &= (g.min_length[g.left] + g.min_length[g.right] <= length)
-    ok &= (g.max_length[g.left] + g.max_length[g.right] >= length)
+    ok &= g.min_length[g.left] + g.min_length[g.right] <= length
+    ok &= g.max_length[g.left] + g.max_length[g.right] >= length
     rules = np.flatnonzero(ok)
     if not len(rules):
         return None
@@ -144,8 +159,9 @@ def _right_halves(chart: np.ndarray, length: int, k0: int, k1: int) -> np.ndarra
     starts = chart.shape[0] - length
     s0, s1 = chart.strides[:2]
     shape = (starts, k1 - k0 + 1) + chart.shape[2:]
-    return np.lib.stride_tricks.as_strided(chart[k0:, length - k0:], shape=shape,
-                                           strides=(s0, s0 - s1) + chart.strides[2:], writeable=False)
+    return np.lib.stride_tricks.as_strided(
+        chart[k0:, length - k0 :], shape=shape, strides=(s0, s0 - s1) + chart.strides[2:], writeable=False
+    )
 
 
 def inside_log_probability(grammar: Grammar, tokens) -> float:
@@ -210,15 +226,16 @@ def _inside(grammar: Grammar, cell: np.ndarray) -> float:
                 continue
             rules, k0, k1, parents, table = plan
             starts = n - length + 1
-            left = chart[:starts, k0:k1 + 1]                                       # (starts, K, S)
-            right = _right_halves(chart, length, k0, k1)                           # (starts, K, S)
-            total = scale[:starts, k0:k1 + 1] + _right_halves(scale, length, k0, k1)  # (starts, K)
-            best = total.max(axis=1)                                               # (starts,)
+            left = chart[:starts, k0 : k1 + 1]  # (starts, K, S)
+            right = _right_halves(chart, length, k0, k1)  # (starts, K, S)
+            total = scale[:starts, k0 : k1 + 1] + _right_halves(scale, length, k0, k1)  # (starts, K)
+            best = total.max(axis=1)  # (starts,)
             weight = np.exp(total - np.where(np.isfinite(best), best, 0)[:, None])  # (starts, K), 0 where -inf
-            per_rule = np.einsum("skr,skr,sk->sr", left[:, :, g.left[rules]], right[:, :, g.right[rules]],
-                                 weight) * np.exp(g.log_p[rules])                 # (starts, R_active)
+            per_rule = np.einsum(
+                "skr,skr,sk->sr", left[:, :, g.left[rules]], right[:, :, g.right[rules]], weight
+            ) * np.exp(g.log_p[rules])  # (starts, R_active)
             padded = np.concatenate([per_rule, np.zeros((starts, 1))], axis=1)
-            value = padded[:, table].sum(axis=2)                                   # (starts, parents)
+            value = padded[:, table].sum(axis=2)  # (starts, parents)
             top = value.max(axis=1)
             keep = top > 0
             chart[:starts, length, parents] = np.where(keep[:, None], value / np.where(keep, top, 1)[:, None], 0)
@@ -240,10 +257,10 @@ def most_likely_parse(grammar: Grammar, tokens) -> Parse | None:
     if n == 0:
         return None
     with np.errstate(divide="ignore"):
-        chart = np.full((n + 1, n + 1, g.num_symbols), -np.inf)                     # log probabilities
+        chart = np.full((n + 1, n + 1, g.num_symbols), -np.inf)  # log probabilities
         chart[:n, 1] = np.log(g.lexical[tokens])
-    index = np.int16 if max(n, len(g.parent)) < 2 ** 15 else np.int32
-    best_rule = np.full((n + 1, n + 1, g.num_symbols), -1, dtype=index)   # backpointers: production, split
+    index = np.int16 if max(n, len(g.parent)) < 2**15 else np.int32
+    best_rule = np.full((n + 1, n + 1, g.num_symbols), -1, dtype=index)  # backpointers: production, split
     best_split = np.zeros((n + 1, n + 1, g.num_symbols), dtype=index)
     for length in range(2, n + 1):
         plan = _plan(grammar, length)
@@ -251,14 +268,14 @@ def most_likely_parse(grammar: Grammar, tokens) -> Parse | None:
             continue
         rules, k0, k1, parents, table = plan
         starts = n - length + 1
-        left = chart[:starts, k0:k1 + 1][:, :, g.left[rules]]                                 # (starts, K, R)
+        left = chart[:starts, k0 : k1 + 1][:, :, g.left[rules]]  # (starts, K, R)
         right = _right_halves(chart, length, k0, k1)[:, :, g.right[rules]]
-        score = left + right                                                                  # (starts, K, R)
-        split = score.argmax(axis=1)                                                          # (starts, R)
+        score = left + right  # (starts, K, R)
+        split = score.argmax(axis=1)  # (starts, R)
         per_rule = np.take_along_axis(score, split[:, None, :], axis=1)[:, 0] + g.log_p[rules]
         padded = np.concatenate([per_rule, np.full((starts, 1), -np.inf)], axis=1)
-        pick = padded[:, table].argmax(axis=2)                                                # (starts, parents)
-        position = table[np.arange(len(parents))[None, :], pick]                             # (starts, parents)
+        pick = padded[:, table].argmax(axis=2)  # (starts, parents)
+        position = table[np.arange(len(parents))[None, :], pick]  # (starts, parents)
         rows = np.arange(starts)[:, None]
         value = padded[rows, position]
         found = np.isfinite(value)
@@ -277,7 +294,7 @@ def most_likely_parse(grammar: Grammar, tokens) -> Parse | None:
         if length == 1:
             continue
         rule, k = best_rule[start, length, symbol], int(best_split[start, length, symbol])
-        stack.append((int(g.right[rule]), start + k, length - k))   # right pushed first: preorder pops left
+        stack.append((int(g.right[rule]), start + k, length - k))  # right pushed first: preorder pops left
         stack.append((int(g.left[rule]), start, k))
     return Parse(float(chart[0, n, g.start]), tuple(spans))
 
@@ -295,8 +312,10 @@ def tree_log_probability(grammar: Grammar, tokens, spans) -> float:
     spans = list(spans)
     for x, a, b in spans:
         if not (0 <= x < len(grammar.nonterminals) and 0 <= a < b <= len(tokens)):
-            raise ValueError(f"span {(x, a, b)} is invalid; allowed: nonterminal id in "
-                             f"0..{len(grammar.nonterminals) - 1} and 0 <= start < end <= {len(tokens)}")
+            raise ValueError(
+                f"span {(x, a, b)} is invalid; allowed: nonterminal id in "
+                f"0..{len(grammar.nonterminals) - 1} and 0 <= start < end <= {len(tokens)}"
+            )
     nodes = sorted({(int(a), int(b), int(x)) for x, a, b in spans}, key=lambda s: (s[0], -s[1]))
     if len(nodes) != len(spans):
         raise ValueError("spans repeat a node; a tree has each (nonterminal, start, end) once")
@@ -312,8 +331,7 @@ def tree_log_probability(grammar: Grammar, tokens, spans) -> float:
     for i, (a, b, _) in enumerate(nodes[1:], start=1):
         while stack and not (nodes[stack[-1]][0] <= a and b <= nodes[stack[-1]][1]):
             if nodes[stack[-1]][1] > a:
-                raise ValueError(f"span {as_span(nodes[i])} crosses span {as_span(nodes[stack[-1]])}; "
-                                 "spans must nest")
+                raise ValueError(f"span {as_span(nodes[i])} crosses span {as_span(nodes[stack[-1]])}; spans must nest")
             stack.pop()
         if not stack or (a, b) == nodes[stack[-1]][:2]:
             raise ValueError(f"span {as_span(nodes[i])} repeats an enclosing span; spans must nest")

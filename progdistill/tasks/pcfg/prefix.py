@@ -25,8 +25,14 @@ _Item = tuple[int, int, int]  # (rule index, dot position, origin)
 
 @lru_cache(maxsize=16)
 def _indexed(grammar: Grammar):
-    rules = [(r.lhs, tuple(s.name if isinstance(s, Terminal) else s for s in r.rhs),
-              tuple(isinstance(s, Terminal) for s in r.rhs)) for r in grammar.rules]
+    rules = [
+        (
+            r.lhs,
+            tuple(s.name if isinstance(s, Terminal) else s for s in r.rhs),
+            tuple(isinstance(s, Terminal) for s in r.rhs),
+        )
+        for r in grammar.rules
+    ]
     by_lhs: dict[str, list[int]] = {}
     for i, (lhs, _, _) in enumerate(rules):
         by_lhs.setdefault(lhs, []).append(i)
@@ -64,14 +70,14 @@ def viable_prefix_length(grammar: Grammar, tokens: Sequence[int], eos: int | Non
     names = grammar.terminals
     for i, token in enumerate(tokens):
         if eos is not None and token == eos:
-            complete = any(rules[r][0] == grammar.start and d == len(rules[r][1]) and o == 0
-                           for r, d, o in chart[i])
+            complete = any(rules[r][0] == grammar.start and d == len(rules[r][1]) and o == 0 for r, d, o in chart[i])
             return i + 1 if complete and i > 0 else i
         if not 0 <= token < len(names):
             return i
         name = names[token]
-        scanned = {(r, d + 1, o) for r, d, o in chart[i]
-                   if d < len(rules[r][1]) and rules[r][2][d] and rules[r][1][d] == name}
+        scanned = {
+            (r, d + 1, o) for r, d, o in chart[i] if d < len(rules[r][1]) and rules[r][2][d] and rules[r][1][d] == name
+        }
         if not scanned:
             return i
         chart.append(scanned)
@@ -96,8 +102,10 @@ def _left_corner_order(grammar: Grammar, rules) -> list[str]:
 
     def visit(node: str) -> None:
         if state.get(node) == 1:
-            raise ValueError(f"nonterminal {node!r} is left-recursive: exact prefix probabilities need the "
-                             "Jelinek-Lafferty closure, not implemented")
+            raise ValueError(
+                f"nonterminal {node!r} is left-recursive: exact prefix probabilities need the "
+                "Jelinek-Lafferty closure, not implemented"
+            )
         if state.get(node) == 2:
             return
         state[node] = 1
@@ -131,12 +139,16 @@ def next_token_distributions(grammar: Grammar, tokens: Sequence[int]):
     for i in range(len(tokens) + 1):
         if i > 0:  # scan token i - 1
             name = grammar.terminals[tokens[i - 1]]
-            current = {(r, d + 1, o): list(v) for (r, d, o), v in chart[i - 1].items()
-                       if d < len(rules[r][1]) and rules[r][2][d] and rules[r][1][d] == name}
+            current = {
+                (r, d + 1, o): list(v)
+                for (r, d, o), v in chart[i - 1].items()
+                if d < len(rules[r][1]) and rules[r][2][d] and rules[r][1][d] == name
+            }
             # complete, origins from the latest down: an item of origin k only gains from spans starting after k
             for origin in range(i - 1, -1, -1):
-                done = [(item, v) for item, v in current.items()
-                        if item[2] == origin and item[1] == len(rules[item[0]][1])]
+                done = [
+                    (item, v) for item, v in current.items() if item[2] == origin and item[1] == len(rules[item[0]][1])
+                ]
                 for (r, _, _), (_, inner) in done:
                     lhs = rules[r][0]
                     for (r2, d2, o2), (a2, g2) in chart[origin].items():
@@ -164,8 +176,11 @@ def next_token_distributions(grammar: Grammar, tokens: Sequence[int]):
         for (r, d, _o), (a, _) in current.items():
             if d < len(rules[r][1]) and rules[r][2][d]:
                 out[i, terminals[rules[r][1][d]]] += a
-        out[i, T] = sum(g for (r, d, o), (_, g) in current.items()
-                        if o == 0 and rules[r][0] == grammar.start and d == len(rules[r][1]))
+        out[i, T] = sum(
+            g
+            for (r, d, o), (_, g) in current.items()
+            if o == 0 and rules[r][0] == grammar.start and d == len(rules[r][1])
+        )
         total = out[i].sum()
         if total <= 0:
             raise ValueError(f"the prefix of {i} tokens has probability 0 under the grammar")

@@ -30,9 +30,9 @@ import numpy as np
 
 from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, Terminal
 
-CHUNK = 1024          # sentences expanded together; part of what fixes the sentences drawn for a seed
-MAX_LENGTH = 10_000   # default guard: a sentence longer than this is an error
-MAX_DEPTH = 1_000     # default guard on tree depth (unary recursion can deepen trees without lengthening them)
+CHUNK = 1024  # sentences expanded together; part of what fixes the sentences drawn for a seed
+MAX_LENGTH = 10_000  # default guard: a sentence longer than this is an error
+MAX_DEPTH = 1_000  # default guard on tree depth (unary recursion can deepen trees without lengthening them)
 
 
 class SentenceTooLongError(GrammarError):
@@ -43,9 +43,9 @@ class SentenceTooLongError(GrammarError):
 class Sentence:
     """One sampled sentence and its tree, as per-token arrays (shapes in the module docstring)."""
 
-    tokens: np.ndarray       # (n,) int64
-    ancestors: np.ndarray    # (num_levels, n) int32, -1 where the token's path is shorter
-    boundaries: np.ndarray   # (num_levels, n) int8
+    tokens: np.ndarray  # (n,) int64
+    ancestors: np.ndarray  # (num_levels, n) int32, -1 where the token's path is shorter
+    boundaries: np.ndarray  # (num_levels, n) int8
     log_probability: float
 
     def __len__(self) -> int:
@@ -66,10 +66,10 @@ class Sentence:
 class SentenceBatch:
     """Sampled sentences stored ragged: all tokens concatenated, sentence i is ``offsets[i]:offsets[i+1]``."""
 
-    tokens: np.ndarray           # (N,) int64, N = total tokens
-    ancestors: np.ndarray        # (num_levels, N) int32
-    boundaries: np.ndarray       # (num_levels, N) int8
-    offsets: np.ndarray          # (count + 1,) int64
+    tokens: np.ndarray  # (N,) int64, N = total tokens
+    ancestors: np.ndarray  # (num_levels, N) int32
+    boundaries: np.ndarray  # (num_levels, N) int8
+    offsets: np.ndarray  # (count + 1,) int64
     log_probability: np.ndarray  # (count,) float64
 
     def __len__(self) -> int:
@@ -85,8 +85,9 @@ class SentenceBatch:
             raise IndexError(f"sentence {i} out of range for a batch of {len(self)}")
         i %= len(self)
         a, b = self.offsets[i], self.offsets[i + 1]
-        return Sentence(self.tokens[a:b], self.ancestors[:, a:b], self.boundaries[:, a:b],
-                        float(self.log_probability[i]))
+        return Sentence(
+            self.tokens[a:b], self.ancestors[:, a:b], self.boundaries[:, a:b], float(self.log_probability[i])
+        )
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -98,11 +99,11 @@ class _Tables:
 
     num_nonterminals: int
     start: int
-    cumulative: np.ndarray   # (N, R) cumulative rule probabilities, last real one and padding = inf
-    first_rule: np.ndarray   # (N,) index of each nonterminal's first rule
-    rhs: np.ndarray          # (num_rules, K) symbol ids, -1 padded
-    rhs_length: np.ndarray   # (num_rules,)
-    log_p: np.ndarray        # (num_rules,)
+    cumulative: np.ndarray  # (N, R) cumulative rule probabilities, last real one and padding = inf
+    first_rule: np.ndarray  # (N,) index of each nonterminal's first rule
+    rhs: np.ndarray  # (num_rules, K) symbol ids, -1 padded
+    rhs_length: np.ndarray  # (num_rules,)
+    log_p: np.ndarray  # (num_rules,)
 
 
 @lru_cache(maxsize=32)
@@ -123,12 +124,20 @@ def _tables(grammar: Grammar) -> _Tables:
     rhs = np.full((len(grammar.rules), k), -1, dtype=np.int64)
     for j, r in enumerate(grammar.rules):
         rhs[j, : len(r.rhs)] = [ts[s.name] if isinstance(s, Terminal) else nts[s] for s in r.rhs]
-    return _Tables(len(nts), nts[grammar.start], cumulative, first_rule, rhs,
-                   np.array([len(r.rhs) for r in grammar.rules]), np.log([r.probability for r in grammar.rules]))
+    return _Tables(
+        len(nts),
+        nts[grammar.start],
+        cumulative,
+        first_rule,
+        rhs,
+        np.array([len(r.rhs) for r in grammar.rules]),
+        np.log([r.probability for r in grammar.rules]),
+    )
 
 
-def sample_sentences(grammar: Grammar, count: int, rng: np.random.Generator, max_length: int = MAX_LENGTH,
-                     max_depth: int = MAX_DEPTH) -> SentenceBatch:
+def sample_sentences(
+    grammar: Grammar, count: int, rng: np.random.Generator, max_length: int = MAX_LENGTH, max_depth: int = MAX_DEPTH
+) -> SentenceBatch:
     """Sample ``count`` sentences with their trees (paper §2: the cfg3 data).
 
     Deterministic in the state of ``rng`` and ``count``. Raises :class:`SentenceTooLongError` (a
@@ -139,56 +148,66 @@ def sample_sentences(grammar: Grammar, count: int, rng: np.random.Generator, max
         raise GrammarError(f"count={count!r} is invalid: must be an integer >= 0")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    parts = [_sample_chunk(grammar, min(CHUNK, count - i), rng, max_length, max_depth)
-             for i in range(0, count, CHUNK)]
+    parts = [_sample_chunk(grammar, min(CHUNK, count - i), rng, max_length, max_depth) for i in range(0, count, CHUNK)]
     if len(parts) == 1:
         return parts[0]
     if not parts:
         d = grammar.num_levels
-        return SentenceBatch(np.zeros(0, np.int64), np.zeros((d, 0), np.int32), np.zeros((d, 0), np.int8),
-                             np.zeros(1, np.int64), np.zeros(0))
+        return SentenceBatch(
+            np.zeros(0, np.int64),
+            np.zeros((d, 0), np.int32),
+            np.zeros((d, 0), np.int8),
+            np.zeros(1, np.int64),
+            np.zeros(0),
+        )
     lengths = np.concatenate([np.diff(p.offsets) for p in parts])
-    return SentenceBatch(np.concatenate([p.tokens for p in parts]),
-                         np.concatenate([p.ancestors for p in parts], axis=1),
-                         np.concatenate([p.boundaries for p in parts], axis=1),
-                         np.concatenate(([0], np.cumsum(lengths))),
-                         np.concatenate([p.log_probability for p in parts]))
+    return SentenceBatch(
+        np.concatenate([p.tokens for p in parts]),
+        np.concatenate([p.ancestors for p in parts], axis=1),
+        np.concatenate([p.boundaries for p in parts], axis=1),
+        np.concatenate(([0], np.cumsum(lengths))),
+        np.concatenate([p.log_probability for p in parts]),
+    )
 
 
-def _sample_chunk(grammar: Grammar, count: int, rng: np.random.Generator, max_length: int,
-                  max_depth: int) -> SentenceBatch:
+def _sample_chunk(
+    grammar: Grammar, count: int, rng: np.random.Generator, max_length: int, max_depth: int
+) -> SentenceBatch:
     tb = _tables(grammar)
     n_nt = tb.num_nonterminals
-    symbols = np.full(count, tb.start, dtype=np.int64)   # frontier at the current depth, sentence order
-    sentence = np.arange(count)                          # sentence of each frontier item
+    symbols = np.full(count, tb.start, dtype=np.int64)  # frontier at the current depth, sentence order
+    sentence = np.arange(count)  # sentence of each frontier item
     log_probability = np.zeros(count)
-    history = []                                         # per depth: (frontier symbols, parent of next frontier)
+    history = []  # per depth: (frontier symbols, parent of next frontier)
     depth = 0
     while True:
         is_nt = symbols < n_nt
         if not is_nt.any():
             break
         if depth >= max_depth:
-            raise SentenceTooLongError(f"a tree grew deeper than max_depth={max_depth}; the grammar "
-                                       f"{grammar.name!r} is likely recursive")
-        nt_symbols = symbols[is_nt]                                              # (M,)
+            raise SentenceTooLongError(
+                f"a tree grew deeper than max_depth={max_depth}; the grammar {grammar.name!r} is likely recursive"
+            )
+        nt_symbols = symbols[is_nt]  # (M,)
         u = rng.random(len(nt_symbols))
-        choice = (u[:, None] >= tb.cumulative[nt_symbols]).sum(axis=1)           # (M,)
+        choice = (u[:, None] >= tb.cumulative[nt_symbols]).sum(axis=1)  # (M,)
         rule = tb.first_rule[nt_symbols] + choice
         log_probability += np.bincount(sentence[is_nt], weights=tb.log_p[rule], minlength=count)
         counts = np.ones(len(symbols), dtype=np.int64)
         counts[is_nt] = tb.rhs_length[rule]
         lengths = np.bincount(sentence, weights=counts, minlength=count)
         if lengths.max() > max_length:
-            raise SentenceTooLongError(f"a sentence grew past max_length={max_length} tokens; the grammar "
-                                       f"{grammar.name!r} can grow without bound (recursion), or raise the limit")
-        parent = np.repeat(np.arange(len(symbols)), counts)                      # (M',)
+            raise SentenceTooLongError(
+                f"a sentence grew past max_length={max_length} tokens; the grammar "
+                f"{grammar.name!r} can grow without bound (recursion), or raise the limit"
+            )
+        parent = np.repeat(np.arange(len(symbols)), counts)  # (M',)
         position = np.arange(len(parent)) - np.repeat(np.cumsum(counts) - counts, counts)
         rule_of_item = np.full(len(symbols), -1, dtype=np.int64)
         rule_of_item[is_nt] = rule
         parent_rule = rule_of_item[parent]
         expanded = parent_rule >= 0
-        children = symbols[parent].copy()                                        # terminals carried over
+        children = symbols[parent].copy()  # terminals carried over
         children[expanded] = tb.rhs[parent_rule[expanded], position[expanded]]
         history.append((symbols, parent))
         symbols, sentence = children, sentence[parent]
@@ -198,7 +217,7 @@ def _sample_chunk(grammar: Grammar, count: int, rng: np.random.Generator, max_le
     n = len(symbols)
     ancestors = np.empty((levels, n), dtype=np.int32)
     boundaries = np.empty((levels, n), dtype=np.int8)
-    ancestors[depth:], boundaries[depth:] = -1, 0      # rows deeper than every tree (non-layered grammars)
+    ancestors[depth:], boundaries[depth:] = -1, 0  # rows deeper than every tree (non-layered grammars)
     item = np.arange(n)
     for d in range(depth - 1, -1, -1):
         frontier, parent = history[d]

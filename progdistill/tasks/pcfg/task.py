@@ -72,36 +72,39 @@ class Vocabulary:
         return self.special("MASK")
 
 
-def pad_sentences(sentences: Sequence[Sequence[int] | np.ndarray], vocab: Vocabulary,
-                  max_positions: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sentences(
+    sentences: Sequence[Sequence[int] | np.ndarray], vocab: Vocabulary, max_positions: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``BOS s EOS`` for every sentence, padded with PAD: ids (B, L) int64 and attention mask (B, L) bool,
     L = longest sentence + 2. Raises ``ValueError`` naming the length when L exceeds ``max_positions`` (the
     model's position embeddings) and when a token is not a terminal id."""
     check(len(sentences) > 0, "sentences", len(sentences), "need at least one sentence")
     longest = max(len(s) for s in sentences) + 2
     if max_positions is not None and longest > max_positions:
-        raise ValueError(f"a sentence of {longest - 2} tokens needs {longest} positions (with BOS and EOS), "
-                         f"more than the model's max_positions={max_positions}")
+        raise ValueError(
+            f"a sentence of {longest - 2} tokens needs {longest} positions (with BOS and EOS), "
+            f"more than the model's max_positions={max_positions}"
+        )
     ids = torch.full((len(sentences), longest), vocab.pad, dtype=torch.long)
     for i, sentence in enumerate(sentences):
         tokens = torch.as_tensor(sentence, dtype=torch.long)
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= len(vocab.terminals)):
             raise ValueError(f"sentence {i} has a token outside the terminal ids 0..{len(vocab.terminals) - 1}")
         ids[i, 0] = vocab.bos
-        ids[i, 1:len(tokens) + 1] = tokens
+        ids[i, 1 : len(tokens) + 1] = tokens
         ids[i, len(tokens) + 1] = vocab.eos
     return ids, ids != vocab.pad
 
 
-def mask_tokens(ids: torch.Tensor, vocab: Vocabulary, mask_rate: float,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    ids: torch.Tensor, vocab: Vocabulary, mask_rate: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 masking of terminal positions: returns (inputs (B, L), targets (B, L)).
 
     ``targets`` is the original id at selected positions and -100 elsewhere; special tokens are never selected.
     Raises ``ValueError`` unless 0 < mask_rate < 1. Deterministic given ``generator``.
     """
     return bert_mask(ids, ids < len(vocab.terminals), vocab.mask, (0, len(vocab.terminals)), mask_rate, generator)
-
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,12 @@ class GrammarSpec:
     seed: int = 0
 
     def __post_init__(self):
-        check(isinstance(self.name, str) and bool(self.name), "grammar.name", self.name,
-              f"'random', a packaged grammar ({', '.join(packaged_grammars())}) or a grammar file path")
+        check(
+            isinstance(self.name, str) and bool(self.name),
+            "grammar.name",
+            self.name,
+            f"'random', a packaged grammar ({', '.join(packaged_grammars())}) or a grammar file path",
+        )
 
     def load(self) -> Grammar:
         """The grammar; raises :class:`GrammarError` (naming the file and line, or the argument). A grammar file
@@ -139,8 +146,13 @@ class GrammarSpec:
 @lru_cache(maxsize=16)
 def _load(spec: GrammarSpec, stamp: tuple[int, int] | None) -> Grammar:
     if spec.name == "random":
-        return random_grammar(spec.levels, spec.nonterminals_per_level, spec.rules_per_nonterminal,
-                              tuple(spec.rule_lengths), seed=spec.seed)
+        return random_grammar(
+            spec.levels,
+            spec.nonterminals_per_level,
+            spec.rules_per_nonterminal,
+            tuple(spec.rule_lengths),
+            seed=spec.seed,
+        )
     return load_grammar(spec.name)
 
 
@@ -158,8 +170,12 @@ class GrammarTask(TaskBase):
     def __post_init__(self):
         check_positive_int("task.max_length", self.max_length)
         check_positive_int("task.eval_size", self.eval_size)
-        check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
-              "must be an integer >= 0")
+        check(
+            isinstance(self.eval_seed, int) and self.eval_seed >= 0,
+            "task.eval_seed",
+            self.eval_seed,
+            "must be an integer >= 0",
+        )
 
     def load_grammar(self) -> Grammar:
         return self.grammar.load()
@@ -225,11 +241,14 @@ class PCFGMaskedLMTask(GrammarTask):
 
     def __post_init__(self):
         super().__post_init__()
-        check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
-              self.mask_rate, "must lie in (0, 1)")
+        check(
+            isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1,
+            "task.mask_rate",
+            self.mask_rate,
+            "must lie in (0, 1)",
+        )
 
-    def batch_from_sentences(self, sentences: Sequence[Sentence] | SentenceBatch,
-                             generator: torch.Generator) -> Batch:
+    def batch_from_sentences(self, sentences: Sequence[Sentence] | SentenceBatch, generator: torch.Generator) -> Batch:
         """Pad and mask sampled sentences: a :class:`~progdistill.tasks.base.Batch` of shape (count, longest + 2)."""
         ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
         inputs, targets = mask_tokens(ids, self.vocabulary, self.mask_rate, generator)
@@ -247,13 +266,14 @@ class PCFGMaskedLMTask(GrammarTask):
         return ids, attention, ids < len(vocab.terminals), vocab.mask
 
 
-
 @lru_cache(maxsize=4)
 def _eval_batches(task: PCFGMaskedLMTask | PCFGNextTokenTask, stamp: tuple[int, int] | None) -> list[Batch]:
     gen = torch.Generator().manual_seed(task.eval_seed)
     sentences = task.sample_sentences(task.eval_size, gen)
-    return [task.batch_from_sentences([sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))], gen)
-            for i in range(0, len(sentences), EVAL_BATCH)]
+    return [
+        task.batch_from_sentences([sentences[j] for j in range(i, min(i + EVAL_BATCH, len(sentences)))], gen)
+        for i in range(0, len(sentences), EVAL_BATCH)
+    ]
 
 
 @register("task")
@@ -279,17 +299,21 @@ class PCFGNextTokenTask(GrammarTask):
 
     def __post_init__(self):
         super().__post_init__()
-        check(isinstance(self.level, int) and self.level >= 0, "task.level", self.level,
-              "must be an integer >= 0 (0 = every next token)")
+        check(
+            isinstance(self.level, int) and self.level >= 0,
+            "task.level",
+            self.level,
+            "must be an integer >= 0 (0 = every next token)",
+        )
 
-    def batch_from_sentences(self, sentences: Sequence[Sentence] | SentenceBatch,
-                             generator: torch.Generator | None = None) -> Batch:
+    def batch_from_sentences(
+        self, sentences: Sequence[Sentence] | SentenceBatch, generator: torch.Generator | None = None
+    ) -> Batch:
         """Inputs ``BOS s EOS`` padded (B, L) and next-token targets (B, L): -100 at unsupervised positions.
         ``generator`` is unused (nothing is random here). Raises ``GrammarError`` for a ``level`` the trees lack."""
         levels = len(sentences[0].ancestors)
         if self.level >= levels:
-            raise GrammarError(f"task.level={self.level} is invalid: the grammar's trees have levels "
-                               f"0..{levels - 1}")
+            raise GrammarError(f"task.level={self.level} is invalid: the grammar's trees have levels 0..{levels - 1}")
         ids, attention = pad_sentences([s.tokens for s in sentences], self.vocabulary)
         targets = torch.full_like(ids, -100)
         for i, s in enumerate(sentences):
@@ -297,7 +321,7 @@ class PCFGNextTokenTask(GrammarTask):
             keep = torch.ones(n + 1, dtype=torch.bool)  # next tokens: s[0..n-1] and EOS
             if self.level > 0:
                 keep[:n] = torch.from_numpy(s.boundaries[self.level].astype(bool))
-            targets[i, : n + 1] = torch.where(keep, ids[i, 1: n + 2], torch.full_like(keep, -100, dtype=torch.long))
+            targets[i, : n + 1] = torch.where(keep, ids[i, 1 : n + 2], torch.full_like(keep, -100, dtype=torch.long))
         return Batch(ids, targets, attention)
 
     def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
@@ -308,8 +332,9 @@ class PCFGNextTokenTask(GrammarTask):
         ``max_length``), plus one -- the generation probe's limit."""
         return min(self.max_length, 2 * int(self.eval_sentences().lengths.max())) + 1
 
-    def generate_batch(self, model, count: int, generator: torch.Generator, temperature: float = 1.0,
-                       max_new_tokens: int | None = None) -> Batch:
+    def generate_batch(
+        self, model, count: int, generator: torch.Generator, temperature: float = 1.0, max_new_tokens: int | None = None
+    ) -> Batch:
         """``count`` sentences sampled from ``model`` (a :class:`~progdistill.models.language.CausalLM`) after BOS,
         over the terminals and EOS, at ``temperature`` (0 = greedy), each up to EOS or ``max_new_tokens`` tokens
         (None: :meth:`generation_limit`), draws from ``generator``; as a batch (:meth:`batch_from_tokens`)."""
@@ -331,6 +356,6 @@ class PCFGNextTokenTask(GrammarTask):
         ids[:, 0] = vocab.bos
         for i, tokens in enumerate(generated):
             row = torch.as_tensor(list(tokens), dtype=torch.long)
-            ids[i, 1:len(row) + 1] = row
-            targets[i, :len(row)] = row
+            ids[i, 1 : len(row) + 1] = row
+            targets[i, : len(row)] = row
         return Batch(ids, targets, ids != vocab.pad)

@@ -61,14 +61,17 @@ def load_corpus(source: str | os.PathLike, text_field: str = "text") -> list[str
     if not path.exists():
         raise CorpusError(f"{path}: no such file or directory; {_ALLOWED_SOURCE}")
     if path.is_dir():
-        files = sorted((p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()),
-                       key=lambda p: p.relative_to(path).as_posix())
+        files = sorted(
+            (p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()),
+            key=lambda p: p.relative_to(path).as_posix(),
+        )
         if not files:
             raise CorpusError(f"{path}: directory holds no .txt files; {_ALLOWED_SOURCE}")
         documents = [doc for f in files for doc in _split_text(_read_text(f))]
         if not documents:
-            raise CorpusError(f"{path}: directory holds no text (its {len(files)} .txt files are empty or "
-                              "whitespace-only)")
+            raise CorpusError(
+                f"{path}: directory holds no text (its {len(files)} .txt files are empty or whitespace-only)"
+            )
         return documents
     if not path.is_file():
         raise CorpusError(f"{path}: not a regular file or directory; {_ALLOWED_SOURCE}")
@@ -93,8 +96,10 @@ def _read_text(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise CorpusError(f"{path}: not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
-                          f"(line {line}) {exc.reason}; allowed: UTF-8 text") from exc
+        raise CorpusError(
+            f"{path}: not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+            f"(line {line}) {exc.reason}; allowed: UTF-8 text"
+        ) from exc
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -113,13 +118,16 @@ def _parse_jsonl(text: str, path: Path, text_field: str) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CorpusError(f"{at}: not valid JSON ({exc.msg} at column {exc.colno}); allowed: one JSON "
-                              "object a line") from exc
+            raise CorpusError(
+                f"{at}: not valid JSON ({exc.msg} at column {exc.colno}); allowed: one JSON object a line"
+            ) from exc
         except RecursionError as exc:
             raise CorpusError(f"{at}: not valid JSON (nested too deeply); allowed: one JSON object a line") from exc
         if not isinstance(record, dict):
-            raise CorpusError(f"{at}: a JSON {type(record).__name__}, not an object; allowed: one JSON object "
-                              f"a line with a {text_field!r} field")
+            raise CorpusError(
+                f"{at}: a JSON {type(record).__name__}, not an object; allowed: one JSON object "
+                f"a line with a {text_field!r} field"
+            )
         if text_field not in record:
             fields = ", ".join(repr(k) for k in record) or "none"
             raise CorpusError(f"{at}: no field {text_field!r}; the line has fields: {fields}")
@@ -137,8 +145,9 @@ def _check_encodable(text: str, at: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise CorpusError(f"{at}: text holds a lone surrogate {text[exc.start]!r} at character {exc.start}; "
-                          "allowed: Unicode text") from exc
+        raise CorpusError(
+            f"{at}: text holds a lone surrogate {text[exc.start]!r} at character {exc.start}; allowed: Unicode text"
+        ) from exc
 
 
 def corpus_summary(documents: list[str]) -> dict[str, int]:
@@ -146,16 +155,18 @@ def corpus_summary(documents: list[str]) -> dict[str, int]:
 
     ``words`` counts whitespace-separated tokens (``str.split()``), before any subword tokenization.
     """
-    return {"documents": len(documents), "characters": sum(len(d) for d in documents),
-            "words": sum(len(d.split()) for d in documents)}
+    return {
+        "documents": len(documents),
+        "characters": sum(len(d) for d in documents),
+        "words": sum(len(d.split()) for d in documents),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Hugging Face datasets
 
 
-def load_hf_dataset(name: str, config: str | None = None, split: str = "train",
-                    text_field: str = "text") -> list[str]:
+def load_hf_dataset(name: str, config: str | None = None, split: str = "train", text_field: str = "text") -> list[str]:
     """The documents of one split of a Hugging Face dataset (``datasets.load_dataset(name, config, split)``).
 
     Needs the optional ``datasets`` package and, unless the dataset is in the local Hugging Face cache, the
@@ -170,26 +181,34 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train",
     try:
         import datasets
     except ImportError as exc:
-        raise CorpusError(f"Hugging Face dataset {name!r} needs the 'datasets' package: pip install "
-                          "'progdistill[datasets]' "
-                          "(or pass a local .txt/.jsonl file or directory to load_corpus)") from exc
+        raise CorpusError(
+            f"Hugging Face dataset {name!r} needs the 'datasets' package: pip install "
+            "'progdistill[datasets]' "
+            "(or pass a local .txt/.jsonl file or directory to load_corpus)"
+        ) from exc
     try:
         dataset = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # the hub client raises many types (ConnectionError, FileNotFoundError, ...)
-        raise CorpusError(f"Hugging Face dataset {name!r} (config={config!r}, split={split!r}) could not be "
-                          f"loaded: {type(exc).__name__}: {exc}. Without network a dataset cannot be loaded "
-                          "offline unless it is already in the local Hugging Face cache; download it where "
-                          "there is network, save it as .txt or .jsonl and pass that local path to "
-                          "load_corpus") from exc
+        raise CorpusError(
+            f"Hugging Face dataset {name!r} (config={config!r}, split={split!r}) could not be "
+            f"loaded: {type(exc).__name__}: {exc}. Without network a dataset cannot be loaded "
+            "offline unless it is already in the local Hugging Face cache; download it where "
+            "there is network, save it as .txt or .jsonl and pass that local path to "
+            "load_corpus"
+        ) from exc
     columns = list(getattr(dataset, "column_names", None) or [])
     if text_field not in columns:
-        raise CorpusError(f"Hugging Face dataset {name!r} split {split!r}: no column {text_field!r}; its "
-                          f"columns: {', '.join(map(repr, columns)) or 'none'}")
+        raise CorpusError(
+            f"Hugging Face dataset {name!r} split {split!r}: no column {text_field!r}; its "
+            f"columns: {', '.join(map(repr, columns)) or 'none'}"
+        )
     documents = []
     for index, value in enumerate(dataset[text_field]):
         if not isinstance(value, str):
-            raise CorpusError(f"Hugging Face dataset {name!r} split {split!r} row {index}: column "
-                              f"{text_field!r} holds {type(value).__name__}; allowed: a string")
+            raise CorpusError(
+                f"Hugging Face dataset {name!r} split {split!r} row {index}: column "
+                f"{text_field!r} holds {type(value).__name__}; allowed: a string"
+            )
         if value.strip():
             documents.append(value)
     if not documents:
@@ -206,18 +225,24 @@ def _gensim_file(relative: str, sha256: str) -> Path:
     try:
         dist = metadata.distribution("gensim")
     except metadata.PackageNotFoundError as exc:
-        raise CorpusError("the default corpus ships inside the 'gensim' package, which is not installed: "
-                          "pip install 'progdistill[text]' (or pip install gensim), or pass a local corpus "
-                          "to load_corpus") from exc
+        raise CorpusError(
+            "the default corpus ships inside the 'gensim' package, which is not installed: "
+            "pip install 'progdistill[text]' (or pip install gensim), or pass a local corpus "
+            "to load_corpus"
+        ) from exc
     path = Path(str(dist.locate_file(f"gensim/test/test_data/{relative}")))
     if not path.is_file():
-        raise CorpusError(f"gensim {dist.version} is installed but lacks its test data file {path}; "
-                          "reinstall it from the PyPI wheel: pip install --force-reinstall gensim")
+        raise CorpusError(
+            f"gensim {dist.version} is installed but lacks its test data file {path}; "
+            "reinstall it from the PyPI wheel: pip install --force-reinstall gensim"
+        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != sha256:
         # A changed file would silently change every text experiment: refuse instead.
-        raise CorpusError(f"{path} (gensim {dist.version}) has sha256 {digest}, expected {sha256}; the default "
-                          "corpus changed, so results would not be comparable")
+        raise CorpusError(
+            f"{path} (gensim {dist.version}) has sha256 {digest}, expected {sha256}; the default "
+            "corpus changed, so results would not be comparable"
+        )
     return path
 
 
@@ -227,8 +252,9 @@ LEE_FILE = "lee_background.cor"
 LEE_SHA256 = "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb"
 DEFAULT_CORPORA = ("wikipedia", "lee-news")
 # Sections after which a Wikipedia article is lists of links and citations, not prose.
-_END_SECTIONS = frozenset({"references", "see also", "external links", "notes", "further reading",
-                           "bibliography", "sources", "footnotes"})
+_END_SECTIONS = frozenset(
+    {"references", "see also", "external links", "notes", "further reading", "bibliography", "sources", "footnotes"}
+)
 _HEADING = re.compile(r"=+\s*(.*?)\s*=+")
 _MIN_PARAGRAPH_WORDS = 8
 

@@ -77,21 +77,44 @@ class TextMaskedLMTask(TaskBase):
     eval_seed: int = 12345
 
     def __post_init__(self):
-        check(isinstance(self.corpus, str) and bool(self.corpus), "task.corpus", self.corpus,
-              "default:wikipedia, default:lee-news, a .txt/.jsonl path or directory, or hf:NAME[:CONFIG]; several "
-              "joined by +")
-        check(isinstance(self.vocab_size, int) and self.vocab_size >= len(SPECIAL_TOKENS), "task.vocab_size",
-              self.vocab_size, f"must be an integer >= {len(SPECIAL_TOKENS)} (the special tokens "
-                               f"{' '.join(SPECIAL_TOKENS)})")
-        check(isinstance(self.sequence_length, int) and self.sequence_length >= 3, "task.sequence_length",
-              self.sequence_length, "must be an integer >= 3 ([CLS], one token, [SEP])")
-        check(isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1, "task.mask_rate",
-              self.mask_rate, "must lie in (0, 1)")
-        check(isinstance(self.eval_fraction, (int, float)) and 0 < self.eval_fraction <= 0.5,
-              "task.eval_fraction", self.eval_fraction, "must lie in (0, 0.5]")
+        check(
+            isinstance(self.corpus, str) and bool(self.corpus),
+            "task.corpus",
+            self.corpus,
+            "default:wikipedia, default:lee-news, a .txt/.jsonl path or directory, or hf:NAME[:CONFIG]; several "
+            "joined by +",
+        )
+        check(
+            isinstance(self.vocab_size, int) and self.vocab_size >= len(SPECIAL_TOKENS),
+            "task.vocab_size",
+            self.vocab_size,
+            f"must be an integer >= {len(SPECIAL_TOKENS)} (the special tokens {' '.join(SPECIAL_TOKENS)})",
+        )
+        check(
+            isinstance(self.sequence_length, int) and self.sequence_length >= 3,
+            "task.sequence_length",
+            self.sequence_length,
+            "must be an integer >= 3 ([CLS], one token, [SEP])",
+        )
+        check(
+            isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1,
+            "task.mask_rate",
+            self.mask_rate,
+            "must lie in (0, 1)",
+        )
+        check(
+            isinstance(self.eval_fraction, (int, float)) and 0 < self.eval_fraction <= 0.5,
+            "task.eval_fraction",
+            self.eval_fraction,
+            "must lie in (0, 0.5]",
+        )
         check_positive_int("task.eval_size", self.eval_size)
-        check(isinstance(self.eval_seed, int) and self.eval_seed >= 0, "task.eval_seed", self.eval_seed,
-              "must be an integer >= 0")
+        check(
+            isinstance(self.eval_seed, int) and self.eval_seed >= 0,
+            "task.eval_seed",
+            self.eval_seed,
+            "must be an integer >= 0",
+        )
 
     # -- data ------------------------------------------------------------------------------------------
     def documents(self) -> tuple[list[str], list[str]]:
@@ -135,8 +158,9 @@ class TextMaskedLMTask(TaskBase):
         return self.sequence_length
 
     def _mask(self, ids: torch.Tensor, generator: torch.Generator) -> Batch:
-        inputs, targets = bert_mask(ids, ids >= len(SPECIAL_TOKENS), MASK_ID, (len(SPECIAL_TOKENS),
-                                    self.num_classes), self.mask_rate, generator)
+        inputs, targets = bert_mask(
+            ids, ids >= len(SPECIAL_TOKENS), MASK_ID, (len(SPECIAL_TOKENS), self.num_classes), self.mask_rate, generator
+        )
         return Batch(inputs, targets, torch.ones_like(ids, dtype=torch.bool))
 
     def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
@@ -152,7 +176,7 @@ class TextMaskedLMTask(TaskBase):
     def eval_batches(self) -> list[Batch]:
         gen = torch.Generator().manual_seed(self.eval_seed)
         ids = self.eval_ids()
-        return [self._mask(ids[i:i + EVAL_BATCH], gen) for i in range(0, len(ids), EVAL_BATCH)]
+        return [self._mask(ids[i : i + EVAL_BATCH], gen) for i in range(0, len(ids), EVAL_BATCH)]
 
     def ngram_inputs(self, count: int, generator: torch.Generator):
         """Inputs of the n-gram probe: ``count`` held-out sequences (ids, attention, maskable, mask id)."""
@@ -226,8 +250,10 @@ def _documents(task: TextMaskedLMTask, files_stamp: tuple) -> tuple[list[str], l
     held_out = [d for i, d in enumerate(documents) if i % every == 0]
     train = [d for i, d in enumerate(documents) if i % every != 0]
     if not held_out or not train:
-        raise CorpusError(f"task.corpus={source!r} has {len(documents)} document(s): too few to hold out every "
-                          f"{every}-th one for evaluation and train on the rest; use a larger corpus")
+        raise CorpusError(
+            f"task.corpus={source!r} has {len(documents)} document(s): too few to hold out every "
+            f"{every}-th one for evaluation and train on the rest; use a larger corpus"
+        )
     return train, held_out
 
 

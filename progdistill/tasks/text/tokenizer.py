@@ -70,16 +70,32 @@ class TokenizerConfig:
 
     def __post_init__(self):
         minimum = len(SPECIAL_TOKENS)
-        check(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool)
-              and self.vocab_size >= minimum, "vocab_size", self.vocab_size,
-              f"must be an integer >= {minimum} (the number of special tokens {' '.join(SPECIAL_TOKENS)})")
-        check(isinstance(self.min_frequency, int) and not isinstance(self.min_frequency, bool)
-              and self.min_frequency >= 1, "min_frequency", self.min_frequency, "must be an integer >= 1")
+        check(
+            isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool) and self.vocab_size >= minimum,
+            "vocab_size",
+            self.vocab_size,
+            f"must be an integer >= {minimum} (the number of special tokens {' '.join(SPECIAL_TOKENS)})",
+        )
+        check(
+            isinstance(self.min_frequency, int)
+            and not isinstance(self.min_frequency, bool)
+            and self.min_frequency >= 1,
+            "min_frequency",
+            self.min_frequency,
+            "must be an integer >= 1",
+        )
         check(isinstance(self.lowercase, bool), "lowercase", self.lowercase, "must be true or false")
-        check(self.limit_alphabet is None or (isinstance(self.limit_alphabet, int)
-                                              and not isinstance(self.limit_alphabet, bool)
-                                              and self.limit_alphabet >= 1),
-              "limit_alphabet", self.limit_alphabet, "must be an integer >= 1 or None")
+        check(
+            self.limit_alphabet is None
+            or (
+                isinstance(self.limit_alphabet, int)
+                and not isinstance(self.limit_alphabet, bool)
+                and self.limit_alphabet >= 1
+            ),
+            "limit_alphabet",
+            self.limit_alphabet,
+            "must be an integer >= 1 or None",
+        )
 
 
 def train_tokenizer(documents: Sequence[str], config: TokenizerConfig | int = TokenizerConfig()) -> Tokenizer:
@@ -92,8 +108,7 @@ def train_tokenizer(documents: Sequence[str], config: TokenizerConfig | int = To
     if not isinstance(config, TokenizerConfig):
         config = TokenizerConfig(vocab_size=config)
     if isinstance(documents, str) or not all(isinstance(d, str) for d in documents):
-        raise TokenizerError("documents must be a list of strings (one per document), not "
-                             f"{type(documents).__name__}")
+        raise TokenizerError(f"documents must be a list of strings (one per document), not {type(documents).__name__}")
     if not any(d.strip() for d in documents):
         raise TokenizerError(f"cannot train a tokenizer on {len(documents)} documents holding no text")
     tk = _tokenizers()
@@ -104,17 +119,28 @@ def train_tokenizer(documents: Sequence[str], config: TokenizerConfig | int = To
     # replaces the trainer's unstable sort. The special '##c' entries are dropped by rebuilding the model from the
     # vocabulary: WordPiece encodes by greedy longest match on the vocabulary alone.
     trainer = tk.trainers.WordPieceTrainer(
-        vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-        special_tokens=list(SPECIAL_TOKENS) + [f"##{c}" for c in sorted(alphabet)], initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet), continuing_subword_prefix="##", show_progress=False)
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=list(SPECIAL_TOKENS) + [f"##{c}" for c in sorted(alphabet)],
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
     trained = _pipeline(config, tk.models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
     trained.train_from_iterator(list(documents), trainer=trainer, length=len(documents))
-    tokenizer = _pipeline(config, tk.models.WordPiece(trained.get_vocab(with_added_tokens=False),
-                                                       unk_token="[UNK]", continuing_subword_prefix="##"))
+    tokenizer = _pipeline(
+        config,
+        tk.models.WordPiece(
+            trained.get_vocab(with_added_tokens=False), unk_token="[UNK]", continuing_subword_prefix="##"
+        ),
+    )
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer.post_processor = tk.processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+    )
     _check_special_tokens(tokenizer, "the trained tokenizer")
     return tokenizer
 
@@ -122,8 +148,9 @@ def train_tokenizer(documents: Sequence[str], config: TokenizerConfig | int = To
 def _pipeline(config: TokenizerConfig, model: models.WordPiece) -> Tokenizer:
     tk = _tokenizers()
     tokenizer = tk.Tokenizer(model)
-    tokenizer.normalizer = tk.normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                         strip_accents=None, lowercase=config.lowercase)
+    tokenizer.normalizer = tk.normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=config.lowercase
+    )
     tokenizer.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
     return tokenizer
@@ -138,15 +165,17 @@ def _alphabet(documents: Sequence[str], config: TokenizerConfig) -> list[str]:
         for word, _span in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(doc)):
             counts.update(word)
     ranked = sorted(counts, key=lambda c: (-counts[c], ord(c)))
-    return ranked[:config.limit_alphabet] if config.limit_alphabet is not None else ranked
+    return ranked[: config.limit_alphabet] if config.limit_alphabet is not None else ranked
 
 
 def _check_special_tokens(tokenizer: Tokenizer, where: str) -> None:
     for expected, token in enumerate(SPECIAL_TOKENS):
         got = tokenizer.token_to_id(token)
         if got != expected:
-            raise TokenizerError(f"{where}: special token {token} has id {got}, expected {expected}; allowed: "
-                                 f"ids 0-{len(SPECIAL_TOKENS) - 1} for {' '.join(SPECIAL_TOKENS)}")
+            raise TokenizerError(
+                f"{where}: special token {token} has id {got}, expected {expected}; allowed: "
+                f"ids 0-{len(SPECIAL_TOKENS) - 1} for {' '.join(SPECIAL_TOKENS)}"
+            )
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
@@ -182,9 +211,15 @@ def as_transformers(tokenizer: Tokenizer, model_max_length: int = 512):
     Needs the optional ``transformers`` package (``pip install 'progdistill[transformers]'``).
     """
     transformers = require("transformers", "transformers", "as_transformers")
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length,
-                                   pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                   mask_token="[MASK]")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        model_max_length=model_max_length,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,8 +231,9 @@ def encode_documents(tokenizer: Tokenizer, documents: Sequence[str]) -> list[lis
     return [enc.ids for enc in tokenizer.encode_batch(list(documents), add_special_tokens=False)]
 
 
-def pack_sequences(token_ids: Sequence[Sequence[int]], length: int, cls_id: int = CLS_ID,
-                   sep_id: int = SEP_ID) -> torch.Tensor:
+def pack_sequences(
+    token_ids: Sequence[Sequence[int]], length: int, cls_id: int = CLS_ID, sep_id: int = SEP_ID
+) -> torch.Tensor:
     """Pack tokenized documents into fixed-length training sequences for masked language modelling.
 
     The documents are concatenated into one stream, each followed by ``[SEP]`` (so a document boundary inside
@@ -218,10 +254,12 @@ def pack_sequences(token_ids: Sequence[Sequence[int]], length: int, cls_id: int 
     body = length - 2
     num_sequences = len(stream) // body
     if num_sequences == 0:
-        raise TokenizerError(f"the corpus has {len(stream)} tokens ({len(token_ids)} documents, one [SEP] "
-                             f"each), too few for one training sequence of length L={length}, which holds "
-                             f"{body} corpus tokens; use a larger corpus or a smaller length")
-    chunks = torch.tensor(stream[:num_sequences * body], dtype=torch.long).view(num_sequences, body)  # (N, L-2)
+        raise TokenizerError(
+            f"the corpus has {len(stream)} tokens ({len(token_ids)} documents, one [SEP] "
+            f"each), too few for one training sequence of length L={length}, which holds "
+            f"{body} corpus tokens; use a larger corpus or a smaller length"
+        )
+    chunks = torch.tensor(stream[: num_sequences * body], dtype=torch.long).view(num_sequences, body)  # (N, L-2)
     cls = torch.full((num_sequences, 1), cls_id, dtype=torch.long)
     sep = torch.full((num_sequences, 1), sep_id, dtype=torch.long)
     return torch.cat([cls, chunks, sep], dim=1)  # (N, L)
@@ -232,6 +270,22 @@ def tokenize_corpus(tokenizer: Tokenizer, documents: Sequence[str], length: int)
     return pack_sequences(encode_documents(tokenizer, documents), length)
 
 
-__all__ = ["CLS_ID", "MASK_ID", "PAD_ID", "SEP_ID", "SPECIAL_TOKENS", "TOKENIZER_FILE", "UNK_ID", "ConfigError",
-           "TokenizerConfig", "TokenizerError", "as_transformers", "encode_documents", "load_tokenizer",
-           "pack_sequences", "save_tokenizer", "tokenize_corpus", "train_tokenizer"]
+__all__ = [
+    "CLS_ID",
+    "MASK_ID",
+    "PAD_ID",
+    "SEP_ID",
+    "SPECIAL_TOKENS",
+    "TOKENIZER_FILE",
+    "UNK_ID",
+    "ConfigError",
+    "TokenizerConfig",
+    "TokenizerError",
+    "as_transformers",
+    "encode_documents",
+    "load_tokenizer",
+    "pack_sequences",
+    "save_tokenizer",
+    "tokenize_corpus",
+    "train_tokenizer",
+]

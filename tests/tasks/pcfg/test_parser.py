@@ -23,7 +23,7 @@ a -> 'b' [0.5]
 
 @pytest.fixture(scope="module")
 def small():
-    return random_grammar(levels=5, nonterminals_per_level=3, rules_per_nonterminal=2, seed=0)   # ~47 tokens
+    return random_grammar(levels=5, nonterminals_per_level=3, rules_per_nonterminal=2, seed=0)  # ~47 tokens
 
 
 def test_hand_computed_probabilities():
@@ -35,9 +35,15 @@ def test_hand_computed_probabilities():
     assert best.spans == ((s, 0, 3), (x, 0, 2), (a, 0, 1), (a, 1, 2), (a, 2, 3))
     # Four tokens need the ternary rule: (0.6 + 0.4) * 0.2 * 0.5^4; the Viterbi tree is s(x(a a a) a).
     assert inside_log_probability(g, [1, 1, 1, 1]) == pytest.approx(np.log(0.0125), abs=1e-12)
-    assert most_likely_parse(g, [1, 1, 1, 1]).spans == ((s, 0, 4), (x, 0, 3), (a, 0, 1), (a, 1, 2),
-                                                        (a, 2, 3), (a, 3, 4))
-    for tokens in ([], [0, 0], [0] * 5):                           # no tree: too short, too long
+    assert most_likely_parse(g, [1, 1, 1, 1]).spans == (
+        (s, 0, 4),
+        (x, 0, 3),
+        (a, 0, 1),
+        (a, 1, 2),
+        (a, 2, 3),
+        (a, 3, 4),
+    )
+    for tokens in ([], [0, 0], [0] * 5):  # no tree: too short, too long
         assert inside_log_probability(g, tokens) == -np.inf
         assert most_likely_parse(g, tokens) is None
     assert tree_log_probability(g, [0, 1, 0], best.spans) == pytest.approx(np.log(0.06))
@@ -51,20 +57,22 @@ def test_every_sampled_sentence_parses_and_its_tree_is_no_likelier_than_the_best
         assert tree_log_probability(small, s.tokens, s.spans()) == pytest.approx(s.log_probability, abs=1e-9)
         assert tree_log_probability(small, s.tokens, best.spans) == pytest.approx(best.log_probability, abs=1e-9)
         assert s.log_probability <= best.log_probability + 1e-9 <= inside + 2e-9
-        if best.log_probability == pytest.approx(inside, abs=1e-12):   # a single tree: it must be the sampled one
+        if best.log_probability == pytest.approx(inside, abs=1e-12):  # a single tree: it must be the sampled one
             assert set(best.spans) == set(s.spans())
 
 
 def test_inside_equals_the_sum_over_trees_on_an_ambiguous_sentence():
     # a^n has many trees here (every way to cut it into x x, each x into 2 or 3 y's, each y into 2 or 3 a's).
-    g = parse_grammar("s -> x x [1]\nx -> y y [0.5]\nx -> y y y [0.5]\ny -> a a [0.3]\ny -> a a a [0.7]\n"
-                      "a -> 'a' [1]\n")
+    g = parse_grammar(
+        "s -> x x [1]\nx -> y y [0.5]\nx -> y y y [0.5]\ny -> a a [0.3]\ny -> a a a [0.7]\na -> 'a' [1]\n"
+    )
 
-    def x_prob(n):   # probability that x derives a^n
+    def x_prob(n):  # probability that x derives a^n
         y = {2: 0.3, 3: 0.7}
         two = sum(y[i] * y.get(n - i, 0) for i in y)
         three = sum(y[i] * y[j] * y.get(n - i - j, 0) for i in y for j in y)
         return 0.5 * two + 0.5 * three
+
     for n in (8, 9, 10, 13):
         expected = sum(x_prob(i) * x_prob(n - i) for i in range(1, n))
         assert inside_log_probability(g, [0] * n) == pytest.approx(np.log(expected), abs=1e-12)
@@ -107,7 +115,7 @@ def test_errors():
     with pytest.raises(GrammarError, match=r"cannot handle production 's -> x \[1\]'"):
         inside_log_probability(unary, [0])
     with pytest.raises(ValueError, match="not a production"):
-        tree_log_probability(g, [0, 1, 0], [(0, 0, 3), (2, 0, 1), (2, 1, 2), (2, 2, 3)])   # s -> a a a
+        tree_log_probability(g, [0, 1, 0], [(0, 0, 3), (2, 0, 1), (2, 1, 2), (2, 2, 3)])  # s -> a a a
     with pytest.raises(ValueError, match=r"\(1, 1, 3\) crosses span \(1, 0, 2\)"):
         tree_log_probability(g, [0, 1, 0], [(0, 0, 3), (1, 0, 2), (1, 1, 3), (2, 0, 1), (2, 1, 2), (2, 2, 3)])
     with pytest.raises(ValueError, match=r"span \(-1, 0, 3\) is invalid"):
@@ -141,8 +149,10 @@ def _language(grammar):
 
 # Ambiguous trees (b and a both emit 'a') and lengths 4-6 with several tree shapes each: what a hidden token
 # could be depends on the tree, so the posterior at one position depends on the others.
-AMBIGUOUS = ("s -> x y [0.7]\ns -> y x [0.3]\nx -> a b [0.6]\nx -> b a b [0.4]\ny -> b b [0.5]\n"
-             "y -> a a a [0.5]\na -> 'a' [0.9]\na -> 'c' [0.1]\nb -> 'b' [0.5]\nb -> 'a' [0.5]\n")
+AMBIGUOUS = (
+    "s -> x y [0.7]\ns -> y x [0.3]\nx -> a b [0.6]\nx -> b a b [0.4]\ny -> b b [0.5]\n"
+    "y -> a a a [0.5]\na -> 'a' [0.9]\na -> 'c' [0.1]\nb -> 'b' [0.5]\nb -> 'a' [0.5]\n"
+)
 
 
 def _conditional(language, tokens, hidden, position, num_terminals):

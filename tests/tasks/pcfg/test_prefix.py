@@ -27,8 +27,12 @@ def language(grammar, symbol, depth=6):
     """Every string ``symbol`` derives (the grammar is not recursive, so this is finite)."""
     out = set()
     for rule in grammar.rules_for(symbol):
-        parts = [[(grammar.terminals.index(s.name),)] if hasattr(s, "name") and not isinstance(s, str)
-                 else sorted(language(grammar, s, depth - 1)) for s in rule.rhs]
+        parts = [
+            [(grammar.terminals.index(s.name),)]
+            if hasattr(s, "name") and not isinstance(s, str)
+            else sorted(language(grammar, s, depth - 1))
+            for s in rule.rhs
+        ]
         for combo in itertools.product(*parts):
             out.add(sum(combo, ()))
     return out
@@ -65,8 +69,12 @@ def derivations(grammar, symbol):
     """{sentence: probability} of ``symbol``, summed over derivations (brute force; the grammar is finite)."""
     out = {}
     for rule in grammar.rules_for(symbol):
-        parts = [{(grammar.terminals.index(s.name),): 1.0} if hasattr(s, "name") and not isinstance(s, str)
-                 else derivations(grammar, s) for s in rule.rhs]
+        parts = [
+            {(grammar.terminals.index(s.name),): 1.0}
+            if hasattr(s, "name") and not isinstance(s, str)
+            else derivations(grammar, s)
+            for s in rule.rhs
+        ]
         for combo in itertools.product(*[list(p.items()) for p in parts]):
             sentence = sum((c[0] for c in combo), ())
             out[sentence] = out.get(sentence, 0.0) + rule.probability * float(np.prod([c[1] for c in combo]))
@@ -77,11 +85,11 @@ def test_next_token_distributions_match_brute_force_enumeration():
     language_p = derivations(GRAMMAR, GRAMMAR.start)
     assert sum(language_p.values()) == pytest.approx(1.0)
     # "b b b" has two derivations (s -> x y and s -> y x, each with x -> y y): probabilities sum over them
-    assert language_p[(1, 1, 1)] == pytest.approx(0.4 * 0.5 * 0.6 ** 3 + 0.3 * 0.6 * 0.5 * 0.6 ** 2)
+    assert language_p[(1, 1, 1)] == pytest.approx(0.4 * 0.5 * 0.6**3 + 0.3 * 0.6 * 0.5 * 0.6**2)
     T = len(GRAMMAR.terminals)
 
     def prefix_p(w):
-        return sum(p for s, p in language_p.items() if s[:len(w)] == w)
+        return sum(p for s, p in language_p.items() if s[: len(w)] == w)
 
     for sentence in language_p:
         table = next_token_distributions(GRAMMAR, sentence)

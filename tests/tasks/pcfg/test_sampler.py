@@ -16,24 +16,27 @@ def cfg3b_batch(cfg3b):
 
 
 def _same(a, b):
-    return all(np.array_equal(getattr(a, f), getattr(b, f))
-               for f in ("tokens", "ancestors", "boundaries", "offsets", "log_probability"))
+    return all(
+        np.array_equal(getattr(a, f), getattr(b, f))
+        for f in ("tokens", "ancestors", "boundaries", "offsets", "log_probability")
+    )
 
 
 def test_same_seed_same_sentences(cfg3b, cfg3b_batch):
     assert _same(cfg3b_batch, sample_sentences(cfg3b, 300, np.random.default_rng(0)))
     other = sample_sentences(cfg3b, 300, np.random.default_rng(1))
     assert not np.array_equal(cfg3b_batch.lengths, other.lengths)
-    small = random_grammar(4, 3, 2, seed=0)      # several chunks, so chunking is deterministic too
-    assert _same(sample_sentences(small, 2500, np.random.default_rng(5)),
-                 sample_sentences(small, 2500, np.random.default_rng(5)))
+    small = random_grammar(4, 3, 2, seed=0)  # several chunks, so chunking is deterministic too
+    assert _same(
+        sample_sentences(small, 2500, np.random.default_rng(5)), sample_sentences(small, 2500, np.random.default_rng(5))
+    )
 
 
 def test_cfg3b_lengths_match_the_paper(cfg3b_batch):
     lengths = cfg3b_batch.lengths
     assert len(cfg3b_batch) == 300 and lengths.sum() == len(cfg3b_batch.tokens)
-    assert lengths.min() >= 161 and lengths.max() <= 432          # the grammar's shortest and longest sentences
-    assert abs(lengths.mean() - 294) < 6                           # exact expectation 294.0; std of mean ~3
+    assert lengths.min() >= 161 and lengths.max() <= 432  # the grammar's shortest and longest sentences
+    assert abs(lengths.mean() - 294) < 6  # exact expectation 294.0; std of mean ~3
     assert set(np.unique(cfg3b_batch.tokens)) == {0, 1, 2}
 
 
@@ -46,9 +49,9 @@ def test_arrays_have_documented_shapes_and_types(cfg3b, cfg3b_batch):
     assert (s.ancestors[0] == cfg3b.nonterminal_id("s")).all()
     levels = np.array(cfg3b.levels)
     for d in range(7):
-        assert (levels[s.ancestors[d]] == d).all()                # layered: depth d holds level-d nonterminals
-    assert (s.boundaries[0] == np.eye(1, n, n - 1, dtype=np.int8)[0]).all()   # the root ends at the last token
-    assert (s.boundaries[6] == 1).all()                            # preterminals span one token each
+        assert (levels[s.ancestors[d]] == d).all()  # layered: depth d holds level-d nonterminals
+    assert (s.boundaries[0] == np.eye(1, n, n - 1, dtype=np.int8)[0]).all()  # the root ends at the last token
+    assert (s.boundaries[6] == 1).all()  # preterminals span one token each
 
 
 def test_every_ancestor_derives_its_tokens(cfg3b, cfg3b_batch):
@@ -66,7 +69,7 @@ def test_every_ancestor_derives_its_tokens(cfg3b, cfg3b_batch):
                 children = tuple(cfg3b.nonterminals[s.ancestors[d + 1, e - 1]] for e in child_ends)
                 assert (parent, children) in rhs_of
         leaves = tuple(cfg3b.nonterminals[x] for x in s.ancestors[6])
-        assert leaves == tuple(cfg3b.terminals[t] for t in s.tokens)    # a -> 'a', b -> 'b', c -> 'c'
+        assert leaves == tuple(cfg3b.terminals[t] for t in s.tokens)  # a -> 'a', b -> 'b', c -> 'c'
 
 
 def test_boundaries_mark_where_the_ancestor_node_changes(cfg3b_batch):
@@ -86,7 +89,7 @@ def test_log_probability_is_the_sum_over_the_tree(cfg3b_batch):
     # cfg3b: every rule has probability 1/2 except f -> c b a and the three preterminal rules (probability 1).
     for s in list(cfg3b_batch)[:40]:
         nodes = s.spans()
-        halves = sum(1 for x, _, _ in nodes if x not in (15, 16, 17, 18))   # f, a, b, c
+        halves = sum(1 for x, _, _ in nodes if x not in (15, 16, 17, 18))  # f, a, b, c
         assert s.log_probability == pytest.approx(halves * np.log(0.5), abs=1e-9)
 
 
@@ -107,7 +110,7 @@ def test_recursion_guard_names_the_limit():
     exploding = parse_grammar("s -> s s [0.9]\ns -> x [0.1]\nx -> 'a' [1]\n", name="exploding")
     with pytest.raises(SentenceTooLongError, match=r"max_length=500 tokens; the grammar 'exploding'"):
         sample_sentences(exploding, 50, np.random.default_rng(0), max_length=500)
-    deep = parse_grammar("s -> s [0.97]\ns -> x [0.03]\nx -> 'a' [1]\n", name="deep")   # never lengthens
+    deep = parse_grammar("s -> s [0.97]\ns -> x [0.03]\nx -> 'a' [1]\n", name="deep")  # never lengthens
     with pytest.raises(SentenceTooLongError, match=r"deeper than max_depth=20; the grammar 'deep'"):
         sample_sentences(deep, 50, np.random.default_rng(0), max_depth=20)
 
@@ -120,9 +123,9 @@ def test_non_layered_grammar_pads_short_paths_with_minus_one():
         n = len(s)
         assert list(s.tokens) == [1] * (n - 1) + [0]
         assert (s.ancestors[0] == 0).all() and s.boundaries[0, -1] == 1 and s.boundaries[0].sum() == 1
-        if n > 1:   # depth 1: x over the first token, s over the rest
+        if n > 1:  # depth 1: x over the first token, s over the rest
             assert list(s.ancestors[1]) == [1] + [0] * (n - 1)
             assert list(s.boundaries[1]) == [1] + [0] * (n - 2) + [1]
-        else:       # a lone 'a': the path root -> token is one node long
+        else:  # a lone 'a': the path root -> token is one node long
             assert list(s.ancestors[1]) == [-1] and list(s.boundaries[1]) == [0]
         assert s.log_probability == pytest.approx((n - 1) * np.log(0.6) + np.log(0.4))

@@ -24,7 +24,7 @@ def test_targets_are_next_tokens_and_level_keeps_span_ends():
     for i, s in enumerate(sentences):
         n = len(s)
         assert batch.targets[i, :n].tolist() == s.tokens.tolist()  # BOS predicts token 0, ...
-        assert batch.targets[i, n] == eos and (batch.targets[i, n + 1:] == -100).all()
+        assert batch.targets[i, n] == eos and (batch.targets[i, n + 1 :] == -100).all()
     level = PCFGNextTokenTask(grammar=TASK.grammar, level=1).batch_from_sentences(sentences)
     for i, s in enumerate(sentences):
         n = len(s)
@@ -69,8 +69,11 @@ def _sample_by_recomputing(model, prompt, allowed, stop_id, max_new_tokens, gene
         if not active or ids.shape[1] >= model.positions:
             break
         logits = model(ids[active])[:, -1] + block
-        drawn = logits.argmax(-1) if temperature == 0 else \
-            torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        drawn = (
+            logits.argmax(-1)
+            if temperature == 0
+            else torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        )
         nxt = torch.full((len(ids),), stop_id)
         nxt[active] = drawn
         for i in active:
@@ -102,11 +105,15 @@ def test_sample_with_cache_matches_recomputing_and_stops_at_eos(temperature):
 def test_pcfg_lm_run_end_to_end(tmp_path):
     adamw = OptimizerConfig(name="adamw", lr=3e-3)
     model = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)
-    config = ExperimentConfig(preset="tiny-lm", task=TASK,
-                              teacher=TrainConfig(model=model, optimizer=adamw, steps=20, batch_size=8, eval_every=10,
-                                                  checkpoint_every=10),
-                              student=TrainConfig(model=model, optimizer=adamw, steps=10, batch_size=8, eval_every=5),
-                              schedules=(CE(), OneShot()), seeds=1, threshold=0.5)
+    config = ExperimentConfig(
+        preset="tiny-lm",
+        task=TASK,
+        teacher=TrainConfig(model=model, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10),
+        student=TrainConfig(model=model, optimizer=adamw, steps=10, batch_size=8, eval_every=5),
+        schedules=(CE(), OneShot()),
+        seeds=1,
+        threshold=0.5,
+    )
     results = run(config, tmp_path / "run", log=lambda *a: None)
     generation = results["probes"]["generation"]
     assert set(generation["students"]) == {"ce", "one-shot"}
@@ -118,8 +125,14 @@ def test_a_level_beyond_the_trees_is_refused_before_anything_is_written(tmp_path
     adamw = OptimizerConfig(name="adamw", lr=3e-3)
     model = GPT2LMConfig(n_layer=1, n_head=2, head_dim=4)
     task = PCFGNextTokenTask(grammar=TASK.grammar, level=9, eval_size=8, max_length=64)
-    config = ExperimentConfig(preset="x", task=task, teacher=TrainConfig(model=model, optimizer=adamw, steps=10),
-                              student=TrainConfig(model=model, optimizer=adamw, steps=10), schedules=(CE(),), seeds=1)
+    config = ExperimentConfig(
+        preset="x",
+        task=task,
+        teacher=TrainConfig(model=model, optimizer=adamw, steps=10),
+        student=TrainConfig(model=model, optimizer=adamw, steps=10),
+        schedules=(CE(),),
+        seeds=1,
+    )
     with pytest.raises(GrammarError, match="task.level=9"):
         run(config, tmp_path / "run", log=lambda *a: None)
     assert not (tmp_path / "run").exists()
@@ -139,9 +152,9 @@ class _Exact(torch.nn.Module):
         grammar = self.task.load_grammar()
         for i, row in enumerate(ids.tolist()):
             n = row.index(vocab.eos) - 1
-            g = torch.from_numpy(next_token_distributions(grammar, row[1:n + 1])).float()
-            out[i, :n + 1, :len(vocab.terminals)] = g[:, :-1].clamp(min=1e-30).log()
-            out[i, :n + 1, vocab.eos] = g[:, -1].clamp(min=1e-30).log()
+            g = torch.from_numpy(next_token_distributions(grammar, row[1 : n + 1])).float()
+            out[i, : n + 1, : len(vocab.terminals)] = g[:, :-1].clamp(min=1e-30).log()
+            out[i, : n + 1, vocab.eos] = g[:, -1].clamp(min=1e-30).log()
         return out
 
 

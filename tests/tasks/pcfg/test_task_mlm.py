@@ -64,7 +64,8 @@ def test_sentence_longer_than_guard_is_a_clear_error():
 
 def test_sequence_longer_than_positions_is_a_clear_error():
     model = BertMLMConfig(n_layer=1, n_head=2, head_dim=4, max_positions=8).build(
-        TASK.input_size, TASK.num_classes, [generator(0, "init")])
+        TASK.input_size, TASK.num_classes, [generator(0, "init")]
+    )
     batch = TASK.sample_batch(4, generator(0, "data"))
     assert batch.inputs.shape[1] > 8
     with pytest.raises(ValueError, match="longer than the model's 8 positions"):
@@ -120,11 +121,13 @@ def test_teacher_trajectory_and_students_train_deterministically(tmp_path):
     from progdistill.store.trajectory import TrajectoryWriter
 
     adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
-    train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10,
-                        grad_accumulation=2)
+    train = TrainConfig(
+        model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10, grad_accumulation=2
+    )
     writer = TrajectoryWriter(tmp_path / "teacher", {"test": 1})
-    history = fit(TASK, build(), train, [Member("teacher", 0, CE())], data_stream="teacher-data",
-                  checkpoint_writer=writer)
+    history = fit(
+        TASK, build(), train, [Member("teacher", 0, CE())], data_stream="teacher-data", checkpoint_writer=writer
+    )
     writer.finish()
     assert [r["step"] for r in history[0]] == [0, 10, 20]
     assert history[0][-1]["eval_loss"] < history[0][0]["eval_loss"]
@@ -133,8 +136,17 @@ def test_teacher_trajectory_and_students_train_deterministically(tmp_path):
     results = []
     for _ in range(2):
         pool = TeacherPool(trajectory, build, torch.device("cpu"))
-        results.append(fit(TASK, build(seed=1), train, [Member("s", 0, Progressive())], data_stream="student",
-                           teachers=pool, distillation=DistillationConfig(temperature=1.0)))
+        results.append(
+            fit(
+                TASK,
+                build(seed=1),
+                train,
+                [Member("s", 0, Progressive())],
+                data_stream="student",
+                teachers=pool,
+                distillation=DistillationConfig(temperature=1.0),
+            )
+        )
     assert results[0] == results[1]
     assert [r["teacher_checkpoint"] for r in results[0][0]] == [10, 10, 20]  # the next checkpoint ahead
 
@@ -189,7 +201,7 @@ class _CountsVisible(torch.nn.Module):
 
 
 def test_ngram_hiding_token_vs_attention_mask():
-    """"token" only replaces ids by MASK (the attention mask is untouched); "attention" also hides the masked
+    """ "token" only replaces ids by MASK (the attention mask is untouched); "attention" also hides the masked
     positions from attention, as the authors' probe does."""
     vocab = Vocabulary(("a", "b", "c"))
     sentences = [s.tokens for s in TASK.sample_sentences(8, generator(0, "probe"))]
@@ -198,8 +210,7 @@ def test_ngram_hiding_token_vs_attention_mask():
     hidden = ngram_dependence(_CountsVisible(), sentences, vocab, windows=(3,), hiding="attention")
     assert hidden["M_robust/3"]["median"] > 0 and hidden["M_close/3"]["median"] > hidden["M_robust/3"]["median"]
     bigram = _Bigram(vocab.size)  # reads ids only: both ways of masking give the same scores
-    assert ngram_dependence(bigram, sentences, vocab, hiding="attention") == ngram_dependence(bigram, sentences,
-                                                                                              vocab)
+    assert ngram_dependence(bigram, sentences, vocab, hiding="attention") == ngram_dependence(bigram, sentences, vocab)
     with pytest.raises(ValueError, match="hiding='mask'"):
         ngram_dependence(bigram, sentences, vocab, hiding="mask")
 
@@ -207,8 +218,8 @@ def test_ngram_hiding_token_vs_attention_mask():
 def test_probe_positions_pick_only_maskable_positions():
     maskable = torch.zeros(2, 12, dtype=torch.bool)
     maskable[0, 1:11] = True  # BOS, 10 tokens, EOS
-    maskable[1, 1:4] = True   # BOS, 3 tokens, EOS, PAD...
-    maskable[0, 5] = False    # e.g. a [SEP] inside a packed text sequence
+    maskable[1, 1:4] = True  # BOS, 3 tokens, EOS, PAD...
+    maskable[0, 5] = False  # e.g. a [SEP] inside a packed text sequence
     where = probe_positions(maskable, per_sentence=4)
     assert all(maskable[s, p] for s, p in zip(where.sentence, where.position))
     assert (where.sentence == 0).sum() == 4 and (where.sentence == 1).sum() == 3
@@ -227,7 +238,7 @@ class _Oracle(torch.nn.Module):
         for i, row in enumerate(ids):
             tokens = row[(row < len(self.vocab.terminals))]
             anc = self.lookup[tuple(tokens.tolist())]
-            out[i, 1:len(anc) + 1, :] = torch.nn.functional.one_hot(torch.from_numpy(anc).long(), 8).float()
+            out[i, 1 : len(anc) + 1, :] = torch.nn.functional.one_hot(torch.from_numpy(anc).long(), 8).float()
         return out
 
 
@@ -245,10 +256,17 @@ def test_nonterminal_probe_reads_a_planted_representation():
 def test_pcfg_mlm_run_end_to_end(tmp_path):
     adamw = OptimizerConfig(name="adamw", lr=3e-3, lr_schedule="cosine")
     train = TrainConfig(model=TINY, optimizer=adamw, steps=40, batch_size=8, eval_every=10, checkpoint_every=10)
-    config = ExperimentConfig(preset="tiny-pcfg", task=TASK, teacher=train,
-                              student=TrainConfig(model=BertMLMConfig(n_layer=1, n_head=1, head_dim=4),
-                                                  optimizer=adamw, steps=20, batch_size=8, eval_every=10),
-                              schedules=(CE(), OneShot()), seeds=1, threshold=0.5)
+    config = ExperimentConfig(
+        preset="tiny-pcfg",
+        task=TASK,
+        teacher=train,
+        student=TrainConfig(
+            model=BertMLMConfig(n_layer=1, n_head=1, head_dim=4), optimizer=adamw, steps=20, batch_size=8, eval_every=10
+        ),
+        schedules=(CE(), OneShot()),
+        seeds=1,
+        threshold=0.5,
+    )
     results = run(config, tmp_path / "run", log=lambda *a: None)
     assert {s["schedule"] for s in results["students"]} == {"ce", "one-shot"}
     assert all(s["final_loss"] > 0 for s in results["students"])
@@ -280,19 +298,24 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
 
     adamw = OptimizerConfig(name="adamw", lr=3e-3)
     train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10)
-    config = ExperimentConfig(preset="tiny-pcfg", task=TASK, teacher=train, student=train, schedules=(CE(),),
-                              seeds=1, threshold=0.5)
+    config = ExperimentConfig(
+        preset="tiny-pcfg", task=TASK, teacher=train, student=train, schedules=(CE(),), seeds=1, threshold=0.5
+    )
     run(config, tmp_path / "run", log=lambda *a: None)
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--step", "10"]) == 0
     model = BertForMaskedLM.from_pretrained(tmp_path / "hf")
     vocab = json.loads((tmp_path / "hf" / "vocab.json").read_text())  # the token of each id
-    assert vocab[TASK.vocabulary.mask] == "MASK" and vocab[:len(TASK.vocabulary.terminals)] == \
-        list(TASK.vocabulary.terminals)
+    assert vocab[TASK.vocabulary.mask] == "MASK" and vocab[: len(TASK.vocabulary.terminals)] == list(
+        TASK.vocabulary.terminals
+    )
     original = build()
     original.load_state_dict(Trajectory(tmp_path / "run" / "teacher").load(10))
     batch = TASK.sample_batch(2, generator(0, "x"))
-    assert torch.allclose(model(input_ids=batch.inputs, attention_mask=batch.attention_mask).logits,
-                          original(batch.inputs, batch.attention_mask), atol=1e-5)
+    assert torch.allclose(
+        model(input_ids=batch.inputs, attention_mask=batch.attention_mask).logits,
+        original(batch.inputs, batch.attention_mask),
+        atol=1e-5,
+    )
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2  # never overwrites
     assert "is a directory that is not empty" in capsys.readouterr().err
     (tmp_path / "afile").write_text("mine")
@@ -320,7 +343,14 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert main(["probe", "oracle", str(tmp_path / "run"), "--windows", "7", "5", "3"]) == 0  # the default set
     oracle = json.loads((probes / "ngram-oracle-summary.json").read_text())
     assert oracle["settings"]["positions"] > 0 and set(oracle["scores"]) == {
-        "M_robust/3", "M_close/3", "M_robust/5", "M_close/5", "M_robust/7", "M_close/7", "cross_entropy"}
+        "M_robust/3",
+        "M_close/3",
+        "M_robust/5",
+        "M_close/5",
+        "M_robust/7",
+        "M_close/7",
+        "cross_entropy",
+    }
     assert 0 <= oracle["median"] <= 1 and oracle["scores"]["cross_entropy"]["mean"] >= 0
     assert oracle["masked_lm_loss"]["positions"] > 0 and oracle["masked_lm_loss"]["mean"] > 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -359,24 +389,35 @@ def test_export_and_probe_cli_on_a_finished_run(tmp_path, capsys):
     assert len(tv_lines) == len(l1_lines)
     for tv, l1 in zip(map(json.loads, tv_lines), map(json.loads, l1_lines)):
         assert (tv["model"], tv["step"]) == (l1["model"], l1["step"])
-        assert l1["ngram"] == {k: {s: 2 * x for s, x in v.items()} if k.startswith("M_") else v
-                               for k, v in tv["ngram"].items()}
+        assert l1["ngram"] == {
+            k: {s: 2 * x for s, x in v.items()} if k.startswith("M_") else v for k, v in tv["ngram"].items()
+        }
     oracle = probe_oracle(tmp_path / "run", windows=(3,), distance="l1", log=lambda *a: None)
     assert oracle["settings"]["distance"] == "l1"
     assert json.loads((probes / "ngram-oracle-summary.json").read_text()) != oracle  # the TV one is kept
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert set(results["probes"]) == {"ngram", "ngram-windows-3", "ngram-oracle", "ngram-l1",
-                                      "ngram-oracle-l1-windows-3"}
+    assert set(results["probes"]) == {
+        "ngram",
+        "ngram-windows-3",
+        "ngram-oracle",
+        "ngram-l1",
+        "ngram-oracle-l1-windows-3",
+    }
     assert results["probes"]["ngram-l1"]["distance"] == "l1"
 
 
 def _tiny_config(task=TASK, **student):
     adamw = OptimizerConfig(name="adamw", lr=3e-3)
     train = TrainConfig(model=TINY, optimizer=adamw, steps=20, batch_size=8, eval_every=10, checkpoint_every=10)
-    return ExperimentConfig(preset="tiny-pcfg", task=task, teacher=train,
-                            student=TrainConfig(**{**dict(model=TINY, optimizer=adamw, steps=10, batch_size=8,
-                                                          eval_every=10), **student}),
-                            schedules=(CE(),), seeds=1, threshold=0.5)
+    return ExperimentConfig(
+        preset="tiny-pcfg",
+        task=task,
+        teacher=train,
+        student=TrainConfig(**{**dict(model=TINY, optimizer=adamw, steps=10, batch_size=8, eval_every=10), **student}),
+        schedules=(CE(),),
+        seeds=1,
+        threshold=0.5,
+    )
 
 
 @pytest.mark.e2e
@@ -408,9 +449,12 @@ def test_a_grammar_file_edited_in_place_is_refused_not_mixed(tmp_path):
     run(config, tmp_path / "run", overwrite=True, log=lambda *a: None)  # explicitly replaced
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(model=BertMLMConfig(n_layer=1, n_head=2, head_dim=4, max_positions=8)), "student.model.max_positions=8"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(model=BertMLMConfig(n_layer=1, n_head=2, head_dim=4, max_positions=8)), "student.model.max_positions=8"),
+    ],
+)
 def test_size_errors_are_found_before_anything_is_written(tmp_path, change, match):
     with pytest.raises(ConfigError, match=match):
         run(_tiny_config(**change), tmp_path / "run", log=lambda *a: None)
@@ -419,10 +463,20 @@ def test_size_errors_are_found_before_anything_is_written(tmp_path, change, matc
 
 def test_two_shot_auto_needs_room_and_checkpoints(tmp_path):
     with pytest.raises(ConfigError, match=r"schedules\.0\.first_steps=400"):
-        ExperimentConfig(preset="x", task=TASK, teacher=TrainConfig(model=TINY),
-                         student=TrainConfig(model=TINY, steps=100), schedules=(TwoShotAuto(first_steps=400),))
-    config = ExperimentConfig(preset="x", task=TASK, teacher=TrainConfig(model=TINY, steps=30, checkpoint_every=100),
-                              student=TrainConfig(model=TINY, steps=100), schedules=(TwoShotAuto(first_steps=40),))
+        ExperimentConfig(
+            preset="x",
+            task=TASK,
+            teacher=TrainConfig(model=TINY),
+            student=TrainConfig(model=TINY, steps=100),
+            schedules=(TwoShotAuto(first_steps=400),),
+        )
+    config = ExperimentConfig(
+        preset="x",
+        task=TASK,
+        teacher=TrainConfig(model=TINY, steps=30, checkpoint_every=100),
+        student=TrainConfig(model=TINY, steps=100),
+        schedules=(TwoShotAuto(first_steps=40),),
+    )
     with pytest.raises(ConfigError, match="teacher.checkpoint_every=100 saves 2"):
         run(config, tmp_path / "run", log=lambda *a: None)
     assert not (tmp_path / "run").exists()
@@ -463,13 +517,20 @@ def test_the_pcfg_mlm_preset_runs_end_to_end_shrunk(tmp_path):
     from progdistill.recipes.presets import get_preset
 
     preset = get_preset("pcfg-mlm")
-    config = replace(preset, task=replace(preset.task, eval_size=16), seeds=1, schedules=preset.schedules[:3],
-                     teacher=replace(preset.teacher, steps=20, batch_size=4, checkpoint_every=10, eval_every=10),
-                     student=replace(preset.student, steps=4, batch_size=4, eval_every=2))
+    config = replace(
+        preset,
+        task=replace(preset.task, eval_size=16),
+        seeds=1,
+        schedules=preset.schedules[:3],
+        teacher=replace(preset.teacher, steps=20, batch_size=4, checkpoint_every=10, eval_every=10),
+        student=replace(preset.student, steps=4, batch_size=4, eval_every=2),
+    )
     results = run(config, tmp_path / "run", log=lambda *a: None)
     assert [s["schedule"] for s in results["students"]] == ["ce", "one-shot", "progressive-x8"]
-    progressive = [json.loads(line) for line in
-                   (tmp_path / "run" / "students" / "progressive-x8-seed0" / "metrics.jsonl").read_text().splitlines()]
+    progressive = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "students" / "progressive-x8-seed0" / "metrics.jsonl").read_text().splitlines()
+    ]
     # Speed 8: student step t uses the first checkpoint at or after 8t (records name the step before theirs).
     assert [(r["step"], r["teacher_checkpoint"]) for r in progressive] == [(0, 10), (2, 10), (4, 20)]
     assert set(results["probes"]["ngram"]["students"]) == {"ce", "one-shot", "progressive-x8"}

@@ -44,8 +44,12 @@ def test_directory_reads_txt_files_recursively_in_sorted_order(tmp_path):
 
 def test_jsonl_reads_the_named_field(tmp_path):
     f = tmp_path / "d.jsonl"
-    lines = [json.dumps({"id": 1, "body": "Alpha beta.\n\nGamma."}), "", json.dumps({"body": "   ", "id": 2}),
-             json.dumps({"body": "caf\u00e9 \u2603", "text": "other"})]
+    lines = [
+        json.dumps({"id": 1, "body": "Alpha beta.\n\nGamma."}),
+        "",
+        json.dumps({"body": "   ", "id": 2}),
+        json.dumps({"body": "caf\u00e9 \u2603", "text": "other"}),
+    ]
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert load_corpus(f, text_field="body") == ["Alpha beta.\n\nGamma.", "caf\u00e9 \u2603"]
 
@@ -90,8 +94,7 @@ def test_empty_directory(tmp_path):
 
 def test_jsonl_line_without_the_field_names_line_field_and_present_fields(tmp_path):
     f = tmp_path / "d.jsonl"
-    f.write_text(json.dumps({"text": "ok"}) + "\n\n" + json.dumps({"title": "t", "body": "b"}) + "\n",
-                 encoding="utf-8")
+    f.write_text(json.dumps({"text": "ok"}) + "\n\n" + json.dumps({"title": "t", "body": "b"}) + "\n", encoding="utf-8")
     with pytest.raises(CorpusError) as info:
         load_corpus(f)
     assert str(info.value) == f"{f}:line 3: no field 'text'; the line has fields: 'title', 'body'"
@@ -149,8 +152,9 @@ def test_invalid_utf8_inside_a_directory_names_the_file(tmp_path):
 def test_unsupported_extension(tmp_path, name):
     f = tmp_path / name
     f.write_text("text", encoding="utf-8")
-    with pytest.raises(CorpusError, match="unsupported extension.*allowed: a .txt file, a .jsonl file or a "
-                                          "directory") as info:
+    with pytest.raises(
+        CorpusError, match="unsupported extension.*allowed: a .txt file, a .jsonl file or a directory"
+    ) as info:
         load_corpus(f)
     assert str(f) in str(info.value)
 
@@ -236,8 +240,10 @@ def test_hf_dataset_missing_column_lists_columns(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------
 # The offline default corpus (gensim's Wikipedia sample; docs/text-corpus.md)
 
-needs_gensim = pytest.mark.skipif(importlib.util.find_spec("gensim") is None,
-                                  reason="the default corpus ships in gensim: pip install 'progdistill[text]'")
+needs_gensim = pytest.mark.skipif(
+    importlib.util.find_spec("gensim") is None,
+    reason="the default corpus ships in gensim: pip install 'progdistill[text]'",
+)
 
 
 @needs_gensim
@@ -260,8 +266,9 @@ def test_default_corpus_is_the_documented_wikipedia_sample():
 def test_default_corpus_lee_news():
     docs = default_corpus("lee-news")
     assert corpus_summary(docs) == {"documents": 300, "characters": 359_484, "words": 59_890}
-    assert docs[0].startswith("Hundreds of people have been forced to vacate their homes in the Southern "
-                              "Highlands of New South Wales")
+    assert docs[0].startswith(
+        "Hundreds of people have been forced to vacate their homes in the Southern Highlands of New South Wales"
+    )
 
 
 def test_default_corpus_unknown_name():
@@ -281,8 +288,11 @@ def test_default_corpus_without_gensim_names_the_package(monkeypatch):
     monkeypatch.setattr(corpus, "_wikipedia", corpus._wikipedia.__wrapped__)  # bypass a cached parse
     corpus._gensim_file.cache_clear()
     try:
-        with pytest.raises(CorpusError, match=r"'gensim' package, which is not installed: pip install "
-                                              r"'progdistill\[text\]'"):
+        with pytest.raises(
+            CorpusError,
+            match=r"'gensim' package, which is not installed: pip install "
+            r"'progdistill\[text\]'",
+        ):
             default_corpus()
     finally:
         corpus._gensim_file.cache_clear()

@@ -16,8 +16,38 @@ from progdistill.tasks.text.corpus import CorpusError
 from progdistill.tasks.text.task import TextMaskedLMTask
 from progdistill.tasks.text.tokenizer import MASK_ID, SPECIAL_TOKENS, TokenizerError
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "the", "dog", "ran", "over", "the", "hill", "and", "a", "bird",
-         "sang", "in", "the", "tall", "green", "tree", "near", "the", "old", "stone", "bridge", "by", "the", "river"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "the",
+    "dog",
+    "ran",
+    "over",
+    "the",
+    "hill",
+    "and",
+    "a",
+    "bird",
+    "sang",
+    "in",
+    "the",
+    "tall",
+    "green",
+    "tree",
+    "near",
+    "the",
+    "old",
+    "stone",
+    "bridge",
+    "by",
+    "the",
+    "river",
+]
 
 
 @pytest.fixture
@@ -79,11 +109,15 @@ def test_text_mlm_run_end_to_end(corpus, tmp_path):
     task = TextMaskedLMTask(corpus=corpus, vocab_size=200, sequence_length=16, eval_size=16)
     adamw = OptimizerConfig(name="adamw", lr=3e-3)
     model = BertMLMConfig(n_layer=1, n_head=2, head_dim=4)
-    config = ExperimentConfig(preset="tiny-text", task=task,
-                              teacher=TrainConfig(model=model, optimizer=adamw, steps=30, batch_size=8, eval_every=10,
-                                                  checkpoint_every=10),
-                              student=TrainConfig(model=model, optimizer=adamw, steps=10, batch_size=8, eval_every=5),
-                              schedules=(CE(), Progressive(speed=3.0)), seeds=1, threshold=0.5)
+    config = ExperimentConfig(
+        preset="tiny-text",
+        task=task,
+        teacher=TrainConfig(model=model, optimizer=adamw, steps=30, batch_size=8, eval_every=10, checkpoint_every=10),
+        student=TrainConfig(model=model, optimizer=adamw, steps=10, batch_size=8, eval_every=5),
+        schedules=(CE(), Progressive(speed=3.0)),
+        seeds=1,
+        threshold=0.5,
+    )
     results = run(config, tmp_path / "run", log=lambda *a: None)
     assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").exists()
     summary = results["probes"]["ngram"]
@@ -109,8 +143,9 @@ def test_a_corpus_file_edited_in_the_same_process_is_read_again(corpus):
     task = TextMaskedLMTask(corpus=corpus, vocab_size=60, sequence_length=16)
     before_docs, before_ids = task.documents(), task.sequences()
     path = Path(corpus)
-    path.write_text(path.read_text(encoding="utf-8") + "\n\nan extra closing paragraph about a red fox.",
-                    encoding="utf-8")
+    path.write_text(
+        path.read_text(encoding="utf-8") + "\n\nan extra closing paragraph about a red fox.", encoding="utf-8"
+    )
     after_docs = task.documents()
     assert sum(map(len, after_docs)) == sum(map(len, before_docs)) + 1
     after_ids = task.sequences()  # the new 41st document is held out (every 10th is)

@@ -132,12 +132,16 @@ def test_pack_sequences_by_hand():
     # stream: 10 11 12 SEP 20 21 SEP 30 31 32 33 SEP (12 tokens); L=6 holds 4 corpus tokens -> 3 sequences
     packed = pack_sequences(docs, 6)
     assert packed.dtype == torch.long
-    assert packed.tolist() == [[CLS_ID, 10, 11, 12, SEP_ID, SEP_ID],
-                               [CLS_ID, 20, 21, SEP_ID, 30, SEP_ID],
-                               [CLS_ID, 31, 32, 33, SEP_ID, SEP_ID]]
+    assert packed.tolist() == [
+        [CLS_ID, 10, 11, 12, SEP_ID, SEP_ID],
+        [CLS_ID, 20, 21, SEP_ID, 30, SEP_ID],
+        [CLS_ID, 31, 32, 33, SEP_ID, SEP_ID],
+    ]
     # L=7 holds 5: 12 // 5 = 2 sequences, the last two tokens dropped
-    assert pack_sequences(docs, 7).tolist() == [[CLS_ID, 10, 11, 12, SEP_ID, 20, SEP_ID],
-                                                [CLS_ID, 21, SEP_ID, 30, 31, 32, SEP_ID]]
+    assert pack_sequences(docs, 7).tolist() == [
+        [CLS_ID, 10, 11, 12, SEP_ID, 20, SEP_ID],
+        [CLS_ID, 21, SEP_ID, 30, 31, 32, SEP_ID],
+    ]
 
 
 def test_tokenize_corpus_shapes_and_content(tokenizer):
@@ -149,17 +153,20 @@ def test_tokenize_corpus_shapes_and_content(tokenizer):
     assert not (packed == PAD_ID).any()
     # The first sequence begins with the first document's tokens.
     first = ids[0][:14]
-    assert packed[0, 1:1 + len(first)].tolist() == first
+    assert packed[0, 1 : 1 + len(first)].tolist() == first
     assert tokenizer.decode(packed[0].tolist()).startswith("the quick brown fox jumps")
     # Interior tokens, read back in order, are the corpus stream.
     flat = [t for x in ids for t in (*x, SEP_ID)]
-    assert packed[:, 1:-1].reshape(-1).tolist() == flat[:packed.shape[0] * 14]
+    assert packed[:, 1:-1].reshape(-1).tolist() == flat[: packed.shape[0] * 14]
     assert torch.equal(pack_sequences(ids, 16), packed)  # encode then pack, as documented
 
 
 def test_too_small_corpus_names_tokens_and_length(tokenizer):
-    with pytest.raises(TokenizerError, match=r"the corpus has 3 tokens \(1 documents, one \[SEP\] each\), too "
-                                             r"few for one training sequence of length L=8"):
+    with pytest.raises(
+        TokenizerError,
+        match=r"the corpus has 3 tokens \(1 documents, one \[SEP\] each\), too "
+        r"few for one training sequence of length L=8",
+    ):
         pack_sequences([[5, 6]], 8)
     with pytest.raises(TokenizerError, match=r"corpus has \d+ tokens .* length L=512"):
         tokenize_corpus(tokenizer, DOCS[:1], 512)
