@@ -154,6 +154,12 @@ def import_entry(entry: dict[str, str]) -> ModuleType:
     ``--import NEW/PATH/my_task.py`` stands in for a file that has moved); else its file, when recorded and there,
     under that name (a script's under its stem); else the module by name."""
     name, file = entry["module"], entry.get("file")
+    if name == "__main__" and not file:
+        raise PluginError(
+            "plugin module '__main__' is recorded without a file: its tasks, models or schedules were defined in an "
+            "interactive session or notebook, which cannot be imported again; define them in a file and pass "
+            "--import FILE (or import it before loading the config)"
+        )
     if name != "__main__" and name in sys.modules:
         return sys.modules[name]
     if name == "__main__" and _same_file(getattr(sys.modules.get("__main__"), "__file__", None), file or ""):

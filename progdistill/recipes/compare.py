@@ -63,7 +63,8 @@ def load_run(path: str | Path) -> _Run:
         results = json.loads(rundir.results_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {rundir.results_file}: {exc}") from None
-    if results.get("config_sha256") != config_hash(rundir.config_json()):  # as written (a former type name too)
+    # results.json holds the hash of the config as read (today's type names) or, written before a rename, as written
+    if results.get("config_sha256") not in (config_hash(config), config_hash(rundir.config_json())):
         raise ConfigError(
             f"{rundir.results_file} belongs to another config than {rundir.config_file} (its "
             f"config_sha256 differs): rerun `progdistill run {rundir.config_file} --out "

@@ -187,14 +187,17 @@ class Training:
         for mem in members:
             if mem.schedule.needs_teacher and teachers is None:
                 raise ValueError(f"{mem.name}: schedule {mem.schedule.label} needs a teacher trajectory")
+        taught = teachers if any(mem.schedule.needs_teacher for mem in members) else None
+        if (
+            taught is not None
+        ):  # schedules valid for the trajectory, its checkpoint files intact (once per pool: TeacherPool.check)
+            taught.check([mem.schedule for mem in members])
         # The teachers of the last step trained (what a record says); step 0's until the first block.
         self.in_use = self.teachers_at(0)
-        if teachers is not None and any(mem.schedule.needs_teacher for mem in members):
-            # Schedules valid for the trajectory, its checkpoint files intact (once per pool: TeacherPool.check).
-            teachers.check([mem.schedule for mem in members])
+        if taught is not None:
             # The first teachers are built now: a transform that cannot apply (a weight path between models of
             # different shapes) or a hint layer that does not exist stops here, before the first step.
-            teachers.prepare([spec for spec in self.in_use if spec is not None])
+            taught.prepare([spec for spec in self.in_use if spec is not None])
         self.hints = Hints.for_stack(model, teachers, self.in_use, [mem.seed for mem in members])
         if checkpoint_writer is not None and M != 1:
             raise ValueError("only a stack of one model (a teacher) writes a trajectory")

@@ -4,6 +4,7 @@ import json
 import sys
 import uuid
 import warnings
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,8 @@ from progdistill.core import config as config_module
 from progdistill.core import plugins
 from progdistill.core.config import ENTRY_POINT_GROUP, ConfigError, Unloaded, lookup_variant, to_dict, variants
 from progdistill.core.plugins import PluginError, import_plugin, plugin_entries
+from progdistill.distill.curricula import CoTraining
+from progdistill.distill.schedules import CE
 from progdistill.experiment import ExperimentConfig, config_hash, load_config
 from progdistill.recipes.presets import get_preset
 
@@ -186,3 +189,24 @@ def test_a_broken_entry_point_is_one_error_naming_it(monkeypatch):
         r"progdistill.plugins, package broken-pkg\): ImportError",
     ):
         lookup_variant("task", "no-such-task")
+
+
+def test_lenient_loading_of_a_missing_task_beside_a_schedule_that_reads_the_task(plugin):
+    # co-training asks the task whether its targets are per position: a stand-in task cannot say, so the
+    # experiment's cross-field checks are skipped when showing files, instead of failing on the stand-in
+    config = replace(plugin_config(import_plugin(str(plugin.path))), schedules=(CE(), CoTraining()))
+    data = config.to_dict()
+    forget_plugin(plugin.name)
+    plugin.path.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = ExperimentConfig.from_dict(data, lenient=True)
+    assert isinstance(loaded.task, Unloaded) and [s.label for s in loaded.schedules] == ["ce", "co-training"]
+    with pytest.raises(PluginError, match="it does not exist"):
+        ExperimentConfig.from_dict(data)  # strict loading still refuses
+
+
+def test_a_plugin_recorded_from_an_interactive_session_is_one_clear_error():
+    data = {**get_preset("parity-mlp").to_dict(), "plugins": [{"module": "__main__"}]}
+    with pytest.raises(PluginError, match=r"'__main__' is recorded without a file: .* define them in a file"):
+        ExperimentConfig.from_dict(data)

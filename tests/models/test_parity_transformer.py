@@ -12,6 +12,7 @@ from progdistill.core.seeding import generator
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.experiment import ExperimentConfig, check_task_data, config_hash
 from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig
+from progdistill.recipes.compare import load_run
 from progdistill.recipes.presets import get_preset
 from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory
@@ -239,6 +240,7 @@ def test_a_run_written_under_the_former_name_gpt2_is_the_same_run(tmp_path, caps
     printed = capsys.readouterr().out
     assert printed.splitlines()[-1] == "3 done", printed
     assert main(["report", str(out)]) == 0
+    assert load_run(out).results["config_sha256"] == config_hash(config)  # report wrote today's hash: compare reads it
     run(ExperimentConfig.from_dict(old), out, device="cpu", log=lambda *a: None, report_to="none")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == weights  # nothing trained again
     assert json.loads((out / "config.json").read_text())["teacher"]["model"]["type"] == "parity-gpt2"

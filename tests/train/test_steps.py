@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from progdistill.core.config import TrainConfig
+from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.distill.losses import mixture_weights
 from progdistill.models.mlp import MLPConfig
 from progdistill.train.steps import StackObjective, StepContext, stack_step
@@ -27,7 +27,7 @@ def _context(model, lr=0.1, on_non_finite="stop"):
 def _objective(labels):
     has_teacher = torch.zeros(1, 2, 1, dtype=torch.bool)
     ce_weight, kd_weight = mixture_weights(0.0, has_teacher)
-    return StackObjective(labels[None], None, 1.0, ce_weight, kd_weight, None, fused=True)
+    return StackObjective(labels[None], None, 1.0, ce_weight, kd_weight, DistillationConfig(), fused=True)
 
 
 def test_a_stack_step_is_the_sgd_update_of_the_sum_of_each_models_mean_loss():
