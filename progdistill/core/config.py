@@ -17,6 +17,7 @@ import difflib
 import importlib.metadata
 import json
 import math
+import os
 import traceback
 import types
 import typing
@@ -67,7 +68,15 @@ def register(union: str):
     and written as ``kind``."""
 
     def wrap(cls):
-        _UNIONS.setdefault(union, {})[cls.kind] = cls
+        known = _UNIONS.setdefault(union, {})
+        existing = known.get(cls.kind)
+        if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+            # the same class imported again (a module reloaded) replaces itself; another class must not take the name
+            raise ConfigError(
+                f"{union} type {cls.kind!r} of {cls.__module__}.{cls.__qualname__} is already registered by "
+                f"{existing.__module__}.{existing.__qualname__}; give the new class another kind"
+            )
+        known[cls.kind] = cls
         for alias in getattr(cls, "aliases", ()):
             _ALIASES.setdefault(union, {})[alias] = cls
             _RENAMED.setdefault(alias, set()).add(cls.kind)
@@ -107,8 +116,15 @@ class PluginError(ConfigError):
 
 def failure_reason(exc: BaseException) -> str:
     """An exception raised by importing a plugin, as one line, with the innermost frame outside importlib."""
+    if isinstance(exc, SyntaxError):  # its message names the file and line already
+        return f"{type(exc).__name__}: {exc}"
     frames = traceback.extract_tb(exc.__traceback__)
-    own = [f for f in frames if "importlib" not in f.filename and not f.filename.startswith("<frozen")]
+    library = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # progdistill/: its frames say nothing
+    own = [
+        f
+        for f in frames
+        if "importlib" not in f.filename and not f.filename.startswith("<frozen") and not f.filename.startswith(library)
+    ]
     where = f" (at {own[-1].filename}:{own[-1].lineno})" if own else ""
     return f"{type(exc).__name__}: {exc}{where}"
 

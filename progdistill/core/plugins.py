@@ -64,6 +64,11 @@ def import_file(path: str | Path, name: str | None = None) -> ModuleType:
             f"already imported (from {getattr(loaded, '__file__', None) or 'a built-in'}); rename "
             "the file"
         )
+    if path.is_dir():
+        raise PluginError(
+            f"cannot import plugin {path}: it is a directory; pass its .py file, or a package's dotted name with the "
+            "package's parent folder on PYTHONPATH"
+        )
     if not path.is_file():
         raise PluginError(f"cannot import plugin file {path}: it does not exist")
     package = [str(path.parent)] if path.name == "__init__.py" else None  # a package's relative imports work

@@ -210,3 +210,29 @@ def test_a_plugin_recorded_from_an_interactive_session_is_one_clear_error():
     data = {**get_preset("parity-mlp").to_dict(), "plugins": [{"module": "__main__"}]}
     with pytest.raises(PluginError, match=r"'__main__' is recorded without a file: .* define them in a file"):
         ExperimentConfig.from_dict(data)
+
+
+def test_a_plugin_cannot_take_a_registered_kind(tmp_path):
+    duplicate = tmp_path / f"dup_{uuid.uuid4().hex[:8]}.py"
+    duplicate.write_text(
+        "from dataclasses import dataclass\nfrom typing import ClassVar\n"
+        "from progdistill.core.config import register\n\n"
+        '@register("task")\n@dataclass(frozen=True)\nclass Mine:\n    kind: ClassVar[str] = "parity"\n'
+    )
+    with pytest.raises(PluginError, match=rf"task type 'parity' of {duplicate.stem}.Mine is already registered by "):
+        import_plugin(str(duplicate))
+    assert variants("task")["parity"].__module__ == "progdistill.tasks.parity"  # the built-in is kept
+
+
+def test_a_directory_is_not_a_plugin_file(tmp_path, capsys):
+    assert main(["show", "parity-mlp", "--import", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot import plugin {tmp_path}: it is a directory" in err and "\n" not in err
+
+
+def test_a_syntax_error_names_the_plugins_line_not_the_library(tmp_path, capsys):
+    broken = tmp_path / f"syn_{uuid.uuid4().hex[:8]}.py"
+    broken.write_text("def (:\n")
+    assert main(["show", "parity-mlp", "--import", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "SyntaxError" in err and f"{broken.name}, line 1" in err and "plugins.py" not in err
