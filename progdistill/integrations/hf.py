@@ -401,7 +401,7 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
                 "with `progdistill run`"
             )
         self.distillation = distillation
-        self.schedule.validate(teacher_trajectory.steps)  # (HF checkpoints carry no hashes to verify)
+        self.schedule.validate(teacher_trajectory.steps)  # (HFTrajectory checked its files when opened)
         self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)
         self.checkpoint_in_use: int | None = None
         self._spec: tuple[int, TeacherSpec | None] | None = None  # (step, the schedule's teacher at that step)
