@@ -20,7 +20,9 @@ Losses are computed on the positions the labels supervise (-100 ignored), or wit
 of the attention mask; causal LMs are shifted by one position as in their own loss (paper §2-§3: distillation
 on the masked / supervised positions). The training loss is the mean per supervised position of the whole
 optimizer step, counted here for every model, so any split into micro-batches, accumulation steps and
-processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch.
+processes (with ``average_tokens_across_devices``, Trainer's default) gives the update of one big batch -- for a
+student without dropout (dropout draws its masks per micro-batch, so a split changes them; TRL's ``GKDConfig``
+passed as ``args`` disables it, as TRL does).
 Logs: ``eval_loss`` is the label loss, as in a plain ``Trainer`` (so ``metric_for_best_model`` and early stopping
 compare with a cross-entropy baseline); ``eval_distillation_loss`` is the distillation loss against the checkpoint in
 use, per supervised position; training logs carry ``teacher_checkpoint``, the checkpoint step of the last step logged.
@@ -28,14 +30,17 @@ use, per supervised position; training logs carry ``teacher_checkpoint``, the ch
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import warnings
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from progdistill.core.config import ConfigError, DistillationConfig, variants
 from progdistill.core.optional import require
@@ -57,8 +62,101 @@ _WEIGHTS = (
 )  # the last two: PEFT adapters
 
 
+# TRL GKDConfig's fields that the trainer reads from its args, and the DistillationConfig field each sets.
+GKD_FIELDS = {
+    "lmbda": "lmbda",
+    "beta": "beta",
+    "seq_kd": "seq_kd",
+    "max_new_tokens": "max_new_tokens",
+    "temperature": "sampling_temperature",
+}
+# Saved in each student checkpoint directory: the coin's and the sampling's generator states.
+GENERATORS = "progdistill_generators.pt"
+_DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
+
+
 def _transformers():
     return require("transformers", "hf", "progdistill.integrations.hf (the Hugging Face Trainer integration)")
+
+
+def _verify_weights(path: Path, step: int) -> None:
+    """Raise :class:`TrajectoryError` naming ``path`` when a weights file cannot be loaded whole: a safetensors file
+    whose header is unreadable or whose tensors do not cover the file exactly (a truncated copy), a PyTorch zip
+    archive without its central directory, a shard index that is not JSON or names a shard that is missing or
+    damaged. Reads headers only. (A PyTorch file in the legacy, non-zip format is not checked.)"""
+    problem = None
+    if path.name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            problem = f"not a shard index with a weight_map ({type(exc).__name__}: {exc})"
+        else:
+            for shard in shards:
+                if not (path.parent / shard).is_file():
+                    problem = f"it names the shard {shard}, which is missing"
+                    break
+                _verify_weights(path.parent / shard, step)
+    elif path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as exc:  # SafetensorError (a Rust exception type), OSError
+            problem = f"{exc}; {path.stat().st_size} bytes"
+    elif _starts_with(path, b"PK\x03\x04"):  # a zip archive: torch.save's format since PyTorch 1.6
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            problem = f"a damaged zip archive ({exc})"
+    if problem is not None:
+        raise TrajectoryError(
+            f"{path} (checkpoint of step {step}) cannot be loaded: {problem}; the teacher's save was interrupted "
+            "or the file was cut short in a copy"
+        )
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
+
+
+def _trainer_state(path: Path) -> dict[str, Any]:
+    """The JSON object of a ``trainer_state.json`` ({} when there is none); :class:`TrajectoryError` naming the
+    file when it is not one."""
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrajectoryError(f"{path} is not valid JSON ({exc}); the teacher's trainer state is damaged") from None
+    if not isinstance(state, dict) or not isinstance(state.get("log_history", []), list):
+        raise TrajectoryError(f"{path} is not a Trainer state (a JSON object with a log_history list)")
+    return state
+
+
+def _rotated_away(steps: list[int], state: dict[str, Any]) -> list[int]:
+    """The checkpoint steps that a Trainer saving every ``save_steps`` steps wrote before the oldest checkpoint
+    in ``steps`` and that are gone (``save_total_limit`` deletes the oldest), read from the newest checkpoint's
+    ``state``; [] when nothing is missing or the survivors show no such plan. Survivors that do not follow the
+    plan are left out: the best checkpoint (which rotation keeps) and a final save off the grid. When the others
+    are not consecutive multiples of ``save_steps``, or one survivor sits at a whole epoch, the teacher may have
+    saved per epoch (``save_steps`` is then unused): nothing is reported."""
+    every, last = state.get("save_steps"), state.get("global_step")
+    if not isinstance(every, int) or every <= 0:
+        return []
+    best = state.get("best_global_step")
+    if best is None and isinstance(state.get("best_model_checkpoint"), str):
+        found = _CHECKPOINT.match(Path(state["best_model_checkpoint"]).name)
+        best = int(found.group(1)) if found else None
+    regular = [s for s in steps if not (s == best and s != steps[-1]) and not (s == last and s % every)]
+    if not regular or any(s % every for s in regular):
+        return []
+    if any(b - a != every for a, b in itertools.pairwise(regular)):
+        return []
+    epoch = state.get("epoch")
+    if len(regular) == 1 and isinstance(epoch, (int, float)) and float(epoch).is_integer():
+        return []
+    return [s for s in range(every, regular[0], every) if s not in steps]
 
 
 class HFTrajectory:
@@ -67,13 +165,23 @@ class HFTrajectory:
     ``model_class`` (e.g. ``AutoModelForCausalLM``) loads a checkpoint with ``from_pretrained`` (its weight-loading
     progress bars silenced). Metrics of a step are the entries of the newest checkpoint's ``trainer_state.json``
     log history at that step, under the names Trainer logged them (``eval_loss``, ``eval_accuracy`` when
-    ``compute_metrics`` returns ``accuracy``, ``loss``...). HF checkpoints carry no hashes, so unlike
-    :class:`progdistill.store.trajectory.Trajectory` files are not verified.
-    Raises :class:`TrajectoryError` for a missing directory, one without checkpoints, or a checkpoint without
-    weights (``_WEIGHTS``); warns about ``checkpoint-*`` directories whose suffix is not a step.
+    ``compute_metrics`` returns ``accuracy``, ``loss``...).
+
+    Checked on opening, before any training step: every checkpoint's weight files can be loaded whole (HF
+    checkpoints carry no hashes, so this is their structure: a safetensors header that covers the file exactly,
+    a zip archive's central directory, every shard an index names), and no checkpoint is missing from the
+    teacher's saving plan (``save_steps`` in the newest ``trainer_state.json``): ``save_total_limit`` deletes the
+    oldest checkpoints, and a progressive schedule would silently stay on the oldest that remains.
+    ``missing_checkpoints``: "error" (default) raises, "warn" warns and keeps the checkpoints that remain;
+    ``missing_steps`` lists those gone. Teachers that saved per epoch cannot always be told apart and are
+    not reported (:func:`_rotated_away`).
+    Raises :class:`TrajectoryError` for a missing directory, one without checkpoints, a checkpoint without
+    weights (``_WEIGHTS``) or with a damaged weights file (naming the file), a ``trainer_state.json`` that is
+    not valid JSON (naming it) and missing checkpoints; warns about ``checkpoint-*`` directories whose suffix
+    is not a step.
     """
 
-    def __init__(self, directory: str | Path, model_class: Any):
+    def __init__(self, directory: str | Path, model_class: Any, missing_checkpoints: str = "error"):
         self.directory = Path(directory)
         self.model_class = model_class
         if not self.directory.is_dir():
@@ -98,19 +206,38 @@ class HFTrajectory:
                 stacklevel=2,
             )
         for step, path in sorted(self._dirs.items()):
-            if not any((path / name).exists() for name in _WEIGHTS):
+            present = [path / name for name in _WEIGHTS if (path / name).exists()]
+            if not present:
                 raise TrajectoryError(
                     f"checkpoint {path} for step {step} has no weights (none of "
                     f"{', '.join(_WEIGHTS)}); the teacher's save was interrupted?"
                 )
+            for weights in present:
+                _verify_weights(weights, step)
         self._metrics: dict[int, dict[str, Any]] = {}
-        state = self._dirs[max(self._dirs)] / "trainer_state.json"
-        if state.exists():
-            for entry in json.loads(state.read_text(encoding="utf-8")).get("log_history", []):
-                if "step" in entry:
-                    self._metrics.setdefault(entry["step"], {}).update(
-                        {k: v for k, v in entry.items() if k not in ("step", "epoch")}
-                    )
+        state = _trainer_state(self._dirs[max(self._dirs)] / "trainer_state.json")
+        for entry in state.get("log_history", []):
+            if isinstance(entry, dict) and "step" in entry:
+                self._metrics.setdefault(entry["step"], {}).update(
+                    {k: v for k, v in entry.items() if k not in ("step", "epoch")}
+                )
+        if missing_checkpoints not in ("error", "warn"):
+            raise ValueError(f"missing_checkpoints={missing_checkpoints!r}: one of 'error', 'warn'")
+        self.missing_steps = _rotated_away(self.steps, state)
+        if self.missing_steps:
+            every, first = state["save_steps"], min(s for s in self.steps if s > max(self.missing_steps))
+            gone = ", ".join(f"checkpoint-{s}" for s in self.missing_steps[:3])
+            gone += f" ... ({len(self.missing_steps)} in all)" if len(self.missing_steps) > 3 else ""
+            message = (
+                f"{self.directory}: the teacher saved a checkpoint every {every} steps (save_steps in "
+                f"trainer_state.json) but {gone} are gone, so a progressive schedule would use checkpoint-"
+                f"{first} in their place (save_total_limit deletes the oldest checkpoints); retrain the teacher "
+                "without save_total_limit, or pass HFTrajectory(..., missing_checkpoints='warn') to distill from "
+                f"the checkpoints that remain ({self.steps})"
+            )
+            if missing_checkpoints == "error":
+                raise TrajectoryError(message)
+            warnings.warn(message, stacklevel=2)
 
     def __repr__(self) -> str:
         name = getattr(self.model_class, "__name__", repr(self.model_class))
@@ -219,6 +346,18 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
     holds (``max_new_tokens`` None there: 128). Generation: Hugging
     Face ``generate`` over all micro-batches of a step at once (:func:`generated_micro_batches`), so the
     normalization above holds for generated batches too. ``generated_steps`` counts the steps of each kind.
+
+    TRL's ``GKDConfig`` as ``args`` (or any ``TrainingArguments`` with its fields; TRL is not needed): its
+    ``lmbda``, ``beta``, ``seq_kd``, ``temperature`` and ``max_new_tokens`` are read as the keywords above (so
+    with TRL's defaults, 0.5, 0.5, False, 0.9, 128, where this trainer's own are 0, forward KL, False, 1.0, 128),
+    and ``disable_dropout`` (True there) sets the student's dropout rates to 0 as TRL does. A value given both as
+    a keyword and on ``args``, or on ``args`` and in ``distillation`` away from its default, must agree: else a
+    ``ConfigError`` names both. TRL's ``teacher_model_name_or_path`` is refused (the teacher is
+    ``teacher_trajectory``). Unlike TRL, the coin is drawn once per optimizer step, not per micro-batch.
+
+    Resume: each checkpoint also holds ``GENERATORS`` (the coin's and the sampling's generator states), which
+    :meth:`train` restores with ``resume_from_checkpoint``, so a resumed run equals an uninterrupted one bit for
+    bit on CPU, with generation too; a checkpoint without it is resumed with a warning when the run generates.
     """
 
     label_names: list[str] | None  # Trainer's: the batch keys that hold labels
@@ -237,8 +376,19 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
         temperature: float | None = None,
         **kwargs,
     ):
-        distillation = _gkd_distillation(distillation, lmbda, beta, seq_kd, max_new_tokens, temperature)
         super().__init__(*args, **kwargs)
+        gkd = {
+            "lmbda": lmbda,
+            "beta": beta,
+            "seq_kd": seq_kd,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+        }
+        distillation = _gkd_distillation(distillation, gkd, self.args)
+        if getattr(self.args, "disable_dropout", False) and self.model is not None:  # TRL's GKDConfig: True
+            for module in self.model.modules():
+                if isinstance(module, _DROPOUT):
+                    module.p = 0.0
         self.shift_labels = shift_labels  # None: shift when the student is a causal LM
         self.trajectory = teacher_trajectory
         self.schedule = schedule.resolve(teacher_trajectory)
@@ -250,8 +400,8 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
                 f"takes the checkpoint schedules ({taken}); the curricula without checkpoints train "
                 "with `progdistill run`"
             )
-        self.distillation = distillation or DistillationConfig()
-        self.schedule.validate(teacher_trajectory.steps)  # (HF checkpoints carry no hashes to verify)
+        self.distillation = distillation
+        self.schedule.validate(teacher_trajectory.steps)  # (HFTrajectory checked its files when opened)
         self.teachers = TeacherPool(teacher_trajectory, build=None, device=self.args.device)
         self.checkpoint_in_use: int | None = None
         self._spec: tuple[int, TeacherSpec | None] | None = None  # (step, the schedule's teacher at that step)
@@ -271,6 +421,50 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
     @property
     def teacher_loads(self) -> int:
         return self.teachers.loads
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Trainer's train; resuming from a checkpoint also restores the on-policy coin's and the sampling's
+        generators saved beside it (:meth:`_save_rng_state`), so that a resumed run trains as an uninterrupted
+        one does, bit for bit on CPU, with ``lmbda`` and ``seq_kd`` too."""
+        if resume_from_checkpoint is True and Path(self.args.output_dir).is_dir():
+            # Trainer's own choice (the newest checkpoint); None: Trainer raises its error for it
+            resume_from_checkpoint = _transformers().trainer_utils.get_last_checkpoint(self.args.output_dir) or True
+        if isinstance(resume_from_checkpoint, (str, Path)):
+            self._restore_generators(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Trainer's random states of a checkpoint, and (main process) ``GENERATORS``: the coin's and the
+        sampling's generator states (the same on every process) and ``generated_steps``."""
+        super()._save_rng_state(output_dir)
+        if self.args.should_save:
+            state = {
+                "coin": self._coin.get_state(),
+                "generation": self._sampling.get_state(),
+                "generated_steps": dict(self.generated_steps),
+            }
+            torch.save(state, Path(output_dir) / GENERATORS)
+
+    def _restore_generators(self, checkpoint: Path) -> None:
+        path = checkpoint / GENERATORS
+        if not path.exists():
+            if self.distillation.generates:
+                warnings.warn(
+                    f"{checkpoint} has no {GENERATORS} (saved by another trainer or an older progdistill): the "
+                    "on-policy coin and the sampling restart from the seed, so the resumed run differs from "
+                    "an uninterrupted one",
+                    stacklevel=3,
+                )
+            return
+        try:
+            state = torch.load(path, weights_only=True)
+            self._coin.set_state(state["coin"])
+            self._sampling.set_state(state["generation"])
+            self.generated_steps = {k: int(state["generated_steps"][k]) for k in ("teacher", "student")}
+        except Exception as exc:  # a damaged file: unpickling, key and type errors of any kind
+            raise TrajectoryError(
+                f"{path} cannot be read ({type(exc).__name__}: {exc}); resume from another checkpoint"
+            ) from None
 
     def _teacher_spec(self) -> TeacherSpec | None:
         """The schedule's teacher at the current optimizer step (None: labels only), resolved once per step:
@@ -454,32 +648,56 @@ class ProgressiveDistillationTrainer(_transformers().Trainer):  # type: ignore[m
 
 
 def _gkd_distillation(
-    distillation: DistillationConfig | None,
-    lmbda: float | None,
-    beta: float | None,
-    seq_kd: bool | None,
-    max_new_tokens: int | None,
-    temperature: float | None,
+    distillation: DistillationConfig | None, keywords: dict[str, Any], training_args: Any
 ) -> DistillationConfig:
-    """``distillation`` with those of TRL GKD's arguments that are given (not None): ``beta`` selects the
-    generalized JSD (an explicit ``distillation`` must then name it); ``temperature`` is the *sampling*
-    temperature, as in TRL (``distillation.temperature`` stays the loss's). A ``max_new_tokens`` given nowhere is
-    128 (a Trainer has no task to bound it). Bad values raise ``ConfigError`` naming the field."""
+    """``distillation`` with TRL GKD's arguments (``GKD_FIELDS``) that are given (not None), as the trainer's
+    ``keywords`` or as fields of ``training_args`` (TRL's ``GKDConfig``, or any ``TrainingArguments`` with such
+    fields: duck-typed, TRL is not needed). ``beta`` selects the generalized JSD (an explicit ``distillation`` must
+    then name it); ``temperature`` is the *sampling* temperature, as in TRL (``distillation.temperature`` stays
+    the loss's). A ``max_new_tokens`` given nowhere is 128 (a Trainer has no task to bound it).
+
+    Raises ``ConfigError`` naming both places for a value given as a keyword and on ``training_args`` with
+    different values, or on ``training_args`` and in ``distillation`` set away from its default with different
+    values (a keyword replaces ``distillation``'s field); naming the field for bad values; and for TRL's
+    ``teacher_model_name_or_path`` / ``teacher_model_init_kwargs`` (the teacher is ``teacher_trajectory``)."""
     distillation = distillation or DistillationConfig()
-    if beta is not None:
-        if distillation.loss not in ("forward_kl", "generalized_jsd"):  # forward_kl: the default, replaced
+    kind = type(training_args).__name__
+    for name in ("teacher_model_name_or_path", "teacher_model_init_kwargs"):
+        if getattr(training_args, name, None) is not None:
             raise ConfigError(
-                f"beta={beta!r} selects the generalized JSD, but distillation.loss="
-                f"{distillation.loss!r}: pass one of them"
+                f"args.{name}={getattr(training_args, name)!r} ({kind}) names TRL's teacher model, which this "
+                "trainer does not load: its teacher is teacher_trajectory (HFTrajectory of the teacher's output "
+                f"directory); leave {name} None"
             )
-        distillation = replace(distillation, loss="generalized_jsd", beta=beta)
-    given: dict[str, Any] = {
-        "lmbda": lmbda,
-        "seq_kd": seq_kd,
-        "max_new_tokens": max_new_tokens,
-        "sampling_temperature": temperature,
-    }
-    distillation = replace(distillation, **{k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in keywords.items() if v is not None}
+    source = {k: f"{k}={v!r}" for k, v in given.items()}  # where each value came from, for the errors
+    default = DistillationConfig()
+    for name, field in GKD_FIELDS.items():
+        value = getattr(training_args, name, None)
+        if value is None:
+            continue
+        where = f"args.{name}={value!r} ({kind})"
+        if name in given and given[name] != value:
+            raise ConfigError(f"{name}={given[name]!r} is given to the trainer and {where}: give it in one place")
+        ours = getattr(distillation, field)
+        if name == "beta":
+            clash = distillation.loss == "generalized_jsd" and ours != value
+        else:
+            clash = ours != getattr(default, field) and ours != value
+        if clash:
+            raise ConfigError(f"distillation.{field}={ours!r} and {where}: give it in one place")
+        given[name], source[name] = value, where
+    if "beta" in given and distillation.loss not in ("forward_kl", "generalized_jsd"):  # forward_kl: replaced
+        raise ConfigError(
+            f"{source['beta']} selects the generalized JSD, but distillation.loss={distillation.loss!r}: pass one "
+            "of them"
+        )
+    for name, value in given.items():  # one at a time, so that a bad value's error says where it came from
+        changes = {"loss": "generalized_jsd", "beta": value} if name == "beta" else {GKD_FIELDS[name]: value}
+        try:
+            distillation = replace(distillation, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"{source[name]}: {exc}") from None
     return distillation if distillation.max_new_tokens is not None else replace(distillation, max_new_tokens=128)
 
 

@@ -6,8 +6,13 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import copy
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
 
 import torch
+from safetensors.torch import save_file
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -218,8 +223,6 @@ def test_classifiers_compare_label_sets_not_vocabularies(tmp_path, teacher_label
 
 
 def test_checkpoints_without_weights_or_with_odd_names_are_reported(teacher_run, tmp_path):
-    import shutil
-
     out = tmp_path / "teacher"
     shutil.copytree(teacher_run, out)
     (out / "checkpoint-20").rename(out / "checkpoint-final")
@@ -228,7 +231,8 @@ def test_checkpoints_without_weights_or_with_odd_names_are_reported(teacher_run,
     (out / "checkpoint-10" / "model.safetensors").unlink()
     with pytest.warns(UserWarning), pytest.raises(TrajectoryError, match="checkpoint-10 for step 10 has no weights"):
         HFTrajectory(out, GPT2LMHeadModel)
-    (out / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"")  # a PEFT adapter checkpoint counts
+    adapter = out / "checkpoint-10" / "adapter_model.safetensors"  # a PEFT adapter checkpoint counts
+    save_file({"lora_A": torch.zeros(2, 2)}, str(adapter))
     with pytest.warns(UserWarning):
         assert HFTrajectory(out, GPT2LMHeadModel).steps == [5, 10, 15]
 
@@ -693,3 +697,246 @@ def test_seq_kd_trains_on_the_checkpoints_continuations(teacher16, tmp_path):
 def test_bad_gkd_arguments_are_refused_before_training(teacher16, tmp_path, gkd, match):
     with pytest.raises(ConfigError, match=match):
         gkd_update(gpt2_16(seed=3), teacher16, tmp_path, 8, 1, 1, **gkd)
+
+
+# ---- A TRL user's trainer: GKDConfig as args, resume, the teacher's checkpoints ----
+
+
+@dataclass
+class GKDArgs(TrainingArguments):
+    """TRL's GKDConfig fields and defaults on TrainingArguments, as GKDConfig declares them (TRL itself is no
+    dependency of the project)."""
+
+    temperature: float = 0.9
+    lmbda: float = 0.5
+    beta: float = 0.5
+    max_new_tokens: int = 128
+    teacher_model_name_or_path: str | None = None
+    teacher_model_init_kwargs: dict | None = None
+    disable_dropout: bool = True
+    seq_kd: bool = False
+
+
+def gkd_args(out, **kw):
+    return GKDArgs(
+        str(out),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        **kw,
+    )
+
+
+def test_gkd_config_as_args_is_read(teacher16, tmp_path):
+    """TRL's GKDConfig passed as args: its lmbda, beta, seq_kd, temperature (sampling) and max_new_tokens are
+    the trainer's (they were ignored: forward KL, no generation), with TRL's defaults when left alone."""
+
+    def trainer(a, **kw):
+        return ProgressiveDistillationTrainer(
+            model=gpt2_16(seed=3),
+            args=a,
+            train_dataset=Padded(),
+            teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
+            schedule=OneShot(),
+            **kw,
+        )
+
+    def fields(d):
+        return d.loss, d.beta, d.lmbda, d.seq_kd, d.sampling_temperature, d.max_new_tokens, d.temperature
+
+    assert fields(trainer(gkd_args(tmp_path / "a")).distillation) == ("generalized_jsd", 0.5, 0.5, False, 0.9, 128, 1.0)
+    a = gkd_args(tmp_path / "b", lmbda=0.25, beta=0.0, seq_kd=True, temperature=0.7, max_new_tokens=5)
+    assert fields(trainer(a).distillation) == ("generalized_jsd", 0.0, 0.25, True, 0.7, 5, 1.0)
+    # a keyword that agrees with args is no conflict; the loss temperature stays distillation's
+    d = trainer(a, lmbda=0.25, distillation=DistillationConfig(temperature=2.0)).distillation
+    assert fields(d) == ("generalized_jsd", 0.0, 0.25, True, 0.7, 5, 2.0)
+    # and the run is what they say: lmbda = 1 generates every step from the student, 3 new tokens
+    on_policy = trainer(gkd_args(tmp_path / "c", lmbda=1.0, max_new_tokens=3))
+    on_policy.train()
+    assert on_policy.generated_steps == {"teacher": 0, "student": 2}
+    plain = trainer(args(tmp_path / "d", 1)).distillation  # plain TrainingArguments: the defaults stay ours
+    assert fields(plain) == ("forward_kl", 0.5, 0.0, False, 1.0, 128, 1.0)
+
+
+@pytest.mark.parametrize(
+    "a,kw,match",
+    [
+        ({}, {"lmbda": 0.3}, r"lmbda=0.3 is given to the trainer and args.lmbda=0.5 \(GKDArgs\)"),
+        ({"seq_kd": True}, {"seq_kd": False}, r"seq_kd=False is given to the trainer and args.seq_kd=True"),
+        (
+            {},
+            {"distillation": DistillationConfig(sampling_temperature=0.7)},
+            r"distillation.sampling_temperature=0.7 and args.temperature=0.9 \(GKDArgs\)",
+        ),
+        (
+            {},
+            {"distillation": DistillationConfig(loss="generalized_jsd", beta=0.2)},
+            "distillation.beta=0.2 and args.beta=0.5",
+        ),
+        ({}, {"distillation": DistillationConfig(lmbda=0.2)}, "distillation.lmbda=0.2 and args.lmbda=0.5"),
+        (
+            {},
+            {"distillation": DistillationConfig(loss="reverse_kl")},
+            r"args.beta=0.5 \(GKDArgs\) selects the generalized JSD, but distillation.loss='reverse_kl'",
+        ),
+        ({"lmbda": 1.5}, {}, r"args.lmbda=1.5 \(GKDArgs\): distillation.lmbda=1.5"),
+        ({"teacher_model_name_or_path": "gpt2"}, {}, "args.teacher_model_name_or_path='gpt2'.*teacher_trajectory"),
+    ],
+)
+def test_gkd_config_conflicts_name_both_places(teacher16, tmp_path, a, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        ProgressiveDistillationTrainer(
+            model=gpt2_16(seed=3),
+            args=gkd_args(tmp_path / "s", **a),
+            train_dataset=Padded(),
+            teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
+            schedule=OneShot(),
+            **kw,
+        )
+
+
+@pytest.mark.parametrize("disable", [True, False, None])  # None: plain TrainingArguments
+def test_gkd_configs_disable_dropout_is_applied(teacher16, tmp_path, disable):
+    torch.manual_seed(0)
+    student = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=T, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.1))
+    a = args(tmp_path / "s", 1) if disable is None else gkd_args(tmp_path / "s", disable_dropout=disable, lmbda=0.0)
+    ProgressiveDistillationTrainer(
+        model=student,
+        args=a,
+        train_dataset=Padded(),
+        teacher_trajectory=HFTrajectory(teacher16, GPT2LMHeadModel),
+        schedule=OneShot(),
+    )
+    rates = {m.p for m in student.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.0} if disable else {0.1})
+
+
+def test_resume_with_generation_trains_as_an_uninterrupted_run(teacher_run, tmp_path):
+    """lmbda and seq_kd: 20 steps straight and 10 steps + resume_from_checkpoint for 10 give the same weights bit
+    for bit (the coin and the sampling generators are saved with each checkpoint; they restarted from the seed,
+    ~5e-3 apart); a checkpoint without them warns, a damaged one is refused naming the file."""
+
+    def run(out, stop=None, resume=None):
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                control.should_training_stop = control.should_training_stop or state.global_step == stop
+
+        student = gpt2(1, seed=1)
+        trainer = ProgressiveDistillationTrainer(
+            model=student,
+            args=args(out, 20),
+            train_dataset=Tokens(seed=2),
+            teacher_trajectory=HFTrajectory(teacher_run, GPT2LMHeadModel),
+            schedule=Progressive(speed=1.0),
+            lmbda=0.5,
+            seq_kd=True,
+            max_new_tokens=4,
+            callbacks=[Stop()],
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return student.state_dict(), trainer
+
+    straight, trainer = run(tmp_path / "straight")
+    assert trainer.generated_steps["student"] > 0 and trainer.generated_steps["teacher"] > 0  # both kinds ran
+    _, first = run(tmp_path / "resumed", stop=10)
+    assert first.state.global_step == 10
+    resumed, trainer2 = run(tmp_path / "resumed", resume=True)
+    assert trainer2.state.global_step == 20 and trainer2.generated_steps == trainer.generated_steps
+    init = gpt2(1, seed=1).state_dict()
+    assert max((straight[k] - init[k]).abs().max().item() for k in straight) > 1e-2
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+
+    checkpoint = tmp_path / "resumed" / "checkpoint-10"
+    (checkpoint / "progdistill_generators.pt").write_bytes(b"garbled")
+    with pytest.raises(TrajectoryError, match="checkpoint-10/progdistill_generators.pt cannot be read"):
+        run(tmp_path / "resumed", resume=str(checkpoint))
+    (checkpoint / "progdistill_generators.pt").unlink()
+    with pytest.warns(UserWarning, match="checkpoint-10 has no progdistill_generators.pt"):
+        run(tmp_path / "resumed", stop=11, resume=str(checkpoint))
+
+
+def test_checkpoints_rotated_away_by_save_total_limit_are_reported(tmp_path):
+    """A teacher trained with save_total_limit=2 keeps checkpoints 15 and 20 of 5..20: opening it is an error
+    naming the missing ones (a progressive schedule stayed silently on checkpoint 15), or a warning when asked."""
+    out = tmp_path / "teacher"
+    Trainer(model=gpt2(1), args=args(out, 20, save_total_limit=2), train_dataset=Tokens()).train()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-15", "checkpoint-20"]
+    with pytest.raises(
+        TrajectoryError, match=r"every 5 steps .*checkpoint-5, checkpoint-10 are gone.*save_total_limit"
+    ):
+        HFTrajectory(out, GPT2LMHeadModel)
+    with pytest.warns(UserWarning, match="checkpoint-5, checkpoint-10 are gone"):
+        traj = HFTrajectory(out, GPT2LMHeadModel, missing_checkpoints="warn")
+    assert traj.steps == [15, 20] and traj.missing_steps == [5, 10]
+    with pytest.raises(ValueError, match="missing_checkpoints='ignore': one of 'error', 'warn'"):
+        HFTrajectory(out, GPT2LMHeadModel, missing_checkpoints="ignore")
+
+
+@pytest.mark.parametrize(
+    "steps,state,missing",
+    [
+        ([15, 20], {"save_steps": 5, "global_step": 20, "epoch": 2.5}, [5, 10]),
+        ([5, 20], {"save_steps": 5, "global_step": 20, "epoch": 2.5, "best_global_step": 5}, [10, 15]),
+        ([5, 20], {"save_steps": 5, "global_step": 20, "best_model_checkpoint": "out/checkpoint-5"}, [10, 15]),
+        ([20, 22], {"save_steps": 5, "global_step": 22, "epoch": 2.75}, [5, 10, 15]),  # a final save off the grid
+        ([20], {"save_steps": 5, "global_step": 20, "epoch": 2.5}, [5, 10, 15]),  # save_total_limit=1
+        ([5, 10, 15, 20], {"save_steps": 5, "global_step": 20, "epoch": 2.5}, []),
+        ([1000, 2000, 3000], {"save_steps": 500, "global_step": 3000, "epoch": 3.0}, []),  # saved per epoch
+        ([1000], {"save_steps": 500, "global_step": 1000, "epoch": 1.0}, []),  # one epoch: cannot tell
+        ([10, 20], {"save_steps": 5, "global_step": 20, "epoch": 2.5}, []),  # not consecutive saves: cannot tell
+        ([15, 20], None, []),  # no trainer_state.json
+    ],
+)
+def test_missing_checkpoints_are_read_from_the_trainer_state(teacher_run, tmp_path, steps, state, missing):
+    out = tmp_path / "teacher"
+    for step in steps:
+        shutil.copytree(teacher_run / "checkpoint-5", out / f"checkpoint-{step}")
+        (out / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    if state is not None:
+        (out / f"checkpoint-{steps[-1]}" / "trainer_state.json").write_text(json.dumps({**state, "log_history": []}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert HFTrajectory(out, GPT2LMHeadModel, missing_checkpoints="warn").missing_steps == missing
+    if missing:
+        with pytest.raises(TrajectoryError, match="are gone"):
+            HFTrajectory(out, GPT2LMHeadModel)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header", "shard", "bin", "trainer_state"])
+def test_a_damaged_checkpoint_is_refused_when_the_trajectory_is_opened(teacher_run, tmp_path, damage):
+    """Every checkpoint is checked before step 0, not when the schedule reaches it: a truncated or garbled
+    safetensors file, a shard index naming a missing shard, a truncated pytorch_model.bin, a garbled
+    trainer_state.json -- each one error naming the file."""
+    out = tmp_path / "teacher"
+    shutil.copytree(teacher_run, out)
+    checkpoint = out / "checkpoint-15"
+    weights = checkpoint / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+        match = r"checkpoint-15/model.safetensors \(checkpoint of step 15\) cannot be loaded: .*bytes"
+    elif damage == "header":
+        weights.write_bytes((10**9).to_bytes(8, "little") + data[8:])
+        match = r"checkpoint-15/model.safetensors \(checkpoint of step 15\) cannot be loaded"
+    elif damage == "shard":
+        weights.unlink()
+        index = {"weight_map": {"transformer.wte.weight": "model-00001-of-00002.safetensors"}}
+        (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
+        match = "model.safetensors.index.json .*names the shard model-00001-of-00002.safetensors, which is missing"
+    elif damage == "bin":
+        weights.unlink()
+        torch.save(GPT2LMHeadModel.from_pretrained(checkpoint.parent / "checkpoint-5").state_dict(), checkpoint / "w")
+        (checkpoint / "pytorch_model.bin").write_bytes((checkpoint / "w").read_bytes()[:-100])
+        match = r"checkpoint-15/pytorch_model.bin \(checkpoint of step 15\) cannot be loaded: a damaged zip"
+    else:
+        state = out / "checkpoint-20" / "trainer_state.json"
+        state.write_text(state.read_text()[:-40])
+        match = "checkpoint-20/trainer_state.json is not valid JSON"
+    with pytest.raises(TrajectoryError, match=match):
+        HFTrajectory(out, GPT2LMHeadModel)

@@ -219,7 +219,8 @@ def test_trainer_gkd_arguments_replace_only_the_fields_given():
     from progdistill.integrations.hf import _gkd_distillation
 
     given = DistillationConfig(seq_kd=True, lmbda=0.5, max_new_tokens=7, sampling_temperature=0.7)
-    assert _gkd_distillation(given, None, None, None, None, None) == given
-    changed = _gkd_distillation(given, 0.0, None, None, 16, None)
+    none = dict.fromkeys(("lmbda", "beta", "seq_kd", "max_new_tokens", "temperature"))
+    assert _gkd_distillation(given, none, None) == given
+    changed = _gkd_distillation(given, {**none, "lmbda": 0.0, "max_new_tokens": 16}, None)
     assert (changed.lmbda, changed.seq_kd, changed.max_new_tokens, changed.sampling_temperature) == (0.0, True, 16, 0.7)
-    assert _gkd_distillation(None, None, None, None, None, None).max_new_tokens == 128
+    assert _gkd_distillation(None, none, None).max_new_tokens == 128
