@@ -62,7 +62,7 @@ def test_weight_path_at_0_and_1_is_the_init_and_the_final_teacher(tmp_path):
 
 
 def test_weight_path_stages_rise_from_start_to_end():
-    sched = WeightPathCurriculum(stages=5, fraction=0.5)  # span 50 of 100 steps: stages of 10 steps
+    sched = WeightPathCurriculum(stages=5, fraction=0.5).for_seed(0)  # span 50 of 100 steps: stages of 10 steps
     a = [sched.teacher_at(t, [0, 10], 100).transform.a for t in (0, 9, 10, 25, 39, 40, 49, 99)]
     assert a == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert sched.teacher_at(0, [0, 10], 100).checkpoint == 10  # always the final checkpoint
@@ -88,7 +88,7 @@ def test_temperature_curriculum_target_equals_the_hand_computed_softmax():
 
 def test_noised_teacher_is_seeded_scaled_and_exact_at_zero(tmp_path):
     pool = _pool(tmp_path)
-    sched = NoisedTeacher(start=0.5, end=0.0, stages=2)
+    sched = NoisedTeacher(start=0.5, end=0.0, stages=2).for_seed(0)
     first, last = sched.teacher_at(0, [0, 10], 10), sched.teacher_at(9, [0, 10], 10)
     assert last == TeacherSpec(10)  # the noise annealed to 0: the teacher itself
     noisy = pool.get(first).state_dict()
