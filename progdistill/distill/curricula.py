@@ -16,6 +16,11 @@ schedule (a variant of the ``schedule`` tagged union, so it works from a preset 
 - :class:`CoTraining`: the student trains alongside the teacher and distils from its current weights (or those
   ``lag`` steps old): progressive distillation with no stored checkpoint (:mod:`progdistill.train.cotraining`).
 
+Random draws of a schedule (the noise, a fresh initialization) follow the student's seed by default (``seed``
+null; :meth:`~progdistill.distill.schedules.Schedule.for_seed`), so the students of a run's seeds measure the spread
+over draws; an integer ``seed`` pins one draw for every student (the only behaviour before; a config.json that
+records ``"seed": 0`` is read that way, as the run that wrote it trained).
+
 Values that change with the step (a weight-path point, a noise level) are piecewise constant over ``stages``
 equal stages of the annealing span, so the teacher is rebuilt ``stages`` times rather than at every step; the
 temperature changes at every step (it costs nothing). The annealing span is the first ``fraction`` of the
@@ -27,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -63,6 +68,25 @@ def _check_span(fraction, stages: int | None = None) -> None:
         )
 
 
+def _check_seed(seed) -> None:
+    check(
+        seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0),
+        "schedule.seed",
+        seed,
+        "an integer >= 0 (the same draws for every student), or null (the default: each student's own seed)",
+    )
+
+
+def _bound_seed(schedule) -> int:
+    """The seed of a schedule's own draws; ``ValueError`` when it follows the student's seed and was not bound."""
+    if schedule.seed is None:
+        raise ValueError(
+            f"{schedule.label}: its draws follow the student's seed (seed null), which this schedule was not "
+            "given: call schedule.for_seed(student seed) first, as the training loop does"
+        )
+    return schedule.seed
+
+
 def _span(total_steps: int, fraction: float) -> int:
     return max(int(round(fraction * total_steps)), 1)
 
@@ -89,12 +113,12 @@ def stage_value(start: float, end: float, stages: int, student_step: int, total_
 @dataclass(frozen=True)
 class PathPoint:
     """The point ``(1 - a) theta_0 + a theta`` of the weight path from the initialization theta_0 (``init``:
-    "fresh" with ``seed``, "trajectory", or a safetensors file) to the checkpoint's weights theta. Exactly
-    theta_0 at a = 0 and theta at a = 1."""
+    "fresh" with ``seed``, "trajectory", or a safetensors file; ``seed`` None for the last two) to the
+    checkpoint's weights theta. Exactly theta_0 at a = 0 and theta at a = 1."""
 
     a: float
     init: str
-    seed: int
+    seed: int | None
 
     def apply(self, state: dict[str, torch.Tensor], pool) -> dict[str, torch.Tensor]:
         """state: the checkpoint's state dict; pool: a :class:`progdistill.distill.teachers.TeacherPool` (its
@@ -246,15 +270,17 @@ class WeightPathCurriculum(_FromFinal):
     ``stages`` equal stages over the first ``fraction`` of the student's steps (:func:`stage_value`), then ``end``.
 
     ``init``: theta_0 -- "fresh" (a new initialization of the teacher's architecture from the generator
-    (``seed``, "weight-path-init")), "trajectory" (the trajectory's step-0 checkpoint: the teacher's real
-    initialization), or the path of a safetensors file of the same architecture."""
+    (seed, "weight-path-init")), "trajectory" (the trajectory's step-0 checkpoint: the teacher's real
+    initialization), or the path of a safetensors file of the same architecture. ``seed``: that of a fresh
+    initialization -- None (the default) the student's seed (:meth:`for_seed`), so each seed of a run starts the
+    path from another init; an integer pins one init for every student."""
 
     kind: ClassVar[str] = "weight-path"
 
     start: float = 0.0
     end: float = 1.0
     init: str = "fresh"
-    seed: int = 0
+    seed: int | None = None
     stages: int = 20
     fraction: float = 1.0
 
@@ -274,12 +300,7 @@ class WeightPathCurriculum(_FromFinal):
             self.init,
             "fresh, trajectory (its step-0 checkpoint), or a .safetensors file",
         )
-        check(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
-            "schedule.seed",
-            self.seed,
-            "an integer >= 0",
-        )
+        _check_seed(self.seed)
         _check_span(self.fraction, self.stages)
 
     @property
@@ -298,9 +319,17 @@ class WeightPathCurriculum(_FromFinal):
         if self.init not in INITS and not Path(self.init).is_file():
             raise ConfigError(f"schedule.init={self.init!r}: no such file")
 
+    def for_seed(self, seed: int) -> WeightPathCurriculum:
+        """Self with ``seed`` set to the student's ``seed`` when unset and the init is fresh (the other inits
+        draw nothing)."""
+        return replace(self, seed=seed) if self.seed is None and self.init == "fresh" else self
+
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec:
+        """Raises ``ValueError`` for a fresh init whose seed follows the student's and was not bound
+        (:meth:`for_seed`)."""
         a = stage_value(self.start, self.end, self.stages, student_step, total_steps, self.fraction)
-        return TeacherSpec(final_checkpoint(checkpoint_steps), transform=PathPoint(a, self.init, self.seed))
+        seed = _bound_seed(self) if self.init == "fresh" else None  # only a fresh init draws
+        return TeacherSpec(final_checkpoint(checkpoint_steps), transform=PathPoint(a, self.init, seed))
 
 
 @register("schedule")
@@ -308,13 +337,15 @@ class WeightPathCurriculum(_FromFinal):
 class NoisedTeacher(_FromFinal):
     """The final teacher plus Gaussian weight noise of ``start`` times each tensor's RMS, annealed to ``end``
     in ``stages`` stages over the first ``fraction`` of the student's steps (each stage one fixed draw from the
-    generator (``seed``, "teacher-noise-<stage>")); at 0 the teacher itself."""
+    generator (seed, "teacher-noise-<stage>")); at 0 the teacher itself. ``seed``: that of the draws -- None (the
+    default) the student's seed (:meth:`for_seed`), so each seed of a run learns from other noised teachers; an
+    integer pins the same draws for every student."""
 
     kind: ClassVar[str] = "noised-teacher"
 
     start: float = 1.0
     end: float = 0.0
-    seed: int = 0
+    seed: int | None = None
     stages: int = 20
     fraction: float = 1.0
 
@@ -331,25 +362,26 @@ class NoisedTeacher(_FromFinal):
             self.end,
             f"a noise scale in [0, schedule.start={self.start}) (the noise is annealed down)",
         )
-        check(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
-            "schedule.seed",
-            self.seed,
-            "an integer >= 0",
-        )
+        _check_seed(self.seed)
         _check_span(self.fraction, self.stages)
 
     @property
     def label(self) -> str:
         return f"noised-teacher-{self.start:g}"
 
+    def for_seed(self, seed: int) -> NoisedTeacher:
+        """Self with ``seed`` set to the student's ``seed`` when unset."""
+        return replace(self, seed=seed) if self.seed is None else self
+
     def teacher_at(self, student_step: int, checkpoint_steps: Sequence[int], total_steps: int) -> TeacherSpec:
+        """Raises ``ValueError`` when the seed follows the student's and was not bound (:meth:`for_seed`)."""
+        seed = _bound_seed(self)
         sigma = stage_value(self.start, self.end, self.stages, student_step, total_steps, self.fraction)
         final = final_checkpoint(checkpoint_steps)
         if sigma == 0:
             return TeacherSpec(final)
         stage = min(student_step * self.stages // _span(total_steps, self.fraction), self.stages - 1)
-        return TeacherSpec(final, transform=WeightNoise(sigma, self.seed, stage))
+        return TeacherSpec(final, transform=WeightNoise(sigma, seed, stage))
 
 
 @register("schedule")

@@ -84,6 +84,7 @@ class Schedule:
       experiment, for the checkpoints its teacher will save, and for a finished trajectory's checkpoints;
     - :meth:`resolve` and :meth:`resolution`: the schedule to train with on a finished teacher, and what it
       picked there (for the report);
+    - :meth:`for_seed`: the schedule a student of one seed trains with (its own random draws follow that seed);
     - :meth:`teacher_at`: the teacher (a :class:`TeacherSpec`, None for none) at each student step.
     """
 
@@ -93,6 +94,14 @@ class Schedule:
     checkpoints_only: ClassVar[bool] = False
 
     def resolve(self, trajectory) -> Schedule:
+        return self
+
+    def for_seed(self, seed: int) -> Schedule:
+        """The schedule that the student of seed ``seed`` trains with. A schedule with random draws of its own
+        (a noised teacher's noise, a weight path's fresh initialization) whose ``seed`` field is unset draws them
+        from the student's seed, so that students of different seeds see different draws; the default (no draws
+        of its own, or a pinned seed) returns itself. The training loop binds every member's schedule this way
+        before its first step."""
         return self
 
     def resolution(self, trajectory) -> dict[str, Any] | None:

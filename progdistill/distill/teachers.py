@@ -64,7 +64,7 @@ class TeacherPool:
         self.init = init
         self.device = device
         self.models: dict[tuple, torch.nn.Module] = {}
-        self.initial_states: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        self.initial_states: dict[tuple[str, int | None], dict[str, torch.Tensor]] = {}
         self.loads = 0
         self.checked: set = set()  # the schedules :meth:`check` has validated against this trajectory
 
@@ -97,11 +97,13 @@ class TeacherPool:
         for spec in specs:
             self.get(spec)
 
-    def initial_state(self, init: str, seed: int) -> dict[str, torch.Tensor]:
-        """The start theta_0 of a weight path (CPU tensors): "fresh" -- ``init(seed)``'s weights; "trajectory" --
-        the trajectory's step-0 checkpoint; else the safetensors file at path ``init``."""
+    def initial_state(self, init: str, seed: int | None) -> dict[str, torch.Tensor]:
+        """The start theta_0 of a weight path (CPU tensors): "fresh" -- ``init(seed)``'s weights (``seed`` an
+        integer); "trajectory" -- the trajectory's step-0 checkpoint; else the safetensors file at path ``init``."""
         if (init, seed) not in self.initial_states:
             if init == "fresh":
+                if seed is None:
+                    raise ValueError("a 'fresh' weight path needs the seed of its initialization, got None")
                 if self.init is None:
                     raise ConfigError(
                         "a 'fresh' weight path needs a way to initialize the teacher (TeacherPool's "

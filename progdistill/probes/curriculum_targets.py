@@ -48,13 +48,15 @@ def probe_curriculum_targets(
     num_samples: int = 100_000,
     schedules: Sequence | None = None,
     log=print,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Degree 1..k monomial correlations of every schedule's targets at each point of ``points`` (shares of the
     student's run in [0, 1]; 1 is the last step); ``schedules``: those to probe on the run's teacher (default: the
-    run's own). Returns {schedule label: [{point, student_step,
-    teacher_checkpoint, temperature, degree<d>/in_support_mean, degree<d>/off_support_mean, ...}]}, also written
-    to ``probes/curriculum-targets.json``. Raises ``ConfigError`` for a run that is not sparse parity or a point
-    outside [0, 1]."""
+    run's own); ``seed``: the student seed whose targets are probed, for schedules whose random draws follow it
+    (a noised teacher, a fresh weight path; default 0, the first student's). Returns {schedule label: [{point,
+    student_step, teacher_checkpoint, temperature, degree<d>/in_support_mean, degree<d>/off_support_mean, ...}]},
+    also written to ``probes/curriculum-targets.json``. Raises ``ConfigError`` for a run that is not sparse parity
+    or a point outside [0, 1]."""
     rundir = RunDir(run_dir)
     config = rundir.config()
     if "monomials" not in config.task.probes:
@@ -71,6 +73,7 @@ def probe_curriculum_targets(
         "settings": {
             "num_samples": num_samples,
             "seed": PROBE_SEED,
+            "student_seed": seed,
             "degrees": degrees,
             "distillation_temperature": config.distillation.temperature,
         }
@@ -78,7 +81,7 @@ def probe_curriculum_targets(
     for sched in config.schedules if schedules is None else schedules:
         if not sched.needs_teacher or sched.teacher_source != "trajectory":
             continue
-        resolved = sched.resolve(trajectory)
+        resolved = sched.resolve(trajectory).for_seed(seed)
         rows = []
         for p in points:
             step = min(int(round(p * total)), total - 1)

@@ -78,7 +78,8 @@ def fit(
 
     Member m draws ``train.batch_size`` fresh examples per step (``task.sample_batch``) from the generator
     ``(seed, data_stream)`` and minimizes, at student step t with the teacher spec
-    s = ``schedule.teacher_at(t, checkpoint steps, train.steps)`` (:class:`~progdistill.distill.schedules.TeacherSpec`):
+    s = ``schedule.for_seed(seed).teacher_at(t, checkpoint steps, train.steps)``
+    (:class:`~progdistill.distill.schedules.TeacherSpec`; a schedule's own random draws follow the member's seed):
     CE on true labels when s is None, else ``alpha * CE + (1 - alpha) * D(teacher_s || student)``
     (:mod:`progdistill.distill.losses`) at the spec's temperature (default ``distillation.temperature``), or for a spec
     with a hint layer the hint loss (:mod:`progdistill.distill.hints`). ``teachers``: a :class:`TeacherPool`, or a
@@ -178,6 +179,8 @@ class Training:
         state_path: Path | None,
     ):
         M = len(members)
+        # Each member's schedule with its own random draws (noise, a fresh init) bound to the member's seed.
+        members = [dataclasses.replace(mem, schedule=mem.schedule.for_seed(mem.seed)) for mem in members]
         self.task, self.model, self.train, self.members = task, model, train, members
         self.distillation, self.teachers, self.checkpoint_writer = distillation, teachers, checkpoint_writer
         self.device, self.state_path = device, state_path

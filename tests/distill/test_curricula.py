@@ -4,6 +4,8 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from progdistill.core.config import ConfigError, DistillationConfig
@@ -22,6 +24,7 @@ from progdistill.distill.teachers import TeacherPool, plan_temperatures
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.recipes.runner import train_teacher
+from progdistill.store.rundir import RunDir
 from progdistill.store.trajectory import Trajectory, TrajectoryWriter
 from progdistill.train.loop import Member, fit
 
@@ -62,7 +65,7 @@ def test_weight_path_at_0_and_1_is_the_init_and_the_final_teacher(tmp_path):
 
 
 def test_weight_path_stages_rise_from_start_to_end():
-    sched = WeightPathCurriculum(stages=5, fraction=0.5)  # span 50 of 100 steps: stages of 10 steps
+    sched = WeightPathCurriculum(stages=5, fraction=0.5).for_seed(0)  # span 50 of 100 steps: stages of 10 steps
     a = [sched.teacher_at(t, [0, 10], 100).transform.a for t in (0, 9, 10, 25, 39, 40, 49, 99)]
     assert a == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert sched.teacher_at(0, [0, 10], 100).checkpoint == 10  # always the final checkpoint
@@ -88,7 +91,7 @@ def test_temperature_curriculum_target_equals_the_hand_computed_softmax():
 
 def test_noised_teacher_is_seeded_scaled_and_exact_at_zero(tmp_path):
     pool = _pool(tmp_path)
-    sched = NoisedTeacher(start=0.5, end=0.0, stages=2)
+    sched = NoisedTeacher(start=0.5, end=0.0, stages=2).for_seed(0)
     first, last = sched.teacher_at(0, [0, 10], 10), sched.teacher_at(9, [0, 10], 10)
     assert last == TeacherSpec(10)  # the noise annealed to 0: the teacher itself
     noisy = pool.get(first).state_dict()
@@ -245,3 +248,126 @@ def test_co_training_on_a_task_with_targets_per_position_is_refused():
         r"tasks",
     ):
         replace(config, schedules=(CoTraining(),))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A schedule's own random draws follow the student's seed unless its `seed` pins them
+
+
+def _noised_weights(pool, sched, seed, step=0):
+    spec = sched.for_seed(seed).teacher_at(step, pool.steps, 10)
+    return spec, pool.get(spec).state_dict()
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.integers(0, 2**31 - 1), b=st.integers(0, 2**31 - 1), pinned=st.integers(0, 2**31 - 1))
+def test_noise_follows_the_student_seed_unless_pinned(tmp_path_factory, a, b, pinned):
+    pool = _pool(tmp_path_factory.mktemp("pool"))
+    final = pool.trajectory.load(10)
+    spec_a, noisy_a = _noised_weights(pool, NoisedTeacher(stages=2), a)
+    spec_b, noisy_b = _noised_weights(pool, NoisedTeacher(stages=2), b)
+    assert spec_a.transform.seed == a and spec_b.transform.seed == b
+    # the same seed, the same numbers (a second draw, not the pool's cached model)
+    again = spec_a.transform.apply(final, pool)
+    assert all(torch.equal(noisy_a[k], again[k]) for k in final)
+    differs = any(not torch.equal(noisy_a[k], noisy_b[k]) for k in final)
+    assert differs == (a != b)
+    # an explicit seed pins the draws: every student gets the teacher of that seed
+    fixed = NoisedTeacher(stages=2, seed=pinned)
+    assert fixed.for_seed(a) == fixed.for_seed(b) == fixed
+    _, noisy_pinned = _noised_weights(pool, fixed, a)
+    _, noisy_of_that_seed = _noised_weights(pool, NoisedTeacher(stages=2), pinned)
+    assert all(torch.equal(noisy_pinned[k], noisy_of_that_seed[k]) for k in final)
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.integers(0, 2**31 - 1), b=st.integers(0, 2**31 - 1), pinned=st.integers(0, 2**31 - 1))
+def test_fresh_weight_path_init_follows_the_student_seed_unless_pinned(tmp_path_factory, a, b, pinned):
+    pool = _pool(tmp_path_factory.mktemp("pool"))
+
+    def init(sched, seed):  # theta_0: the path at a = 0
+        return pool.get(sched.for_seed(seed).teacher_at(0, pool.steps, 10)).state_dict()
+
+    fresh = WeightPathCurriculum(stages=2)
+    init_a, init_b = init(fresh, a), init(fresh, b)
+    expected_a = MLPConfig(width=8).build(5, 2, [generator(a, "fresh")]).state_dict()  # the pool's init(a)
+    assert all(torch.equal(init_a[k], expected_a[k]) for k in expected_a)
+    assert any(not torch.equal(init_a[k], init_b[k]) for k in init_a) == (a != b)
+    fixed = WeightPathCurriculum(stages=2, seed=pinned)
+    assert fixed.for_seed(a) == fixed
+    assert all(torch.equal(init(fixed, a)[k], v) for k, v in init(fresh, pinned).items())
+    # the real init draws nothing: one teacher for every seed (computed once per block, not once per seed)
+    real = WeightPathCurriculum(init="trajectory", stages=2)
+    assert real.for_seed(a) is real
+    assert real.teacher_at(0, pool.steps, 10) == real.for_seed(b).teacher_at(0, pool.steps, 10)
+
+
+def test_a_draw_that_follows_the_student_seed_needs_the_seed():
+    for sched in (NoisedTeacher(), WeightPathCurriculum()):
+        with pytest.raises(ValueError, match=r"follow the student's seed .* call schedule\.for_seed"):
+            sched.teacher_at(0, [0, 10], 100)
+
+
+def test_students_of_other_seeds_learn_from_other_draws_in_one_stack(teacher, tiny):
+    """Members sharing a seed share data and initialization, so a student differs from another of its seed
+    only through its teacher: the default follows the student (seed 1 -> draws of seed 1), a pinned seed does not."""
+    cfg = replace(tiny.student, steps=20, eval_every=10)
+    for sched in (NoisedTeacher(stages=2), WeightPathCurriculum(stages=2)):
+        members = [
+            Member("default", 1, sched),
+            Member("pinned-1", 1, replace(sched, seed=1)),
+            Member("pinned-0", 1, replace(sched, seed=0)),
+        ]
+        stack = cfg.model.build(8, 2, [generator(1, "init") for _ in members])
+        pool = TeacherPool(
+            teacher,
+            lambda: tiny.teacher.model.build(8, 2, [torch.Generator()]),
+            torch.device("cpu"),
+            init=lambda seed: tiny.teacher.model.build(8, 2, [generator(seed, "w")]),
+        )
+        default, pinned_1, pinned_0 = fit(
+            tiny.task,
+            stack,
+            cfg,
+            members,
+            data_stream="d",
+            distillation=DistillationConfig(temperature=1.0),
+            teachers=pool,
+        )
+        losses = [[r["train_loss"] for r in h[1:]] for h in (default, pinned_1, pinned_0)]
+        assert losses[0] == losses[1], sched.label  # bit for bit
+        assert losses[0] != losses[2], sched.label
+
+
+def test_a_config_json_with_an_explicit_seed_pins_it_and_one_without_follows_the_student(tiny, tmp_path):
+    """Configs written before the default changed record ``"seed": 0``: read as what they trained (one draw
+    for every student); a rerun of such a run directory with the new default is a different config, refused
+    before anything is deleted (--overwrite keeps the teacher and trains the students again)."""
+    data = tiny.to_dict()
+    data["schedules"] = [
+        {"type": "noised-teacher", "seed": 0},
+        {"type": "weight-path", "seed": 0},
+        {"type": "weight-path", "init": "trajectory"},
+    ]
+    old = ExperimentConfig.from_dict(data)
+    assert [s.for_seed(2).seed for s in old.schedules] == [0, 0, None]
+    data["schedules"] = [{"type": "noised-teacher"}, {"type": "weight-path"}]
+    new = ExperimentConfig.from_dict(data)
+    assert [s.seed for s in new.schedules] == [None, None]
+    assert [s.for_seed(2).seed for s in new.schedules] == [2, 2]
+    assert ExperimentConfig.from_dict(new.to_dict()) == new
+    assert [s["seed"] for s in new.to_dict()["schedules"]] == [None, None]  # written as null: "the student's"
+    run = RunDir(tmp_path / "run")
+    run.claim(replace(new, schedules=old.schedules[:2]), overwrite=False)
+    with pytest.raises(ConfigError, match=r"different config \(schedules: \[.*'seed': 0, .* != \[.*'seed': None, "):
+        run.claim(new, overwrite=False)
+    assert run.config().schedules == old.schedules[:2]
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_a_bad_schedule_seed_is_refused_naming_the_field(tiny, seed):
+    for kind in ("noised-teacher", "weight-path"):
+        data = tiny.to_dict()
+        data["schedules"] = [{"type": kind, "seed": seed}]
+        with pytest.raises(ConfigError, match=r"schedules\.0\.seed="):
+            ExperimentConfig.from_dict(data)
