@@ -76,9 +76,10 @@ class MetricsWriter:
             tracker.finish(failed=failed)
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_metrics(path: str | os.PathLike, strict: bool = False) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl``. A truncated final line (a crash mid-write) is dropped with a
-    warning naming the file; a malformed line elsewhere is an error naming the file and line."""
+    warning naming the file -- or, when ``strict`` (the metrics of a model that finished), refused as the
+    malformed lines elsewhere are: ``ValueError`` naming the file and line."""
     path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
@@ -88,7 +89,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
+            if i == len(lines) - 1 and not strict:
                 warnings.warn(f"{path}: ignoring truncated final line {i + 1}", stacklevel=2)
                 break
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None

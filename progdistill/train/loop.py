@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -530,14 +529,21 @@ def save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+class ResumeStateError(ValueError):
+    """A resume state file exists but cannot be read (it is written atomically: it was damaged since)."""
+
+
 def load_state(path: Path | None, names: list[str]) -> dict | None:
     """The saved training state at ``path`` if it belongs to exactly the members ``names``, else None (also
-    when ``path`` is None or missing, and, with a warning, when the file cannot be read)."""
+    when ``path`` is None or missing). Raises :class:`ResumeStateError` naming the file when it cannot be read:
+    starting over would replace it, and the metrics and checkpoints it covers, with no one having asked."""
     if path is None or not Path(path).exists():
         return None
     try:
         state = torch.load(path, weights_only=False)
-    except Exception as exc:  # an unreadable state file cannot be trusted: start over, saying so
-        warnings.warn(f"ignoring unreadable resume state {path}: {exc}", stacklevel=2)
-        return None
-    return state if state.get("names") == names else None
+    except Exception as exc:  # zip, pickle and torch errors alike
+        raise ResumeStateError(
+            f"the resume state {path} is unreadable ({str(exc).split('. ')[0]}); nothing was deleted or "
+            f"written. Restore it, or delete it to train {', '.join(names)} from step 0"
+        ) from None
+    return state if isinstance(state, dict) and state.get("names") == names else None
