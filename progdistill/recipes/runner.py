@@ -7,11 +7,10 @@ interrupted ones from their saved state, and keeps the results of a finished run
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from progdistill.core.config import ConfigError
 from progdistill.core.distributed import barrier, is_main, rank_world, resolve_device
-from progdistill.core.files import MetricsWriter, read_metrics
+from progdistill.core.files import MetricsWriter, atomic_write, read_metrics
 from progdistill.distill.schedules import CE
 from progdistill.experiment import (
     ExperimentConfig,
@@ -317,9 +316,7 @@ def _co_train_teacher(
 def _save_weights(state: dict, path: Path) -> None:
     """safetensors through a temporary file and a rename: a student killed mid-save leaves no half-written
     weights beside a finished metrics.jsonl (which would count it as finished)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def _member_state(model, m: int, size: int) -> dict:
@@ -411,7 +408,8 @@ def run(
             )
         except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
             if recorded:  # (before the first record: a check refused the run, and it writes nothing)
-                rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: above)
+                with suppress(OSError):  # (a full disk: the error to report is the one propagating)
+                    rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: above)
             raise
         rundir.clear_interrupted_wall_time()
         barrier()

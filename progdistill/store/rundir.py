@@ -456,11 +456,15 @@ class RunDir:
     # -- failures ----------------------------------------------------------------------------------------------
     def record_failure(self, directory: Path, exc: BaseException) -> None:
         """Write the traceback of ``exc``, which stopped the training in ``directory`` (the teacher's or a
-        student's), to ``directory/error.txt``, headed by the host, process and job."""
+        student's), to ``directory/error.txt``, headed by the host, process and job. Best effort: a write that
+        fails (a full disk, often the very error) is skipped, so that ``exc`` is what propagates."""
         where = f"host {socket.gethostname()}, process {os.getpid()}" + (f", job {job_id()}" if job_id() else "")
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / FAILURE, f"# {where}\n{text}")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(directory / FAILURE, f"# {where}\n{text}")
+        except OSError:
+            pass
 
     def clear_failure(self, directory: Path) -> None:
         (directory / FAILURE).unlink(missing_ok=True)

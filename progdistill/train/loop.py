@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.core.distributed import all_reduce_mean, barrier, is_main, local_slice, rank_world
-from progdistill.core.files import MetricsWriter
+from progdistill.core.files import MetricsWriter, atomic_write
 from progdistill.core.seeding import generator
 from progdistill.distill.hints import Hints
 from progdistill.distill.losses import hard_targets, mixture_weights
@@ -523,10 +522,12 @@ def non_finite_error(culprits: Sequence[str], what: str, step: int) -> NonFinite
 
 def save_state(path: Path, state: dict) -> None:
     """Write ``state`` (``torch.save``) to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: a full disk surfaces as its OSError, not torch's message
+            torch.save(state, fh)
+
+    atomic_write(path, write)
 
 
 class ResumeStateError(ValueError):
