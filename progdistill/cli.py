@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 from progdistill import __version__
 from progdistill.core.config import ConfigError, override, to_dict
 from progdistill.core.distributed import init_from_env, is_main, local_slice, rank_world, shutdown
+from progdistill.core.files import DiskFullError, disk_full, disk_full_error
 from progdistill.core.optional import MissingExtraError
 from progdistill.core.plugins import import_plugin
 from progdistill.experiment import ExperimentConfig, load_config, student_names
@@ -572,28 +574,51 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 _python_format_warning = warnings.formatwarning
 
 
+# Errors that end a command with one line and exit status 2 (a full disk too, whatever its type: disk_full).
+ONE_LINE_ERRORS = (
+    ConfigError,
+    TrajectoryError,
+    NonFiniteError,
+    RunLockedError,
+    MissingExtraError,
+    OSError,
+    ValueError,
+    JobsFailedError,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _format_warning
+    # A writer thread (TensorBoard's) that meets a full disk: no traceback; its error is the command's.
+    thread_errors: list[BaseException] = []
+    python_excepthook = threading.excepthook
+
+    def excepthook(hook_args) -> None:
+        if disk_full(hook_args.exc_value):
+            thread_errors.append(hook_args.exc_value)
+        else:
+            python_excepthook(hook_args)
+
+    threading.excepthook = excepthook
     try:
         for spec in args.imports:
             import_plugin(spec)
-        return args.func(args)
+        status = args.func(args)
+        if thread_errors and status == 0:
+            raise thread_errors[0]
+        return status
     except BrokenPipeError:  # e.g. `progdistill show ... | head`: the reader stopped early
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stays open: Python's exit flushes stdout into it)
         # A command that only prints has done its job; one that works (run, probe, ...) stopped part-way:
         # fail, as a process killed by SIGPIPE does (128 + 13), so that `run ... | head && next` stops.
         return 0 if args.command in ("list", "show") else 141
-    except (
-        ConfigError,
-        TrajectoryError,
-        NonFiniteError,
-        RunLockedError,
-        MissingExtraError,
-        OSError,
-        ValueError,
-        JobsFailedError,
-    ) as exc:
+    except Exception as exc:
+        if disk_full(exc):  # torch and safetensors wrap the OSError in their own types
+            if not isinstance(exc, DiskFullError):
+                exc = disk_full_error(getattr(exc, "filename", None))
+        elif not isinstance(exc, ONE_LINE_ERRORS):
+            raise
         print(f"progdistill: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -604,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = _python_format_warning
+        threading.excepthook = python_excepthook
 
 
 if __name__ == "__main__":

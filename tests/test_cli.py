@@ -1,4 +1,7 @@
+import errno
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -154,3 +157,103 @@ def test_a_closed_pipe_fails_a_working_command_but_not_a_printing_one(monkeypatc
     monkeypatch.setattr(cli, "cmd_list", cut_off)
     assert cli.main(["run", "parity-mlp"]) == 141
     assert cli.main(["list"]) == 0
+
+
+# A full disk: one line naming the file, exit status 2, no temporary file left, and a rerun resumes.
+
+
+def _tiny_config_file(tmp_path):
+    from dataclasses import replace
+
+    from conftest import tiny_config
+
+    from progdistill.distill.schedules import CE, Progressive
+
+    config = replace(tiny_config(steps=200), schedules=(CE(), Progressive()))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
+def _error_lines(err: str) -> list[str]:
+    """stderr without the progress lines (``teacher: step 0/200, ...``): what the command said went wrong."""
+    return [line for line in err.strip().splitlines() if not re.match(r"[\w-]+: step \d+/\d+", line)]
+
+
+def _no_space(errno_code=errno.ENOSPC):
+    return OSError(errno_code, os.strerror(errno_code))
+
+
+@pytest.mark.parametrize(
+    ("full_at", "errno_code"),
+    [
+        ("config.json", errno.ENOSPC),
+        ("manifest.json", errno.ENOSPC),
+        ("resume.pt", errno.EDQUOT),
+        ("final.safetensors", errno.ENOSPC),
+        ("results.json", errno.ENOSPC),
+        ("accuracy.png", errno.EDQUOT),
+    ],
+)
+def test_a_full_disk_is_one_line_naming_the_file(capsys, tmp_path, monkeypatch, full_at, errno_code):
+    config, out = _tiny_config_file(tmp_path), tmp_path / "run"
+    replace = os.replace
+
+    def full(src, dst):  # the disk fills up as this file is written
+        if str(dst).endswith(full_at):
+            raise _no_space(errno_code)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert main(["run", str(config), "--out", str(out), "--report-to", "none"]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1, err
+    assert err[0].startswith("progdistill: error: no space left on the device") and full_at in err[0], err[0]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "a temporary file was left behind"
+    assert not (out / ".lock").exists()
+
+
+def test_torch_and_safetensors_disk_full_errors_are_one_line_too(capsys, tmp_path, monkeypatch):
+    # torch.save reports a full disk as "unexpected pos" with the OSError as context; safetensors by message.
+    import progdistill.store.trajectory as trajectory
+    import progdistill.train.loop as loop
+
+    config, out = _tiny_config_file(tmp_path), tmp_path / "run"
+
+    def torch_save(state, fh):
+        try:
+            raise _no_space()
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534") from None
+
+    monkeypatch.setattr(loop.torch, "save", torch_save)
+    assert main(["run", str(config), "--out", str(out), "--report-to", "none"]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "no space left" in err[0] and "teacher/resume.pt" in err[0], err
+    monkeypatch.undo()
+
+    def save_file(state, path):
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(trajectory, "save_file", save_file)
+    assert main(["run", str(config), "--out", str(tmp_path / "other"), "--report-to", "none"]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "no space left" in err[0] and "step_00000000.safetensors" in err[0], err
+
+
+def test_a_full_disk_in_a_writer_thread_is_the_commands_error(capsys, monkeypatch):
+    # TensorBoard writes its event files from a thread: its error is no traceback but the command's one line.
+    import threading
+
+    import progdistill.cli as cli
+
+    def command(args):
+        thread = threading.Thread(target=lambda: (_ for _ in ()).throw(_no_space()))
+        thread.start()
+        thread.join()
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_list", command)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("progdistill: error: no space left on the device"), err

@@ -7,11 +7,10 @@ interrupted ones from their saved state, and keeps the results of a finished run
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from progdistill.core.config import ConfigError
 from progdistill.core.distributed import barrier, is_main, rank_world, resolve_device
-from progdistill.core.files import MetricsWriter, read_metrics
+from progdistill.core.files import MetricsWriter, atomic_write, read_metrics
 from progdistill.distill.schedules import CE
 from progdistill.experiment import (
     ExperimentConfig,
@@ -56,37 +55,30 @@ def train_teacher(
     ``task``: the prepared task (default ``config.task``); ``on_record``: passed to :func:`~progdistill.train.loop.fit`;
     ``report_to``: experiment trackers (:func:`progdistill.store.trackers.resolve_report_to`; default TensorBoard when
     installed).
-    Raises ``TrajectoryError`` for a finished trajectory whose checkpoint files are missing."""
+    Raises ``TrajectoryError`` for a teacher directory it would reuse or resume from but cannot read
+    (:meth:`~progdistill.store.rundir.RunDir.reusable_teacher`), before anything is deleted or written."""
     rundir = RunDir(out)
     task = config.task if task is None else task
     directory = rundir.teacher
     header = teacher_header(config)
-    try:
+    existing = rundir.reusable_teacher(config)
+    state_path = directory / RESUME_STATE
+    if existing is not None and not existing.complete and not state_path.exists():
+        # stopped between its last checkpoint and being marked complete (RunDir.reusable_teacher checked it)
+        if is_main():
+            TrajectoryWriter(directory, header, max_checkpoints=config.teacher.max_checkpoints).finish()
+        barrier()
         existing = Trajectory(directory)
-    except TrajectoryError:
-        existing = None
-    if existing is not None and existing.complete and existing.header == header:
-        missing = [step for step in existing.steps if not (directory / existing.entry(step)["file"]).exists()]
-        if missing:  # files are hashed when students load them; a missing one is named now
-            raise TrajectoryError(
-                f"the finished teacher trajectory {directory} is damaged: the checkpoint file "
-                f"of step {missing[0]} is missing ({len(missing)} missing); restore it, or train "
-                "the teacher again: rerun with --retrain-teacher (this deletes the teacher and "
-                "everything trained from it: students, probes, ablations, results)"
-            )
+    if existing is not None and existing.complete:
         log(f"reusing finished teacher trajectory {directory} ({len(existing.steps)} checkpoints)")
         return existing
-    state_path = directory / RESUME_STATE
-    # An unreadable or foreign state file (load_state warns) cannot be resumed: start over, and drop it below so
-    # that fit does not meet it either (the writer's checkpoints are truncated to match).
-    resuming = load_state(state_path, ["teacher"]) is not None
+    resuming = existing is not None and load_state(state_path, ["teacher"]) is not None
     barrier()  # all processes have looked before rank 0 changes anything
     writer = metrics = None
     if is_main():
-        if directory.exists() and (existing is None or existing.header != header):
-            log(f"discarding the unusable teacher directory {directory}; training the teacher again")
+        if directory.exists() and existing is None:  # nothing worth keeping (RunDir.reusable_teacher)
+            log(f"starting the teacher over in {directory}")
             shutil.rmtree(directory)
-            resuming = False
         writer = TrajectoryWriter(directory, header, max_checkpoints=config.teacher.max_checkpoints)
         if resuming:
             log(f"resuming the teacher from its saved state {state_path}")
@@ -294,12 +286,9 @@ def _co_train_teacher(
     final weights become the run's trajectory, one checkpoint, which :func:`train_teacher` then reuses. Returns
     how many students it trained (0 when that trajectory is already complete)."""
     header = teacher_header(config)
-    try:
-        existing = Trajectory(rundir.teacher)
-        if existing.complete and existing.header == header:
-            return 0
-    except TrajectoryError:
-        pass
+    existing = rundir.reusable_teacher(config)  # a damaged teacher is refused before anything is deleted
+    if existing is not None and existing.complete:
+        return 0
     if rundir.teacher.exists():  # an interrupted co-training run: co-training starts over (it is not resumed)
         log(f"co-training starts over: discarding the unfinished teacher directory {rundir.teacher}")
         shutil.rmtree(rundir.teacher)
@@ -327,9 +316,7 @@ def _co_train_teacher(
 def _save_weights(state: dict, path: Path) -> None:
     """safetensors through a temporary file and a rename: a student killed mid-save leaves no half-written
     weights beside a finished metrics.jsonl (which would count it as finished)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def _member_state(model, m: int, size: int) -> dict:
@@ -379,7 +366,8 @@ def run(
     that does not load or fit the models, an end-of-run probe the task's sequences are too short for) raises
     ``ConfigError`` before anything is written; so does a directory holding another config's run unless
     ``overwrite`` (:meth:`progdistill.store.rundir.RunDir.claim`). A teacher that ``overwrite`` would keep is verified
-    before anything is deleted; a damaged one raises ``TrajectoryError`` naming the way out,
+    before anything is deleted; a damaged one raises ``TrajectoryError`` naming the way out (and so does any file
+    a rerun would reuse or resume from: :meth:`~progdistill.store.rundir.RunDir.check_reusable`),
     ``retrain_teacher``: delete the teacher and everything trained from it, and train them again. ``report_to``:
     experiment trackers of every model (:mod:`progdistill.store.trackers`; default TensorBoard when installed), an
     unknown or uninstalled one refused before anything is written. Raises ``RunLockedError`` while another
@@ -408,12 +396,20 @@ def run(
             except TrajectoryError:
                 previous = None
         earlier = rundir.earlier_wall_time()
+        recorded: list[int] = []
+
+        def persist_wall_time(step: int) -> None:  # at every record: a SIGKILL loses only the time since the last
+            recorded.append(step)
+            rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
+
         try:
             results = _train_probe_report(
-                config, rundir, task, probes, device, log, previous, earlier, started, report_to
+                config, rundir, task, probes, device, log, previous, earlier, started, persist_wall_time, report_to
             )
         except BaseException:  # interrupted (Ctrl-C, an error): the seconds spent count towards the run's wall time
-            rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: see below)
+            if recorded:  # (before the first record: a check refused the run, and it writes nothing)
+                with suppress(OSError):  # (a full disk: the error to report is the one propagating)
+                    rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)  # (SIGKILL: above)
             raise
         rundir.clear_interrupted_wall_time()
         barrier()
@@ -430,14 +426,13 @@ def _train_probe_report(
     previous: dict[str, Any] | None,
     earlier: float,
     started: float,
+    persist_wall_time,
     report_to: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The teacher, the students, the end-of-run probes and the report of :func:`run` (rank 0). The run's
     wall time is that of every invocation that worked on it: a finished run's recorded one (when a rerun
-    trains what is missing), earlier interrupted ones (``earlier``), and this one."""
-
-    def persist_wall_time(step: int) -> None:  # at every record: a SIGKILL loses only the time since the last
-        rundir.record_interrupted_wall_time(earlier + time.perf_counter() - started)
+    trains what is missing), earlier interrupted ones (``earlier``), and this one; ``persist_wall_time(step)``
+    records it at every evaluation record."""
 
     trained = 0
     if co_training_only(config):  # the teacher trains once, alongside its students: its final checkpoint only

@@ -14,6 +14,8 @@ import time
 import warnings
 from pathlib import Path
 
+from progdistill.core.files import naming_disk_full
+
 LOCK = ".lock"
 
 
@@ -119,8 +121,12 @@ class RunLock:
                 warnings.warn(f"taking over the lock {self.path} left by process {pid}, which is gone", stacklevel=2)
                 self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
+            try:
+                with naming_disk_full(self.path), os.fdopen(fd, "w") as fh:
+                    json.dump(me, fh)
+            except BaseException:
+                self.path.unlink(missing_ok=True)  # no empty lock left behind (a full disk)
+                raise
             self.owned = True
             return self
 

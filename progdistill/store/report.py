@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # figures are files: no display needed, whatever the envi
 import matplotlib.pyplot as plt
 import numpy as np
 
-from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
+from progdistill.core.files import atomic_write_json, atomic_write_text, naming_disk_full, read_metrics
 from progdistill.experiment import config_hash, student_name
 from progdistill.store.environment import environment_markdown
 from progdistill.store.rundir import RunDir
@@ -299,9 +299,15 @@ def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure as PNG through a temporary file and a rename, then close it."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with naming_disk_full(path):
+            fig.savefig(tmp, dpi=120)
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def write_report(out: str | Path, wall_time_s: float, env: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -34,6 +34,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from progdistill.core.config import ConfigError, current_names, diff
@@ -45,11 +47,12 @@ from progdistill.experiment import (
     check_task_data,
     config_hash,
     load_config,
+    student_names,
     teacher_header,
     without_plugins,
 )
 from progdistill.store.lock import job_id, lock_holder
-from progdistill.store.trajectory import Trajectory, TrajectoryError
+from progdistill.store.trajectory import MANIFEST, Trajectory, TrajectoryError
 from progdistill.tasks.base import Task
 
 STUDENT_WEIGHTS = "final.safetensors"
@@ -166,7 +169,10 @@ class RunDir:
         ``overwrite`` of a run whose task and teacher are unchanged keeps the teacher (:data:`TEACHER_OUTPUTS`);
         its checkpoints are verified first, so a damaged teacher raises ``TrajectoryError`` before anything is
         deleted (:meth:`verify_teacher`). ``retrain_teacher`` deletes the teacher too, and with it everything
-        trained from it, even when the config is unchanged."""
+        trained from it, even when the config is unchanged. A run that is kept (the same config, or one grown by
+        seeds or schedules) is checked first (:meth:`check_reusable`), and a config.json or config.sha256 that
+        cannot be read is refused unless ``overwrite``; files that already hold what would be written are not
+        rewritten."""
         out = self.path
         saved, digest, data = out / "config.json", out / "config.sha256", out / "data.sha256"
         if out.exists() and not out.is_dir():
@@ -178,51 +184,10 @@ class RunDir:
                 "corpus file named in the config has changed since (its sha256 differs from "
                 "data.sha256); choose another --out or pass --overwrite to replace them"
             )
-        new = config.to_dict()
         if saved.exists() and recorded_data not in (None, data_digest):
             self.remove_outputs()  # --overwrite on a run whose data changed: drop its results (config files last)
         elif saved.exists():
-            try:
-                old = json.loads(saved.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                old = None
-            # the plugins' file paths are rewritten, never compared (a run whose plugin file moved is the same run)
-            old, new = without_plugins(old), without_plugins(new)
-            recorded = digest.read_text(encoding="utf-8").strip() if digest.exists() else None
-            if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
-                raise ConfigError(
-                    f"{out} is not a progdistill run directory (its config.json is not a progdistill "
-                    "config); choose another --out (--overwrite replaces only progdistill runs)"
-                )
-            edited = recorded not in (None, config_hash(old))
-            old = current_names(old)  # a run written before a variant's rename is the same run
-            if not edited and not retrain_teacher and grows(old, new):
-                pass  # a sweep grown by seeds or schedules: the finished students stay, run trains the new ones
-            elif old != new or edited:
-                same_teacher = not edited and all(old.get(k) == new[k] for k in ("task", "teacher"))
-                if not overwrite:
-                    changes = diff(old, new)
-                    if edited:
-                        changes.insert(0, f"config.json no longer matches the hash in {digest.name}; it was edited")
-                    raise ConfigError(
-                        f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
-                        "choose another --out or pass --overwrite to replace them"
-                        + (
-                            " (the task and teacher are unchanged: --overwrite keeps the finished "
-                            "teacher and trains only the students again)"
-                            if same_teacher
-                            else ""
-                        )
-                    )
-                # The teacher depends on the task and teacher config only (train_teacher checks its trajectory's
-                # header again before reusing it); everything else is replaced -- once what is kept is known
-                # to be usable, so that a failure deletes nothing.
-                keep = TEACHER_OUTPUTS if same_teacher and not retrain_teacher else ()
-                if keep:
-                    self._check_kept_teacher(config, "rerun with --retrain-teacher")
-                self.remove_outputs(keep=keep)
-            elif retrain_teacher:
-                self.remove_outputs()
+            self._claim_run(config, overwrite, retrain_teacher)
         elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
             # never delete in a directory that is not ours, even with --overwrite
             raise ConfigError(
@@ -230,23 +195,210 @@ class RunDir:
                 "choose another --out (--overwrite replaces only progdistill runs)"
             )
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved, config.to_dict())
-        atomic_write_text(digest, config_hash(config) + "\n")
-        if data_digest is not None:
-            atomic_write_text(data, data_digest + "\n")
+        for path, text in (
+            (saved, json.dumps(config.to_dict(), indent=2) + "\n"),
+            (digest, config_hash(config) + "\n"),
+            (data, None if data_digest is None else data_digest + "\n"),
+        ):
+            if text is not None and not _holds(path, text):  # a rerun rewrites nothing
+                atomic_write_text(path, text)
         self._remove_stale_temporaries()
 
-    def _check_kept_teacher(self, config: ExperimentConfig, again: str) -> None:
-        """Verify the teacher files that a run of ``config`` would reuse (the trajectory of the same header,
-        the tokenizer); an unusable trajectory (another header, no manifest) is replaced, so not checked."""
+    def _claim_run(self, config: ExperimentConfig, overwrite: bool, retrain_teacher: bool) -> None:
+        """:meth:`claim` of a directory that holds a config.json: reuse, grow, replace or refuse the run in it,
+        after checking what is kept (:meth:`check_reusable`, :meth:`_check_kept_teacher`)."""
+        out, saved, digest = self.path, self.config_file, self.path / "config.sha256"
+        nothing = "nothing was deleted or written"
+        # the plugins' file paths are rewritten, never compared (a run whose plugin file moved is the same run)
+        new = without_plugins(config.to_dict())
+        recorded = digest.read_text(encoding="utf-8").strip() if digest.exists() else None
         try:
-            trajectory = Trajectory(self.teacher)
+            old = without_plugins(json.loads(saved.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if recorded is None:
+                old = None  # not a progdistill run (refused below)
+            elif not (overwrite or retrain_teacher):  # config.sha256 beside it: our run, its config.json damaged
+                raise ConfigError(
+                    f"{saved} is unreadable ({exc}), though {digest.name} beside it marks {out} as a "
+                    f"progdistill run; {nothing}. Restore it, or pass --overwrite to replace the run"
+                ) from None
+            else:
+                self._replace_unknown_run(config, retrain_teacher)
+                return
+        if not _is_run_config(old):  # e.g. a Hugging Face model directory: never ours to replace
+            raise ConfigError(
+                f"{out} is not a progdistill run directory (its config.json is not a progdistill "
+                "config); choose another --out (--overwrite replaces only progdistill runs)"
+            )
+        if recorded is not None and not re.fullmatch(r"[0-9a-f]{64}", recorded):
+            if not overwrite:
+                raise ConfigError(
+                    f"{digest} is damaged (it holds no sha256 hash); {nothing}. Restore it, or delete it if "
+                    f"{saved} is this run's own config (a rerun writes it again), or pass --overwrite to "
+                    "replace the run"
+                )
+            edited = True  # replaced as an edited config is
+        else:
+            edited = recorded not in (None, config_hash(old))
+        old = current_names(old)  # a run written before a variant's rename is the same run
+        if not edited and not retrain_teacher and grows(old, new):
+            self.check_reusable(config)  # a grown sweep: the finished students stay, run trains the new ones
+        elif old != new or edited:
+            same_teacher = not edited and all(old.get(k) == new[k] for k in ("task", "teacher"))
+            if not overwrite:
+                changes = diff(old, new)
+                if edited:
+                    changes.insert(0, f"config.json no longer matches the hash in {digest.name}; it was edited")
+                raise ConfigError(
+                    f"{out} holds results of a different config ({'; '.join(changes[:8])}); "
+                    "choose another --out or pass --overwrite to replace them"
+                    + (
+                        " (the task and teacher are unchanged: --overwrite keeps the finished "
+                        "teacher and trains only the students again)"
+                        if same_teacher
+                        else ""
+                    )
+                )
+            # The teacher depends on the task and teacher config only (train_teacher checks its trajectory's
+            # header again before reusing it); everything else is replaced -- once what is kept is known
+            # to be usable, so that a failure deletes nothing.
+            keep = TEACHER_OUTPUTS if same_teacher and not retrain_teacher else ()
+            if keep:
+                self._check_kept_teacher(config, "rerun with --retrain-teacher")
+            self.remove_outputs(keep=keep)
+        elif retrain_teacher:
+            self.remove_outputs()
+        else:
+            self.check_reusable(config)  # the same config: run reuses and resumes what is there
+
+    def _replace_unknown_run(self, config: ExperimentConfig, retrain_teacher: bool) -> None:
+        """``--overwrite`` (or ``retrain_teacher``) of a run whose config.json is unreadable: everything goes but
+        a teacher whose manifest records ``config``'s teacher (verified first, as :meth:`claim` keeps one)."""
+        try:
+            same_teacher = Trajectory(self.teacher).header == teacher_header(config)
         except TrajectoryError:
-            return
-        if trajectory.header == teacher_header(config):
+            same_teacher = False
+        keep = TEACHER_OUTPUTS if same_teacher and not retrain_teacher else ()
+        if keep:
+            self._check_kept_teacher(config, "rerun with --retrain-teacher")
+        self.remove_outputs(keep=keep)
+
+    def _check_kept_teacher(self, config: ExperimentConfig, again: str) -> None:
+        """Verify the teacher files that a run of ``config`` would reuse (:meth:`reusable_teacher`, every
+        checkpoint hashed; the tokenizer)."""
+        trajectory = self.reusable_teacher(config, again)
+        if trajectory is not None and trajectory.complete:
             self.verify_teacher(trajectory, again)
         if self.tokenizer_file.exists():
             self.task(config)  # loads the saved tokenizer (a damaged one raises here, before any deletion)
+
+    def reusable_teacher(self, config: ExperimentConfig, again: str | None = None) -> Trajectory | None:
+        """The teacher trajectory that a run of ``config`` reuses (complete) or resumes (not complete), or None
+        when there is none worth keeping: no teacher directory, one that a run stopped before its first
+        checkpoint left (no manifest, no checkpoint file, no resume state), or the single final checkpoint of a
+        co-training-only run when ``config`` needs the whole trajectory (:func:`teacher_header`).
+
+        Reads the manifest and the metrics, and looks for the checkpoint files (they are hashed when used:
+        :meth:`verify_teacher`). Raises ``TrajectoryError`` (:meth:`damaged_teacher`: nothing was deleted or
+        written; restore the file or train the teacher again, ``again``) for an unreadable or missing manifest
+        beside checkpoints, a manifest of another teacher config, a finished trajectory with a missing
+        checkpoint file or unfinished or unreadable ``metrics.jsonl``, and an unreadable resume state."""
+        directory, header = self.teacher, teacher_header(config)
+        if not directory.is_dir():
+            return None
+        state = directory / RESUME_STATE
+        if not (directory / MANIFEST).exists():
+            saved = sorted((directory / "checkpoints").glob("*.safetensors"))
+            if not saved and not state.exists():
+                return None
+            raise self.damaged_teacher(
+                TrajectoryError(
+                    f"{directory / MANIFEST} is missing, but {directory} holds "
+                    + (f"{len(saved)} checkpoint file(s)" if saved else f"the resume state {state.name}")
+                ),
+                again,
+            )
+        try:
+            trajectory = Trajectory(directory)
+        except TrajectoryError as exc:
+            raise self.damaged_teacher(exc, again) from None
+        if trajectory.header != header:
+            if trajectory.header == {**header, "co_training": True}:
+                return None  # a co-training-only run's final checkpoint, grown by schedules that need them all
+            changes = diff(trajectory.header, header)
+            raise self.damaged_teacher(
+                TrajectoryError(
+                    f"{directory / MANIFEST} records a teacher of another config than {self.config_file.name} "
+                    f"({'; '.join(changes[:4])})"
+                ),
+                again,
+            )
+        if trajectory.complete:
+            missing = [s for s in trajectory.steps if not (directory / trajectory.entry(s)["file"]).exists()]
+            if missing:  # files are hashed when students load them; a missing one is named now
+                raise self.damaged_teacher(
+                    TrajectoryError(
+                        f"the finished teacher trajectory {directory} is damaged: the checkpoint file of step "
+                        f"{missing[0]} is missing ({len(missing)} missing)"
+                    ),
+                    again,
+                )
+            problem = _unfinished_metrics(directory / "metrics.jsonl", config.teacher.steps)
+            if problem is not None:
+                raise self.damaged_teacher(TrajectoryError(f"the finished teacher's {problem}"), again)
+        elif state.exists():
+            problem = _unreadable_state(state, ["teacher"])
+            if problem is not None:
+                raise self.damaged_teacher(TrajectoryError(f"the teacher's resume state {problem}"), again)
+        elif trajectory.steps[-1:] == [config.teacher.steps]:  # stopped after its last checkpoint, unmarked:
+            problem = _unfinished_metrics(directory / "metrics.jsonl", config.teacher.steps)  # train_teacher marks it
+            if problem is not None:
+                raise self.damaged_teacher(TrajectoryError(f"the teacher's {problem}"), again)
+        elif max(trajectory.steps, default=0) > 0:
+            raise self.damaged_teacher(
+                TrajectoryError(
+                    f"the unfinished teacher trajectory {directory} has checkpoints up to step "
+                    f"{trajectory.steps[-1]} but no resume state {state.name} to continue from"
+                ),
+                again,
+            )
+        else:
+            return None  # stopped before its first resume state: nothing to keep
+        return trajectory
+
+    def check_reusable(self, config: ExperimentConfig) -> None:
+        """Refuse, before a rerun of ``config`` writes or deletes anything, the files it would reuse or resume
+        from but cannot read: the teacher's (:meth:`reusable_teacher`: ``TrajectoryError``), a finished student's
+        final weights (unreadable) or ``metrics.jsonl`` (missing, unreadable or not ending at the last step), a
+        student's resume state (unreadable) and ``results.json`` (unreadable: it holds the run's wall time).
+        Raises ``ConfigError`` naming the file, saying that nothing was deleted or written and what to do."""
+        self.reusable_teacher(config)
+        nothing = "nothing was deleted or written"
+        for name in student_names(config):
+            directory = self.students / name
+            if not (directory / STUDENT_WEIGHTS).exists():
+                continue  # not finished: trained or resumed from its state
+            problem = _unreadable_weights(directory / STUDENT_WEIGHTS) or _unfinished_metrics(
+                directory / "metrics.jsonl", config.student.steps
+            )
+            if problem is not None:
+                raise ConfigError(
+                    f"the finished student {name} is damaged: its {problem}; {nothing}. Restore the file, "
+                    f"or delete {directory} to train that student again"
+                )
+        for state in sorted(self.students.glob(".resume-*.pt")) if self.students.is_dir() else ():
+            problem = _unreadable_state(state)
+            if problem is not None:
+                raise ConfigError(
+                    f"the students' resume state {problem}; {nothing}. Restore it, or delete it to train "
+                    "those students from step 0"
+                )
+        if self.results_file.exists() and self.finished_results() is None:
+            raise ConfigError(
+                f"{self.results_file} is unreadable (empty or not JSON); {nothing}. Restore it, or delete it: "
+                "a rerun writes it again from the run's files, but the wall time of the earlier invocations "
+                "it recorded is lost"
+            )
 
     def verify_teacher(self, trajectory: Trajectory | None = None, again: str | None = None) -> Trajectory:
         """The teacher trajectory (default: read now) with every checkpoint file checked against its sha256.
@@ -304,11 +456,15 @@ class RunDir:
     # -- failures ----------------------------------------------------------------------------------------------
     def record_failure(self, directory: Path, exc: BaseException) -> None:
         """Write the traceback of ``exc``, which stopped the training in ``directory`` (the teacher's or a
-        student's), to ``directory/error.txt``, headed by the host, process and job."""
+        student's), to ``directory/error.txt``, headed by the host, process and job. Best effort: a write that
+        fails (a full disk, often the very error) is skipped, so that ``exc`` is what propagates."""
         where = f"host {socket.gethostname()}, process {os.getpid()}" + (f", job {job_id()}" if job_id() else "")
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / FAILURE, f"# {where}\n{text}")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(directory / FAILURE, f"# {where}\n{text}")
+        except OSError:
+            pass
 
     def clear_failure(self, directory: Path) -> None:
         (directory / FAILURE).unlink(missing_ok=True)
@@ -466,3 +622,58 @@ def _is_run_config(data: Any) -> bool:
     """Whether a parsed config.json has the shape of an ExperimentConfig (a run directory's, maybe another
     version's or hand-edited), as opposed to some other tool's config.json."""
     return isinstance(data, dict) and {"preset", "task", "teacher", "student", "schedules"} <= set(data)
+
+
+def _unfinished_metrics(path: Path, steps: int) -> str | None:
+    """What is wrong with the ``metrics.jsonl`` at ``path`` of a model that finished ``steps`` steps (missing,
+    unreadable, not ending at the last step), or None."""
+    try:
+        records = read_metrics(path, strict=True)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{path} is unreadable ({exc})"
+    last = records[-1].get("step") if records and isinstance(records[-1], dict) else None
+    if last != steps:
+        return f"{path} ends at step {last}, not at the last step {steps}"
+    return None
+
+
+def _unreadable_weights(path: Path) -> str | None:
+    """Why the safetensors file at ``path`` cannot be read (its header, and a size that holds every tensor
+    the header lists: a truncated or garbled file), or None; the tensors' bytes are not read."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 (a safetensors handle is no dict: it has no __iter__)
+                fh.get_slice(key).get_shape()
+    except Exception as exc:  # safetensors raises its own error types
+        return f"{path} is unreadable ({exc})"
+    return None
+
+
+def _unreadable_state(path: Path, names: list[str] | None = None) -> str | None:
+    """Why the resume state at ``path`` (``torch.save``, a zip archive) cannot be resumed from (unreadable, not
+    a training state, or, given ``names``, another model's), or None. The archive is memory-mapped (its tensors
+    are not read), so this costs little whatever the model's size."""
+    try:
+        state = torch.load(path, mmap=True, weights_only=False, map_location="cpu")
+    except Exception as exc:  # zip, pickle and torch errors alike: the file cannot be resumed from
+        return f"{path} is unreadable ({_first_sentence(exc)})"
+    if not isinstance(state, dict) or "names" not in state or "step" not in state:
+        return f"{path} is not a training state (no member names and step)"
+    if names is not None and state["names"] != names:
+        return f"{path} is the state of {state['names']}, not of {names}"
+    return None
+
+
+def _first_sentence(exc: Exception) -> str:
+    """The first sentence of an error message (torch's go on with advice that does not apply here)."""
+    return str(exc).split(". ")[0].strip()
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether the file at ``path`` holds exactly ``text``."""
+    try:
+        return path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False

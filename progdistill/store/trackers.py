@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from progdistill.core.config import ConfigError, flatten, to_dict
+from progdistill.core.files import naming_disk_full
 from progdistill.core.optional import MissingExtraError, require
 from progdistill.store.rundir import RunDir
 
@@ -77,24 +78,31 @@ class TensorBoard(Tracker):
             warnings.simplefilter("ignore")
             require("torch.utils.tensorboard", "tensorboard", "--report-to tensorboard", package="tensorboard")
 
+    # The writer's thread writes the event file; an error there (a full disk) comes back at the next call, here
+    # named after the directory (naming_disk_full).
+
     def start(self, hyperparameters: dict[str, Any]) -> None:
         board = require("torch.utils.tensorboard", "tensorboard", "--report-to tensorboard", package="tensorboard")
-        self.writer = board.SummaryWriter(log_dir=str(RunDir(self.run_dir).tensorboard(self.model)))
-        self.prefix = f"{self.role}/"
-        flat = {k: _param(v) for k, v in flatten(hyperparameters).items()}
-        metrics = {f"{self.prefix}{m}": 0.0 for m in ("eval_accuracy", "eval_loss", "train_loss")}
-        exp, start, self._end = board.summary.hparams(flat, metrics)  # the HParams dashboard's table
-        for summary in (exp, start):
-            self.writer.file_writer.add_summary(summary)
+        self.log_dir = RunDir(self.run_dir).tensorboard(self.model)
+        with naming_disk_full(self.log_dir):
+            self.writer = board.SummaryWriter(log_dir=str(self.log_dir))
+            self.prefix = f"{self.role}/"
+            flat = {k: _param(v) for k, v in flatten(hyperparameters).items()}
+            metrics = {f"{self.prefix}{m}": 0.0 for m in ("eval_accuracy", "eval_loss", "train_loss")}
+            exp, start, self._end = board.summary.hparams(flat, metrics)  # the HParams dashboard's table
+            for summary in (exp, start):
+                self.writer.file_writer.add_summary(summary)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        for key, value in metrics.items():
-            self.writer.add_scalar(f"{self.prefix}{key}", value, step)
+        with naming_disk_full(self.log_dir):
+            for key, value in metrics.items():
+                self.writer.add_scalar(f"{self.prefix}{key}", value, step)
 
     def finish(self, failed: bool = False) -> None:
-        if not failed:  # the HParams dashboard's status: success
-            self.writer.file_writer.add_summary(self._end)
-        self.writer.close()
+        with naming_disk_full(self.log_dir):
+            if not failed:  # the HParams dashboard's status: success
+                self.writer.file_writer.add_summary(self._end)
+            self.writer.close()
 
 
 class WandB(Tracker):

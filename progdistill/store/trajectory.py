@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from progdistill.core.config import current_names
-from progdistill.core.files import atomic_write_json
+from progdistill.core.files import atomic_write, atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -93,11 +93,14 @@ class TrajectoryWriter:
         if self.steps and step <= self.steps[-1]:
             raise TrajectoryError(f"checkpoint step {step} must be after the last saved step {self.steps[-1]}")
         rel = f"checkpoints/step_{step:08d}.safetensors"
-        final = self.directory / rel
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        save_file(cpu_state(state_dict), str(tmp))
-        digest = sha256_file(tmp)
-        os.replace(tmp, final)
+        hashed = []
+
+        def write(tmp: Path) -> None:
+            save_file(cpu_state(state_dict), str(tmp))
+            hashed.append(sha256_file(tmp))
+
+        atomic_write(self.directory / rel, write)
+        digest = hashed[0]
         self.manifest["checkpoints"].append({"step": step, "file": rel, "sha256": digest, **metrics})
         if self.max_checkpoints is not None and len(self.manifest["checkpoints"]) > self.max_checkpoints:
             self._thin()

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from tqdm.auto import tqdm
 
 from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.core.distributed import all_reduce_mean, barrier, is_main, local_slice, rank_world
-from progdistill.core.files import MetricsWriter
+from progdistill.core.files import MetricsWriter, atomic_write
 from progdistill.core.seeding import generator
 from progdistill.distill.hints import Hints
 from progdistill.distill.losses import hard_targets, mixture_weights
@@ -530,20 +528,29 @@ def non_finite_error(culprits: Sequence[str], what: str, step: int) -> NonFinite
 
 def save_state(path: Path, state: dict) -> None:
     """Write ``state`` (``torch.save``) to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: a full disk surfaces as its OSError, not torch's message
+            torch.save(state, fh)
+
+    atomic_write(path, write)
+
+
+class ResumeStateError(ValueError):
+    """A resume state file exists but cannot be read (it is written atomically: it was damaged since)."""
 
 
 def load_state(path: Path | None, names: list[str]) -> dict | None:
     """The saved training state at ``path`` if it belongs to exactly the members ``names``, else None (also
-    when ``path`` is None or missing, and, with a warning, when the file cannot be read)."""
+    when ``path`` is None or missing). Raises :class:`ResumeStateError` naming the file when it cannot be read:
+    starting over would replace it, and the metrics and checkpoints it covers, with no one having asked."""
     if path is None or not Path(path).exists():
         return None
     try:
         state = torch.load(path, weights_only=False)
-    except Exception as exc:  # an unreadable state file cannot be trusted: start over, saying so
-        warnings.warn(f"ignoring unreadable resume state {path}: {exc}", stacklevel=2)
-        return None
-    return state if state.get("names") == names else None
+    except Exception as exc:  # zip, pickle and torch errors alike
+        raise ResumeStateError(
+            f"the resume state {path} is unreadable ({str(exc).split('. ')[0]}); nothing was deleted or "
+            f"written. Restore it, or delete it to train {', '.join(names)} from step 0"
+        ) from None
+    return state if isinstance(state, dict) and state.get("names") == names else None

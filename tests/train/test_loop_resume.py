@@ -6,7 +6,7 @@ import pytest
 import torch
 
 # The functions under test, imported in one place.
-from progdistill.train.loop import load_state, save_state
+from progdistill.train.loop import ResumeStateError, load_state, save_state
 
 
 def test_a_saved_state_is_read_back_for_the_same_members(tmp_path):
@@ -27,11 +27,15 @@ def test_a_state_of_other_members_is_not_resumed(tmp_path):
     assert load_state(tmp_path / "missing.pt", ["ce-seed0"]) is None
 
 
-def test_an_unreadable_state_is_ignored_with_a_warning(tmp_path):
+def test_an_unreadable_state_is_refused_naming_the_file_and_kept(tmp_path):
+    # Saved atomically, a state cannot be cut off mid-write: an unreadable one was damaged since, and
+    # starting over would replace it (and the progress it holds) with no one having asked.
     path = tmp_path / "resume.pt"
-    path.write_bytes(b"cut off mid-write")
-    with pytest.warns(UserWarning, match=f"ignoring unreadable resume state {path}"):
-        assert load_state(path, ["teacher"]) is None
+    path.write_bytes(b"damaged")
+    with pytest.raises(ResumeStateError, match=f"resume state {path} is unreadable .*nothing was deleted"):
+        load_state(path, ["ce-seed0", "progressive-seed0"])
+    assert path.read_bytes() == b"damaged"
+    assert isinstance(ResumeStateError("x"), ValueError)  # the CLI's one-line errors
 
 
 def test_saving_replaces_the_previous_state_whole(tmp_path):
