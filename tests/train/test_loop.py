@@ -15,7 +15,6 @@ from progdistill.store.trajectory import TrajectoryError
 from progdistill.tasks.base import Batch, TaskBase
 from progdistill.train import evaluation
 from progdistill.train.loop import Member, NonFiniteError, fit, generator
-from progdistill.train.optim import learning_rate_factor
 
 
 def quiet(*args):
@@ -87,15 +86,6 @@ def test_non_finite_steps_can_be_skipped(tiny):
     hist = fit(tiny.task, model, bad, [Member("teacher-x", 0, CE())], data_stream="d")[0]
     assert hist[-1]["step"] == 100 and hist[-1]["skipped_steps"] > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
-
-
-def test_learning_rate_schedules():
-    const = learning_rate_factor(OptimizerConfig(), 100)
-    assert const(0) == const(99) == 1.0
-    cos = learning_rate_factor(OptimizerConfig(lr_schedule="cosine", warmup_fraction=0.1), 100)
-    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
-    assert cos(10) == pytest.approx(1.0) and cos(55) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
-    assert all(0 <= cos(t) <= 1 for t in range(101))
 
 
 def test_same_seed_same_batches_different_seed_different():
