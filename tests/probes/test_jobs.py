@@ -73,43 +73,6 @@ def test_two_shot_auto_on_a_flat_teacher_is_a_clear_error():
         TwoShotAuto(metric="accuracy")
 
 
-def test_ablation_checkpoints_follow_the_transition_two_shot_auto_finds():
-    class LossCurve:  # a masked-LM loss: a fall from the untrained model, a plateau, a sharp drop, a slow decay
-        def curve(self, metric):
-            assert metric == "eval_loss"
-            steps = list(range(0, 2100, 100))
-            values = [
-                9.0,
-                6.0,
-                4.5,
-                4.01,
-                4.0,
-                3.98,
-                4.0,
-                3.99,
-                3.8,
-                3.5,
-                3.3,
-                3.2,
-                3.15,
-                3.1,
-                3.08,
-                3.07,
-                3.06,
-                3.055,
-                3.05,
-                3.049,
-                3.048,
-            ]
-            return steps, values
-
-    picks = ablation_checkpoints(LossCurve(), "eval_loss")
-    steps, values = LossCurve().curve("eval_loss")
-    assert picks["during"] == TwoShotAuto(metric="eval_loss").pick(steps, values)
-    assert picks["before"] < picks["during"] < picks["after"]
-    assert picks["before"] > 0  # the fall from the untrained model is not the transition
-
-
 @pytest.mark.e2e
 def test_monomial_probe_over_a_run(slow_teacher_run):
     summary = probe_monomials(slow_teacher_run, students=True, num_samples=32768, log=quiet)
