@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from pcfg_language import AMBIGUOUS, conditional, whole_language
 
 from progdistill.tasks.pcfg.grammar import GrammarError, load_grammar, parse_grammar, random_grammar
 from progdistill.tasks.pcfg.parser import (
@@ -124,50 +125,9 @@ def test_errors():
         tree_log_probability(g, [0, 1, 0], [(0, 0, 3), (1, 0, 2), (2, 0, 1), (2, 1, 2)])
 
 
-def _language(grammar):
-    """Every sentence of an acyclic grammar with its probability, by expanding all derivations: {tokens: p}."""
-    from progdistill.tasks.pcfg.grammar import Terminal
-
-    def expand(symbol):
-        if isinstance(symbol, Terminal):
-            return {(grammar.terminals.index(symbol.name),): 1.0}
-        out = {}
-        for rule in (r for r in grammar.rules if r.lhs == symbol):
-            parts = {(): rule.probability}
-            for s in rule.rhs:
-                longer = {}
-                for a, pa in parts.items():
-                    for b, pb in expand(s).items():
-                        longer[a + b] = longer.get(a + b, 0.0) + pa * pb
-                parts = longer
-            for k, v in parts.items():
-                out[k] = out.get(k, 0.0) + v
-        return out
-
-    return expand(grammar.start)
-
-
-# Ambiguous trees (b and a both emit 'a') and lengths 4-6 with several tree shapes each: what a hidden token
-# could be depends on the tree, so the posterior at one position depends on the others.
-AMBIGUOUS = (
-    "s -> x y [0.7]\ns -> y x [0.3]\nx -> a b [0.6]\nx -> b a b [0.4]\ny -> b b [0.5]\n"
-    "y -> a a a [0.5]\na -> 'a' [0.9]\na -> 'c' [0.1]\nb -> 'b' [0.5]\nb -> 'a' [0.5]\n"
-)
-
-
-def _conditional(language, tokens, hidden, position, num_terminals):
-    """P(token at position | the tokens outside ``hidden``, the length), by summing over the whole language."""
-    visible = [i for i in range(len(tokens)) if i != position and i not in hidden]
-    out = np.zeros(num_terminals)
-    for other, p in language.items():
-        if len(other) == len(tokens) and all(other[i] == tokens[i] for i in visible):
-            out[other[position]] += p
-    return out / out.sum()
-
-
 def test_masked_posterior_equals_brute_force_conditioning_over_the_whole_language():
     g = parse_grammar(AMBIGUOUS)
-    language = _language(g)
+    language = whole_language(g)
     assert sum(language.values()) == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     sentences = sorted(language)
@@ -179,7 +139,7 @@ def test_masked_posterior_equals_brute_force_conditioning_over_the_whole_languag
             position = int(rng.integers(n))
             hidden = sorted(set(rng.choice(n, size=int(rng.integers(0, n)), replace=False).tolist()) - {position})
             got = masked_posterior(g, list(tokens), hidden, position)
-            np.testing.assert_allclose(got, _conditional(language, tokens, hidden, position, 3), atol=1e-12)
+            np.testing.assert_allclose(got, conditional(language, tokens, hidden, position, 3), atol=1e-12)
             checked += 1
     assert checked == 75
 
@@ -192,53 +152,3 @@ def test_masked_posterior_rejects_positions_outside_the_sentence_and_impossible_
         masked_posterior(g, [0, 1, 0], [-1], 0)
     with pytest.raises(ValueError, match="probability 0"):
         masked_posterior(g, [0, 1], [], 0)  # TOY has no 2-token sentence
-
-
-def test_oracle_ngram_probe_equals_brute_force_on_every_position():
-    """The oracle probe's M_robust / M_close / cross-entropy, from padded ids and probe positions (BOS at 0), equal
-    direct conditioning over the language at the same sentence positions."""
-    from progdistill.probes.ngram import probe_positions
-    from progdistill.probes.oracle import oracle_ngram_dependence_at
-    from progdistill.tasks.pcfg.task import Vocabulary, pad_sentences
-
-    g = parse_grammar(AMBIGUOUS)
-    language = _language(g)
-    sentences = sorted(language)[::7]
-    ids, _ = pad_sentences(sentences, Vocabulary(g.terminals))
-    maskable = ids < 3
-    where = probe_positions(maskable, per_sentence=3)
-    got = oracle_ngram_dependence_at(g, ids, maskable, where, windows=(3,))
-    robust, close, nll = [], [], []
-    for s, q in zip(where.sentence, where.position):
-        tokens, p = sentences[s], int(q) - 1
-        n = len(tokens)
-        window = {i for i in (p - 1, p, p + 1) if 0 <= i < n}
-        base = _conditional(language, tokens, [], p, 3)
-        robust.append(0.5 * np.abs(base - _conditional(language, tokens, window, p, 3)).sum())
-        close.append(0.5 * np.abs(base - _conditional(language, tokens, set(range(n)) - window, p, 3)).sum())
-        nll.append(-np.log(base[tokens[p]]))
-    for key, values in (("M_robust/3", robust), ("M_close/3", close), ("cross_entropy", nll)):
-        assert got[key]["median"] == pytest.approx(float(np.median(values)), abs=1e-9)
-        assert got[key]["mean"] == pytest.approx(float(np.mean(values)), abs=1e-9)
-    assert max(robust) > 0.05 and max(close) > 0.05  # the check has something to compare
-
-
-def test_oracle_masked_lm_loss_equals_brute_force_for_the_same_hidden_sets():
-    from progdistill.probes.oracle import oracle_masked_lm_loss
-
-    g = parse_grammar(AMBIGUOUS)
-    language = _language(g)
-    sentences = sorted(language)[::5]
-    got = oracle_masked_lm_loss(g, sentences, 0.4, np.random.default_rng(3), per_sentence=2)
-    rng, nll = np.random.default_rng(3), []  # the same draws, scored by conditioning over the language
-    for tokens in sentences:
-        hidden = np.flatnonzero(rng.random(len(tokens)) < 0.4)
-        if len(hidden):
-            for p in rng.choice(hidden, size=min(2, len(hidden)), replace=False):
-                nll.append(-np.log(_conditional(language, tokens, set(hidden.tolist()), int(p), 3)[tokens[p]]))
-    assert got["positions"] == len(nll) > 20
-    assert got["mean"] == pytest.approx(np.mean(nll), abs=1e-9) and got["mean"] > 0.1
-    nothing = oracle_masked_lm_loss(g, sentences[:3], 1e-6, np.random.default_rng(0))  # no token hidden
-    assert nothing["positions"] == 0 and nothing["mean"] is None and nothing["std_error"] is None
-    with pytest.raises(ValueError, match="mask_rate=1"):
-        oracle_masked_lm_loss(g, sentences, 1, np.random.default_rng(0))

@@ -14,7 +14,6 @@ from progdistill.distill.schedules import CE, OneShot, Progressive, TwoShotAuto
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig
 from progdistill.probes.ngram import ngram_dependence, probe_ngram, probe_positions
-from progdistill.probes.nonterminal import nonterminal_probe
 from progdistill.probes.oracle import probe_oracle
 from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory
@@ -223,33 +222,6 @@ def test_probe_positions_pick_only_maskable_positions():
     where = probe_positions(maskable, per_sentence=4)
     assert all(maskable[s, p] for s, p in zip(where.sentence, where.position))
     assert (where.sentence == 0).sum() == 4 and (where.sentence == 1).sum() == 3
-
-
-class _Oracle(torch.nn.Module):
-    """Hidden state = one-hot of the level-1 ancestor, looked up from a planted table (and noise elsewhere)."""
-
-    def __init__(self, sentences, vocab):
-        super().__init__()
-        self.lookup = {tuple(s.tokens.tolist()): s.ancestors[1] for s in sentences}
-        self.vocab = vocab
-
-    def hidden_states(self, ids, attention_mask=None):
-        out = torch.zeros(*ids.shape, 8)
-        for i, row in enumerate(ids):
-            tokens = row[(row < len(self.vocab.terminals))]
-            anc = self.lookup[tuple(tokens.tolist())]
-            out[i, 1 : len(anc) + 1, :] = torch.nn.functional.one_hot(torch.from_numpy(anc).long(), 8).float()
-        return out
-
-
-def test_nonterminal_probe_reads_a_planted_representation():
-    train = TASK.sample_sentences(32, generator(0, "train"))
-    test = TASK.sample_sentences(16, generator(0, "test"))
-    oracle = _Oracle(list(train) + list(test), TASK.vocabulary)
-    accuracy = nonterminal_probe(oracle, train, test, TASK.vocabulary, [1])
-    assert accuracy[1] == 1.0
-    with pytest.raises(ValueError, match="level 9"):
-        nonterminal_probe(oracle, train, test, TASK.vocabulary, [9])
 
 
 @pytest.mark.e2e
