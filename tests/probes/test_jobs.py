@@ -7,7 +7,6 @@ from progdistill.core.config import ConfigError, OptimizerConfig
 from progdistill.core.files import read_metrics
 from progdistill.distill.schedules import TwoShotAuto
 from progdistill.probes.monomials import probe_monomials
-from progdistill.probes.monomials_figure import monomial_figure
 from progdistill.recipes.ablation import ablate_two_shot, ablation_checkpoints
 from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory
@@ -237,21 +236,3 @@ def test_a_probe_that_fails_on_its_first_model_leaves_no_partial_file(finished_t
     with pytest.raises(RuntimeError, match="out of memory"):
         probe_monomials(run_dir, num_samples=512, log=quiet)
     assert not (run_dir / "probes" / ".monomials.partial.jsonl").exists()
-
-
-def test_monomial_figure_legends_sit_outside_the_data(finished_tiny_run, tmp_path):
-    import shutil
-
-    from progdistill.probes.jobs import read_records
-
-    run_dir = tmp_path / "copy"
-    shutil.copytree(finished_tiny_run, run_dir)
-    summary = probe_monomials(run_dir, num_samples=512, log=quiet)
-    fig = monomial_figure(read_records(run_dir / "probes" / "monomials.jsonl"), summary, "tiny")
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None] + list(fig.legends)
-    assert legends
-    for legend in legends:
-        box = legend.get_window_extent(renderer)
-        assert not any(box.overlaps(a.get_window_extent(renderer)) for a in fig.axes)
