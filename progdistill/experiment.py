@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,130 @@ def check_task_data(config: ExperimentConfig) -> str | None:
                 f"{longest} positions; raise it or leave it null (sized from the task)"
             )
     return digest
+
+
+SKIP_MEMORY_CHECK = "PROGDISTILL_SKIP_MEMORY_CHECK"  # set to 1: run without comparing the estimate to free memory
+
+
+def _fields(prefix: str, config, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{prefix}{n}={getattr(config, n)}" for n in names)
+
+
+def estimate_memory(config: ExperimentConfig, block_steps: int, eval_chunk: int) -> list[tuple[str, int]] | None:
+    """The parts of a run's peak memory in bytes, each labelled with the config fields that size it, computed from
+    the config alone (nothing is built or sampled), before any work; None when the task or a model has no
+    ``estimated_bytes`` (an optional method: such runs are not estimated).
+
+    The peak is the larger of two phases, each holding the held-out set: the teacher (a stack of one), and the
+    students (one stack of schedules x seeds for stackable models such as the MLP, else one at a time) with the
+    teacher's weights and the teacher logits of a block. One-label tasks sample the inputs of a block of up to
+    ``block_steps`` steps at once, per data stream (one per seed), and stack them into a second copy
+    (:mod:`progdistill.train.loop`); evaluation runs in chunks of ``eval_chunk`` rows. Model configs answer
+    ``estimated_bytes(input_size, num_classes, batch_size, stack)`` and tasks ``estimated_bytes(batch_size)``, both
+    a dict of entries (bytes, names of the fields that size them): the models' "weights" and "activations",
+    "forward" (a pass without gradients), the task's "batch" and "eval"."""
+    task, teacher, student = config.task, config.teacher, config.student
+    estimates = [getattr(v, "estimated_bytes", None) for v in (task, teacher.model, student.model)]
+    if any(e is None for e in estimates) or any(isinstance(v, Unloaded) for v in (task, teacher.model, student.model)):
+        return None
+    n, c = task.input_size, task.num_classes
+    taught = [s for s in config.schedules if s.needs_teacher]
+    held_out, held_out_fields = task.estimated_bytes(1)["eval"]
+    eval_rows = min(eval_chunk, max(1, held_out // max(1, task.estimated_bytes(1)["batch"][0])))
+    held_out_part = (f"held-out set ({_fields('task.', task, held_out_fields)})", held_out)
+
+    def phase(role: str, cfg: TrainConfig, stack: int, streams: int, extra_copies: int) -> list[tuple[str, int]]:
+        model = f"{role}.model."
+        steps = min(block_steps, cfg.eval_every, cfg.steps)
+        if role == "teacher":
+            steps = min(steps, cfg.checkpoint_every)
+        train = cfg.model.estimated_bytes(n, c, cfg.batch_size, stack)
+        evaluation = cfg.model.estimated_bytes(n, c, eval_rows, stack)["forward"][0]
+        block, block_fields = task.estimated_bytes(steps * cfg.batch_size)["batch"]
+        weights, weight_fields = train["weights"]
+        activations, activation_fields = train["activations"]
+        return [
+            (
+                f"{role} weights, gradients and optimizer state ({_fields(model, cfg.model, weight_fields)}, "
+                f"{stack} model(s))",
+                weights,
+            ),
+            (
+                f"{role} activations ({role}.batch_size={cfg.batch_size}, "
+                f"{_fields(model, cfg.model, activation_fields)})",
+                activations,
+            )
+            if activations >= evaluation
+            else (
+                f"{role} evaluation in chunks of {eval_rows} rows ({_fields(model, cfg.model, activation_fields)})",
+                evaluation,
+            ),
+            (
+                f"{role} inputs of a block of {steps} steps ({role}.batch_size={cfg.batch_size}, "
+                f"{_fields('task.', task, block_fields)}, {streams} stream(s))",
+                (2 * streams + extra_copies) * block,
+            ),
+            held_out_part,
+        ]
+
+    peak = phase("teacher", teacher, 1, 1, 0)
+    stack = len(config.schedules) * config.seeds if student.model.stackable else 1
+    streams = config.seeds if student.model.stackable else 1
+    students = phase("student", student, stack, streams, 1 if taught else 0)
+    if taught:
+        steps = min(block_steps, student.eval_every, student.steps)
+        students += [
+            (
+                f"teacher logits of a block ({steps} steps x {stack} student(s) x student.batch_size="
+                f"{student.batch_size} x {c} classes)",
+                4 * steps * stack * student.batch_size * c,
+            ),
+            ("the teacher's weights", teacher.model.estimated_bytes(n, c, 1, 1)["weights"][0] // 4),
+        ]
+    return max(peak, students, key=lambda parts: sum(b for _, b in parts))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new process: ``MemAvailable`` of /proc/meminfo, else the free physical pages
+    (``os.sysconf``); None when neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _size(b: float) -> str:
+    return f"{b / 2**30:.1f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
+
+
+def check_memory(config: ExperimentConfig, block_steps: int, eval_chunk: int, available: int | None = None) -> None:
+    """Refuse a run whose estimated peak memory (:func:`estimate_memory`) exceeds ``available`` bytes (default:
+    :func:`available_memory`; CPU memory, also for runs on a GPU, whose data blocks are sampled in CPU memory),
+    with one ``ConfigError`` naming the parts that dominate and their fields. Skipped when the estimate or the
+    available memory is unknown, or the environment variable ``PROGDISTILL_SKIP_MEMORY_CHECK`` is 1."""
+    if os.environ.get(SKIP_MEMORY_CHECK, "") not in ("", "0"):
+        return
+    parts = estimate_memory(config, block_steps, eval_chunk)
+    available = available_memory() if available is None else available
+    if parts is None or available is None:
+        return
+    total = sum(b for _, b in parts)
+    if total <= available:
+        return
+    ranked = sorted(parts, key=lambda p: -p[1])
+    dominant = [p for p in ranked if p[1] >= total / 4] or ranked[:1]
+    named = "; ".join(f"{label}: {_size(b)}" for label, b in dominant)
+    raise ConfigError(
+        f"this run needs about {_size(total)} of memory, more than the {_size(available)} available; mostly "
+        f"{named}. Use smaller sizes, or set {SKIP_MEMORY_CHECK}=1 to run anyway (nothing was written)"
+    )
 
 
 def build_model(task: Task, model_cfg, seeds: list[int], stream: str):

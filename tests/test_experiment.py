@@ -5,14 +5,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from progdistill.core.config import ConfigError
+from progdistill import experiment
+from progdistill.cli import main
+from progdistill.core.config import ConfigError, override, to_dict
 from progdistill.core.files import read_metrics
 from progdistill.distill.schedules import KShot, Progressive
 from progdistill.distill.teachers import TeacherPool
-from progdistill.experiment import ExperimentConfig, config_hash
+from progdistill.experiment import ExperimentConfig, check_memory, config_hash, estimate_memory
+from progdistill.models.mlp import MLPConfig
+from progdistill.recipes import runner
+from progdistill.recipes.presets import PRESETS, get_preset
 from progdistill.recipes.runner import run, train_teacher
 from progdistill.store.trajectory import Trajectory
-from progdistill.train.loop import Member, fit, generator
+from progdistill.train.evaluation import EVAL_CHUNK
+from progdistill.train.loop import BLOCK_STEPS, Member, fit, generator
 
 
 def quiet(*args):
@@ -352,3 +358,86 @@ def test_wall_time_is_persisted_at_every_record(tmp_path, tiny, monkeypatch):
     # teacher: steps 0, 50, ..., 300; the stack of students: the same 7 records
     assert len(seen) == 14 and seen == sorted(seen)
     assert not (tmp_path / "run" / EARLIER_WALL_TIME).exists()  # cleared when the run finishes
+
+
+# Memory is estimated from the config before any work: absurd sizes are one line naming the field (exit 2).
+GiB = 2**30
+
+
+@pytest.fixture
+def memory_64gib(monkeypatch):
+    """64 GiB available, whatever this machine has; building the held-out set would fail the test."""
+    monkeypatch.delenv(experiment.SKIP_MEMORY_CHECK, raising=False)
+    monkeypatch.setattr(experiment, "available_memory", lambda: 64 * GiB)
+
+    def no_data(config):
+        raise AssertionError("the task's data was built before the memory check")
+
+    monkeypatch.setattr(runner, "check_task_data", no_data)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("student.model.width=1000000000", "student.model.width=1000000000"),
+        ("teacher.batch_size=100000000", "teacher.batch_size=100000000"),
+        ("task.eval_size=1000000000", "task.eval_size=1000000000"),
+        ("task.n=100000", "task.n=100000"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_any_work(memory_64gib, tmp_path, capsys, override, field):
+    out = tmp_path / "run"
+    assert main(["run", "parity-mlp", "--set", override, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0] and "64.0 GiB available" in err[0], err
+    assert not out.exists()
+
+
+def test_every_preset_estimate_is_below_64gib():
+    estimated = 0
+    for name in PRESETS:
+        parts = estimate_memory(get_preset(name), BLOCK_STEPS, EVAL_CHUNK)
+        if parts is None:  # a task or model without estimated_bytes (the language tasks)
+            continue
+        estimated += 1
+        total = sum(b for _, b in parts)
+        assert 0 < total < 64 * GiB, (name, total)
+        assert all(b >= 0 for _, b in parts)
+    assert estimated >= 5  # every parity preset, *-paper included
+
+
+def test_small_available_memory_refuses_a_normal_preset(monkeypatch):
+    monkeypatch.delenv(experiment.SKIP_MEMORY_CHECK, raising=False)
+    config = get_preset("parity-mlp")
+    total = sum(b for _, b in estimate_memory(config, BLOCK_STEPS, EVAL_CHUNK))
+    check_memory(config, BLOCK_STEPS, EVAL_CHUNK, available=total)  # fits exactly
+    with pytest.raises(ConfigError, match="more than the 1.0 MiB available"):
+        check_memory(config, BLOCK_STEPS, EVAL_CHUNK, available=2**20)
+    monkeypatch.setattr(experiment, "available_memory", lambda: 2**20)
+    with pytest.raises(ConfigError, match="PROGDISTILL_SKIP_MEMORY_CHECK=1"):
+        check_memory(config, BLOCK_STEPS, EVAL_CHUNK)
+    monkeypatch.setattr(experiment, "available_memory", lambda: None)  # unreadable: not checked
+    check_memory(config, BLOCK_STEPS, EVAL_CHUNK)
+
+
+def test_skip_memory_check_environment_variable(monkeypatch):
+    monkeypatch.setattr(experiment, "available_memory", lambda: 2**20)
+    monkeypatch.setenv(experiment.SKIP_MEMORY_CHECK, "1")
+    check_memory(get_preset("parity-mlp"), BLOCK_STEPS, EVAL_CHUNK)
+
+
+def test_mlp_estimate_counts_its_parameters():
+    parts = MLPConfig(width=10, depth=2).estimated_bytes(5, 2, batch_size=3, stack=4)
+    params = (5 * 10 + 10) + (10 * 10 + 10) + (10 * 2 + 2)
+    assert parts["weights"][0] == 4 * 4 * 4 * params  # float32 x (weights, gradients, 2 moments) x stack
+    assert parts["activations"][0] == 3 * 4 * 4 * 3 * (10 + 10 + 2)
+
+
+def test_available_memory_is_positive():
+    available = experiment.available_memory()
+    assert available is None or available > 0
+
+
+def test_a_float_for_an_int_field_says_an_integer_is_needed():
+    with pytest.raises(ConfigError, match=r"must be an integer \(e.g. 1000000000, not 1e\+09\)"):
+        ExperimentConfig.from_dict(override(to_dict(get_preset("parity-mlp")), "student.model.width=1e9"))

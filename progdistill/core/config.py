@@ -312,6 +312,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return float(value)
     if tp in (int, float, str, bool):
         ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+        if tp is int and not ok:
+            example = (
+                f" (e.g. {int(value)}, not {value:g})"
+                if isinstance(value, float) and math.isfinite(value) and value == int(value)
+                else ""
+            )
+            raise ConfigError(f"{path}={value!r} is invalid: must be an integer{example}")
         if not ok or (tp is float and not math.isfinite(value)):
             raise ConfigError(f"{path}={value!r} is invalid: must be a finite {tp.__name__}")
     return value

@@ -42,6 +42,23 @@ class MLPConfig:
     def build(self, in_features: int, num_classes: int, generators: Sequence[torch.Generator]) -> MLP:
         return MLP(in_features, num_classes, self, generators)
 
+    def estimated_bytes(
+        self, input_size: int, num_classes: int, batch_size: int, stack: int
+    ) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Bytes a stack of ``stack`` models uses in training, computed from the sizes alone (nothing is built):
+        ``"weights"``: float32 weights, gradients and up to two optimizer moments (4 copies); ``"activations"``:
+        a step's float32 layer outputs and their gradients for ``batch_size`` examples (3 per unit); ``"forward"``: a
+        forward pass without gradients (evaluation, teacher logits: two layers' outputs at a time). Each entry
+        also names the fields that size it (:func:`progdistill.experiment.estimate_memory`)."""
+        dims = [input_size] + [self.width] * self.depth + [num_classes]
+        params = sum(d_in * d_out + d_out for d_in, d_out in itertools.pairwise(dims))
+        units = sum(dims[1:])
+        return {
+            "weights": (4 * 4 * stack * params, ("width", "depth")),
+            "activations": (3 * 4 * stack * batch_size * units, ("width", "depth")),
+            "forward": (2 * 4 * stack * batch_size * max(dims[1:]), ("width",)),
+        }
+
 
 class MLP(nn.Module):
     """A stack of M independent ReLU MLPs.

@@ -51,6 +51,25 @@ class TransformerConfig:
     def build(self, in_features: int, num_classes: int, generators: Sequence[torch.Generator]) -> ParityTransformer:
         return ParityTransformer(in_features, num_classes, self, generators)
 
+    def estimated_bytes(
+        self, input_size: int, num_classes: int, batch_size: int, stack: int
+    ) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Bytes in training, from the sizes alone (nothing is built), as
+        :meth:`progdistill.models.mlp.MLPConfig.estimated_bytes`: ``"weights"`` (weights, gradients, two optimizer
+        moments) and ``"activations"`` of a step over ``batch_size`` sequences of ``input_size`` tokens (GPT-2's
+        per-layer hidden states and attention maps, kept for the backward pass, and their gradients), and
+        ``"forward"`` without gradients (evaluation: one layer's states and attention scores at a time)."""
+        h, t = self.hidden_size, input_size
+        per_layer = (4 + 2 * self.mlp_ratio) * h * h + (9 + self.mlp_ratio) * h
+        params = self.n_layer * per_layer + (2 + t) * h + 2 * h + h * num_classes + num_classes
+        per_sequence = self.n_layer * (t * h * (10 + 2 * self.mlp_ratio) + 3 * self.n_head * t * t)
+        fields = ("n_layer", "n_head", "head_dim")
+        return {
+            "weights": (4 * 4 * stack * params, fields),
+            "activations": (2 * 4 * stack * batch_size * per_sequence, fields),
+            "forward": (4 * stack * batch_size * (t * h * (3 + self.mlp_ratio) + self.n_head * t * t), fields),
+        }
+
     def check_task(self, task) -> None:
         """Refuse a task whose inputs are not bits in {-1, +1} (the model reads one token per bit, -1 or not:
         anything else would train silently on tokens that do not carry the input). Looks at the task's held-out

@@ -23,6 +23,7 @@ from progdistill.distill.schedules import CE
 from progdistill.experiment import (
     ExperimentConfig,
     build_model,
+    check_memory,
     check_planned_checkpoints,
     check_task_data,
     co_training_only,
@@ -39,7 +40,8 @@ from progdistill.store.trackers import hyperparameters, resolve_report_to, start
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter, cpu_state
 from progdistill.tasks.base import Task
 from progdistill.train.cotraining import cotrain
-from progdistill.train.loop import Member, fit, load_state
+from progdistill.train.evaluation import EVAL_CHUNK
+from progdistill.train.loop import BLOCK_STEPS, Member, fit, load_state
 
 
 def train_teacher(
@@ -338,6 +340,7 @@ def check_run(config: ExperimentConfig, device: str = "auto", log=print):
             "process; run it without torchrun"
         )
     check_planned_checkpoints(config)
+    check_memory(config, BLOCK_STEPS, EVAL_CHUNK)  # absurd sizes: before the data (the held-out set) is built
     data_digest = check_task_data(config)  # a bad grammar, corpus or size is refused before anything is written
     probes = end_of_run_probes(config.task)
     for probe in probes:
@@ -362,7 +365,8 @@ def run(
 ) -> dict[str, Any]:
     """Run the whole experiment into run directory ``out`` and return ``results.json``'s content.
 
-    Everything the config alone can refuse (a bad device, k-shot points the teacher will not save, task data
+    Everything the config alone can refuse (a bad device, a run whose estimated memory exceeds the memory
+    available (:func:`progdistill.experiment.check_memory`), k-shot points the teacher will not save, task data
     that does not load or fit the models, an end-of-run probe the task's sequences are too short for) raises
     ``ConfigError`` before anything is written; so does a directory holding another config's run unless
     ``overwrite`` (:meth:`progdistill.store.rundir.RunDir.claim`). A teacher that ``overwrite`` would keep is verified

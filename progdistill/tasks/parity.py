@@ -73,6 +73,13 @@ class ParityTask(TaskBase):
         gen = torch.Generator().manual_seed(self.support_seed)
         return tuple(sorted(torch.randperm(self.n, generator=gen)[: self.k].tolist()))
 
+    def estimated_bytes(self, batch_size: int) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Bytes of data, from the fields alone (nothing is sampled): ``"batch"``, ``batch_size`` examples sampled
+        at once (int8 bits, their float32 inputs and int64 labels); ``"eval"``, the held-out set. Each entry also
+        names the fields that size it (:func:`progdistill.experiment.estimate_memory`)."""
+        per_example = 5 * self.n + 8
+        return {"batch": (batch_size * per_example, ("n",)), "eval": (self.eval_size * per_example, ("eval_size", "n"))}
+
     def sample_inputs(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """``count`` inputs uniform on {-1, +1}^n, float32 of shape (count, n)."""
         bits = torch.randint(0, 2, (count, self.n), generator=generator, dtype=torch.int8)
