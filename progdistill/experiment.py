@@ -26,7 +26,9 @@ from progdistill.core.config import (
     check,
     check_positive_int,
     from_dict,
+    raise_errors,
     to_dict,
+    typed,
     unloaded_variants,
 )
 from progdistill.core.plugins import import_recorded, plugin_entries
@@ -36,6 +38,7 @@ from progdistill.distill.teachers import TeacherPool
 from progdistill.tasks.base import Task
 
 
+@typed()
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment: task, teacher and student training, distillation loss and schedules.
@@ -54,20 +57,41 @@ class ExperimentConfig:
     threshold: float = 0.9
 
     def __post_init__(self):
-        check(isinstance(self.preset, str) and bool(self.preset), "preset", self.preset, "a non-empty name")
-        check(len(self.schedules) >= 1, "schedules", self.schedules, "at least one schedule")
+        # Every check runs and every failure is reported in one message: shrinking steps with --set meets the
+        # k-shot points, 2-shot-auto's first steps and the teacher's checkpoints at once, not one per try.
+        errors: list[ConfigError] = []
+
+        def checked(validate, *args) -> None:
+            try:
+                validate(*args)
+            except ConfigError as exc:
+                errors.append(exc)
+
+        checked(check, bool(self.preset), "preset", self.preset, "a non-empty name")
+        checked(check, len(self.schedules) >= 1, "schedules", self.schedules, "at least one schedule")
         labels = [s.label for s in self.schedules]
-        check(
+        checked(
+            check,
             len(set(labels)) == len(labels),
             "schedules",
             labels,
             "schedule labels must be distinct (they name "
             'the students; give k-shot schedules with the same number of points a "name")',
         )
-        check_positive_int("seeds", self.seeds)
-        check(0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
-        if any(isinstance(v, Unloaded) for v in (self.task, self.teacher.model, self.student.model, *self.schedules)):
-            return  # a stand-in of a missing plugin (lenient loading, to show files) cannot answer cross-field checks
+        checked(check_positive_int, "seeds", self.seeds)
+        checked(check, 0 < self.threshold <= 1, "threshold", self.threshold, "must lie in (0, 1]")
+        # a stand-in of a missing plugin (lenient loading, to show files) cannot answer cross-field checks
+        variants = (self.task, self.teacher.model, self.student.model, *self.schedules)
+        if not any(isinstance(v, Unloaded) for v in variants):
+            checked(self._check_generation)
+            checked(self._check_top_k)
+            planned = planned_checkpoint_steps(self.teacher)
+            for i, sched in enumerate(self.schedules):
+                checked(sched.validate_experiment, self, f"schedules.{i}")
+                checked(sched.validate_teacher_plan, self.teacher, planned, f"schedules.{i}")
+        raise_errors(errors)
+
+    def _check_generation(self) -> None:
         for name, used in (("seq_kd", self.distillation.seq_kd), ("lmbda", self.distillation.lmbda > 0)):
             check(
                 not used or self.task.generative,
@@ -76,8 +100,16 @@ class ExperimentConfig:
                 f"trains on generated sequences, which task {self.task.kind!r} cannot give (not a generative "
                 "task; e.g. pcfg-lm is): use false / 0 here",
             )
-        for i, sched in enumerate(self.schedules):
-            sched.validate_experiment(self, f"schedules.{i}")
+
+    def _check_top_k(self) -> None:
+        top_k = self.distillation.top_k
+        classes = getattr(self.task, "config_num_classes", None)
+        check(
+            top_k is None or classes is None or top_k <= classes,
+            "distillation.top_k",
+            top_k,
+            f"at most the task's {classes} classes (its vocabulary), or null for all of them",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written to config.json: the fields, headed by ``"plugins"`` when a task, model or
@@ -116,6 +148,19 @@ class ExperimentConfig:
                 stacklevel=2,
             )
         return config
+
+
+def require_config(config: Any, what: str = "config") -> ExperimentConfig:
+    """``config`` itself when it is an :class:`ExperimentConfig`; anything else (a dict, a preset's name) raises
+    :class:`ConfigError` saying what to pass instead."""
+    if isinstance(config, ExperimentConfig):
+        return config
+    hint = ""
+    if isinstance(config, dict):
+        hint = "; use ExperimentConfig.from_dict for a config.json's content"
+    elif isinstance(config, str):
+        hint = "; use get_preset(name) for a preset, load_config(path) for a config.json"
+    raise ConfigError(f"{what} must be an ExperimentConfig (got {type(config).__name__}{hint})")
 
 
 def load_config(path: str | Path, lenient: bool = False) -> ExperimentConfig:
@@ -348,7 +393,13 @@ def planned_checkpoint_steps(train: TrainConfig) -> list[int]:
 
 def check_planned_checkpoints(config: ExperimentConfig) -> None:
     """Refuse schedules that the checkpoints the teacher will save cannot serve (a k-shot point the teacher will
-    not save, a 2-shot-auto with too few checkpoints to find a transition), before any training."""
+    not save, a 2-shot-auto with too few checkpoints to find a transition), before any training, every one in
+    one message. Building an :class:`ExperimentConfig` checks this too, with its other fields."""
     planned = planned_checkpoint_steps(config.teacher)
+    errors = []
     for i, sched in enumerate(config.schedules):
-        sched.validate_teacher_plan(config.teacher, planned, f"schedules.{i}")
+        try:
+            sched.validate_teacher_plan(config.teacher, planned, f"schedules.{i}")
+        except ConfigError as exc:
+            errors.append(exc)
+    raise_errors(errors)

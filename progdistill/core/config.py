@@ -14,7 +14,9 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
+import functools
 import importlib.metadata
+import inspect
 import json
 import math
 import os
@@ -27,7 +29,25 @@ from typing import Annotated, Any, Union
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+    """A configuration value is invalid; the message names the field, the value and what is allowed (every
+    invalid field of a config, when several are: :func:`raise_errors`)."""
+
+
+def problems(exc: ConfigError) -> list[str]:
+    """The messages of the invalid fields that ``exc`` reports (one, or each of :func:`raise_errors`'s)."""
+    return list(getattr(exc, "problems", None) or [str(exc)])
+
+
+def raise_errors(errors: Iterable[ConfigError | str]) -> None:
+    """Raise one :class:`ConfigError` reporting every message of ``errors`` (``N invalid settings: a; b``; a
+    single one as itself); nothing when ``errors`` is empty."""
+    items = [p for e in errors for p in (problems(e) if isinstance(e, ConfigError) else [e])]
+    if len(items) == 1:
+        raise ConfigError(items[0])
+    if items:
+        error = ConfigError(f"{len(items)} invalid settings: " + "; ".join(items))
+        error.problems = items  # type: ignore[attr-defined]  # read back by problems()
+        raise error
 
 
 def check(condition: bool, field_name: str, value: Any, allowed: str) -> None:
@@ -55,9 +75,148 @@ def check_positive_number(field_name: str, value: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Field types, checked from the annotations
+
+_TYPED: list[type] = []  # every config class whose fields are type-checked on construction (for the tests)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _type_name(tp: Any) -> str:
+    """What values of annotation ``tp`` look like, in words (for error messages)."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        tags = [m for m in tp.__metadata__ if isinstance(m, Tagged)]
+        return f"a {tags[0].union} config" if tags else _type_name(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        none = " or None" if type(None) in typing.get_args(tp) else ""
+        return " or ".join(names) + none
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a tuple of {_type_name(args[0])}"
+        return f"a tuple of {len(args)} items ({', '.join(_type_name(a) for a in args)})"
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(
+        tp, f"a {getattr(tp, '__name__', tp)}"
+    )
+
+
+def _typed_value(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    """``value`` checked against annotation ``tp`` (a list given for a tuple becomes a tuple); each mismatch is
+    appended to ``errors`` as ``path=value is invalid: must be ...``."""
+
+    def wrong(what: str | None = None) -> Any:
+        errors.append(f"{path}={_short(value)} is invalid: must be {what or _type_name(tp)}")
+        return value
+
+    origin = typing.get_origin(tp)
+    if tp is Any or isinstance(tp, (str, typing.TypeVar)):
+        return value
+    if origin is Annotated:
+        tags = [m for m in tp.__metadata__ if isinstance(m, Tagged)]
+        if not tags:
+            return _typed_value(typing.get_args(tp)[0], value, path, errors)
+        union = tags[0].union
+        if getattr(type(value), "union", None) != union and not isinstance(value, tuple(_BASES.get(union, ()))):
+            known = ", ".join(sorted(_UNIONS.get(union, {})))
+            hint = (
+                " (a dict: build the whole config with ExperimentConfig.from_dict)" if isinstance(value, dict) else ""
+            )
+            return wrong(f"a {union} config, one of the registered types ({known}){hint}")
+        return value
+    if origin in (Union, types.UnionType):
+        members = typing.get_args(tp)
+        if value is None and type(None) in members:
+            return None
+        for member in (m for m in members if m is not type(None)):
+            trial: list[str] = []
+            out = _typed_value(member, value, path, trial)
+            if not trial:
+                return out
+        return wrong()
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (tuple, list)):
+            return wrong()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed_value(args[0], v, f"{path}.{i}", errors) for i, v in enumerate(value))
+        if len(args) != len(value):
+            return wrong()
+        return tuple(_typed_value(a, v, f"{path}.{i}", errors) for i, (a, v) in enumerate(zip(args, value)))
+    if origin is not None or not isinstance(tp, type):
+        return value  # an annotation this check does not model (e.g. a Callable): the class checks it
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return value if ok else wrong()
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else wrong()
+    if dataclasses.is_dataclass(tp) and not isinstance(value, tp):
+        hint = f" (build it with {tp.__name__}(...); a dict: build the whole config with ExperimentConfig.from_dict)"
+        return wrong(f"a {tp.__name__}{hint if isinstance(value, dict) else ''}")
+    return value if isinstance(value, tp) else wrong()
+
+
+def typed(prefix: str = ""):
+    """Class decorator for a frozen config dataclass: every value given to its constructor is checked against
+    the field's annotation before ``__post_init__`` validates the values, and a wrong type raises
+    :class:`ConfigError` naming every such field (``prefix.field``, e.g. ``distillation.alpha``), the value and
+    the type allowed (a list given for a tuple field is taken as the tuple). Annotations understood: int, float
+    (finite; an int is accepted), str, bool, ``X | None``, ``tuple[X, ...]``, ``tuple[X, Y]``, a config
+    dataclass, and a tagged variant (:data:`ModelSpec`, :data:`ScheduleSpec`, :data:`TaskSpec`); others are left
+    to the class; a field's ``metadata["allowed"]`` is quoted after its type. :func:`register` applies it to every
+    variant, with the union's name as ``prefix``."""
+
+    def wrap(cls):
+        init = cls.__init__
+        if getattr(init, "typed_prefix", None) is not None:  # already wrapped (a subclass that kept the init)
+            return cls
+        signature = inspect.signature(init)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+
+        @functools.wraps(init)
+        def checked_init(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError as exc:
+                raise ConfigError(f"{prefix or type(self).__name__}: {exc}") from None
+            try:
+                hints = typing.get_type_hints(type(self), include_extras=True)
+            except Exception:  # an annotation that cannot be resolved (a plugin's forward reference): unchecked
+                hints = {}
+            errors: list[str] = []
+            for name, value in list(bound.arguments.items())[1:]:
+                if name in hints:
+                    where = f"{prefix}.{name}" if prefix else name
+                    field_errors: list[str] = []
+                    bound.arguments[name] = _typed_value(hints[name], value, where, field_errors)
+                    allowed = fields[name].metadata.get("allowed") if name in fields else None
+                    errors += [f"{e}; {where} holds {allowed}" for e in field_errors] if allowed else field_errors
+            raise_errors(errors)
+            init(*bound.args, **bound.kwargs)
+
+        checked_init.typed_prefix = prefix  # type: ignore[attr-defined]  # marks the wrapper (see above)
+        cls.__init__ = checked_init
+        _TYPED.append(cls)
+        return cls
+
+    return wrap
+
+
+def typed_classes() -> list[type]:
+    """Every config class whose fields are type-checked on construction (:func:`typed`), plugins' included."""
+    load_entry_points()
+    return list(dict.fromkeys(_TYPED))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Tagged unions
 
 _UNIONS: dict[str, dict[str, type]] = {}
+_BASES: dict[str, list[type]] = {}  # union -> base classes whose (unregistered) subclasses are variants too
 _ALIASES: dict[str, dict[str, type]] = {}  # former kind names, still read from old config.json files
 _RENAMED: dict[str, set[str]] = {}  # former kind name -> the kinds that carry it now
 
@@ -65,9 +224,10 @@ _RENAMED: dict[str, set[str]] = {}  # former kind name -> the kinds that carry i
 def register(union: str):
     """Class decorator: register a dataclass with a ``kind`` as one variant of the tagged union ``union``; the
     names in its optional ``aliases`` (a tuple) are read as that kind too (configs written under a former name),
-    and written as ``kind``."""
+    and written as ``kind``. Its fields are type-checked on construction (:func:`typed`, prefix ``union``)."""
 
     def wrap(cls):
+        typed(union)(cls)
         known = _UNIONS.setdefault(union, {})
         existing = known.get(cls.kind)
         if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
@@ -81,6 +241,17 @@ def register(union: str):
             _ALIASES.setdefault(union, {})[alias] = cls
             _RENAMED.setdefault(alias, set()).add(cls.kind)
         cls.union = union
+        return cls
+
+    return wrap
+
+
+def union_base(union: str):
+    """Class decorator: instances of the class and its subclasses, registered or not (a user's schedule built in
+    Python), are accepted where a variant of ``union`` is expected (:func:`typed`)."""
+
+    def wrap(cls):
+        _BASES.setdefault(union, []).append(cls)
         return cls
 
     return wrap
@@ -348,8 +519,14 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
             f"{path or 'config'}: required field(s) {', '.join(missing)} missing; fields: {', '.join(sorted(names))}"
         )
     kwargs = {}
-    for name in names & set(data):
-        kwargs[name] = _convert(hints[name], data[name], f"{path}.{name}" if path else name)
+    errors: list[ConfigError] = []
+    for f in dataclasses.fields(cls):  # every field is converted, and every bad one reported at once
+        if f.init and f.name in data:
+            try:
+                kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{path}.{f.name}" if path else f.name)
+            except ConfigError as exc:
+                errors.append(exc)
+    raise_errors(errors)
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -357,12 +534,19 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     except ConfigError as exc:
         if not path:
             raise
-        # name the field by its full path, e.g. student.batch_size, schedules.2.speed (the --set form)
-        message = str(exc)
-        first = message.split("=", 1)[0].split(".", 1)
-        if len(first) == 2 and first[0] in ("model", "task", "optimizer", "distillation", "schedule"):
-            message = message.split(".", 1)[1]
-        raise ConfigError(f"{path}.{message}") from None
+        raise_errors([_at_path(path, p) for p in problems(exc)])
+        raise  # unreachable: raise_errors raised
+
+
+def _at_path(path: str, message: str) -> str:
+    """A nested config's error message with the field named by its full path, e.g. student.batch_size,
+    schedules.2.speed (the --set form)."""
+    first = message.split("=", 1)[0].split(".", 1)
+    if len(first) == 2 and (
+        first[0] in ("model", "task", "optimizer", "distillation", "schedule") or path.split(".")[-1] == first[0]
+    ):
+        message = message.split(".", 1)[1]
+    return f"{path}.{message}"
 
 
 def diff(a: Any, b: Any, path: str = "") -> list[str]:
@@ -426,6 +610,7 @@ def override(data: dict, assignment: str) -> dict:
 # Shared training configs
 
 
+@typed("optimizer")
 @dataclass(frozen=True)
 class OptimizerConfig:
     """Optimizer and learning-rate schedule.
@@ -468,6 +653,7 @@ def _added(default):
     return field(default=default, metadata={"omit_if_default": True})
 
 
+@typed("distillation")
 @dataclass(frozen=True)
 class DistillationConfig:
     """How a student matches its teacher checkpoint (paper §1-§2: KL between teacher and student softmax outputs).
@@ -604,6 +790,7 @@ class DistillationConfig:
         return self.loss == "forward_kl" and self.temperature_scaling == "teacher" and self.top_k is None
 
 
+@typed("")
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run's budget: ``steps`` optimizer steps of ``batch_size`` fresh samples, evaluated every

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from progdistill.core.config import ConfigError, check, check_positive_int, register, variants
+from progdistill.core.config import ConfigError, check, check_positive_int, register, union_base, variants
 from progdistill.distill.phases import NoTransitionError, detect_phases, detect_transition
 
 FINAL = -1  # in a k-shot list: the teacher's final checkpoint
@@ -71,6 +71,7 @@ def teacher_temperature(spec: TeacherSpec | None, default: float) -> float:
     return default if spec is None or spec.temperature is None else spec.temperature
 
 
+@union_base("schedule")
 class Schedule:
     """What every schedule answers for itself; the defaults are those of a schedule that learns from stored
     checkpoints of the teacher and does not depend on its curve (resolving it against a trajectory is itself).
@@ -222,7 +223,9 @@ class KShot(Schedule):
     kind: ClassVar[str] = "k-shot"
     checkpoints_only: ClassVar[bool] = True
 
-    points: tuple[tuple[int, int], ...] = ()
+    points: tuple[tuple[int, int], ...] = field(
+        default=(), metadata={"allowed": "(checkpoint step, student steps) pairs, e.g. ((31000, 20000), (-1, 40000))"}
+    )
     name: str | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self):
@@ -394,7 +397,7 @@ class TwoShotAuto(Schedule):
     def validate_teacher_plan(self, teacher, planned_steps: Sequence[int], field: str) -> None:
         if len(planned_steps) < 3:
             raise ConfigError(
-                f"2-shot-auto needs at least 3 teacher checkpoints to locate a transition; "
+                f"{field}: 2-shot-auto needs at least 3 teacher checkpoints to locate a transition; "
                 f"teacher.steps={teacher.steps} with teacher.checkpoint_every="
                 f"{teacher.checkpoint_every} saves {len(planned_steps)}"
             )

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from progdistill.core.config import ConfigError
+from progdistill.core.config import ConfigError, typed
 from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json
 from progdistill.core.optional import require
@@ -54,6 +54,7 @@ NODE_LOCAL_FS = {"tmpfs", "ramfs", "devtmpfs", "overlay"}
 NODE_LOCAL_DIRS = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 
 
+@typed("launcher")
 @dataclass(frozen=True)
 class LauncherConfig:
     """Where a run's jobs go: ``kind`` one of :data:`LAUNCHERS` ("local": one process, no jobs).

@@ -27,6 +27,7 @@ from progdistill.experiment import (
     check_planned_checkpoints,
     check_task_data,
     co_training_only,
+    require_config,
     student_name,
     teacher_header,
     teacher_pool,
@@ -333,6 +334,7 @@ def _member_state(model, m: int, size: int) -> dict:
 def check_run(config: ExperimentConfig, device: str = "auto", log=print):
     """Everything :func:`run` checks from the config alone before writing anything (see there); returns the
     task data's digest and the end-of-run probes. Raises ``ConfigError``."""
+    require_config(config)  # a dict or a name gives one clear error, not an AttributeError deep inside
     resolve_device(device)  # a bad --device is refused before anything is written
     if co_training_only(config) and rank_world()[1] > 1:
         raise ConfigError(

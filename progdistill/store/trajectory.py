@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from progdistill.core.config import current_names
 from progdistill.core.files import atomic_write, atomic_write_json
+from progdistill.distill.schedules import FINAL
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -201,13 +202,26 @@ class Trajectory:
             raise TrajectoryError(f"trajectory {self.directory} has no checkpoints")
         return self.steps[-1]
 
+    def resolve_step(self, step: int) -> int:
+        """``step`` itself, or the final checkpoint's step for :data:`~progdistill.distill.schedules.FINAL` (-1),
+        as in a k-shot list. Raises :class:`TrajectoryError` for a step that has no checkpoint."""
+        if step == FINAL and not isinstance(step, bool):
+            return self.final_step
+        if isinstance(step, bool) or not isinstance(step, int) or step not in self._by_step:
+            raise TrajectoryError(
+                f"trajectory {self.directory} has no checkpoint at step {step!r}; steps: {self.steps} "
+                f"(or FINAL = {FINAL}, the final one)"
+            )
+        return step
+
     def entry(self, step: int) -> dict[str, Any]:
-        if step not in self._by_step:
-            raise TrajectoryError(f"trajectory {self.directory} has no checkpoint at step {step}; steps: {self.steps}")
-        return self._by_step[step]
+        """The manifest entry of the checkpoint at ``step`` (FINAL, -1: the final one): step, file, sha256 and
+        its metrics. Raises :class:`TrajectoryError` for a step without a checkpoint."""
+        return self._by_step[self.resolve_step(step)]
 
     def metrics(self, step: int) -> dict[str, Any]:
-        """The metrics recorded with the checkpoint at ``step`` (eval_accuracy, eval_loss, ...)."""
+        """The metrics recorded with the checkpoint at ``step`` (FINAL, -1: the final one; eval_accuracy,
+        eval_loss, ...)."""
         return {k: v for k, v in self.entry(step).items() if k not in ("step", "file", "sha256")}
 
     def curve(self, metric: str) -> tuple[list[int], list[float]]:
@@ -222,6 +236,7 @@ class Trajectory:
             self._checked_path(step)
 
     def _checked_path(self, step: int) -> Path:
+        step = self.resolve_step(step)
         entry = self.entry(step)
         path = self.directory / entry["file"]
         if not path.exists():
@@ -239,7 +254,10 @@ class Trajectory:
         return path
 
     def load(self, step: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """The state dict saved at ``step``, after checking its sha256 against the manifest."""
+        """The state dict saved at ``step`` (FINAL, -1: the final checkpoint), after checking its sha256 against
+        the manifest. Raises :class:`TrajectoryError` for a step without a checkpoint, or a missing, corrupted or
+        unreadable file."""
+        step = self.resolve_step(step)
         path = self._checked_path(step)
         try:
             return load_file(str(path), device=str(device))
@@ -247,7 +265,8 @@ class Trajectory:
             raise TrajectoryError(f"checkpoint file {path} for step {step} cannot be read: {exc}") from None
 
     def load_model(self, step: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-        """A model from ``build()`` with the weights saved at ``step`` (hash checked as in :meth:`load`)."""
+        """A model from ``build()`` with the weights saved at ``step`` (FINAL: the final checkpoint; hash checked as
+        in :meth:`load`)."""
         model = build()
         model.load_state_dict(self.load(step))
         return model

@@ -69,7 +69,10 @@ class Task(Protocol):
         (models that support it train as a stack, with teacher targets computed once per block of steps).
     Models:
       - ``num_classes`` (C: output classes at every supervised position) and ``input_size`` (bits for parity,
-        positions for sequences), from which a model config builds its model.
+        positions for sequences), from which a model config builds its model;
+      - ``config_num_classes``: ``num_classes`` when the config alone gives it, without reading a user's file or
+        training a tokenizer (None otherwise): the experiment's config refuses a ``distillation.top_k`` above it
+        when it is built (the rest is checked before a run writes anything).
     Runs:
       - ``prepare(run_dir) -> Task``: the task with everything it derives from data (e.g. a trained
         tokenizer) loaded from or saved into the run directory; a pure task returns itself;
@@ -126,4 +129,8 @@ class TaskBase:
         return None
 
     def positions_needed(self) -> int | None:
+        return None
+
+    @property
+    def config_num_classes(self) -> int | None:
         return None

@@ -61,6 +61,10 @@ class ParityTask(TaskBase):
         return 2
 
     @property
+    def config_num_classes(self) -> int:
+        return 2
+
+    @property
     def input_size(self) -> int:
         """Input bits per example (n)."""
         return self.n

@@ -92,14 +92,14 @@ def test_named_k_shot_schedules_tell_two_2_shots_apart():
     from progdistill.experiment import ExperimentConfig
     from progdistill.recipes.presets import get_preset
 
-    early, late = KShot(points=((100, 10), (FINAL, 10))), KShot(points=((300, 10), (FINAL, 10)))
+    early, late = KShot(points=((1000, 10), (FINAL, 10))), KShot(points=((3000, 10), (FINAL, 10)))
     base = get_preset("parity-mlp")
     with pytest.raises(ConfigError, match='labels must be distinct.*a "name"'):
         replace(base, schedules=(early, late))
-    named = replace(early, name="2-shot-100")
-    assert named.label == "2-shot-100" and to_dict(named)["name"] == "2-shot-100"
-    assert [s.label for s in replace(base, schedules=(named, late)).schedules] == ["2-shot-100", "2-shot"]
-    assert from_dict(KShot, {"points": [[100, 10], [-1, 10]], "name": "2-shot-100"}) == named
+    named = replace(early, name="2-shot-1000")
+    assert named.label == "2-shot-1000" and to_dict(named)["name"] == "2-shot-1000"
+    assert [s.label for s in replace(base, schedules=(named, late)).schedules] == ["2-shot-1000", "2-shot"]
+    assert from_dict(KShot, {"points": [[1000, 10], [-1, 10]], "name": "2-shot-1000"}) == named
     assert "name" not in to_dict(early)  # left out when unset: existing runs keep their config hash
     assert to_dict(early, complete=True)["name"] is None
     assert ExperimentConfig.from_dict(base.to_dict()) == base

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from progdistill.distill.schedules import FINAL
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter
 
 HEADER = {"task": {"type": "parity", "n": 4}, "model": {"type": "mlp", "width": 3}}
@@ -110,3 +111,12 @@ def test_a_file_changed_after_verification_is_hashed_again(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(TrajectoryError, match="for step 10 is corrupted"):
         traj.load(10)
+
+
+def test_final_names_the_final_checkpoint_in_load_metrics_and_entry(tmp_path):
+    traj = Trajectory(_write(tmp_path))
+    assert torch.equal(traj.load(FINAL)["w"], traj.load(20)["w"])
+    assert traj.metrics(FINAL) == traj.metrics(20) and traj.entry(FINAL) == traj.entry(20)
+    for bad in (-2, 15, True, "20"):
+        with pytest.raises(TrajectoryError, match=r"no checkpoint at step .*steps: \[0, 10, 20\] \(or FINAL = -1"):
+            traj.load(bad)

@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from progdistill.core.config import check, check_positive_int, register
+from progdistill.core.config import check, check_positive_int, register, typed
 from progdistill.tasks.base import Batch, TaskBase
 from progdistill.tasks.masking import bert_mask
 from progdistill.tasks.pcfg.grammar import Grammar, GrammarError, load_grammar, packaged_grammars, random_grammar
@@ -107,6 +107,7 @@ def mask_tokens(
     return bert_mask(ids, ids < len(vocab.terminals), vocab.mask, (0, len(vocab.terminals)), mask_rate, generator)
 
 
+@typed("grammar")
 @dataclass(frozen=True)
 class GrammarSpec:
     """Which grammar: ``name`` is a packaged grammar (cfg3b, cfg3f, cfg3g, cfg3h, cfg3i), a path to a grammar
@@ -197,6 +198,17 @@ class GrammarTask(TaskBase):
     def num_classes(self) -> int:
         """Vocabulary size: the model's output classes at every position."""
         return self.vocabulary.size
+
+    @property
+    def config_num_classes(self) -> int | None:
+        """The vocabulary size of a packaged or random grammar (None for a grammar file, or one that does not
+        load: :meth:`data_digest` says why before a run writes anything)."""
+        if self.grammar.name != "random" and self.grammar.name not in packaged_grammars():
+            return None
+        try:
+            return self.num_classes
+        except (ValueError, OSError):  # GrammarError is a ValueError
+            return None
 
     @property
     def input_size(self) -> int:

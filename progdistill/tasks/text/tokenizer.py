@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from progdistill.core.config import ConfigError, check
+from progdistill.core.config import ConfigError, check, typed
 from progdistill.core.files import atomic_write_text
 from progdistill.core.optional import require
 
@@ -48,6 +48,7 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing or inconsistent, or a corpus cannot be packed; the message says what."""
 
 
+@typed("")
 @dataclass(frozen=True)
 class TokenizerConfig:
     """How to train the WordPiece tokenizer.
