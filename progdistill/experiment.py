@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,25 @@ def student_name(schedule, seed: int) -> str:
 def student_names(config: ExperimentConfig) -> list[str]:
     """Every student of ``config``, seed-major: (schedule 1, seed 0), (schedule 2, seed 0), ..."""
     return [student_name(s, k) for k in range(config.seeds) for s in config.schedules]
+
+
+def student_stacks(config: ExperimentConfig, students: Sequence[tuple[str, Any]]) -> list[list[str]]:
+    """The names of ``students`` ((name, schedule) pairs, in training order) grouped as they train together: one
+    stack of every student of a stackable model (MLPs), except that co-training students and schedules that do
+    not stack with others form stacks of their own; one student a stack otherwise. A stack's training state is
+    saved to ``.resume-<first name>.pt`` (:func:`stack_state_name`), and resumed only by the same stack."""
+    if not config.student.model.stackable:
+        return [[name] for name, _ in students]
+    stacks: dict[tuple, list[str]] = {}
+    for name, schedule in students:
+        alone = None if schedule.stacks_with_others else schedule.label
+        stacks.setdefault((schedule.teacher_source, alone), []).append(name)
+    return list(stacks.values())
+
+
+def stack_state_name(names: Sequence[str]) -> str:
+    """The file name, in the students' directory, of the resume state of the stack of students ``names``."""
+    return f".resume-{names[0]}.pt"
 
 
 def check_task_data(config: ExperimentConfig) -> str | None:

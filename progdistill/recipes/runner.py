@@ -28,7 +28,9 @@ from progdistill.experiment import (
     check_task_data,
     co_training_only,
     require_config,
+    stack_state_name,
     student_name,
+    student_stacks,
     teacher_header,
     teacher_pool,
 )
@@ -183,11 +185,9 @@ def train_students(
     # Stackable models (MLPs) train all students in one stack; others one student at a time. Students of a
     # teacher that trains alongside them (co-training), and of schedules that do not stack with others, form
     # stacks of their own.
-    stacks: dict[tuple, list[Member]] = {}
-    for m in members:
-        alone = None if m.schedule.stacks_with_others else m.schedule.label
-        stacks.setdefault((m.schedule.teacher_source, alone), []).append(m)
-    groups = list(stacks.values()) if cfg.model.stackable else [[m] for m in members]
+    by_name = {m.name: m for m in members}
+    stacks = student_stacks(config, [(m.name, m.schedule) for m in members])
+    groups = [[by_name[name] for name in stack] for stack in stacks]
     try:
         for group in groups:
             with ExitStack() as held:  # each student's lock: jobs of a launcher train a run's students side by side
@@ -196,7 +196,7 @@ def train_students(
                     rundir.clear_failure(directory / mem.name)
                 log(f"training {len(group)} student(s) together: {', '.join(m.name for m in group)}")
                 model = build_model(task, cfg.model, [m.seed for m in group], "student-init")
-                state_path = directory / f".resume-{group[0].name}.pt"
+                state_path = directory / stack_state_name([m.name for m in group])
                 if state_path.exists():
                     log(f"resuming from the saved state {state_path}")
                 try:

@@ -15,7 +15,7 @@ from progdistill.recipes.runner import train_students, train_teacher
 from progdistill.recipes.status import status
 from progdistill.store.lock import RunLock
 from progdistill.store.rundir import RunDir
-from progdistill.train.loop import NonFiniteError
+from progdistill.train.loop import NonFiniteError, load_state
 
 
 def test_a_finished_a_failed_a_running_and_unstarted_students(tmp_path, monkeypatch, capsys):
@@ -67,10 +67,61 @@ def test_a_finished_a_failed_a_running_and_unstarted_students(tmp_path, monkeypa
         "7",
     ]
     assert printed[-1] == "2 done, 1 running, 1 failed, 1 not started"
-    # the failure is cleared when the student trains again, and an unfinished student reads "interrupted"
+    # the failure is cleared when the student trains again, and an unfinished student reads "interrupted"; with
+    # no saved state to resume from, a rerun starts it over, and status says so
     (out / "students" / one_shot / "metrics.jsonl").write_text('{"step": 0}\n{"step": 50}\n')
     (out / "students" / one_shot / "error.txt").unlink()
-    assert {r["name"]: r for r in status(out)}[one_shot]["detail"] == "at step 50/150; rerunning resumes it"
+    assert {r["name"]: r for r in status(out)}[one_shot]["detail"] == (
+        "stopped at step 50/150; rerunning starts it over at step 0 (no saved state to resume from)"
+    )
+
+
+def _interrupt_at(step):
+    def on_record(at):
+        if at == step:
+            raise KeyboardInterrupt  # Ctrl-C: no failure recorded
+
+    return on_record
+
+
+def test_status_says_what_a_rerun_does_from_the_saved_states(tmp_path):
+    config = tiny_config(steps=150)
+    out = tmp_path / "run"
+    RunDir(out).claim(config, overwrite=False)
+    trajectory = train_teacher(config, out, "cpu", log=lambda *a: None)
+    names = [student_name(s, 0) for s in config.schedules]
+    with pytest.raises(KeyboardInterrupt):  # the stack of four stops after its record at step 100 (state at 50)
+        train_students(config, out, trajectory, "cpu", log=lambda *a: None, on_record=_interrupt_at(100))
+    state = out / "students" / f".resume-{names[0]}.pt"
+    assert load_state(state, names)["step"] == 50  # what a rerun resumes from
+    rows = {r["name"]: r for r in status(out)}
+    for name in names:
+        assert (rows[name]["state"], rows[name]["detail"]) == ("interrupted", "at step 50/150; rerunning resumes it")
+    # A rerun opens every student's metrics file before its stack resumes: interrupted then, the files are empty
+    # and the progress sits in the stack's state alone. Status read "not started".
+    for name in names:
+        (out / "students" / name / "metrics.jsonl").write_text("")
+    assert {r["name"]: r["detail"] for r in status(out)}[names[1]] == "at step 50/150; rerunning resumes it"
+    # A truncated last record, and no state a rerun can use (this one holds a stack a rerun no longer trains:
+    # the first student has finished since): status read "interrupted at step 100, rerunning resumes it".
+    for name in names:
+        (out / "students" / name / "metrics.jsonl").write_text('{"step": 0}\n{"step": 50}\n{"step": 100}\n{"st')
+    (out / "students" / names[0] / "final.safetensors").write_bytes(b"")
+    (out / "students" / names[0] / "metrics.jsonl").write_text('{"step": 0}\n{"step": 150}\n')
+    rows = {r["name"]: r for r in status(out)}
+    assert rows[names[0]]["state"] == "done" and load_state(state, names[1:]) is None
+    assert (rows[names[2]]["state"], rows[names[2]]["detail"]) == (
+        "interrupted",
+        f"stopped at step 100/150; rerunning starts it over at step 0 (its saved state, at step 50, is that of a "
+        f"stack trained with {names[0]})",
+    )
+    # a torn state file: a rerun ignores it, and so does status
+    (out / "students" / names[0] / "final.safetensors").unlink()
+    state.write_bytes(b"torn")
+    detail = {r["name"]: r["detail"] for r in status(out)}[names[0]]
+    assert detail.startswith(
+        "stopped at step 150/150; rerunning starts it over at step 0 (its saved state cannot be read"
+    )
 
 
 def test_report_refuses_a_run_with_unfinished_students(tmp_path, capsys):
