@@ -182,7 +182,7 @@ def _plot(curves, trajectory: Trajectory, path: Path, preset: str, summary: dict
             x,
             y.mean(0),
             label=f"{v}: checkpoint {ckpt['step']} (teacher acc {ckpt['teacher_eval_accuracy']:.2f})",
-            **curve_style(i, len(x)),
+            **curve_style(i, len(x), len(VARIANTS)),
         )
         ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.axvline(summary["first_steps"], color="grey", lw=0.8, ls=":")

@@ -87,6 +87,62 @@ def varying_fields(configs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
 _MISSING = object()
 
 
+def comparable_fields(runs: Sequence[_Run]) -> list[dict[str, Any]]:
+    """Each run's flattened config, where the runs' configs can be matched item by item: a list whose length
+    differs between the runs (different schedule lists), or a list item whose type differs (a progressive
+    schedule here, a k-shot one there), is one field, valued by its schedules' labels (other lists: as
+    written), instead of item fields that some runs lack."""
+    datas = [to_dict(run.config, complete=True) for run in runs]
+    whole = _unmatched(datas, "")
+    out = []
+    for run, data in zip(runs, datas):
+        fields: dict[str, Any] = {}
+        for key, value in run.fields.items():
+            w = next((w for w in whole if key == w or key.startswith(w + ".")), None)
+            if w is None:
+                fields[key] = value
+            elif w not in fields:  # the unmatched part, once, where its first item field was
+                fields[w] = _labels(run.config, w, _at(data, w))
+        out.append(fields)
+    return out
+
+
+def _labels(config: ExperimentConfig, path: str, value: Any) -> Any:
+    """The value of an unmatched part of ``config`` at ``path``: the schedules' labels for its schedules or one
+    schedule, else the JSON form as written."""
+    parts = path.split(".")
+    if parts[0] == "schedules" and len(parts) == 1:
+        return [s.label for s in config.schedules]
+    if parts[0] == "schedules" and len(parts) == 2:
+        return config.schedules[int(parts[1])].label
+    return value
+
+
+def _unmatched(datas: list[Any], path: str) -> list[str]:
+    """Paths below ``path`` at which ``datas`` (JSON-form configs, or parts) cannot be matched item by item."""
+    if all(isinstance(d, list) for d in datas):
+        if len({len(d) for d in datas}) > 1:
+            return [path]
+        return [p for i in range(len(datas[0])) for p in _unmatched([d[i] for d in datas], f"{path}.{i}".lstrip("."))]
+    if all(isinstance(d, dict) for d in datas):
+        if len({d.get("type") for d in datas}) > 1:
+            return [path]
+        keys = dict.fromkeys(k for d in datas for k in d)
+        return [
+            p
+            for k in keys
+            if all(k in d for d in datas)
+            for p in _unmatched([d[k] for d in datas], f"{path}.{k}".lstrip("."))
+        ]
+    return []
+
+
+def _at(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
 def compare_runs(paths: Sequence[str | Path], field: str | None = None) -> dict[str, Any]:
     """The comparison of finished runs ``paths`` (at least two, of one task type) against config ``field``
     (default: the one field that varies between them); ``comparison.json``'s content.
@@ -113,7 +169,8 @@ def compare_runs(paths: Sequence[str | Path], field: str | None = None) -> dict[
             "compare needs runs of one task; these are of different tasks: "
             + ", ".join(f"{run.path} ({task})" for run, task in zip(runs, tasks))
         )
-    varying = varying_fields([run.fields for run in runs])
+    fields = comparable_fields(runs)
+    varying = varying_fields(fields)
     if not varying:
         raise ConfigError(
             f"the configs of {', '.join(str(r.path) for r in runs)} are identical: no config field "
@@ -130,7 +187,7 @@ def compare_runs(paths: Sequence[str | Path], field: str | None = None) -> dict[
             )
         field = next(iter(varying))
     elif field not in varying:
-        where = "is the same in every run" if field in runs[0].fields else "is not a config field"
+        where = "is the same in every run" if field in fields[0] else "is not a config field"
         raise ConfigError(f"--field {field} {where}; the fields that vary between the runs: {listing}")
     order = sorted(range(len(runs)), key=lambda i: _sort_key(varying[field][i], i))
     runs = [runs[i] for i in order]
@@ -299,7 +356,8 @@ def comparison_csv(comparison: dict[str, Any]) -> str:
 def comparison_figure(comparison: dict[str, Any]):
     """Steps to threshold (left) and final accuracy (right) against the comparison's field: one line per
     schedule (mean, error bars: sample std over seeds), the teacher dashed black. A numeric field is a numeric
-    axis; any other (a loss name, null) is categorical, in the runs' order. Returns the matplotlib figure."""
+    axis; any other (a loss name, null) is categorical, in the runs' order, with points and no lines between
+    them. A panel with no point (no run reached the threshold) says so. Returns the matplotlib figure."""
     field, runs = comparison["field"], comparison["runs"]
     values = [run["values"][field] for run in runs]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -309,13 +367,19 @@ def comparison_figure(comparison: dict[str, Any]):
     missing = False
     for ax, metric in zip(axes, ("steps_to_threshold", "final_accuracy")):
         teacher = [(x, run["teacher"][metric]) for x, run in zip(xs, runs) if run["teacher"][metric] is not None]
-        ax.plot([x for x, _ in teacher], [y for _, y in teacher], "k--", lw=1, label="teacher")
+        # categories have no order to interpolate along: points only, the teacher a black bar at each
+        line = {"ls": "--", "lw": 1} if numeric else {"ls": "none", "marker": "_", "markersize": 16}
+        ax.plot([x for x, _ in teacher], [y for _, y in teacher], color="k", label="teacher", **line)
+        drawn = bool(teacher)
         for i, curve in enumerate(curves):
             points = [(x, s) for x, run in zip(xs, runs) for s in run["schedules"] if s["curve"] == curve]
             shown = [(x, s) for x, s in points if s[metric]["mean"] is not None]
             missing |= len(shown) < len(points)
-            style = curve_style(i, len(shown))
+            drawn |= bool(shown)
+            style = curve_style(i, len(shown), len(curves))
             style.pop("markevery")
+            if not numeric:
+                style["ls"] = "none"
             ax.errorbar(
                 [x for x, _ in shown],
                 [s[metric]["mean"] for _, s in shown],
@@ -334,9 +398,21 @@ def comparison_figure(comparison: dict[str, Any]):
                             textcoords="offset points",
                             xytext=(4, 4),
                         )
+        if not drawn:  # no run's teacher or student reached the threshold: say so, not an empty panel
+            ax.text(
+                0.5,
+                0.5,
+                f"no teacher or student reached\nthe threshold ({_thresholds(comparison)}) in any run",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="0.3",
+            )
         ax.set_xlabel(field)
         if not numeric:
             ax.set_xticks(xs, [_show(v) for v in values])
+            ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.grid(alpha=0.3)
     thr = _thresholds(comparison)
     axes[0].set_ylabel(f"student steps to {thr}")

@@ -253,7 +253,8 @@ def accuracy_figure(out: Path):
         curves = [read_metrics(rundir.student_metrics(student_name(sched, seed))) for seed in range(config.seeds)]
         steps = np.array([r["step"] for r in curves[0]])
         acc = np.array([[r["eval_accuracy"] for r in c] for c in curves])  # (seeds, evals)
-        (line,) = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})", **curve_style(i, len(steps)))
+        style = curve_style(i, len(steps), len(config.schedules))
+        (line,) = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})", **style)
         ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(config.threshold, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("training steps")
@@ -275,12 +276,19 @@ def plot_accuracy(out: Path, path: Path) -> None:
     save_figure(accuracy_figure(out), path)
 
 
-def curve_style(i: int, points: int) -> dict[str, Any]:
-    """Line style and open markers of the ``i``-th curve of ``points`` points: about 10 markers per curve, at
-    positions offset per curve, so that identical curves still show each line and marker."""
+def curve_style(i: int, points: int, curves: int = 10) -> dict[str, Any]:
+    """Line style, colour and open markers of the ``i``-th of ``curves`` curves of ``points`` points: about 10
+    markers per curve, at positions offset per curve, so that identical curves still show each line and marker.
+    No two curves of a figure share a colour: matplotlib's 10 default colours, then their light tints (tab20)
+    up to 20 curves, and evenly spaced colours of a colormap beyond."""
     every = max(1, points // 10)
+    if curves <= 20:
+        color: Any = f"C{i}" if i < 10 else plt.get_cmap("tab20")(2 * (i - 10) + 1)
+    else:
+        color = plt.get_cmap("turbo")(i / (curves - 1))
     return {
         "ls": LINESTYLES[i % len(LINESTYLES)],
+        "color": color,
         "marker": MARKERS[i % len(MARKERS)],
         "markersize": 5,
         "markerfacecolor": "none",

@@ -280,3 +280,43 @@ def test_compare_runs_whose_plugin_is_gone_by_type_name(tmp_path):
         f"| 1.0 | {name}-schedule | 2 | 200 | 1/2 | 0.8500 +/- 0.0707 | 100 |"
         in (tmp_path / "out" / "comparison.md").read_text()
     )
+
+
+def test_runs_with_different_schedule_lists_vary_in_their_schedules(tmp_path):
+    # The third schedule exists in one run only: before, its fields were listed as varying (null, null).
+    two = replace(sweep_config(0.5), schedules=(CE(), Progressive()))
+    three = replace(sweep_config(1.0), schedules=(CE(), Progressive(), KShot(points=((100, 100), (FINAL, 200)))))
+    swapped = replace(sweep_config(2.0), schedules=(CE(), KShot(points=((100, 100), (FINAL, 200)))))
+    students = [("ce", 0, 100, 1.0), ("progressive", 0, 200, 1.0), ("2-shot", 0, 150, 1.0)]
+    runs = [fake_run(tmp_path / n, c, students) for n, c in (("two", two), ("three", three))]
+    comparison = compare_runs(runs, field="distillation.temperature")
+    assert comparison["varying"] == {
+        "distillation.temperature": [0.5, 1.0],
+        "schedules": [["ce", "progressive"], ["ce", "progressive", "2-shot"]],
+    }
+    runs = [runs[0], fake_run(tmp_path / "swapped", swapped, students)]  # same length, another type at 1
+    comparison = compare_runs(runs, field="distillation.temperature")
+    assert comparison["varying"] == {"distillation.temperature": [0.5, 2.0], "schedules.1": ["progressive", "2-shot"]}
+
+
+def test_a_categorical_axis_has_points_not_lines_and_no_empty_panel(tmp_path):
+    from progdistill.recipes.compare import comparison_figure
+
+    losses = [("forward_kl", 1.0), ("reverse_kl", 1.0), ("total_variation", 1.0)]
+    runs = [
+        fake_run(
+            tmp_path / loss,
+            replace(sweep_config(t), distillation=DistillationConfig(loss=loss, temperature=t)),
+            [("ce", 0, None, 0.5), ("progressive", 0, None, 0.6), ("ce", 1, None, 0.5), ("progressive", 1, None, 0.6)],
+            teacher_steps=None,
+        )
+        for loss, t in losses
+    ]
+    comparison = compare_runs(runs)
+    assert comparison["field"] == "distillation.loss"
+    fig = comparison_figure(comparison)
+    steps_panel, accuracy_panel = fig.axes[:2]
+    for ax in (steps_panel, accuracy_panel):
+        assert all(line.get_linestyle() == "None" for line in ax.lines)  # no line joins two categories
+    assert any("no teacher or student reached" in t.get_text() for t in steps_panel.texts)
+    assert not accuracy_panel.texts  # final accuracies: every run has them

@@ -62,3 +62,15 @@ def test_accuracy_figure_keeps_every_curve_and_the_data_visible(auto_run):
     assert len(styles) == 3 and all(marker not in ("None", "") for _, marker in styles)  # identical curves stay visible
     caption = " ".join(t.get_text() for t in fig.texts)
     assert "min-max over the 2 seeds" in caption and "mean" in caption
+
+
+@pytest.mark.parametrize("curves", [1, 10, 12, 20, 30])
+def test_no_two_curves_of_a_figure_share_a_colour(curves):
+    from matplotlib.colors import to_hex
+
+    from progdistill.store.report import curve_style
+
+    colours = [to_hex(curve_style(i, 100, curves)["color"]) for i in range(curves)]
+    assert len(set(colours)) == curves
+    if curves <= 20:  # matplotlib's default ten first: figures of up to ten curves are unchanged
+        assert colours[: min(curves, 10)] == [to_hex(f"C{i}") for i in range(min(curves, 10))]
