@@ -576,7 +576,9 @@ def flatten(data: Any, path: str = "") -> dict[str, Any]:
 
 
 def override(data: dict, assignment: str) -> dict:
-    """Apply one ``dotted.path=value`` override to a JSON-form config (value parsed as JSON, else string)."""
+    """Apply one ``dotted.path=value`` override to a JSON-form config (value parsed as JSON, else string). A JSON
+    object given for an object is merged into it, key by key (``teacher={"steps": 100}`` changes the teacher's
+    steps only); one with another ``"type"`` (a variant of another kind) replaces it."""
 
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r} is invalid: must look like field.path=value")
@@ -600,10 +602,17 @@ def override(data: dict, assignment: str) -> dict:
             valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
             raise ConfigError(f"--set {key}: no field {'.'.join(parts[: i + 1])!r}; valid here: {valid}")
         if i == len(parts) - 1:
-            node[field] = value
+            node[field] = _merged(node[field], value)
         else:
             node = node[field]
     return data
+
+
+def _merged(old: Any, new: Any) -> Any:
+    """``new`` merged into ``old``, recursively, where both are objects of one variant type; else ``new``."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or new.get("type", old.get("type")) != old.get("type"):
+        return new
+    return {**old, **{k: _merged(old[k], v) if k in old else v for k, v in new.items()}}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -83,7 +83,12 @@ def refresh_report(rundir: RunDir, log=print) -> None:
     run's recorded wall time is kept); for a run that has not finished, say that ``run`` will."""
     previous = rundir.finished_results()
     if previous is not None and "wall_time_s" in previous:
-        write_report(rundir.path, wall_time_s=previous["wall_time_s"], env=previous.get("environment"))
+        write_report(
+            rundir.path,
+            wall_time_s=previous["wall_time_s"],
+            env=previous.get("environment"),
+            modified=previous.get("modified"),
+        )
     else:
         log(
             f"{rundir.results_file} is not written yet (the run has not finished): `progdistill run` "

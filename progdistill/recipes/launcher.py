@@ -33,6 +33,7 @@ from progdistill.core.files import atomic_write_json
 from progdistill.core.optional import require
 from progdistill.experiment import ExperimentConfig, co_training_only, student_name, student_names, teacher_header
 from progdistill.probes.registry import end_of_run_probes
+from progdistill.recipes.presets import preset_changes
 from progdistill.recipes.runner import check_run, train_students, train_teacher
 from progdistill.store.environment import environment
 from progdistill.store.lock import RunLock, RunLockedError, lock_holder
@@ -283,7 +284,8 @@ def report(out: str | Path, device: str = "auto", log=print) -> dict[str, Any]:
         wall = launch.get("before_s", 0.0) + max(newest - launch["submitted"], 0.0)
     else:
         wall = previous.get("wall_time_s", 0.0)
-    return write_report(rundir.path, wall_time_s=wall, env=environment(resolve_device(device)))
+    env = environment(resolve_device(device))
+    return write_report(rundir.path, wall_time_s=wall, env=env, modified=preset_changes(config))
 
 
 # -- submitting ------------------------------------------------------------------------------------------------

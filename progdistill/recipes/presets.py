@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
+from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, flatten, to_dict
 from progdistill.distill.curricula import (
     CoTraining,
     HintDistillation,
@@ -32,6 +32,22 @@ def preset(name: str, description: str):
         return fn
 
     return wrap
+
+
+def preset_changes(config: ExperimentConfig) -> list[str]:
+    """The config fields (dotted, as ``--set`` names them) in which ``config`` differs from today's preset of its
+    ``preset`` name, e.g. ``["student.steps"]`` after ``--set student.steps=...``; empty for a config equal to its
+    preset, or named after no preset (a config.json written by hand). A schedule list of another length is
+    the one field ``schedules``."""
+    if config.preset not in PRESETS:
+        return []
+    reference = get_preset(config.preset)
+    ours, theirs = (flatten(to_dict(c, complete=True)) for c in (config, reference))
+    missing = object()
+    changed = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k, missing) != theirs.get(k, missing)]
+    if len(config.schedules) != len(reference.schedules):
+        changed = [k for k in changed if not k.startswith("schedules.")] + ["schedules"]
+    return changed
 
 
 def get_preset(name: str) -> ExperimentConfig:

@@ -35,6 +35,7 @@ from progdistill.experiment import (
     teacher_pool,
 )
 from progdistill.probes.registry import end_of_run_probes
+from progdistill.recipes.presets import preset_changes
 from progdistill.store.environment import environment
 from progdistill.store.lock import RunLock
 from progdistill.store.report import write_report
@@ -460,4 +461,4 @@ def _train_probe_report(
     before = previous["wall_time_s"] if previous is not None else 0.0  # e.g. a deleted student retrained
     wall = before if unchanged else before + earlier + time.perf_counter() - started
     env = previous.get("environment") if unchanged and previous is not None else environment(resolve_device(device))
-    return write_report(rundir.path, wall_time_s=wall, env=env)
+    return write_report(rundir.path, wall_time_s=wall, env=env, modified=preset_changes(config))

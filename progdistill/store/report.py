@@ -98,8 +98,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
     thr = results["threshold"]
     teacher = results["teacher"]
     t_steps = teacher["steps_to_threshold"]
+    modified = results.get("modified")
     lines = [
-        f"# {results['preset']}",
+        f"# Derived from {results['preset']} (modified: {', '.join(modified)})"
+        if modified
+        else f"# {results['preset']}",
         "",
         f"Teacher: {'never reached' if t_steps is None else f'reached {thr:.0%} at step {t_steps}'}, "
         f"final accuracy {teacher['final_accuracy']:.4f} after {teacher['steps']} steps.",
@@ -318,11 +321,17 @@ def save_figure(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def write_report(out: str | Path, wall_time_s: float, env: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_report(
+    out: str | Path, wall_time_s: float, env: dict[str, Any] | None = None, modified: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Write results.json, summary.md and accuracy.png into run directory ``out``; return the results.
-    ``env``: the training run's environment (a probe rewriting the report passes the recorded one on)."""
+    ``env``: the training run's environment (a probe rewriting the report passes the recorded one on).
+    ``modified``: the config fields in which the run differs from the preset it names (``--set``; from
+    :func:`progdistill.recipes.presets.preset_changes`), recorded as ``modified`` beside ``preset``."""
     rundir = RunDir(out)
     results = build_results(rundir.path, wall_time_s, env)
+    if modified:
+        results["modified"] = list(modified)
     atomic_write_json(rundir.results_file, results)
     atomic_write_text(rundir.summary_file, summary_markdown(results))
     plot_accuracy(rundir.path, rundir.accuracy_figure)

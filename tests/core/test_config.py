@@ -101,3 +101,16 @@ def test_duplicate_schedule_labels_refused():
     base = get_preset("parity-mlp")
     with pytest.raises(ConfigError, match="distinct"):
         ExperimentConfig(preset="x", task=base.task, teacher=base.teacher, student=base.student, schedules=(CE(), CE()))
+
+
+def test_override_merges_an_object_into_the_existing_one():
+    base = get_preset("parity-mlp")
+    data = base.to_dict()
+    override(data, 'teacher={"steps": 40000, "model": {"width": 50}}')
+    config = ExperimentConfig.from_dict(data)
+    assert config.teacher.steps == 40000 and config.teacher.model == MLPConfig(width=50)
+    assert config.teacher.optimizer == base.teacher.optimizer and config.student == base.student
+    with pytest.raises(ConfigError, match=r"^teacher: unknown field\(s\) stepz; valid: .*steps"):
+        ExperimentConfig.from_dict(override(base.to_dict(), 'teacher={"stepz": 1}'))
+    data = override(base.to_dict(), 'student.model={"type": "parity-gpt2", "n_layer": 1}')  # another type: replaced
+    assert ExperimentConfig.from_dict(data).student.model.n_layer == 1

@@ -74,3 +74,24 @@ def test_no_two_curves_of_a_figure_share_a_colour(curves):
     assert len(set(colours)) == curves
     if curves <= 20:  # matplotlib's default ten first: figures of up to ten curves are unchanged
         assert colours[: min(curves, 10)] == [to_hex(f"C{i}") for i in range(min(curves, 10))]
+
+
+def test_a_run_changed_from_its_preset_says_derived_from(tmp_path):
+    from progdistill.recipes.presets import get_preset, preset_changes
+
+    preset = get_preset("parity-mlp")
+    assert preset_changes(preset) == []
+    steps = replace(preset, student=replace(preset.student, steps=70_000), seeds=2)
+    assert preset_changes(steps) == ["student.steps", "seeds"]
+    assert preset_changes(replace(preset, schedules=preset.schedules[:2])) == ["schedules"]
+    assert preset_changes(tiny_config()) == []  # "tiny" names no preset
+    # A run of a preset's name with other fields: results.json keeps "preset" (its readers) and adds "modified";
+    # summary.md says "derived from".
+    config = replace(tiny_config(steps=150), preset="parity-mlp", schedules=(CE(),))
+    results = run(config, tmp_path / "run", log=quiet)
+    assert results["preset"] == "parity-mlp" and results["modified"] == preset_changes(config)
+    assert "student.steps" in results["modified"] and "task.n" in results["modified"]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["modified"] == results["modified"]
+    title = (tmp_path / "run" / "summary.md").read_text().splitlines()[0]
+    assert title.startswith("# Derived from parity-mlp (modified: task.n, task.k, task.eval_size, teacher.model.width")
