@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from progdistill import __version__
-from progdistill.core.config import ConfigError, override, to_dict
+from progdistill.core.config import ConfigError, a_or_an, override, to_dict
 from progdistill.core.distributed import init_from_env, is_main, local_slice, rank_world, shutdown
 from progdistill.core.files import DiskFullError, disk_full, disk_full_error
 from progdistill.core.optional import MissingExtraError
@@ -198,7 +198,7 @@ def cmd_export(args) -> int:
         model = rundir.load_model(config, args.which, args.step, task=task)
         if not isinstance(model, LanguageModel):  # our Hugging Face language models
             raise ConfigError(
-                f"{args.which} of {rundir.path} is a {type(model).__name__}, not a Hugging Face "
+                f"{args.which} of {rundir.path} is {a_or_an(type(model).__name__)}, not a Hugging Face "
                 "model; its weights are already a safetensors file in the run directory"
             )
         model.save_pretrained(out)

@@ -80,6 +80,14 @@ def check_positive_number(field_name: str, value: Any) -> None:
 _TYPED: list[type] = []  # every config class whose fields are type-checked on construction (for the tests)
 
 
+def a_or_an(name: str) -> str:
+    """``name`` with its indefinite article, as it is read aloud: "an MLP", "an OptimizerConfig", "a TrainConfig",
+    "a GPT2LMConfig" (an initialism is read letter by letter: F, H, L, M, N, R, S and X take "an")."""
+    initialism = len(name) > 1 and name[:2].isupper()
+    vowel_sound = name[:1] in "AEFHILMNORSX" if initialism else name[:1].lower() in "aeiou"
+    return f"{'an' if name and vowel_sound else 'a'} {name}"
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -101,7 +109,7 @@ def _type_name(tp: Any) -> str:
             return f"a tuple of {_type_name(args[0])}"
         return f"a tuple of {len(args)} items ({', '.join(_type_name(a) for a in args)})"
     return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(
-        tp, f"a {getattr(tp, '__name__', tp)}"
+        tp, a_or_an(str(getattr(tp, "__name__", tp)))
     )
 
 
@@ -156,7 +164,7 @@ def _typed_value(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         return value if isinstance(value, int) and not isinstance(value, bool) else wrong()
     if dataclasses.is_dataclass(tp) and not isinstance(value, tp):
         hint = f" (build it with {tp.__name__}(...); a dict: build the whole config with ExperimentConfig.from_dict)"
-        return wrong(f"a {tp.__name__}{hint if isinstance(value, dict) else ''}")
+        return wrong(f"{a_or_an(tp.__name__)}{hint if isinstance(value, dict) else ''}")
     return value if isinstance(value, tp) else wrong()
 
 

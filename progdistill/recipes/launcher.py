@@ -16,6 +16,7 @@ launched here ends with the same metrics and weights as ``progdistill run`` in o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -203,11 +204,19 @@ def job_groups(config: ExperimentConfig, names: list[str], job_per: str) -> list
 
 
 # -- the jobs (module-level functions: submitit pickles them by name) ---------------------------------------------
+def _drop_job_folder_template(out: str | Path) -> None:
+    """Remove the empty ``jobs/%j`` directory that submitit's local executor makes from the folder template
+    before each job starts (each job's files go to ``jobs/<job id>/``); called by every job when it starts."""
+    with contextlib.suppress(OSError):  # absent, or not empty (then it is not the template's)
+        (Path(out) / "jobs" / "%j").rmdir()
+
+
 def teacher_job(
     out: str, device: str = "auto", threads: int | None = None, report_to: tuple[str, ...] | None = None
 ) -> int:
     """Train (or resume, or reuse) the teacher of the run directory ``out``; returns its checkpoint count.
     ``report_to``: experiment trackers (:mod:`progdistill.store.trackers`; default TensorBoard when installed)."""
+    _drop_job_folder_template(out)
     if threads:
         torch.set_num_threads(threads)
     rundir = RunDir(out)
@@ -227,6 +236,7 @@ def student_job(
     """Train (or resume) the students ``names`` of the run directory ``out`` (one stack when the model stacks),
     then write the report if every student of the run has finished. Returns the names trained. Raises
     ``TrajectoryError`` when the teacher has not finished."""
+    _drop_job_folder_template(out)
     if threads:
         torch.set_num_threads(threads)
     rundir = RunDir(out)
@@ -407,6 +417,7 @@ def launch(
         finish(out, device, log)  # everything had finished: (re)write the report
     if wait:
         _wait(jobs, launcher)
+        _drop_job_folder_template(out)
     return record
 
 

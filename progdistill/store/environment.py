@@ -81,7 +81,11 @@ def environment_markdown(env: dict) -> str:
     threads = env.get("torch_threads")
     transformers = env.get("transformers") or "not installed"
     return (
-        f"Measured on: {cpu}, {cores if cores is not None else '?'} cores, "
-        f"{threads if threads is not None else '?'} torch threads, {env.get('device') or '?'}; "
+        f"Measured on: {cpu}, {_count(cores, 'core')}, {_count(threads, 'torch thread')}, {env.get('device') or '?'}; "
         f"torch {env.get('torch') or '?'}, transformers {transformers}, Python {env.get('python') or '?'}."
     )
+
+
+def _count(n: int | None, noun: str) -> str:
+    """ "1 core", "2 cores", "? cores" (unknown)."""
+    return f"{'?' if n is None else n} {noun}{'' if n == 1 else 's'}"

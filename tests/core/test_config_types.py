@@ -18,6 +18,7 @@ from progdistill.core.config import (
     OptimizerConfig,
     Tagged,
     TrainConfig,
+    a_or_an,
     typed_classes,
     variants,
 )
@@ -171,3 +172,18 @@ def test_every_invalid_setting_is_reported_at_once():
     data["teacher"]["steps"] = "x"
     with pytest.raises(ConfigError, match=r"^2 invalid settings: teacher\.steps='x'.*; student\.batch_size=0"):
         ExperimentConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("MLP", "an MLP"),
+        ("OptimizerConfig", "an OptimizerConfig"),
+        ("TrainConfig", "a TrainConfig"),
+        ("GPT2LMConfig", "a GPT2LMConfig"),
+        ("LanguageModel", "a LanguageModel"),
+        ("integer", "an integer"),
+    ],
+)
+def test_messages_use_the_article_of_the_name_read_aloud(name, expected):
+    assert a_or_an(name) == expected

@@ -146,6 +146,9 @@ def test_students_as_separate_jobs_equal_one_process(scheduler, tmp_path):
     assert _results(out) == _results(reference)  # written by the job that finished last
     assert read_launch(out)["launcher"] == scheduler
     assert not any(lock_holder(d) for d in (out / "students").iterdir())
+    assert sorted(p.name for p in (out / "jobs").iterdir() if p.is_dir()) == sorted(
+        {str(record["teacher"]), *map(str, record["students"].values())}
+    )  # one folder per job, and no empty "%j" left from the folder template
 
 
 @pytest.mark.e2e

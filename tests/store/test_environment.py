@@ -123,3 +123,10 @@ def test_markdown_of_unknown_values():
 def test_cuda_device_is_recorded_by_name():
     assert environment("cuda")["device"] == torch.cuda.get_device_name(0)
     assert environment(torch.device("cuda", 0))["device"] == torch.cuda.get_device_name(0)
+
+
+def test_one_core_and_one_thread_are_singular():
+    env = {"cpu": "x", "cpu_count": 1, "torch_threads": 1, "device": "cpu", "torch": "2", "python": "3"}
+    assert environment_markdown(env).startswith("Measured on: x, 1 core, 1 torch thread, cpu;")
+    env.update(cpu_count=None, torch_threads=None)
+    assert environment_markdown(env).startswith("Measured on: x, ? cores, ? torch threads, cpu;")
