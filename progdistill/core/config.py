@@ -168,6 +168,20 @@ def _typed_value(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
     return value if isinstance(value, tp) else wrong()
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of ``cls``, once per class ({} when one cannot be resolved, e.g. a plugin's
+    forward reference: its fields are then left unchecked)."""
+    if cls not in _HINTS:
+        try:
+            _HINTS[cls] = typing.get_type_hints(cls, include_extras=True)
+        except Exception:
+            _HINTS[cls] = {}
+    return _HINTS[cls]
+
+
 def typed(prefix: str = ""):
     """Class decorator for a frozen config dataclass: every value given to its constructor is checked against
     the field's annotation before ``__post_init__`` validates the values, and a wrong type raises
@@ -191,10 +205,7 @@ def typed(prefix: str = ""):
                 bound = signature.bind(self, *args, **kwargs)
             except TypeError as exc:
                 raise ConfigError(f"{prefix or type(self).__name__}: {exc}") from None
-            try:
-                hints = typing.get_type_hints(type(self), include_extras=True)
-            except Exception:  # an annotation that cannot be resolved (a plugin's forward reference): unchecked
-                hints = {}
+            hints = _field_hints(type(self))
             errors: list[str] = []
             for name, value in list(bound.arguments.items())[1:]:
                 if name in hints:

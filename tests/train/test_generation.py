@@ -184,12 +184,12 @@ def test_set_reaches_the_new_fields_and_default_configs_keep_their_hash():
 
 
 def test_top_k_above_the_vocabulary_is_refused_before_training():
-    config = _experiment(TASK, top_k=TASK.num_classes + 1)
+    # the config alone knows a generated or packaged grammar's vocabulary: refused when the config is built
     with pytest.raises(
         ConfigError,
         match=f"distillation.top_k={TASK.num_classes + 1} is invalid: at most the task's {TASK.num_classes} classes",
     ):
-        check_task_data(config)
+        _experiment(TASK, top_k=TASK.num_classes + 1)
     check_task_data(_experiment(TASK, top_k=TASK.num_classes))  # k = the vocabulary is allowed
 
 
