@@ -30,7 +30,7 @@ def status(out: str | Path) -> list[dict[str, Any]]:
 
     An unfinished model's detail says what rerunning ``run`` will do, read from the saved training states a
     rerun reads (the teacher's ``resume.pt``, a stack's ``.resume-<first student>.pt``): resume at the saved
-    step, or start over (no state, an unreadable one, or one saved by another stack of students)."""
+    step, start over (no state, or one saved by another stack of students), or stop on a state it cannot read."""
     rundir = RunDir(out)
     config = rundir.config(lenient=True)
     launch = read_launch(out)
@@ -72,14 +72,15 @@ def status(out: str | Path) -> list[dict[str, Any]]:
 
 def _saved_state(path: Path) -> dict[str, Any] | None:
     """The ``names`` and ``step`` of the training state saved at ``path`` (None without one; ``{"unreadable":
-    reason}`` for one that cannot be read, which a rerun ignores). Memory-mapped: the weights are not read."""
+    reason, "path": path}`` for one that cannot be read, at which a rerun stops). Memory-mapped: the weights are
+    not read."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, mmap=True, weights_only=False, map_location="cpu")
         return {"names": list(state["names"]), "step": int(state["step"])}
-    except Exception as exc:  # a torn or foreign file: rerunning ignores it (load_state), and so says status
-        return {"unreadable": f"{type(exc).__name__}: {exc}".splitlines()[0][:120]}
+    except Exception as exc:  # a damaged file: a rerun stops on it (load_state), and so status says
+        return {"unreadable": f"{type(exc).__name__}: {exc}".splitlines()[0][:120], "path": path}
 
 
 def _holding(states: dict[Path, dict[str, Any] | None], name: str) -> dict[str, Any] | None:
@@ -101,14 +102,18 @@ def _last_step(metrics: Path) -> int | None:
 
 def _progress(stack: list[str], saved: dict[str, Any] | None, reached: int | None, steps: int) -> str | None:
     """What rerunning does for a model trained in ``stack``: "at step S/N; rerunning resumes it" when ``saved``
-    (its saved state) belongs to exactly ``stack``; "stopped at step S/N; rerunning starts it over (why)" when
-    it got somewhere (``reached``: its records' last step, or a state's) that a rerun cannot resume; None when it
-    never started."""
+    (its saved state) belongs to exactly ``stack``; that a rerun stops when ``saved`` cannot be read; "stopped at
+    step S/N; rerunning starts it over (why)" when it got somewhere (``reached``: its records' last step, or a
+    state's) that a rerun cannot resume; None when it never started."""
     if saved is not None and saved.get("names") == stack:
         return f"at step {saved['step']}/{steps}; rerunning resumes it"
     if saved is not None and "unreadable" in saved:
-        why = f"its saved state cannot be read ({saved['unreadable']})"
-    elif saved is not None:
+        where = f"at step {reached}/{steps}; " if reached else ""
+        return (
+            f"{where}its saved state {saved['path']} cannot be read ({saved['unreadable']}): a rerun stops there, "
+            "deleting nothing; restore the file, or delete it to train from step 0"
+        )
+    if saved is not None:
         others = ", ".join(n for n in saved["names"] if n not in stack) or "none"
         why = f"its saved state, at step {saved['step']}, is that of a stack trained with {others}"
         reached = max(reached or 0, saved["step"])

@@ -115,12 +115,13 @@ def test_status_says_what_a_rerun_does_from_the_saved_states(tmp_path):
         f"stopped at step 100/150; rerunning starts it over at step 0 (its saved state, at step 50, is that of a "
         f"stack trained with {names[0]})",
     )
-    # a torn state file: a rerun ignores it, and so does status
+    # a torn state file: a rerun stops on it, deleting nothing, and status says so
     (out / "students" / names[0] / "final.safetensors").unlink()
     state.write_bytes(b"torn")
-    detail = {r["name"]: r["detail"] for r in status(out)}[names[0]]
-    assert detail.startswith(
-        "stopped at step 150/150; rerunning starts it over at step 0 (its saved state cannot be read"
+    row = {r["name"]: r for r in status(out)}[names[0]]
+    assert row["state"] == "interrupted" and row["detail"].startswith(f"at step 150/150; its saved state {state} ")
+    assert row["detail"].endswith(
+        ": a rerun stops there, deleting nothing; restore the file, or delete it to train from step 0"
     )
 
 
