@@ -198,7 +198,7 @@ def test_hinton_kl_at_high_temperature_keeps_its_relative_precision(temperature)
     teacher = student + 0.9 * torch.randn(64, 100, generator=gen, dtype=torch.float64)
     q, logq = torch.softmax(teacher / temperature, -1), torch.log_softmax(teacher / temperature, -1)
     exact = temperature**2 * (q * (logq - torch.log_softmax(student / temperature, -1))).sum(-1)
-    for dtype, tolerance in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
+    for dtype, tolerance in ((torch.float32, 5e-5), (torch.float64, 1e-10)):
         value = divergence(
             student.to(dtype), teacher.to(dtype), "forward_kl", temperature, None, "none", temperature_scaling="hinton"
         )
