@@ -283,7 +283,8 @@ def _forward_kl(student: torch.Tensor, teacher: _Teacher, precise: bool = False)
     # logits. log q carries no gradient, so the gradient, p - q, is that of the distillation cross-entropy.
     q, logq = teacher.q, teacher.log_q
     logp = torch.log_softmax(student, dim=-1)
-    plain = torch.where(q > 0, q * (logq - logp), torch.zeros_like(logp)).sum(dim=-1)
+    # q == 0 (not q > 0): a teacher row of all -inf has no distribution, NaN rather than a silent 0.
+    plain = torch.where(q == 0, torch.zeros_like(logp), q * (logq - logp)).sum(dim=-1)
     if not precise:
         return plain
     return _kl_value(plain, _precise_kl(teacher.scaled, student.detach(), q, logp.detach().exp()))

@@ -171,6 +171,9 @@ def test_teacher_mass_on_a_class_the_student_masks_is_inf_in_every_form():
     # the reverse direction: student mass on a class the teacher masks
     assert reverse_kl(teacher, student).item() == math.inf
     assert generalized_jsd(teacher, student, 1.0).item() == math.inf
+    # a supervised row without a teacher distribution (all -inf) is NaN in every divergence, never a silent 0
+    nothing = torch.full((1, 3), -math.inf)
+    assert all(math.isnan(divergence(student, nothing, loss).item()) for loss in LOSS_NAMES)
     # a class the target gives 0 adds nothing, whatever its logit (0 * -inf was NaN in the fused forms)
     masked_both = torch.tensor([[0.3, 0.0, 0.7]])
     fused = soft_cross_entropy(student, masked_both)
