@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from progdistill.core.config import check, check_positive_int, register
-from progdistill.distill.losses import soft_cross_entropy_and_grad
+from progdistill.distill.losses import soft_cross_entropy_and_grad, zero_targets
 
 NARROW_OUTPUT, NARROW_ROWS = 8, 256  # when forward() computes the last layer as a transposed product
 
@@ -126,19 +126,32 @@ class MLP(nn.Module):
         return (logits, states) if hidden else logits
 
     @torch.no_grad()
-    def sgd_step(self, x: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
+    def sgd_step(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        lr: float,
+        zero: torch.Tensor | None = None,
+        ignored: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One plain SGD step (no momentum, no weight decay) on sum_m mean_b CE(target_mb, softmax(logits_mb)),
         with the gradients written out by hand instead of autograd (the same update, ~2x faster per step at
         batch 32 because no graph is recorded).
 
         x: (B, n) shared or (M, B, n); target: (M, B, C) class distributions (one-hot labels, a teacher's
-        softmax, or a mixture of both; their cross-entropy has gradient softmax(logits) - target).
+        softmax, or a mixture of both; their cross-entropy has gradient softmax(logits) - target). A row of
+        zeros (an ignored position) gets no gradient, and a class the target gives 0 adds nothing to the loss
+        whatever its logit (the zero-probability rule of :mod:`progdistill.distill.losses`). ``zero`` and
+        ``ignored``: ``target``'s :func:`~progdistill.distill.losses.zero_targets`, when computed once per block.
         Returns the per-example cross-entropy before the step, (M, B).
         """
         B = target.shape[1]
         layers, h, affine, matmul = self._layers(x)
+        if zero is None:
+            zero, ignored = zero_targets(target)
         if h.dim() == 2:
-            target = target[0]  # (B, C)
+            target, zero = target[0], zero[0]  # (B, C)
+            ignored = None if ignored is None else ignored[0]
         acts = [h]  # the input of each layer, (M, B, d_in) or (B, d_in); for i > 0 the ReLU output of layer i - 1
         last = len(layers) - 1
         for i, (w, b) in enumerate(layers):
@@ -146,7 +159,7 @@ class MLP(nn.Module):
             if i < last:
                 acts.append(pre.relu_())
         # loss (M, B); grad (M, B, C) is B * d(sum_m mean_b loss) / d logits, the 1 / B folded into the step
-        loss, grad = soft_cross_entropy_and_grad(pre, target)
+        loss, grad = soft_cross_entropy_and_grad(pre, target, zero, ignored)
         step = -lr / B
         for i in range(last, -1, -1):
             w, b = layers[i]

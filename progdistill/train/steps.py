@@ -32,6 +32,7 @@ from progdistill.distill.losses import (
     soft_cross_entropy,
     soft_targets,
     weighted_distillation_loss,
+    zero_targets,
 )
 from progdistill.models.mlp import MLP
 from progdistill.tasks.base import Batch
@@ -167,10 +168,12 @@ def hand_sgd_steps(
     (L, M), unchecked (the loop checks them once per block instead of a sync per step)."""
     L, M = targets.shape[:2]
     step_losses = torch.empty(L, M, device=device)
+    zero, ignored = zero_targets(targets)  # once per block, not per step
     with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
         for i in range(L):
-            step_losses[i] = model.sgd_step(x_steps[i], targets[i], opt.param_groups[0]["lr"]).mean(dim=1)
+            lr, rows = opt.param_groups[0]["lr"], None if ignored is None else ignored[i]
+            step_losses[i] = model.sgd_step(x_steps[i], targets[i], lr, zero[i], rows).mean(dim=1)
             if not constant:
                 lr_schedule.step()
         if constant:  # same state as stepping it every step, without the per-step Python call

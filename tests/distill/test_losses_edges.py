@@ -12,13 +12,25 @@ from hypothesis import strategies as st
 
 from progdistill.core.config import DistillationConfig
 from progdistill.distill.losses import (
+    DIVERGENCES as LOSS_NAMES,
+)
+from progdistill.distill.losses import (
     IGNORE_INDEX,
+    TopKTargets,
+    cross_entropy,
     distillation_cross_entropy,
     distillation_loss,
+    divergence,
     forward_kl,
+    generalized_jsd,
     mixture_weights,
     reverse_kl,
+    soft_cross_entropy,
+    soft_cross_entropy_and_grad,
+    soft_targets,
     teacher_probabilities,
+    top_k_divergence,
+    top_k_targets,
     weighted_distillation_loss,
 )
 
@@ -95,16 +107,106 @@ def test_reverse_kl_with_masked_vocabulary_columns_is_finite():
     # a masked vocabulary: the same columns are -inf for both models
     student = torch.tensor([[0.0, 1.0, -math.inf], [2.0, -math.inf, 0.5]], requires_grad=True)
     teacher = torch.tensor([[1.0, 0.0, -math.inf], [0.0, -math.inf, 1.0]])
-    for divergence in DIVERGENCES:
-        value = divergence(student, teacher, reduction="none")
+    for kd in DIVERGENCES:
+        value = kd(student, teacher, reduction="none")
         assert torch.isfinite(value).all()
         p = _softmax64(np.where(np.isinf(student.detach().numpy()), -np.inf, student.detach().numpy()))
         q = _softmax64(teacher.numpy().astype(np.float64))
-        expected = _kl64(q, p) if divergence is forward_kl else _kl64(p, q)
+        expected = _kl64(q, p) if kd is forward_kl else _kl64(p, q)
         np.testing.assert_allclose(value.detach().numpy(), expected, rtol=1e-6)
         value.sum().backward()
         assert torch.isfinite(student.grad).all()
         student.grad = None
+
+
+def test_generalized_jsd_with_a_class_masked_on_both_sides_has_finite_gradients():
+    # 0 < beta < 1 took logsumexp over (-inf, -inf) for the masked class: NaN gradients for the whole row.
+    student = torch.tensor([[0.0, 1.0, -math.inf, 0.5]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0, -math.inf, 0.2]])
+    value = generalized_jsd(student, teacher, 0.5)
+    value.backward()
+    assert torch.isfinite(student.grad).all() and student.grad[0, 2] == 0
+    reduced = generalized_jsd(student.detach()[:, [0, 1, 3]], teacher[:, [0, 1, 3]], 0.5)
+    assert value.item() == pytest.approx(reduced.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+@pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"temperature_scaling": "hinton"}])
+def test_a_padded_row_of_minus_inf_at_an_ignored_position_gets_zero_gradient(loss, options):
+    # Masking after the log-softmax left NaN gradients at such a row (the HF trainer passes full logits).
+    student = torch.tensor([[0.0, 1.0, 2.0], [-math.inf, -math.inf, -math.inf]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [-math.inf, -math.inf, -math.inf]])
+    targets = torch.tensor([0, IGNORE_INDEX])
+    value = distillation_loss(student, teacher, targets, loss, 2.0, alpha=0.5, **options)
+    value.backward()
+    assert torch.isfinite(value) and torch.equal(student.grad[1], torch.zeros(3))
+    assert torch.isfinite(student.grad).all()
+    alone = distillation_loss(student.detach()[:1], teacher[:1], targets[:1], loss, 2.0, alpha=0.5, **options)
+    assert value.item() == pytest.approx(alone.item(), rel=1e-6)
+    ce = student.detach().clone().requires_grad_(True)
+    cross_entropy(ce, targets).backward()
+    assert torch.equal(ce.grad[1], torch.zeros(3))
+
+
+def test_teacher_mass_on_a_class_the_student_masks_is_inf_in_every_form():
+    # One rule: forward KL is +inf there (forward_kl gave inf, JSD at beta 0 and top-k k = C 17.99 from a floor).
+    student = torch.tensor([[0.0, -math.inf, 1.0]])
+    teacher = torch.tensor([[0.0, 0.0, 1.0]])
+    values = [
+        forward_kl(student, teacher),
+        generalized_jsd(student, teacher, 0.0),
+        divergence(student, teacher, top_k=3),
+        divergence(student, teacher, top_k=3, top_k_mode="renormalized"),
+        top_k_divergence(student, top_k_targets(teacher, 3)),
+    ]
+    target, correction = soft_targets(teacher, torch.tensor([0]), 1.0, *mixture_weights(0.0, torch.tensor([True])))
+    values += [soft_cross_entropy(student, target) - correction, soft_cross_entropy_and_grad(student, target)[0]]
+    assert all(v.item() == math.inf for v in values), values
+    # its gradient in the fused and hand-written forms is the finite limit p - q, as autograd's of forward_kl
+    s = student.clone().requires_grad_(True)
+    forward_kl(s, teacher).backward()
+    q = torch.softmax(teacher, -1)
+    torch.testing.assert_close(s.grad, torch.softmax(student, -1) - q)
+    torch.testing.assert_close(soft_cross_entropy_and_grad(student, target)[1], s.grad)
+    # the reverse direction: student mass on a class the teacher masks
+    assert reverse_kl(teacher, student).item() == math.inf
+    assert generalized_jsd(teacher, student, 1.0).item() == math.inf
+    # a supervised row without a teacher distribution (all -inf) is NaN in every divergence, never a silent 0
+    nothing = torch.full((1, 3), -math.inf)
+    assert all(math.isnan(divergence(student, nothing, loss).item()) for loss in LOSS_NAMES)
+    # a class the target gives 0 adds nothing, whatever its logit (0 * -inf was NaN in the fused forms)
+    masked_both = torch.tensor([[0.3, 0.0, 0.7]])
+    fused = soft_cross_entropy(student, masked_both)
+    assert torch.isfinite(fused).all() and torch.equal(fused, soft_cross_entropy_and_grad(student, masked_both)[0])
+
+
+def test_top_k_targets_from_a_larger_vocabulary_are_refused_naming_both_sizes():
+    # An index outside the student's vocabulary was a raw IndexError (a device-side assert on CUDA).
+    cached = top_k_targets(torch.randn(2, 10, generator=torch.Generator().manual_seed(0)), 3)
+    with pytest.raises(ValueError, match=r"vocabulary of 10 classes .* student's vocabulary of 5 classes"):
+        top_k_divergence(torch.randn(2, 5), cached)
+    by_hand = TopKTargets(torch.tensor([[7, 1]]), torch.log(torch.tensor([[0.5, 0.3]])), torch.log(torch.tensor([0.2])))
+    with pytest.raises(ValueError, match=r"index class 7, outside the student's vocabulary of 5 classes"):
+        top_k_divergence(torch.randn(1, 5), by_hand)
+    with pytest.raises(ValueError, match=r"index class -7, outside the student's vocabulary of 5 classes"):
+        top_k_divergence(torch.randn(1, 5), TopKTargets(by_hand.indices - 8, by_hand.log_probs, by_hand.tail_log_mass))
+    assert torch.isfinite(top_k_divergence(torch.randn(1, 8), by_hand))  # fits a vocabulary of 8
+
+
+@pytest.mark.parametrize("temperature", [10.0, 20.0])
+def test_hinton_kl_at_high_temperature_keeps_its_relative_precision(temperature):
+    # T^2-scaled KL at T = 20 lost ~5e-4 relative in float32 (log q - log p cancels); float64 was downcast.
+    gen = torch.Generator().manual_seed(0)
+    student = 3 * torch.randn(64, 100, generator=gen, dtype=torch.float64)
+    teacher = student + 0.9 * torch.randn(64, 100, generator=gen, dtype=torch.float64)
+    q, logq = torch.softmax(teacher / temperature, -1), torch.log_softmax(teacher / temperature, -1)
+    exact = temperature**2 * (q * (logq - torch.log_softmax(student / temperature, -1))).sum(-1)
+    for dtype, tolerance in ((torch.float32, 5e-5), (torch.float64, 1e-10)):
+        value = divergence(
+            student.to(dtype), teacher.to(dtype), "forward_kl", temperature, None, "none", temperature_scaling="hinton"
+        )
+        assert value.dtype == dtype
+        assert float(((value.double() - exact).abs() / exact).max()) < tolerance
 
 
 # -- properties of the loss core ---------------------------------------------------------------------------

@@ -84,12 +84,14 @@ def test_fused_form_equals_the_plain_objective_with_masks(seed, alpha, temperatu
     assert torch.equal(fused[~supervised], torch.zeros_like(fused[~supervised]))
     assert torch.equal(fused_grad[~supervised], torch.zeros_like(fused_grad[~supervised]))
 
-    # The gradient written by hand is softmax(logits) - target at every position (the MLP's own SGD step):
-    # at supervised positions that is autograd's gradient of the objective.
+    # The gradient written by hand is softmax(logits) - target at supervised positions (the MLP's own SGD step),
+    # autograd's gradient of the objective, and exactly 0 at ignored ones (a row of zeros), as autograd's.
     hand_loss, hand_grad = soft_cross_entropy_and_grad(logits, target)
     assert torch.allclose(hand_loss - correction, expected, atol=1e-5)
-    assert torch.allclose(hand_grad, torch.softmax(logits, -1) - target, atol=1e-6)
+    softmax = torch.softmax(logits, -1) - target
+    assert torch.allclose(hand_grad[supervised], softmax[supervised], atol=1e-6)
     assert torch.allclose(hand_grad[supervised], expected_grad[supervised], atol=1e-6)
+    assert torch.equal(hand_grad[~supervised], torch.zeros_like(hand_grad[~supervised]))
 
 
 def test_alpha_one_is_cross_entropy_and_alpha_zero_is_forward_kl():
