@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from progdistill.core.config import OptimizerConfig, TrainConfig
+from progdistill.core.settings import OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.distill.teachers import TeacherPool
 from progdistill.models.mlp import MLPConfig

@@ -9,7 +9,8 @@ tests/test_imports.py checks it. Each of those modules imports with the core dep
 package is imported where a feature needs it (:func:`progdistill.core.optional.require`).
 """
 
-from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig
+from progdistill.core.config import ConfigError
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive, TwoShotAuto
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig

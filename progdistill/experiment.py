@@ -19,10 +19,8 @@ from typing import Any
 
 from progdistill.core.config import (
     ConfigError,
-    DistillationConfig,
     ScheduleSpec,
     TaskSpec,
-    TrainConfig,
     Unloaded,
     check,
     check_positive_int,
@@ -34,6 +32,7 @@ from progdistill.core.config import (
 )
 from progdistill.core.plugins import import_recorded, plugin_entries
 from progdistill.core.seeding import generator
+from progdistill.core.settings import DistillationConfig, TrainConfig
 from progdistill.distill.schedules import CE
 from progdistill.distill.teachers import TeacherPool
 from progdistill.tasks.base import Task

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from progdistill.core.config import OptimizerConfig, TrainConfig
+from progdistill.core.settings import OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig

@@ -116,7 +116,7 @@ class Schedule:
 
     def validate_teacher_plan(self, teacher, planned_steps: Sequence[int], field: str) -> None:
         """Raise ``ConfigError`` naming ``field`` when the checkpoints that a teacher trained with ``teacher`` (a
-        :class:`progdistill.core.config.TrainConfig`) saves, ``planned_steps`` (before any thinning to
+        :class:`progdistill.core.settings.TrainConfig`) saves, ``planned_steps`` (before any thinning to
         ``teacher.max_checkpoints``), cannot serve this schedule. Called before any training."""
 
     def validate(self, checkpoint_steps: Sequence[int]) -> None:

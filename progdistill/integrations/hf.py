@@ -42,9 +42,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from progdistill.core.config import ConfigError, DistillationConfig, variants
+from progdistill.core.config import ConfigError, variants
 from progdistill.core.optional import require
 from progdistill.core.seeding import generator
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from progdistill.distill.schedules import Schedule, TeacherSpec
 from progdistill.distill.teachers import TeacherPool

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, flatten, to_dict
+from progdistill.core.config import ConfigError, flatten, to_dict
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
 from progdistill.distill.curricula import (
     CoTraining,
     HintDistillation,

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.core.files import MetricsWriter, atomic_write_json
+from progdistill.core.settings import DistillationConfig, TrainConfig
 from progdistill.distill.schedules import CE, TeacherSpec
 from progdistill.store.trajectory import cpu_state
 from progdistill.train.evaluation import ProgressLog

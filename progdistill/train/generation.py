@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from progdistill.core.config import DistillationConfig
 from progdistill.core.seeding import generator
+from progdistill.core.settings import DistillationConfig
 from progdistill.tasks.base import Batch
 
 DATA, TEACHER, STUDENT = "data", "teacher", "student"  # where a step's batch came from

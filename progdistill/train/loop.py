@@ -28,10 +28,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.core.distributed import all_reduce_mean, barrier, is_main, local_slice, rank_world
 from progdistill.core.files import MetricsWriter, atomic_write
 from progdistill.core.seeding import generator
+from progdistill.core.settings import DistillationConfig, TrainConfig
 from progdistill.distill.hints import Hints
 from progdistill.distill.losses import hard_targets, mixture_weights
 from progdistill.distill.schedules import TeacherSpec, teacher_temperature

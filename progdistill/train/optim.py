@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules of the training loop (:class:`progdistill.core.config.OptimizerConfig`)."""
+"""Optimizers and learning-rate schedules of the training loop (:class:`progdistill.core.settings.OptimizerConfig`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from progdistill.core.config import OptimizerConfig
+from progdistill.core.settings import OptimizerConfig
 
 
 def learning_rate_factor(cfg: OptimizerConfig, total_steps: int) -> Callable[[int], float]:

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from progdistill.core.config import DistillationConfig, TrainConfig
 from progdistill.core.distributed import all_reduce_mean, all_true, rank_world
+from progdistill.core.settings import DistillationConfig, TrainConfig
 from progdistill.distill.losses import (
     IGNORE_INDEX,
     cross_entropy,

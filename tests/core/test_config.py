@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, override
+from progdistill.core.config import ConfigError, override
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig

@@ -12,16 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import progdistill  # noqa: F401  # registers every task, model and schedule
-from progdistill.core.config import (
-    ConfigError,
-    DistillationConfig,
-    OptimizerConfig,
-    Tagged,
-    TrainConfig,
-    a_or_an,
-    typed_classes,
-    variants,
-)
+from progdistill.core.config import ConfigError, Tagged, a_or_an, typed_classes, variants
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import FINAL, KShot, Progressive
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from progdistill.core.config import ConfigError, DistillationConfig
+from progdistill.core.config import ConfigError
 from progdistill.core.seeding import generator
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.curricula import (
     HintDistillation,
     NoisedTeacher,

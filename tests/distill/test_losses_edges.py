@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from progdistill.core.config import DistillationConfig
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.losses import (
     DIVERGENCES as LOSS_NAMES,
 )

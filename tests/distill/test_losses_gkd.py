@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from progdistill.core.config import ConfigError, DistillationConfig
+from progdistill.core.config import ConfigError
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.losses import (
     IGNORE_INDEX,
     distillation_loss,

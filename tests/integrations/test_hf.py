@@ -25,7 +25,8 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import logging as hf_logging
 
-from progdistill.core.config import ConfigError, DistillationConfig
+from progdistill.core.config import ConfigError
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.losses import distillation_loss
 from progdistill.distill.schedules import OneShot, Progressive, TwoShotAuto
 from progdistill.integrations.hf import HFTrajectory, ProgressiveDistillationTrainer

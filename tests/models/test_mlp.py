@@ -1,7 +1,7 @@
 import torch
 
-from progdistill.core.config import OptimizerConfig
 from progdistill.core.seeding import generator
+from progdistill.core.settings import OptimizerConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.train.optim import make_optimizer
 

@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from progdistill.cli import main
-from progdistill.core.config import ConfigError, OptimizerConfig, TrainConfig, from_dict, register, to_dict, variants
+from progdistill.core.config import ConfigError, from_dict, register, to_dict, variants
 from progdistill.core.seeding import generator
+from progdistill.core.settings import OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE, FINAL, KShot, OneShot, Progressive
 from progdistill.experiment import ExperimentConfig, check_task_data, config_hash
 from progdistill.models.parity_transformer import ParityTransformer, TransformerConfig

@@ -3,8 +3,9 @@ from dataclasses import replace
 
 import pytest
 
-from progdistill.core.config import ConfigError, OptimizerConfig
+from progdistill.core.config import ConfigError
 from progdistill.core.files import read_metrics
+from progdistill.core.settings import OptimizerConfig
 from progdistill.distill.schedules import TwoShotAuto
 from progdistill.probes.monomials import probe_monomials
 from progdistill.recipes.ablation import ablate_two_shot, ablation_checkpoints

@@ -14,9 +14,10 @@ import pytest
 from conftest import forget_plugin, plugin_config, tiny_config, write_plugin
 
 from progdistill.cli import main
-from progdistill.core.config import ConfigError, DistillationConfig, flatten
+from progdistill.core.config import ConfigError, flatten
 from progdistill.core.files import atomic_write_json
 from progdistill.core.plugins import import_plugin
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.schedules import CE, FINAL, KShot, Progressive
 from progdistill.experiment import config_hash
 from progdistill.recipes.compare import compare, compare_runs

@@ -9,7 +9,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from progdistill.core.config import OptimizerConfig, TrainConfig, check_positive_int, register
+from progdistill.core.config import check_positive_int, register
+from progdistill.core.settings import OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE, OneShot, Progressive
 from progdistill.experiment import ExperimentConfig
 from progdistill.recipes.runner import run

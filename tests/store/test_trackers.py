@@ -16,9 +16,10 @@ import pytest
 from conftest import tiny_config
 
 from progdistill.cli import main
-from progdistill.core.config import ConfigError, DistillationConfig, flatten, to_dict
+from progdistill.core.config import ConfigError, flatten, to_dict
 from progdistill.core.files import MetricsWriter, read_metrics
 from progdistill.core.optional import MissingExtraError
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.schedules import CE, Progressive
 from progdistill.recipes.runner import run
 from progdistill.store.trackers import MLflow, TensorBoard, WandB, hyperparameters, resolve_report_to

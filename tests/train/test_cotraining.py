@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from progdistill.core.config import DistillationConfig
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.curricula import CoTraining
 from progdistill.distill.schedules import Progressive, TeacherSpec
 from progdistill.distill.teachers import TeacherPool

@@ -4,16 +4,9 @@ import pytest
 import torch
 
 import progdistill.train.loop as train_module
-from progdistill.core.config import (
-    ConfigError,
-    DistillationConfig,
-    OptimizerConfig,
-    TrainConfig,
-    from_dict,
-    override,
-    to_dict,
-)
+from progdistill.core.config import ConfigError, from_dict, override, to_dict
 from progdistill.core.seeding import generator
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import KShot, OneShot
 from progdistill.distill.teachers import TeacherPool
 from progdistill.experiment import ExperimentConfig, check_task_data

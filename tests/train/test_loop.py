@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from progdistill.core.config import DistillationConfig, OptimizerConfig
+from progdistill.core.settings import DistillationConfig, OptimizerConfig
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss, forward_kl
 from progdistill.distill.schedules import CE, OneShot, Progressive
 from progdistill.distill.teachers import TeacherPool

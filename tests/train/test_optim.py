@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from progdistill.core.config import OptimizerConfig
+from progdistill.core.settings import OptimizerConfig
 from progdistill.train.optim import learning_rate_factor, make_optimizer
 
 

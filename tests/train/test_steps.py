@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from progdistill.core.config import DistillationConfig, TrainConfig
+from progdistill.core.settings import DistillationConfig, TrainConfig
 from progdistill.distill.losses import mixture_weights
 from progdistill.models.mlp import MLPConfig
 from progdistill.train.steps import StackObjective, StepContext, stack_step

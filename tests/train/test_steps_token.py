@@ -6,7 +6,7 @@ free of optional dependencies; the BERT version of the gradient check is in test
 import pytest
 import torch
 
-from progdistill.core.config import DistillationConfig, TrainConfig
+from progdistill.core.settings import DistillationConfig, TrainConfig
 from progdistill.distill.losses import IGNORE_INDEX, cross_entropy, distillation_loss
 from progdistill.models.mlp import MLPConfig
 from progdistill.tasks.base import Batch

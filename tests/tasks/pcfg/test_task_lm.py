@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from progdistill.core.config import OptimizerConfig, TrainConfig
 from progdistill.core.seeding import generator
+from progdistill.core.settings import OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE, OneShot
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import GPT2LMConfig

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from progdistill.core.config import ConfigError, DistillationConfig, OptimizerConfig, TrainConfig, from_dict, to_dict
+from progdistill.core.config import ConfigError, from_dict, to_dict
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
 from progdistill.distill.losses import distillation_loss
 from progdistill.distill.phases import detect_phases
 from progdistill.distill.schedules import CE, OneShot, Progressive, TwoShotAuto

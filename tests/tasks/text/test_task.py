@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from progdistill.core.config import ConfigError, OptimizerConfig, TrainConfig
+from progdistill.core.config import ConfigError
 from progdistill.core.seeding import generator
+from progdistill.core.settings import OptimizerConfig, TrainConfig
 from progdistill.distill.schedules import CE, Progressive
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig
