@@ -282,6 +282,9 @@ def report(out: str | Path, device: str = "auto", log=print) -> dict[str, Any]:
             f"{', ...' if len(unfinished) > 4 else ''}); see `progdistill status {out}` (nothing was "
             "written)"
         )
+    # a damaged or edited file stops the report before it writes anything, as it stops a rerun
+    rundir.check_inputs(config)
+    rundir.check_reusable(config)
     task = rundir.task(config)
     newest = max((rundir.students / n / STUDENT_WEIGHTS).stat().st_mtime for n in student_names(config))
     for probe in end_of_run_probes(config.task):

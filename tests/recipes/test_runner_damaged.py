@@ -153,3 +153,31 @@ def test_a_rerun_of_a_finished_run_rewrites_no_file(runs, tmp_path, capsys):
     after = _snapshot(out)
     kept = {"config.json", "config.sha256", "teacher/manifest.json", "teacher/metrics.jsonl"}
     assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+
+
+# report reads the same files a rerun reuses: a damaged or edited one stops it before it writes anything
+REPORT_DAMAGES = [
+    ("teacher/metrics.jsonl", "truncate", r"metrics.jsonl is unreadable"),
+    ("config.sha256", "edit", r"config.json was edited after the run|config.sha256"),
+    ("results.json", "garble", r"results.json is unreadable"),
+    ("students/ce-seed0/final.safetensors", "garble", r"final.safetensors"),
+]
+
+
+@pytest.mark.parametrize(("damaged", "how", "message"), REPORT_DAMAGES, ids=[d[0] for d in REPORT_DAMAGES])
+def test_a_damaged_file_stops_report_before_anything_changes(runs, tmp_path, capsys, damaged, how, message):
+    out = _copy(runs, tmp_path, "finished")
+    path = out / damaged
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "edit":
+        path.write_text("0" * 64 + "\n")
+    else:
+        _garble(path)
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("progdistill: error: "), err
+    assert re.search(message, err[0]), err[0]
+    assert _snapshot(out) == before
