@@ -182,12 +182,14 @@ def co_training_only(config: ExperimentConfig) -> bool:
     return bool(taught) and all(s.teacher_source == "live" for s in taught)
 
 
-def teacher_header(config: ExperimentConfig) -> dict[str, Any]:
+def teacher_header(config: ExperimentConfig, co_training: bool | None = None) -> dict[str, Any]:
     """What a teacher trajectory was trained for: task, model and training config, and ``co_training`` when it
     holds only the final checkpoint of a co-training-only run (so that a run grown by a schedule that needs
-    the intermediate checkpoints trains a full trajectory instead of reusing it)."""
+    the intermediate checkpoints trains a full trajectory instead of reusing it). ``co_training``: whether it is
+    (default: :func:`co_training_only` of ``config``; False gives the header without that key)."""
     header = {"task": to_dict(config.task), "model": to_dict(config.teacher.model), "train": to_dict(config.teacher)}
-    return {**header, "co_training": True} if co_training_only(config) else header
+    co_training = co_training_only(config) if co_training is None else co_training
+    return {**header, "co_training": True} if co_training else header
 
 
 def config_hash(config: ExperimentConfig | dict[str, Any]) -> str:

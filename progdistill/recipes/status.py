@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from progdistill.core.config import ConfigError, to_dict
+from progdistill.core.config import ConfigError
 from progdistill.core.files import read_metrics
 from progdistill.experiment import stack_state_name, student_name, student_names, student_stacks, teacher_header
 from progdistill.recipes.launcher import read_launch, scheduler_states
@@ -130,11 +130,7 @@ def _teacher_of(config, header: dict[str, Any]) -> bool:
     try:
         return header == teacher_header(config)
     except ConfigError:
-        return {k: v for k, v in header.items() if k != "co_training"} == {
-            "task": to_dict(config.task),
-            "model": to_dict(config.teacher.model),
-            "train": to_dict(config.teacher),
-        }
+        return {k: v for k, v in header.items() if k != "co_training"} == teacher_header(config, co_training=False)
 
 
 def _row(
