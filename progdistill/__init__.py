@@ -18,6 +18,7 @@ from progdistill.models.mlp import MLP, MLPConfig
 from progdistill.recipes.presets import PRESETS, get_preset
 from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter
+from progdistill.tasks.boolean import SparseMajorityTask, StaircaseTask
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask
@@ -43,6 +44,8 @@ __all__ = [
     "PCFGNextTokenTask",
     "ParityTask",
     "Progressive",
+    "SparseMajorityTask",
+    "StaircaseTask",
     "TextMaskedLMTask",
     "TrainConfig",
     "Trajectory",
