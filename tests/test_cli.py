@@ -9,6 +9,7 @@ import pytest
 
 import progdistill
 from progdistill.cli import build_parser, cmd_probe_ngram, cmd_probe_oracle, main
+from progdistill.recipes.presets import ATLAS_SMOKE
 
 
 def test_help_explains_commands(capsys):
@@ -117,6 +118,23 @@ def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
         return {k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
 
     assert strip((out / "results.json").read_text()) == strip(before)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", sorted(ATLAS_SMOKE))
+def test_atlas_presets_smoke_shrink_end_to_end(tmp_path, name):
+    """Each atlas preset through the command line with its smoke overrides: every schedule trains (2-shot-auto
+    finds the teacher's transition) and the teacher learns the task."""
+    out = tmp_path / "run"
+    sets = [arg for assignment in ATLAS_SMOKE[name] for arg in ("--set", assignment)]
+    cmd = [sys.executable, "-m", "progdistill.cli", "run", name, "--out", str(out), "--report-to", "none", *sets]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["preset"] == name and len(results["students"]) == 5
+    assert results["teacher"]["final_accuracy"] > 0.9
+    for label in ("ce", "one-shot", "progressive", "2-shot-auto", "noised-teacher-1"):
+        assert f"| {label} |" in proc.stdout
 
 
 def test_own_warnings_print_as_one_line_and_others_as_python_does():

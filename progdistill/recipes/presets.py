@@ -20,6 +20,7 @@ from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "parity-gpt2" model
+from progdistill.tasks.boolean import SparseMajorityTask, StaircaseTask, SupportTask
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask
@@ -163,6 +164,106 @@ def parity_mlp_paper() -> ExperimentConfig:
         schedules=(CE(), OneShot(), Progressive(speed=1.0), two_shot),
         seeds=3,
     )
+
+
+def _atlas(name: str, task: SupportTask, teacher_steps: int, student_steps: int, first_steps: int) -> ExperimentConfig:
+    """The atlas's shape for a task of bits (search record: docs/atlas-presets.md): an MLP teacher of width 1000
+    at SGD rate 0.1 for ``teacher_steps``, students of width 20 at SGD rate 0.05 for ``student_steps`` (batch 32;
+    an evaluation, and a teacher checkpoint, every 1/40 of a run), T = 0.5 at a constant rate as in
+    parity-mlp-curricula (whose noised teacher is reused), under CE, one-shot, progressive, 2-shot-auto
+    (``first_steps`` on the middle of the teacher's transition) and the noised final teacher; 3 seeds."""
+    teacher = TrainConfig(
+        model=MLPConfig(width=1000),
+        optimizer=OptimizerConfig(name="sgd", lr=0.1),
+        steps=teacher_steps,
+        batch_size=32,
+        eval_every=teacher_steps // 40,
+        checkpoint_every=teacher_steps // 40,
+        seed=0,
+    )
+    student = TrainConfig(
+        model=MLPConfig(width=20),
+        optimizer=OptimizerConfig(name="sgd", lr=0.05),
+        steps=student_steps,
+        batch_size=32,
+        eval_every=student_steps // 40,
+        seed=0,
+    )
+    schedules = (
+        CE(),
+        OneShot(),
+        Progressive(speed=1.0),
+        TwoShotAuto(first_steps=first_steps),
+        NoisedTeacher(start=1.0, fraction=0.5),
+    )
+    return ExperimentConfig(
+        preset=name,
+        task=task,
+        teacher=teacher,
+        student=student,
+        distillation=DistillationConfig(temperature=0.5),
+        schedules=schedules,
+        seeds=3,
+    )
+
+
+@preset(
+    "atlas-staircase",
+    "staircase x1 + x1x2 + ... + x1..x5 (n=30), MLP teacher width 1000 -> students width 20; CPU, ~1 min",
+)
+def atlas_staircase() -> ExperimentConfig:
+    # The teacher climbs the staircase: 0.67 at step 200, 0.81 at 1000, 0.95 at 1600, 1.0 at 2000.
+    return _atlas("atlas-staircase", StaircaseTask(n=30, k=5), 4000, 8000, 1000)
+
+
+@preset(
+    "atlas-leap",
+    "leap-3 staircase x1 + x1..x4 + x1..x7 (n=30), MLP teacher width 1000 -> students width 20; CPU, ~1 min",
+)
+def atlas_leap() -> ExperimentConfig:
+    # The teacher learns x1 (worth 0.75) at once and sits at 0.64-0.75 until step 2100, then 0.79 at 2400, 0.84 at
+    # 2700 and 0.97 at 3000: the leap to x1x2x3x4 and x1x5x6x7 is found jointly.
+    return _atlas("atlas-leap", StaircaseTask(n=30, k=7, leap=3), 6000, 10_000, 2000)
+
+
+@preset(
+    "atlas-majority", "majority of 5 of 30 bits (no hardness), MLP teacher width 1000 -> students width 20; CPU, ~30 s"
+)
+def atlas_majority() -> ExperimentConfig:
+    # No plateau: the teacher is at 0.83 after 10 steps and 0.99 after 20. 80 steps with a checkpoint every 2, so
+    # that the rise from chance spans checkpoints and 2-shot-auto finds it (with one every 5 steps, the smoke
+    # shrink's teacher is at 0.97 by its second checkpoint and no rise is found). Students 800 steps (an evaluation
+    # every 20): they reach 90% in 100-150 steps.
+    return _atlas("atlas-majority", SparseMajorityTask(n=30, k=5), 80, 800, 100)
+
+
+# Each atlas preset shrunk to a smoke run of seconds, as --set overrides (`progdistill run atlas-leap --set ...`;
+# tests/test_cli.py runs them; timings in docs/atlas-presets.md): a smaller task and teacher, one seed, every
+# schedule still trained (2-shot-auto still finds the teacher's transition). Its students need not reach 90%.
+_SMALL = ("seeds=1", "task.eval_size=1024", "teacher.model.width=256")
+ATLAS_SMOKE: dict[str, tuple[str, ...]] = {
+    "atlas-staircase": (
+        *_SMALL,
+        "task.n=12",
+        "teacher.steps=800",
+        "teacher.eval_every=20",
+        "teacher.checkpoint_every=20",
+        "student.steps=800",
+        "student.eval_every=20",
+        "schedules.3.first_steps=200",
+    ),
+    "atlas-leap": (
+        *_SMALL,
+        "task.n=12",
+        "teacher.steps=1200",
+        "teacher.eval_every=30",
+        "teacher.checkpoint_every=30",
+        "student.steps=1200",
+        "student.eval_every=30",
+        "schedules.3.first_steps=300",
+    ),
+    "atlas-majority": (*_SMALL, "student.steps=400", "student.eval_every=10", "schedules.3.first_steps=50"),
+}
 
 
 @preset(

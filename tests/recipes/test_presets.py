@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from progdistill.core.config import ConfigError
+from progdistill.core.config import ConfigError, override
 from progdistill.experiment import ExperimentConfig, config_hash, teacher_header
 
 # The names under test, imported in one place.
-from progdistill.recipes.presets import PRESETS, get_preset
+from progdistill.recipes.presets import ATLAS_SMOKE, PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -42,3 +42,35 @@ def test_an_unknown_preset_is_an_error_listing_the_valid_ones():
     message = str(info.value)
     assert "unknown preset 'parity-mpl'" in message and "progdistill list" in message
     assert all(name in message for name in PRESETS)
+
+
+ATLAS = ("atlas-staircase", "atlas-leap", "atlas-majority")
+
+
+def test_atlas_presets_share_one_shape_and_differ_in_task_and_steps():
+    # the atlas compares tasks, not settings: models, optimizers, distillation and schedule types are equal
+    configs = [get_preset(name) for name in ATLAS]
+    for config in configs[1:]:
+        for field in ("distillation", "seeds", "threshold"):
+            assert getattr(config, field) == getattr(configs[0], field)
+        for which in ("teacher", "student"):
+            ours, first = getattr(config, which), getattr(configs[0], which)
+            assert (ours.model, ours.optimizer, ours.batch_size) == (first.model, first.optimizer, first.batch_size)
+        assert [s.kind for s in config.schedules] == [s.kind for s in configs[0].schedules]
+    assert [s.kind for s in configs[0].schedules] == ["ce", "one-shot", "progressive", "2-shot-auto", "noised-teacher"]
+    assert {c.task.kind for c in configs} == {"staircase", "sparse-majority"} and configs[1].task.leap == 3
+    for config in configs:  # 40 teacher checkpoints: enough for 2-shot-auto to locate a transition
+        assert config.teacher.steps // config.teacher.checkpoint_every == 40 and config.seeds == 3
+
+
+def test_atlas_smoke_overrides_build_smaller_configs_of_every_atlas_preset():
+    assert sorted(ATLAS_SMOKE) == sorted(ATLAS)
+    for name, assignments in ATLAS_SMOKE.items():
+        data = get_preset(name).to_dict()
+        for assignment in assignments:
+            data = override(data, assignment)
+        smoke = ExperimentConfig.from_dict(data)
+        full = get_preset(name)
+        assert smoke.seeds == 1 and smoke.schedules[3].first_steps < smoke.student.steps
+        assert smoke.teacher.steps <= full.teacher.steps and smoke.student.steps < full.student.steps
+        assert smoke.teacher.steps // smoke.teacher.checkpoint_every >= 20
