@@ -3,6 +3,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from progdistill.core.config import ConfigError, to_dict
 from progdistill.experiment import ExperimentConfig
@@ -165,3 +167,27 @@ def test_monomial_probe_reads_the_staircase():
     assert result.degree(1).in_support == pytest.approx((0.25, 0.0, 0.0), abs=0.02)
     assert result.degree(2).in_support == pytest.approx((0.25, 0.25, 0.0), abs=0.02)
     assert max(result.degree(1).off_support) < 0.02
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 9),
+    leap=st.integers(1, 4),
+    extra=st.integers(0, 6),
+    support_seed=st.one_of(st.none(), st.integers(0, 1000)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_staircase_label_flips_with_its_first_coordinate_and_ignores_the_rest(k, leap, extra, support_seed, seed):
+    assume(leap <= k and (-(-k // leap)) % 2 == 1)
+    task = StaircaseTask(n=k + extra, k=k, leap=leap, support_seed=support_seed)
+    x = task.sample_inputs(256, torch.Generator().manual_seed(seed))
+    f = task.staircase(x)
+    assert set(f.abs().unique().tolist()) <= set(range(1, len(task.degrees) + 1, 2))  # odd: never 0
+    first = x.clone()
+    first[:, task.support[0]] *= -1  # every term holds x_{s_1}: f -> -f, the class flips
+    assert torch.equal(task.staircase(first), -f) and torch.equal(task.labels(first), 1 - task.labels(x))
+    off = [i for i in range(task.n) if i not in task.support]
+    if off:
+        other = x.clone()
+        other[:, off] *= -1  # coordinates off the support change nothing
+        assert torch.equal(task.labels(other), task.labels(x))
