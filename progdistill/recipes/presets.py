@@ -20,6 +20,7 @@ from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "parity-gpt2" model
+from progdistill.tasks.algorithmic import ModularAdditionTask, PointerChasingTask
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask
@@ -130,6 +131,106 @@ def parity_mlp_curricula() -> ExperimentConfig:
         student=student,
         distillation=DistillationConfig(temperature=0.5),
         schedules=schedules,
+    )
+
+
+# The atlas of task structures: one CPU preset per task, each with the same five student schedules (CE,
+# one-shot, progressive, 2-shot-auto, a noised final teacher). Search records: docs/atlas-algorithmic-presets.md.
+def atlas_schedules(progressive_speed: float, first_steps: int):
+    return (
+        CE(),
+        OneShot(),
+        Progressive(speed=progressive_speed),
+        TwoShotAuto(first_steps=first_steps),
+        NoisedTeacher(start=1.0, fraction=0.5),
+    )
+
+
+# Each atlas preset shrunk to a smoke test of seconds (--set overrides, value as JSON; the end-to-end tier runs
+# them): a shorter teacher that still has its transition (so 2-shot-auto finds one), short students, every
+# schedule still trained.
+ATLAS_SMOKE: dict[str, tuple[str, ...]] = {
+    # lr 1e-2: held-out 0.28 at step 1,000, 0.71 at 2,000 (search row M3)
+    "atlas-modular-addition": (
+        "teacher.optimizer.lr=0.01",
+        "teacher.steps=2500",
+        "teacher.eval_every=250",
+        "teacher.checkpoint_every=250",
+        "student.steps=1000",
+        "student.eval_every=250",
+        "schedules.3.first_steps=250",
+    ),
+    # the plateau at 0.5 to step ~750, 0.94 at 3,000 (search row P4)
+    "atlas-pointer-chasing": (
+        "task.eval_size=512",
+        "teacher.steps=3000",
+        "student.steps=500",
+        "student.eval_every=125",
+        "student.model.width=64",
+        "schedules.3.first_steps=250",
+    ),
+}
+
+
+@preset(
+    "atlas-modular-addition",
+    "(a + b) mod 47 from half of the pairs, AdamW with weight decay 1: an MLP teacher width 256 memorizes, "
+    "then generalizes (grokking) -> students width 128; CPU, minutes",
+)
+def atlas_modular_addition() -> ExperimentConfig:
+    adamw = OptimizerConfig(name="adamw", lr=5e-3, weight_decay=1.0)
+    teacher = TrainConfig(
+        model=MLPConfig(width=256),
+        optimizer=adamw,
+        steps=10_000,
+        batch_size=128,
+        eval_every=500,
+        checkpoint_every=500,
+        seed=0,
+    )
+    student = TrainConfig(
+        model=MLPConfig(width=128), optimizer=adamw, steps=8000, batch_size=128, eval_every=500, seed=0
+    )
+    return ExperimentConfig(
+        preset="atlas-modular-addition",
+        task=ModularAdditionTask(p=47, train_fraction=0.5),
+        teacher=teacher,
+        student=student,
+        distillation=DistillationConfig(temperature=1.0),
+        schedules=atlas_schedules(progressive_speed=1.5, first_steps=2000),
+        seeds=3,
+        threshold=0.4,
+    )
+
+
+@preset(
+    "atlas-pointer-chasing",
+    "pointer chasing: f^4(s) for a random permutation f of 6 nodes given in the input, MLP teacher width 512 "
+    "-> students width 128, Adam; CPU, minutes",
+)
+def atlas_pointer_chasing() -> ExperimentConfig:
+    adam = OptimizerConfig(name="adam", lr=1e-3)
+    teacher = TrainConfig(
+        model=MLPConfig(width=512),
+        optimizer=adam,
+        steps=4000,
+        batch_size=128,
+        eval_every=250,
+        checkpoint_every=250,
+        seed=0,
+    )
+    student = TrainConfig(
+        model=MLPConfig(width=128), optimizer=adam, steps=8000, batch_size=128, eval_every=250, seed=0
+    )
+    return ExperimentConfig(
+        preset="atlas-pointer-chasing",
+        task=PointerChasingTask(m=6, k=4, eval_size=2048),
+        teacher=teacher,
+        student=student,
+        distillation=DistillationConfig(temperature=1.0),
+        schedules=atlas_schedules(progressive_speed=1.0, first_steps=1000),
+        seeds=3,
+        threshold=0.9,
     )
 
 

@@ -137,24 +137,31 @@ class ModularAdditionTask(TaskBase):
         return [self.encode(self.split()[0])]
 
 
+MAP_KINDS = ("permutation", "function")
+
+
 @register("task")
 @dataclass(frozen=True)
 class PointerChasingTask(TaskBase):
     """Follow a map k times: the label of (f, s) is f^k(s) = f(f(...f(s))).
 
-    f: [m] -> [m] is a uniformly random function and s uniform on [m], fresh for every example. Inputs, float32
+    f: [m] -> [m] is drawn fresh for every example, by ``maps``: "permutation" (a uniform bijection; every node is
+    the image of exactly one, so no count of preimages hints at the label and only the composed lookups
+    f(s), f(f(s)), ... carry information) or "function" (any map, uniform; a walk falls into a short cycle,
+    and nodes with many preimages are likelier labels). s is uniform on [m]. Inputs, float32
     (B, m*m + m): row i of the map one-hot (f(i) among m) for i = 0..m-1, then s one-hot. Targets f^k(s), int64
     (B,), m classes (uniform, by the symmetry of relabelling). ``eval_size`` examples are drawn once from
     ``eval_seed``.
 
-    Raises :class:`~progdistill.core.config.ConfigError` for m < 2, k < 1, a non-positive ``eval_size`` and a
-    negative ``eval_seed``.
+    Raises :class:`~progdistill.core.config.ConfigError` for m < 2, k < 1, an unknown ``maps``, a non-positive
+    ``eval_size`` and a negative ``eval_seed``.
     """
 
     kind: ClassVar[str] = "pointer-chasing"
 
     m: int = 8
     k: int = 2
+    maps: str = "permutation"
     eval_size: int = 4096
     eval_seed: int = 12345
 
@@ -171,6 +178,7 @@ class PointerChasingTask(TaskBase):
             self.k,
             "must be an integer >= 1 (the number of hops)",
         )
+        check(self.maps in MAP_KINDS, "task.maps", self.maps, f"one of {', '.join(MAP_KINDS)}")
         check_positive_int("task.eval_size", self.eval_size)
         _check_seed("task.eval_seed", self.eval_seed)
 
@@ -212,7 +220,10 @@ class PointerChasingTask(TaskBase):
 
     def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` random maps (count, m) and starts (count,), int64, drawn from ``generator``."""
-        maps = torch.randint(self.m, (count, self.m), generator=generator)
+        if self.maps == "permutation":  # the ranks of m uniform draws: a uniform permutation per row
+            maps = torch.rand(count, self.m, generator=generator).argsort(dim=1)
+        else:
+            maps = torch.randint(self.m, (count, self.m), generator=generator)
         starts = torch.randint(self.m, (count,), generator=generator)
         return maps, starts
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from progdistill.core.config import ConfigError
+from progdistill.core.config import ConfigError, override
 from progdistill.experiment import ExperimentConfig, config_hash, teacher_header
 
 # The names under test, imported in one place.
-from progdistill.recipes.presets import PRESETS, get_preset
+from progdistill.recipes.presets import ATLAS_SMOKE, PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -42,3 +42,15 @@ def test_an_unknown_preset_is_an_error_listing_the_valid_ones():
     message = str(info.value)
     assert "unknown preset 'parity-mpl'" in message and "progdistill list" in message
     assert all(name in message for name in PRESETS)
+
+
+@pytest.mark.parametrize("name", ["atlas-modular-addition", "atlas-pointer-chasing"])
+def test_atlas_smoke_overrides_name_real_fields_and_shrink_the_run(name):
+    full = get_preset(name)
+    data = full.to_dict()
+    for assignment in ATLAS_SMOKE[name]:
+        data = override(data, assignment)
+    smoke = ExperimentConfig.from_dict(data)
+    assert [s.kind for s in smoke.schedules] == [s.kind for s in full.schedules]  # every schedule still trained
+    assert smoke.teacher.steps < full.teacher.steps and smoke.student.steps < full.student.steps
+    assert smoke.task.kind == full.task.kind and smoke.seeds == 3

@@ -81,15 +81,22 @@ def test_pointer_chase_resolved_by_hand():
 
 
 @settings(max_examples=30, deadline=None)
-@given(m=st.integers(2, 6), k=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
-def test_pointer_chase_labels_follow_the_encoded_map(m, k, seed):
-    task = PointerChasingTask(m=m, k=k, eval_size=8)
+@given(
+    m=st.integers(2, 6),
+    k=st.integers(1, 5),
+    maps=st.sampled_from(["permutation", "function"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_pointer_chase_labels_follow_the_encoded_map(m, k, maps, seed):
+    task = PointerChasingTask(m=m, k=k, maps=maps, eval_size=8)
     batch = task.sample_batch(16, torch.Generator().manual_seed(seed))
     assert batch.inputs.shape == (16, m * m + m) and task.input_size == m * m + m
     for x, y in zip(batch.inputs, batch.targets):
         rows = x[: m * m].view(m, m)
         assert torch.equal(rows.sum(1), torch.ones(m))  # each row of the map is one-hot
         f = rows.argmax(1).tolist()
+        if maps == "permutation":
+            assert sorted(f) == list(range(m))
         node = int(x[m * m :].argmax())
         for _ in range(k):
             node = f[node]
@@ -104,8 +111,9 @@ def test_pointer_chasing_is_deterministic_and_its_eval_set_fixed():
     (ev,) = task.eval_batches()
     assert torch.equal(ev.inputs, PointerChasingTask(m=5, k=3, eval_size=100).eval_batches()[0].inputs)
     assert not torch.equal(ev.inputs, PointerChasingTask(m=5, k=3, eval_size=100, eval_seed=1).eval_batches()[0].inputs)
-    labels = PointerChasingTask(m=5, k=3, eval_size=5000).eval_batches()[0].targets
-    assert labels.bincount(minlength=5).min() > 850  # f^k(s) uniform on [m]: ~1000 each
+    for maps in ("permutation", "function"):
+        labels = PointerChasingTask(m=5, k=3, maps=maps, eval_size=5000).eval_batches()[0].targets
+        assert labels.bincount(minlength=5).min() > 850  # f^k(s) uniform on [m]: ~1000 each
 
 
 @pytest.mark.parametrize(
@@ -130,6 +138,7 @@ def test_bad_modular_addition_values_name_the_field(kwargs, field):
     [
         ({"m": 1}, "task.m"),
         ({"k": 0}, "task.k"),
+        ({"maps": "graph"}, "task.maps"),
         ({"eval_size": 0}, "task.eval_size"),
         ({"eval_seed": -2}, "task.eval_seed"),
     ],
