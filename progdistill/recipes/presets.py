@@ -20,6 +20,7 @@ from progdistill.experiment import ExperimentConfig
 from progdistill.models.language import BertMLMConfig, GPT2LMConfig
 from progdistill.models.mlp import MLPConfig
 from progdistill.models.parity_transformer import TransformerConfig  # importing it registers the "parity-gpt2" model
+from progdistill.tasks.algorithmic import ModularAdditionTask, PointerChasingTask
 from progdistill.tasks.boolean import SparseMajorityTask, StaircaseTask, SupportTask
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
@@ -131,6 +132,88 @@ def parity_mlp_curricula() -> ExperimentConfig:
         student=student,
         distillation=DistillationConfig(temperature=0.5),
         schedules=schedules,
+    )
+
+
+# The atlas of task structures: one CPU preset per task, each with the same five student schedules (CE,
+# one-shot, progressive, 2-shot-auto, a noised final teacher). Search records: docs/atlas-algorithmic-presets.md.
+def atlas_schedules(progressive_speed: float, first_steps: int) -> tuple:
+    """The atlas's students: CE, one-shot, progressive at ``progressive_speed``, 2-shot-auto (``first_steps`` on the
+    middle of the teacher's transition) and the final teacher noised at 1x its weights' RMS, annealed over the
+    first half (as in parity-mlp-curricula)."""
+    return (
+        CE(),
+        OneShot(),
+        Progressive(speed=progressive_speed),
+        TwoShotAuto(first_steps=first_steps),
+        NoisedTeacher(start=1.0, fraction=0.5),
+    )
+
+
+@preset(
+    "atlas-modular-addition",
+    "(a + b) mod 47 from half of the pairs, AdamW with weight decay 1: an MLP teacher width 256 memorizes, "
+    "then generalizes (grokking) -> students width 128; CPU, minutes",
+)
+def atlas_modular_addition() -> ExperimentConfig:
+    # Grokking: the teacher fits the training pairs by step 500-1,000 while its held-out accuracy is 0.00, then
+    # generalizes (0.42 at 3,000, 0.91 at 7,500). The students see the training pairs only; the threshold is
+    # 0.4 held-out accuracy (chance 1/47) so that every schedule gets a number within 8,000 steps.
+    adamw = OptimizerConfig(name="adamw", lr=5e-3, weight_decay=1.0)
+    teacher = TrainConfig(
+        model=MLPConfig(width=256),
+        optimizer=adamw,
+        steps=10_000,
+        batch_size=128,
+        eval_every=500,
+        checkpoint_every=500,
+        seed=0,
+    )
+    student = TrainConfig(
+        model=MLPConfig(width=128), optimizer=adamw, steps=8000, batch_size=128, eval_every=500, seed=0
+    )
+    return ExperimentConfig(
+        preset="atlas-modular-addition",
+        task=ModularAdditionTask(p=47, train_fraction=0.5),
+        teacher=teacher,
+        student=student,
+        distillation=DistillationConfig(temperature=1.0),
+        schedules=atlas_schedules(progressive_speed=1.5, first_steps=2000),
+        seeds=3,
+        threshold=0.4,
+    )
+
+
+@preset(
+    "atlas-pointer-chasing",
+    "pointer chasing: f^4(s) for a random permutation f of 6 nodes given in the input, MLP teacher width 512 "
+    "-> students width 128, Adam; CPU, minutes",
+)
+def atlas_pointer_chasing() -> ExperimentConfig:
+    # The teacher sits at 0.51 to step ~750 ("answer s": right when s lies on a cycle of length 1, 2 or 4, 3 of
+    # 6 nodes), then composes the hops: 0.75 at 2,000, 0.9 at 2,750, 0.99 at 4,000.
+    adam = OptimizerConfig(name="adam", lr=1e-3)
+    teacher = TrainConfig(
+        model=MLPConfig(width=512),
+        optimizer=adam,
+        steps=4000,
+        batch_size=128,
+        eval_every=250,
+        checkpoint_every=250,
+        seed=0,
+    )
+    student = TrainConfig(
+        model=MLPConfig(width=128), optimizer=adam, steps=8000, batch_size=128, eval_every=250, seed=0
+    )
+    return ExperimentConfig(
+        preset="atlas-pointer-chasing",
+        task=PointerChasingTask(m=6, k=4, eval_size=2048),
+        teacher=teacher,
+        student=student,
+        distillation=DistillationConfig(temperature=1.0),
+        schedules=atlas_schedules(progressive_speed=1.0, first_steps=1000),
+        seeds=3,
+        threshold=0.75,
     )
 
 
@@ -263,6 +346,25 @@ ATLAS_SMOKE: dict[str, tuple[str, ...]] = {
         "schedules.3.first_steps=300",
     ),
     "atlas-majority": (*_SMALL, "student.steps=400", "student.eval_every=10", "schedules.3.first_steps=50"),
+    # lr 1e-2: held-out 0.28 at step 1,000, 0.71 at 2,000 (search row M3)
+    "atlas-modular-addition": (
+        "teacher.optimizer.lr=0.01",
+        "teacher.steps=2500",
+        "teacher.eval_every=250",
+        "teacher.checkpoint_every=250",
+        "student.steps=1000",
+        "student.eval_every=250",
+        "schedules.3.first_steps=250",
+    ),
+    # the plateau at 0.5 to step ~750, 0.94 at 3,000 (search row P4)
+    "atlas-pointer-chasing": (
+        "task.eval_size=512",
+        "teacher.steps=3000",
+        "student.steps=500",
+        "student.eval_every=125",
+        "student.model.width=64",
+        "schedules.3.first_steps=250",
+    ),
 }
 
 
