@@ -37,6 +37,7 @@ from matplotlib.ticker import FormatStrFormatter
 from progdistill.core.config import ConfigError, check_positive_int, override, to_dict
 from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json, atomic_write_text
+from progdistill.core.optional import require
 from progdistill.distill.phases import NoTransitionError
 from progdistill.distill.schedules import TwoShotAuto
 from progdistill.experiment import ExperimentConfig, config_hash
@@ -56,58 +57,52 @@ SEEDS, SMOKE_SEEDS = 3, 1
 
 @dataclass(frozen=True)
 class AtlasTask:
-    """A task of the atlas: its ``name`` (the run directory ``DIR/<name>``), the ``preset`` it runs, and
-    ``smoke``, the ``--set``-style overrides (``field.path=value``, value as JSON) of its smallest version. The
-    teacher's transition is read on ``metric`` (eval_accuracy: a rise, eval_loss: a drop); None: the metric
-    of the preset's 2-shot-auto, else eval_accuracy."""
+    """A task of the atlas: its ``name`` (the run directory ``DIR/<name>``), the ``preset`` it runs, and its
+    smallest version: ``smoke``, ``--set``-style overrides (``field.path=value``, value as JSON; :func:`shrink`
+    writes the usual ones), and ``smoke_without``, schedule kinds left out of it (2-shot-auto, where a smoke
+    teacher is too short for a transition). The teacher's transition is read on ``metric`` (eval_accuracy: a
+    rise, eval_loss: a drop); None: the metric of the preset's 2-shot-auto, else eval_accuracy."""
 
     name: str
     preset: str
     smoke: tuple[str, ...] = ()
+    smoke_without: tuple[str, ...] = ()
     metric: str | None = None
 
 
-def _smoke_schedules(*schedules: dict[str, Any]) -> str:
-    """A ``schedules=[...]`` override (a smoke teacher too short for a transition has no 2-shot-auto)."""
-    return "schedules=" + json.dumps(list(schedules))
+def shrink(teacher: int, student: int, every: int, *overrides: str, batch_size: int | None = None) -> tuple[str, ...]:
+    """Smoke overrides: ``teacher`` and ``student`` steps, an evaluation (and a teacher checkpoint) every
+    ``every`` steps, ``batch_size`` for both when given, then ``overrides``."""
+    batch = {} if batch_size is None else {"batch_size": batch_size}
+    return (
+        "teacher=" + json.dumps({"steps": teacher, "eval_every": every, "checkpoint_every": every, **batch}),
+        "student=" + json.dumps({"steps": student, "eval_every": every, **batch}),
+        *overrides,
+    )
 
 
-# One line per task. The smoke versions keep each preset's models and schedules at a few seconds' size.
+SMOKE_NO_2SHOT = ("2-shot-auto",)  # smoke_without of a task whose smoke teacher has no transition
+
+# One line per task (a preset and its smoke version, seconds to run).
 ATLAS_TASKS: dict[str, AtlasTask] = {
     t.name: t
     for t in (
         AtlasTask(
             "parity",
             "parity-mlp",
-            smoke=(
+            smoke=shrink(
+                2000,
+                2000,
+                250,
                 "task.n=10",
                 "task.k=3",
                 "task.eval_size=1024",
-                "teacher.steps=2000",
                 "teacher.model.width=256",
-                "teacher.eval_every=250",
-                "teacher.checkpoint_every=250",
-                "student.steps=2000",
-                "student.eval_every=250",
                 "schedules.3.points=[[500,500],[-1,1500]]",
                 "schedules.4.first_steps=500",
             ),
         ),
-        AtlasTask(
-            "pcfg-mlm",
-            "atlas-pcfg-mlm",
-            smoke=(
-                "task.eval_size=16",
-                'teacher={"steps": 40, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10}',
-                'student={"steps": 20, "batch_size": 8, "eval_every": 5}',
-                _smoke_schedules(
-                    {"type": "ce"},
-                    {"type": "one-shot"},
-                    {"type": "progressive", "speed": 2.0},
-                    {"type": "noised-teacher", "start": 1.0, "fraction": 0.5},
-                ),
-            ),
-        ),
+        AtlasTask("pcfg-mlm", "atlas-pcfg-mlm", shrink(40, 20, 10, "task.eval_size=16", batch_size=8), SMOKE_NO_2SHOT),
     )
 }
 
@@ -117,7 +112,7 @@ class AtlasFailedError(RuntimeError):
 
 
 def task_config(task: AtlasTask, smoke: bool = False, seeds: int | None = None) -> ExperimentConfig:
-    """The config of ``task``: its preset, with its smoke overrides when ``smoke``, and ``seeds`` students per
+    """The config of ``task``: its preset, its smoke version when ``smoke``, and ``seeds`` students per
     schedule (default: the preset's). Raises ``ConfigError`` naming the task for an override that does not apply."""
     data = to_dict(get_preset(task.preset), complete=True)  # every field, so that an override can set a default
     try:
@@ -125,6 +120,8 @@ def task_config(task: AtlasTask, smoke: bool = False, seeds: int | None = None) 
             data = override(data, assignment)
         if seeds is not None:
             data["seeds"] = seeds
+        if smoke and task.smoke_without:
+            data["schedules"] = [s for s in data["schedules"] if s["type"] not in task.smoke_without]
         return ExperimentConfig.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"atlas task {task.name!r} (preset {task.preset}): {exc}") from None
@@ -439,7 +436,8 @@ def atlas(
     registered task already finished in ``out`` with the same settings.
 
     Bad input (an unknown task, a bad seed count, a directory that is not an atlas or is one of the other kind,
-    a task config that ``run`` would refuse) raises ``ConfigError`` before anything is written. A task that fails
+    a task config that ``run`` would refuse) raises ``ConfigError`` before anything is written, and so does a
+    launcher whose package is missing (``MissingExtraError``). A task that fails
     is recorded and the others still run; then ``AtlasFailedError`` names the failed tasks (after the atlas
     of the finished ones is written)."""
     names = select_tasks(tasks)
@@ -450,6 +448,8 @@ def atlas(
     configs = {name: task_config(ATLAS_TASKS[name], smoke, seeds) for name in ATLAS_TASKS}
     claim_atlas(out, smoke)
     resolve_device(device)
+    if launcher.kind != "local":  # not once per task, after the first ones ran
+        require("submitit", "launch", f"--launcher {launcher.kind}")
     for name in names:  # everything run() refuses from a config alone, for every task before the first trains
         if finished(RunDir(out / name), configs[name]) is None:
             try:

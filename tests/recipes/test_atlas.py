@@ -27,6 +27,7 @@ from progdistill.recipes.atlas import (
     task_summary,
     teacher_phases,
 )
+from progdistill.recipes.launcher import LauncherConfig
 from progdistill.recipes.presets import PRESETS, get_preset
 
 
@@ -164,6 +165,10 @@ def test_a_finished_task_is_not_rerun_and_a_failed_one_is_named(tiny_tasks, tmp_
     out = tmp_path / "atlas"
     summary = atlas(out, smoke=True, seeds=1, log=quiet, report_to="none")
     assert calls == ["a", "b"] and [e["task"] for e in summary["tasks"]] == ["a", "b"]
+    text = (out / "atlas.md").read_text()
+    assert text == atlas_markdown(summary) and text.count("\n| a | tiny-atlas |") == 1
+    assert "- a: threshold 90% eval accuracy, 1 seed(s), 200 student steps; noised-teacher: not in preset" in text
+    assert all(summary["tasks"][0]["schedules"][c]["seeds"] == 1 for c in COLUMNS if c != "noised-teacher")
     results = {name: (out / name / "results.json").stat().st_mtime_ns for name in "ab"}
     teacher = (out / "a" / "teacher" / "manifest.json").stat().st_mtime_ns
 
@@ -196,17 +201,6 @@ def test_a_finished_task_is_not_rerun_and_a_failed_one_is_named(tiny_tasks, tmp_
     assert "- a: failed (ValueError: the disk caught fire)." in (fresh / "atlas.md").read_text()
 
 
-def test_the_markdown_lists_what_is_missing(tiny_tasks, tmp_path):
-    summary = atlas(tmp_path / "atlas", tasks=["a"], smoke=True, seeds=2, log=quiet, report_to="none")
-    text = atlas_markdown(summary)
-    assert text.count("\n| a | tiny-atlas |") == 1
-    assert "noised-teacher: not in preset tiny-atlas" in text and "Measured on:" in text
-    entry = summary["tasks"][0]
-    assert entry["student_steps"] == 200 and all(
-        entry["schedules"][c]["seeds"] == 2 for c in COLUMNS if c != "noised-teacher"
-    )
-
-
 @pytest.mark.e2e
 def test_the_smoke_atlas_of_every_registered_task_through_the_command_line(tmp_path):
     out = tmp_path / "atlas"
@@ -235,3 +229,26 @@ def test_the_smoke_atlas_of_every_registered_task_through_the_command_line(tmp_p
     assert proc.returncode == 0, proc.stderr
     assert "finished before, not rerun" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out} == before
+
+
+@pytest.mark.e2e
+def test_the_atlas_as_jobs_equals_the_atlas_in_one_process(tiny_tasks, tmp_path):
+    """--launcher submitit-local: each task's teacher and students as jobs (it waits for them), the same
+    atlas as in one process."""
+    pytest.importorskip("submitit", reason='--launcher needs submitit: pip install "progdistill[launch]"')
+    local = atlas(tmp_path / "local", smoke=True, seeds=1, device="cpu", log=quiet, report_to="none")
+    jobs = atlas(
+        tmp_path / "jobs",
+        smoke=True,
+        seeds=1,
+        device="cpu",
+        launcher=LauncherConfig(kind="submitit-local"),
+        log=quiet,
+        report_to="none",
+    )
+    assert jobs["pending"] == {} and jobs["failed"] == {}
+    drop = ("wall_time_s",)
+    assert [{k: v for k, v in e.items() if k not in drop} for e in jobs["tasks"]] == [
+        {k: v for k, v in e.items() if k not in drop} for e in local["tasks"]
+    ]
+    assert (tmp_path / "jobs" / "a" / "jobs" / "launch.json").exists()
