@@ -53,6 +53,7 @@ from progdistill.store.trajectory import Trajectory
 COLUMNS = ("ce", "one-shot", "progressive", "2-shot-auto", "noised-teacher")
 SETTINGS, JSON, TABLE, FIGURE = "atlas-settings.json", "atlas.json", "atlas.md", "atlas.png"
 SEEDS, SMOKE_SEEDS = 3, 1
+ARROW = 1.3  # a bound's arrow in the figure spans this factor of the benefit
 
 
 @dataclass(frozen=True)
@@ -349,18 +350,18 @@ def atlas_figure(atlas: dict[str, Any]):
         (axes[0], "plateau_fraction", "teacher's plateau (share of its run before the transition)"),
         (axes[1], "sharpness", "teacher's transition sharpness (its steps / transition width)"),
     ):
+        ys = [1.0]  # what the y axis must show: the line of no benefit, every point and every arrow's tip
         for entry in drawn:
             x, b = entry["teacher"][measure], entry["benefit"]
             exact = b["bound"] is None
             ax.plot([x], [b["value"]], "o", color="C0", markerfacecolor="C0" if exact else "none", markersize=8)
+            ys.append(b["value"])
             if b["bound"] in ("lower", "upper"):
-                ax.annotate(
-                    "",
-                    (x, b["value"] * (1.6 if b["bound"] == "lower" else 1 / 1.6)),
-                    (x, b["value"]),
-                    arrowprops={"arrowstyle": "->", "color": "C0"},
-                )
+                tip = b["value"] * (ARROW if b["bound"] == "lower" else 1 / ARROW)
+                ax.annotate("", (x, tip), (x, b["value"]), arrowprops={"arrowstyle": "->", "color": "C0"})
+                ys.append(tip)
             ax.annotate(entry["task"], (x, b["value"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_ylim(min(ys) / 1.15, max(ys) * 1.15)
         ax.axhline(1.0, color="0.5", ls="--", lw=1)
         ax.set_yscale("log")
         for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
@@ -369,6 +370,8 @@ def atlas_figure(atlas: dict[str, Any]):
             ax.set_xlim(-0.05, 1.05)
         if measure == "sharpness" and drawn:
             ax.set_xscale("log")
+            for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+                axis(FormatStrFormatter("%.2g"))
         ax.set_xlabel(label, fontsize=9)
         ax.grid(alpha=0.3)
         if not drawn:
