@@ -23,6 +23,10 @@ from progdistill.probes.monomials import probe_monomials
 from progdistill.probes.ngram import DISTANCE, WINDOWS, probe_ngram
 from progdistill.probes.oracle import probe_oracle
 from progdistill.recipes.ablation import ablate_two_shot
+from progdistill.recipes.atlas import ATLAS_TASKS, AtlasFailedError, atlas
+from progdistill.recipes.atlas import FIGURE as ATLAS_FIGURE
+from progdistill.recipes.atlas import JSON as ATLAS_JSON
+from progdistill.recipes.atlas import TABLE as ATLAS_TABLE
 from progdistill.recipes.compare import CSV, FIGURE, JSON, TABLE, compare
 from progdistill.recipes.launcher import JOB_PER, LAUNCHERS, JobsFailedError, LauncherConfig, launch, report
 from progdistill.recipes.presets import PRESETS, get_preset
@@ -48,6 +52,7 @@ EPILOG = """examples:
   progdistill probe ngram runs/pcfg-mlm --windows 3 5 7
   progdistill probe oracle runs/pcfg-mlm
   progdistill compare runs/t0.5 runs/t1 runs/t2 --out runs/temperature
+  progdistill atlas --out runs/atlas --seeds 3   (--smoke: every task's smallest version)
   progdistill run my-config.json --import my_task.py --out runs/mine   (your own task: docs/extending.md)
 """
 
@@ -63,15 +68,8 @@ def resolve_config(spec: str, seeds: int | None, sets: list[str]) -> ExperimentC
     return ExperimentConfig.from_dict(data)
 
 
-def cmd_run(args) -> int:
-    config = resolve_config(args.preset, args.seeds, args.set or [])
-    out = Path(args.out or f"runs/{config.preset}")
-    report_to = resolve_report_to(args.report_to)  # an unknown or uninstalled tracker: refused before any work
-    device = init_from_env(args.device)  # joins the process group under torchrun
-    if rank_world()[1] > 1:
-        local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
-        local_slice(config.student.batch_size, "student.batch_size")
-    launcher = LauncherConfig(
+def _launcher_config(args) -> LauncherConfig:
+    return LauncherConfig(
         kind=args.launcher,
         partition=args.partition,
         account=args.account,
@@ -82,6 +80,17 @@ def cmd_run(args) -> int:
         job_per=args.job_per,
         node_local_ok=args.node_local_ok,
     )
+
+
+def cmd_run(args) -> int:
+    config = resolve_config(args.preset, args.seeds, args.set or [])
+    out = Path(args.out or f"runs/{config.preset}")
+    report_to = resolve_report_to(args.report_to)  # an unknown or uninstalled tracker: refused before any work
+    device = init_from_env(args.device)  # joins the process group under torchrun
+    if rank_world()[1] > 1:
+        local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
+        local_slice(config.student.batch_size, "student.batch_size")
+    launcher = _launcher_config(args)
     if launcher.kind != "local":
         launch(
             config,
@@ -116,6 +125,27 @@ def cmd_run(args) -> int:
     if main_process:
         print((out / "summary.md").read_text(encoding="utf-8"))
         print(f"results: {out / 'results.json'}  figure: {out / 'accuracy.png'}")
+    return 0
+
+
+def cmd_atlas(args) -> int:
+    summary = atlas(
+        args.out,
+        tasks=args.tasks,
+        seeds=args.seeds,
+        smoke=args.smoke,
+        device=args.device,
+        launcher=_launcher_config(args),
+        overwrite=args.overwrite,
+        wait=args.wait,
+    )
+    out = Path(args.out)
+    print(f"atlas of {len(summary['tasks'])} task(s): {out / ATLAS_TABLE} ({ATLAS_JSON})  figure: {out / ATLAS_FIGURE}")
+    if summary["pending"]:
+        print(
+            f"pending: {', '.join(summary['pending'])} (their jobs have not ended); rerun the same command when "
+            "they have, to add them"
+        )
     return 0
 
 
@@ -253,6 +283,46 @@ def _add_windows(p) -> None:
     )
 
 
+def _launcher_args(p: argparse.ArgumentParser) -> None:
+    """The ``--launcher`` options of ``run`` and ``atlas``."""
+    g = p.add_argument_group(
+        "launcher",
+        'run the teacher and students as scheduler jobs (pip install "progdistill[launch]"; see docs/running.md)',
+    )
+    g.add_argument(
+        "--launcher",
+        default="local",
+        choices=LAUNCHERS,
+        help="local: one process, here (default); slurm: Slurm jobs through submitit (the teacher, then "
+        "the students in jobs that depend on it); submitit-local: the same jobs as processes on "
+        "this machine (waits for them)",
+    )
+    g.add_argument("--partition", help="Slurm partition")
+    g.add_argument("--account", help="Slurm account")
+    g.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per job (default 0)")
+    g.add_argument("--cpus-per-job", type=int, help="CPUs per job, also its torch threads (default: Slurm's)")
+    g.add_argument("--time", type=int, default=24 * 60, help="time limit per job, minutes (default 1440)")
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        metavar="--NAME[=VALUE]",
+        help="an extra sbatch option, e.g. --sbatch=--qos=high; repeatable",
+    )
+    g.add_argument(
+        "--job-per",
+        choices=JOB_PER,
+        default="stack",
+        help="stack: a stack of MLP students is one job, other students one job each (default); "
+        "seed: one job per seed; student: one job per student",
+    )
+    g.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
+    g.add_argument(
+        "--node-local-ok",
+        action="store_true",
+        help="slurm: allow --out on a node-local filesystem (/tmp, tmpfs): the cluster is this machine",
+    )
+
+
 def _command(p: argparse.ArgumentParser, func) -> None:
     """Make ``p`` the parser of command ``func``, with the ``--import`` every command takes."""
     p.add_argument(
@@ -322,43 +392,43 @@ def build_parser() -> argparse.ArgumentParser:
         "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
         '"progdistill[wandb,mlflow]"',
     )
-    g = p.add_argument_group(
-        "launcher",
-        'run the teacher and students as scheduler jobs (pip install "progdistill[launch]"; see docs/running.md)',
-    )
-    g.add_argument(
-        "--launcher",
-        default="local",
-        choices=LAUNCHERS,
-        help="local: one process, here (default); slurm: Slurm jobs through submitit (the teacher, then "
-        "the students in jobs that depend on it); submitit-local: the same jobs as processes on "
-        "this machine (waits for them)",
-    )
-    g.add_argument("--partition", help="Slurm partition")
-    g.add_argument("--account", help="Slurm account")
-    g.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per job (default 0)")
-    g.add_argument("--cpus-per-job", type=int, help="CPUs per job, also its torch threads (default: Slurm's)")
-    g.add_argument("--time", type=int, default=24 * 60, help="time limit per job, minutes (default 1440)")
-    g.add_argument(
-        "--sbatch",
-        action="append",
-        metavar="--NAME[=VALUE]",
-        help="an extra sbatch option, e.g. --sbatch=--qos=high; repeatable",
-    )
-    g.add_argument(
-        "--job-per",
-        choices=JOB_PER,
-        default="stack",
-        help="stack: a stack of MLP students is one job, other students one job each (default); "
-        "seed: one job per seed; student: one job per student",
-    )
-    g.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
-    g.add_argument(
-        "--node-local-ok",
-        action="store_true",
-        help="slurm: allow --out on a node-local filesystem (/tmp, tmpfs): the cluster is this machine",
-    )
+    _launcher_args(p)
     _command(p, cmd_run)
+
+    p = sub.add_parser(
+        "atlas",
+        help="which tasks progressive distillation helps: each task's teacher (plateau length, transition "
+        "sharpness) and its CE / one-shot / progressive / 2-shot-auto / noised-teacher students over seeds, a "
+        "run directory per task; writes OUT/atlas.{json,md,png}",
+        description="Run every task of the atlas (a preset each) into OUT/<task>, resumably (a finished task "
+        "is not rerun, an interrupted one resumes), then write OUT/atlas.json, atlas.md (a row per task: "
+        "teacher steps, each schedule's ratio to the teacher, seeds reaching the threshold) and atlas.png "
+        "(benefit of progressive over one-shot against the teacher's plateau and transition sharpness). "
+        "See docs/running.md.",
+    )
+    p.add_argument("--out", required=True, help="the atlas directory: OUT/<task> run directories and the tables")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help=f"tasks to run, space-separated, from {', '.join(ATLAS_TASKS)} (default all)",
+    )
+    p.add_argument("--seeds", type=int, help="students per schedule (default 3; with --smoke 1)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every task's smallest version (seconds each; the end-to-end check); a smoke atlas and a full "
+        "one never share OUT",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a task's run directory holding another config (other seeds, an edited preset); a "
+        "finished teacher of the same task and teacher config is kept",
+    )
+    _launcher_args(p)
+    _command(p, cmd_atlas)
 
     p = sub.add_parser(
         "status",
@@ -584,6 +654,7 @@ ONE_LINE_ERRORS = (
     OSError,
     ValueError,
     JobsFailedError,
+    AtlasFailedError,
 )
 
 

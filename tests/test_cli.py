@@ -9,7 +9,6 @@ import pytest
 
 import progdistill
 from progdistill.cli import build_parser, cmd_probe_ngram, cmd_probe_oracle, main
-from progdistill.recipes.presets import ATLAS_SMOKE
 
 
 def test_help_explains_commands(capsys):
@@ -118,23 +117,6 @@ def test_shrunk_parity_mlp_preset_end_to_end(tmp_path):
         return {k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
 
     assert strip((out / "results.json").read_text()) == strip(before)
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("name", ["atlas-staircase", "atlas-leap", "atlas-majority"])
-def test_atlas_presets_smoke_shrink_end_to_end(tmp_path, name):
-    """Each atlas preset through the command line with its smoke overrides: every schedule trains (2-shot-auto
-    finds the teacher's transition) and the teacher learns the task."""
-    out = tmp_path / "run"
-    sets = [arg for assignment in ATLAS_SMOKE[name] for arg in ("--set", assignment)]
-    cmd = [sys.executable, "-m", "progdistill.cli", "run", name, "--out", str(out), "--report-to", "none", *sets]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert results["preset"] == name and len(results["students"]) == 5
-    assert results["teacher"]["final_accuracy"] > 0.9
-    for label in ("ce", "one-shot", "progressive", "2-shot-auto", "noised-teacher-1"):
-        assert f"| {label} |" in proc.stdout
 
 
 def test_own_warnings_print_as_one_line_and_others_as_python_does():
@@ -275,18 +257,3 @@ def test_a_full_disk_in_a_writer_thread_is_the_commands_error(capsys, monkeypatc
     assert main(["list"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("progdistill: error: no space left on the device"), err
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("name", ["atlas-modular-addition", "atlas-pointer-chasing"])
-def test_atlas_algorithmic_smoke_end_to_end(tmp_path, name):
-    """The preset's smoke version through the command line: a teacher with a transition (2-shot-auto finds it)
-    and every schedule's students."""
-    out = tmp_path / "run"
-    overrides = [arg for assignment in ATLAS_SMOKE[name] for arg in ("--set", assignment)]
-    cmd = [sys.executable, "-m", "progdistill.cli", "run", name, "--seeds", "1", "--out", str(out), *overrides]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert len(results["students"]) == 5 and "2-shot-auto: the first checkpoint is step" in proc.stdout
-    assert results["teacher"]["final_accuracy"] > 0.7  # past its plateau (chance 1/47; pointer chasing: 0.5)
