@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from progdistill.core.config import ConfigError, flatten, to_dict
-from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig, Way
 from progdistill.distill.curricula import (
     CoTraining,
     HintDistillation,
@@ -592,14 +592,14 @@ def pcfg_lm() -> ExperimentConfig:
 
 @preset(
     "pcfg-lm-generation",
-    "autoregressive PCFG, shrunk for comparing token-level, sequence-level "
-    "(--set distillation.seq_kd=true) and on-policy (--set distillation.lmbda=...) "
-    "distillation: 4-level grammar, GPT-2 2 x 4 heads -> 2 x 1 head; CPU, minutes",
+    "autoregressive PCFG, every way of distilling from one teacher: token-level forward KL, "
+    "generalized JSD (beta 0.5), reverse KL, sequence-level KD, on-policy (lmbda 0.5 and 1); "
+    "4-level grammar, GPT-2 2 x 4 heads -> 2 x 1 head; CPU",
 )
 def pcfg_lm_generation() -> ExperimentConfig:
-    # Record and commands: docs/reproduction.md ("Sequence-level and on-policy distillation"). One experiment
-    # distils one way (distillation is per experiment): the comparison reruns it with --set into copies of the
-    # run directory, whose finished teacher --overwrite keeps.
+    # Record and commands: docs/reproduction.md ("Sequence-level and on-policy distillation"). The experiment's own
+    # distillation is token-level forward KL; each further way trains every taught schedule again against the
+    # same teacher (TRL's GKD arguments: beta, lmbda, seq_kd). CE trains once.
     adamw = OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.01, lr_schedule="cosine", warmup_fraction=0.06)
     task = PCFGNextTokenTask(
         grammar=GrammarSpec(name="random", levels=4, seed=0), level=0, max_length=64, eval_size=256
@@ -621,15 +621,30 @@ def pcfg_lm_generation() -> ExperimentConfig:
         eval_every=100,
         seed=0,
     )
+    ways = (
+        Way("jsd", DistillationConfig(loss="generalized_jsd", beta=0.5)),
+        Way("reverse-kl", DistillationConfig(loss="reverse_kl")),
+        Way("seq-kd", DistillationConfig(seq_kd=True, alpha=1.0)),  # the cross-entropy on the teacher's samples
+        Way("on-policy-0.5", DistillationConfig(lmbda=0.5)),
+        Way("on-policy-1", DistillationConfig(lmbda=1.0)),
+    )
     return ExperimentConfig(
         preset="pcfg-lm-generation",
         task=task,
         teacher=teacher,
         student=student,
         distillation=DistillationConfig(max_new_tokens=None),
-        schedules=(CE(), OneShot(), Progressive(speed=2.0)),
+        schedules=(
+            CE(),
+            OneShot(),
+            Progressive(speed=2.0),
+            TwoShotAuto(first_steps=100, metric="eval_loss"),
+            NoisedTeacher(start=1.0, fraction=0.5),
+            WeightPathCurriculum(init="trajectory", fraction=0.5),
+        ),
         seeds=3,
         threshold=0.6,
+        ways=ways,
     )
 
 
