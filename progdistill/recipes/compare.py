@@ -238,7 +238,7 @@ def _run_entry(run: _Run, values: dict[str, Any], keys: list[str]) -> dict[str, 
     results = run.results
     schedules = []
     # one row per schedule, and per further way (config.ways) of the schedules that learn from a teacher
-    rows = [(None, sched, key) for sched, key in zip(run.config.schedules, keys)]
+    rows: list[tuple[str | None, Any, str]] = [(None, sched, key) for sched, key in zip(run.config.schedules, keys)]
     rows += [
         (way.name, sched, key)
         for way in run.config.ways
