@@ -40,16 +40,17 @@ def preset(name: str, description: str):
 def preset_changes(config: ExperimentConfig) -> list[str]:
     """The config fields (dotted, as ``--set`` names them) in which ``config`` differs from today's preset of its
     ``preset`` name, e.g. ``["student.steps"]`` after ``--set student.steps=...``; empty for a config equal to its
-    preset, or named after no preset (a config.json written by hand). A schedule list of another length is
-    the one field ``schedules``."""
+    preset, or named after no preset (a config.json written by hand). A schedule list (or ``ways`` list) of
+    another length is the one field ``schedules`` (``ways``)."""
     if config.preset not in PRESETS:
         return []
     reference = get_preset(config.preset)
     ours, theirs = (flatten(to_dict(c, complete=True)) for c in (config, reference))
     missing = object()
     changed = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k, missing) != theirs.get(k, missing)]
-    if len(config.schedules) != len(reference.schedules):
-        changed = [k for k in changed if not k.startswith("schedules.")] + ["schedules"]
+    for name in ("schedules", "ways"):
+        if len(getattr(config, name)) != len(getattr(reference, name)):
+            changed = [k for k in changed if k != name and not k.startswith(f"{name}.")] + [name]
     return changed
 
 
