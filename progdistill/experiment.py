@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from progdistill.core.config import (
     check,
     check_positive_int,
     from_dict,
+    problems,
     raise_errors,
     to_dict,
     typed,
@@ -32,7 +33,7 @@ from progdistill.core.config import (
 )
 from progdistill.core.plugins import import_recorded, plugin_entries
 from progdistill.core.seeding import generator
-from progdistill.core.settings import DistillationConfig, TrainConfig
+from progdistill.core.settings import DistillationConfig, TrainConfig, Way
 from progdistill.distill.schedules import CE
 from progdistill.distill.teachers import TeacherPool
 from progdistill.tasks.base import Task
@@ -45,6 +46,13 @@ class ExperimentConfig:
 
     ``seeds`` students are trained per schedule (seeds 0..seeds-1); ``threshold`` is the eval accuracy at
     which ``steps_to_threshold`` is read off (0.9 in the paper's Figure 1).
+
+    ``ways``: further ways of distilling from the same teacher (:class:`~progdistill.core.settings.Way`: a name
+    and its own distillation settings, e.g. reverse KL, sequence-level KD, on-policy). Every schedule that
+    learns from a teacher trains one more student per way and seed, exactly as an experiment whose
+    ``distillation`` is the way's would train it (:func:`student_runs`); schedules that need no teacher (CE)
+    train once. Each way is checked as that experiment would be, and a problem is reported as ``ways.<i>
+    (<name>): ...``.
     """
 
     preset: str
@@ -55,6 +63,7 @@ class ExperimentConfig:
     schedules: tuple[ScheduleSpec, ...] = (CE(),)
     seeds: int = 3
     threshold: float = 0.9
+    ways: tuple[Way, ...] = field(default=(), metadata={"omit_if_default": True})  # added later: hashes unchanged
 
     def __post_init__(self):
         # Every check runs and every failure is reported in one message: shrinking steps with --set meets the
@@ -89,7 +98,31 @@ class ExperimentConfig:
             for i, sched in enumerate(self.schedules):
                 checked(sched.validate_experiment, self, f"schedules.{i}")
                 checked(sched.validate_teacher_plan, self.teacher, planned, f"schedules.{i}")
+            errors += self._way_errors({p for e in errors for p in problems(e)})
         raise_errors(errors)
+
+    def _way_errors(self, known: set[str]) -> list[ConfigError]:
+        """The problems of each way: its experiment (this one with the way's distillation) checked as a whole,
+        less the problems this experiment has anyway; duplicate way names; student labels that collide."""
+        errors = []
+        names = [w.name for w in self.ways]
+        if len(set(names)) != len(names):
+            errors.append(ConfigError(f"ways={names!r} is invalid: way names must be distinct (they name students)"))
+        labels = [run.label for run in student_runs(self) if run.seed == 0]
+        if len(set(labels)) != len(labels):
+            clash = sorted({x for x in labels if labels.count(x) > 1})
+            errors.append(
+                ConfigError(
+                    f"ways={names!r} is invalid: the students {', '.join(clash)} would share a name (a way's students "
+                    "are named <way>-<schedule>): rename the way"
+                )
+            )
+        for i, way in enumerate(self.ways):
+            try:
+                replace(self, distillation=way.distillation, ways=())
+            except ConfigError as exc:
+                errors += [ConfigError(f"ways.{i} ({way.name}): {p}") for p in problems(exc) if p not in known]
+        return errors
 
     def _check_generation(self) -> None:
         for name, used in (("seq_kd", self.distillation.seq_kd), ("lmbda", self.distillation.lmbda > 0)):
@@ -205,27 +238,62 @@ def without_plugins(data: Any) -> Any:
     return {k: v for k, v in data.items() if k != "plugins"} if isinstance(data, dict) else data
 
 
-def student_name(schedule, seed: int) -> str:
-    """The name of the student of ``schedule`` and ``seed``, e.g. "progressive-seed1" (its directory name)."""
-    return f"{schedule.label}-seed{seed}"
+def student_name(schedule, seed: int, way: str | None = None) -> str:
+    """The name of the student of ``schedule`` and ``seed``, e.g. "progressive-seed1" (its directory name); a
+    student of a further way (:class:`~progdistill.core.settings.Way`) is prefixed by its name,
+    "seq-kd-progressive-seed1"."""
+    return f"{schedule.label}-seed{seed}" if way is None else f"{way}-{schedule.label}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    """One student of an experiment: its ``name`` (directory), ``schedule``, ``seed``, the ``way`` it distils by
+    (None: the experiment's own ``distillation``) and that way's ``distillation`` settings. ``label``: the name
+    without the seed, the report's row ("progressive", "seq-kd-progressive")."""
+
+    name: str
+    schedule: Any
+    seed: int
+    way: str | None
+    distillation: DistillationConfig
+
+    @property
+    def label(self) -> str:
+        return self.schedule.label if self.way is None else f"{self.way}-{self.schedule.label}"
+
+
+def student_runs(config: ExperimentConfig) -> list[StudentRun]:
+    """Every student of ``config``, seed-major, then way by way (the experiment's own distillation first, then
+    ``config.ways`` in order), then schedule by schedule: (schedule 1, seed 0), (schedule 2, seed 0), ...,
+    (way 1, schedule 2, seed 0), ... A further way trains only the schedules that learn from a teacher
+    (``needs_teacher``): a labels-only student is the same whatever the distillation settings."""
+    ways: list[tuple[str | None, DistillationConfig]] = [(None, config.distillation)]
+    ways += [(w.name, w.distillation) for w in config.ways]
+    return [
+        StudentRun(student_name(s, k, way), s, k, way, distillation)
+        for k in range(config.seeds)
+        for way, distillation in ways
+        for s in config.schedules
+        if way is None or s.needs_teacher
+    ]
 
 
 def student_names(config: ExperimentConfig) -> list[str]:
-    """Every student of ``config``, seed-major: (schedule 1, seed 0), (schedule 2, seed 0), ..."""
-    return [student_name(s, k) for k in range(config.seeds) for s in config.schedules]
+    """Every student of ``config``, in the order of :func:`student_runs`."""
+    return [run.name for run in student_runs(config)]
 
 
-def student_stacks(config: ExperimentConfig, students: Sequence[tuple[str, Any]]) -> list[list[str]]:
-    """The names of ``students`` ((name, schedule) pairs, in training order) grouped as they train together: one
-    stack of every student of a stackable model (MLPs), except that co-training students and schedules that do
-    not stack with others form stacks of their own; one student a stack otherwise. A stack's training state is
-    saved to ``.resume-<first name>.pt`` (:func:`stack_state_name`), and resumed only by the same stack."""
+def student_stacks(config: ExperimentConfig, students: Sequence[StudentRun]) -> list[list[str]]:
+    """The names of ``students`` (in training order) grouped as they train together: one stack of every student
+    of a stackable model (MLPs) and way, except that co-training students and schedules that do not stack with
+    others form stacks of their own; one student a stack otherwise. A stack's training state is saved to
+    ``.resume-<first name>.pt`` (:func:`stack_state_name`), and resumed only by the same stack."""
     if not config.student.model.stackable:
-        return [[name] for name, _ in students]
+        return [[run.name] for run in students]
     stacks: dict[tuple, list[str]] = {}
-    for name, schedule in students:
-        alone = None if schedule.stacks_with_others else schedule.label
-        stacks.setdefault((schedule.teacher_source, alone), []).append(name)
+    for run in students:
+        alone = None if run.schedule.stacks_with_others else run.schedule.label
+        stacks.setdefault((run.way, run.schedule.teacher_source, alone), []).append(run.name)
     return list(stacks.values())
 
 
@@ -242,12 +310,15 @@ def check_task_data(config: ExperimentConfig) -> str | None:
     the teacher has trained. Returns ``task.data_digest()`` (None for tasks without data), which the run directory
     records so that a grammar or corpus edited in place is never mixed with results trained on the old one."""
     digest = config.task.data_digest()
-    top_k = config.distillation.top_k
-    if top_k is not None and top_k > config.task.num_classes:
-        raise ConfigError(
-            f"distillation.top_k={top_k} is invalid: at most the task's {config.task.num_classes} "
-            "classes (its vocabulary)"
-        )
+    for where, distillation in [("", config.distillation)] + [
+        (f"ways.{i}.", w.distillation) for i, w in enumerate(config.ways)
+    ]:
+        top_k = distillation.top_k
+        if top_k is not None and top_k > config.task.num_classes:
+            raise ConfigError(
+                f"{where}distillation.top_k={top_k} is invalid: at most the task's {config.task.num_classes} "
+                "classes (its vocabulary)"
+            )
     longest = config.task.positions_needed()
     for role, cfg in (("teacher", config.teacher), ("student", config.student)):
         check_inputs = getattr(cfg.model, "check_task", None)  # optional: a model that reads only some inputs

@@ -253,3 +253,29 @@ class TrainConfig:
             "'float32', or 'bf16' (bfloat16 autocast of the forward pass; losses stay float32)",
         )
         check(isinstance(self.compile, bool), "compile", self.compile, "true or false (torch.compile the model)")
+
+
+WAY_NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789-."
+
+
+@typed("ways")
+@dataclass(frozen=True)
+class Way:
+    """One more way of distilling in an experiment: a ``name`` and its own ``distillation`` settings (TRL's GKD
+    arguments, e.g. ``DistillationConfig(loss="generalized_jsd", beta=0.5)``, ``seq_kd=True``, ``lmbda=0.5``).
+    Every schedule that learns from a teacher trains one more student per seed with these settings, named
+    ``<name>-<schedule>-seed<k>``, against the experiment's one teacher
+    (:func:`progdistill.experiment.experiment_students`). ``name``: lower-case letters, digits, ``-`` and ``.`` (it
+    starts the students' directory names)."""
+
+    name: str
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+
+    def __post_init__(self):
+        check(
+            bool(self.name) and all(c in WAY_NAME_CHARACTERS for c in self.name) and self.name[0].isalnum(),
+            "ways.name",
+            self.name,
+            "a non-empty name of lower-case letters, digits, '-' and '.', starting with a letter or digit "
+            "(it starts the students' directory names)",
+        )

@@ -25,6 +25,7 @@ from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json, read_metrics
 from progdistill.distill.phases import NoTransitionError
 from progdistill.distill.schedules import FINAL, KShot, TwoShotAuto
+from progdistill.experiment import StudentRun
 from progdistill.recipes.runner import train_students
 from progdistill.store.lock import RunLock
 from progdistill.store.report import caption, curve_style, save_figure, steps_to_threshold
@@ -91,7 +92,7 @@ def ablate_two_shot(
     directory = rundir.ablations / "two-shot"
     settings = {"first_steps": first_steps, "checkpoints": picks}
     runs = [
-        (f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k)
+        StudentRun(f"{v}-seed{k}", KShot(points=((picks[v], first_steps), (FINAL, 1))), k, None, config.distillation)
         for k in range(config.seeds)
         for v in VARIANTS
     ]
@@ -101,7 +102,7 @@ def ablate_two_shot(
             config, rundir.path, trajectory, device, log, runs=runs, directory=directory, task=rundir.task(config)
         )
 
-    curves = {name: read_metrics(directory / name / "metrics.jsonl") for name, _, _ in runs}
+    curves = {name: read_metrics(directory / name / "metrics.jsonl") for name in (run.name for run in runs)}
     summary: dict[str, Any] = {
         "first_steps": first_steps,
         "budget": config.student.steps,
@@ -122,7 +123,7 @@ def ablate_two_shot(
                 "steps_to_threshold": steps_to_threshold(curves[name], config.threshold),
                 "final_accuracy": curves[name][-1]["eval_accuracy"],
             }
-            for name, _, seed in runs
+            for name, seed in ((run.name, run.seed) for run in runs)
         ],
     }
     atomic_write_json(directory / "summary.json", summary)

@@ -237,14 +237,26 @@ def _stats(values: list[float]) -> dict[str, Any]:
 def _run_entry(run: _Run, values: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     results = run.results
     schedules = []
-    for sched, key in zip(run.config.schedules, keys):
-        students = [s for s in results["students"] if s["schedule"] == sched.label]
+    # one row per schedule, and per further way (config.ways) of the schedules that learn from a teacher
+    rows: list[tuple[str | None, Any, str]] = [(None, sched, key) for sched, key in zip(run.config.schedules, keys)]
+    rows += [
+        (way.name, sched, key)
+        for way in run.config.ways
+        for sched, key in zip(run.config.schedules, keys)
+        if sched.needs_teacher
+    ]
+    for way, sched, key in rows:
+        students = [
+            s
+            for s in results["students"]
+            if s["schedule"] == sched.label and s.get("way", "distillation") == (way or "distillation")
+        ]
         reached = [s["steps_to_threshold"] for s in students if s["steps_to_threshold"] is not None]
         accuracy = [s["final_accuracy"] for s in students]
         schedules.append(
             {
-                "schedule": sched.label,
-                "curve": key,
+                "schedule": sched.label if way is None else f"{way}-{sched.label}",
+                "curve": key if way is None else f"{way}-{key}",
                 "seeds": len(students),
                 "seeds_reaching": len(reached),
                 "steps_to_threshold": {**_stats(reached), "values": reached},

@@ -32,7 +32,7 @@ from progdistill.core.config import ConfigError, typed
 from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json
 from progdistill.core.optional import require
-from progdistill.experiment import ExperimentConfig, co_training_only, student_name, student_names, teacher_header
+from progdistill.experiment import ExperimentConfig, co_training_only, student_names, student_runs, teacher_header
 from progdistill.probes.registry import end_of_run_probes
 from progdistill.recipes.presets import preset_changes
 from progdistill.recipes.runner import check_run, train_students, train_teacher
@@ -195,11 +195,10 @@ def job_groups(config: ExperimentConfig, names: list[str], job_per: str) -> list
         return [[name] for name in names]
     if job_per == "stack":
         return [names] if names else []
-    by_seed = {}
-    for k in range(config.seeds):
-        group = [n for n in names if n in {student_name(s, k) for s in config.schedules}]
-        if group:
-            by_seed[k] = group
+    seed_of = {run.name: run.seed for run in student_runs(config)}
+    by_seed: dict[int, list[str]] = {}
+    for name in names:
+        by_seed.setdefault(seed_of[name], []).append(name)
     return list(by_seed.values())
 
 
@@ -246,9 +245,7 @@ def student_job(
         raise TrajectoryError(
             f"the teacher of {out} has not finished; its job must succeed first (see `progdistill status {out}`)"
         )
-    runs = [
-        (student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules if student_name(s, k) in names
-    ]
+    runs = [run for run in student_runs(config) if run.name in names]
     train_students(config, out, trajectory, device, runs=runs, task=rundir.task(config), report_to=report_to)
     finish(out, device)
     return names

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from progdistill.core.config import ConfigError, flatten, to_dict
-from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig, Way
 from progdistill.distill.curricula import (
     CoTraining,
     HintDistillation,
@@ -40,16 +40,17 @@ def preset(name: str, description: str):
 def preset_changes(config: ExperimentConfig) -> list[str]:
     """The config fields (dotted, as ``--set`` names them) in which ``config`` differs from today's preset of its
     ``preset`` name, e.g. ``["student.steps"]`` after ``--set student.steps=...``; empty for a config equal to its
-    preset, or named after no preset (a config.json written by hand). A schedule list of another length is
-    the one field ``schedules``."""
+    preset, or named after no preset (a config.json written by hand). A schedule list (or ``ways`` list) of
+    another length is the one field ``schedules`` (``ways``)."""
     if config.preset not in PRESETS:
         return []
     reference = get_preset(config.preset)
     ours, theirs = (flatten(to_dict(c, complete=True)) for c in (config, reference))
     missing = object()
     changed = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k, missing) != theirs.get(k, missing)]
-    if len(config.schedules) != len(reference.schedules):
-        changed = [k for k in changed if not k.startswith("schedules.")] + ["schedules"]
+    for name in ("schedules", "ways"):
+        if len(getattr(config, name)) != len(getattr(reference, name)):
+            changed = [k for k in changed if k != name and not k.startswith(f"{name}.")] + [name]
     return changed
 
 
@@ -619,22 +620,25 @@ def pcfg_lm() -> ExperimentConfig:
 
 @preset(
     "pcfg-lm-generation",
-    "autoregressive PCFG, shrunk for comparing token-level, sequence-level "
-    "(--set distillation.seq_kd=true) and on-policy (--set distillation.lmbda=...) "
-    "distillation: 4-level grammar, GPT-2 2 x 4 heads -> 2 x 1 head; CPU, minutes",
+    "autoregressive PCFG, every way of distilling from one teacher: token-level forward KL, "
+    "generalized JSD (beta 0.5), reverse KL, sequence-level KD, on-policy (lmbda 0.5 and 1); "
+    "4-level grammar, GPT-2 2 x 4 heads -> 2 x 1 head; 93 students, CPU ~1.5 h",
 )
 def pcfg_lm_generation() -> ExperimentConfig:
-    # Record and commands: docs/reproduction.md ("Sequence-level and on-policy distillation"). One experiment
-    # distils one way (distillation is per experiment): the comparison reruns it with --set into copies of the
-    # run directory, whose finished teacher --overwrite keeps.
+    # Record and commands: docs/reproduction.md ("Sequence-level and on-policy distillation"). The experiment's own
+    # distillation is token-level forward KL; each further way trains every taught schedule again against the
+    # same teacher (TRL's GKD arguments: beta, lmbda, seq_kd). CE trains once.
     adamw = OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.01, lr_schedule="cosine", warmup_fraction=0.06)
     task = PCFGNextTokenTask(
         grammar=GrammarSpec(name="random", levels=4, seed=0), level=0, max_length=64, eval_size=256
     )
+    # 1500 teacher steps (600 before 2026-12-06): the grammar accepts 66% of the final teacher's samples
+    # (15% at 600 steps); search record in docs/reproduction.md. Progressive at speed 5 walks the checkpoints
+    # 100..1500 over the students' 300 steps.
     teacher = TrainConfig(
         model=GPT2LMConfig(n_layer=2, n_head=4, head_dim=8),
         optimizer=adamw,
-        steps=600,
+        steps=1500,
         batch_size=16,
         eval_every=100,
         checkpoint_every=100,
@@ -648,15 +652,30 @@ def pcfg_lm_generation() -> ExperimentConfig:
         eval_every=100,
         seed=0,
     )
+    ways = (
+        Way("jsd", DistillationConfig(loss="generalized_jsd", beta=0.5)),
+        Way("reverse-kl", DistillationConfig(loss="reverse_kl")),
+        Way("seq-kd", DistillationConfig(seq_kd=True, alpha=1.0)),  # the cross-entropy on the teacher's samples
+        Way("on-policy-0.5", DistillationConfig(lmbda=0.5)),
+        Way("on-policy-1", DistillationConfig(lmbda=1.0)),
+    )
     return ExperimentConfig(
         preset="pcfg-lm-generation",
         task=task,
         teacher=teacher,
         student=student,
         distillation=DistillationConfig(max_new_tokens=None),
-        schedules=(CE(), OneShot(), Progressive(speed=2.0)),
+        schedules=(
+            CE(),
+            OneShot(),
+            Progressive(speed=5.0),
+            TwoShotAuto(first_steps=100, metric="eval_loss"),
+            NoisedTeacher(start=1.0, fraction=0.5),
+            WeightPathCurriculum(init="trajectory", fraction=0.5),
+        ),
         seeds=3,
         threshold=0.6,
+        ways=ways,
     )
 
 

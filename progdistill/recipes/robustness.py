@@ -28,6 +28,7 @@ from progdistill.core.config import ConfigError, check_positive_int, to_dict
 from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json, atomic_write_text, read_metrics
 from progdistill.distill.schedules import CE, OneShot, Progressive, TwoShotAuto
+from progdistill.experiment import StudentRun
 from progdistill.recipes.ablation import claim_directory
 from progdistill.recipes.runner import train_students
 from progdistill.store.lock import RunLock
@@ -108,11 +109,16 @@ def ablate_robustness(
                     student=replace(config.student, optimizer=optimizer),
                     distillation=replace(config.distillation, temperature=t),
                 )
-                runs = [(f"{lr}-T{t:g}-{col}-seed{k}", s, k) for col, s in distilled.items() for k in range(seeds)]
+                d = cell_config.distillation
+                runs = [
+                    StudentRun(f"{lr}-T{t:g}-{col}-seed{k}", s, k, None, d)
+                    for col, s in distilled.items()
+                    for k in range(seeds)
+                ]
                 cells += [(lr, t, col, [f"{lr}-T{t:g}-{col}-seed{k}" for k in range(seeds)]) for col in distilled]
                 # CE ignores the teacher: trained once per lr schedule, in the first stack
                 if i == 0 and "ce" in columns:
-                    runs += [(f"{lr}-ce-seed{k}", CE(), k) for k in range(seeds)]
+                    runs += [StudentRun(f"{lr}-ce-seed{k}", CE(), k, None, d) for k in range(seeds)]
                     cells.append((lr, None, "ce", [f"{lr}-ce-seed{k}" for k in range(seeds)]))
                 log(f"robustness map: student lr {lr}, temperature {t:g}")
                 train_students(

@@ -19,9 +19,11 @@ from safetensors.torch import load_file, save_file
 from progdistill.core.config import ConfigError
 from progdistill.core.distributed import barrier, is_main, rank_world, resolve_device
 from progdistill.core.files import MetricsWriter, atomic_write, read_metrics
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.schedules import CE
 from progdistill.experiment import (
     ExperimentConfig,
+    StudentRun,
     build_model,
     check_memory,
     check_planned_checkpoints,
@@ -29,7 +31,7 @@ from progdistill.experiment import (
     co_training_only,
     require_config,
     stack_state_name,
-    student_name,
+    student_runs,
     student_stacks,
     teacher_header,
     teacher_pool,
@@ -132,7 +134,7 @@ def train_students(
     trajectory: Trajectory | None,
     device: str = "auto",
     log=print,
-    runs: list[tuple[str, Any, int]] | None = None,
+    runs: list[StudentRun] | None = None,
     directory: Path | None = None,
     task: Task | None = None,
     on_record=None,
@@ -141,9 +143,11 @@ def train_students(
     """Train every student not yet finished into ``directory/<name>/`` (default ``out/students``); returns
     how many were trained (0 when all had finished).
 
-    ``runs``: (name, schedule, seed) triples, default one per (schedule, seed) of the config. Schedules are
-    resolved against ``trajectory`` first (2-shot-auto picks its checkpoint); stackable students (MLPs) all
-    train in one stack. ``task``: the prepared task (default ``config.task``); ``on_record``: passed to
+    ``runs``: the students to train, default every one of the config (:func:`~progdistill.experiment.student_runs`:
+    one per schedule and seed, and per further way for the schedules that learn from a teacher); each trains with
+    its way's distillation settings. Schedules are resolved against ``trajectory`` first (2-shot-auto picks its
+    checkpoint); stackable students (MLPs) of one way train in one stack.
+    ``task``: the prepared task (default ``config.task``); ``on_record``: passed to
     :func:`~progdistill.train.loop.fit`; ``report_to``: as for :func:`train_teacher`.
     """
     rundir = RunDir(out)
@@ -151,17 +155,17 @@ def train_students(
     cfg = config.student
     directory = directory or rundir.students
     if runs is None:
-        runs = [(student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules]
-    todo = [(name, s, k) for name, s, k in runs if not rundir.student_finished(name, cfg.steps, directory)]
+        runs = student_runs(config)
+    todo = [run for run in runs if not rundir.student_finished(run.name, cfg.steps, directory)]
     if not todo:
         log("all students already finished")
         return 0
     resolved = {}
     if trajectory is None:  # co-training students only: their teacher trains alongside them
-        if any(s.teacher_source != "live" for _, s, _ in todo):
+        if any(run.schedule.teacher_source != "live" for run in todo):
             raise ValueError("train_students needs the teacher trajectory for students other than co-training ones")
-        resolved = {s: s for _, s, _ in todo}
-    for _, sched, _ in todo if trajectory is not None else ():
+        resolved = {run.schedule: run.schedule for run in todo}
+    for sched in [run.schedule for run in todo] if trajectory is not None else ():
         if sched in resolved:  # the same schedule for another seed
             continue
         resolved[sched] = sched.resolve(trajectory)
@@ -175,19 +179,22 @@ def train_students(
         except TrajectoryError as exc:
             raise rundir.damaged_teacher(exc) from None
     members = []
-    for name, sched, seed in todo:
+    for run in todo:
         writer = None
         if is_main():
             writer = MetricsWriter(
-                directory / name / "metrics.jsonl",
-                start_trackers(report_to, rundir.path, name, hyperparameters(config, name, sched, seed)),
+                directory / run.name / "metrics.jsonl",
+                start_trackers(
+                    report_to, rundir.path, run.name, hyperparameters(config, run.name, run.schedule, run.seed, run.way)
+                ),
             )
-        members.append(Member(name, seed, resolved[sched], writer))
-    # Stackable models (MLPs) train all students in one stack; others one student at a time. Students of a
-    # teacher that trains alongside them (co-training), and of schedules that do not stack with others, form
-    # stacks of their own.
+        members.append(Member(run.name, run.seed, resolved[run.schedule], writer))
+    # Stackable models (MLPs) train all students of a way in one stack; others one student at a time. Students
+    # of a teacher that trains alongside them (co-training), and of schedules that do not stack with others,
+    # form stacks of their own.
     by_name = {m.name: m for m in members}
-    stacks = student_stacks(config, [(m.name, m.schedule) for m in members])
+    distillation = {run.name: run.distillation for run in todo}
+    stacks = student_stacks(config, todo)
     groups = [[by_name[name] for name in stack] for stack in stacks]
     try:
         for group in groups:
@@ -201,8 +208,9 @@ def train_students(
                 if state_path.exists():
                     log(f"resuming from the saved state {state_path}")
                 try:
+                    way = distillation[group[0].name]  # a stack shares its way
                     if group[0].schedule.teacher_source == "live":
-                        _cotrain(config, task, trajectory, model, group, directory, dev, log, on_record)
+                        _cotrain(config, task, trajectory, model, group, directory, dev, log, on_record, way)
                         continue
                     fit(
                         task,
@@ -210,7 +218,7 @@ def train_students(
                         cfg,
                         group,
                         data_stream="student-data",
-                        distillation=config.distillation,
+                        distillation=way,
                         teachers=teachers,
                         device=dev,
                         desc="students" if len(group) > 1 else group[0].name,
@@ -242,6 +250,7 @@ def _cotrain(
     device,
     log,
     on_record,
+    distillation: DistillationConfig,
 ) -> None:
     """Co-training students (:mod:`progdistill.train.cotraining`): the teacher's training runs again, in step with them,
     from its own initialization and data (the same teacher, bit for bit on CPU with the same thread count;
@@ -260,7 +269,7 @@ def _cotrain(
         group,
         dict(
             data_stream="student-data",
-            distillation=config.distillation,
+            distillation=distillation,
             desc="co-training students",
             on_record=on_record,
         ),
@@ -296,11 +305,9 @@ def _co_train_teacher(
     if rundir.teacher.exists():  # an interrupted co-training run: co-training starts over (it is not resumed)
         log(f"co-training starts over: discarding the unfinished teacher directory {rundir.teacher}")
         shutil.rmtree(rundir.teacher)
-    runs = [
-        (student_name(s, k), s, k) for k in range(config.seeds) for s in config.schedules if s.teacher_source == "live"
-    ]
-    for name, _, _ in runs:  # their students depended on the discarded teacher
-        shutil.rmtree(rundir.students / name, ignore_errors=True)
+    runs = [run for run in student_runs(config) if run.schedule.teacher_source == "live"]
+    for run in runs:  # their students depended on the discarded teacher
+        shutil.rmtree(rundir.students / run.name, ignore_errors=True)
     trained = train_students(
         config, rundir.path, None, device, log, runs=runs, task=task, on_record=on_record, report_to=report_to
     )

@@ -13,7 +13,7 @@ import torch
 
 from progdistill.core.config import ConfigError
 from progdistill.core.files import read_metrics
-from progdistill.experiment import stack_state_name, student_name, student_names, student_stacks, teacher_header
+from progdistill.experiment import stack_state_name, student_names, student_runs, student_stacks, teacher_header
 from progdistill.recipes.launcher import read_launch, scheduler_states
 from progdistill.store.lock import lock_holder
 from progdistill.store.rundir import RESUME_STATE, RunDir
@@ -47,9 +47,8 @@ def status(out: str | Path) -> list[dict[str, Any]]:
     rows.append(_row("teacher", rundir.teacher, rundir.path, done, saved_step, progress, launch.get("teacher"), queued))
     names = student_names(config)
     finished = {name: rundir.student_finished(name, config.student.steps) for name in names}
-    schedules = {student_name(s, k): s for k in range(config.seeds) for s in config.schedules}
     try:  # the stacks a rerun trains: those of the unfinished students
-        stacks = student_stacks(config, [(n, schedules[n]) for n in names if not finished[n]])
+        stacks = student_stacks(config, [run for run in student_runs(config) if not finished[run.name]])
     except ConfigError:  # a model or schedule of a plugin that cannot be imported: its stacking is unknown
         stacks = [[n] for n in names if not finished[n]]
     stack_of = {name: stack for stack in stacks for name in stack}

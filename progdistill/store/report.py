@@ -14,8 +14,10 @@ matplotlib.use("Agg")  # figures are files: no display needed, whatever the envi
 import matplotlib.pyplot as plt
 import numpy as np
 
+from progdistill.core.config import to_dict
 from progdistill.core.files import atomic_write_json, atomic_write_text, naming_disk_full, read_metrics
-from progdistill.experiment import config_hash, student_name
+from progdistill.core.settings import DistillationConfig
+from progdistill.experiment import config_hash, student_runs
 from progdistill.store.environment import environment_markdown
 from progdistill.store.rundir import RunDir
 from progdistill.store.trajectory import Trajectory
@@ -62,10 +64,12 @@ def build_results(out: Path, wall_time_s: float, env: dict[str, Any] | None = No
     config = rundir.config()
     teacher = rundir.teacher_metrics()
     students = []
-    for seed in range(config.seeds):
-        for sched in config.schedules:
-            records = read_metrics(rundir.student_metrics(student_name(sched, seed)))
-            students.append({"schedule": sched.label, "seed": seed, **_run_summary(records, config.threshold)})
+    for run in student_runs(config):
+        records = read_metrics(rundir.student_metrics(run.name))
+        way = {"way": run.way or "distillation"} if config.ways else {}
+        students.append(
+            {"schedule": run.schedule.label, **way, "seed": run.seed, **_run_summary(records, config.threshold)}
+        )
     results = {
         "preset": config.preset,
         "config_sha256": config_hash(config),
@@ -74,6 +78,11 @@ def build_results(out: Path, wall_time_s: float, env: dict[str, Any] | None = No
         "teacher": _run_summary(teacher, config.threshold),
         "students": students,
     }
+    if config.ways:  # each student's "way": "distillation" (the experiment's own settings) or a way's name
+        results["ways"] = {
+            "distillation": to_dict(config.distillation, complete=True),
+            **{w.name: to_dict(w.distillation, complete=True) for w in config.ways},
+        }
     picks = picked_checkpoints(config, Trajectory(rundir.teacher))
     if picks:
         results["picked_checkpoints"] = picks
@@ -99,6 +108,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     teacher = results["teacher"]
     t_steps = teacher["steps_to_threshold"]
     modified = results.get("modified")
+    ways = results.get("ways")
     lines = [
         f"# Derived from {results['preset']} (modified: {', '.join(modified)})"
         if modified
@@ -107,24 +117,32 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"Teacher: {'never reached' if t_steps is None else f'reached {thr:.0%} at step {t_steps}'}, "
         f"final accuracy {teacher['final_accuracy']:.4f} after {teacher['steps']} steps.",
         "",
-        f"| schedule | steps to {thr:.0%} (mean +/- std) | seeds reaching {thr:.0%} | "
+        f"|{' way |' if ways else ''} schedule | steps to {thr:.0%} (mean +/- std) | seeds reaching {thr:.0%} | "
         f"ratio to teacher | final accuracy | final loss (nats) |",
-        "|---|---|---|---|---|---|",
+        "|---" * (7 if ways else 6) + "|",
     ]
-    order = list(dict.fromkeys(s["schedule"] for s in results["students"]))
-    for label in order:
-        runs = [s for s in results["students"] if s["schedule"] == label]
+    order = list(dict.fromkeys((s.get("way"), s["schedule"]) for s in results["students"]))
+    for way, label in order:
+        runs = [s for s in results["students"] if (s.get("way"), s["schedule"]) == (way, label)]
         reached = [s["steps_to_threshold"] for s in runs if s["steps_to_threshold"] is not None]
         ratio = "-"
         if reached and t_steps:
             ratio = _mean_std([r / t_steps for r in reached], ".2f")
         lines.append(
-            f"| {label} | {_mean_std(reached, '.0f') if reached else 'not reached'} | "
+            f"|{f' {way} |' if ways else ''} {label} | {_mean_std(reached, '.0f') if reached else 'not reached'} | "
             f"{len(reached)}/{len(runs)} | {ratio} | "
             f"{_mean_std([s['final_accuracy'] for s in runs], '.4f')} | "
             f"{_mean_std([s['final_loss'] for s in runs], '.4f')} |"
         )
     lines += ["", f"Mean +/- sample std over seeds. Wall time: {results['wall_time_s']:.1f} s.", ""]
+    if ways:
+        lines += [
+            "Ways of distilling (the `distillation` settings that differ from the defaults; `distillation` is the "
+            "experiment's own):",
+            "",
+            *[f"- {name}: {_settings(d)}" for name, d in ways.items()],
+            "",
+        ]
     for label, pick in results.get("picked_checkpoints", {}).items():
         window, metric = pick["transition"], pick["metric"]
         lines += [
@@ -199,6 +217,13 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _settings(distillation: dict[str, Any]) -> str:
+    """A way's distillation settings (a complete JSON form) as the fields that differ from the defaults."""
+    defaults = to_dict(DistillationConfig(), complete=True)
+    changed = [f"{k}={v}" for k, v in distillation.items() if defaults.get(k) != v]
+    return ", ".join(changed) or "the defaults (token-level forward KL)"
+
+
 def _ngram_lines(summary: dict[str, Any], seeds: int) -> list[str]:
     """The n-gram probe summary (probes/ngram-summary.json) as markdown."""
     lines = ["## Probes", ""]
@@ -252,12 +277,15 @@ def accuracy_figure(out: Path):
     fig, ax = plt.subplots(figsize=(9, 4.6))
     teacher = rundir.teacher_metrics()
     ax.plot([r["step"] for r in teacher], [r["eval_accuracy"] for r in teacher], "k--", lw=1, label="teacher")
-    for i, sched in enumerate(config.schedules):
-        curves = [read_metrics(rundir.student_metrics(student_name(sched, seed))) for seed in range(config.seeds)]
+    groups: dict[str, list[str]] = {}  # label ("progressive", "seq-kd-progressive") -> its students, by seed
+    for run in student_runs(config):
+        groups.setdefault(run.label, []).append(run.name)
+    for i, (label, names) in enumerate(groups.items()):
+        curves = [read_metrics(rundir.student_metrics(name)) for name in names]
         steps = np.array([r["step"] for r in curves[0]])
         acc = np.array([[r["eval_accuracy"] for r in c] for c in curves])  # (seeds, evals)
-        style = curve_style(i, len(steps), len(config.schedules))
-        (line,) = ax.plot(steps, acc.mean(0), label=f"{sched.label} (n={len(curves)})", **style)
+        style = curve_style(i, len(steps), len(groups))
+        (line,) = ax.plot(steps, acc.mean(0), label=f"{label} (n={len(curves)})", **style)
         ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(config.threshold, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("training steps")

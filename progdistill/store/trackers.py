@@ -222,14 +222,20 @@ def resolve_report_to(report_to: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def hyperparameters(config, model: str, schedule: Any = None, seed: int | None = None) -> dict[str, Any]:
+def hyperparameters(
+    config, model: str, schedule: Any = None, seed: int | None = None, way: str | None = None
+) -> dict[str, Any]:
     """What a model's tracked run records as hyperparameters: the run's complete config (every field, as
     ``config.json`` with defaults filled in), and ``model_name``, ``role``, and for a student ``schedule``
-    (its label) and ``seed``."""
+    (its label) and ``seed``; for a student of a further way (``config.ways``), ``way`` (its name) and the
+    way's settings as ``distillation``."""
     out = dict(to_dict(config, complete=True))
     out.update(model_name=model, role="teacher" if schedule is None else "student")
     if schedule is not None:
         out.update(schedule=schedule.label, seed=seed)
+    if way is not None:
+        settings = next(w.distillation for w in config.ways if w.name == way)
+        out.update(way=way, distillation=to_dict(settings, complete=True))
     return out
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import progdistill  # noqa: F401  # registers every task, model and schedule
 from progdistill.core.config import ConfigError, Tagged, a_or_an, typed_classes, variants
-from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig
+from progdistill.core.settings import DistillationConfig, OptimizerConfig, TrainConfig, Way
 from progdistill.distill.schedules import FINAL, KShot, Progressive
 from progdistill.experiment import ExperimentConfig
 from progdistill.models.mlp import MLPConfig
@@ -23,7 +23,7 @@ from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec
 from tests.conftest import tiny_config
 
-EXAMPLES = {KShot: KShot(points=((0, 1),)), TrainConfig: TrainConfig(model=MLPConfig())}
+EXAMPLES = {KShot: KShot(points=((0, 1),)), TrainConfig: TrainConfig(model=MLPConfig()), Way: Way("w")}
 
 
 def _example(cls):

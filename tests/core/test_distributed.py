@@ -85,6 +85,7 @@ def _generation_config(**distillation):
         distillation=replace(base.distillation, max_new_tokens=16, **distillation),
         schedules=(Progressive(speed=2.0),),
         seeds=1,
+        ways=(),  # one way at a time: the one given
     )
 
 

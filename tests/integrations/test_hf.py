@@ -26,11 +26,13 @@ from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import logging as hf_logging
 
 from progdistill.core.config import ConfigError
+from progdistill.core.seeding import generator
 from progdistill.core.settings import DistillationConfig
 from progdistill.distill.losses import distillation_loss
 from progdistill.distill.schedules import OneShot, Progressive, TwoShotAuto
 from progdistill.integrations.hf import HFTrajectory, ProgressiveDistillationTrainer
 from progdistill.store.trajectory import TrajectoryError
+from progdistill.tasks.pcfg.task import GrammarSpec, PCFGNextTokenTask
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -941,3 +943,94 @@ def test_a_damaged_checkpoint_is_refused_when_the_trajectory_is_opened(teacher_r
         match = "checkpoint-20/trainer_state.json is not valid JSON"
     with pytest.raises(TrajectoryError, match=match):
         HFTrajectory(out, GPT2LMHeadModel)
+
+
+# ---- A TRL user on a language task: a teacher's checkpoint-* trajectory, a student distilled on its sentences ----
+
+
+class Sentences(torch.utils.data.Dataset):
+    """``n`` sentences of ``task`` (BOS s EOS), right-padded to ``width`` with the pad id: attention mask 0 and
+    labels -100 there, and on BOS (the prompt that generation continues)."""
+
+    def __init__(self, task, n, seed, width=32):
+        batch = task.sample_batch(n, generator(seed, "hf-sentences"))
+        ids = torch.full((n, width), task.vocabulary.pad, dtype=torch.long)
+        ids[:, : batch.inputs.shape[1]] = batch.inputs
+        mask = torch.zeros_like(ids)
+        mask[:, : batch.inputs.shape[1]] = batch.attention_mask
+        self.rows = [
+            {
+                "input_ids": i,
+                "attention_mask": m,
+                "labels": i.masked_fill(m == 0, -100).index_fill(0, torch.tensor(0), -100),
+            }
+            for i, m in zip(ids, mask)
+        ]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def _held_out_loss(model, rows):
+    """Next-token cross-entropy (nats per supervised position) of ``model`` on ``rows``."""
+    batch = collate(rows)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).item()
+
+
+@pytest.mark.e2e  # a teacher's training and a student's with generation: 1-3 min on 2 busy cores
+def test_a_trl_user_distils_a_gpt2_student_from_a_checkpoint_trajectory_on_grammar_sentences(tmp_path):
+    """pcfg-lm sentences (a 4-level generated grammar): a GPT-2 teacher trained by a plain Trainer saves
+    checkpoint-5..60; a 1-head GPT-2 student is distilled from them with a progressive schedule and TRL's GKD
+    arguments (lmbda 0.5, beta 0.5, on GKDConfig-like args) through ProgressiveDistillationTrainer. The schedule
+    walks the checkpoints in order, both on-policy and data steps run, and the student's held-out loss falls."""
+    task = PCFGNextTokenTask(grammar=GrammarSpec(levels=4, seed=0), eval_size=8, max_length=64)
+    vocab = task.num_classes
+    train, held_out = Sentences(task, 256, seed=0), Sentences(task, 64, seed=1)
+
+    def lm(heads, seed):
+        torch.manual_seed(seed)
+        config = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=8 * heads, n_layer=1, n_head=heads)
+        return GPT2LMHeadModel(config)
+
+    out = tmp_path / "teacher"
+    Trainer(model=lm(4, seed=0), args=args(out, 60, save_total_limit=None), train_dataset=train).train()
+    trajectory = HFTrajectory(out, GPT2LMHeadModel)
+    assert trajectory.steps == list(range(5, 61, 5))
+    teacher = trajectory.load_model(60).eval()
+    assert _held_out_loss(teacher, held_out.rows) < 0.8  # the teacher learned the grammar's next tokens
+
+    student = lm(1, seed=3)
+    before = _held_out_loss(student.eval(), held_out.rows)
+    gkd = GKDArgs(
+        str(tmp_path / "student"),
+        max_steps=30,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=5,
+        seed=0,
+        lmbda=0.5,
+        beta=0.5,
+        temperature=1.0,
+        max_new_tokens=24,
+    )
+    trainer = ProgressiveDistillationTrainer(
+        model=student, args=gkd, train_dataset=train, teacher_trajectory=trajectory, schedule=Progressive(speed=2.0)
+    )
+    trainer.train()
+    d = trainer.distillation
+    assert (d.loss, d.beta, d.lmbda, d.seq_kd) == ("generalized_jsd", 0.5, 0.5, False)
+    assert 0 < trainer.generated_steps["student"] < 30 and trainer.generated_steps["teacher"] == 0  # and data steps
+    used = [r["teacher_checkpoint"] for r in trainer.state.log_history if "teacher_checkpoint" in r]
+    assert used == sorted(used) and used[0] < used[-1] == 60  # progressive: earlier checkpoints first
+    after = _held_out_loss(student.eval(), held_out.rows)
+    assert after < before - 0.3, (before, after)

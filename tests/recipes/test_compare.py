@@ -17,7 +17,7 @@ from progdistill.cli import main
 from progdistill.core.config import ConfigError, flatten
 from progdistill.core.files import atomic_write_json
 from progdistill.core.plugins import import_plugin
-from progdistill.core.settings import DistillationConfig
+from progdistill.core.settings import DistillationConfig, Way
 from progdistill.distill.schedules import CE, FINAL, KShot, Progressive
 from progdistill.experiment import config_hash
 from progdistill.recipes.compare import compare, compare_runs
@@ -321,3 +321,26 @@ def test_a_categorical_axis_has_points_not_lines_and_no_empty_panel(tmp_path):
         assert all(line.get_linestyle() == "None" for line in ax.lines)  # no line joins two categories
     assert any("no teacher or student reached" in t.get_text() for t in steps_panel.texts)
     assert not accuracy_panel.texts  # final accuracies: every run has them
+
+
+def test_a_ways_students_are_rows_of_their_own(tmp_path):
+    """Runs with further ways of distilling (config.ways): each way's students form their own rows
+    ("<way>-<schedule>"), never mixed into the schedule's row of the experiment's own distillation."""
+    runs = []
+    for t in (0.5, 1.0):
+        config = sweep_config(t, ways=(Way("hot", DistillationConfig(temperature=4.0)),))
+        path = fake_run(
+            tmp_path / f"t{t}",
+            config,
+            [("ce", 0, 150, 1.0), ("progressive", 0, 100, 1.0), ("progressive", 0, None, 0.5)],
+        )
+        results = json.loads((path / "results.json").read_text())
+        for student, way in zip(results["students"], ("distillation", "distillation", "hot")):
+            student["way"] = way
+        atomic_write_json(path / "results.json", results)
+        runs.append(path)
+    comparison = compare(runs, tmp_path / "out")
+    rows = {s["schedule"]: s for s in comparison["runs"][0]["schedules"]}
+    assert list(rows) == ["ce", "progressive", "hot-progressive"]  # CE learns from no teacher: no way of its own
+    assert rows["progressive"]["steps_to_threshold"]["values"] == [100]
+    assert rows["hot-progressive"]["final_accuracy"]["values"] == [0.5]

@@ -9,7 +9,7 @@ from conftest import forget_plugin, plugin_config, tiny_config, write_plugin
 
 from progdistill.cli import main
 from progdistill.core.plugins import import_plugin
-from progdistill.experiment import student_name
+from progdistill.experiment import student_name, student_runs
 from progdistill.recipes import runner
 from progdistill.recipes.runner import train_students, train_teacher
 from progdistill.recipes.status import status
@@ -24,14 +24,14 @@ def test_a_finished_a_failed_a_running_and_unstarted_students(tmp_path, monkeypa
     RunDir(out).claim(config, overwrite=False)
     trajectory = train_teacher(config, out, "cpu", log=lambda *a: None)
     ce, one_shot, progressive, k_shot = (student_name(s, 0) for s in config.schedules)
-    train_students(config, out, trajectory, "cpu", log=lambda *a: None, runs=[(ce, config.schedules[0], 0)])
+    train_students(config, out, trajectory, "cpu", log=lambda *a: None, runs=student_runs(config)[:1])
 
     def fail(*args, **kwargs):
         raise NonFiniteError("one-shot-seed0: non-finite training loss at step 7")
 
     monkeypatch.setattr(runner, "fit", fail)
     with pytest.raises(NonFiniteError):
-        train_students(config, out, trajectory, "cpu", log=lambda *a: None, runs=[(one_shot, config.schedules[1], 0)])
+        train_students(config, out, trajectory, "cpu", log=lambda *a: None, runs=student_runs(config)[1:2])
     monkeypatch.undo()
     (out / "jobs").mkdir()
     (out / "jobs" / "launch.json").write_text(

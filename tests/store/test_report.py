@@ -84,6 +84,9 @@ def test_a_run_changed_from_its_preset_says_derived_from(tmp_path):
     steps = replace(preset, student=replace(preset.student, steps=70_000), seeds=2)
     assert preset_changes(steps) == ["student.steps", "seeds"]
     assert preset_changes(replace(preset, schedules=preset.schedules[:2])) == ["schedules"]
+    generation = get_preset("pcfg-lm-generation")  # a shorter list of ways is the one field "ways", as schedules
+    assert preset_changes(replace(generation, ways=generation.ways[:2])) == ["ways"]
+    assert preset_changes(replace(generation, ways=())) == ["ways"]
     assert preset_changes(tiny_config()) == []  # "tiny" names no preset
     # A run of a preset's name with other fields: results.json keeps "preset" (its readers) and adds "modified";
     # summary.md says "derived from".
