@@ -16,7 +16,8 @@ from progdistill.core.distributed import init_from_env, is_main, local_slice, ra
 from progdistill.core.files import DiskFullError, disk_full, disk_full_error
 from progdistill.core.optional import MissingExtraError
 from progdistill.core.plugins import import_plugin
-from progdistill.experiment import ExperimentConfig, load_config, student_names
+from progdistill.core.threads import set_threads
+from progdistill.experiment import ExperimentConfig, load_config, step_size, student_names
 from progdistill.models.language import LanguageModel
 from progdistill.probes.curriculum_targets import POINTS, probe_curriculum_targets
 from progdistill.probes.monomials import probe_monomials
@@ -67,6 +68,7 @@ def cmd_run(args) -> int:
     config = resolve_config(args.preset, args.seeds, args.set or [])
     out = Path(args.out or f"runs/{config.preset}")
     report_to = resolve_report_to(args.report_to)  # an unknown or uninstalled tracker: refused before any work
+    set_threads(args.threads, step_size(config))  # before any work: from the config and the cores, not the load
     device = init_from_env(args.device)  # joins the process group under torchrun
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
@@ -312,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of this process (default: OMP_NUM_THREADS when set, else 1 for a small training step "
+        "such as the parity MLPs' and every core for a larger one, decided from the config and the core count "
+        "alone; recorded in results.json)",
+    )
     p.add_argument(
         "--report-to",
         metavar="TRACKERS",
