@@ -25,7 +25,7 @@ def test_the_choice_is_one_thread_for_small_steps_and_monotone_in_the_work(a, b,
 
 
 def test_parity_presets_keep_the_thread_counts_their_results_were_measured_with_on_two_cores():
-    """parity-mlp's table (README) was measured at 1 thread, parity-transformer's record with torch's 2."""
+    """parity-mlp's README table comes out bit for bit at 1 thread; parity-transformer's record is at torch's 2."""
     assert choose_threads(step_size(get_preset("parity-mlp")), 2) == 1
     assert choose_threads(step_size(get_preset("parity-transformer")), 2) == 2
     assert step_size(get_preset("pcfg-lm")) is None  # no size estimate: torch's default, every core
