@@ -16,7 +16,8 @@ from progdistill.core.distributed import init_from_env, is_main, local_slice, ra
 from progdistill.core.files import DiskFullError, disk_full, disk_full_error
 from progdistill.core.optional import MissingExtraError
 from progdistill.core.plugins import import_plugin
-from progdistill.experiment import ExperimentConfig, load_config, student_names
+from progdistill.core.threads import set_threads
+from progdistill.experiment import ExperimentConfig, load_config, step_size, student_names
 from progdistill.models.language import LanguageModel
 from progdistill.probes.curriculum_targets import POINTS, probe_curriculum_targets
 from progdistill.probes.monomials import probe_monomials
@@ -86,6 +87,7 @@ def cmd_run(args) -> int:
     config = resolve_config(args.preset, args.seeds, args.set or [])
     out = Path(args.out or f"runs/{config.preset}")
     report_to = resolve_report_to(args.report_to)  # an unknown or uninstalled tracker: refused before any work
+    set_threads(args.threads, step_size(config))  # before any work: from the config and the cores, not the load
     device = init_from_env(args.device)  # joins the process group under torchrun
     if rank_world()[1] > 1:
         local_slice(config.teacher.batch_size, "teacher.batch_size")  # refuse an uneven split before any work
@@ -138,6 +140,7 @@ def cmd_atlas(args) -> int:
         launcher=_launcher_config(args),
         overwrite=args.overwrite,
         wait=args.wait,
+        threads=args.threads,
     )
     out = Path(args.out)
     print(f"atlas of {len(summary['tasks'])} task(s): {out / ATLAS_TABLE} ({ATLAS_JSON})  figure: {out / ATLAS_FIGURE}")
@@ -283,6 +286,16 @@ def _add_windows(p) -> None:
     )
 
 
+def _threads_arg(p) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of this process (default: OMP_NUM_THREADS when set, else 1 for a small training step "
+        "such as the parity MLPs' and every core for a larger one, decided from the config and the core count "
+        "alone, per run; recorded in results.json)",
+    )
+
+
 def _launcher_args(p: argparse.ArgumentParser) -> None:
     """The ``--launcher`` options of ``run`` and ``atlas``."""
     g = p.add_argument_group(
@@ -382,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    _threads_arg(p)
     p.add_argument(
         "--report-to",
         metavar="TRACKERS",
@@ -427,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace a task's run directory holding another config (other seeds, an edited preset); a "
         "finished teacher of the same task and teacher config is kept",
     )
+    _threads_arg(p)
     _launcher_args(p)
     _command(p, cmd_atlas)
 

@@ -417,6 +417,27 @@ def estimate_memory(config: ExperimentConfig, block_steps: int, eval_chunk: int)
     return max(peak, students, key=lambda parts: sum(b for _, b in parts))
 
 
+def step_size(config: ExperimentConfig) -> int | None:
+    """Parameters x examples of the run's largest training step, the teacher's or the students' stack's, from the
+    models' ``estimated_bytes`` ("weights": 16 bytes a parameter, weights, gradients and two moments), computed
+    from the config alone; None when a model has no ``estimated_bytes``. It picks the run's thread count
+    (:func:`progdistill.core.threads.choose_threads`), so it depends on nothing but the config."""
+    task, teacher, student = config.task, config.teacher, config.student
+    models = (teacher.model, student.model)
+    if not hasattr(task, "input_size") or any(
+        getattr(m, "estimated_bytes", None) is None or isinstance(m, Unloaded) for m in models
+    ):
+        return None
+    stack = len(config.schedules) * config.seeds if student.model.stackable else 1
+    sizes = [
+        cfg.model.estimated_bytes(task.input_size, task.num_classes, cfg.batch_size, m)["weights"][0]
+        // 16
+        * cfg.batch_size
+        for cfg, m in ((teacher, 1), (student, stack))
+    ]
+    return max(sizes)
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to a new process: ``MemAvailable`` of /proc/meminfo, else the free physical pages
     (``os.sysconf``); None when neither can be read."""

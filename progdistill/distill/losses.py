@@ -753,6 +753,7 @@ def soft_cross_entropy_and_grad(
     target: torch.Tensor,
     zero: torch.Tensor | None = None,
     ignored: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`soft_cross_entropy` and its gradient, without autograd: logits (*, C), target (*, C) distributions.
 
@@ -762,10 +763,11 @@ def soft_cross_entropy_and_grad(
     :func:`soft_cross_entropy`'s. For optimizers with gradients written by hand
     (:meth:`progdistill.models.mlp.MLP.sgd_step`). ``zero`` (``target == 0``, (*, C)) and with it ``ignored``
     (its rows of zeros, (*, 1), None where there are none) may be computed once for many steps
-    (:func:`zero_targets`): on a step of a small model each elementwise pass is a measurable share of the time."""
+    (:func:`zero_targets`): on a step of a small model each elementwise pass is a measurable share of the time.
+    ``out``: a tensor (*) the loss is written to (and returned)."""
     if zero is None:
         zero, ignored = zero_targets(target)
     logp = torch.log_softmax(logits if ignored is None else logits.masked_fill(ignored, 0.0), dim=-1)  # (*, C)
-    loss = (target * logp).masked_fill_(zero, 0.0).sum(dim=-1).neg_()  # (*); 0 * -inf would be NaN
+    loss = torch.sum((target * logp).masked_fill_(zero, 0.0), dim=-1, out=out).neg_()  # (*); 0 * -inf: NaN
     grad = logp.exp().sub_(target)
     return loss, grad if ignored is None else grad.masked_fill_(ignored, 0.0)

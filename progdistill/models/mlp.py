@@ -9,6 +9,7 @@ that generator would be, so stacking changes nothing but speed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Sequence
@@ -94,11 +95,18 @@ class MLP(nn.Module):
         (the teacher, a lone student) 2-D views (d_in, d_out), (1, d_out) and x (B, n) for ``torch.addmm``
         (~1.5x faster than ``baddbmm`` with a batch of one on CPU); else the (M, ...) tensors for ``baddbmm``
         with x (M, B, n). The views share storage with the parameters, so in-place updates reach them."""
+        affine, matmul = (torch.addmm, torch.mm) if self.num_models == 1 else (torch.baddbmm, torch.bmm)
+        return self._parameters_as_taken(), self._inputs_as_taken(x), affine, matmul
+
+    def _parameters_as_taken(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self.num_models == 1:
-            x = x[0] if x.dim() == 3 else x
-            return [(w[0], b[0]) for w, b in zip(self.weights, self.biases)], x, torch.addmm, torch.mm
-        x = x.unsqueeze(0).expand(self.num_models, -1, -1) if x.dim() == 2 else x
-        return list(zip(self.weights, self.biases)), x, torch.baddbmm, torch.bmm
+            return [(w[0], b[0]) for w, b in zip(self.weights, self.biases)]
+        return list(zip(self.weights, self.biases))
+
+    def _inputs_as_taken(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_models == 1:
+            return x[0] if x.dim() == 3 else x
+        return x.unsqueeze(0).expand(self.num_models, -1, -1) if x.dim() == 2 else x
 
     @property
     def hidden_sizes(self) -> list[int]:
@@ -135,8 +143,8 @@ class MLP(nn.Module):
         ignored: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One plain SGD step (no momentum, no weight decay) on sum_m mean_b CE(target_mb, softmax(logits_mb)),
-        with the gradients written out by hand instead of autograd (the same update, ~2x faster per step at
-        batch 32 because no graph is recorded).
+        with the gradients written out by hand instead of autograd (the same update within float32 rounding,
+        ~2x faster per step at batch 32 because no graph is recorded): :meth:`sgd_steps` with one step.
 
         x: (B, n) shared or (M, B, n); target: (M, B, C) class distributions (one-hot labels, a teacher's
         softmax, or a mixture of both; their cross-entropy has gradient softmax(logits) - target). A row of
@@ -145,30 +153,87 @@ class MLP(nn.Module):
         ``ignored``: ``target``'s :func:`~progdistill.distill.losses.zero_targets`, when computed once per block.
         Returns the per-example cross-entropy before the step, (M, B).
         """
-        B = target.shape[1]
-        layers, h, affine, matmul = self._layers(x)
+        zero_steps = None if zero is None else zero[None]
+        ignored_steps = None if ignored is None else ignored[None]
+        return self.sgd_steps([x], target[None], [lr], zero_steps, ignored_steps, per_example=True)[0]
+
+    @torch.no_grad()
+    def sgd_steps(
+        self,
+        x_steps,
+        targets: torch.Tensor,
+        lrs: Sequence[float],
+        zero: torch.Tensor | None = None,
+        ignored: torch.Tensor | None = None,
+        per_example: bool = False,
+    ) -> torch.Tensor:
+        """``len(lrs)`` plain SGD steps in a row, step i on inputs ``x_steps[i]`` ((B, n) or (M, B, n)), targets
+        ``targets[i]`` ((L, M, B, C) in all) at learning rate ``lrs[i]``: :meth:`sgd_step` L times, without
+        its per-step set-up. ``zero`` and ``ignored``: :func:`~progdistill.distill.losses.zero_targets` of
+        ``targets``. Returns each step's mean cross-entropy per model before the step, (L, M), unchecked (with
+        ``per_example``, each example's, (L, M, B)).
+
+        For the block the last layer's weight is held transposed, (M, C, d) contiguous, and written back at the
+        end: with a few output classes the products with it run ~5-25x faster on CPU in that layout (MKL's
+        kernels for a 2-column right factor are slow), about a third of a step of the width-2000 teacher."""
+        L, M, B = targets.shape[:3]
         if zero is None:
-            zero, ignored = zero_targets(target)
-        if h.dim() == 2:
-            target, zero = target[0], zero[0]  # (B, C)
-            ignored = None if ignored is None else ignored[0]
+            zero, ignored = zero_targets(targets)
+        if M == 1:  # a stack of one steps on 2-D tensors: (B, C)
+            targets, zero, ignored = targets[:, 0], zero[:, 0], None if ignored is None else ignored[:, 0]
+        # the per-step views made at once (one call, not three indexing ops a step)
+        step_targets, step_zero = targets.unbind(0), zero.unbind(0)
+        step_ignored = [None] * L if ignored is None else ignored.unbind(0)
+        losses = torch.empty(L, M, B, device=targets.device)
+        step_losses = (losses[:, 0] if M == 1 else losses).unbind(0)
+        layers = self._parameters_as_taken()
+        with self._last_layer_transposed() as last:
+            for i, lr in enumerate(lrs):
+                h = self._inputs_as_taken(x_steps[i])
+                self._sgd_step(layers, last, h, step_targets[i], step_zero[i], step_ignored[i], lr, step_losses[i])
+        return losses if per_example else losses.mean(dim=-1)
+
+    @contextlib.contextmanager
+    def _last_layer_transposed(self):
+        """The last layer's weight as a contiguous transposed copy, (M, C, d) (a stack of one: (C, d)), written
+        back into the parameter on exit."""
+        weight = self.weights[-1] if self.num_models > 1 else self.weights[-1][0]
+        last = weight.detach().transpose(-1, -2).contiguous()
+        try:
+            yield last
+        finally:
+            with torch.no_grad():
+                weight.copy_(last.transpose(-1, -2))
+
+    @staticmethod
+    def _sgd_step(layers, last: torch.Tensor, h: torch.Tensor, target, zero, ignored, lr: float, out) -> None:
+        """One step on inputs h ((B, n) for a stack of one, else (M, B, n)) with targets (M, B, C) (a stack of
+        one: (B, C)), the last layer's weight given transposed (``last``, (M, C, d)); writes the per-example loss
+        before the step, (M, B) or (B,), to ``out``."""
+        B = target.shape[-2]
+        stacked = h.dim() == 3
+        affine, matmul = (torch.baddbmm, torch.bmm) if stacked else (torch.addmm, torch.mm)
         acts = [h]  # the input of each layer, (M, B, d_in) or (B, d_in); for i > 0 the ReLU output of layer i - 1
-        last = len(layers) - 1
-        for i, (w, b) in enumerate(layers):
-            pre = affine(b, acts[-1], w)  # (M, B, d_out)
-            if i < last:
-                acts.append(pre.relu_())
-        # loss (M, B); grad (M, B, C) is B * d(sum_m mean_b loss) / d logits, the 1 / B folded into the step
-        loss, grad = soft_cross_entropy_and_grad(pre, target, zero, ignored)
+        for w, b in layers[:-1]:
+            acts.append(affine(b, acts[-1], w).relu_())
+        b_last = layers[-1][1]
+        # logits^T = b^T + w^T h^T, (M, C, B): the same product in the fast layout, viewed back as (M, B, C)
+        logits = affine(b_last.transpose(-1, -2), last, acts[-1].transpose(-1, -2)).transpose(-1, -2)
+        # grad (M, B, C) is B * d(sum_m mean_b loss) / d logits, the 1 / B folded into the step
+        _, grad = soft_cross_entropy_and_grad(logits, target, zero, ignored, out=out)
         step = -lr / B
-        for i in range(last, -1, -1):
+        for i in range(len(layers) - 1, -1, -1):
             w, b = layers[i]
+            is_last = i == len(layers) - 1
             # The gradient flowing into layer i - 1 uses w before its update; ReLU's backward keeps the entries
             # whose output was positive (aten's fused threshold_backward: one pass instead of compare + mul).
-            below = torch.ops.aten.threshold_backward(matmul(grad, w.transpose(-1, -2)), acts[i], 0) if i else None
-            update = w.addmm_ if w.dim() == 2 else w.baddbmm_
-            update(acts[i].transpose(-1, -2), grad, alpha=step)  # w -= lr/B * acts^T grad, in place
+            if i:
+                into = matmul(grad, last) if is_last else matmul(grad, w.transpose(-1, -2))  # (M, B, d_in)
+                below = torch.ops.aten.threshold_backward(into, acts[i], 0)
+            if is_last:  # w^T -= lr/B * grad^T acts, in place
+                (last.baddbmm_ if stacked else last.addmm_)(grad.transpose(-1, -2), acts[i], alpha=step)
+            else:  # w -= lr/B * acts^T grad, in place
+                (w.baddbmm_ if stacked else w.addmm_)(acts[i].transpose(-1, -2), grad, alpha=step)
             b.add_(grad.sum(dim=-2, keepdim=True), alpha=step)
-            if below is not None:  # None after the first layer: the pass is over
+            if i:
                 grad = below
-        return loss.unsqueeze(0) if loss.dim() == 1 else loss

@@ -38,9 +38,10 @@ from progdistill.core.config import ConfigError, check_positive_int, override, t
 from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json, atomic_write_text
 from progdistill.core.optional import require
+from progdistill.core.threads import set_threads
 from progdistill.distill.phases import NoTransitionError
 from progdistill.distill.schedules import TwoShotAuto
-from progdistill.experiment import ExperimentConfig, config_hash
+from progdistill.experiment import ExperimentConfig, config_hash, step_size
 from progdistill.recipes.launcher import LauncherConfig, launch
 from progdistill.recipes.presets import ATLAS_SMOKE, get_preset
 from progdistill.recipes.runner import check_run, run
@@ -433,6 +434,7 @@ def atlas(
     wait: bool = False,
     log=print,
     report_to: str | Sequence[str] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the atlas into directory ``out`` and return ``atlas.json``'s content (see the module docstring).
 
@@ -440,8 +442,9 @@ def atlas(
     ``smoke``: the tasks' smallest versions. ``launcher``: run each task as jobs (default: in this process);
     ``wait``: with Slurm, wait for each task's jobs (submitit-local always waits); a task whose jobs have not
     ended is ``pending`` and a rerun adds it. ``overwrite``, ``device``, ``report_to``: as for
-    :func:`~progdistill.recipes.runner.run`, for every task. The tables cover the tasks asked for and every other
-    registered task already finished in ``out`` with the same settings.
+    :func:`~progdistill.recipes.runner.run`, for every task; ``threads``: ``--threads``, else each task's
+    count from its config (:func:`~progdistill.core.threads.set_threads`). The tables cover the tasks asked
+    for and every other registered task already finished in ``out`` with the same settings.
 
     Bad input (an unknown task, a bad seed count, a directory that is not an atlas or is one of the other kind,
     a task config that ``run`` would refuse) raises ``ConfigError`` before anything is written, and so does a
@@ -451,6 +454,8 @@ def atlas(
     names = select_tasks(tasks)
     seeds = (SMOKE_SEEDS if smoke else SEEDS) if seeds is None else seeds
     check_positive_int("--seeds", seeds)
+    if threads is not None:
+        check_positive_int("--threads", threads)
     launcher = launcher or LauncherConfig()
     out = Path(out)
     configs = {name: task_config(ATLAS_TASKS[name], smoke, seeds) for name in ATLAS_TASKS}
@@ -475,6 +480,7 @@ def atlas(
         log(f"atlas: task {i + 1}/{len(names)} {name} (preset {config.preset}) into {rundir.path}")
         try:
             if launcher.kind == "local":
+                set_threads(threads, step_size(config))  # per task: from its config and the cores
                 run(config, rundir.path, overwrite=overwrite, device=device, log=log, report_to=report_to)
             else:
                 launch(

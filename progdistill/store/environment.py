@@ -11,6 +11,8 @@ import platform
 
 import torch
 
+from progdistill.core.threads import chosen_by
+
 # Distributions whose versions are recorded besides torch's (None when not installed).
 PACKAGES = ("numpy", "transformers", "tokenizers")
 
@@ -51,7 +53,8 @@ def environment(device: str | torch.device = "cpu") -> dict:
 
     Returns:
         A JSON-ready dict: ``cpu`` (model name, or None if unknown), ``cpu_count`` (logical cores,
-        ``os.cpu_count()``), ``torch_threads`` (intra-op threads, ``torch.get_num_threads()``), ``device``,
+        ``os.cpu_count()``), ``torch_threads`` (intra-op threads, ``torch.get_num_threads()``), ``threads_chosen_by``
+        (what set them: :func:`progdistill.core.threads.chosen_by`, None for torch's default), ``device``,
         ``python`` (e.g. "3.11.7"), ``torch``, ``numpy``, ``transformers``, ``tokenizers`` (installed
         distribution versions, None when not installed) and ``platform`` (``platform.platform()``).
     """
@@ -59,6 +62,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "threads_chosen_by": chosen_by(),
         "device": _device_name(device),
         "python": platform.python_version(),
         # The imported module's version: what ran, even for a source build without distribution metadata.

@@ -162,23 +162,23 @@ def hand_sgd_steps(
     targets: torch.Tensor,
     device: torch.device,
 ) -> torch.Tensor:
-    """A block's plain SGD updates of a stack with the model's hand-written gradients (``model.sgd_step``), ~2x
-    faster per step than autograd; steps ``lr_schedule`` too (``constant``: a constant learning rate).
+    """A block's plain SGD updates of a stack with the model's hand-written gradients (``model.sgd_steps``),
+    ~2x faster per step than autograd; steps ``lr_schedule`` too (``constant``: a constant learning rate).
     x_steps[i]: step i's inputs; targets: (L, M, B, C) class distributions. Returns the steps' training losses
     (L, M), unchecked (the loop checks them once per block instead of a sync per step)."""
-    L, M = targets.shape[:2]
-    step_losses = torch.empty(L, M, device=device)
-    zero, ignored = zero_targets(targets)  # once per block, not per step
+    lrs = []
     with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-        for i in range(L):
-            lr, rows = opt.param_groups[0]["lr"], None if ignored is None else ignored[i]
-            step_losses[i] = model.sgd_step(x_steps[i], targets[i], lr, zero[i], rows).mean(dim=1)
+        # The schedule does not depend on the steps' results: the block's rates are read out first, leaving
+        # the schedule in the state of one stepped after every step.
+        for _ in range(targets.shape[0]):
+            lrs.append(opt.param_groups[0]["lr"])
             if not constant:
                 lr_schedule.step()
         if constant:  # same state as stepping it every step, without the per-step Python call
-            lr_schedule.last_epoch += L
-    return step_losses
+            lr_schedule.last_epoch += len(lrs)
+    zero, ignored = zero_targets(targets)  # once per block, not per step
+    return model.sgd_steps(x_steps, targets, lrs, zero, ignored)
 
 
 def token_step(

@@ -142,6 +142,8 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys):
     assert f"valid: {valid}" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--seeds"):
         atlas(out, seeds=0, log=quiet)
+    with pytest.raises(ConfigError, match="--threads"):
+        atlas(out, threads=0, log=quiet)
     assert not out.exists()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")

@@ -13,6 +13,7 @@ KEYS = {
     "cpu",
     "cpu_count",
     "torch_threads",
+    "threads_chosen_by",
     "device",
     "python",
     "torch",
