@@ -18,6 +18,7 @@ from progdistill.models.mlp import MLP, MLPConfig
 from progdistill.recipes.presets import PRESETS, get_preset
 from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter
+from progdistill.tasks.induction import InductionTask
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask
@@ -35,6 +36,7 @@ __all__ = [
     "ExperimentConfig",
     "GPT2LMConfig",
     "GrammarSpec",
+    "InductionTask",
     "KShot",
     "MLPConfig",
     "OneShot",
