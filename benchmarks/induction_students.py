@@ -7,6 +7,8 @@ previous-token and induction score over its heads, on the probe's repeated seque
     python benchmarks/induction_students.py runs/induction-lm --schedules ce one-shot progressive-x2 2-shot-auto \
         --extra '{"type": "progressive", "speed": 8}' --seeds 3 --out runs/induction-lm/students-induction.json
 
+``--from-json A.json B.json`` trains nothing and prints the table and figure of earlier measurements, merged.
+
 Per student: ``ic_step`` (the first evaluation step at which its in-context accuracy reaches ``--threshold``,
 None if never), ``head_step`` (the first at which its best induction score reaches the probe's FORMED level),
 its final in-context and bigram loss, and the per-step curves. Prints a markdown table (mean, min-max over
@@ -66,8 +68,10 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--schedules", nargs="*", default=None, help="labels of the run's schedules (default all)")
     parser.add_argument("--extra", nargs="*", default=[], help="more schedules, as JSON dicts with a 'type'")
-    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0 .. N-1 (default the run's)")
+    parser.add_argument("--seed-list", type=int, nargs="*", default=None, help="these seeds instead")
     parser.add_argument("--threshold", type=float, default=0.5, help="in-context accuracy of the transition")
+    parser.add_argument("--from-json", nargs="*", default=[], help="train nothing: table and figure of these")
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None)
     args = parser.parse_args()
@@ -82,7 +86,13 @@ def main() -> None:
         schedules.append(lookup_variant("schedule", data.pop("type"))(**data))
     ids = repeated_sequences(task.num_classes, task.input_size)
     results: dict[str, list[dict]] = {}
-    for seed in range(config.seeds if args.seeds is None else args.seeds):
+    for path in args.from_json:  # earlier measurements, merged (schedule by schedule, in order)
+        for label, rows in json.loads(Path(path).read_text()).items():
+            results.setdefault(label, []).extend(rows)
+    seeds = args.seed_list if args.seed_list is not None else range(args.seeds or config.seeds)
+    if args.from_json:
+        seeds = []
+    for seed in seeds:
         for schedule in schedules:
             out = train_one(config, task, trajectory, teachers, schedule, seed, ids)
             recs, heads = out["records"], out["heads"]
@@ -113,6 +123,8 @@ def main() -> None:
                 student["same_as_run"] = [r["eval_loss"] for r in saved] == [r["eval_loss"] for r in recs]
             results.setdefault(schedule.label, []).append(student)
             print(schedule.label, seed, {k: v for k, v in student.items() if k != "curve"}, flush=True)
+            if args.out:  # after every student, so that a stopped measurement keeps what it finished
+                Path(args.out).write_text(json.dumps(results, indent=1))
     print()
     print(
         f"| schedule | steps to in-context accuracy {args.threshold} | steps to induction score {FORMED} | "
@@ -147,6 +159,8 @@ def main() -> None:
         for ax in (left, right):
             ax.set_xlabel("student steps")
             ax.legend(fontsize=8)
+        left.axhline(args.threshold, color="gray", lw=0.8, ls=":")
+        right.axhline(FORMED, color="gray", lw=0.8, ls=":")
         left.set_title(f"{config.preset}: students (each line a seed)", fontsize=9)
         fig.tight_layout()
         save_figure(fig, Path(args.figure))
