@@ -19,6 +19,7 @@ from progdistill.recipes.presets import PRESETS, get_preset
 from progdistill.recipes.runner import run
 from progdistill.store.trajectory import Trajectory, TrajectoryError, TrajectoryWriter
 from progdistill.tasks.boolean import SparseMajorityTask, StaircaseTask
+from progdistill.tasks.induction import InductionTask
 from progdistill.tasks.parity import ParityTask
 from progdistill.tasks.pcfg.task import GrammarSpec, PCFGMaskedLMTask, PCFGNextTokenTask
 from progdistill.tasks.text.task import TextMaskedLMTask
@@ -36,6 +37,7 @@ __all__ = [
     "ExperimentConfig",
     "GPT2LMConfig",
     "GrammarSpec",
+    "InductionTask",
     "KShot",
     "MLPConfig",
     "OneShot",

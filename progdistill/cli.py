@@ -20,6 +20,7 @@ from progdistill.core.threads import set_threads
 from progdistill.experiment import ExperimentConfig, load_config, step_size, student_names
 from progdistill.models.language import LanguageModel
 from progdistill.probes.curriculum_targets import POINTS, probe_curriculum_targets
+from progdistill.probes.induction import probe_induction
 from progdistill.probes.monomials import probe_monomials
 from progdistill.probes.ngram import DISTANCE, WINDOWS, probe_ngram
 from progdistill.probes.oracle import probe_oracle
@@ -200,6 +201,12 @@ def cmd_probe_ngram(args) -> int:
         distance=args.distance,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "students"}, indent=2))
+    return 0
+
+
+def cmd_probe_induction(args) -> int:
+    summary = probe_induction(args.run_dir, students=not args.no_students)
+    print(json.dumps(summary["teacher"] | {"students": summary["students"]}, indent=2))
     return 0
 
 
@@ -536,6 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
         "results (ngram-attention-l1* with --hiding attention)",
     )
     _command(p, cmd_probe_ngram)
+    p = probe.add_parser(
+        "induction",
+        help="previous-token and induction (prefix-matching) score of every attention head, and the in-context / "
+        "bigram loss split, for every teacher checkpoint and final student of an induction run; writes "
+        "RUN_DIR/probes/induction.jsonl, induction-summary.json, induction.png (`progdistill run` already does this)",
+    )
+    p.add_argument("run_dir", help="a run directory written by `progdistill run` (task induction)")
+    p.add_argument("--no-students", action="store_true", help="probe teacher checkpoints only")
+    _command(p, cmd_probe_induction)
     p = probe.add_parser(
         "oracle",
         help="M_robust / M_close of the grammar's Bayes-optimal masked LM (exact, by the "

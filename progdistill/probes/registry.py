@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from progdistill.probes import generation, ngram
+from progdistill.probes import generation, induction, ngram
 from progdistill.tasks.base import Task
 
 
@@ -25,6 +25,7 @@ END_OF_RUN: dict[str, EndOfRunProbe] = {
     "ngram": _NGRAM,
     "nonterminal": _NGRAM,  # the non-terminal probe runs inside the n-gram probe, on the same models
     "generation": EndOfRunProbe("generation-summary.json", generation.run_end_of_run, generation.check_fits),
+    "induction": EndOfRunProbe("induction-summary.json", induction.run_end_of_run, induction.check_fits),
 }
 
 

@@ -109,6 +109,7 @@ ATLAS_TASKS: dict[str, AtlasTask] = {
         AtlasTask("majority", "atlas-majority", ATLAS_SMOKE["atlas-majority"]),
         AtlasTask("modular-addition", "atlas-modular-addition", ATLAS_SMOKE["atlas-modular-addition"]),
         AtlasTask("pointer-chasing", "atlas-pointer-chasing", ATLAS_SMOKE["atlas-pointer-chasing"]),
+        AtlasTask("induction", "induction-lm", shrink(40, 20, 10, "task.eval_size=64"), SMOKE_NO_2SHOT),
         AtlasTask("pcfg-mlm", "atlas-pcfg-mlm", shrink(40, 20, 10, "task.eval_size=16", batch_size=8), SMOKE_NO_2SHOT),
     )
 }

@@ -26,21 +26,26 @@ class Batch:
     ``inputs``: (B, ...) model inputs -- (B, n) float bits for sparse parity, (B, L) int64 token ids for
     sequence tasks. ``targets``: int64 class indices, (B,) for one label per example or (B, L) for one per
     position, ``IGNORE_INDEX`` where nothing is supervised. ``attention_mask``: (B, L) bool (False at padding)
-    for sequence inputs, None otherwise.
+    for sequence inputs, None otherwise. ``groups``: optional named sets of target positions, each a bool
+    tensor shaped like ``targets`` (e.g. the induction task's ``in_context`` and ``bigram`` positions), for which
+    evaluation also reports the loss and accuracy (``eval_<name>_loss``, ``eval_<name>_accuracy``).
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     attention_mask: torch.Tensor | None = None
+    groups: dict[str, torch.Tensor] | None = None
 
     def to(self, device) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
-        return Batch(self.inputs.to(device), self.targets.to(device), mask)
+        groups = None if self.groups is None else {k: v.to(device) for k, v in self.groups.items()}
+        return Batch(self.inputs.to(device), self.targets.to(device), mask, groups)
 
     def rows(self, index) -> Batch:
         """The sub-batch of rows ``index`` (a slice or an index tensor)."""
         mask = None if self.attention_mask is None else self.attention_mask[index]
-        return Batch(self.inputs[index], self.targets[index], mask)
+        groups = None if self.groups is None else {k: v[index] for k, v in self.groups.items()}
+        return Batch(self.inputs[index], self.targets[index], mask, groups)
 
     def with_targets(self, targets: torch.Tensor) -> Batch:
         return replace(self, targets=targets)

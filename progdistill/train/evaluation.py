@@ -47,20 +47,38 @@ def evaluate_stack(model: torch.nn.Module, batches: Sequence[Batch]) -> tuple[to
 
 
 @torch.no_grad()
-def evaluate_tokens(model: torch.nn.Module, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_tokens(
+    model: torch.nn.Module, batches: Sequence[Batch], groups: dict[str, float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats per supervised token) and accuracy at the supervised positions of
-    ``batches``, each as a tensor of shape (1,) like :func:`evaluate_stack`."""
+    ``batches``, each as a tensor of shape (1,) like :func:`evaluate_stack`. When ``groups`` is a dict and the
+    batches carry position groups (``Batch.groups``), it receives ``eval_<name>_loss`` and
+    ``eval_<name>_accuracy`` of every group, over its supervised positions (a group with none is left out)."""
     was_training = model.training
     model.eval()
     loss_sum = correct = count = 0.0
+    split: dict[str, list[float]] = {}  # group -> [loss sum, correct, count]
     for batch in batches:
         selected = batch.targets != IGNORE_INDEX
-        logits = model(*batch.model_inputs)[selected]  # (N, V)
-        target = batch.targets[selected]
-        loss_sum += float(cross_entropy(logits, target, reduction="none").sum())
-        correct += float((logits.argmax(-1) == target).sum())
+        logits = model(*batch.model_inputs)  # (B, L, V)
+        losses = cross_entropy(logits[selected], batch.targets[selected], reduction="none")  # (N,)
+        hits = logits[selected].argmax(-1) == batch.targets[selected]  # (N,)
+        loss_sum += float(losses.sum())
+        correct += float(hits.sum())
         count += int(selected.sum())
+        if groups is not None and batch.groups is not None:
+            for name, where in batch.groups.items():
+                inside = where[selected]  # (N,) the group's positions among the supervised ones
+                acc = split.setdefault(name, [0.0, 0.0, 0.0])
+                acc[0] += float(losses[inside].sum())
+                acc[1] += float(hits[inside].sum())
+                acc[2] += int(inside.sum())
     model.train(was_training)
+    if groups is not None:
+        for name, (g_loss, g_correct, g_count) in split.items():
+            if g_count:
+                groups[f"eval_{name}_loss"] = g_loss / g_count
+                groups[f"eval_{name}_accuracy"] = g_correct / g_count
     count = max(count, 1)
     return torch.tensor([loss_sum / count]), torch.tensor([correct / count])
 

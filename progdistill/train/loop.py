@@ -38,7 +38,6 @@ from progdistill.distill.schedules import TeacherSpec, teacher_temperature
 from progdistill.distill.teachers import Teachers, block_teacher_logits, plan_temperatures
 from progdistill.models.mlp import MLP
 from progdistill.store.trajectory import TrajectoryWriter
-from progdistill.tasks.base import Batch
 from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from progdistill.train.generation import GeneratedData
 from progdistill.train.optim import make_optimizer
@@ -214,9 +213,7 @@ class Training:
             else None
         )
         self.eval_batches = [b.to(device) for b in task.eval_batches()]
-        self.evaluate: Callable[[torch.nn.Module, Sequence[Batch]], tuple[torch.Tensor, torch.Tensor]] = (
-            evaluate_tokens if task.per_position_targets else evaluate_stack
-        )
+        self.per_position = task.per_position_targets
         params = list(model.parameters()) + ([] if self.hints is None else list(self.hints.parameters()))
         self.opt, self.lr_sched = make_optimizer(params, train.optimizer, train.steps)
         model.to(device).train()
@@ -246,6 +243,7 @@ class Training:
         self.histories: list[list[dict]] = [[] for _ in members]
         self.loss_sum, self.loss_count, self.skipped = torch.zeros(M, device=device), 0, 0
         self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_groups: dict[str, float] = {}  # the position groups' metrics of the last evaluation
         self.progress_log: ProgressLog | None = None
 
     def teachers_at(self, t: int) -> list[TeacherSpec | None]:
@@ -417,7 +415,13 @@ class Training:
         self.loss_sum, self.loss_count = torch.zeros(M, device=self.device), 0
         if not self.main_process:
             return
-        eval_loss, eval_acc = self.last_evaluation = self.evaluate(self.model, self.eval_batches)
+        groups: dict[str, float] = {}  # the metrics of the held-out batches' position groups (Batch.groups)
+        if self.per_position:
+            self.last_evaluation = evaluate_tokens(self.model, self.eval_batches, groups)
+        else:
+            self.last_evaluation = evaluate_stack(self.model, self.eval_batches)
+        eval_loss, eval_acc = self.last_evaluation
+        self.last_groups = groups
         if self.progress_log is not None:
             self.progress_log(step, eval_loss, eval_acc)
         in_use = self.in_use
@@ -434,6 +438,7 @@ class Training:
                 "train_loss": train_loss[m],
                 "eval_loss": float(eval_loss[m]),
                 "eval_accuracy": float(eval_acc[m]),
+                **groups,
                 "teacher_checkpoint": None if spec is None else spec.checkpoint,
                 "lr": self.opt.param_groups[0]["lr"],
                 **({} if spec is None else spec.describe()),
@@ -457,9 +462,8 @@ class Training:
         eval_loss, eval_acc = self.last_evaluation
         writer, train = self.checkpoint_writer, self.train
         if writer is not None and (step % train.checkpoint_every == 0 or step == train.steps):
-            writer.save(
-                step, self.model.state_dict(), {"eval_accuracy": float(eval_acc[0]), "eval_loss": float(eval_loss[0])}
-            )
+            metrics = {"eval_accuracy": float(eval_acc[0]), "eval_loss": float(eval_loss[0]), **self.last_groups}
+            writer.save(step, self.model.state_dict(), metrics)
         if self.state_path is not None and step < train.steps:
             save_state(
                 self.state_path,

@@ -38,3 +38,30 @@ def test_token_evaluation_counts_supervised_positions_only():
     loss, accuracy = evaluate_tokens(model, [Batch(inputs, targets, torch.ones(2, 3, dtype=torch.bool))])
     assert loss.tolist() == pytest.approx([(2 * -math.log(0.75) + math.log(4)) / 3])
     assert accuracy.tolist() == pytest.approx([2 / 3])
+
+
+def test_token_evaluation_reports_position_groups_by_hand():
+    # One model predicting p = [1/4, 3/4] everywhere. Batch 1: targets [1, 0, -100]; batch 2: [0, 1, 1].
+    # Group "a" holds the positions of targets 1, 0 (batch 1) and 1 (batch 2): loss (2 ln 4/3 + ln 4) / 3,
+    # accuracy 2/3. Group "b" holds only the ignored position and the first of batch 2 (target 0): 1 position.
+    model = Fixed(torch.tensor([[0.0, math.log(3.0)]]))
+    ones = torch.ones(1, 3, dtype=torch.bool)
+    a1, a2 = torch.tensor([[True, True, False]]), torch.tensor([[False, False, True]])
+    b1, b2 = torch.tensor([[False, False, True]]), torch.tensor([[True, False, False]])
+    batches = [
+        Batch(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[1, 0, -100]]), ones, {"a": a1, "b": b1}),
+        Batch(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[0, 1, 1]]), ones, {"a": a2, "b": b2}),
+    ]
+    groups: dict[str, float] = {}
+    loss, accuracy = evaluate_tokens(model, batches, groups)
+    assert groups["eval_a_loss"] == pytest.approx((2 * math.log(4 / 3) + math.log(4)) / 3)
+    assert groups["eval_a_accuracy"] == pytest.approx(2 / 3)
+    assert groups["eval_b_loss"] == pytest.approx(math.log(4))
+    assert groups["eval_b_accuracy"] == 0.0
+    assert set(groups) == {"eval_a_loss", "eval_a_accuracy", "eval_b_loss", "eval_b_accuracy"}
+    assert float(loss[0]) == pytest.approx((3 * math.log(4 / 3) + 2 * math.log(4)) / 5)
+    # Without a dict (or without groups) nothing else changes.
+    assert evaluate_tokens(model, batches) == (loss, accuracy)
+    empty: dict[str, float] = {}
+    evaluate_tokens(model, [Batch(b.inputs, b.targets, b.attention_mask) for b in batches], empty)
+    assert empty == {}
