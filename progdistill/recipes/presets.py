@@ -320,7 +320,7 @@ def atlas_leap() -> ExperimentConfig:
 def atlas_parity() -> ExperimentConfig:
     # Sparse parity in the same shape as the staircases and the majority, so that the atlas compares tasks, not
     # settings: the prediction made from the atlas's rule before its students ran is in docs/atlas.md.
-    return _atlas("atlas-parity", ParityTask(n=30, k=4), 12_000, 24_000, 3000)
+    return _atlas("atlas-parity", ParityTask(n=30, k=4), 4000, 8000, 2000)
 
 
 @preset(
