@@ -142,6 +142,7 @@ def cmd_atlas(args) -> int:
         overwrite=args.overwrite,
         wait=args.wait,
         threads=args.threads,
+        report_to=resolve_report_to(args.report_to),  # an unknown or uninstalled tracker: refused before any work
     )
     out = Path(args.out)
     print(f"atlas of {len(summary['tasks'])} task(s): {out / ATLAS_TABLE} ({ATLAS_JSON})  figure: {out / ATLAS_FIGURE}")
@@ -293,6 +294,19 @@ def _add_windows(p) -> None:
     )
 
 
+def _report_to_arg(p) -> None:
+    p.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help=f"experiment trackers, comma-separated, from {', '.join(TRACKERS)}; or none (default: "
+        "tensorboard when installed). Each model's metrics (the names of metrics.jsonl) and the "
+        "config as hyperparameters, inside the run directory: RUN/tensorboard, RUN/wandb (offline "
+        "unless WANDB_MODE says otherwise), RUN/mlruns (MLflow file store unless "
+        "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
+        '"progdistill[wandb,mlflow]"',
+    )
+
+
 def _threads_arg(p) -> None:
     p.add_argument(
         "--threads",
@@ -403,16 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     _threads_arg(p)
-    p.add_argument(
-        "--report-to",
-        metavar="TRACKERS",
-        help=f"experiment trackers, comma-separated, from {', '.join(TRACKERS)}; or none (default: "
-        "tensorboard when installed). Each model's metrics (the names of metrics.jsonl) and the "
-        "config as hyperparameters, inside the run directory: RUN/tensorboard, RUN/wandb (offline "
-        "unless WANDB_MODE says otherwise), RUN/mlruns (MLflow file store unless "
-        "MLFLOW_TRACKING_URI is set); wandb and mlflow are extras: pip install "
-        '"progdistill[wandb,mlflow]"',
-    )
+    _report_to_arg(p)
     _launcher_args(p)
     _command(p, cmd_run)
 
@@ -449,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         "finished teacher of the same task and teacher config is kept",
     )
     _threads_arg(p)
+    _report_to_arg(p)
     _launcher_args(p)
     _command(p, cmd_atlas)
 
