@@ -16,20 +16,21 @@ from progdistill.core.config import check, check_positive_int, register
 from progdistill.tasks.base import Batch, TaskBase
 
 
-@register("task")
 @dataclass(frozen=True)
-class ParityTask(TaskBase):
-    """Config and sampler of (n, k) sparse parity.
+class SupportTask(TaskBase):
+    """Shared fields and sampling of a label that depends on k hidden coordinates of x uniform on {-1, +1}^n.
 
     ``support_seed``: None puts the support on the first k coordinates; an integer draws k distinct
-    coordinates from a generator seeded with it. ``eval_size`` examples are drawn once from ``eval_seed``.
+    coordinates from a generator seeded with it (the same draw in every subclass: sparse parity here, the
+    staircases and majority in :mod:`progdistill.tasks.boolean`). ``eval_size`` examples are drawn once from
+    ``eval_seed``. Subclasses give :meth:`labels`.
     """
 
-    kind: ClassVar[str] = "parity"
+    # The monomial-correlation probe (progdistill.probes.monomials) reads n, k, support and sample_inputs only.
     probes: ClassVar[tuple[str, ...]] = ("monomials",)
 
-    n: int = 50
-    k: int = 5
+    n: int = 20
+    k: int = 3
     support_seed: int | None = None
     eval_size: int = 4096
     eval_seed: int = 12345
@@ -90,9 +91,8 @@ class ParityTask(TaskBase):
         return bits.float().mul_(2).sub_(1)
 
     def labels(self, x: torch.Tensor) -> torch.Tensor:
-        """Class of the parity of the support: x (..., n) in {-1, +1} -> int64 (...), 1 iff prod x_S = +1."""
-        parity = x[..., list(self.support)].prod(dim=-1)
-        return (parity > 0).long()
+        """x (..., n) in {-1, +1} -> int64 classes (...)."""
+        raise NotImplementedError
 
     def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh batch: inputs (count, n) float32 and labels (count,) int64."""
@@ -110,3 +110,23 @@ class ParityTask(TaskBase):
     def eval_batches(self) -> list[Batch]:
         """The fixed held-out set (:meth:`eval_set`) as one batch."""
         return [Batch(*self.eval_set())]
+
+
+@register("task")
+@dataclass(frozen=True)
+class ParityTask(SupportTask):
+    """Config and sampler of (n, k) sparse parity.
+
+    ``support_seed``: None puts the support on the first k coordinates; an integer draws k distinct
+    coordinates from a generator seeded with it. ``eval_size`` examples are drawn once from ``eval_seed``.
+    """
+
+    kind: ClassVar[str] = "parity"
+
+    n: int = 50
+    k: int = 5
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Class of the parity of the support: x (..., n) in {-1, +1} -> int64 (...), 1 iff prod x_S = +1."""
+        parity = x[..., list(self.support)].prod(dim=-1)
+        return (parity > 0).long()
