@@ -513,7 +513,7 @@ def pcfg_mlm() -> ExperimentConfig:
 @preset(
     "atlas-pcfg-mlm",
     "pcfg-mlm shrunk for the atlas (progdistill atlas): teacher 2,400 steps, students 1,000 steps, threshold "
-    "0.55, with a noised-teacher student; CPU, ~23 CPU-min",
+    "0.55, with a noised-teacher student; CPU, ~28 CPU-min",
 )
 def atlas_pcfg_mlm() -> ExperimentConfig:
     # The atlas runs each task's five student schedules x 3 seeds in <= 10 minutes on 2 cores; pcfg-mlm takes 15.
