@@ -730,7 +730,7 @@ def induction_lm() -> ExperimentConfig:
     "induction-lm-ways",
     "induction-lm's task, teacher and students, every way of distilling from its one teacher: token-level "
     "forward KL, generalized JSD (beta 0.5), reverse KL, sequence-level KD, on-policy (lmbda 0.5 and 1); "
-    "one-shot, progressive, 2-shot-auto (CE once); 57 students, CPU ~20 min",
+    "one-shot, progressive, 2-shot-auto (CE once); 57 students, CPU ~25 min (1 thread)",
 )
 def induction_lm_ways() -> ExperimentConfig:
     # Record and commands: docs/reproduction.md ("Which way of distilling"). The teacher is induction-lm's (same
