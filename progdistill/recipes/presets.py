@@ -742,6 +742,33 @@ def induction_lm() -> ExperimentConfig:
 
 
 @preset(
+    "induction-lm-ways",
+    "induction-lm's task, teacher and students, every way of distilling from its one teacher: token-level "
+    "forward KL, generalized JSD (beta 0.5), reverse KL, sequence-level KD, on-policy (lmbda 0.5 and 1); "
+    "one-shot, progressive, 2-shot-auto (CE once); 57 students, CPU ~25 min (1 thread)",
+)
+def induction_lm_ways() -> ExperimentConfig:
+    # Record and commands: docs/reproduction.md ("Which way of distilling"). The teacher is induction-lm's (same
+    # config: its run directory's teacher is reused with --overwrite). Generated sequences continue the first half
+    # of fresh task sequences (which holds the segment's first occurrence) for the 16 tokens of the second half,
+    # where the copy lies (InductionTask.generate_batch); max_new_tokens None = up to the task's length.
+    base = induction_lm()
+    ways = (
+        Way("jsd", DistillationConfig(loss="generalized_jsd", beta=0.5)),
+        Way("reverse-kl", DistillationConfig(loss="reverse_kl")),
+        Way("seq-kd", DistillationConfig(seq_kd=True, alpha=1.0)),  # the cross-entropy on the teacher's samples
+        Way("on-policy-0.5", DistillationConfig(lmbda=0.5)),
+        Way("on-policy-1", DistillationConfig(lmbda=1.0)),
+    )
+    return replace(
+        base,
+        preset="induction-lm-ways",
+        schedules=(CE(), OneShot(), Progressive(speed=2.0), TwoShotAuto(first_steps=200, metric="eval_loss")),
+        ways=ways,
+    )
+
+
+@preset(
     "pcfg-lm-paper",
     "autoregressive PCFG at paper scale: cfg3f, GPT-2 4x32 heads (hidden 256) -> 4x8 heads "
     "(hidden 64), batch 512 (8 x 64), 8k steps; GPU",

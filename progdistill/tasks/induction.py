@@ -84,6 +84,7 @@ class InductionTask(TaskBase):
     probes: ClassVar[tuple[str, ...]] = ("induction",)
     end_of_run_probes: ClassVar[tuple[str, ...]] = ("induction",)
     accuracy_label: ClassVar[str] = "next-token accuracy (validation)"
+    generative: ClassVar[bool] = True
 
     vocab_size: int = 32
     length: int = 64
@@ -212,6 +213,34 @@ class InductionTask(TaskBase):
     def sample_batch(self, count: int, generator: torch.Generator) -> Batch:
         """``count`` fresh sequences (the training stream)."""
         return self.batch_from_sample(self.sample(count, generator))
+
+    def prompt_length(self) -> int:
+        """Tokens of a generation prompt: the first half of a sequence, L // 2, which holds every segment's first
+        occurrence (the copies lie in the second half), so that a continuation can copy."""
+        return self.length // 2
+
+    def generate_batch(
+        self, model, count: int, generator: torch.Generator, temperature: float = 1.0, max_new_tokens: int | None = None
+    ) -> Batch:
+        """``count`` sequences whose second half is sampled from ``model`` (a
+        :class:`~progdistill.models.language.CausalLM`): prompts are the first :meth:`prompt_length` tokens of
+        fresh training sequences (:meth:`sample`, drawn from ``generator``), continued over all V ids at
+        ``temperature`` (0 = greedy) for ``max_new_tokens`` tokens (None: up to ``length``; there is no end
+        token), every draw from ``generator``. Returns inputs (B, P + N) and targets (B, P + N): in the prompt the
+        task's own targets (its bigram positions; a first occurrence is unpredictable), then every generated
+        token, ``IGNORE_INDEX`` at the last position; no ``groups``."""
+        prompt_len = self.prompt_length()
+        data = self.batch_from_sample(self.sample(count, generator))
+        device = next(model.parameters()).device
+        prompt = data.inputs[:, :prompt_len]
+        limit = self.length - prompt_len if max_new_tokens is None else min(max_new_tokens, self.length - prompt_len)
+        drawn = model.sample(prompt.to(device), torch.arange(self.vocab_size), -1, limit, generator, temperature)
+        new = torch.tensor(drawn, dtype=torch.long).reshape(count, -1)  # no stop id: every row has `limit` tokens
+        tokens = torch.cat([prompt, new], dim=1)
+        targets = torch.full_like(tokens, IGNORE_INDEX)
+        targets[:, : prompt_len - 1] = data.targets[:, : prompt_len - 1]
+        targets[:, prompt_len - 1 : -1] = new
+        return Batch(tokens, targets, torch.ones_like(tokens, dtype=torch.bool))
 
     def eval_batches(self) -> list[Batch]:
         """The fixed held-out set: ``eval_size`` sequences drawn from ``eval_seed``, in batches of

@@ -133,3 +133,42 @@ def test_the_generation_preset_runs_every_way_in_one_experiment():
     assert (ways["seq-kd"].seq_kd, ways["seq-kd"].alpha) == (True, 1.0)
     assert (ways["on-policy-0.5"].lmbda, ways["on-policy-1"].lmbda) == (0.5, 1.0)
     assert config.distillation.loss == "forward_kl" and not config.distillation.generates
+
+
+def test_the_induction_ways_preset_shares_induction_lm_teacher_and_validates_every_way():
+    config, base = get_preset("induction-lm-ways"), get_preset("induction-lm")
+    # the same task, teacher and students: a run directory's induction-lm teacher is reused
+    assert (config.task, config.teacher, config.student) == (base.task, base.teacher, base.student)
+    assert config.task.generative and config.distillation == DistillationConfig()
+    ways = {w.name: w.distillation for w in config.ways}
+    assert (ways["jsd"].loss, ways["jsd"].beta) == ("generalized_jsd", 0.5)
+    assert ways["reverse-kl"].loss == "reverse_kl"
+    assert (ways["seq-kd"].seq_kd, ways["seq-kd"].alpha) == (True, 1.0)
+    assert (ways["on-policy-0.5"].lmbda, ways["on-policy-1"].lmbda) == (0.5, 1.0)
+    for way in config.ways:  # each way is a valid experiment by itself
+        assert replace(config, distillation=way.distillation, ways=()).distillation == way.distillation
+    assert [s.label for s in config.schedules] == ["ce", "one-shot", "progressive-x2", "2-shot-auto"]
+    labels = [r.label for r in student_runs(config) if r.seed == 0]
+    assert len(labels) == 4 + 3 * 5 and labels.count("ce") == 1 and config.seeds == 3  # CE trains once
+
+
+@pytest.mark.e2e
+def test_the_induction_ways_preset_shrunk_runs_every_way_end_to_end(tmp_path):
+    config = get_preset("induction-lm-ways")
+    config = replace(
+        config,
+        task=replace(config.task, eval_size=64),
+        teacher=replace(config.teacher, steps=20, eval_every=10, checkpoint_every=10),
+        student=replace(config.student, steps=8, eval_every=4, batch_size=8),
+        schedules=(CE(), OneShot(), Progressive()),
+        seeds=1,
+    )
+    _train(config, tmp_path)
+    students = RunDir(tmp_path).students
+    last = {d.name: read_metrics(d / "metrics.jsonl")[-1] for d in students.iterdir()}
+    assert len(last) == 1 + 2 * 6
+    assert all("eval_in_context_accuracy" in r and "eval_bigram_loss" in r for r in last.values())
+    assert last["seq-kd-one-shot-seed0"]["seq_kd_steps"] == 8  # every step on the teacher's continuations
+    assert last["on-policy-1-progressive-seed0"]["on_policy_steps"] == 8
+    assert 0 < last["on-policy-0.5-one-shot-seed0"]["on_policy_steps"] < 8
+    assert last["one-shot-seed0"].get("seq_kd_steps", 0) == 0

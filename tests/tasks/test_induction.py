@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -6,7 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from progdistill.core.config import ConfigError
+from progdistill.core.settings import DistillationConfig
 from progdistill.distill.losses import IGNORE_INDEX
+from progdistill.experiment import build_model
+from progdistill.models.language import GPT2LMConfig
+from progdistill.recipes.presets import get_preset
 from progdistill.tasks.induction import InductionSample, InductionTask, bigram_matrix
 
 
@@ -124,3 +129,52 @@ def test_edges_that_fit_are_accepted():
     task = InductionTask(vocab_size=8, length=18, segment_length=4, pairs=2, mix=1.0)
     s = task.sample(30, torch.Generator().manual_seed(0))
     assert int((s.planted >= 0).sum()) == 30 * 2 * 2 * 4
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    length=st.integers(8, 40),
+    segment_length=st.integers(2, 5),
+    pairs=st.integers(1, 3),
+)
+def test_a_generation_prompt_holds_every_first_occurrence_and_no_copy(seed, length, segment_length, pairs):
+    if pairs * segment_length > length // 2 - 1:
+        return
+    task = InductionTask(vocab_size=16, length=length, segment_length=segment_length, pairs=pairs, mix=1.0)
+    sample = task.sample(16, torch.Generator().manual_seed(seed))
+    p = task.prompt_length()
+    first = (sample.planted >= 0) & ~sample.copy
+    assert first[:, p:].sum() == 0 and first[:, :p].sum() == 16 * pairs * segment_length
+    assert sample.copy[:, :p].sum() == 0 and sample.copy[:, p:].sum() == 16 * pairs * segment_length
+
+
+def _tiny_lm(task):
+    return build_model(task, GPT2LMConfig(n_layer=1, n_head=1, head_dim=8, mlp_ratio=1), [0], "student-init")
+
+
+def test_generated_sequences_continue_the_first_half_of_task_sequences():
+    task = InductionTask(vocab_size=16, length=20, segment_length=4, pairs=1, mix=1.0)
+    model = _tiny_lm(task)
+    batch = task.generate_batch(model, 6, torch.Generator().manual_seed(3))
+    data = task.sample_batch(6, torch.Generator().manual_seed(3))  # the prompts' draws come first
+    p = task.prompt_length()
+    assert p == 10 and batch.inputs.shape == batch.targets.shape == (6, 20)
+    assert torch.equal(batch.inputs[:, :p], data.inputs[:, :p])
+    assert torch.equal(batch.targets[:, : p - 1], data.targets[:, : p - 1])  # the prompt's bigram positions
+    assert torch.equal(batch.targets[:, p - 1 : -1], batch.inputs[:, p:])  # every generated token is a target
+    assert (batch.targets[:, -1] == IGNORE_INDEX).all() and batch.attention_mask is not None
+    assert batch.attention_mask.all() and int(batch.inputs.max()) < 16
+    again = task.generate_batch(model, 6, torch.Generator().manual_seed(3))
+    assert torch.equal(again.inputs, batch.inputs)  # every draw from the generator
+    short = task.generate_batch(model, 6, torch.Generator().manual_seed(3), max_new_tokens=3)
+    assert short.inputs.shape == (6, 13) and torch.equal(short.inputs, batch.inputs[:, :13])
+    longest = task.generate_batch(model, 2, torch.Generator(), max_new_tokens=99)
+    assert longest.inputs.shape == (2, 20)  # never past the task's length
+
+
+def test_an_experiment_may_train_the_induction_task_on_generated_sequences():
+    config = get_preset("induction-lm")
+    assert InductionTask.generative
+    for d in (DistillationConfig(seq_kd=True, alpha=1.0), DistillationConfig(lmbda=0.5)):
+        assert replace(config, distillation=d).distillation == d  # validates (refused before: not generative)
