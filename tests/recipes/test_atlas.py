@@ -235,7 +235,7 @@ def test_the_smoke_atlas_of_every_registered_task_through_the_command_line(tmp_p
         results = json.loads((out / entry["task"] / "results.json").read_text())
         teacher = results["teacher"]["steps_to_threshold"]
         assert entry["teacher"]["steps_to_threshold"] == teacher
-        if entry["task"] != "pcfg-mlm":  # every smoke teacher but the PCFG's (40 steps) learns its task
+        if entry["task"] not in ("pcfg-mlm", "induction"):  # their smoke teachers (40 steps) stay below it
             assert teacher is not None, entry["task"]
         for column, cell in entry["schedules"].items():
             if "missing" in cell:
