@@ -12,7 +12,7 @@ from pathlib import Path
 
 from progdistill import __version__
 from progdistill.core.config import ConfigError, a_or_an, override, to_dict
-from progdistill.core.distributed import init_from_env, is_main, local_slice, rank_world, shutdown
+from progdistill.core.distributed import barrier, init_from_env, is_main, local_slice, rank_world, shutdown
 from progdistill.core.files import DiskFullError, disk_full, disk_full_error
 from progdistill.core.optional import MissingExtraError
 from progdistill.core.plugins import import_plugin
@@ -123,6 +123,7 @@ def cmd_run(args) -> int:
             retrain_teacher=args.retrain_teacher,
             report_to=report_to,
         )
+        barrier()  # after a run that finished: no process leaves the group while another still talks to it
     finally:
         shutdown()
     if main_process:
