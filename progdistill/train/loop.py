@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from progdistill.models.mlp import MLP
 from progdistill.store.trajectory import TrajectoryWriter
 from progdistill.train.evaluation import ProgressLog, evaluate_stack, evaluate_tokens
 from progdistill.train.generation import GeneratedData
-from progdistill.train.optim import make_optimizer
+from progdistill.train.optim import PlainSGDSchedule, make_optimizer
 from progdistill.train.steps import StackObjective, StepContext, StepResult, hand_sgd_steps, stack_step, token_step
 
 BLOCK_STEPS = 1000
@@ -214,8 +215,6 @@ class Training:
         )
         self.eval_batches = [b.to(device) for b in task.eval_batches()]
         self.per_position = task.per_position_targets
-        params = list(model.parameters()) + ([] if self.hints is None else list(self.hints.parameters()))
-        self.opt, self.lr_sched = make_optimizer(params, train.optimizer, train.steps)
         model.to(device).train()
         if self.hints is not None:
             self.hints.to(device)
@@ -238,6 +237,15 @@ class Training:
             and train.on_non_finite == "stop"
             and distillation.plain_forward_kl
         )
+        # The hand-written path needs only the learning rates: no torch optimizer to build (its import of
+        # torch._dynamo costs ~1 s a process). Hint layers train by autograd, so they keep torch's.
+        self.opt: torch.optim.Optimizer | None = None
+        self.lr_sched: PlainSGDSchedule | torch.optim.lr_scheduler.LambdaLR
+        if self.hand_sgd and self.hints is None:
+            self.lr_sched = PlainSGDSchedule(opt, train.steps)
+        else:
+            params = list(model.parameters()) + ([] if self.hints is None else list(self.hints.parameters()))
+            self.opt, self.lr_sched = make_optimizer(params, opt, train.steps)
         self.names = [mem.name for mem in members]
         self.steps = StepContext(self.net, self.opt, list(model.parameters()), train, self.autocast, device)
         self.histories: list[list[dict]] = [[] for _ in members]
@@ -245,6 +253,27 @@ class Training:
         self.last_evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_groups: dict[str, float] = {}  # the position groups' metrics of the last evaluation
         self.progress_log: ProgressLog | None = None
+
+    def current_lr(self) -> float:
+        """The learning rate of the next step."""
+        if isinstance(self.lr_sched, PlainSGDSchedule):
+            return self.lr_sched.lr
+        assert self.opt is not None  # torch's schedule comes with torch's optimizer
+        return self.opt.param_groups[0]["lr"]
+
+    def take_rates(self, n: int) -> list[float]:
+        """The learning rates of the next ``n`` steps, the schedule advanced past them (the rates do not depend
+        on the steps' results, so a block's are read out first)."""
+        if isinstance(self.lr_sched, PlainSGDSchedule):
+            return self.lr_sched.take(n)
+        assert self.opt is not None  # torch's schedule comes with torch's optimizer
+        rates = []
+        with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            for _ in range(n):
+                rates.append(self.opt.param_groups[0]["lr"])
+                self.lr_sched.step()
+        return rates
 
     def teachers_at(self, t: int) -> list[TeacherSpec | None]:
         """The teacher of every member at student step t (None: labels only)."""
@@ -262,8 +291,18 @@ class Training:
         self.model.load_state_dict(state["model"])
         if self.hints is not None:
             self.hints.projections.load_state_dict(state["hints"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.lr_sched.load_state_dict(state["lr_schedule"])
+        if self.opt is None or state["optimizer"] is not None:
+            self.lr_sched.load_state_dict(state["lr_schedule"])  # PlainSGDSchedule reads torch's state too
+            if self.opt is not None:
+                self.opt.load_state_dict(state["optimizer"])
+        else:  # written by the hand-written path (plain SGD, no state but its rate), resumed by autograd
+            rate = PlainSGDSchedule(self.train.optimizer, self.train.steps)
+            rate.load_state_dict(state["lr_schedule"])
+            torch_state = self.lr_sched.state_dict()
+            torch_state.update(last_epoch=rate.last_epoch, _last_lr=[rate.lr])
+            self.lr_sched.load_state_dict(torch_state)
+            for group in self.opt.param_groups:
+                group["lr"] = rate.lr
         for s, g in self.gens.items():
             g.set_state(state["generators"][s])
         if self.generated is not None:
@@ -350,15 +389,7 @@ class Training:
             self.loss_sum -= per_model_sum(corrections)  # report the objective, not the fused CE
         if self.hand_sgd and not any(hint_steps):
             targets = hard_targets(y_steps, C) if objective.targets is None else objective.targets
-            step_losses = hand_sgd_steps(
-                cast(MLP, self.model),
-                self.opt,
-                self.lr_sched,
-                self.train.optimizer.lr_schedule == "constant",
-                x_steps,
-                targets,
-                self.device,
-            )
+            step_losses = hand_sgd_steps(cast(MLP, self.model), self.take_rates(targets.shape[0]), x_steps, targets)
             finite = torch.isfinite(step_losses).all(dim=1)  # one check per block instead of a sync per step
             if not finite.all():
                 i = int((~finite).nonzero()[0])
@@ -440,7 +471,7 @@ class Training:
                 "eval_accuracy": float(eval_acc[m]),
                 **groups,
                 "teacher_checkpoint": None if spec is None else spec.checkpoint,
-                "lr": self.opt.param_groups[0]["lr"],
+                "lr": self.current_lr(),
                 **({} if spec is None else spec.describe()),
             }
             if self.skipped:
@@ -473,7 +504,7 @@ class Training:
                     "skipped": self.skipped,
                     "histories": self.histories,
                     "model": self.model.state_dict(),
-                    "optimizer": self.opt.state_dict(),
+                    "optimizer": None if self.opt is None else self.opt.state_dict(),
                     **({} if self.hints is None else {"hints": self.hints.projections.state_dict()}),
                     "lr_schedule": self.lr_sched.state_dict(),
                     "generators": {s: g.get_state() for s, g in self.gens.items()},

@@ -37,3 +37,36 @@ def make_optimizer(params, cfg: OptimizerConfig, total_steps: int):
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor(cfg, total_steps))
+
+
+class PlainSGDSchedule:
+    """The learning rate of plain SGD whose updates the model applies itself (:meth:`progdistill.models.mlp.MLP.
+    sgd_steps`): ``cfg.lr`` times :func:`learning_rate_factor` at the step, the same floats torch's ``LambdaLR``
+    over ``torch.optim.SGD`` gives, without building either (building a torch optimizer imports
+    ``torch._dynamo``: ~1 s of CPU per process, a tenth of a 50,000-step parity-MLP teacher).
+
+    ``lr``: the rate of the next step; :meth:`take` (the next ``n`` rates, advancing the schedule);
+    ``state_dict`` / ``load_state_dict``: ``{"last_epoch": steps taken}``, and ``load_state_dict`` also reads
+    a ``LambdaLR``'s state (its ``last_epoch``), so a run can resume across the two."""
+
+    def __init__(self, cfg: OptimizerConfig, total_steps: int):
+        self.base_lr, self.factor, self.last_epoch = cfg.lr, learning_rate_factor(cfg, total_steps), 0
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.factor(self.last_epoch)
+
+    def take(self, n: int) -> list[float]:
+        """The rates of the next ``n`` steps, in order; the schedule then stands ``n`` steps further on."""
+        rates = [self.base_lr * self.factor(t) for t in range(self.last_epoch, self.last_epoch + n)]
+        self.last_epoch += n
+        return rates
+
+    def step(self) -> None:
+        self.last_epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = int(state["last_epoch"])

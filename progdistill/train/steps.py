@@ -16,7 +16,6 @@ learning-rate schedule, records, saves checkpoints and resumes.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,16 +40,23 @@ from progdistill.tasks.base import Batch
 @dataclass
 class StepContext:
     """What every step of one :func:`progdistill.train.loop.fit` needs: ``net`` the model as called (itself, or its
-    DDP / compiled wrapper), its optimizer, ``params`` (the model's parameters, whose gradients
-    ``on_non_finite="skip"`` checks), the training config, the autocast context (bf16 or disabled) and the
-    device."""
+    DDP / compiled wrapper), its optimizer (None on the hand-written SGD path, which takes no autograd step),
+    ``params`` (the model's parameters, whose gradients ``on_non_finite="skip"`` checks), the training config,
+    the autocast context (bf16 or disabled) and the device."""
 
     net: torch.nn.Module
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | None
     params: list[torch.nn.Parameter]
     train: TrainConfig
     autocast: Any
     device: torch.device
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer of an autograd step; RuntimeError on the hand-written path, which has none."""
+        if self.opt is None:
+            raise RuntimeError("an autograd step of a loop on the hand-written SGD path, which has no optimizer")
+        return self.opt
 
 
 @dataclass
@@ -129,7 +135,7 @@ def stack_step(
     (:meth:`progdistill.distill.hints.Hints.replace`; the forward then also returns the hidden layers). The
     gradient is that of the sum over models of each model's mean loss; with a non-finite loss (or gradient, when
     ``on_non_finite="skip"``) no update is made."""
-    ctx.opt.zero_grad(set_to_none=True)
+    ctx.optimizer.zero_grad(set_to_none=True)
     with ctx.autocast:
         if hints is None:
             logits, hidden = ctx.net(x), None  # (M, B, C)
@@ -149,34 +155,15 @@ def stack_step(
     step_loss = per_example.detach().mean(dim=1)  # (M,)
     if bad is not None:
         return StepResult(step_loss, bad, [m for m, row in enumerate(per_example) if not torch.isfinite(row).all()])
-    ctx.opt.step()
+    ctx.optimizer.step()
     return StepResult(step_loss)
 
 
-def hand_sgd_steps(
-    model: MLP,
-    opt: torch.optim.Optimizer,
-    lr_schedule,
-    constant: bool,
-    x_steps,
-    targets: torch.Tensor,
-    device: torch.device,
-) -> torch.Tensor:
+def hand_sgd_steps(model: MLP, lrs: list[float], x_steps, targets: torch.Tensor) -> torch.Tensor:
     """A block's plain SGD updates of a stack with the model's hand-written gradients (``model.sgd_steps``),
-    ~2x faster per step than autograd; steps ``lr_schedule`` too (``constant``: a constant learning rate).
-    x_steps[i]: step i's inputs; targets: (L, M, B, C) class distributions. Returns the steps' training losses
-    (L, M), unchecked (the loop checks them once per block instead of a sync per step)."""
-    lrs = []
-    with warnings.catch_warnings():  # the scheduler would warn that opt.step() is never called
-        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-        # The schedule does not depend on the steps' results: the block's rates are read out first, leaving
-        # the schedule in the state of one stepped after every step.
-        for _ in range(targets.shape[0]):
-            lrs.append(opt.param_groups[0]["lr"])
-            if not constant:
-                lr_schedule.step()
-        if constant:  # same state as stepping it every step, without the per-step Python call
-            lr_schedule.last_epoch += len(lrs)
+    ~2x faster per step than autograd, step i at learning rate ``lrs[i]``. x_steps[i]: step i's inputs;
+    targets: (L, M, B, C) class distributions. Returns the steps' training losses (L, M), unchecked (the loop
+    checks them once per block instead of a sync per step)."""
     zero, ignored = zero_targets(targets)  # once per block, not per step
     return model.sgd_steps(x_steps, targets, lrs, zero, ignored)
 
@@ -192,7 +179,7 @@ def token_step(
     however the tokens fall into micro-batches. Loss per supervised token: CE on the true token without a
     teacher, else ``alpha * CE + (1 - alpha) * D(teacher || student)``
     (:func:`progdistill.distill.losses.distillation_loss`) at ``distillation.temperature``."""
-    ctx.opt.zero_grad(set_to_none=True)
+    ctx.optimizer.zero_grad(set_to_none=True)
     selected = batch.targets != IGNORE_INDEX  # (B, L)
     total = float(all_reduce_mean(selected.sum().float().reshape(1))[0])  # mean over processes
     total = max(total, 1.0)
@@ -228,5 +215,5 @@ def token_step(
     if bad is None and ctx.train.on_non_finite == "skip" and not grads_finite(ctx.params, ctx.device):
         bad = "gradient"
     if bad is None:
-        ctx.opt.step()
+        ctx.optimizer.step()
     return StepResult(value, bad)

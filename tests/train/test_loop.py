@@ -264,3 +264,37 @@ def test_a_temperature_too_small_to_divide_by_trains_on_the_teachers_argmax(tiny
     if loss == "forward_kl":
         tiny_t, zero_t = ([r["train_loss"] for r in run[1:]] for run in runs)
         assert tiny_t == pytest.approx(zero_t, rel=1e-6)
+
+
+def test_a_hand_written_sgd_run_resumes_on_either_path_at_the_same_rates(tmp_path, tiny):
+    """The plain-SGD MLP path keeps no torch optimizer: its resume state holds the schedule's step alone. Resumed
+    by the same path it trains on bit for bit; resumed by the autograd path (here: ``on_non_finite="skip"``)
+    at the same learning rates, the losses within float32 rounding of the hand-written gradients."""
+    sgd = OptimizerConfig(name="sgd", lr=0.1, lr_schedule="cosine", warmup_fraction=0.2)
+    cfg = replace(tiny.student, steps=60, eval_every=10, checkpoint_every=10, optimizer=sgd)
+
+    def run(train, state=None, stop=None):
+        def interrupt(step):
+            if step == stop:
+                raise KeyboardInterrupt
+
+        model = train.model.build(8, 2, [generator(0, "init")])
+        members = [Member("ce", 0, CE())]
+        return fit(tiny.task, model, train, members, data_stream="d", state_path=state, on_record=interrupt)[0]
+
+    def numbers(records):
+        return [{k: v for k, v in r.items() if "time" not in k} for r in records]
+
+    whole = run(cfg)
+    for path, resumed in (("same", cfg), ("autograd", replace(cfg, on_non_finite="skip"))):
+        state = tmp_path / f"{path}.pt"
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, state, stop=30)
+        assert torch.load(state, weights_only=False)["optimizer"] is None  # the hand-written path's state
+        rest = run(resumed, state)
+        assert [r["lr"] for r in rest] == [r["lr"] for r in whole]
+        if path == "same":
+            assert numbers(rest) == numbers(whole)
+        else:
+            assert [r["step"] for r in rest] == [r["step"] for r in whole]
+            assert [r["eval_loss"] for r in rest] == pytest.approx([r["eval_loss"] for r in whole], rel=1e-4)

@@ -1,10 +1,16 @@
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from progdistill.core.settings import OptimizerConfig
-from progdistill.train.optim import learning_rate_factor, make_optimizer
+from progdistill.train.optim import PlainSGDSchedule, learning_rate_factor, make_optimizer
 
 
 def test_learning_rate_schedules():
@@ -60,3 +66,48 @@ def test_the_scheduler_applies_the_factor_to_the_base_rate():
         opt.step()
         sched.step()
     assert rates == pytest.approx([0.25, 0.5, 0.5, 0.25])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lr=st.floats(1e-4, 1.0),
+    cosine=st.booleans(),
+    warmup=st.floats(0.0, 0.5),
+    total=st.integers(1, 400),
+    blocks=st.lists(st.integers(1, 90), min_size=1, max_size=6),
+)
+def test_the_hand_written_paths_rates_are_torchs_lambda_lr_bit_for_bit(lr, cosine, warmup, total, blocks):
+    cfg = OptimizerConfig(name="sgd", lr=lr, lr_schedule="cosine" if cosine else "constant", warmup_fraction=warmup)
+    opt, sched = make_optimizer([torch.zeros(1, requires_grad=True)], cfg, total)
+    expected = []
+    for _ in range(sum(blocks)):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    schedule = PlainSGDSchedule(cfg, total)
+    taken = [rate for n in blocks for rate in schedule.take(n)]
+    assert taken == expected  # the same floats, not merely close ones
+    assert schedule.lr == opt.param_groups[0]["lr"] and schedule.state_dict() == {"last_epoch": sum(blocks)}
+    resumed = PlainSGDSchedule(cfg, total)
+    resumed.load_state_dict(sched.state_dict())  # torch's state: its last_epoch
+    assert resumed.lr == schedule.lr
+
+
+def test_a_hand_written_sgd_run_builds_no_torch_optimizer():
+    """Building one imports torch._dynamo (~1 s a process): the plain-SGD MLP path has no use for it."""
+    code = (
+        "import sys\n"
+        "from dataclasses import replace\n"
+        "from conftest import tiny_config\n"
+        "from progdistill.distill.schedules import CE\n"
+        "from progdistill.train.loop import Member, fit, generator\n"
+        "cfg = tiny_config()\n"
+        "train = replace(cfg.student, steps=20, eval_every=10)\n"
+        "model = train.model.build(8, 2, [generator(0, 'init')])\n"
+        "fit(cfg.task, model, train, [Member('ce', 0, CE())], data_stream='d')\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split()[-1] == "False"
