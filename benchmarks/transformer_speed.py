@@ -53,22 +53,25 @@ def variants(task, cfg) -> list[tuple[str, int]]:
     return [(a, g) for g in accumulations for a in attentions]
 
 
-def run_variant(task, cfg, attention: str, accumulation: int, warmup: int, steps: int) -> dict:
+def run_variant(task, cfg, attention: str, accumulation: int, warmup: int, steps: int, device: torch.device) -> dict:
     """Train one variant ``warmup`` + ``steps`` steps; the timed steps' wall and CPU seconds, parameters, loss."""
     train = dataclasses.replace(cfg, steps=warmup + steps, eval_every=warmup + steps, grad_accumulation=accumulation)
     model = build_model(task, train.model, [train.seed], "teacher-init")
     backbone(model).set_attn_implementation(attention)
     run = Training(
         task, model, train, [Member("m", train.seed, CE())], "teacher-data", DistillationConfig(),
-        None, None, torch.device("cpu"), "bench", None,
+        None, None, device, "bench", None,
     )  # fmt: skip
     block = run.train_token_steps if task.per_position_targets else run.train_stack_block
     block(0, run.plan(0, warmup))
     run.loss_sum.zero_()
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
     wall, cpu = time.perf_counter(), time.process_time()
     block(warmup, run.plan(warmup, warmup + steps))
+    sync()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    params = torch.cat([p.detach().flatten() for p in model.parameters()]).cpu()
     return {"wall": wall, "cpu": cpu, "params": params, "loss": float(run.loss_sum.sum()) / steps}
 
 
@@ -80,12 +83,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all variants, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i] (there, CPU time means little)")
     args = parser.parse_args()
     for name, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 1), ("--rounds", args.rounds, 1)):
         if value < low:
             parser.error(f"{name} must be at least {low}, got {value}")
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device: {exc}")
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device: {args.device!r} is not available here; use cpu or a visible cuda device")
     presets = {}
     for name in args.presets:
         try:
@@ -98,7 +108,7 @@ def main() -> None:
             parser.error(f"--presets: {name!r} trains a model of kind {models[0].kind!r}; this measures {kinds}")
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, python {sys.version.split()[0]}, {args.threads} thread(s), "
+        f"torch {torch.__version__}, python {sys.version.split()[0]}, {device}, {args.threads} thread(s), "
         f"{args.warmup} + {args.steps} steps, load {os.getloadavg()[0]:.1f}"
     )
     header = "| preset | model | attention | grad_acc | ms/step wall (per round) | ms/step CPU | CPU ratio | numbers |"
@@ -111,7 +121,7 @@ def main() -> None:
             results: dict[tuple[str, int], list[dict]] = {case: [] for case in cases}
             for _ in range(args.rounds):
                 for case in cases:  # interleaved: every variant once per round
-                    results[case].append(run_variant(task, cfg, *case, args.warmup, args.steps))
+                    results[case].append(run_variant(task, cfg, *case, args.warmup, args.steps, device))
             base = results[cases[0]]
             for case in cases:
                 res = results[case]
