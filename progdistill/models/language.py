@@ -3,7 +3,8 @@
 :class:`BertMLMConfig` (model kind ``"bert"``) builds a Hugging Face :class:`~transformers.BertForMaskedLM`
 from a :class:`~transformers.BertConfig` -- never downloaded -- with ``n_layer`` layers of ``n_head`` heads of
 dimension ``head_dim`` (the paper: teacher 4 x 32 x 8, hidden 256; student 4 x 8 x 8, hidden 64). Dropout is
-0, so training draws no random numbers besides the data. Token models are not stacked: a "stack" holds one
+0, so training draws no random numbers besides the data. Attention is SDPA on every device, named explicitly
+(:data:`progdistill.models.parity_transformer.ATTENTION`). Token models are not stacked: a "stack" holds one
 model and :func:`progdistill.train.loop.fit` trains students one after another.
 """
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from progdistill.core.config import check, check_positive_int, register
 from progdistill.core.optional import require
+from progdistill.models.parity_transformer import ATTENTION
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class MaskedLM(LanguageModel):
                 hidden_dropout_prob=0.0,
                 attention_probs_dropout_prob=0.0,
                 pad_token_id=0,
+                attn_implementation=ATTENTION,
             )
         )
 
@@ -185,6 +188,7 @@ class CausalLM(LanguageModel):
                 use_cache=False,
                 bos_token_id=0,
                 eos_token_id=0,
+                attn_implementation=ATTENTION,
             )
         )
 

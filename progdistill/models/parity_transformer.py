@@ -6,8 +6,9 @@ the hidden state at the *last* position, which attends to every bit, through one
 2 layers of head dimension 8, a teacher with 32 heads and a student with 4.
 
 The network is Hugging Face ``transformers``' :class:`~transformers.GPT2Model` built from a
-:class:`~transformers.GPT2Config` (never downloaded). Transformers are not stacked: a "stack" holds exactly
-one model, and :func:`progdistill.train.loop.fit` trains the students one after another.
+:class:`~transformers.GPT2Config` (never downloaded), with SDPA attention (:data:`ATTENTION`). Transformers are
+not stacked: a "stack" holds exactly one model, and :func:`progdistill.train.loop.fit` trains the students one after
+another.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from torch import nn
 
 from progdistill.core.config import ConfigError, check, check_positive_int, register
 from progdistill.core.optional import require
+
+# The attention implementation, named rather than left to transformers' default (SDPA since 4.36 where torch has
+# it, else eager), so that a change of that default cannot silently change our numbers: eager and SDPA round
+# differently. SDPA on every device: on a GPU it is the fast one, and on the CPU eager is not >10% faster at
+# these sizes and would change the presets' numbers (docs/benchmarks.md, "Transformers: attention and
+# micro-batches"). Probes that need the attention weights switch to eager for their forward pass.
+ATTENTION = "sdpa"
 
 
 @register("model")
@@ -132,6 +140,7 @@ class ParityTransformer(nn.Module):
             use_cache=False,
             bos_token_id=0,
             eos_token_id=0,
+            attn_implementation=ATTENTION,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generators[0].initial_seed())
