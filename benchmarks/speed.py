@@ -96,7 +96,10 @@ def timed(cmd: list[str], env: dict, cwd: Path | None = None) -> tuple[float, fl
     """(wall seconds, CPU seconds of the process and its children, stdout) of a command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     begin = time.perf_counter()
-    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=cwd)
+    try:
+        done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=cwd)
+    except OSError as error:
+        sys.exit(f"{' '.join(cmd)} could not start: {error}")
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
     out = done.stdout
@@ -173,12 +176,16 @@ def main() -> None:
         ("--rounds", args.rounds),
         ("--threads", args.threads),
         ("--teacher-steps", args.teacher_steps),
-        ("--student-steps", args.student_steps or 1),
+        ("--student-steps", 1 if args.student_steps is None else args.student_steps),
     ):
         if value < 1:
             parser.error(f"{flag} {value} is invalid: must be a positive integer")
     if args.teacher_steps < 2000 and args.authors:
         parser.error("--authors needs --teacher-steps >= 2000 (their teacher saves a checkpoint every 1000 steps)")
+    if args.authors_python and not args.authors:
+        parser.error("--authors-python is the Python of the authors' scripts: give --authors DIR too")
+    if args.student_steps is not None and args.skip_experiment and not args.authors:
+        parser.error("--student-steps sets the 1-seed experiment's students: drop --skip-experiment")
     if args.authors:
         if not (Path(args.authors) / "parity" / "boolean_distill_expts.py").is_file():
             parser.error(f"--authors {args.authors}: no parity/boolean_distill_expts.py there (not their repository?)")
@@ -186,6 +193,9 @@ def main() -> None:
             parser.error(f"--authors-python {args.authors_python}: give the Python of the authors' environment")
         if args.skip_experiment:
             parser.error("--authors is compared with the 1-seed experiment: drop --skip-experiment")
+        # absolute, not resolved: a venv's python is a link whose target would run without the venv's packages;
+        # and the scripts run in their own folder, where a relative path would name another file
+        args.authors_python = os.path.abspath(args.authors_python)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     sys.path.insert(0, str(ROOT))
     from progdistill.recipes.presets import get_preset  # after env: importing progdistill sets OMP_WAIT_POLICY

@@ -5,7 +5,8 @@
     python benchmarks/threads.py --set student.steps=5000 --rounds 2   # a quicker look
 
 Each round runs ``progdistill run PRESET`` (default ``parity-mlp``, the README's command) once per setting,
-one after another, each in its own process:
+one after another, each in its own process (round r starts at the r-th setting, so that no setting always
+runs first):
 
 - **default**: no ``OMP_NUM_THREADS``, no ``OMP_WAIT_POLICY``: progdistill's own choice (``core.threads``);
 - **1 thread**: ``OMP_NUM_THREADS=1``;
@@ -86,7 +87,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.rounds):
                 row = {}
-                for name, change in settings(cores, not args.skip_spinning).items():
+                order = list(settings(cores, not args.skip_spinning).items())
+                order = order[r % len(order) :] + order[: r % len(order)]  # each setting first in some round
+                for name, change in order:
                     load = os.getloadavg()[0]
                     out = ["--out", str(Path(tmp) / f"{r}-{len(row)}")]
                     wall, cpu = run_once(cmd + out, {**base, **change})
@@ -101,7 +104,7 @@ def main() -> None:
         ratios = [row[name]["wall_s"] / min(v["wall_s"] for v in row.values()) for row in rounds]
         print(f"  {name:<26} " + "  ".join(f"{x:5.2f}x" for x in ratios))
     machine = {"cpu_count": cores, "python": sys.version.split()[0], "load_processes": args.load}
-    result = {"machine": machine, "command": cmd, "rounds": rounds}
+    result = {"machine": machine, "command": ["python", *cmd[1:]], "rounds": rounds}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 

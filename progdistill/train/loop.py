@@ -229,6 +229,7 @@ class Training:
         opt = train.optimizer
         self.hand_sgd = (
             getattr(model, "hand_written_sgd", False)
+            and not task.per_position_targets
             and self.net is model
             and opt.name == "sgd"
             and opt.momentum == 0

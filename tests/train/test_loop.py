@@ -286,7 +286,8 @@ def test_a_hand_written_sgd_run_resumes_on_either_path_at_the_same_rates(tmp_pat
         return [{k: v for k, v in r.items() if "time" not in k} for r in records]
 
     whole = run(cfg)
-    for path, resumed in (("same", cfg), ("autograd", replace(cfg, on_non_finite="skip"))):
+    autograd = replace(cfg, on_non_finite="skip")
+    for path, resumed in (("same", cfg), ("autograd", autograd)):
         state = tmp_path / f"{path}.pt"
         with pytest.raises(KeyboardInterrupt):
             run(cfg, state, stop=30)
@@ -298,3 +299,12 @@ def test_a_hand_written_sgd_run_resumes_on_either_path_at_the_same_rates(tmp_pat
         else:
             assert [r["step"] for r in rest] == [r["step"] for r in whole]
             assert [r["eval_loss"] for r in rest] == pytest.approx([r["eval_loss"] for r in whole], rel=1e-4)
+    # A state holding a torch optimizer (the autograd path's, and the hand-written path's before it kept
+    # none) resumes on the hand-written path at the same rates.
+    state = tmp_path / "torch.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(autograd, state, stop=30)
+    assert torch.load(state, weights_only=False)["optimizer"] is not None
+    rest = run(cfg, state)
+    assert [r["lr"] for r in rest] == [r["lr"] for r in whole]
+    assert [r["eval_loss"] for r in rest] == pytest.approx([r["eval_loss"] for r in whole], rel=1e-4)
