@@ -768,6 +768,26 @@ def soft_cross_entropy_and_grad(
     if zero is None:
         zero, ignored = zero_targets(target)
     logp = torch.log_softmax(logits if ignored is None else logits.masked_fill(ignored, 0.0), dim=-1)  # (*, C)
-    loss = torch.sum((target * logp).masked_fill_(zero, 0.0), dim=-1, out=out).neg_()  # (*); 0 * -inf: NaN
+    loss = soft_cross_entropy_from_log_probs(logp, target, zero, out=out)
     grad = logp.exp().sub_(target)
     return loss, grad if ignored is None else grad.masked_fill_(ignored, 0.0)
+
+
+def soft_cross_entropy_grad(
+    logits: torch.Tensor, target: torch.Tensor, ignored: torch.Tensor | None, logp_out: torch.Tensor
+) -> torch.Tensor:
+    """The gradient half of :func:`soft_cross_entropy_and_grad`, softmax(logits) - target (*, C), with
+    log softmax(logits) written to ``logp_out`` (*, C), from which :func:`soft_cross_entropy_from_log_probs`
+    gives the loss later, for many steps at once (the same floats as the loss computed step by step).
+    ``ignored``: rows of zeros of ``target`` (*, 1), or None where there are none."""
+    logp = torch.log_softmax(logits if ignored is None else logits.masked_fill(ignored, 0.0), dim=-1, out=logp_out)
+    grad = logp.exp().sub_(target)
+    return grad if ignored is None else grad.masked_fill_(ignored, 0.0)
+
+
+def soft_cross_entropy_from_log_probs(
+    logp: torch.Tensor, target: torch.Tensor, zero: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """-sum_c target_c logp_c (*) from log-probabilities ``logp`` (*, C), with ``zero`` = ``target == 0`` (*, C)
+    contributing nothing (0 * -inf would be NaN): :func:`soft_cross_entropy` given the log softmax."""
+    return torch.sum((target * logp).masked_fill_(zero, 0.0), dim=-1, out=out).neg_()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from progdistill.core.config import check, check_positive_int, register
-from progdistill.distill.losses import soft_cross_entropy_and_grad, zero_targets
+from progdistill.distill.losses import soft_cross_entropy_from_log_probs, soft_cross_entropy_grad, zero_targets
 
 NARROW_OUTPUT, NARROW_ROWS = 8, 256  # when forward() computes the last layer as a transposed product
 
@@ -176,21 +176,25 @@ class MLP(nn.Module):
         For the block the last layer's weight is held transposed, (M, C, d) contiguous, and written back at the
         end: with a few output classes the products with it run ~5-25x faster on CPU in that layout (MKL's
         kernels for a 2-column right factor are slow), about a third of a step of the width-2000 teacher."""
-        L, M, B = targets.shape[:3]
+        L, M = targets.shape[:2]
         if zero is None:
             zero, ignored = zero_targets(targets)
         if M == 1:  # a stack of one steps on 2-D tensors: (B, C)
             targets, zero, ignored = targets[:, 0], zero[:, 0], None if ignored is None else ignored[:, 0]
         # the per-step views made at once (one call, not three indexing ops a step)
-        step_targets, step_zero = targets.unbind(0), zero.unbind(0)
+        step_targets = targets.unbind(0)
         step_ignored = [None] * L if ignored is None else ignored.unbind(0)
-        losses = torch.empty(L, M, B, device=targets.device)
-        step_losses = (losses[:, 0] if M == 1 else losses).unbind(0)
+        # Each step writes its log-probabilities; the block's losses come from them at the end, in one pass
+        # instead of four small ops a step (the same floats: elementwise, then a sum over the classes).
+        logps = torch.empty(targets.shape, device=targets.device)
+        step_logps = logps.unbind(0)
         layers = self._parameters_as_taken()
         with self._last_layer_transposed() as last:
             for i, lr in enumerate(lrs):
                 h = self._inputs_as_taken(x_steps[i])
-                self._sgd_step(layers, last, h, step_targets[i], step_zero[i], step_ignored[i], lr, step_losses[i])
+                self._sgd_step(layers, last, h, step_targets[i], step_ignored[i], lr, step_logps[i])
+        losses = soft_cross_entropy_from_log_probs(logps, targets, zero)  # (L, M, B), or (L, B) for M == 1
+        losses = losses.unsqueeze(1) if M == 1 else losses
         return losses if per_example else losses.mean(dim=-1)
 
     @contextlib.contextmanager
@@ -206,10 +210,10 @@ class MLP(nn.Module):
                 weight.copy_(last.transpose(-1, -2))
 
     @staticmethod
-    def _sgd_step(layers, last: torch.Tensor, h: torch.Tensor, target, zero, ignored, lr: float, out) -> None:
+    def _sgd_step(layers, last: torch.Tensor, h: torch.Tensor, target, ignored, lr: float, logp_out) -> None:
         """One step on inputs h ((B, n) for a stack of one, else (M, B, n)) with targets (M, B, C) (a stack of
-        one: (B, C)), the last layer's weight given transposed (``last``, (M, C, d)); writes the per-example loss
-        before the step, (M, B) or (B,), to ``out``."""
+        one: (B, C)), the last layer's weight given transposed (``last``, (M, C, d)); writes the log softmax of
+        the logits before the step, the shape of ``target``, to ``logp_out``."""
         B = target.shape[-2]
         stacked = h.dim() == 3
         affine, matmul = (torch.baddbmm, torch.bmm) if stacked else (torch.addmm, torch.mm)
@@ -220,7 +224,7 @@ class MLP(nn.Module):
         # logits^T = b^T + w^T h^T, (M, C, B): the same product in the fast layout, viewed back as (M, B, C)
         logits = affine(b_last.transpose(-1, -2), last, acts[-1].transpose(-1, -2)).transpose(-1, -2)
         # grad (M, B, C) is B * d(sum_m mean_b loss) / d logits, the 1 / B folded into the step
-        _, grad = soft_cross_entropy_and_grad(logits, target, zero, ignored, out=out)
+        grad = soft_cross_entropy_grad(logits, target, ignored, logp_out)
         step = -lr / B
         for i in range(len(layers) - 1, -1, -1):
             w, b = layers[i]
