@@ -21,8 +21,11 @@ from progdistill.distill.losses import (
     mixture_weights,
     soft_cross_entropy,
     soft_cross_entropy_and_grad,
+    soft_cross_entropy_from_log_probs,
+    soft_cross_entropy_grad,
     soft_targets,
     weighted_distillation_loss,
+    zero_targets,
 )
 
 B, L, C = 4, 5, 7
@@ -219,3 +222,27 @@ def test_soft_cross_entropy_keeps_the_logits_dtype_and_soft_targets_are_float32(
     low = soft_cross_entropy(logits.bfloat16(), target.bfloat16())
     assert low.dtype == torch.bfloat16
     assert torch.allclose(low.float(), soft_cross_entropy(logits, target), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 17, 1000])
+@pytest.mark.parametrize("models", [1, 3])
+def test_a_blocks_losses_from_its_log_probs_are_the_step_by_step_losses_bit_for_bit(num_classes, models):
+    """MLP.sgd_steps keeps each step's log softmax and computes the block's losses at its end: they must be the
+    floats soft_cross_entropy_and_grad gives step by step (zero-probability classes and ignored rows included)."""
+    gen = torch.Generator().manual_seed(num_classes)
+    steps, batch = 40, 16
+    logits = torch.randn(steps, models, batch, num_classes, generator=gen) * 4
+    target = torch.softmax(torch.randn(steps, models, batch, num_classes, generator=gen), dim=-1)
+    target[..., 0] = 0.0  # a class the target gives 0
+    target[3, 0, 5] = 0.0  # an ignored row
+    zero, ignored = zero_targets(target)
+    assert ignored is not None
+    logp = torch.empty_like(logits)
+    grads, losses = [], []
+    for i in range(steps):
+        grads.append(soft_cross_entropy_grad(logits[i], target[i], ignored[i], logp[i]))
+        losses.append(soft_cross_entropy_and_grad(logits[i], target[i], zero[i], ignored[i]))
+    block = soft_cross_entropy_from_log_probs(logp, target, zero)
+    assert torch.equal(block, torch.stack([loss for loss, _ in losses]))
+    assert torch.equal(torch.stack(grads), torch.stack([grad for _, grad in losses]))
+    assert float(block[3, 0, 5]) == 0.0 and torch.isfinite(block).all()
