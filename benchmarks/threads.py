@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from speed import timed  # benchmarks/speed.py: (wall, CPU) seconds of a command, or exit with its error
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSY = "while True:\n    pass\n"
@@ -45,18 +45,6 @@ def settings(cores: int, spinning: bool = True) -> dict[str, dict[str, str]]:
         f"{cores} threads, spinning": {"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "ACTIVE"},
     }
     return chosen if spinning else {k: v for k, v in chosen.items() if "spinning" not in k}
-
-
-def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the process and its children) of ``cmd``; exits with its stderr if it fails."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    begin = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - begin
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -80,7 +68,7 @@ def main() -> None:
     for item in args.set:
         cmd += ["--set", item]
     # warm-up: the first process to import torch and progdistill reads them from disk; no setting should pay that
-    run_once([sys.executable, "-c", "import progdistill.cli"], base)
+    timed([sys.executable, "-c", "import progdistill.cli"], base)
     busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.load)]
     rounds = []
     try:
@@ -92,7 +80,7 @@ def main() -> None:
                 for name, change in order:
                     load = os.getloadavg()[0]
                     out = ["--out", str(Path(tmp) / f"{r}-{len(row)}")]
-                    wall, cpu = run_once(cmd + out, {**base, **change})
+                    wall, cpu, _ = timed(cmd + out, {**base, **change})
                     row[name] = {"wall_s": wall, "cpu_s": cpu, "load_at_start": load}
                     print(f"round {r + 1} {name:<26} {wall:8.1f} s wall {cpu:8.1f} s CPU  load {load:.1f}", flush=True)
                 rounds.append(row)

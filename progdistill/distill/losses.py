@@ -767,22 +767,20 @@ def soft_cross_entropy_and_grad(
     ``out``: a tensor (*) the loss is written to (and returned)."""
     if zero is None:
         zero, ignored = zero_targets(target)
-    logp = torch.log_softmax(logits if ignored is None else logits.masked_fill(ignored, 0.0), dim=-1)  # (*, C)
-    loss = soft_cross_entropy_from_log_probs(logp, target, zero, out=out)
-    grad = logp.exp().sub_(target)
-    return loss, grad if ignored is None else grad.masked_fill_(ignored, 0.0)
+    grad, logp = soft_cross_entropy_grad(logits, target, ignored)
+    return soft_cross_entropy_from_log_probs(logp, target, zero, out=out), grad
 
 
 def soft_cross_entropy_grad(
-    logits: torch.Tensor, target: torch.Tensor, ignored: torch.Tensor | None, logp_out: torch.Tensor
-) -> torch.Tensor:
-    """The gradient half of :func:`soft_cross_entropy_and_grad`, softmax(logits) - target (*, C), with
-    log softmax(logits) written to ``logp_out`` (*, C), from which :func:`soft_cross_entropy_from_log_probs`
-    gives the loss later, for many steps at once (the same floats as the loss computed step by step).
-    ``ignored``: rows of zeros of ``target`` (*, 1), or None where there are none."""
+    logits: torch.Tensor, target: torch.Tensor, ignored: torch.Tensor | None, logp_out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient half of :func:`soft_cross_entropy_and_grad`: (softmax(logits) - target (*, C), log
+    softmax(logits) (*, C)), the latter written to ``logp_out`` when given, so that
+    :func:`soft_cross_entropy_from_log_probs` can give the losses of many steps at once later (the same floats
+    as step by step). ``ignored``: rows of zeros of ``target`` (*, 1), or None where there are none."""
     logp = torch.log_softmax(logits if ignored is None else logits.masked_fill(ignored, 0.0), dim=-1, out=logp_out)
     grad = logp.exp().sub_(target)
-    return grad if ignored is None else grad.masked_fill_(ignored, 0.0)
+    return (grad if ignored is None else grad.masked_fill_(ignored, 0.0)), logp
 
 
 def soft_cross_entropy_from_log_probs(

@@ -224,7 +224,7 @@ class MLP(nn.Module):
         # logits^T = b^T + w^T h^T, (M, C, B): the same product in the fast layout, viewed back as (M, B, C)
         logits = affine(b_last.transpose(-1, -2), last, acts[-1].transpose(-1, -2)).transpose(-1, -2)
         # grad (M, B, C) is B * d(sum_m mean_b loss) / d logits, the 1 / B folded into the step
-        grad = soft_cross_entropy_grad(logits, target, ignored, logp_out)
+        grad, _ = soft_cross_entropy_grad(logits, target, ignored, logp_out)
         step = -lr / B
         for i in range(len(layers) - 1, -1, -1):
             w, b = layers[i]

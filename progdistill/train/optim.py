@@ -52,13 +52,17 @@ class PlainSGDSchedule:
     def __init__(self, cfg: OptimizerConfig, total_steps: int):
         self.base_lr, self.factor, self.last_epoch = cfg.lr, learning_rate_factor(cfg, total_steps), 0
 
+    def rate(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based), as LambdaLR computes it."""
+        return self.base_lr * self.factor(step)
+
     @property
     def lr(self) -> float:
-        return self.base_lr * self.factor(self.last_epoch)
+        return self.rate(self.last_epoch)
 
     def take(self, n: int) -> list[float]:
         """The rates of the next ``n`` steps, in order; the schedule then stands ``n`` steps further on."""
-        rates = [self.base_lr * self.factor(t) for t in range(self.last_epoch, self.last_epoch + n)]
+        rates = [self.rate(t) for t in range(self.last_epoch, self.last_epoch + n)]
         self.last_epoch += n
         return rates
 

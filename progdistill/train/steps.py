@@ -8,9 +8,10 @@ learning-rate schedule, records, saves checkpoints and resumes.
 - :func:`stack_step`: a stack of M models (:class:`progdistill.models.mlp.MLP`) on one-label inputs, against the
   block's objective (:class:`StackObjective`: the fused forward-KL form where it applies, else the weighted
   objective; hint losses for the models in a hint phase);
-- :func:`hand_sgd_steps`: a block of plain SGD steps of a stack with the model's hand-written gradients (no
-  autograd), the fast form of the same steps;
 - :func:`token_step`: one model on per-position targets, in micro-batches.
+
+The fast form of :func:`stack_step` for plain SGD, a block of steps with the model's hand-written gradients
+(:meth:`progdistill.models.mlp.MLP.sgd_steps`, no autograd), is called by the loop directly.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from progdistill.distill.losses import (
     soft_cross_entropy,
     soft_targets,
     weighted_distillation_loss,
-    zero_targets,
 )
-from progdistill.models.mlp import MLP
 from progdistill.tasks.base import Batch
 
 
@@ -157,15 +156,6 @@ def stack_step(
         return StepResult(step_loss, bad, [m for m, row in enumerate(per_example) if not torch.isfinite(row).all()])
     ctx.optimizer.step()
     return StepResult(step_loss)
-
-
-def hand_sgd_steps(model: MLP, lrs: list[float], x_steps, targets: torch.Tensor) -> torch.Tensor:
-    """A block's plain SGD updates of a stack with the model's hand-written gradients (``model.sgd_steps``),
-    ~2x faster per step than autograd, step i at learning rate ``lrs[i]``. x_steps[i]: step i's inputs;
-    targets: (L, M, B, C) class distributions. Returns the steps' training losses (L, M), unchecked (the loop
-    checks them once per block instead of a sync per step)."""
-    zero, ignored = zero_targets(targets)  # once per block, not per step
-    return model.sgd_steps(x_steps, targets, lrs, zero, ignored)
 
 
 def token_step(
