@@ -27,9 +27,10 @@ import torch
 from progdistill.core.config import ConfigError
 from progdistill.core.files import atomic_write_json, atomic_write_text
 from progdistill.distill.losses import cross_entropy
-from progdistill.experiment import ExperimentConfig, load_config
+from progdistill.experiment import ExperimentConfig
 from progdistill.probes.induction_figure import plot_induction
 from progdistill.probes.jobs import PROBE_SEED, model_jobs, refresh_report, run_jobs, schedule_of
+from progdistill.store.lock import RunLock
 from progdistill.store.rundir import RunDir
 from progdistill.store.trajectory import Trajectory
 from progdistill.tasks.base import Task
@@ -111,16 +112,17 @@ def probe_induction(run_dir: str | Path, students: bool = True, log=print) -> di
     ``probes/induction-summary.json`` and ``probes/induction.png``, and returns the summary. Raises ``ConfigError``
     for a run of another task, or one without a teacher checkpoint."""
     rundir = RunDir(run_dir)
-    config = load_config(rundir.config_file)
+    config = rundir.config()
     if "induction" not in config.task.probes:
         raise ConfigError(
             f"{rundir.path}: the induction probe needs a run whose task declares it (the induction task); "
             f"this run's task is {config.task.kind!r}"
         )
-    task = config.task.prepare(rundir.path)
-    summary = _probe(rundir, config, task, students, log)
-    refresh_report(rundir, log)
-    return summary
+    with RunLock(rundir.path):  # not while the run trains or another probe writes; inputs as the run used them
+        rundir.check_inputs(config)
+        summary = _probe(rundir, config, rundir.task(config), students, log)
+        refresh_report(rundir, log)
+        return summary
 
 
 def run_end_of_run(rundir: RunDir, config: ExperimentConfig, task: Task, log=print) -> dict[str, Any]:

@@ -26,13 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from progdistill.core.config import ConfigError, typed
 from progdistill.core.distributed import resolve_device
 from progdistill.core.files import atomic_write_json
 from progdistill.core.optional import require
-from progdistill.experiment import ExperimentConfig, co_training_only, student_names, student_runs, teacher_header
+from progdistill.core.threads import set_threads
+from progdistill.experiment import (
+    ExperimentConfig,
+    co_training_only,
+    step_size,
+    student_names,
+    student_runs,
+    teacher_header,
+)
 from progdistill.probes.registry import end_of_run_probes
 from progdistill.recipes.presets import preset_changes
 from progdistill.recipes.runner import check_run, train_students, train_teacher
@@ -216,10 +222,9 @@ def teacher_job(
     """Train (or resume, or reuse) the teacher of the run directory ``out``; returns its checkpoint count.
     ``report_to``: experiment trackers (:mod:`progdistill.store.trackers`; default TensorBoard when installed)."""
     _drop_job_folder_template(out)
-    if threads:
-        torch.set_num_threads(threads)
     rundir = RunDir(out)
     config = rundir.config()
+    set_threads(threads, step_size(config))  # as `progdistill run` does: from the config and the cores
     with RunLock(rundir.path):
         trajectory = train_teacher(config, out, device, task=rundir.task(config), report_to=report_to)
     return len(trajectory.steps)
@@ -236,10 +241,9 @@ def student_job(
     then write the report if every student of the run has finished. Returns the names trained. Raises
     ``TrajectoryError`` when the teacher has not finished."""
     _drop_job_folder_template(out)
-    if threads:
-        torch.set_num_threads(threads)
     rundir = RunDir(out)
     config = rundir.config()
+    set_threads(threads, step_size(config))  # as `progdistill run` does: from the config and the cores
     trajectory = Trajectory(rundir.teacher)
     if not trajectory.complete or trajectory.header != teacher_header(config):
         raise TrajectoryError(

@@ -13,11 +13,13 @@ from progdistill.probes.induction import (
     attention_patterns,
     head_scores,
     induction_record,
+    probe_induction,
     repeated_sequences,
     summarize,
 )
 from progdistill.recipes.presets import get_preset
 from progdistill.recipes.runner import run
+from progdistill.store.lock import LOCK, RunLockedError
 from progdistill.tasks.induction import InductionTask
 
 
@@ -171,3 +173,9 @@ def test_induction_run_and_probe_end_to_end(tmp_path):
     (tmp_path / "run" / "probes" / "induction.png").unlink()
     assert main(["probe", "induction", str(tmp_path / "run"), "--no-students"]) == 0
     assert (tmp_path / "run" / "probes" / "induction.png").exists()
+    # Not while another process holds the run (training it, or probing it): refused, its files untouched.
+    (tmp_path / "run" / LOCK).write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    before = (tmp_path / "run" / "probes" / "induction.jsonl").read_bytes()
+    with pytest.raises(RunLockedError, match="another-host"):
+        probe_induction(tmp_path / "run", students=False)
+    assert (tmp_path / "run" / "probes" / "induction.jsonl").read_bytes() == before

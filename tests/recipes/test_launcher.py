@@ -12,12 +12,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_config
 
 from progdistill.core.config import ConfigError
-from progdistill.recipes.launcher import LauncherConfig, check_shared, job_groups, launch, read_launch, scheduler_states
+from progdistill.core.threads import chosen_by
+from progdistill.experiment import step_size
+from progdistill.recipes.launcher import (
+    LauncherConfig,
+    check_shared,
+    job_groups,
+    launch,
+    read_launch,
+    scheduler_states,
+    teacher_job,
+)
 from progdistill.recipes.runner import run
 from progdistill.store.lock import lock_holder
+from progdistill.store.rundir import RunDir
 
 pytest.importorskip("submitit", reason='the launcher tests need submitit: pip install "progdistill[launch]"')
 
@@ -173,3 +185,28 @@ def test_a_killed_student_job_resubmitted_resumes_to_the_same_numbers(scheduler,
     assert "resuming from the saved state" in logs
     assert _outputs(out) == _outputs(reference)
     assert _results(out) == _results(reference)
+
+
+def test_a_job_chooses_its_threads_as_progdistill_run_does(tmp_path, monkeypatch):
+    """A scheduler's teacher job sets its thread count from the config and the cores (core.threads), or from the
+    launcher's --cpus-per-job, and says which in the environment record, as `progdistill run` does."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        base = tiny_config()
+        small = {"steps": 20, "eval_every": 10}
+        config = replace(  # CE alone, 20 steps
+            base,
+            teacher=replace(base.teacher, **small),
+            student=replace(base.student, **small),
+            schedules=base.schedules[:1],
+        )
+        out = tmp_path / "run"
+        RunDir(out).claim(config, overwrite=False)
+        teacher_job(str(out))
+        assert torch.get_num_threads() == 1  # the tiny MLP's step is far below SMALL_STEP
+        assert chosen_by() == f"step size {step_size(config)} on {os.cpu_count()} cores"
+        teacher_job(str(out), threads=2)  # the teacher is reused; the count is still set
+        assert torch.get_num_threads() == 2 and chosen_by() == "--threads"
+    finally:
+        torch.set_num_threads(before)
